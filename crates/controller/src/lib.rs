@@ -1,0 +1,1 @@
+//! strom-controller: see DESIGN.md.

@@ -1,0 +1,170 @@
+//! Small state files next to the segments, written atomically (temp file, fsync, rename) so
+//! a crash leaves either the old or the new version, never half of one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+pub(crate) const RECOVERY_POINT: &str = "recovery-point-checkpoint";
+pub(crate) const LOG_START_OFFSET: &str = "log-start-offset-checkpoint";
+pub(crate) const LEADER_EPOCHS: &str = "leader-epoch-checkpoint";
+pub(crate) const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
+
+const VERSION: &str = "0";
+
+pub(crate) fn write_atomically(dir: &Path, name: &str, contents: &str) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut f = File::create(&tmp).at(&tmp)?;
+    f.write_all(contents.as_bytes()).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, &path).at(&path)?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// `0\n<value>\n`; `None` when missing or unreadable (the caller falls back safely).
+pub(crate) fn read_offset(dir: &Path, name: &str) -> Option<u64> {
+    let text = fs::read_to_string(dir.join(name)).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != VERSION {
+        return None;
+    }
+    lines.next()?.trim().parse().ok()
+}
+
+pub(crate) fn write_offset(dir: &Path, name: &str, value: u64) -> Result<()> {
+    write_atomically(dir, name, &format!("{VERSION}\n{value}\n"))
+}
+
+/// Leader epoch -> first offset written in that epoch; what replication's
+/// OffsetForLeaderEpoch will answer from. Kafka's `leader-epoch-checkpoint` format.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EpochCache {
+    entries: Vec<(i32, u64)>,
+}
+
+impl EpochCache {
+    pub(crate) fn load(dir: &Path) -> EpochCache {
+        let Ok(text) = fs::read_to_string(dir.join(LEADER_EPOCHS)) else {
+            return EpochCache::default();
+        };
+        let mut lines = text.lines();
+        let mut entries = Vec::new();
+        if lines.next() == Some(VERSION) && lines.next().is_some() {
+            for line in lines {
+                let mut parts = line.split_whitespace();
+                if let (Some(Ok(e)), Some(Ok(o))) = (
+                    parts.next().map(str::parse::<i32>),
+                    parts.next().map(str::parse::<u64>),
+                ) {
+                    entries.push((e, o));
+                }
+            }
+        }
+        EpochCache { entries }
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let mut s = format!("{VERSION}\n{}\n", self.entries.len());
+        for (e, o) in &self.entries {
+            s.push_str(&format!("{e} {o}\n"));
+        }
+        write_atomically(dir, LEADER_EPOCHS, &s)
+    }
+
+    pub fn entries(&self) -> &[(i32, u64)] {
+        &self.entries
+    }
+
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.entries.last().map(|e| e.0)
+    }
+
+    /// Records that `epoch` starts at `offset` if it is newer than the latest one.
+    pub(crate) fn assign(&mut self, dir: &Path, epoch: i32, offset: u64) -> Result<()> {
+        if epoch < 0 || self.latest_epoch().is_some_and(|l| l >= epoch) {
+            return Ok(());
+        }
+        self.entries.push((epoch, offset));
+        self.save(dir)
+    }
+
+    /// Forgets epochs that start at or after `end` (the log was truncated there).
+    pub(crate) fn truncate_from_end(&mut self, dir: &Path, end: u64) -> Result<()> {
+        let keep = self.entries.partition_point(|e| e.1 < end);
+        if keep != self.entries.len() {
+            self.entries.truncate(keep);
+            self.save(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The log now starts at `start`: the epoch in force there starts there.
+    pub(crate) fn truncate_from_start(&mut self, dir: &Path, start: u64) -> Result<()> {
+        let first_kept = self.entries.partition_point(|e| e.1 <= start);
+        if first_kept == 0 {
+            return Ok(());
+        }
+        let epoch = self.entries[first_kept - 1].0;
+        if first_kept == 1 && self.entries[0].1 == start {
+            return Ok(());
+        }
+        self.entries.drain(..first_kept);
+        self.entries.insert(0, (epoch, start));
+        self.save(dir)
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer: the largest epoch <= `epoch` and the offset where
+    /// the next epoch starts (or `log_end` for the latest), or `None` if `epoch` is older than
+    /// anything known.
+    pub fn end_offset_for(&self, epoch: i32, log_end: u64) -> Option<(i32, u64)> {
+        let i = self.entries.partition_point(|e| e.0 <= epoch);
+        if i == 0 {
+            return None;
+        }
+        let end = self.entries.get(i).map(|e| e.1).unwrap_or(log_end);
+        Some((self.entries[i - 1].0, end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_cache_persists_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut c = EpochCache::default();
+        c.assign(d, 0, 0).unwrap();
+        c.assign(d, 0, 10).unwrap(); // same epoch: no new entry
+        c.assign(d, 2, 10).unwrap();
+        c.assign(d, 5, 30).unwrap();
+        assert_eq!(EpochCache::load(d), c);
+        assert_eq!(c.end_offset_for(0, 50), Some((0, 10)));
+        assert_eq!(c.end_offset_for(1, 50), Some((0, 10)));
+        assert_eq!(c.end_offset_for(3, 50), Some((2, 30)));
+        assert_eq!(c.end_offset_for(9, 50), Some((5, 50)));
+        assert_eq!(c.end_offset_for(-1, 50), None);
+        c.truncate_from_end(d, 30).unwrap();
+        assert_eq!(c.entries(), &[(0, 0), (2, 10)]);
+        c.truncate_from_start(d, 15).unwrap();
+        assert_eq!(c.entries(), &[(2, 15)]);
+        assert_eq!(EpochCache::load(d), c);
+    }
+
+    #[test]
+    fn offsets_round_trip_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        write_offset(dir.path(), RECOVERY_POINT, 42).unwrap();
+        assert_eq!(read_offset(dir.path(), RECOVERY_POINT), Some(42));
+        fs::write(dir.path().join(RECOVERY_POINT), "junk").unwrap();
+        assert_eq!(read_offset(dir.path(), RECOVERY_POINT), None);
+    }
+}

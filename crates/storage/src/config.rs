@@ -1,0 +1,180 @@
+//! Per-log settings, named and defaulted as Kafka's topic configs so that `--config k=v`
+//! habits carry over.
+
+use crate::error::{Result, StorageError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment before it would grow past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll a non-empty active segment this long after its first append.
+    pub segment_ms: i64,
+    /// `retention.ms`: delete closed segments whose largest timestamp is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// `retention.bytes`: delete the oldest closed segments while the log is larger; -1 = no limit.
+    pub retention_bytes: i64,
+    /// `index.interval.bytes`: bytes between two sparse index entries.
+    pub index_interval_bytes: u64,
+    /// `segment.index.bytes`: an index this large forces a roll.
+    pub segment_index_bytes: u64,
+    /// `flush.messages`: fsync after this many messages; i64::MAX leaves it to the page cache.
+    pub flush_messages: i64,
+    /// `flush.ms`: fsync when the last flush is this old; i64::MAX leaves it to the page cache.
+    pub flush_ms: i64,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `max.message.bytes`: the largest batch accepted, framing included.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            segment_index_bytes: 10 * 1024 * 1024,
+            flush_messages: i64::MAX,
+            flush_ms: i64::MAX,
+            timestamp_type: TimestampType::CreateTime,
+            max_message_bytes: 1024 * 1024 + 12,
+        }
+    }
+}
+
+/// The topic-level keys this config understands, for listing in DescribeConfigs.
+pub const KEYS: &[&str] = &[
+    "segment.bytes",
+    "segment.ms",
+    "retention.ms",
+    "retention.bytes",
+    "index.interval.bytes",
+    "segment.index.bytes",
+    "flush.messages",
+    "flush.ms",
+    "message.timestamp.type",
+    "max.message.bytes",
+];
+
+fn invalid(key: &str, value: &str, reason: &str) -> StorageError {
+    StorageError::InvalidConfig {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64> {
+    let v: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "not a whole number"))?;
+    if v < min {
+        return Err(invalid(key, value, &format!("must be at least {min}")));
+    }
+    Ok(v)
+}
+
+impl LogConfig {
+    /// Sets one Kafka-named key. `UnknownConfig` for keys that are not the log's business
+    /// (the broker handles those), `InvalidConfig` naming the key for bad values.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "segment.bytes" => {
+                self.segment_bytes = parse_i64(key, value, crate::batch::HEADER_LEN as i64)? as u64
+            }
+            "segment.ms" => self.segment_ms = parse_i64(key, value, 1)?,
+            "retention.ms" => self.retention_ms = parse_i64(key, value, -1)?,
+            "retention.bytes" => self.retention_bytes = parse_i64(key, value, -1)?,
+            "index.interval.bytes" => self.index_interval_bytes = parse_i64(key, value, 0)? as u64,
+            "segment.index.bytes" => {
+                self.segment_index_bytes = parse_i64(key, value, 8 * 4)? as u64;
+            }
+            "flush.messages" => self.flush_messages = parse_i64(key, value, 1)?,
+            "flush.ms" => self.flush_ms = parse_i64(key, value, 0)?,
+            "message.timestamp.type" => {
+                self.timestamp_type = match value.trim() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(invalid(key, value, "must be CreateTime or LogAppendTime")),
+                }
+            }
+            "max.message.bytes" => {
+                self.max_message_bytes = parse_i64(key, value, 0)?.min(i32::MAX as i64) as usize;
+            }
+            _ => return Err(StorageError::UnknownConfig(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// The current value of a key, in Kafka's string form.
+    pub fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "index.interval.bytes" => self.index_interval_bytes.to_string(),
+            "segment.index.bytes" => self.segment_index_bytes.to_string(),
+            "flush.messages" => self.flush_messages.to_string(),
+            "flush.ms" => self.flush_ms.to_string(),
+            "message.timestamp.type" => match self.timestamp_type {
+                TimestampType::CreateTime => "CreateTime".into(),
+                TimestampType::LogAppendTime => "LogAppendTime".into(),
+            },
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn max_index_entries(&self) -> usize {
+        (self.segment_index_bytes / 12).max(1) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_kafka() {
+        let c = LogConfig::default();
+        assert_eq!(c.get("segment.bytes").unwrap(), "1073741824");
+        assert_eq!(c.get("retention.ms").unwrap(), "604800000");
+        assert_eq!(c.get("retention.bytes").unwrap(), "-1");
+        assert_eq!(c.get("index.interval.bytes").unwrap(), "4096");
+        assert_eq!(c.get("max.message.bytes").unwrap(), "1048588");
+        assert_eq!(c.get("flush.messages").unwrap(), i64::MAX.to_string());
+        assert_eq!(c.get("message.timestamp.type").unwrap(), "CreateTime");
+        for k in KEYS {
+            assert!(c.get(k).is_some(), "{k}");
+        }
+    }
+
+    #[test]
+    fn set_validates_and_names_the_key() {
+        let mut c = LogConfig::default();
+        c.set("retention.ms", "1000").unwrap();
+        assert_eq!(c.retention_ms, 1000);
+        c.set("message.timestamp.type", "LogAppendTime").unwrap();
+        assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
+        let err = c.set("segment.bytes", "lots").unwrap_err().to_string();
+        assert!(err.contains("segment.bytes"), "{err}");
+        assert!(matches!(
+            c.set("retention.bytes", "-2"),
+            Err(StorageError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            c.set("min.insync.replicas", "2"),
+            Err(StorageError::UnknownConfig(_))
+        ));
+    }
+}

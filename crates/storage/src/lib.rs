@@ -1,0 +1,18 @@
+//! The partition log of strom: segmented, append-only storage of Kafka RecordBatch v2 bytes
+//! with sparse offset and time indexes, crash recovery, retention and flush policy.
+//!
+//! This crate knows files and batch bytes only: nothing of sockets, requests or replication.
+
+pub mod batch;
+mod checkpoint;
+pub mod config;
+mod error;
+mod index;
+mod log;
+mod recovery;
+mod segment;
+
+pub use checkpoint::EpochCache;
+pub use config::{LogConfig, TimestampType};
+pub use error::{Result, StorageError};
+pub use log::{AppendInfo, FileRegion, Log, ReadResult, TimestampOffset};

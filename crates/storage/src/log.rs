@@ -1,0 +1,776 @@
+//! The partition log: an ordered set of segments with one writer and many readers.
+//!
+//! Readers never take the writer's lock: they read the end offset, then the segment's
+//! published size, and only ever look at bytes below it. The writer writes the bytes first and
+//! publishes the size and the end offset after, so a reader sees whole batches or nothing.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use crate::batch::{self, BatchHeader, Compression};
+use crate::checkpoint::{self, EpochCache};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{IoContext, Result, StorageError};
+use crate::segment::Segment;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The broker's time stamped on the batches when the log uses `LogAppendTime`.
+    pub log_append_time: Option<i64>,
+    pub max_timestamp: i64,
+    pub batches: usize,
+    pub records: u64,
+}
+
+/// Bytes of one file to send as they are (`sendfile` or `pread`), never re-encoded.
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: u64,
+}
+
+impl FileRegion {
+    pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.len as usize];
+        self.file.read_exact_at(&mut buf, self.position)?;
+        Ok(buf)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, starting with the one that holds the requested offset; `None` when there
+    /// is nothing to return below the upper bound.
+    pub region: Option<FileRegion>,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+}
+
+/// A ListOffsets answer: a record's timestamp and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub timestamp: i64,
+    pub offset: u64,
+}
+
+enum SegmentRead {
+    Found(FileRegion),
+    AtUpperBound,
+    NotHere,
+}
+
+pub struct Log {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: RwLock<LogConfig>,
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    end_offset: AtomicU64,
+    start_offset: AtomicU64,
+    writer: Mutex<Writer>,
+    recovery: Mutex<Recovery>,
+}
+
+struct Writer {
+    active: Arc<Segment>,
+    /// Wall time of the active segment's first append, for `segment.ms`.
+    rolling_base_ms: Option<i64>,
+    unflushed_messages: i64,
+    last_flush_ms: i64,
+    epochs: EpochCache,
+    /// fsync of the segment rolled last, running in the background as in Kafka.
+    pending_flush: Option<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// The recovery point: every offset below it is on disk and consistent. Only moves forward
+/// after an fsync; a truncation moves it back and bumps `truncations` so that an fsync
+/// started before the truncation cannot move it forward again.
+struct Recovery {
+    point: u64,
+    truncations: u64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering after an unclean shutdown.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        let dir = dir.as_ref().to_path_buf();
+        let opened = crate::recovery::open(&dir, &config)?;
+        let active = opened.segments.values().next_back().unwrap().clone();
+        let shared = Shared {
+            dir,
+            config: RwLock::new(config),
+            segments: RwLock::new(opened.segments),
+            end_offset: AtomicU64::new(opened.end_offset),
+            start_offset: AtomicU64::new(opened.start_offset),
+            writer: Mutex::new(Writer {
+                active,
+                rolling_base_ms: opened.rolling_base_ms,
+                unflushed_messages: 0,
+                last_flush_ms: now_ms(),
+                epochs: opened.epochs,
+                pending_flush: None,
+                closed: false,
+            }),
+            recovery: Mutex::new(Recovery {
+                point: opened.recovery_point,
+                truncations: 0,
+            }),
+        };
+        Ok(Log {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        *self.shared.config.read().unwrap()
+    }
+
+    /// New settings take effect on the next append, read or retention run.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.shared.config.write().unwrap() = config;
+        for seg in self.shared.segments.read().unwrap().values() {
+            seg.set_interval(config.index_interval_bytes);
+        }
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared.start_offset.load(Ordering::Acquire)
+    }
+
+    /// The offset the next record will get.
+    pub fn log_end_offset(&self) -> u64 {
+        self.shared.end_offset.load(Ordering::Acquire)
+    }
+
+    pub fn recovery_point(&self) -> u64 {
+        self.shared.recovery.lock().unwrap().point
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.shared
+            .segments
+            .read()
+            .unwrap()
+            .values()
+            .map(|s| s.size())
+            .sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.read().unwrap().len()
+    }
+
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.shared
+            .segments
+            .read()
+            .unwrap()
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// How many segments have their index in memory (lazy loading is observable in tests).
+    pub fn loaded_index_count(&self) -> usize {
+        let segs = self.shared.segments.read().unwrap();
+        segs.values().filter(|s| s.is_index_loaded()).count()
+    }
+
+    pub fn epoch_cache(&self) -> EpochCache {
+        self.writer().epochs.clone()
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.shared.writer.lock().unwrap()
+    }
+
+    /// Appends one or more record batches, assigning offsets and the leader epoch in place
+    /// in `batches` (which then hold exactly what was stored).
+    pub fn append(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_at(batches, leader_epoch, now_ms())
+    }
+
+    /// [`Log::append`] with an explicit clock, for `segment.ms`, `flush.ms` and LogAppendTime.
+    pub fn append_at(&self, batches: &mut [u8], leader_epoch: i32, now: i64) -> Result<AppendInfo> {
+        if batches.is_empty() {
+            return Err(StorageError::InvalidRecord(
+                "no record batch to append".into(),
+            ));
+        }
+        let config = self.config();
+        // Validation (CRC included) happens before taking the lock, so appends to one
+        // partition only serialize on the write itself.
+        let mut headers = Vec::new();
+        let mut pos = 0;
+        while pos < batches.len() {
+            let (_, size) = batch::check_framing(&batches[pos..])?;
+            if size > config.max_message_bytes {
+                return Err(StorageError::MessageTooLarge {
+                    size,
+                    max: config.max_message_bytes,
+                });
+            }
+            let h = batch::validate(&batches[pos..pos + size])?;
+            headers.push((pos, h));
+            pos += size;
+        }
+        let log_append_time =
+            (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+
+        let mut w = self.writer();
+        if w.closed {
+            return Err(closed_error(&self.shared.dir));
+        }
+        let base_offset = self.log_end_offset();
+        let mut next = base_offset;
+        let mut max_timestamp = -1;
+        let mut records = 0u64;
+        for (at, h) in headers.iter_mut() {
+            let slice = &mut batches[*at..*at + h.total_size()];
+            batch::assign_offset_and_epoch(slice, next, leader_epoch);
+            if let Some(t) = log_append_time {
+                batch::set_log_append_time(slice, t);
+            }
+            *h = BatchHeader::parse(slice).expect("validated above");
+            next += h.offset_count();
+            records += h.records_count as u64;
+            max_timestamp = max_timestamp.max(h.max_timestamp);
+        }
+        self.maybe_roll(&mut w, &config, batches.len() as u64, next - 1, now)?;
+        w.active
+            .append(batches, &headers, config.index_interval_bytes)?;
+        self.shared.end_offset.store(next, Ordering::Release);
+        w.rolling_base_ms.get_or_insert(now);
+        w.epochs
+            .assign(&self.shared.dir, leader_epoch, base_offset)?;
+        w.unflushed_messages += records as i64;
+        if w.unflushed_messages >= config.flush_messages
+            || now.saturating_sub(w.last_flush_ms) >= config.flush_ms
+        {
+            self.flush_locked(&mut w, now)?;
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time,
+            max_timestamp,
+            batches: headers.len(),
+            records,
+        })
+    }
+
+    fn maybe_roll(
+        &self,
+        w: &mut Writer,
+        config: &LogConfig,
+        incoming: u64,
+        last_offset: u64,
+        now: i64,
+    ) -> Result<()> {
+        let active = &w.active;
+        if active.size() == 0 {
+            return Ok(());
+        }
+        let full = active.size() + incoming > config.segment_bytes;
+        let old = w
+            .rolling_base_ms
+            .is_some_and(|b| now.saturating_sub(b) >= config.segment_ms);
+        let index_full = active.index_entries()? >= config.max_index_entries();
+        let offsets_overflow = last_offset - active.base_offset > i32::MAX as u64;
+        if full || old || index_full || offsets_overflow {
+            self.roll_locked(w)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at the log end offset (no-op when the active one is empty).
+    pub fn roll(&self) -> Result<()> {
+        let mut w = self.writer();
+        if w.active.size() == 0 {
+            return Ok(());
+        }
+        self.roll_locked(&mut w)
+    }
+
+    fn roll_locked(&self, w: &mut Writer) -> Result<()> {
+        let base = self.log_end_offset();
+        let seg = Arc::new(Segment::create(&self.shared.dir, base)?);
+        seg.set_interval(self.config().index_interval_bytes);
+        let old = std::mem::replace(&mut w.active, seg.clone());
+        old.persist_indexes()?;
+        self.shared.segments.write().unwrap().insert(base, seg);
+        w.rolling_base_ms = None;
+        tracing::debug!(dir = %self.shared.dir.display(), base, "rolled segment");
+
+        // fsync the closed segment off the append path, then move the recovery point.
+        if let Some(h) = w.pending_flush.take() {
+            let _ = h.join();
+        }
+        let shared = self.shared.clone();
+        let truncations = self.shared.recovery.lock().unwrap().truncations;
+        w.pending_flush = Some(std::thread::spawn(move || {
+            if let Err(e) = old.sync() {
+                tracing::warn!(error = %e, "fsync of rolled segment failed");
+                return;
+            }
+            shared.advance_recovery_point(base, truncations, true);
+        }));
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`: up to `max_bytes`, but
+    /// always at least one batch, and only batches that end below `upper` (the high
+    /// watermark) when given. Reads come from one segment, as in Kafka.
+    pub fn read(&self, offset: u64, max_bytes: usize, upper: Option<u64>) -> Result<ReadResult> {
+        let end = self.log_end_offset();
+        let start = self.log_start_offset();
+        let upper = upper.map_or(end, |u| u.min(end));
+        let mut result = ReadResult {
+            region: None,
+            log_start_offset: start,
+            log_end_offset: end,
+        };
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset >= upper {
+            return Ok(result);
+        }
+        let mut seg = self.segment_for(offset);
+        while let Some(s) = seg {
+            match self.read_segment(&s, offset, max_bytes, upper) {
+                Ok(SegmentRead::Found(region)) => {
+                    result.region = Some(region);
+                    return Ok(result);
+                }
+                Ok(SegmentRead::AtUpperBound) => return Ok(result),
+                Ok(SegmentRead::NotHere) => seg = self.segment_after(s.base_offset),
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    // Retention deleted the segment under us.
+                    let start = self.log_start_offset();
+                    return Err(StorageError::OffsetOutOfRange { offset, start, end });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(result)
+    }
+
+    fn read_segment(
+        &self,
+        seg: &Segment,
+        offset: u64,
+        max_bytes: usize,
+        upper: u64,
+    ) -> Result<SegmentRead> {
+        let size = seg.size();
+        let Some((pos, first)) = seg.find_batch(offset, size)? else {
+            return Ok(SegmentRead::NotHere);
+        };
+        if first.last_offset() as u64 >= upper {
+            return Ok(SegmentRead::AtUpperBound);
+        }
+        let mut limit = (pos + (max_bytes as u64).max(first.total_size() as u64)).min(size);
+        if upper < self.log_end_offset()
+            && let Some((upper_pos, _)) = seg.find_batch(upper, size)?
+        {
+            limit = limit.min(upper_pos);
+        }
+        let end = seg.whole_batches_end(pos, limit)?;
+        Ok(SegmentRead::Found(FileRegion {
+            file: seg.file()?.clone(),
+            position: pos,
+            len: end - pos,
+        }))
+    }
+
+    fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.shared.segments.read().unwrap();
+        segs.range(..=offset)
+            .next_back()
+            .or_else(|| segs.iter().next())
+            .map(|(_, s)| s.clone())
+    }
+
+    fn segment_after(&self, base: u64) -> Option<Arc<Segment>> {
+        let segs = self.shared.segments.read().unwrap();
+        segs.range(base + 1..).next().map(|(_, s)| s.clone())
+    }
+
+    fn all_segments(&self) -> Vec<Arc<Segment>> {
+        self.shared
+            .segments
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// ListOffsets by timestamp: the first record at or after the log start whose timestamp
+    /// is >= `target`. Exact for uncompressed batches; for compressed ones, the batch's first
+    /// offset and max timestamp (finding the record would mean decompressing).
+    pub fn offset_for_timestamp(&self, target: i64) -> Result<Option<TimestampOffset>> {
+        let start = self.log_start_offset();
+        for seg in self.all_segments() {
+            let (max_ts, _) = seg.max_timestamp()?;
+            if max_ts < target {
+                continue;
+            }
+            let size = seg.size();
+            let from_rel = seg.with_index(|i| i.times.lookup(target))? as u64;
+            let mut next = seg.find_batch((seg.base_offset + from_rel).max(start), size)?;
+            while let Some((pos, h)) = next {
+                if h.max_timestamp >= target
+                    && let Some(found) =
+                        self.locate_in_batch(&seg, pos, &h, start, |ts| ts >= target)?
+                {
+                    return Ok(Some(found));
+                }
+                let after = pos + h.total_size() as u64;
+                next = if after < size {
+                    seg.read_header(after)?.map(|h| (after, h))
+                } else {
+                    None
+                };
+            }
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP: the record with the largest timestamp (the first such).
+    pub fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>> {
+        let mut best: Option<(i64, Arc<Segment>, u64)> = None;
+        for seg in self.all_segments() {
+            let (ts, offset) = seg.max_timestamp()?;
+            if ts >= 0 && best.as_ref().is_none_or(|b| ts > b.0) {
+                best = Some((ts, seg, offset));
+            }
+        }
+        let Some((ts, seg, offset)) = best else {
+            return Ok(None);
+        };
+        let Some((pos, h)) = seg.find_batch(offset, seg.size())? else {
+            return Ok(None);
+        };
+        let start = self.log_start_offset();
+        self.locate_in_batch(&seg, pos, &h, start, |t| t == ts)
+    }
+
+    /// The first record of the batch at `pos` at or after `start` whose timestamp passes `hit`.
+    fn locate_in_batch(
+        &self,
+        seg: &Segment,
+        pos: u64,
+        h: &BatchHeader,
+        start: u64,
+        hit: impl Fn(i64) -> bool,
+    ) -> Result<Option<TimestampOffset>> {
+        if h.is_log_append_time() || h.compression() != Some(Compression::None) {
+            return Ok(hit(h.max_timestamp).then(|| TimestampOffset {
+                timestamp: h.max_timestamp,
+                offset: (h.base_offset as u64).max(start),
+            }));
+        }
+        let mut buf = vec![0u8; h.total_size()];
+        seg.file()?
+            .read_exact_at(&mut buf, pos)
+            .at(seg.log_path())?;
+        for r in batch::records(&buf) {
+            let offset = h.base_offset as u64 + r.offset_delta as u64;
+            let timestamp = h.base_timestamp + r.timestamp_delta;
+            if offset >= start && hit(timestamp) {
+                return Ok(Some(TimestampOffset { timestamp, offset }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record at `offset` and after; a batch that straddles `offset` goes
+    /// whole. Returns the new log end offset.
+    pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let mut w = self.writer();
+        let end = self.log_end_offset();
+        if offset >= end {
+            return Ok(end);
+        }
+        self.shared.lower_recovery_point(offset)?;
+        let dir = &self.shared.dir;
+        let start = self.log_start_offset();
+        if offset < start || offset <= self.segment_base_offsets()[0] {
+            // Nothing of the log survives below `offset` that is worth keeping segment by
+            // segment: start over with an empty segment there.
+            let new_start = offset.min(start);
+            self.replace_all_segments(&mut w, offset)?;
+            self.shared.start_offset.store(new_start, Ordering::Release);
+            checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, new_start)?;
+            w.epochs.truncate_from_end(dir, offset)?;
+            return Ok(offset);
+        }
+        let target = self
+            .segment_for(offset)
+            .expect("a log always has a segment");
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segs = self.shared.segments.write().unwrap();
+            let later: Vec<u64> = segs
+                .range(target.base_offset + 1..)
+                .map(|(k, _)| *k)
+                .collect();
+            later.iter().filter_map(|k| segs.remove(k)).collect()
+        };
+        for s in doomed {
+            s.delete_files()?;
+        }
+        let new_end = match target.find_batch(offset, target.size())? {
+            Some((pos, h)) => {
+                target.truncate_to(pos, h.base_offset as u64)?;
+                h.base_offset as u64
+            }
+            None => target.next_offset()?,
+        };
+        w.active = target;
+        if w.active.size() == 0 {
+            w.rolling_base_ms = None;
+        }
+        self.shared.end_offset.store(new_end, Ordering::Release);
+        if new_end < start {
+            self.shared.start_offset.store(new_end, Ordering::Release);
+            checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, new_end)?;
+        }
+        w.epochs.truncate_from_end(dir, new_end)?;
+        Ok(new_end)
+    }
+
+    fn replace_all_segments(&self, w: &mut Writer, base: u64) -> Result<()> {
+        let old: Vec<Arc<Segment>> = {
+            let mut segs = self.shared.segments.write().unwrap();
+            std::mem::take(&mut *segs).into_values().collect()
+        };
+        for s in &old {
+            s.delete_files()?;
+        }
+        let seg = Arc::new(Segment::create(&self.shared.dir, base)?);
+        seg.set_interval(self.config().index_interval_bytes);
+        self.shared
+            .segments
+            .write()
+            .unwrap()
+            .insert(base, seg.clone());
+        w.active = seg;
+        w.rolling_base_ms = None;
+        self.shared.end_offset.store(base, Ordering::Release);
+        Ok(())
+    }
+
+    /// DeleteRecords: the log now starts at `offset`; whole segments below it are deleted.
+    /// Returns the new log start offset.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64> {
+        let mut w = self.writer();
+        let end = self.log_end_offset();
+        let start = self.log_start_offset();
+        if offset > end {
+            return Err(StorageError::OffsetOutOfRange { offset, start, end });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        self.shared.start_offset.store(offset, Ordering::Release);
+        checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_OFFSET, offset)?;
+        self.delete_prefix(&mut w, |_, _| Ok(false))?;
+        Ok(offset)
+    }
+
+    /// Deletes closed segments by `retention.ms` (largest timestamp, or the file's mtime when
+    /// batches carry none), `retention.bytes` and the log start offset. Returns how many.
+    pub fn apply_retention(&self, now: i64) -> Result<usize> {
+        let config = self.config();
+        let mut w = self.writer();
+        let mut total = self.size_bytes() as i64;
+        self.delete_prefix(&mut w, |seg, _| {
+            let by_time = config.retention_ms >= 0 && {
+                let (ts, _) = seg.max_timestamp()?;
+                let ts = if ts < 0 { seg.modified_ms() } else { ts };
+                now.saturating_sub(ts) > config.retention_ms
+            };
+            let by_size =
+                config.retention_bytes >= 0 && total - seg.size() as i64 >= config.retention_bytes;
+            if by_time || by_size {
+                total -= seg.size() as i64;
+            }
+            Ok(by_time || by_size)
+        })
+    }
+
+    /// Deletes leading closed segments while `doomed` says so or they lie wholly below the
+    /// log start offset; then moves the log start offset up to the first segment kept.
+    fn delete_prefix(
+        &self,
+        w: &mut Writer,
+        mut doomed: impl FnMut(&Segment, u64) -> Result<bool>,
+    ) -> Result<usize> {
+        let start = self.log_start_offset();
+        let mut deleted = 0;
+        loop {
+            let (seg, next_base) = {
+                let segs = self.shared.segments.read().unwrap();
+                let mut it = segs.values();
+                let (Some(first), Some(second)) = (it.next(), it.next()) else {
+                    break;
+                };
+                (first.clone(), second.base_offset)
+            };
+            if Arc::ptr_eq(&seg, &w.active) {
+                break;
+            }
+            if !(next_base <= start || doomed(&seg, next_base)?) {
+                break;
+            }
+            self.shared
+                .segments
+                .write()
+                .unwrap()
+                .remove(&seg.base_offset);
+            seg.delete_files()?;
+            deleted += 1;
+        }
+        let first_base = self.segment_base_offsets()[0];
+        let dir = &self.shared.dir;
+        if first_base > start {
+            self.shared
+                .start_offset
+                .store(first_base, Ordering::Release);
+            checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, first_base)?;
+        }
+        w.epochs.truncate_from_start(dir, self.log_start_offset())?;
+        Ok(deleted)
+    }
+
+    /// fsync of everything appended so far, and the recovery point moved to the end.
+    pub fn flush(&self) -> Result<()> {
+        let mut w = self.writer();
+        self.flush_locked(&mut w, now_ms())
+    }
+
+    /// Applies `flush.ms` for logs that received no append lately.
+    pub fn maybe_flush(&self, now: i64) -> Result<()> {
+        let mut w = self.writer();
+        if w.unflushed_messages > 0 && now.saturating_sub(w.last_flush_ms) >= self.config().flush_ms
+        {
+            self.flush_locked(&mut w, now)?;
+        }
+        Ok(())
+    }
+
+    fn flush_locked(&self, w: &mut Writer, now: i64) -> Result<()> {
+        if let Some(h) = w.pending_flush.take() {
+            let _ = h.join();
+        }
+        let end = self.log_end_offset();
+        w.active.sync()?;
+        let truncations = self.shared.recovery.lock().unwrap().truncations;
+        self.shared.advance_recovery_point(end, truncations, false);
+        w.unflushed_messages = 0;
+        w.last_flush_ms = now;
+        Ok(())
+    }
+
+    /// Clean shutdown: flush everything, write the checkpoints and the clean-shutdown marker
+    /// so the next open skips recovery.
+    pub fn close(self) -> Result<()> {
+        let mut w = self.writer();
+        self.flush_locked(&mut w, now_ms())?;
+        let dir = &self.shared.dir;
+        let point = self.shared.recovery.lock().unwrap().point;
+        checkpoint::write_offset(dir, checkpoint::RECOVERY_POINT, point)?;
+        checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, self.log_start_offset())?;
+        checkpoint::write_atomically(dir, checkpoint::CLEAN_SHUTDOWN, "")?;
+        w.closed = true;
+        Ok(())
+    }
+
+    /// Writes the recovery point checkpoint (the broker calls this periodically).
+    pub fn checkpoint(&self) -> Result<()> {
+        let point = self.shared.recovery.lock().unwrap().point;
+        checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, point)
+    }
+
+    /// Deletes the whole log (DeleteTopics).
+    pub fn delete(self) -> Result<()> {
+        let mut w = self.writer();
+        if let Some(h) = w.pending_flush.take() {
+            let _ = h.join();
+        }
+        w.closed = true;
+        std::fs::remove_dir_all(&self.shared.dir).at(&self.shared.dir)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.shared.writer.lock()
+            && let Some(h) = w.pending_flush.take()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Shared {
+    fn advance_recovery_point(&self, to: u64, truncations_seen: u64, write_checkpoint: bool) {
+        let mut r = self.recovery.lock().unwrap();
+        if r.truncations != truncations_seen || to <= r.point {
+            return;
+        }
+        r.point = to;
+        if write_checkpoint
+            && let Err(e) = checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, to)
+        {
+            tracing::warn!(error = %e, "could not write the recovery point");
+        }
+    }
+
+    /// Before a truncation touches files: a crash in the middle must lead to a recovery scan
+    /// of everything at or after `offset`.
+    fn lower_recovery_point(&self, offset: u64) -> Result<()> {
+        let mut r = self.recovery.lock().unwrap();
+        r.truncations += 1;
+        if offset < r.point {
+            r.point = offset;
+            checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, offset)?;
+        }
+        Ok(())
+    }
+}
+
+fn closed_error(dir: &Path) -> StorageError {
+    StorageError::Io {
+        path: dir.display().to_string(),
+        source: io::Error::other("the log is closed"),
+    }
+}

@@ -1,0 +1,185 @@
+//! Opening a log: find the segments, and after an unclean shutdown check every batch written
+//! since the last flush (CRC, framing, offsets), cutting a torn or corrupt tail.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::checkpoint::{self, EpochCache};
+use crate::config::LogConfig;
+use crate::error::{IoContext, Result};
+use crate::segment::Segment;
+
+pub(crate) struct Opened {
+    pub segments: BTreeMap<u64, Arc<Segment>>,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub recovery_point: u64,
+    pub rolling_base_ms: Option<i64>,
+    pub epochs: EpochCache,
+}
+
+fn parse_base(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
+    fs::create_dir_all(dir).at(dir)?;
+    let mut logs = BTreeMap::new();
+    let mut index_files = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        } else if let Some(base) = parse_base(&name, "log") {
+            let size = entry.metadata().at(&entry.path())?.len();
+            logs.insert(base, size);
+        } else if let Some(base) =
+            parse_base(&name, "index").or_else(|| parse_base(&name, "timeindex"))
+        {
+            index_files.push((base, entry.path()));
+        }
+    }
+    // An index without its log is left over from a deletion that did not finish.
+    for (base, path) in index_files {
+        if !logs.contains_key(&base) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    let clean = dir.join(checkpoint::CLEAN_SHUTDOWN).exists();
+    let saved_start = checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET);
+    let mut segments: BTreeMap<u64, Arc<Segment>> = BTreeMap::new();
+    if logs.is_empty() {
+        let base = saved_start.unwrap_or(0);
+        segments.insert(base, Arc::new(Segment::create(dir, base)?));
+    }
+    for (&base, &size) in &logs {
+        let seg = Segment::existing(dir, base, size);
+        seg.set_interval(config.index_interval_bytes);
+        segments.insert(base, Arc::new(seg));
+    }
+
+    let recovery_point = if clean {
+        u64::MAX
+    } else {
+        checkpoint::read_offset(dir, checkpoint::RECOVERY_POINT).unwrap_or(0)
+    };
+    if !clean && !logs.is_empty() {
+        recover(dir, &mut segments, recovery_point)?;
+    }
+
+    let last = segments.values().next_back().unwrap().clone();
+    let end_offset = last.next_offset()?;
+    let first_base = *segments.keys().next().unwrap();
+    let start_offset = saved_start
+        .unwrap_or(first_base)
+        .max(first_base)
+        .min(end_offset);
+    let mut epochs = EpochCache::load(dir);
+    epochs.truncate_from_end(dir, end_offset)?;
+    epochs.truncate_from_start(dir, start_offset)?;
+    let rolling_base_ms = match last.read_header(0)? {
+        Some(h) if last.size() > 0 => Some(h.max_timestamp.min(crate::log::now_ms())),
+        _ => None,
+    };
+
+    if clean {
+        fs::remove_file(dir.join(checkpoint::CLEAN_SHUTDOWN)).at(dir)?;
+        checkpoint::sync_dir(dir)?;
+    } else if !logs.is_empty() {
+        // What recovery kept was read back from the files, but may still sit only in the page
+        // cache after a process crash: make it durable before calling it recovered.
+        let first_recovered = first_unsafe(&segments, recovery_point);
+        for seg in segments.range(first_recovered..).map(|(_, s)| s) {
+            seg.sync()?;
+        }
+        checkpoint::write_offset(dir, checkpoint::RECOVERY_POINT, end_offset)?;
+    }
+    Ok(Opened {
+        segments,
+        start_offset,
+        end_offset,
+        recovery_point: end_offset,
+        rolling_base_ms,
+        epochs,
+    })
+}
+
+/// Scans the segments that may hold batches at or after `recovery_point`. The first damage
+/// found ends the log: the segment is cut there and every later segment is deleted.
+fn recover(
+    dir: &Path,
+    segments: &mut BTreeMap<u64, Arc<Segment>>,
+    recovery_point: u64,
+) -> Result<()> {
+    let first = first_unsafe(segments, recovery_point);
+    let bases: Vec<u64> = segments.range(first..).map(|(b, _)| *b).collect();
+    let mut damaged_at: Option<u64> = None;
+    for (i, base) in bases.iter().enumerate() {
+        let seg = segments[base].clone();
+        if damaged_at.is_some() {
+            tracing::warn!(segment = %seg.log_path().display(), "deleting segment after damage");
+            segments.remove(base);
+            seg.delete_files()?;
+            continue;
+        }
+        // Batches below the recovery point were fsynced and need no check; the index that
+        // was fsynced with them says where the unchecked part starts.
+        let (from, expected) = if *base <= recovery_point && i == 0 {
+            let rel = (recovery_point - base).min(u32::MAX as u64) as u32;
+            match crate::index::OffsetIndex::load(&index_path(dir, *base), seg.size()) {
+                Some(idx) => match idx.floor_entry(rel) {
+                    Some((key, pos)) => (pos as u64, base + key as u64),
+                    None => (0, *base),
+                },
+                None => (0, *base),
+            }
+        } else {
+            (0, *base)
+        };
+        let outcome = seg.scan_valid(from, expected)?;
+        if let Some(why) = &outcome.damage {
+            tracing::warn!(segment = %seg.log_path().display(), valid_bytes = outcome.valid_bytes,
+                "{why}; truncating the log at offset {}", outcome.next_offset);
+            damaged_at = Some(outcome.next_offset);
+        }
+        if outcome.valid_bytes == 0 && i > 0 && damaged_at.is_some() {
+            segments.remove(base);
+            seg.delete_files()?;
+            continue;
+        }
+        seg.reset_after_recovery(outcome.valid_bytes)?;
+        // A segment must continue where the previous one ended; otherwise what follows is
+        // not part of this log.
+        if damaged_at.is_none()
+            && let Some((_, next)) = segments.range(base + 1..).next()
+            && next.base_offset != outcome.next_offset
+        {
+            tracing::warn!(segment = %next.log_path().display(),
+                "segment does not start where the previous one ends ({}); dropping the rest",
+                outcome.next_offset);
+            damaged_at = Some(outcome.next_offset);
+        }
+    }
+    Ok(())
+}
+
+/// Base offset of the segment holding `recovery_point`: recovery starts there.
+fn first_unsafe(segments: &BTreeMap<u64, Arc<Segment>>, recovery_point: u64) -> u64 {
+    segments
+        .range(..=recovery_point)
+        .next_back()
+        .map(|(b, _)| *b)
+        .unwrap_or(*segments.keys().next().unwrap())
+}
+
+fn index_path(dir: &Path, base: u64) -> std::path::PathBuf {
+    dir.join(crate::segment::file_name(base, "index"))
+}

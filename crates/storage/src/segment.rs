@@ -1,0 +1,474 @@
+//! One segment: a `.log` file of whole batches plus its sparse indexes, loaded lazily so that
+//! opening a log with thousands of segments touches only their names and sizes.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::batch::{self, BatchHeader, HEADER_LEN};
+use crate::error::{IoContext, Result, StorageError};
+use crate::index::{OffsetIndex, TimeIndex};
+
+pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+/// What the indexes and a short scan tell about a segment.
+#[derive(Debug)]
+pub(crate) struct SegmentIndex {
+    pub offsets: OffsetIndex,
+    pub times: TimeIndex,
+    /// One past the last offset stored in the segment (the base offset when empty).
+    pub next_offset: u64,
+    /// Largest batch max timestamp, -1 when the segment is empty.
+    pub max_timestamp: i64,
+    /// Base offset of the batch holding `max_timestamp`.
+    pub offset_of_max_timestamp: u64,
+    pub bytes_since_index_entry: u64,
+}
+
+impl SegmentIndex {
+    fn empty(base_offset: u64) -> Self {
+        SegmentIndex {
+            offsets: OffsetIndex::default(),
+            times: TimeIndex::default(),
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base_offset,
+            bytes_since_index_entry: 0,
+        }
+    }
+
+    /// Accounts for one batch written at `position`; adds sparse index entries every
+    /// `interval` bytes, as Kafka does.
+    fn observe(&mut self, base: u64, position: u64, header: &BatchHeader, interval: u64) {
+        if header.max_timestamp > self.max_timestamp {
+            self.max_timestamp = header.max_timestamp;
+            self.offset_of_max_timestamp = header.base_offset as u64;
+        }
+        if self.bytes_since_index_entry > interval {
+            let rel = (header.base_offset as u64 - base) as u32;
+            self.offsets.push(rel, position as u32);
+            if self.max_timestamp >= 0 {
+                self.times.maybe_push(
+                    self.max_timestamp,
+                    (self.offset_of_max_timestamp - base) as u32,
+                );
+            }
+            self.bytes_since_index_entry = 0;
+        }
+        self.bytes_since_index_entry += header.total_size() as u64;
+        self.next_offset = header.last_offset() as u64 + 1;
+    }
+}
+
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    log_path: PathBuf,
+    index_path: PathBuf,
+    time_index_path: PathBuf,
+    file: OnceLock<Arc<File>>,
+    /// Bytes of whole batches readers may see; published after the bytes are written.
+    size: AtomicU64,
+    index: RwLock<Option<SegmentIndex>>,
+    /// `index.interval.bytes`, needed when the index is rebuilt from the log.
+    interval: AtomicU64,
+}
+
+/// How a recovery scan ended.
+pub(crate) struct ScanOutcome {
+    pub valid_bytes: u64,
+    pub next_offset: u64,
+    pub damage: Option<String>,
+}
+
+impl Segment {
+    fn paths(dir: &Path, base: u64) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.join(file_name(base, "log")),
+            dir.join(file_name(base, "index")),
+            dir.join(file_name(base, "timeindex")),
+        )
+    }
+
+    /// A new, empty segment (an existing file of that name is emptied).
+    pub fn create(dir: &Path, base_offset: u64) -> Result<Segment> {
+        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&log_path)
+            .at(&log_path)?;
+        for p in [&index_path, &time_index_path] {
+            File::create(p).at(p)?;
+        }
+        let seg = Segment {
+            base_offset,
+            log_path,
+            index_path,
+            time_index_path,
+            file: OnceLock::new(),
+            size: AtomicU64::new(0),
+            index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
+            interval: AtomicU64::new(4096),
+        };
+        let _ = seg.file.set(Arc::new(file));
+        Ok(seg)
+    }
+
+    /// An existing segment, known by name and size only until first used.
+    pub fn existing(dir: &Path, base_offset: u64, size: u64) -> Segment {
+        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        Segment {
+            base_offset,
+            log_path,
+            index_path,
+            time_index_path,
+            file: OnceLock::new(),
+            size: AtomicU64::new(size),
+            index: RwLock::new(None),
+            interval: AtomicU64::new(4096),
+        }
+    }
+
+    pub fn set_interval(&self, interval: u64) {
+        self.interval.store(interval, Ordering::Relaxed);
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn file(&self) -> Result<&Arc<File>> {
+        if let Some(f) = self.file.get() {
+            return Ok(f);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.log_path)
+            .at(&self.log_path)?;
+        Ok(self.file.get_or_init(|| Arc::new(f)))
+    }
+
+    fn io_err(&self, e: io::Error) -> StorageError {
+        StorageError::Io {
+            path: self.log_path.display().to_string(),
+            source: e,
+        }
+    }
+
+    pub fn read_header(&self, position: u64) -> Result<Option<BatchHeader>> {
+        let mut buf = [0u8; HEADER_LEN];
+        let file = self.file()?;
+        match file.read_exact_at(&mut buf, position) {
+            Ok(()) => Ok(BatchHeader::parse(&buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Runs `f` on the loaded index, loading it first if needed.
+    pub fn with_index<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R> {
+        {
+            let guard = self.index.read().unwrap();
+            if let Some(idx) = guard.as_ref() {
+                return Ok(f(idx));
+            }
+        }
+        self.with_index_mut(|idx| f(idx))
+    }
+
+    pub fn with_index_mut<R>(&self, f: impl FnOnce(&mut SegmentIndex) -> R) -> Result<R> {
+        let mut guard = self.index.write().unwrap();
+        if guard.is_none() {
+            *guard = Some(self.load_index()?);
+        }
+        Ok(f(guard.as_mut().unwrap()))
+    }
+
+    pub fn is_index_loaded(&self) -> bool {
+        self.index.read().unwrap().is_some()
+    }
+
+    /// Loads the index files, or rebuilds them from the log when missing or inconsistent;
+    /// then scans the batches after the last entry to learn the end offset and timestamps.
+    fn load_index(&self) -> Result<SegmentIndex> {
+        let size = self.size();
+        let mut idx = SegmentIndex::empty(self.base_offset);
+        // Known entries are kept; the scan after the last one only measures (no new entries),
+        // while a rebuild from scratch adds entries exactly as the writer did.
+        let mut interval = self.interval.load(Ordering::Relaxed);
+        let mut from = 0;
+        if let (Some(offsets), Some(times)) = (
+            OffsetIndex::load(&self.index_path, size),
+            TimeIndex::load(&self.time_index_path),
+        ) {
+            if let Some((_, pos)) = offsets.last() {
+                from = pos as u64;
+                interval = u64::MAX;
+            }
+            if let Some((ts, rel)) = times.last() {
+                idx.max_timestamp = ts;
+                idx.offset_of_max_timestamp = self.base_offset + rel as u64;
+            }
+            idx.offsets = offsets;
+            idx.times = times;
+        } else if size > 0 {
+            tracing::info!(segment = %self.log_path.display(), "rebuilding index");
+        }
+        let mut pos = from;
+        while pos < size {
+            let Some(h) = self.read_header(pos)? else {
+                break;
+            };
+            let total = h.total_size() as u64;
+            if h.batch_length < (HEADER_LEN - 12) as i32 || pos + total > size {
+                tracing::warn!(segment = %self.log_path.display(), position = pos,
+                    "bad batch framing in a flushed segment; ignoring its tail");
+                self.size.store(pos, Ordering::Release);
+                break;
+            }
+            idx.observe(self.base_offset, pos, &h, interval);
+            pos += total;
+        }
+        Ok(idx)
+    }
+
+    /// Reads every batch from `from` on, checking framing, CRC and that offsets follow each
+    /// other from `expected_offset`; stops at the first damage. Used by recovery.
+    pub fn scan_valid(&self, from: u64, expected_offset: u64) -> Result<ScanOutcome> {
+        let size = self.file()?.metadata().at(&self.log_path)?.len();
+        let mut pos = from;
+        let mut next = expected_offset;
+        let mut buf = Vec::new();
+        let mut damage = None;
+        while pos < size {
+            let Some(h) = self.read_header(pos)? else {
+                damage = Some(format!("torn batch header at position {pos}"));
+                break;
+            };
+            let total = h.total_size() as u64;
+            if h.batch_length < (HEADER_LEN - 12) as i32 || pos + total > size {
+                damage = Some(format!("torn or oversized batch at position {pos}"));
+                break;
+            }
+            buf.resize(total as usize, 0);
+            self.file()?
+                .read_exact_at(&mut buf, pos)
+                .map_err(|e| self.io_err(e))?;
+            match batch::validate(&buf) {
+                Ok(h) if h.base_offset as u64 == next => {}
+                Ok(h) => {
+                    damage = Some(format!(
+                        "batch at position {pos} has base offset {} where {next} was expected",
+                        h.base_offset
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    damage = Some(format!("batch at position {pos}: {e}"));
+                    break;
+                }
+            }
+            next = h.last_offset() as u64 + 1;
+            pos += total;
+        }
+        Ok(ScanOutcome {
+            valid_bytes: pos,
+            next_offset: next,
+            damage,
+        })
+    }
+
+    /// Cuts the segment at `position`, where the batch starting at `cut_offset` began, and
+    /// brings the index state back to what the writer had before that batch.
+    pub fn truncate_to(&self, position: u64, cut_offset: u64) -> Result<()> {
+        let file = self.file()?;
+        file.set_len(position).at(&self.log_path)?;
+        self.size.store(position, Ordering::Release);
+        let mut guard = self.index.write().unwrap();
+        let mut idx = SegmentIndex::empty(self.base_offset);
+        if let Some(old) = guard.take() {
+            idx.offsets = old.offsets;
+            idx.times = old.times;
+        }
+        let cut_rel = (cut_offset - self.base_offset).min(u32::MAX as u64) as u32;
+        idx.offsets.truncate_to(cut_rel);
+        idx.times.truncate_to(cut_rel);
+        if let Some((ts, rel)) = idx.times.last() {
+            idx.max_timestamp = ts;
+            idx.offset_of_max_timestamp = self.base_offset + rel as u64;
+        }
+        let mut pos = idx.offsets.last().map(|(_, p)| p as u64).unwrap_or(0);
+        while pos < position {
+            let Some(h) = self.read_header(pos)? else {
+                break;
+            };
+            idx.observe(self.base_offset, pos, &h, u64::MAX);
+            pos += h.total_size() as u64;
+        }
+        idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+        idx.times
+            .persist(&self.time_index_path)
+            .at(&self.time_index_path)?;
+        *guard = Some(idx);
+        Ok(())
+    }
+
+    /// Appends already-validated batches (`headers[i].1` at `positions[i]` within `data`).
+    pub fn append(
+        &self,
+        data: &[u8],
+        headers: &[(usize, BatchHeader)],
+        interval: u64,
+    ) -> Result<()> {
+        let file = self.file()?;
+        let start = self.size();
+        if let Err(e) = file.write_all_at(data, start) {
+            // Leave no partial batch behind for readers or recovery.
+            let _ = file.set_len(start);
+            return Err(self.io_err(e));
+        }
+        self.with_index_mut(|idx| {
+            for (at, h) in headers {
+                idx.observe(self.base_offset, start + *at as u64, h, interval);
+            }
+        })?;
+        self.size
+            .store(start + data.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// The first batch whose last offset is >= `offset`, scanning from the index floor.
+    pub fn find_batch(&self, offset: u64, limit: u64) -> Result<Option<(u64, BatchHeader)>> {
+        let rel = offset.saturating_sub(self.base_offset).min(u32::MAX as u64) as u32;
+        let mut pos = self.with_index(|idx| idx.offsets.lookup(rel))? as u64;
+        while pos < limit {
+            let Some(h) = self.read_header(pos)? else {
+                return Ok(None);
+            };
+            if h.last_offset() as u64 >= offset {
+                return Ok(Some((pos, h)));
+            }
+            pos += h.total_size() as u64;
+        }
+        Ok(None)
+    }
+
+    /// End position of the whole batches that start at `start` and end by `limit`.
+    pub fn whole_batches_end(&self, start: u64, limit: u64) -> Result<u64> {
+        let floor = self.with_index(|idx| {
+            idx.offsets
+                .floor_position(limit.min(u32::MAX as u64) as u32)
+        })? as u64;
+        let mut pos = floor.max(start);
+        while pos < limit {
+            let Some(h) = self.read_header(pos)? else {
+                break;
+            };
+            let end = pos + h.total_size() as u64;
+            if end > limit {
+                break;
+            }
+            pos = end;
+        }
+        Ok(pos)
+    }
+
+    pub fn next_offset(&self) -> Result<u64> {
+        self.with_index(|idx| idx.next_offset)
+    }
+
+    pub fn max_timestamp(&self) -> Result<(i64, u64)> {
+        self.with_index(|idx| (idx.max_timestamp, idx.offset_of_max_timestamp))
+    }
+
+    /// Last-modified time, for retention of segments whose batches carry no timestamps.
+    pub fn modified_ms(&self) -> i64 {
+        std::fs::metadata(&self.log_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
+    pub fn index_entries(&self) -> Result<usize> {
+        self.with_index(|idx| idx.offsets.len())
+    }
+
+    /// Writes index entries that exist only in memory.
+    pub fn persist_indexes(&self) -> Result<()> {
+        let mut guard = self.index.write().unwrap();
+        if let Some(idx) = guard.as_mut() {
+            idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+            idx.times
+                .persist(&self.time_index_path)
+                .at(&self.time_index_path)?;
+        }
+        Ok(())
+    }
+
+    /// fsync of the log and index files.
+    pub fn sync(&self) -> Result<()> {
+        self.persist_indexes()?;
+        self.file()?.sync_data().at(&self.log_path)?;
+        for p in [&self.index_path, &self.time_index_path] {
+            if let Ok(f) = File::open(p) {
+                f.sync_data().at(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the segment's files. Readers holding the file keep reading it (Unix).
+    pub fn delete_files(&self) -> Result<()> {
+        for p in [&self.log_path, &self.index_path, &self.time_index_path] {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(p),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the index state after a recovery scan rebuilt it from `valid_bytes`.
+    pub fn reset_after_recovery(&self, valid_bytes: u64) -> Result<()> {
+        let interval = self.interval.load(Ordering::Relaxed);
+        let file = self.file()?;
+        let len = file.metadata().at(&self.log_path)?.len();
+        if len != valid_bytes {
+            file.set_len(valid_bytes).at(&self.log_path)?;
+        }
+        self.size.store(valid_bytes, Ordering::Release);
+        let mut idx = SegmentIndex::empty(self.base_offset);
+        let mut pos = 0;
+        while pos < valid_bytes {
+            let Some(h) = self.read_header(pos)? else {
+                break;
+            };
+            idx.observe(self.base_offset, pos, &h, interval);
+            pos += h.total_size() as u64;
+        }
+        // Rewrite both files whole: the old ones may hold entries past the cut.
+        let _ = std::fs::remove_file(&self.index_path);
+        let _ = std::fs::remove_file(&self.time_index_path);
+        idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+        idx.times
+            .persist(&self.time_index_path)
+            .at(&self.time_index_path)?;
+        *self.index.write().unwrap() = Some(idx);
+        Ok(())
+    }
+}
