@@ -1,1 +1,14 @@
-//! strom-broker: see DESIGN.md.
+//! The strom broker: a tokio server speaking the Kafka protocol over the partition logs.
+
+pub mod broker;
+pub mod config;
+pub mod errors;
+mod handlers;
+pub mod partition;
+pub mod producer_state;
+pub mod protocol;
+pub mod server;
+pub mod topic_config;
+
+pub use broker::Broker;
+pub use config::{BrokerConfig, ConfigError, parse_properties};

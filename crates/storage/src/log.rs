@@ -208,6 +208,15 @@ impl Log {
         self.shared.writer.lock().unwrap()
     }
 
+    /// The writer, for operations that change the log: refused once the log is closed.
+    fn open_writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        let w = self.writer();
+        if w.closed {
+            return Err(closed_error(&self.shared.dir));
+        }
+        Ok(w)
+    }
+
     /// Appends one or more record batches, assigning offsets and the leader epoch in place
     /// in `batches` (which then hold exactly what was stored).
     pub fn append(&self, batches: &mut [u8], leader_epoch: i32) -> Result<AppendInfo> {
@@ -241,10 +250,7 @@ impl Log {
         let log_append_time =
             (config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
 
-        let mut w = self.writer();
-        if w.closed {
-            return Err(closed_error(&self.shared.dir));
-        }
+        let mut w = self.open_writer()?;
         let base_offset = self.log_end_offset();
         let mut next = base_offset;
         let mut max_timestamp = -1;
@@ -309,7 +315,7 @@ impl Log {
 
     /// Starts a new segment at the log end offset (no-op when the active one is empty).
     pub fn roll(&self) -> Result<()> {
-        let mut w = self.writer();
+        let mut w = self.open_writer()?;
         if w.active.size() == 0 {
             return Ok(());
         }
@@ -515,7 +521,7 @@ impl Log {
     /// Removes every record at `offset` and after; a batch that straddles `offset` goes
     /// whole. Returns the new log end offset.
     pub fn truncate_to(&self, offset: u64) -> Result<u64> {
-        let mut w = self.writer();
+        let mut w = self.open_writer()?;
         let end = self.log_end_offset();
         if offset >= end {
             return Ok(end);
@@ -591,7 +597,7 @@ impl Log {
     /// DeleteRecords: the log now starts at `offset`; whole segments below it are deleted.
     /// Returns the new log start offset.
     pub fn delete_records_before(&self, offset: u64) -> Result<u64> {
-        let mut w = self.writer();
+        let mut w = self.open_writer()?;
         let end = self.log_end_offset();
         let start = self.log_start_offset();
         if offset > end {
@@ -610,7 +616,7 @@ impl Log {
     /// batches carry none), `retention.bytes` and the log start offset. Returns how many.
     pub fn apply_retention(&self, now: i64) -> Result<usize> {
         let config = self.config();
-        let mut w = self.writer();
+        let mut w = self.open_writer()?;
         let mut total = self.size_bytes() as i64;
         self.delete_prefix(&mut w, |seg, _| {
             let by_time = config.retention_ms >= 0 && {
@@ -702,7 +708,7 @@ impl Log {
 
     /// Clean shutdown: flush everything, write the checkpoints and the clean-shutdown marker
     /// so the next open skips recovery.
-    pub fn close(self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         let mut w = self.writer();
         self.flush_locked(&mut w, now_ms())?;
         let dir = &self.shared.dir;
@@ -721,7 +727,7 @@ impl Log {
     }
 
     /// Deletes the whole log (DeleteTopics).
-    pub fn delete(self) -> Result<()> {
+    pub fn delete(&self) -> Result<()> {
         let mut w = self.writer();
         if let Some(h) = w.pending_flush.take() {
             let _ = h.join();

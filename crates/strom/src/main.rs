@@ -1,1 +1,52 @@
-fn main() {}
+//! `strom`: broker and command-line tools in one binary.
+
+mod server;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "strom",
+    version,
+    about = "A Kafka-compatible distributed commit log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    ///
+    /// With no arguments: a single-node cluster, node 0, listening and advertised on
+    /// 127.0.0.1:9092, data in ./strom-data.
+    ///
+    /// Examples:
+    ///   strom server
+    ///   strom server --config server.properties
+    ///   strom server --override listeners=PLAINTEXT://0.0.0.0:9092 --override log.dirs=/var/lib/strom
+    #[command(verbatim_doc_comment)]
+    Server(server::ServerArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Server(args) => server::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Broker settings, read from a Kafka-style `server.properties` with Kafka's own key names.
+//! Unknown keys are warned about; a bad value stops the server with the key named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use strom_storage::LogConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("line {line} of {path} is not key=value: {text:?}")]
+    Syntax {
+        path: String,
+        line: usize,
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub listener: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub log_dir: PathBuf,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    pub auto_create_topics_enable: bool,
+    pub message_max_bytes: usize,
+    pub socket_request_max_bytes: usize,
+    pub min_insync_replicas: i32,
+    pub log_retention_check_interval_ms: u64,
+    pub log_flush_scheduler_interval_ms: u64,
+    pub log_flush_offset_checkpoint_interval_ms: u64,
+    /// The topic defaults that `log.*` keys set.
+    pub log: LogConfig,
+    /// Every key as given (after overrides), for DescribeConfigs on the broker.
+    pub given: BTreeMap<String, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            listener: "127.0.0.1:9092".parse().unwrap(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            log_dir: PathBuf::from("strom-data"),
+            num_partitions: 1,
+            default_replication_factor: 1,
+            auto_create_topics_enable: true,
+            message_max_bytes: 1024 * 1024 + 12,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            min_insync_replicas: 1,
+            log_retention_check_interval_ms: 300_000,
+            log_flush_scheduler_interval_ms: 1000,
+            log_flush_offset_checkpoint_interval_ms: 60_000,
+            log: LogConfig::default(),
+            given: BTreeMap::new(),
+        }
+    }
+}
+
+/// Keys Kafka users put in server.properties that strom accepts without using them yet
+/// (they concern features that come later); no warning for those.
+const ACCEPTED: &[&str] = &[
+    "process.roles",
+    "controller.quorum.voters",
+    "controller.quorum.bootstrap.servers",
+    "controller.listener.names",
+    "inter.broker.listener.name",
+    "listener.security.protocol.map",
+    "num.network.threads",
+    "num.io.threads",
+    "socket.send.buffer.bytes",
+    "socket.receive.buffer.bytes",
+    "num.recovery.threads.per.data.dir",
+    "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.min.isr",
+    "share.coordinator.state.topic.replication.factor",
+    "share.coordinator.state.topic.min.isr",
+    "group.initial.rebalance.delay.ms",
+];
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+fn int<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "not a valid number"))
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "must be true or false")),
+    }
+}
+
+/// `PLAINTEXT://host:port` (the first listener); an empty host means all interfaces.
+fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
+    let first = value.split(',').next().unwrap_or("").trim();
+    let rest = first
+        .split_once("://")
+        .ok_or_else(|| invalid(key, value, "expected NAME://host:port"))?;
+    if rest.0 != "PLAINTEXT" {
+        return Err(invalid(
+            key,
+            value,
+            "only PLAINTEXT listeners are supported so far",
+        ));
+    }
+    let (host, port) = rest
+        .1
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, value, "expected NAME://host:port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid(key, value, "bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+impl BrokerConfig {
+    /// Builds the config from properties, returning it and the warnings for unknown keys.
+    pub fn from_properties(
+        props: &BTreeMap<String, String>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut c = BrokerConfig::default();
+        let mut warnings = Vec::new();
+        let mut advertised = None;
+        let mut retention_set_by = 0; // ms > minutes > hours, as in Kafka
+        for (key, value) in props {
+            let k = key.as_str();
+            let v = value.as_str();
+            match k {
+                "node.id" | "broker.id" => c.node_id = int(k, v)?,
+                "listeners" => {
+                    let (host, port) = parse_listener(k, v)?;
+                    let ip = if host.is_empty() {
+                        "0.0.0.0".to_string()
+                    } else {
+                        host
+                    };
+                    let addr = format!("{ip}:{port}");
+                    c.listener = match addr.parse() {
+                        Ok(a) => a,
+                        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&addr)
+                            .ok()
+                            .and_then(|mut a| a.next())
+                            .ok_or_else(|| invalid(k, v, "cannot resolve the host"))?,
+                    };
+                }
+                "advertised.listeners" => advertised = Some(parse_listener(k, v)?),
+                "log.dirs" | "log.dir" => {
+                    let first = v.split(',').next().unwrap_or("").trim();
+                    if first.is_empty() {
+                        return Err(invalid(k, v, "must name a directory"));
+                    }
+                    c.log_dir = PathBuf::from(first);
+                }
+                "num.partitions" => {
+                    c.num_partitions = int(k, v)?;
+                    if c.num_partitions < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "default.replication.factor" => {
+                    c.default_replication_factor = int(k, v)?;
+                    if c.default_replication_factor < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "auto.create.topics.enable" => c.auto_create_topics_enable = boolean(k, v)?,
+                "message.max.bytes" => {
+                    c.message_max_bytes = int::<i32>(k, v)?.max(0) as usize;
+                    c.log.max_message_bytes = c.message_max_bytes;
+                }
+                "socket.request.max.bytes" => {
+                    let n: i32 = int(k, v)?;
+                    if n < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                    c.socket_request_max_bytes = n as usize;
+                }
+                "min.insync.replicas" => c.min_insync_replicas = int(k, v)?,
+                "log.retention.check.interval.ms" => c.log_retention_check_interval_ms = int(k, v)?,
+                "log.flush.scheduler.interval.ms" => c.log_flush_scheduler_interval_ms = int(k, v)?,
+                "log.flush.offset.checkpoint.interval.ms" => {
+                    c.log_flush_offset_checkpoint_interval_ms = int(k, v)?
+                }
+                "log.retention.ms" | "log.retention.minutes" | "log.retention.hours" => {
+                    let (rank, factor) = match k {
+                        "log.retention.ms" => (3, 1),
+                        "log.retention.minutes" => (2, 60_000),
+                        _ => (1, 3_600_000),
+                    };
+                    let n: i64 = int(k, v)?;
+                    if n < -1 {
+                        return Err(invalid(k, v, "must be -1 (unlimited) or more"));
+                    }
+                    if rank > retention_set_by {
+                        retention_set_by = rank;
+                        c.log.retention_ms = if n < 0 { -1 } else { n * factor };
+                    }
+                }
+                "log.retention.bytes" => set_log(&mut c.log, "retention.bytes", k, v)?,
+                "log.segment.bytes" => set_log(&mut c.log, "segment.bytes", k, v)?,
+                "log.roll.ms" => set_log(&mut c.log, "segment.ms", k, v)?,
+                "log.roll.hours" => {
+                    let h: i64 = int(k, v)?;
+                    set_log(&mut c.log, "segment.ms", k, &(h * 3_600_000).to_string())?
+                }
+                "log.index.interval.bytes" => set_log(&mut c.log, "index.interval.bytes", k, v)?,
+                "log.index.size.max.bytes" => set_log(&mut c.log, "segment.index.bytes", k, v)?,
+                "log.flush.interval.messages" => set_log(&mut c.log, "flush.messages", k, v)?,
+                "log.flush.interval.ms" => set_log(&mut c.log, "flush.ms", k, v)?,
+                "log.message.timestamp.type" => {
+                    set_log(&mut c.log, "message.timestamp.type", k, v)?
+                }
+                _ if ACCEPTED.contains(&k) => {}
+                _ => warnings.push(format!("unknown config {k} is ignored")),
+            }
+        }
+        let port = c.listener.port();
+        let (host, port) = advertised.unwrap_or_else(|| {
+            let ip = c.listener.ip();
+            let host = if ip.is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                ip.to_string()
+            };
+            (host, port)
+        });
+        c.advertised_host = host;
+        c.advertised_port = port;
+        c.given = props.clone();
+        Ok((c, warnings))
+    }
+}
+
+fn set_log(
+    log: &mut LogConfig,
+    topic_key: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    log.set(topic_key, value)
+        .map_err(|e| invalid(key, value, e.to_string()))
+}
+
+/// Parses Java properties text: `key=value`, `key: value` or `key value`; `#` and `!`
+/// comments; a trailing backslash continues the line.
+pub fn parse_properties(text: &str, path: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    let mut pending = String::new();
+    let mut start_line = 0;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        if pending.is_empty() {
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            start_line = i + 1;
+        }
+        if let Some(cont) = line.strip_suffix('\\') {
+            pending.push_str(cont);
+            continue;
+        }
+        pending.push_str(line);
+        let entry = std::mem::take(&mut pending);
+        let split = entry
+            .find(['=', ':'])
+            .or_else(|| entry.find(char::is_whitespace));
+        let Some(at) = split else {
+            return Err(ConfigError::Syntax {
+                path: path.into(),
+                line: start_line,
+                text: entry,
+            });
+        };
+        let key = entry[..at].trim().to_string();
+        let value = entry[at + 1..].trim().to_string();
+        if key.is_empty() {
+            return Err(ConfigError::Syntax {
+                path: path.into(),
+                line: start_line,
+                text: entry,
+            });
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_kafkas_single_node() {
+        let (c, w) = BrokerConfig::from_properties(&BTreeMap::new()).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(c.node_id, 0);
+        assert_eq!(c.listener.to_string(), "127.0.0.1:9092");
+        assert_eq!(
+            (c.advertised_host.as_str(), c.advertised_port),
+            ("127.0.0.1", 9092)
+        );
+        assert_eq!(c.log_dir, PathBuf::from("strom-data"));
+        assert!(c.auto_create_topics_enable);
+        assert_eq!(c.log.retention_ms, 7 * 24 * 3600 * 1000);
+    }
+
+    #[test]
+    fn kafka_keys_are_understood() {
+        let (c, w) = BrokerConfig::from_properties(&props(&[
+            ("listeners", "PLAINTEXT://0.0.0.0:19092"),
+            ("advertised.listeners", "PLAINTEXT://broker1:19092"),
+            ("log.dirs", "/tmp/a,/tmp/b"),
+            ("num.partitions", "6"),
+            ("log.retention.hours", "1"),
+            ("log.segment.bytes", "1048576"),
+            ("auto.create.topics.enable", "false"),
+            ("process.roles", "broker,controller"),
+            ("made.up.key", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listener.port(), 19092);
+        assert_eq!(c.advertised_host, "broker1");
+        assert_eq!(c.log_dir, PathBuf::from("/tmp/a"));
+        assert_eq!(c.num_partitions, 6);
+        assert_eq!(c.log.retention_ms, 3_600_000);
+        assert_eq!(c.log.segment_bytes, 1_048_576);
+        assert!(!c.auto_create_topics_enable);
+        assert_eq!(w, vec!["unknown config made.up.key is ignored".to_string()]);
+    }
+
+    #[test]
+    fn retention_ms_wins_over_hours() {
+        let (c, _) = BrokerConfig::from_properties(&props(&[
+            ("log.retention.hours", "5"),
+            ("log.retention.ms", "1234"),
+        ]))
+        .unwrap();
+        assert_eq!(c.log.retention_ms, 1234);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (k, v) in [
+            ("num.partitions", "zero"),
+            ("num.partitions", "0"),
+            ("listeners", "127.0.0.1:9092"),
+            ("auto.create.topics.enable", "yes"),
+            ("log.segment.bytes", "-5"),
+            ("log.retention.hours", "-7"),
+        ] {
+            let err = BrokerConfig::from_properties(&props(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn properties_syntax() {
+        let text = "# comment\n! other\na=1\nb : 2\nc 3\nlong=x,\\\n   y\n\n";
+        let p = parse_properties(text, "t").unwrap();
+        assert_eq!(p["a"], "1");
+        assert_eq!(p["b"], "2");
+        assert_eq!(p["c"], "3");
+        assert_eq!(p["long"], "x,y");
+        assert!(parse_properties("justakey\n", "t").is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for topics and brokers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::owned::alter_configs_request::AlterConfigsRequest;
+use krabka_protocol::owned::alter_configs_response::{
+    AlterConfigsResourceResponse, AlterConfigsResponse,
+};
+use krabka_protocol::owned::describe_configs_request::DescribeConfigsRequest;
+use krabka_protocol::owned::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+    DescribeConfigsSynonym,
+};
+use krabka_protocol::owned::incremental_alter_configs_request::IncrementalAlterConfigsRequest;
+use krabka_protocol::owned::incremental_alter_configs_response as incremental;
+
+use super::admin::broker_error;
+use super::{HandlerResult, respond};
+use crate::broker::Broker;
+use crate::errors;
+use crate::protocol::{self, RequestContext};
+use crate::topic_config::{Source, TopicConfig, all_keys};
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
+
+/// Kafka's ConfigType numbering, for DescribeConfigs v3+.
+fn config_type(key: &str) -> i8 {
+    const BOOLEAN: i8 = 1;
+    const STRING: i8 = 2;
+    const INT: i8 = 3;
+    const LONG: i8 = 5;
+    const LIST: i8 = 7;
+    match key {
+        "segment.bytes"
+        | "index.interval.bytes"
+        | "segment.index.bytes"
+        | "max.message.bytes"
+        | "min.insync.replicas" => INT,
+        "segment.ms" | "retention.ms" | "retention.bytes" | "flush.messages" | "flush.ms" => LONG,
+        "cleanup.policy" => LIST,
+        "unclean.leader.election.enable" => BOOLEAN,
+        _ => STRING,
+    }
+}
+
+fn result(resource_type: i8, name: String) -> DescribeConfigsResult {
+    DescribeConfigsResult {
+        resource_type,
+        resource_name: name,
+        ..Default::default()
+    }
+}
+
+fn wanted(keys: &Option<Vec<String>>, key: &str) -> bool {
+    keys.as_ref().is_none_or(|k| k.iter().any(|w| w == key))
+}
+
+fn describe_topic(
+    broker: &Broker,
+    name: String,
+    keys: &Option<Vec<String>>,
+    synonyms: bool,
+) -> DescribeConfigsResult {
+    let mut r = result(TOPIC, name.clone());
+    let Some(topic) = broker.topic(&name) else {
+        r.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+        r.error_message = Some(format!("unknown topic {name}"));
+        return r;
+    };
+    let config = topic.config.read().unwrap();
+    let defaults = TopicConfig::new(&broker.config, BTreeMap::new()).expect("defaults are valid");
+    for key in all_keys().filter(|k| wanted(keys, k)) {
+        let Some((value, source)) = config.describe(&broker.config, key) else {
+            continue;
+        };
+        let mut entry = DescribeConfigsResourceResult {
+            name: key.to_string(),
+            value: Some(value.clone()),
+            read_only: false,
+            config_source: source as i8,
+            is_sensitive: false,
+            config_type: config_type(key),
+            documentation: None,
+            ..Default::default()
+        };
+        if synonyms {
+            if source == Source::DynamicTopic {
+                entry.synonyms.push(DescribeConfigsSynonym {
+                    name: key.to_string(),
+                    value: Some(value),
+                    source: Source::DynamicTopic as i8,
+                    ..Default::default()
+                });
+            }
+            if let Some((default, default_source)) = defaults.describe(&broker.config, key) {
+                let synonym = TopicConfig::broker_synonym(key).unwrap_or(key);
+                entry.synonyms.push(DescribeConfigsSynonym {
+                    name: synonym.to_string(),
+                    value: Some(default),
+                    source: default_source as i8,
+                    ..Default::default()
+                });
+            }
+        }
+        r.configs.push(entry);
+    }
+    r
+}
+
+fn describe_broker(
+    broker: &Broker,
+    name: String,
+    keys: &Option<Vec<String>>,
+) -> DescribeConfigsResult {
+    let mut r = result(BROKER, name.clone());
+    if !name.is_empty() && name != broker.config.node_id.to_string() {
+        r.error_code = errors::INVALID_REQUEST;
+        r.error_message = Some(format!(
+            "this is broker {}, not {name}",
+            broker.config.node_id
+        ));
+        return r;
+    }
+    let c = &broker.config;
+    let defaults = TopicConfig::new(c, BTreeMap::new()).expect("defaults are valid");
+    let mut values: Vec<(String, String)> = vec![
+        ("node.id".into(), c.node_id.to_string()),
+        ("listeners".into(), format!("PLAINTEXT://{}", c.listener)),
+        (
+            "advertised.listeners".into(),
+            format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
+        ),
+        ("log.dirs".into(), c.log_dir.display().to_string()),
+        ("num.partitions".into(), c.num_partitions.to_string()),
+        (
+            "default.replication.factor".into(),
+            c.default_replication_factor.to_string(),
+        ),
+        (
+            "auto.create.topics.enable".into(),
+            c.auto_create_topics_enable.to_string(),
+        ),
+        (
+            "socket.request.max.bytes".into(),
+            c.socket_request_max_bytes.to_string(),
+        ),
+        (
+            "log.retention.check.interval.ms".into(),
+            c.log_retention_check_interval_ms.to_string(),
+        ),
+    ];
+    for key in all_keys() {
+        if let (Some(broker_key), Some((v, _))) =
+            (TopicConfig::broker_synonym(key), defaults.describe(c, key))
+        {
+            values.push((broker_key.to_string(), v));
+        }
+    }
+    values.sort();
+    values.dedup_by(|a, b| a.0 == b.0);
+    for (key, value) in values.into_iter().filter(|(k, _)| wanted(keys, k)) {
+        let source = if c.given.contains_key(&key) {
+            Source::StaticBroker
+        } else {
+            Source::Default
+        };
+        r.configs.push(DescribeConfigsResourceResult {
+            name: key,
+            value: Some(value),
+            // Broker settings are static until the controller quorum stores dynamic ones.
+            read_only: true,
+            config_source: source as i8,
+            is_sensitive: false,
+            ..Default::default()
+        });
+    }
+    r
+}
+
+pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: DescribeConfigsRequest = protocol::decode(&mut body, ctx.version)?;
+    let results = req
+        .resources
+        .into_iter()
+        .map(|res| match res.resource_type {
+            TOPIC => describe_topic(
+                broker,
+                res.resource_name,
+                &res.configuration_keys,
+                req.include_synonyms,
+            ),
+            BROKER => describe_broker(broker, res.resource_name, &res.configuration_keys),
+            other => {
+                let mut r = result(other, res.resource_name);
+                r.error_code = errors::INVALID_REQUEST;
+                r.error_message = Some(format!("resource type {other} is not supported"));
+                r
+            }
+        })
+        .collect();
+    respond(
+        ctx,
+        &DescribeConfigsResponse {
+            results,
+            ..Default::default()
+        },
+    )
+}
+
+/// Applies new topic overrides, or explains why not: (error code, message).
+fn alter_topic(
+    broker: &Broker,
+    name: &str,
+    overrides: Result<BTreeMap<String, String>, String>,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let overrides = match overrides {
+        Ok(o) => o,
+        Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
+    };
+    match broker.set_topic_config(name, overrides, validate_only) {
+        Ok(()) => (errors::NONE, None),
+        Err(e) => (broker_error(&e), Some(e.to_string())),
+    }
+}
+
+fn broker_read_only(broker: &Broker, name: &str) -> (i16, Option<String>) {
+    if !name.is_empty() && name != broker.config.node_id.to_string() {
+        return (
+            errors::INVALID_REQUEST,
+            Some(format!(
+                "this is broker {}, not {name}",
+                broker.config.node_id
+            )),
+        );
+    }
+    (
+        errors::INVALID_REQUEST,
+        Some("broker configs cannot be changed at runtime yet: set them in server.properties and restart".into()),
+    )
+}
+
+pub fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: AlterConfigsRequest = protocol::decode(&mut body, ctx.version)?;
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let (code, msg) = match res.resource_type {
+                TOPIC => {
+                    // AlterConfigs replaces the whole set of overrides.
+                    let overrides = res
+                        .configs
+                        .iter()
+                        .map(|c| match &c.value {
+                            Some(v) => Ok((c.name.clone(), v.clone())),
+                            None => Err(format!("config {} has no value", c.name)),
+                        })
+                        .collect();
+                    alter_topic(broker, &res.resource_name, overrides, req.validate_only)
+                }
+                BROKER => broker_read_only(broker, &res.resource_name),
+                other => (
+                    errors::INVALID_REQUEST,
+                    Some(format!("resource type {other} is not supported")),
+                ),
+            };
+            AlterConfigsResourceResponse {
+                error_code: code,
+                error_message: msg,
+                resource_type: res.resource_type,
+                resource_name: res.resource_name,
+                ..Default::default()
+            }
+        })
+        .collect();
+    respond(
+        ctx,
+        &AlterConfigsResponse {
+            responses,
+            ..Default::default()
+        },
+    )
+}
+
+/// Applies SET / DELETE / APPEND / SUBTRACT to a topic's current overrides.
+fn apply_incremental(
+    current: &BTreeMap<String, String>,
+    ops: &[krabka_protocol::owned::incremental_alter_configs_request::AlterableConfig],
+) -> Result<BTreeMap<String, String>, String> {
+    let mut next = current.clone();
+    for op in ops {
+        match op.config_operation {
+            SET => {
+                let v = op
+                    .value
+                    .clone()
+                    .ok_or_else(|| format!("SET {} needs a value", op.name))?;
+                next.insert(op.name.clone(), v);
+            }
+            DELETE => {
+                next.remove(&op.name);
+            }
+            APPEND | SUBTRACT => {
+                if config_type(&op.name) != 7 {
+                    return Err(format!(
+                        "{} is not a list: APPEND and SUBTRACT apply to lists only",
+                        op.name
+                    ));
+                }
+                let value = op.value.clone().unwrap_or_default();
+                let mut items: Vec<String> = next
+                    .get(&op.name)
+                    .map(|v| {
+                        v.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_else(|| vec!["delete".to_string()]);
+                for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if op.config_operation == APPEND {
+                        if !items.iter().any(|i| i == item) {
+                            items.push(item.to_string());
+                        }
+                    } else {
+                        items.retain(|i| i != item);
+                    }
+                }
+                next.insert(op.name.clone(), items.join(","));
+            }
+            other => return Err(format!("unknown config operation {other}")),
+        }
+    }
+    Ok(next)
+}
+
+pub fn incremental_alter(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
+    let req: IncrementalAlterConfigsRequest = protocol::decode(&mut body, ctx.version)?;
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let (code, msg) = match res.resource_type {
+                TOPIC => match broker.topic(&res.resource_name) {
+                    None => (
+                        errors::UNKNOWN_TOPIC_OR_PARTITION,
+                        Some(format!("unknown topic {}", res.resource_name)),
+                    ),
+                    Some(t) => {
+                        let current = t.config.read().unwrap().overrides.clone();
+                        alter_topic(
+                            broker,
+                            &res.resource_name,
+                            apply_incremental(&current, &res.configs),
+                            req.validate_only,
+                        )
+                    }
+                },
+                BROKER => broker_read_only(broker, &res.resource_name),
+                other => (
+                    errors::INVALID_REQUEST,
+                    Some(format!("resource type {other} is not supported")),
+                ),
+            };
+            incremental::AlterConfigsResourceResponse {
+                error_code: code,
+                error_message: msg,
+                resource_type: res.resource_type,
+                resource_name: res.resource_name,
+                ..Default::default()
+            }
+        })
+        .collect();
+    respond(
+        ctx,
+        &incremental::IncrementalAlterConfigsResponse {
+            responses,
+            ..Default::default()
+        },
+    )
+}

@@ -1,0 +1,187 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::owned::fetch_request::FetchRequest;
+use krabka_protocol::owned::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use krabka_protocol::primitives::uuid::Uuid;
+use krabka_protocol::records::RecordsPayload;
+use tokio::time::Instant;
+
+use super::{HandlerResult, respond};
+use crate::broker::{Broker, Topic};
+use crate::errors;
+use crate::protocol::{self, RequestContext};
+
+/// A session id of 0 with epoch -1 or 0 asks for no session or a new one: both are answered
+/// as full fetches without a session (session id 0), which every client accepts. Anything
+/// else names a session we never gave out.
+fn session_error(req: &FetchRequest, version: i16) -> Option<i16> {
+    if version < 7 {
+        return None;
+    }
+    if req.session_id != 0 {
+        return Some(errors::FETCH_SESSION_ID_NOT_FOUND);
+    }
+    if req.session_epoch != 0 && req.session_epoch != -1 {
+        return Some(errors::INVALID_FETCH_SESSION_EPOCH);
+    }
+    None
+}
+
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: FetchRequest = protocol::decode(&mut body, ctx.version)?;
+    if let Some(code) = session_error(&req, ctx.version) {
+        return respond(
+            ctx,
+            &FetchResponse {
+                error_code: code,
+                ..Default::default()
+            },
+        );
+    }
+    let deadline = Instant::now() + std::time::Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
+    // Resolve topics once; by name before v13, by id from v13.
+    let topics: Vec<(
+        Option<Arc<Topic>>,
+        &krabka_protocol::owned::fetch_request::FetchTopic,
+    )> = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = if ctx.version >= 13 {
+                broker.topic_by_id(&t.topic_id.0)
+            } else {
+                broker.topic(&t.topic)
+            };
+            (topic, t)
+        })
+        .collect();
+    loop {
+        let notified = broker.data_changed.notified();
+        let (responses, bytes) = read_all(&topics, max_bytes, ctx.version);
+        let has_error = responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.error_code != errors::NONE);
+        if bytes >= min_bytes || has_error || Instant::now() >= deadline {
+            return respond(
+                ctx,
+                &FetchResponse {
+                    error_code: errors::NONE,
+                    session_id: 0,
+                    responses,
+                    ..Default::default()
+                },
+            );
+        }
+        // Woken by any high watermark move; re-read and decide again.
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
+fn read_all(
+    topics: &[(
+        Option<Arc<Topic>>,
+        &krabka_protocol::owned::fetch_request::FetchTopic,
+    )],
+    max_bytes: usize,
+    version: i16,
+) -> (Vec<FetchableTopicResponse>, usize) {
+    let mut total = 0usize;
+    let mut responses = Vec::with_capacity(topics.len());
+    for (topic, wanted) in topics {
+        let mut partitions = Vec::with_capacity(wanted.partitions.len());
+        for fp in &wanted.partitions {
+            let mut data = PartitionData {
+                partition_index: fp.partition,
+                error_code: errors::NONE,
+                high_watermark: -1,
+                last_stable_offset: -1,
+                log_start_offset: -1,
+                aborted_transactions: None,
+                preferred_read_replica: -1,
+                // Kafka sends empty records, not null, when there is nothing to return.
+                records: Some(RecordsPayload::Raw(Bytes::new())),
+                ..Default::default()
+            };
+            let Some(p) = topic.as_ref().and_then(|t| t.partition(fp.partition)) else {
+                data.error_code = if version >= 13 && topic.is_none() {
+                    errors::UNKNOWN_TOPIC_ID
+                } else {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                };
+                partitions.push(data);
+                continue;
+            };
+            data.high_watermark = p.high_watermark() as i64;
+            data.last_stable_offset = p.last_stable_offset() as i64;
+            data.log_start_offset = p.log.log_start_offset() as i64;
+            let epoch = p.leader_epoch();
+            if version >= 9 && fp.current_leader_epoch >= 0 && fp.current_leader_epoch != epoch {
+                data.error_code = if fp.current_leader_epoch < epoch {
+                    errors::FENCED_LEADER_EPOCH
+                } else {
+                    errors::UNKNOWN_LEADER_EPOCH
+                };
+                partitions.push(data);
+                continue;
+            }
+            if fp.fetch_offset < 0 {
+                data.error_code = errors::OFFSET_OUT_OF_RANGE;
+                partitions.push(data);
+                continue;
+            }
+            // Kafka's rule: the first batch of the response may exceed the limits, so that a
+            // consumer always progresses; after that, nothing that does not fit.
+            let room = max_bytes.saturating_sub(total);
+            let limit = (fp.partition_max_bytes.max(0) as usize).min(room);
+            if limit == 0 && total > 0 {
+                partitions.push(data);
+                continue;
+            }
+            match p.read(fp.fetch_offset as u64, limit.max(1)) {
+                Ok(r) => {
+                    if let Some(region) = r.region
+                        && (total == 0 || region.len as usize <= limit)
+                    {
+                        match region.read_all() {
+                            Ok(bytes) => {
+                                total += bytes.len();
+                                data.records = Some(RecordsPayload::Raw(Bytes::from(bytes)));
+                            }
+                            Err(e) => {
+                                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "read failed");
+                                data.error_code = errors::KAFKA_STORAGE_ERROR;
+                            }
+                        }
+                    }
+                }
+                Err(e) => data.error_code = errors::from_storage(&e),
+            }
+            partitions.push(data);
+        }
+        responses.push(FetchableTopicResponse {
+            topic: if version >= 13 {
+                String::new()
+            } else {
+                wanted.topic.clone()
+            },
+            topic_id: if version >= 13 {
+                wanted.topic_id
+            } else {
+                Uuid::ZERO
+            },
+            partitions,
+            ..Default::default()
+        });
+    }
+    (responses, total)
+}

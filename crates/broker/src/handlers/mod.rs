@@ -1,0 +1,75 @@
+//! Request handlers, one file per API family. Each turns wire types into calls on the
+//! broker's domain types and the answer back into a response.
+
+mod admin;
+mod api_versions;
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod producer_id;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::{Encode, ProtocolError};
+
+use crate::broker::Broker;
+use crate::protocol::{self, RequestContext};
+use crate::server::Reply;
+
+/// Decodes and serves one request frame (size prefix already removed).
+pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) -> Reply {
+    let (api_key, version, correlation_id) = protocol::peek_header(&frame).expect("framed");
+    let Some(api) = protocol::api(api_key) else {
+        tracing::warn!(%peer, api_key, version, "closing connection: unsupported api key");
+        return Reply::Close;
+    };
+    if version < api.min || version > api.max {
+        if api_key == protocol::API_VERSIONS {
+            // The client will retry with a version from the list.
+            return Reply::Frame(api_versions::unsupported(correlation_id));
+        }
+        tracing::warn!(%peer, api = api.name, version, "closing connection: unsupported version");
+        return Reply::Close;
+    }
+    let ctx = match protocol::decode_header(&mut frame, api, version) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::warn!(%peer, api = api.name, version, error = %e, "closing connection: bad request header");
+            return Reply::Close;
+        }
+    };
+    let result = match api_key {
+        protocol::API_VERSIONS => api_versions::handle(&ctx, frame),
+        protocol::METADATA => metadata::handle(broker, &ctx, frame),
+        protocol::PRODUCE => produce::handle(broker, &ctx, frame).await,
+        protocol::FETCH => fetch::handle(broker, &ctx, frame).await,
+        protocol::LIST_OFFSETS => list_offsets::handle(broker, &ctx, frame),
+        protocol::CREATE_TOPICS => admin::create_topics(broker, &ctx, frame),
+        protocol::DELETE_TOPICS => admin::delete_topics(broker, &ctx, frame),
+        protocol::CREATE_PARTITIONS => admin::create_partitions(broker, &ctx, frame),
+        protocol::DELETE_RECORDS => admin::delete_records(broker, &ctx, frame),
+        protocol::DESCRIBE_CLUSTER => admin::describe_cluster(broker, &ctx, frame),
+        protocol::DESCRIBE_CONFIGS => configs::describe(broker, &ctx, frame),
+        protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame),
+        protocol::INCREMENTAL_ALTER_CONFIGS => configs::incremental_alter(broker, &ctx, frame),
+        protocol::INIT_PRODUCER_ID => producer_id::handle(broker, &ctx, frame),
+        _ => unreachable!("every api in the table has a handler"),
+    };
+    match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(%peer, api = api.name, version, error = %e, "closing connection: bad request");
+            Reply::Close
+        }
+    }
+}
+
+pub(crate) type HandlerResult = Result<Reply, ProtocolError>;
+
+pub(crate) fn respond<T: Encode>(ctx: &RequestContext, body: &T) -> HandlerResult {
+    Ok(Reply::Frame(protocol::encode_response(ctx, body)?))
+}

@@ -1,0 +1,169 @@
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use krabka_protocol::owned::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use krabka_protocol::records::produce_framing;
+
+use super::{HandlerResult, respond};
+use crate::broker::Broker;
+use crate::errors;
+use crate::partition::{AppendError, Appended};
+use crate::producer_state::SequenceError;
+use crate::protocol::{self, RequestContext};
+use crate::server::Reply;
+
+struct PartitionResult {
+    index: i32,
+    error: i16,
+    message: Option<String>,
+    appended: Option<Appended>,
+}
+
+fn append_error(e: &AppendError, version: i16) -> (i16, String) {
+    let code = match e {
+        AppendError::Storage(s) => errors::from_storage(s),
+        AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => errors::INVALID_PRODUCER_EPOCH,
+        AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
+            errors::OUT_OF_ORDER_SEQUENCE_NUMBER
+        }
+        AppendError::NotEnoughReplicas { .. } => errors::NOT_ENOUGH_REPLICAS,
+    };
+    // INVALID_RECORD exists from Produce v8 on; older clients know CORRUPT_MESSAGE.
+    let code = if code == errors::INVALID_RECORD && version < 8 {
+        errors::CORRUPT_MESSAGE
+    } else {
+        code
+    };
+    (code, e.to_string())
+}
+
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> HandlerResult {
+    let req = produce_framing(body, ctx.version)?;
+    let acks = req.acks;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut topics: Vec<(String, Vec<PartitionResult>)> = Vec::new();
+    for t in req.topics {
+        let topic = broker.topic(&t.name);
+        let mut results = Vec::new();
+        for p in t.partitions {
+            let mut r = PartitionResult {
+                index: p.partition,
+                error: errors::NONE,
+                message: None,
+                appended: None,
+            };
+            if !matches!(acks, -1..=1) {
+                r.error = errors::INVALID_REQUIRED_ACKS;
+            } else if let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition)) {
+                match p.records.filter(|r| !r.is_empty()) {
+                    None => {
+                        r.error = errors::CORRUPT_MESSAGE;
+                        r.message = Some("no records".into());
+                    }
+                    Some(records) => {
+                        // The log assigns offsets in place, so the batches need a buffer of
+                        // their own; they are stored exactly as patched.
+                        let mut buf = records.to_vec();
+                        match partition.append(&mut buf, acks) {
+                            Ok(a) => r.appended = Some(a),
+                            Err(e) => {
+                                let (code, msg) = append_error(&e, ctx.version);
+                                tracing::debug!(topic = %t.name, partition = p.partition, error = %msg, "produce refused");
+                                r.error = code;
+                                r.message = Some(msg);
+                            }
+                        }
+                    }
+                }
+            } else {
+                r.error = errors::UNKNOWN_TOPIC_OR_PARTITION;
+            }
+            results.push(r);
+        }
+        topics.push((t.name, results));
+    }
+
+    if acks == -1 {
+        for (name, results) in &mut topics {
+            for r in results.iter_mut() {
+                let (Some(a), Some(p)) = (r.appended, broker.partition(name, r.index)) else {
+                    continue;
+                };
+                if !p.wait_for_high_watermark(a.last_offset + 1, deadline).await {
+                    r.error = errors::REQUEST_TIMED_OUT;
+                    r.message = Some("the in-sync replicas did not acknowledge in time".into());
+                }
+            }
+        }
+    }
+
+    if acks == 0 {
+        // Kafka closes the connection when an acks=0 produce fails, the only way to tell the
+        // producer to refresh its metadata.
+        let failed = topics
+            .iter()
+            .any(|(_, rs)| rs.iter().any(|r| r.error != errors::NONE));
+        return Ok(if failed { Reply::Close } else { Reply::Nothing });
+    }
+    if ctx.version <= 2 {
+        return Ok(Reply::Frame(protocol::frame_raw(
+            ctx.correlation_id,
+            &encode_v0_to_v2(&topics, ctx.version),
+        )));
+    }
+    respond(
+        ctx,
+        &ProduceResponse {
+            responses: topics
+                .into_iter()
+                .map(|(name, results)| TopicProduceResponse {
+                    name,
+                    partition_responses: results
+                        .into_iter()
+                        .map(|r| PartitionProduceResponse {
+                            index: r.index,
+                            error_code: r.error,
+                            base_offset: r.appended.map_or(-1, |a| a.base_offset as i64),
+                            log_append_time_ms: r
+                                .appended
+                                .and_then(|a| a.log_append_time)
+                                .unwrap_or(-1),
+                            log_start_offset: r.appended.map_or(-1, |a| a.log_start_offset as i64),
+                            error_message: r.message.filter(|_| r.error != errors::NONE),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Produce response v0-2 (the codec's schemas start at v3): topics, partitions with error
+/// and base offset; v1 adds the throttle time, v2 the log append time.
+fn encode_v0_to_v2(topics: &[(String, Vec<PartitionResult>)], version: i16) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_i32(topics.len() as i32);
+    for (name, results) in topics {
+        b.put_i16(name.len() as i16);
+        b.put_slice(name.as_bytes());
+        b.put_i32(results.len() as i32);
+        for r in results {
+            b.put_i32(r.index);
+            b.put_i16(r.error);
+            b.put_i64(r.appended.map_or(-1, |a| a.base_offset as i64));
+            if version >= 2 {
+                b.put_i64(r.appended.and_then(|a| a.log_append_time).unwrap_or(-1));
+            }
+        }
+    }
+    if version >= 1 {
+        b.put_i32(0);
+    }
+    b.to_vec()
+}

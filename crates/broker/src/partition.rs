@@ -1,0 +1,225 @@
+//! A partition replica on this broker: its log, and the replication state that Kafka keeps
+//! for it even on a single node (leader epoch, ISR, high watermark), plus the idempotent
+//! producers' state.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use strom_storage::batch::{self, BatchHeader};
+use strom_storage::{Log, ReadResult, StorageError};
+use tokio::sync::Notify;
+
+use crate::producer_state::{Check, ProducerStates, SequenceError};
+use crate::topic_config::TopicConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("producer sequence: {0:?}")]
+    Sequence(SequenceError),
+    #[error("the ISR has {isr} replicas, fewer than min.insync.replicas={min}")]
+    NotEnoughReplicas { isr: usize, min: i32 },
+}
+
+/// What a produce to this partition got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub log_append_time: Option<i64>,
+    pub log_start_offset: u64,
+}
+
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    pub log: Log,
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    leader_epoch: AtomicI32,
+    isr: RwLock<Vec<i32>>,
+    high_watermark: AtomicU64,
+    min_insync_replicas: AtomicI32,
+    producers: Mutex<ProducerStates>,
+    /// Woken whenever the high watermark moves, for waiting fetches and acks=all produces.
+    changed: Arc<Notify>,
+}
+
+impl Partition {
+    /// Opens the replica's log in `dir` (created if new) with this node as the only replica.
+    pub fn open(
+        dir: &Path,
+        topic: &str,
+        index: i32,
+        node_id: i32,
+        config: &TopicConfig,
+        changed: Arc<Notify>,
+    ) -> Result<Partition, StorageError> {
+        let log = Log::open(dir, config.log)?;
+        let epoch = log.epoch_cache().latest_epoch().unwrap_or(0).max(0);
+        let p = Partition {
+            topic: topic.to_string(),
+            index,
+            leader: node_id,
+            replicas: vec![node_id],
+            leader_epoch: AtomicI32::new(epoch),
+            isr: RwLock::new(vec![node_id]),
+            // Alone in the ISR, everything in the log is committed.
+            high_watermark: AtomicU64::new(log.log_end_offset()),
+            min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
+            producers: Mutex::new(ProducerStates::default()),
+            changed,
+            log,
+        };
+        p.rebuild_producer_state()?;
+        Ok(p)
+    }
+
+    /// Reads the batches of the active segment to learn the producers' last sequences, so a
+    /// producer retrying across a restart is still deduplicated.
+    fn rebuild_producer_state(&self) -> Result<(), StorageError> {
+        let from = *self.log.segment_base_offsets().last().unwrap_or(&0);
+        let mut offset = from.max(self.log.log_start_offset());
+        let mut states = self.producers.lock().unwrap();
+        while offset < self.log.log_end_offset() {
+            let Some(region) = self.log.read(offset, 1 << 20, None)?.region else {
+                break;
+            };
+            let bytes = region.read_all().map_err(|e| StorageError::Io {
+                path: self.log.dir().display().to_string(),
+                source: e,
+            })?;
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let Some(h) = BatchHeader::parse(&bytes[pos..]) else {
+                    break;
+                };
+                states.record(&h);
+                offset = h.last_offset() as u64 + 1;
+                pos += h.total_size();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn isr(&self) -> Vec<i32> {
+        self.isr.read().unwrap().clone()
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// The last stable offset; equal to the high watermark until transactions exist.
+    pub fn last_stable_offset(&self) -> u64 {
+        self.high_watermark()
+    }
+
+    pub fn set_config(&self, config: &TopicConfig) {
+        self.log.set_config(config.log);
+        self.min_insync_replicas
+            .store(config.min_insync_replicas, Ordering::Release);
+    }
+
+    /// Appends a produce request's records (one or more batches), deduplicating retried
+    /// batches of idempotent producers. `acks` is only checked against the ISR here; the
+    /// caller waits for the high watermark with [`Partition::wait_for_high_watermark`].
+    pub fn append(&self, records: &mut [u8], acks: i16) -> Result<Appended, AppendError> {
+        if acks == -1 {
+            let isr = self.isr.read().unwrap().len();
+            let min = self.min_insync_replicas.load(Ordering::Acquire);
+            if (isr as i32) < min {
+                return Err(AppendError::NotEnoughReplicas { isr, min });
+            }
+        }
+        let mut producers = self.producers.lock().unwrap();
+        let mut batches = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let (h, size) = batch::check_framing(&records[pos..])?;
+            if h.producer_id >= 0 {
+                match producers.check(
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.records_count,
+                ) {
+                    Ok(Check::Append) => {}
+                    Ok(Check::Duplicate(meta)) => {
+                        return Ok(Appended {
+                            base_offset: meta.first_offset,
+                            last_offset: meta.last_offset,
+                            log_append_time: None,
+                            log_start_offset: self.log.log_start_offset(),
+                        });
+                    }
+                    Err(e) => return Err(AppendError::Sequence(e)),
+                }
+            }
+            batches.push((pos, size));
+            pos += size;
+        }
+        let info = self.log.append(records, self.leader_epoch())?;
+        for (pos, _) in batches {
+            let h = BatchHeader::parse(&records[pos..]).expect("appended batch");
+            producers.record(&h);
+        }
+        drop(producers);
+        self.advance_high_watermark();
+        Ok(Appended {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_append_time: info.log_append_time,
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    /// The high watermark is the smallest log end offset in the ISR; alone, our own.
+    fn advance_high_watermark(&self) {
+        let leo = self.log.log_end_offset();
+        if self.high_watermark.fetch_max(leo, Ordering::AcqRel) < leo {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until the high watermark reaches `offset` or the deadline passes.
+    pub async fn wait_for_high_watermark(
+        &self,
+        offset: u64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            if self.high_watermark() >= offset {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.high_watermark() >= offset;
+            }
+        }
+    }
+
+    /// A consumer's read: only below the high watermark.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        self.log
+            .read(offset, max_bytes, Some(self.high_watermark()))
+    }
+
+    pub fn delete_records(&self, offset: u64) -> Result<u64, StorageError> {
+        let hw = self.high_watermark();
+        if offset > hw {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start: self.log.log_start_offset(),
+                end: hw,
+            });
+        }
+        self.log.delete_records_before(offset)
+    }
+}

@@ -1,0 +1,261 @@
+//! Idempotent producers: per producer id, the epoch and the last few batches written, so
+//! that a retried batch is acknowledged without being written twice and a gap or an old
+//! epoch is refused. A pure state machine, driven by the partition.
+
+use std::collections::{HashMap, VecDeque};
+
+use strom_storage::batch::BatchHeader;
+
+/// Kafka keeps the last 5 batches per producer: the producer's in-flight limit.
+pub const MAX_CACHED_BATCHES: usize = 5;
+pub const NO_PRODUCER_ID: i64 = -1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceError {
+    /// The batch's epoch is older than the producer's current one.
+    InvalidEpoch { current: i16 },
+    /// A gap, or a sequence that does not start at 0 for a new epoch.
+    OutOfOrder { expected: i32, got: i32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Write the batch, then call [`ProducerStates::record`].
+    Append,
+    /// Already written: answer with these offsets, write nothing.
+    Duplicate(BatchMeta),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    epoch: i16,
+    batches: VecDeque<BatchMeta>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct ProducerStates {
+    producers: HashMap<i64, Entry>,
+}
+
+fn in_sequence(last: i32, next: i32) -> bool {
+    next as i64 == last as i64 + 1 || (next == 0 && last == i32::MAX)
+}
+
+fn last_seq_of(first_seq: i32, records: i32) -> i32 {
+    ((first_seq as i64 + records as i64 - 1) % (i32::MAX as i64 + 1)) as i32
+}
+
+impl ProducerStates {
+    /// Decides what to do with a batch from producer `pid` (the batch's own fields).
+    pub fn check(
+        &self,
+        pid: i64,
+        epoch: i16,
+        first_seq: i32,
+        records: i32,
+    ) -> Result<Check, SequenceError> {
+        if pid == NO_PRODUCER_ID {
+            return Ok(Check::Append);
+        }
+        let last_seq = last_seq_of(first_seq, records);
+        let Some(entry) = self.producers.get(&pid) else {
+            // Unknown producer (new, or its state expired with the log): any sequence goes.
+            return Ok(Check::Append);
+        };
+        if epoch < entry.epoch {
+            return Err(SequenceError::InvalidEpoch {
+                current: entry.epoch,
+            });
+        }
+        if epoch == entry.epoch
+            && let Some(dup) = entry
+                .batches
+                .iter()
+                .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
+            return Ok(Check::Duplicate(*dup));
+        }
+        if epoch > entry.epoch {
+            if first_seq != 0 {
+                return Err(SequenceError::OutOfOrder {
+                    expected: 0,
+                    got: first_seq,
+                });
+            }
+            return Ok(Check::Append);
+        }
+        match entry.batches.back() {
+            Some(last) if !in_sequence(last.last_seq, first_seq) => {
+                Err(SequenceError::OutOfOrder {
+                    expected: last.last_seq.wrapping_add(1).max(0),
+                    got: first_seq,
+                })
+            }
+            _ => Ok(Check::Append),
+        }
+    }
+
+    /// Remembers a batch that was written (its header as stored, offsets assigned).
+    pub fn record(&mut self, h: &BatchHeader) {
+        if h.producer_id == NO_PRODUCER_ID {
+            return;
+        }
+        let entry = self.producers.entry(h.producer_id).or_default();
+        if h.producer_epoch != entry.epoch {
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == MAX_CACHED_BATCHES {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(BatchMeta {
+            first_seq: h.base_sequence,
+            last_seq: last_seq_of(h.base_sequence, h.records_count),
+            first_offset: h.base_offset as u64,
+            last_offset: h.last_offset() as u64,
+            timestamp: h.max_timestamp,
+        });
+    }
+
+    /// Forgets everything at or after `offset` (the log was truncated).
+    pub fn truncate(&mut self, offset: u64) {
+        for e in self.producers.values_mut() {
+            e.batches.retain(|b| b.last_offset < offset);
+        }
+        self.producers.retain(|_, e| !e.batches.is_empty());
+    }
+
+    pub fn epoch_of(&self, pid: i64) -> Option<i16> {
+        self.producers.get(&pid).map(|e| e.epoch)
+    }
+
+    pub fn len(&self) -> usize {
+        self.producers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.producers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(
+        s: &mut ProducerStates,
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+        n: i32,
+        offset: u64,
+    ) -> Result<Check, SequenceError> {
+        let c = s.check(pid, epoch, seq, n)?;
+        if c == Check::Append {
+            s.record(&BatchHeader {
+                base_offset: offset as i64,
+                batch_length: 0,
+                partition_leader_epoch: 0,
+                magic: 2,
+                crc: 0,
+                attributes: 0,
+                last_offset_delta: n - 1,
+                base_timestamp: 0,
+                max_timestamp: 0,
+                producer_id: pid,
+                producer_epoch: epoch,
+                base_sequence: seq,
+                records_count: n,
+            });
+        }
+        Ok(c)
+    }
+
+    #[test]
+    fn in_order_batches_append_and_retries_are_duplicates() {
+        let mut s = ProducerStates::default();
+        assert_eq!(write(&mut s, 7, 0, 0, 3, 0), Ok(Check::Append));
+        assert_eq!(write(&mut s, 7, 0, 3, 2, 3), Ok(Check::Append));
+        match write(&mut s, 7, 0, 0, 3, 99) {
+            Ok(Check::Duplicate(m)) => assert_eq!((m.first_offset, m.last_offset), (0, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(write(&mut s, 7, 0, 5, 1, 5), Ok(Check::Append));
+    }
+
+    #[test]
+    fn gaps_and_old_epochs_are_refused() {
+        let mut s = ProducerStates::default();
+        write(&mut s, 1, 2, 0, 1, 0).unwrap();
+        assert_eq!(
+            write(&mut s, 1, 2, 5, 1, 1),
+            Err(SequenceError::OutOfOrder {
+                expected: 1,
+                got: 5
+            })
+        );
+        assert_eq!(
+            write(&mut s, 1, 1, 1, 1, 1),
+            Err(SequenceError::InvalidEpoch { current: 2 })
+        );
+        // A new epoch must start at sequence 0.
+        assert_eq!(
+            write(&mut s, 1, 3, 4, 1, 1),
+            Err(SequenceError::OutOfOrder {
+                expected: 0,
+                got: 4
+            })
+        );
+        assert_eq!(write(&mut s, 1, 3, 0, 1, 1), Ok(Check::Append));
+        assert_eq!(s.epoch_of(1), Some(3));
+    }
+
+    #[test]
+    fn only_the_last_five_batches_are_remembered() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            write(&mut s, 1, 0, i, 1, i as u64).unwrap();
+        }
+        assert!(matches!(s.check(1, 0, 6, 1), Ok(Check::Duplicate(_))));
+        assert!(matches!(s.check(1, 0, 2, 1), Ok(Check::Duplicate(_))));
+        // Seq 1 fell out of the cache: not a duplicate any more, and out of order.
+        assert!(matches!(
+            s.check(1, 0, 1, 1),
+            Err(SequenceError::OutOfOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_producers_and_non_idempotent_batches_pass() {
+        let s = ProducerStates::default();
+        assert_eq!(s.check(42, 0, 17, 1), Ok(Check::Append));
+        assert_eq!(s.check(NO_PRODUCER_ID, -1, -1, 5), Ok(Check::Append));
+    }
+
+    #[test]
+    fn sequence_wraps_after_i32_max() {
+        let mut s = ProducerStates::default();
+        write(&mut s, 1, 0, i32::MAX - 1, 2, 0).unwrap();
+        assert_eq!(write(&mut s, 1, 0, 0, 1, 2), Ok(Check::Append));
+    }
+
+    #[test]
+    fn truncation_forgets_later_batches() {
+        let mut s = ProducerStates::default();
+        write(&mut s, 1, 0, 0, 2, 0).unwrap();
+        write(&mut s, 1, 0, 2, 2, 2).unwrap();
+        s.truncate(2);
+        assert!(matches!(s.check(1, 0, 2, 2), Ok(Check::Append)));
+        s.truncate(0);
+        assert!(s.is_empty());
+    }
+}

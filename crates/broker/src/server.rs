@@ -1,0 +1,124 @@
+//! The network side: accept connections, frame requests, hand them to handlers, and write the
+//! responses back in request order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::broker::Broker;
+use crate::handlers;
+use crate::protocol::{self, MIN_FRAME};
+
+/// What a handler hands to the connection's writer.
+pub enum Reply {
+    Frame(Bytes),
+    /// acks=0 produce: nothing goes back.
+    Nothing,
+    /// The request could not be decoded: close after the earlier responses.
+    Close,
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let broker = broker.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move { connection(broker, stream, peer, shutdown).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, wr) = stream.into_split();
+    // Responses leave in request order: the reader queues one receiver per request, the
+    // writer awaits them in that order whatever order the handlers finish in.
+    let (queue, mut pending) = mpsc::channel::<oneshot::Receiver<Reply>>(64);
+    let writer = tokio::spawn(async move {
+        let mut out = BufWriter::with_capacity(64 * 1024, wr);
+        while let Some(reply) = pending.recv().await {
+            match reply.await {
+                Ok(Reply::Frame(bytes)) => {
+                    if out.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Reply::Nothing) => {}
+                Ok(Reply::Close) | Err(_) => break,
+            }
+            if pending.is_empty() && out.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = out.flush().await;
+        let _ = out.shutdown().await;
+    });
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let size = tokio::select! {
+            r = rd.read_i32() => match r {
+                Ok(n) => n,
+                Err(_) => break, // the client went away
+            },
+            _ = shutdown.changed() => break,
+        };
+        if size < MIN_FRAME as i32 || size as usize > max {
+            tracing::warn!(%peer, size, max, "closing connection: request size out of bounds (socket.request.max.bytes)");
+            break;
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        if rd.read_exact(&mut frame).await.is_err() {
+            tracing::warn!(%peer, size, "closing connection: truncated request");
+            break;
+        }
+        let frame = frame.freeze();
+        let (tx, rx) = oneshot::channel();
+        if queue.send(rx).await.is_err() {
+            break;
+        }
+        let (api_key, version, correlation_id) =
+            protocol::peek_header(&frame).expect("size checked");
+        if api_key == protocol::FETCH {
+            // A fetch may wait for data; later requests on this connection go ahead of it.
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(handlers::handle(&broker, frame, peer).await);
+            });
+        } else {
+            // Everything else runs in arrival order, so appends from one connection keep
+            // the order the producer sent them in.
+            let reply = handlers::handle(&broker, frame, peer).await;
+            let close = matches!(reply, Reply::Close);
+            let _ = tx.send(reply);
+            if close {
+                tracing::debug!(%peer, api_key, version, correlation_id, "closed after an undecodable request");
+                break;
+            }
+        }
+    }
+    drop(queue);
+    let _ = writer.await;
+}

@@ -1,0 +1,128 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use strom_broker::{Broker, BrokerConfig, parse_properties};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// A Kafka-style server.properties file (Kafka's key names).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set one key, over the file's value; repeatable.
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn load_config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
+    let mut props = BTreeMap::new();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        props = parse_properties(&text, &path.display().to_string())?;
+    }
+    for o in &args.overrides {
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("--override {o:?} is not KEY=VALUE");
+        };
+        props.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let (config, warnings) = BrokerConfig::from_properties(&props)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(config)
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listener)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another broker running there?)",
+                config.listener
+            )
+        })?;
+    let data = config.log_dir.clone();
+    let broker = Arc::new(
+        tokio::task::spawn_blocking(move || Broker::open(config))
+            .await?
+            .with_context(|| format!("cannot open the data directory {}", data.display()))?,
+    );
+    let c = &broker.config;
+    println!(
+        "strom node {} listening on {} (advertised as {}:{}), cluster {}, data in {}",
+        c.node_id,
+        listener.local_addr()?,
+        c.advertised_host,
+        c.advertised_port,
+        broker.cluster_id,
+        std::fs::canonicalize(&c.log_dir)
+            .unwrap_or(c.log_dir.clone())
+            .display()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
+    let server = tokio::spawn(strom_broker::server::serve(
+        broker.clone(),
+        listener,
+        stopped,
+    ));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = server.await;
+    let _ = maintenance.await;
+    tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+    tracing::info!("clean shutdown complete");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Retention, time-based flushes and recovery-point checkpoints, each on its own interval.
+async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let c = &broker.config;
+    let mut retention = tokio::time::interval(Duration::from_millis(
+        c.log_retention_check_interval_ms.max(1),
+    ));
+    let mut flush = tokio::time::interval(Duration::from_millis(
+        c.log_flush_scheduler_interval_ms.max(1),
+    ));
+    let mut checkpoint = tokio::time::interval(Duration::from_millis(
+        c.log_flush_offset_checkpoint_interval_ms.max(1),
+    ));
+    loop {
+        let b = broker.clone();
+        tokio::select! {
+            _ = retention.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_retention(now_ms())).await; }
+            _ = flush.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_flush(now_ms())).await; }
+            _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_checkpoint()).await; }
+            _ = stop.changed() => return,
+        }
+    }
+}
