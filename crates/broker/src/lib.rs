@@ -3,7 +3,7 @@
 pub mod broker;
 pub mod config;
 pub mod errors;
-mod handlers;
+pub mod handlers;
 pub mod partition;
 pub mod producer_state;
 pub mod protocol;

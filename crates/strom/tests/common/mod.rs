@@ -1,0 +1,140 @@
+//! Test support: real `strom server` processes on 127.0.0.1 ports, killed and restarted at
+//! will, and helpers that wait for conditions with a deadline instead of sleeping.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    overrides: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// A fresh single-node server with its own data directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    /// A fresh server with extra `key=value` settings.
+    pub fn start_with(overrides: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            dir: tmp.path().join("data"),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strom"));
+        cmd.arg("server")
+            .arg("--override")
+            .arg(format!("listeners=PLAINTEXT://127.0.0.1:{}", self.port))
+            .arg("--override")
+            .arg(format!("log.dirs={}", self.dir.display()));
+        for o in &self.overrides {
+            cmd.arg("--override").arg(o);
+        }
+        let mut child = cmd
+            .env("STROM_LOG", std::env::var("STROM_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start strom server");
+        // Ready once it says where it listens (after recovery).
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("strom server did not start within 60 s");
+        }
+        self.child = Some(child);
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no flush, no clean shutdown marker.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the clean shutdown.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("strom server did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts again on the same port and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.launch();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
