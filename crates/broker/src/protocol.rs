@@ -24,6 +24,7 @@ pub const PRODUCE: i16 = 0;
 pub const FETCH: i16 = 1;
 pub const LIST_OFFSETS: i16 = 2;
 pub const METADATA: i16 = 3;
+pub const FIND_COORDINATOR: i16 = 10;
 pub const API_VERSIONS: i16 = 18;
 pub const CREATE_TOPICS: i16 = 19;
 pub const DELETE_TOPICS: i16 = 20;
@@ -37,107 +38,26 @@ pub const DESCRIBE_CLUSTER: i16 = 60;
 
 /// Everything advertised in ApiVersions, and nothing else: each entry has a handler that
 /// serves every version in its range.
+#[rustfmt::skip]
 pub const APIS: &[Api] = &[
     // v0-2 are advertised because librdkafka before 2.1 only compresses when they are (as
     // Kafka 4 does); such requests are served, and old message formats are refused.
-    Api {
-        key: PRODUCE,
-        name: "Produce",
-        min: 0,
-        max: 11,
-        flexible_min: 9,
-    },
-    Api {
-        key: FETCH,
-        name: "Fetch",
-        min: 4,
-        max: 16,
-        flexible_min: 12,
-    },
-    Api {
-        key: LIST_OFFSETS,
-        name: "ListOffsets",
-        min: 1,
-        max: 8,
-        flexible_min: 6,
-    },
-    Api {
-        key: METADATA,
-        name: "Metadata",
-        min: 0,
-        max: 12,
-        flexible_min: 9,
-    },
-    Api {
-        key: API_VERSIONS,
-        name: "ApiVersions",
-        min: 0,
-        max: 4,
-        flexible_min: 3,
-    },
-    Api {
-        key: CREATE_TOPICS,
-        name: "CreateTopics",
-        min: 2,
-        max: 7,
-        flexible_min: 5,
-    },
-    Api {
-        key: DELETE_TOPICS,
-        name: "DeleteTopics",
-        min: 1,
-        max: 6,
-        flexible_min: 4,
-    },
-    Api {
-        key: DELETE_RECORDS,
-        name: "DeleteRecords",
-        min: 0,
-        max: 2,
-        flexible_min: 2,
-    },
-    Api {
-        key: INIT_PRODUCER_ID,
-        name: "InitProducerId",
-        min: 0,
-        max: 5,
-        flexible_min: 2,
-    },
-    Api {
-        key: DESCRIBE_CONFIGS,
-        name: "DescribeConfigs",
-        min: 1,
-        max: 4,
-        flexible_min: 4,
-    },
-    Api {
-        key: ALTER_CONFIGS,
-        name: "AlterConfigs",
-        min: 0,
-        max: 2,
-        flexible_min: 2,
-    },
-    Api {
-        key: CREATE_PARTITIONS,
-        name: "CreatePartitions",
-        min: 0,
-        max: 3,
-        flexible_min: 2,
-    },
-    Api {
-        key: INCREMENTAL_ALTER_CONFIGS,
-        name: "IncrementalAlterConfigs",
-        min: 0,
-        max: 1,
-        flexible_min: 1,
-    },
-    Api {
-        key: DESCRIBE_CLUSTER,
-        name: "DescribeCluster",
-        min: 0,
-        max: 1,
-        flexible_min: 0,
-    },
+    Api { key: PRODUCE, name: "Produce", min: 0, max: 11, flexible_min: 9 },
+    Api { key: FETCH, name: "Fetch", min: 4, max: 16, flexible_min: 12 },
+    Api { key: LIST_OFFSETS, name: "ListOffsets", min: 1, max: 8, flexible_min: 6 },
+    Api { key: METADATA, name: "Metadata", min: 0, max: 12, flexible_min: 9 },
+    // librdkafka only uses LZ4 with brokers that advertise FindCoordinator.
+    Api { key: FIND_COORDINATOR, name: "FindCoordinator", min: 0, max: 4, flexible_min: 3 },
+    Api { key: API_VERSIONS, name: "ApiVersions", min: 0, max: 4, flexible_min: 3 },
+    Api { key: CREATE_TOPICS, name: "CreateTopics", min: 2, max: 7, flexible_min: 5 },
+    Api { key: DELETE_TOPICS, name: "DeleteTopics", min: 1, max: 6, flexible_min: 4 },
+    Api { key: DELETE_RECORDS, name: "DeleteRecords", min: 0, max: 2, flexible_min: 2 },
+    Api { key: INIT_PRODUCER_ID, name: "InitProducerId", min: 0, max: 5, flexible_min: 2 },
+    Api { key: DESCRIBE_CONFIGS, name: "DescribeConfigs", min: 1, max: 4, flexible_min: 4 },
+    Api { key: ALTER_CONFIGS, name: "AlterConfigs", min: 0, max: 2, flexible_min: 2 },
+    Api { key: CREATE_PARTITIONS, name: "CreatePartitions", min: 0, max: 3, flexible_min: 2 },
+    Api { key: INCREMENTAL_ALTER_CONFIGS, name: "IncrementalAlterConfigs", min: 0, max: 1, flexible_min: 1 },
+    Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 1, flexible_min: 0 },
 ];
 
 pub fn api(key: i16) -> Option<&'static Api> {

@@ -15,7 +15,7 @@ use crate::protocol::{self, RequestContext};
 /// "Not requested" for the authorized-operations fields.
 pub(crate) const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub(crate) fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
+pub(crate) fn topic_entry(topic: &Topic) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .read()
@@ -32,7 +32,6 @@ pub(crate) fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTop
             ..Default::default()
         })
         .collect();
-    let _ = broker;
     MetadataResponseTopic {
         error_code: errors::NONE,
         name: Some(topic.name.clone()),
@@ -65,22 +64,18 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     let may_create = broker.config.auto_create_topics_enable
         && (ctx.version < 4 || req.allow_auto_topic_creation);
     let topics = if all {
-        broker
-            .topics()
-            .iter()
-            .map(|t| topic_entry(broker, t))
-            .collect()
+        broker.topics().iter().map(|t| topic_entry(t)).collect()
     } else {
         let mut out = Vec::new();
         for wanted in req.topics.unwrap_or_default() {
             let entry = match wanted.name {
                 Some(name) => match broker.topic(&name) {
-                    Some(t) => topic_entry(broker, &t),
+                    Some(t) => topic_entry(&t),
                     None if may_create => auto_create(broker, name),
                     None => error_entry(Some(name), Uuid::ZERO, errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
                 None => match broker.topic_by_id(&wanted.topic_id.0) {
-                    Some(t) => topic_entry(broker, &t),
+                    Some(t) => topic_entry(&t),
                     None => error_entry(None, wanted.topic_id, errors::UNKNOWN_TOPIC_ID),
                 },
             };
@@ -116,10 +111,10 @@ fn auto_create(broker: &Broker, name: String) -> MetadataResponseTopic {
         configs: Default::default(),
     };
     match broker.create_topic(new, false) {
-        Ok(t) => topic_entry(broker, &t),
+        Ok(t) => topic_entry(&t),
         // Another request created it first.
         Err(BrokerError::TopicExists(_)) => match broker.topic(&name) {
-            Some(t) => topic_entry(broker, &t),
+            Some(t) => topic_entry(&t),
             None => error_entry(Some(name), Uuid::ZERO, errors::LEADER_NOT_AVAILABLE),
         },
         Err(BrokerError::InvalidTopic(_)) => {

@@ -4,6 +4,7 @@
 mod admin;
 mod api_versions;
 mod configs;
+mod coordinator;
 mod fetch;
 mod list_offsets;
 mod metadata;
@@ -56,6 +57,7 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::DESCRIBE_CONFIGS => configs::describe(broker, &ctx, frame),
         protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame),
         protocol::INCREMENTAL_ALTER_CONFIGS => configs::incremental_alter(broker, &ctx, frame),
+        protocol::FIND_COORDINATOR => coordinator::find(broker, &ctx, frame),
         protocol::INIT_PRODUCER_ID => producer_id::handle(broker, &ctx, frame),
         _ => unreachable!("every api in the table has a handler"),
     };

@@ -17,7 +17,11 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -51,7 +55,10 @@ impl Server {
             cmd.arg("--override").arg(o);
         }
         let mut child = cmd
-            .env("STROM_LOG", std::env::var("STROM_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "STROM_LOG",
+                std::env::var("STROM_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -92,7 +99,10 @@ impl Server {
     /// SIGTERM, and wait for the clean shutdown.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(_)) = c.try_wait() {

@@ -1,0 +1,61 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::owned::find_coordinator_request::FindCoordinatorRequest;
+use krabka_protocol::owned::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
+
+use super::{HandlerResult, respond};
+use crate::broker::Broker;
+use crate::errors;
+use crate::protocol::{self, RequestContext};
+
+const GROUP: i8 = 0;
+
+/// FindCoordinator: on a single node, this broker coordinates every group. Transaction
+/// coordinators do not exist yet, and a client asking for one is told so.
+pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: FindCoordinatorRequest = protocol::decode(&mut body, ctx.version)?;
+    let answer = |key: String| {
+        let mut c = Coordinator {
+            key,
+            node_id: -1,
+            host: String::new(),
+            port: -1,
+            ..Default::default()
+        };
+        if req.key_type == GROUP {
+            c.node_id = broker.config.node_id;
+            c.host = broker.config.advertised_host.clone();
+            c.port = broker.config.advertised_port as i32;
+        } else {
+            c.error_code = errors::INVALID_REQUEST;
+            c.error_message = Some(format!(
+                "coordinator key type {} is not supported yet (transactions come later)",
+                req.key_type
+            ));
+        }
+        c
+    };
+    let resp = if ctx.version >= 4 {
+        FindCoordinatorResponse {
+            coordinators: req
+                .coordinator_keys
+                .clone()
+                .into_iter()
+                .map(answer)
+                .collect(),
+            ..Default::default()
+        }
+    } else {
+        let c = answer(req.key.clone());
+        FindCoordinatorResponse {
+            error_code: c.error_code,
+            error_message: c.error_message,
+            node_id: c.node_id,
+            host: c.host,
+            port: c.port,
+            ..Default::default()
+        }
+    };
+    respond(ctx, &resp)
+}
