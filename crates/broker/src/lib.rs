@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod config;
 pub mod errors;
+pub mod group;
 pub mod handlers;
 pub mod partition;
 pub mod producer_state;

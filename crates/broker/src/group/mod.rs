@@ -1,0 +1,7 @@
+//! Consumer groups: the protocol state machine and, around it, the coordinator that drives
+//! it with requests and time and stores offsets and group metadata.
+
+pub mod state;
+
+#[cfg(test)]
+mod state_tests;

@@ -1,0 +1,1015 @@
+//! The classic consumer group protocol as a state machine: JoinGroup, SyncGroup, Heartbeat
+//! and LeaveGroup events and the passing of time go in; immediate answers and completed
+//! (parked) answers come out. No sockets, no clocks: tests drive every interleaving.
+//!
+//! States as in Kafka: Empty -> PreparingRebalance -> CompletingRebalance -> Stable, back to
+//! PreparingRebalance whenever membership or subscriptions change, Dead once deleted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::errors;
+
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+pub const ILLEGAL_GENERATION: i16 = 22;
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+pub const FENCED_INSTANCE_ID: i16 = 82;
+pub const COORDINATOR_NOT_AVAILABLE: i16 = errors::COORDINATOR_NOT_AVAILABLE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl State {
+    /// Kafka's names, as ListGroups and DescribeGroups report them.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+            State::Dead => "Dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GroupConfig {
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub initial_rebalance_delay_ms: u64,
+    pub max_size: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            initial_rebalance_delay_ms: 3_000,
+            max_size: i32::MAX as usize,
+        }
+    }
+}
+
+/// Identifies a parked request so its answer reaches the right connection.
+pub type Token = u64;
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED and its id.
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinResponse {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Only the leader gets the members and their subscriptions.
+    pub members: Vec<JoinMember>,
+    /// A static leader that rejoined without a rebalance must not reassign (v9+).
+    pub skip_assignment: bool,
+}
+
+impl JoinResponse {
+    fn error(error: i16, member_id: &str) -> Self {
+        JoinResponse {
+            error,
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncRequest<'a> {
+    pub member_id: &'a str,
+    pub instance_id: Option<&'a str>,
+    pub generation: i32,
+    /// SyncGroup v5+: must match the group's, if given.
+    pub protocol_type: Option<&'a str>,
+    pub protocol_name: Option<&'a str>,
+    /// The leader's assignment per member id; empty from followers.
+    pub assignments: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncResponse {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Vec<u8>,
+}
+
+impl SyncResponse {
+    fn error(error: i16) -> Self {
+        SyncResponse {
+            error,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Join(Token, JoinResponse),
+    Sync(Token, SyncResponse),
+    /// The group's metadata (generation, members, assignments) changed: persist it.
+    Changed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Now(JoinResponse),
+    /// The answer comes as an [`Output::Join`] with the token, once the join phase ends.
+    Parked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Now(SyncResponse),
+    Parked,
+}
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Vec<u8>)>,
+    pub assignment: Vec<u8>,
+    awaiting_join: Option<Token>,
+    awaiting_sync: Option<Token>,
+    last_heartbeat: u64,
+    /// Joined in the current join phase and not yet through one (for new-member timeouts).
+    is_new: bool,
+}
+
+impl Member {
+    pub fn metadata(&self, protocol: &str) -> Vec<u8> {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A new member that got MEMBER_ID_REQUIRED must come back within its session timeout.
+#[derive(Debug, Clone)]
+struct Pending {
+    deadline: u64,
+}
+
+/// Kafka's allowance for a new member to rejoin after its first join phase (5 minutes).
+const NEW_MEMBER_JOIN_TIMEOUT_MS: u64 = 300_000;
+
+#[derive(Debug)]
+pub struct Group {
+    pub id: String,
+    pub state: State,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
+    /// In join order (Kafka picks the first as leader when there is none).
+    members: BTreeMap<u64, Member>,
+    order: u64,
+    pending: HashMap<String, Pending>,
+    static_members: HashMap<String, String>,
+    fenced: HashSet<String>,
+    config: GroupConfig,
+    /// When the join phase ends at the latest.
+    join_deadline: Option<u64>,
+    /// The initial-rebalance delay of an empty group, if one is running.
+    initial_delay_until: Option<u64>,
+    initial_delay_limit: u64,
+    outputs: Vec<Output>,
+    member_counter: u64,
+    pub state_timestamp: u64,
+}
+
+impl Group {
+    pub fn new(id: &str, config: GroupConfig) -> Group {
+        Group {
+            id: id.to_string(),
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: BTreeMap::new(),
+            order: 0,
+            pending: HashMap::new(),
+            static_members: HashMap::new(),
+            fenced: HashSet::new(),
+            config,
+            join_deadline: None,
+            initial_delay_until: None,
+            initial_delay_limit: 0,
+            outputs: Vec::new(),
+            member_counter: 0,
+            state_timestamp: 0,
+        }
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn key_of(&self, member_id: &str) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.member_id == member_id)
+            .map(|(k, _)| *k)
+    }
+
+    fn member(&self, member_id: &str) -> Option<&Member> {
+        self.members.values().find(|m| m.member_id == member_id)
+    }
+
+    fn member_mut(&mut self, member_id: &str) -> Option<&mut Member> {
+        self.members.values_mut().find(|m| m.member_id == member_id)
+    }
+
+    pub fn drain_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn set_state(&mut self, state: State, now: u64) {
+        self.state = state;
+        self.state_timestamp = now;
+    }
+
+    fn new_member_id(&mut self, client_id: &str) -> String {
+        self.member_counter += 1;
+        let r = crate::broker::random_id();
+        let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let client = if client_id.is_empty() {
+            "member"
+        } else {
+            client_id
+        };
+        format!("{client}-{}-{suffix}", self.member_counter)
+    }
+
+    /// Does every member support `protocols` with `protocol_type`?
+    fn supports(&self, protocol_type: &str, protocols: &[(String, Vec<u8>)]) -> bool {
+        if self.members.is_empty() {
+            return true;
+        }
+        if self.protocol_type.as_deref() != Some(protocol_type) {
+            return false;
+        }
+        let candidates = self.candidate_protocols();
+        protocols.iter().any(|(n, _)| candidates.contains(n))
+    }
+
+    fn candidate_protocols(&self) -> HashSet<String> {
+        let mut it = self.members.values();
+        let Some(first) = it.next() else {
+            return HashSet::new();
+        };
+        let mut set: HashSet<String> = first.protocols.iter().map(|(n, _)| n.clone()).collect();
+        for m in it {
+            let theirs: HashSet<String> = m.protocols.iter().map(|(n, _)| n.clone()).collect();
+            set.retain(|n| theirs.contains(n));
+        }
+        set
+    }
+
+    /// Each member votes for its most preferred protocol that all support; the most votes
+    /// win, ties going to the leader's preference.
+    fn select_protocol(&self) -> Option<String> {
+        let candidates = self.candidate_protocols();
+        let mut votes: HashMap<&str, usize> = HashMap::new();
+        for m in self.members.values() {
+            if let Some((n, _)) = m.protocols.iter().find(|(n, _)| candidates.contains(n)) {
+                *votes.entry(n).or_default() += 1;
+            }
+        }
+        let best = votes.values().copied().max()?;
+        let leader = self
+            .leader
+            .as_deref()
+            .and_then(|l| self.member(l))
+            .or_else(|| self.members.values().next())?;
+        leader
+            .protocols
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .find(|n| votes.get(n) == Some(&best))
+            .map(str::to_string)
+    }
+
+    pub fn join(&mut self, req: JoinRequest, token: Token, now: u64) -> JoinOutcome {
+        let fail = |e: i16| JoinOutcome::Now(JoinResponse::error(e, &req.member_id));
+        if self.state == State::Dead {
+            return fail(COORDINATOR_NOT_AVAILABLE);
+        }
+        if req.session_timeout_ms < self.config.min_session_timeout_ms
+            || req.session_timeout_ms > self.config.max_session_timeout_ms
+        {
+            return fail(INVALID_SESSION_TIMEOUT);
+        }
+        if req.protocol_type.is_empty()
+            || req.protocols.is_empty()
+            || !self.supports(&req.protocol_type, &req.protocols)
+        {
+            return fail(INCONSISTENT_GROUP_PROTOCOL);
+        }
+        if req.member_id.is_empty() {
+            self.join_unknown(req, token, now)
+        } else {
+            self.join_known(req, token, now)
+        }
+    }
+
+    fn join_unknown(&mut self, req: JoinRequest, token: Token, now: u64) -> JoinOutcome {
+        if let Some(old_id) = req
+            .instance_id
+            .as_ref()
+            .and_then(|i| self.static_members.get(i))
+            .cloned()
+        {
+            return self.replace_static_member(&old_id, req, token, now);
+        }
+        if self.members.len() + self.pending.len() >= self.config.max_size {
+            return JoinOutcome::Now(JoinResponse::error(GROUP_MAX_SIZE_REACHED, ""));
+        }
+        let member_id = self.new_member_id(&req.client_id);
+        if req.require_known_member_id && req.instance_id.is_none() {
+            self.pending.insert(
+                member_id.clone(),
+                Pending {
+                    deadline: now + req.session_timeout_ms as u64,
+                },
+            );
+            return JoinOutcome::Now(JoinResponse {
+                error: MEMBER_ID_REQUIRED,
+                generation: -1,
+                member_id,
+                ..Default::default()
+            });
+        }
+        self.add_member(member_id, req, token, now);
+        JoinOutcome::Parked
+    }
+
+    fn join_known(&mut self, req: JoinRequest, token: Token, now: u64) -> JoinOutcome {
+        let fail = |e: i16| JoinOutcome::Now(JoinResponse::error(e, &req.member_id));
+        if self.pending.remove(&req.member_id).is_some() {
+            if self.members.len() >= self.config.max_size {
+                return fail(GROUP_MAX_SIZE_REACHED);
+            }
+            let id = req.member_id.clone();
+            self.add_member(id, req, token, now);
+            return JoinOutcome::Parked;
+        }
+        if let Some(e) = self.check_member(&req.member_id, req.instance_id.as_deref()) {
+            return fail(e);
+        }
+        let member = self.member(&req.member_id).unwrap();
+        let unchanged = member.protocols == req.protocols;
+        match self.state {
+            State::PreparingRebalance => {
+                self.update_member(&req, token, now);
+                self.maybe_complete_join(now);
+                JoinOutcome::Parked
+            }
+            State::CompletingRebalance if unchanged => {
+                // A retried join: answer with the generation it already got.
+                JoinOutcome::Now(self.join_response_for(&req.member_id))
+            }
+            State::Stable if unchanged && self.leader.as_deref() != Some(&req.member_id) => {
+                JoinOutcome::Now(self.join_response_for(&req.member_id))
+            }
+            _ => {
+                self.update_member(&req, token, now);
+                self.prepare_rebalance(now);
+                self.maybe_complete_join(now);
+                JoinOutcome::Parked
+            }
+        }
+    }
+
+    /// A static member restarted (new member id, same instance id): the old id is fenced.
+    /// In a stable group with the same subscription this needs no rebalance.
+    fn replace_static_member(
+        &mut self,
+        old_id: &str,
+        req: JoinRequest,
+        token: Token,
+        now: u64,
+    ) -> JoinOutcome {
+        let new_id = self.new_member_id(&req.client_id);
+        let key = self.key_of(old_id).expect("static member is a member");
+        let instance = req.instance_id.clone().unwrap();
+        let was_leader = self.leader.as_deref() == Some(old_id);
+        let (old_sync, old_join, unchanged) = {
+            let m = self.members.get_mut(&key).unwrap();
+            let unchanged = m.protocols == req.protocols;
+            m.member_id = new_id.clone();
+            m.client_id = req.client_id.clone();
+            m.client_host = req.client_host.clone();
+            m.session_timeout_ms = req.session_timeout_ms;
+            m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+            m.protocols = req.protocols.clone();
+            m.last_heartbeat = now;
+            (m.awaiting_sync.take(), m.awaiting_join.take(), unchanged)
+        };
+        self.fenced.insert(old_id.to_string());
+        self.static_members.insert(instance, new_id.clone());
+        if was_leader {
+            self.leader = Some(new_id.clone());
+        }
+        if let Some(t) = old_sync {
+            self.outputs
+                .push(Output::Sync(t, SyncResponse::error(FENCED_INSTANCE_ID)));
+        }
+        if let Some(t) = old_join {
+            self.outputs.push(Output::Join(
+                t,
+                JoinResponse::error(FENCED_INSTANCE_ID, old_id),
+            ));
+        }
+        match self.state {
+            State::Stable if unchanged => {
+                self.outputs.push(Output::Changed);
+                let mut resp = self.join_response_for(&new_id);
+                // The leader keeps its assignment and must not compute a new one.
+                resp.skip_assignment = was_leader;
+                if was_leader {
+                    resp.members.clear();
+                }
+                JoinOutcome::Now(resp)
+            }
+            State::PreparingRebalance => {
+                self.members.get_mut(&key).unwrap().awaiting_join = Some(token);
+                self.maybe_complete_join(now);
+                JoinOutcome::Parked
+            }
+            _ => {
+                self.members.get_mut(&key).unwrap().awaiting_join = Some(token);
+                self.prepare_rebalance(now);
+                self.maybe_complete_join(now);
+                JoinOutcome::Parked
+            }
+        }
+    }
+
+    fn add_member(&mut self, member_id: String, req: JoinRequest, token: Token, now: u64) {
+        if self.members.is_empty() {
+            self.protocol_type = Some(req.protocol_type.clone());
+        }
+        if let Some(i) = &req.instance_id {
+            self.static_members.insert(i.clone(), member_id.clone());
+        }
+        self.order += 1;
+        self.members.insert(
+            self.order,
+            Member {
+                member_id,
+                instance_id: req.instance_id,
+                client_id: req.client_id,
+                client_host: req.client_host,
+                session_timeout_ms: req.session_timeout_ms,
+                rebalance_timeout_ms: req.rebalance_timeout_ms,
+                protocol_type: req.protocol_type,
+                protocols: req.protocols,
+                assignment: Vec::new(),
+                awaiting_join: Some(token),
+                awaiting_sync: None,
+                last_heartbeat: now,
+                is_new: true,
+            },
+        );
+        match self.state {
+            State::Empty => self.start_initial_delay(now),
+            State::PreparingRebalance => {
+                if let Some(until) = self.initial_delay_until {
+                    // Each new member in the initial delay extends it, up to the limit.
+                    self.initial_delay_until = Some(
+                        (now + self.config.initial_rebalance_delay_ms)
+                            .min(self.initial_delay_limit)
+                            .max(until),
+                    );
+                }
+            }
+            _ => self.prepare_rebalance(now),
+        }
+        self.maybe_complete_join(now);
+    }
+
+    fn start_initial_delay(&mut self, now: u64) {
+        self.set_state(State::PreparingRebalance, now);
+        let max_rebalance = self.max_rebalance_timeout();
+        self.join_deadline = Some(now + max_rebalance);
+        if self.config.initial_rebalance_delay_ms > 0 {
+            self.initial_delay_until =
+                Some(now + self.config.initial_rebalance_delay_ms.min(max_rebalance));
+            self.initial_delay_limit = now + max_rebalance;
+        }
+    }
+
+    fn update_member(&mut self, req: &JoinRequest, token: Token, now: u64) {
+        let old = {
+            let m = self.member_mut(&req.member_id).unwrap();
+            m.protocols = req.protocols.clone();
+            m.session_timeout_ms = req.session_timeout_ms;
+            m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+            m.client_id = req.client_id.clone();
+            m.client_host = req.client_host.clone();
+            m.last_heartbeat = now;
+            m.awaiting_join.replace(token)
+        };
+        if let Some(t) = old {
+            self.outputs.push(Output::Join(
+                t,
+                JoinResponse::error(REBALANCE_IN_PROGRESS, &req.member_id),
+            ));
+        }
+    }
+
+    fn max_rebalance_timeout(&self) -> u64 {
+        self.members
+            .values()
+            .map(|m| m.rebalance_timeout_ms.max(0) as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Enters PreparingRebalance: members waiting for their assignment are told to rejoin.
+    fn prepare_rebalance(&mut self, now: u64) {
+        if self.state == State::PreparingRebalance {
+            return;
+        }
+        let tokens: Vec<Token> = self
+            .members
+            .values_mut()
+            .filter_map(|m| m.awaiting_sync.take())
+            .collect();
+        for t in tokens {
+            self.outputs
+                .push(Output::Sync(t, SyncResponse::error(REBALANCE_IN_PROGRESS)));
+        }
+        self.set_state(State::PreparingRebalance, now);
+        self.join_deadline = Some(now + self.max_rebalance_timeout());
+    }
+
+    fn all_joined(&self) -> bool {
+        self.pending.is_empty() && self.members.values().all(|m| m.awaiting_join.is_some())
+    }
+
+    fn maybe_complete_join(&mut self, now: u64) {
+        if self.state != State::PreparingRebalance {
+            return;
+        }
+        if let Some(until) = self.initial_delay_until {
+            if now < until {
+                return;
+            }
+            self.initial_delay_until = None;
+        }
+        let deadline_passed = self.join_deadline.is_some_and(|d| now >= d);
+        if !(self.all_joined() || deadline_passed) {
+            return;
+        }
+        // Members that did not rejoin in time are out.
+        let gone: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.awaiting_join.is_none())
+            .map(|m| m.member_id.clone())
+            .collect();
+        for id in gone {
+            self.remove_member(&id);
+        }
+        self.pending.clear();
+        self.join_deadline = None;
+        self.generation += 1;
+        self.outputs.push(Output::Changed);
+        if self.members.is_empty() {
+            self.protocol = None;
+            self.protocol_type = None;
+            self.leader = None;
+            self.set_state(State::Empty, now);
+            return;
+        }
+        if self
+            .leader
+            .as_deref()
+            .is_none_or(|l| self.member(l).is_none())
+        {
+            self.leader = self.members.values().next().map(|m| m.member_id.clone());
+        }
+        self.protocol = self.select_protocol();
+        self.set_state(State::CompletingRebalance, now);
+        let ids: Vec<String> = self.members.values().map(|m| m.member_id.clone()).collect();
+        for id in ids {
+            let resp = self.join_response_for(&id);
+            let m = self.member_mut(&id).unwrap();
+            m.is_new = false;
+            m.last_heartbeat = now;
+            if let Some(t) = m.awaiting_join.take() {
+                self.outputs.push(Output::Join(t, resp));
+            }
+        }
+    }
+
+    fn join_response_for(&self, member_id: &str) -> JoinResponse {
+        let leader = self.leader.clone().unwrap_or_default();
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let members = if leader == member_id {
+            self.members
+                .values()
+                .map(|m| JoinMember {
+                    member_id: m.member_id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    metadata: m.metadata(&protocol),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinResponse {
+            error: errors::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol.clone(),
+            leader,
+            member_id: member_id.to_string(),
+            members,
+            skip_assignment: false,
+        }
+    }
+
+    fn remove_member(&mut self, member_id: &str) {
+        if let Some(key) = self.key_of(member_id) {
+            let m = self.members.remove(&key).unwrap();
+            if let Some(i) = &m.instance_id {
+                self.static_members.remove(i);
+            }
+            if let Some(t) = m.awaiting_join {
+                self.outputs.push(Output::Join(
+                    t,
+                    JoinResponse::error(UNKNOWN_MEMBER_ID, member_id),
+                ));
+            }
+            if let Some(t) = m.awaiting_sync {
+                self.outputs
+                    .push(Output::Sync(t, SyncResponse::error(UNKNOWN_MEMBER_ID)));
+            }
+            if self.leader.as_deref() == Some(member_id) {
+                self.leader = self.members.values().next().map(|m| m.member_id.clone());
+            }
+        }
+    }
+
+    /// UNKNOWN_MEMBER_ID or FENCED_INSTANCE_ID for a request that names a member.
+    fn check_member(&self, member_id: &str, instance_id: Option<&str>) -> Option<i16> {
+        if let Some(instance) = instance_id {
+            match self.static_members.get(instance) {
+                Some(current) if current != member_id => return Some(FENCED_INSTANCE_ID),
+                None if self.fenced.contains(member_id) => return Some(FENCED_INSTANCE_ID),
+                _ => {}
+            }
+        }
+        if self.member(member_id).is_none() {
+            return Some(if self.fenced.contains(member_id) {
+                FENCED_INSTANCE_ID
+            } else {
+                UNKNOWN_MEMBER_ID
+            });
+        }
+        None
+    }
+
+    pub fn sync(&mut self, req: SyncRequest<'_>, token: Token, now: u64) -> SyncOutcome {
+        let SyncRequest {
+            member_id,
+            instance_id,
+            generation,
+            protocol_type: ptype,
+            protocol_name: pname,
+            assignments,
+        } = req;
+        let fail = |e: i16| SyncOutcome::Now(SyncResponse::error(e));
+        if self.state == State::Dead {
+            return fail(COORDINATOR_NOT_AVAILABLE);
+        }
+        if let Some(e) = self.check_member(member_id, instance_id) {
+            return fail(e);
+        }
+        if generation != self.generation {
+            return fail(ILLEGAL_GENERATION);
+        }
+        if ptype.is_some_and(|t| Some(t) != self.protocol_type.as_deref())
+            || pname.is_some_and(|n| Some(n) != self.protocol.as_deref())
+        {
+            return fail(INCONSISTENT_GROUP_PROTOCOL);
+        }
+        match self.state {
+            State::Empty => fail(UNKNOWN_MEMBER_ID),
+            State::PreparingRebalance => fail(REBALANCE_IN_PROGRESS),
+            State::Stable => {
+                let m = self.member_mut(member_id).unwrap();
+                m.last_heartbeat = now;
+                SyncOutcome::Now(self.sync_response(member_id))
+            }
+            State::CompletingRebalance => {
+                {
+                    let m = self.member_mut(member_id).unwrap();
+                    m.last_heartbeat = now;
+                    if let Some(old) = m.awaiting_sync.replace(token) {
+                        self.outputs.push(Output::Sync(
+                            old,
+                            SyncResponse::error(REBALANCE_IN_PROGRESS),
+                        ));
+                    }
+                }
+                if self.leader.as_deref() == Some(member_id) {
+                    let given: HashMap<String, Vec<u8>> = assignments.into_iter().collect();
+                    for m in self.members.values_mut() {
+                        m.assignment = given.get(&m.member_id).cloned().unwrap_or_default();
+                    }
+                    self.set_state(State::Stable, now);
+                    self.outputs.push(Output::Changed);
+                    let waiting: Vec<(String, Token)> = self
+                        .members
+                        .values_mut()
+                        .filter_map(|m| m.awaiting_sync.take().map(|t| (m.member_id.clone(), t)))
+                        .collect();
+                    for (id, t) in waiting {
+                        let resp = self.sync_response(&id);
+                        self.outputs.push(Output::Sync(t, resp));
+                    }
+                }
+                SyncOutcome::Parked
+            }
+            State::Dead => unreachable!(),
+        }
+    }
+
+    fn sync_response(&self, member_id: &str) -> SyncResponse {
+        SyncResponse {
+            error: errors::NONE,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol.clone(),
+            assignment: self
+                .member(member_id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: u64,
+    ) -> i16 {
+        if matches!(self.state, State::Dead) {
+            return COORDINATOR_NOT_AVAILABLE;
+        }
+        if let Some(e) = self.check_member(member_id, instance_id) {
+            return e;
+        }
+        if self.state == State::Empty {
+            return UNKNOWN_MEMBER_ID;
+        }
+        if generation != self.generation {
+            return ILLEGAL_GENERATION;
+        }
+        self.member_mut(member_id).unwrap().last_heartbeat = now;
+        if self.state == State::PreparingRebalance {
+            return REBALANCE_IN_PROGRESS;
+        }
+        errors::NONE
+    }
+
+    /// LeaveGroup for one member (by member id, or by instance id for static members).
+    pub fn leave(&mut self, member_id: &str, instance_id: Option<&str>, now: u64) -> i16 {
+        if self.state == State::Dead {
+            return COORDINATOR_NOT_AVAILABLE;
+        }
+        let id = match instance_id {
+            Some(instance) => match self.static_members.get(instance) {
+                Some(current) if member_id.is_empty() || current == member_id => current.clone(),
+                Some(_) => return FENCED_INSTANCE_ID,
+                None => return UNKNOWN_MEMBER_ID,
+            },
+            None => {
+                if self.pending.remove(member_id).is_some() {
+                    self.maybe_complete_join(now);
+                    return errors::NONE;
+                }
+                if self.member(member_id).is_none() {
+                    return UNKNOWN_MEMBER_ID;
+                }
+                member_id.to_string()
+            }
+        };
+        self.remove_member(&id);
+        self.after_membership_loss(now);
+        errors::NONE
+    }
+
+    fn after_membership_loss(&mut self, now: u64) {
+        match self.state {
+            State::Stable | State::CompletingRebalance => self.prepare_rebalance(now),
+            _ => {}
+        }
+        if self.state == State::PreparingRebalance
+            && self.members.is_empty()
+            && self.initial_delay_until.is_some()
+        {
+            self.initial_delay_until = None;
+        }
+        self.maybe_complete_join(now);
+    }
+
+    /// The earliest time at which [`Group::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mut d: Vec<u64> = Vec::new();
+        d.extend(self.join_deadline);
+        d.extend(self.initial_delay_until);
+        d.extend(self.pending.values().map(|p| p.deadline));
+        for m in self.members.values() {
+            if let Some(dl) = self.member_deadline(m) {
+                d.push(dl);
+            }
+        }
+        d.into_iter().min()
+    }
+
+    fn member_deadline(&self, m: &Member) -> Option<u64> {
+        if m.awaiting_join.is_some() {
+            // Waiting in the join phase keeps a member alive (the phase has its own end).
+            return None;
+        }
+        if self.state == State::PreparingRebalance && m.is_new {
+            return Some(m.last_heartbeat + NEW_MEMBER_JOIN_TIMEOUT_MS);
+        }
+        Some(m.last_heartbeat + m.session_timeout_ms.max(0) as u64)
+    }
+
+    /// Applies the passing of time: expired sessions, the end of the join phase, the end of
+    /// the initial delay, pending members that never came back.
+    pub fn tick(&mut self, now: u64) {
+        if self.state == State::Dead {
+            return;
+        }
+        self.pending.retain(|_, p| p.deadline > now);
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| self.member_deadline(m).is_some_and(|d| d <= now))
+            .map(|m| m.member_id.clone())
+            .collect();
+        let lost = !expired.is_empty();
+        for id in expired {
+            self.remove_member(&id);
+        }
+        if lost {
+            self.after_membership_loss(now);
+        }
+        self.maybe_complete_join(now);
+    }
+
+    /// Members of this group, and their generation, may commit offsets.
+    pub fn check_commit(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        if generation < 0 && member_id.is_empty() {
+            // A simple consumer: allowed only while no member is active.
+            return if self.members.is_empty() {
+                errors::NONE
+            } else {
+                ILLEGAL_GENERATION
+            };
+        }
+        if let Some(e) = self.check_member(member_id, instance_id) {
+            return e;
+        }
+        if generation != self.generation {
+            return ILLEGAL_GENERATION;
+        }
+        if self.state == State::CompletingRebalance || self.state == State::PreparingRebalance {
+            return REBALANCE_IN_PROGRESS;
+        }
+        errors::NONE
+    }
+
+    /// DeleteGroups: only an empty group may go.
+    pub fn mark_dead(&mut self, now: u64) {
+        self.set_state(State::Dead, now);
+    }
+
+    /// Restores a group read back from `__consumer_offsets` (members included, so that a
+    /// restarted coordinator keeps the generation; their sessions start now).
+    pub fn restore(
+        &mut self,
+        generation: i32,
+        protocol_type: Option<String>,
+        protocol: Option<String>,
+        leader: Option<String>,
+        members: Vec<Member>,
+        now: u64,
+    ) {
+        self.generation = generation;
+        self.protocol_type = protocol_type;
+        self.protocol = protocol;
+        self.leader = leader;
+        self.members.clear();
+        self.static_members.clear();
+        for mut m in members {
+            m.last_heartbeat = now;
+            m.awaiting_join = None;
+            m.awaiting_sync = None;
+            m.is_new = false;
+            if let Some(i) = &m.instance_id {
+                self.static_members.insert(i.clone(), m.member_id.clone());
+            }
+            self.order += 1;
+            self.members.insert(self.order, m);
+        }
+        let state = if self.members.is_empty() {
+            State::Empty
+        } else {
+            State::Stable
+        };
+        self.set_state(state, now);
+    }
+}
+
+impl Member {
+    /// A member as stored in group metadata.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stored(
+        member_id: String,
+        instance_id: Option<String>,
+        client_id: String,
+        client_host: String,
+        rebalance_timeout_ms: i32,
+        session_timeout_ms: i32,
+        protocol_type: String,
+        protocol: (String, Vec<u8>),
+        assignment: Vec<u8>,
+    ) -> Member {
+        Member {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            protocol_type,
+            protocols: vec![protocol],
+            assignment,
+            awaiting_join: None,
+            awaiting_sync: None,
+            last_heartbeat: 0,
+            is_new: false,
+        }
+    }
+}
