@@ -12,6 +12,8 @@ CARGO_FLAGS=(--ignore-rust-version)
 # Debian packages: cmake and the curl/ssl headers build librdkafka for the rdkafka crate.
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# kcat (librdkafka 2.0.2 on Debian 12): an old client, and a group member the tests can kill.
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || dpkg -s libcurl4-gnutls-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)

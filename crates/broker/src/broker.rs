@@ -94,6 +94,7 @@ pub struct Broker {
     producer_ids: Mutex<(i64, i64)>,
     /// Woken when any high watermark moves.
     pub data_changed: Arc<Notify>,
+    pub groups: crate::group::coordinator::GroupCoordinator,
 }
 
 /// 16 random bytes without a dependency: std's randomly keyed hasher, fed the time.
@@ -158,6 +159,7 @@ impl Broker {
             .map_err(io(format!("creating {}", dir.display())))?;
         let cluster_id = Self::identity(&dir, config.node_id)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
+        let config_groups = config.groups;
         let broker = Broker {
             config,
             cluster_id,
@@ -165,8 +167,10 @@ impl Broker {
             admin: Mutex::new(()),
             producer_ids: Mutex::new(producer_ids),
             data_changed: Arc::new(Notify::new()),
+            groups: crate::group::coordinator::GroupCoordinator::new(config_groups),
         };
         broker.load_topics()?;
+        broker.groups.load(&broker);
         Ok(broker)
     }
 

@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     pub log_flush_scheduler_interval_ms: u64,
     pub log_flush_offset_checkpoint_interval_ms: u64,
+    pub offsets_retention_check_interval_ms: u64,
+    /// Consumer groups and `__consumer_offsets`.
+    pub groups: crate::group::coordinator::CoordinatorConfig,
     /// The topic defaults that `log.*` keys set.
     pub log: LogConfig,
     /// Every key as given (after overrides), for DescribeConfigs on the broker.
@@ -68,6 +71,8 @@ impl Default for BrokerConfig {
             log_retention_check_interval_ms: 300_000,
             log_flush_scheduler_interval_ms: 1000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
+            offsets_retention_check_interval_ms: 600_000,
+            groups: Default::default(),
             log: LogConfig::default(),
             given: BTreeMap::new(),
         }
@@ -93,7 +98,6 @@ const ACCEPTED: &[&str] = &[
     "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
-    "group.initial.rebalance.delay.ms",
 ];
 
 fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -236,6 +240,35 @@ impl BrokerConfig {
                 "log.flush.interval.ms" => set_log(&mut c.log, "flush.ms", k, v)?,
                 "log.message.timestamp.type" => {
                     set_log(&mut c.log, "message.timestamp.type", k, v)?
+                }
+                "offsets.topic.num.partitions" => {
+                    c.groups.offsets_partitions = int(k, v)?;
+                    if c.groups.offsets_partitions < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "offsets.retention.minutes" => {
+                    c.groups.offsets_retention_ms = int::<u64>(k, v)? * 60_000
+                }
+                "offset.metadata.max.bytes" => c.groups.offset_metadata_max_bytes = int(k, v)?,
+                "group.min.session.timeout.ms" => {
+                    c.groups.group.min_session_timeout_ms = int(k, v)?
+                }
+                "group.max.session.timeout.ms" => {
+                    c.groups.group.max_session_timeout_ms = int(k, v)?
+                }
+                "group.initial.rebalance.delay.ms" => {
+                    c.groups.group.initial_rebalance_delay_ms = int(k, v)?
+                }
+                "group.max.size" => {
+                    let n: i32 = int(k, v)?;
+                    if n < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                    c.groups.group.max_size = n as usize;
+                }
+                "offsets.retention.check.interval.ms" => {
+                    c.offsets_retention_check_interval_ms = int(k, v)?
                 }
                 _ if ACCEPTED.contains(&k) => {}
                 _ => warnings.push(format!("unknown config {k} is ignored")),

@@ -24,7 +24,17 @@ pub const PRODUCE: i16 = 0;
 pub const FETCH: i16 = 1;
 pub const LIST_OFFSETS: i16 = 2;
 pub const METADATA: i16 = 3;
+pub const OFFSET_COMMIT: i16 = 8;
+pub const OFFSET_FETCH: i16 = 9;
 pub const FIND_COORDINATOR: i16 = 10;
+pub const JOIN_GROUP: i16 = 11;
+pub const HEARTBEAT: i16 = 12;
+pub const LEAVE_GROUP: i16 = 13;
+pub const SYNC_GROUP: i16 = 14;
+pub const DESCRIBE_GROUPS: i16 = 15;
+pub const LIST_GROUPS: i16 = 16;
+pub const DELETE_GROUPS: i16 = 42;
+pub const OFFSET_DELETE: i16 = 47;
 pub const API_VERSIONS: i16 = 18;
 pub const CREATE_TOPICS: i16 = 19;
 pub const DELETE_TOPICS: i16 = 20;
@@ -46,8 +56,15 @@ pub const APIS: &[Api] = &[
     Api { key: FETCH, name: "Fetch", min: 4, max: 16, flexible_min: 12 },
     Api { key: LIST_OFFSETS, name: "ListOffsets", min: 1, max: 8, flexible_min: 6 },
     Api { key: METADATA, name: "Metadata", min: 0, max: 12, flexible_min: 9 },
-    // librdkafka only uses LZ4 with brokers that advertise FindCoordinator.
+    Api { key: OFFSET_COMMIT, name: "OffsetCommit", min: 2, max: 9, flexible_min: 8 },
+    Api { key: OFFSET_FETCH, name: "OffsetFetch", min: 1, max: 9, flexible_min: 6 },
     Api { key: FIND_COORDINATOR, name: "FindCoordinator", min: 0, max: 4, flexible_min: 3 },
+    Api { key: JOIN_GROUP, name: "JoinGroup", min: 0, max: 9, flexible_min: 6 },
+    Api { key: HEARTBEAT, name: "Heartbeat", min: 0, max: 4, flexible_min: 4 },
+    Api { key: LEAVE_GROUP, name: "LeaveGroup", min: 0, max: 5, flexible_min: 4 },
+    Api { key: SYNC_GROUP, name: "SyncGroup", min: 0, max: 5, flexible_min: 4 },
+    Api { key: DESCRIBE_GROUPS, name: "DescribeGroups", min: 0, max: 5, flexible_min: 5 },
+    Api { key: LIST_GROUPS, name: "ListGroups", min: 0, max: 5, flexible_min: 3 },
     Api { key: API_VERSIONS, name: "ApiVersions", min: 0, max: 4, flexible_min: 3 },
     Api { key: CREATE_TOPICS, name: "CreateTopics", min: 2, max: 7, flexible_min: 5 },
     Api { key: DELETE_TOPICS, name: "DeleteTopics", min: 1, max: 6, flexible_min: 4 },
@@ -57,6 +74,8 @@ pub const APIS: &[Api] = &[
     Api { key: ALTER_CONFIGS, name: "AlterConfigs", min: 0, max: 2, flexible_min: 2 },
     Api { key: CREATE_PARTITIONS, name: "CreatePartitions", min: 0, max: 3, flexible_min: 2 },
     Api { key: INCREMENTAL_ALTER_CONFIGS, name: "IncrementalAlterConfigs", min: 0, max: 1, flexible_min: 1 },
+    Api { key: DELETE_GROUPS, name: "DeleteGroups", min: 0, max: 2, flexible_min: 2 },
+    Api { key: OFFSET_DELETE, name: "OffsetDelete", min: 0, max: 0, flexible_min: i16::MAX },
     Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 1, flexible_min: 0 },
 ];
 

@@ -38,8 +38,9 @@ pub async fn serve(
                     tokio::spawn(async move { connection(broker, stream, peer, shutdown).await });
                 }
                 Err(e) => {
+                    // Out of file descriptors, typically: back off a little, unless stopping.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(50), shutdown.changed()).await;
                 }
             },
             _ = shutdown.changed() => break,

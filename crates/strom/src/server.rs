@@ -80,6 +80,10 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
+    let group_timers = tokio::spawn(strom_broker::group::coordinator::run_timers(
+        broker.clone(),
+        stopped.clone(),
+    ));
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -90,6 +94,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = server.await;
     let _ = maintenance.await;
+    let _ = group_timers.await;
     tokio::task::spawn_blocking(move || broker.shutdown()).await?;
     tracing::info!("clean shutdown complete");
     Ok(())
@@ -104,7 +109,8 @@ async fn shutdown_signal() {
     }
 }
 
-/// Retention, time-based flushes and recovery-point checkpoints, each on its own interval.
+/// Retention, time-based flushes, recovery-point checkpoints and committed-offset expiry,
+/// each on its own interval.
 async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let c = &broker.config;
     let mut retention = tokio::time::interval(Duration::from_millis(
@@ -116,12 +122,16 @@ async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver
     let mut checkpoint = tokio::time::interval(Duration::from_millis(
         c.log_flush_offset_checkpoint_interval_ms.max(1),
     ));
+    let mut offsets = tokio::time::interval(Duration::from_millis(
+        c.offsets_retention_check_interval_ms.max(1),
+    ));
     loop {
         let b = broker.clone();
         tokio::select! {
             _ = retention.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_retention(now_ms())).await; }
             _ = flush.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_flush(now_ms())).await; }
             _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_checkpoint()).await; }
+            _ = offsets.tick() => { let _ = tokio::task::spawn_blocking(move || b.groups.maintain(&b)).await; }
             _ = stop.changed() => return,
         }
     }

@@ -1,6 +1,8 @@
 //! Consumer groups: the protocol state machine and, around it, the coordinator that drives
 //! it with requests and time and stores offsets and group metadata.
 
+pub mod coordinator;
+pub mod records;
 pub mod state;
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use crate::protocol::{self, RequestContext};
 
 const GROUP: i8 = 0;
 
-/// FindCoordinator: on a single node, this broker coordinates every group. Transaction
-/// coordinators do not exist yet, and a client asking for one is told so.
+/// FindCoordinator: on a single node, this broker coordinates every group (and creates
+/// `__consumer_offsets` on first use, as Kafka does). Transaction coordinators do not exist
+/// yet, and a client asking for one is told so.
 pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: FindCoordinatorRequest = protocol::decode(&mut body, ctx.version)?;
     let answer = |key: String| {
@@ -23,7 +24,11 @@ pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
             port: -1,
             ..Default::default()
         };
-        if req.key_type == GROUP {
+        if req.key_type == GROUP
+            && let Err(e) = broker.groups.ensure_offsets_topic(broker)
+        {
+            c.error_code = e;
+        } else if req.key_type == GROUP {
             c.node_id = broker.config.node_id;
             c.host = broker.config.advertised_host.clone();
             c.port = broker.config.advertised_port as i32;

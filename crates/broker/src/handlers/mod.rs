@@ -6,6 +6,7 @@ mod api_versions;
 mod configs;
 mod coordinator;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -58,6 +59,16 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame),
         protocol::INCREMENTAL_ALTER_CONFIGS => configs::incremental_alter(broker, &ctx, frame),
         protocol::FIND_COORDINATOR => coordinator::find(broker, &ctx, frame),
+        protocol::JOIN_GROUP => groups::join(broker, &ctx, frame, peer).await,
+        protocol::SYNC_GROUP => groups::sync(broker, &ctx, frame).await,
+        protocol::HEARTBEAT => groups::heartbeat(broker, &ctx, frame),
+        protocol::LEAVE_GROUP => groups::leave(broker, &ctx, frame),
+        protocol::OFFSET_COMMIT => groups::offset_commit(broker, &ctx, frame),
+        protocol::OFFSET_FETCH => groups::offset_fetch(broker, &ctx, frame),
+        protocol::LIST_GROUPS => groups::list(broker, &ctx, frame),
+        protocol::DESCRIBE_GROUPS => groups::describe(broker, &ctx, frame),
+        protocol::DELETE_GROUPS => groups::delete(broker, &ctx, frame),
+        protocol::OFFSET_DELETE => groups::offset_delete(broker, &ctx, frame),
         protocol::INIT_PRODUCER_ID => producer_id::handle(broker, &ctx, frame),
         _ => unreachable!("every api in the table has a handler"),
     };
