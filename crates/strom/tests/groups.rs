@@ -58,7 +58,10 @@ fn produce(server: &Server, topic: &str, from: u32, to: u32) {
 
 /// Records rebalance events: ("assign" | "revoke", partitions).
 #[derive(Default, Clone)]
-struct Events(Arc<Mutex<Vec<(&'static str, BTreeSet<i32>)>>>);
+struct Events(Arc<Mutex<Vec<Event>>>);
+
+/// ("assign" | "revoke", partitions)
+type Event = (&'static str, BTreeSet<i32>);
 
 impl ClientContext for Events {}
 impl ConsumerContext for Events {
