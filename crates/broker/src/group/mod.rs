@@ -7,3 +7,6 @@ pub mod state;
 
 #[cfg(test)]
 mod state_tests;
+
+#[cfg(test)]
+mod coordinator_tests;
