@@ -317,3 +317,96 @@ fn cooperative_sticky_keeps_unaffected_partitions_assigned() {
         assert_eq!(&(&kept | &revoked), before);
     }
 }
+
+#[test]
+fn simple_consumers_commit_without_joining_and_admins_see_groups() {
+    let server = server();
+    create_topic(&server, "admin", 2);
+    produce(&server, "admin", 0, 10);
+    // A consumer that assigns partitions itself commits with generation -1.
+    let simple: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("group.id", "simple")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("admin", 0, rdkafka::Offset::Offset(3))
+        .unwrap();
+    tpl.add_partition_offset("admin", 1, rdkafka::Offset::Offset(4))
+        .unwrap();
+    simple.commit(&tpl, CommitMode::Sync).unwrap();
+    let committed = simple.committed_offsets(tpl.clone(), T).unwrap();
+    let offsets: Vec<_> = committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset()))
+        .collect();
+    assert_eq!(
+        offsets,
+        vec![
+            (0, rdkafka::Offset::Offset(3)),
+            (1, rdkafka::Offset::Offset(4))
+        ]
+    );
+
+    let (active, _) = member(&server, "active", "admin", &[]);
+    poll_until(&[&active], "the active member", |asg, _| asg[0].len() == 2);
+    let list = active.fetch_group_list(None, T).unwrap();
+    let mut groups: Vec<(String, String, String)> = list
+        .groups()
+        .iter()
+        .map(|g| {
+            (
+                g.name().to_string(),
+                g.state().to_string(),
+                g.protocol_type().to_string(),
+            )
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            (
+                "active".to_string(),
+                "Stable".to_string(),
+                "consumer".to_string()
+            ),
+            ("simple".to_string(), "Empty".to_string(), String::new()),
+        ]
+    );
+    let described = active.fetch_group_list(Some("active"), T).unwrap();
+    let g = &described.groups()[0];
+    assert_eq!(g.protocol(), "range");
+    assert_eq!(g.members().len(), 1);
+    assert!(g.members()[0].assignment().is_some_and(|a| !a.is_empty()));
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(admin.delete_groups(&["simple", "active", "missing"], &AdminOptions::new()))
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    assert_eq!(
+        r[1].as_ref().unwrap_err().1,
+        rdkafka::types::RDKafkaErrorCode::NonEmptyGroup
+    );
+    assert_eq!(
+        r[2].as_ref().unwrap_err().1,
+        rdkafka::types::RDKafkaErrorCode::GroupIdNotFound
+    );
+    let committed = simple.committed_offsets(tpl, T).unwrap();
+    assert!(
+        committed
+            .elements()
+            .iter()
+            .all(|e| e.offset() == rdkafka::Offset::Invalid)
+    );
+}
