@@ -42,6 +42,7 @@ pub const DELETE_RECORDS: i16 = 21;
 pub const INIT_PRODUCER_ID: i16 = 22;
 pub const DESCRIBE_CONFIGS: i16 = 32;
 pub const ALTER_CONFIGS: i16 = 33;
+pub const DESCRIBE_LOG_DIRS: i16 = 35;
 pub const CREATE_PARTITIONS: i16 = 37;
 pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const DESCRIBE_CLUSTER: i16 = 60;
@@ -72,6 +73,8 @@ pub const APIS: &[Api] = &[
     Api { key: INIT_PRODUCER_ID, name: "InitProducerId", min: 0, max: 5, flexible_min: 2 },
     Api { key: DESCRIBE_CONFIGS, name: "DescribeConfigs", min: 1, max: 4, flexible_min: 4 },
     Api { key: ALTER_CONFIGS, name: "AlterConfigs", min: 0, max: 2, flexible_min: 2 },
+    // v4 adds the volume's total and usable bytes, which this broker does not measure.
+    Api { key: DESCRIBE_LOG_DIRS, name: "DescribeLogDirs", min: 1, max: 3, flexible_min: 2 },
     Api { key: CREATE_PARTITIONS, name: "CreatePartitions", min: 0, max: 3, flexible_min: 2 },
     Api { key: INCREMENTAL_ALTER_CONFIGS, name: "IncrementalAlterConfigs", min: 0, max: 1, flexible_min: 1 },
     Api { key: DELETE_GROUPS, name: "DeleteGroups", min: 0, max: 2, flexible_min: 2 },

@@ -1,5 +1,7 @@
 //! `strom`: broker and command-line tools in one binary.
 
+mod admin;
+mod output;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,22 @@ enum Command {
     ///   strom server --override listeners=PLAINTEXT://0.0.0.0:9092 --override log.dirs=/var/lib/strom
     #[command(verbatim_doc_comment)]
     Server(server::ServerArgs),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topics(admin::TopicsCmd),
+    /// Describe and change topic and broker configs.
+    #[command(subcommand)]
+    Configs(admin::ConfigsCmd),
+    /// Describe the cluster: id, controller, brokers.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCmd),
+}
+
+fn run_client<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +59,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Server(args) => server::run(args),
+        Command::Topics(cmd) => run_client(admin::topics(cmd)),
+        Command::Configs(cmd) => run_client(admin::configs(cmd)),
+        Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -314,3 +314,50 @@ pub fn describe_cluster(
         },
     )
 }
+
+/// DescribeLogDirs: this broker's one log directory and the size of every partition in it.
+pub fn describe_log_dirs(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    use krabka_protocol::owned::describe_log_dirs_request::DescribeLogDirsRequest;
+    use krabka_protocol::owned::describe_log_dirs_response::{
+        DescribeLogDirsPartition, DescribeLogDirsResponse, DescribeLogDirsResult, DescribeLogDirsTopic,
+    };
+    let req: DescribeLogDirsRequest = protocol::decode(&mut body, ctx.version)?;
+    let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| ts.into_iter().map(|t| (t.topic, t.partitions)).collect());
+    let topics = broker
+        .topics()
+        .into_iter()
+        .filter_map(|t| {
+            let parts: Vec<DescribeLogDirsPartition> = t
+                .partitions
+                .read()
+                .unwrap()
+                .iter()
+                .filter(|p| {
+                    wanted.as_ref().is_none_or(|w| w.iter().any(|(name, ps)| *name == t.name && ps.contains(&p.index)))
+                })
+                .map(|p| DescribeLogDirsPartition {
+                    partition_index: p.index,
+                    partition_size: p.log.size_bytes() as i64,
+                    offset_lag: 0,
+                    is_future_key: false,
+                    ..Default::default()
+                })
+                .collect();
+            (!parts.is_empty()).then(|| DescribeLogDirsTopic { name: t.name.clone(), partitions: parts, ..Default::default() })
+        })
+        .collect();
+    let dir = std::fs::canonicalize(&broker.config.log_dir).unwrap_or_else(|_| broker.config.log_dir.clone());
+    respond(
+        ctx,
+        &DescribeLogDirsResponse {
+            error_code: errors::NONE,
+            results: vec![DescribeLogDirsResult {
+                error_code: errors::NONE,
+                log_dir: dir.display().to_string(),
+                topics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+}

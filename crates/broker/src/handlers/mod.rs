@@ -55,6 +55,7 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::CREATE_PARTITIONS => admin::create_partitions(broker, &ctx, frame),
         protocol::DELETE_RECORDS => admin::delete_records(broker, &ctx, frame),
         protocol::DESCRIBE_CLUSTER => admin::describe_cluster(broker, &ctx, frame),
+        protocol::DESCRIBE_LOG_DIRS => admin::describe_log_dirs(broker, &ctx, frame),
         protocol::DESCRIBE_CONFIGS => configs::describe(broker, &ctx, frame),
         protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame),
         protocol::INCREMENTAL_ALTER_CONFIGS => configs::incremental_alter(broker, &ctx, frame),

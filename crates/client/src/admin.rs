@@ -1,0 +1,295 @@
+//! Admin operations, as a Kafka admin client performs them.
+
+use std::collections::BTreeMap;
+
+use krabka_protocol::owned::create_partitions_request::{
+    CreatePartitionsRequest, CreatePartitionsTopic,
+};
+use krabka_protocol::owned::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
+use krabka_protocol::owned::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
+use krabka_protocol::owned::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use krabka_protocol::owned::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig, IncrementalAlterConfigsRequest,
+};
+use krabka_protocol::owned::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+
+use crate::Client;
+use crate::error::{ClientError, Result, check};
+
+pub const TOPIC: i8 = 2;
+pub const BROKER: i8 = 4;
+
+pub const EARLIEST: i64 = -2;
+pub const LATEST: i64 = -1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: String,
+    pub value: Option<String>,
+    pub source: &'static str,
+    pub read_only: bool,
+    pub sensitive: bool,
+}
+
+fn source_name(s: i8) -> &'static str {
+    match s {
+        1 => "DYNAMIC_TOPIC_CONFIG",
+        2 => "DYNAMIC_BROKER_CONFIG",
+        3 => "DYNAMIC_DEFAULT_BROKER_CONFIG",
+        4 => "STATIC_BROKER_CONFIG",
+        5 => "DEFAULT_CONFIG",
+        6 => "DYNAMIC_BROKER_LOGGER_CONFIG",
+        7 => "CLIENT_METRICS_CONFIG",
+        8 => "GROUP_CONFIG",
+        _ => "UNKNOWN",
+    }
+}
+
+/// An incremental config change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOp {
+    Set = 0,
+    Delete = 1,
+    Append = 2,
+    Subtract = 3,
+}
+
+impl Client {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        replication_factor: Option<i16>,
+        configs: &BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<()> {
+        let req = CreateTopicsRequest {
+            topics: vec![CreatableTopic {
+                name: name.to_string(),
+                num_partitions: partitions.unwrap_or(-1),
+                replication_factor: replication_factor.unwrap_or(-1),
+                configs: configs
+                    .iter()
+                    .map(|(k, v)| CreatableTopicConfig {
+                        name: k.clone(),
+                        value: Some(v.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            timeout_ms: self.timeout().as_millis() as i32,
+            validate_only,
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 7, "CreateTopics").await?;
+        let t = resp
+            .topics
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty CreateTopics answer".into()))?;
+        check(t.error_code, t.error_message)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let req = DeleteTopicsRequest {
+            topics: vec![DeleteTopicState {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }],
+            topic_names: vec![name.to_string()],
+            timeout_ms: self.timeout().as_millis() as i32,
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 6, "DeleteTopics").await?;
+        let r = resp
+            .responses
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty DeleteTopics answer".into()))?;
+        check(r.error_code, r.error_message)
+    }
+
+    pub async fn create_partitions(&self, name: &str, count: i32) -> Result<()> {
+        let req = CreatePartitionsRequest {
+            topics: vec![CreatePartitionsTopic {
+                name: name.to_string(),
+                count,
+                assignments: None,
+                ..Default::default()
+            }],
+            timeout_ms: self.timeout().as_millis() as i32,
+            validate_only: false,
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 3, "CreatePartitions").await?;
+        let r = resp
+            .results
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty CreatePartitions answer".into()))?;
+        check(r.error_code, r.error_message)
+    }
+
+    pub async fn describe_configs(
+        &self,
+        resource_type: i8,
+        name: &str,
+    ) -> Result<Vec<ConfigEntry>> {
+        let req = DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type,
+                resource_name: name.to_string(),
+                configuration_keys: None,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let conn = if resource_type == BROKER {
+            match name.parse::<i32>() {
+                Ok(id) => self.node(id).await?,
+                Err(_) => self.any().await?,
+            }
+        } else {
+            self.any().await?
+        };
+        let (resp, _) = conn.send(&req, 4, "DescribeConfigs").await?;
+        let r = resp
+            .results
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty DescribeConfigs answer".into()))?;
+        check(r.error_code, r.error_message)?;
+        let mut entries: Vec<ConfigEntry> = r
+            .configs
+            .into_iter()
+            .map(|c| ConfigEntry {
+                name: c.name,
+                value: c.value,
+                source: source_name(c.config_source),
+                read_only: c.read_only,
+                sensitive: c.is_sensitive,
+            })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    pub async fn alter_configs(
+        &self,
+        resource_type: i8,
+        name: &str,
+        ops: &[(String, ConfigOp, Option<String>)],
+    ) -> Result<()> {
+        let req = IncrementalAlterConfigsRequest {
+            resources: vec![AlterConfigsResource {
+                resource_type,
+                resource_name: name.to_string(),
+                configs: ops
+                    .iter()
+                    .map(|(k, op, v)| AlterableConfig {
+                        name: k.clone(),
+                        config_operation: *op as i8,
+                        value: v.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            validate_only: false,
+            ..Default::default()
+        };
+        let (resp, _) = self
+            .any()
+            .await?
+            .send(&req, 1, "IncrementalAlterConfigs")
+            .await?;
+        let r =
+            resp.responses.into_iter().next().ok_or_else(|| {
+                ClientError::Protocol("empty IncrementalAlterConfigs answer".into())
+            })?;
+        check(r.error_code, r.error_message)
+    }
+
+    /// ListOffsets for every partition of `topic` at `timestamp` (EARLIEST, LATEST or a
+    /// time), asking each partition's leader: (partition, offset).
+    pub async fn list_offsets(&self, topic: &str, timestamp: i64) -> Result<Vec<(i32, i64)>> {
+        let meta = self.metadata(Some(&[topic.to_string()])).await?;
+        let t = meta.topic(topic).ok_or_else(|| ClientError::Kafka {
+            code: 3,
+            name: "UNKNOWN_TOPIC_OR_PARTITION",
+            message: None,
+        })?;
+        check(t.error, Some(format!("topic {topic}")))?;
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for p in &t.partitions {
+            by_leader.entry(p.leader).or_default().push(p.index);
+        }
+        let mut out = Vec::new();
+        for (leader, partitions) in by_leader {
+            let req = ListOffsetsRequest {
+                replica_id: -1,
+                isolation_level: 0,
+                topics: vec![ListOffsetsTopic {
+                    name: topic.to_string(),
+                    partitions: partitions
+                        .iter()
+                        .map(|p| ListOffsetsPartition {
+                            partition_index: *p,
+                            current_leader_epoch: -1,
+                            timestamp,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let (resp, _) = self
+                .node(leader)
+                .await?
+                .send(&req, 7, "ListOffsets")
+                .await?;
+            for t in resp.topics {
+                for p in t.partitions {
+                    check(p.error_code, Some(format!("{topic}-{}", p.partition_index)))?;
+                    out.push((p.partition_index, p.offset));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl Client {
+    /// Bytes on disk per (topic, partition), from DescribeLogDirs on broker `node`.
+    pub async fn log_dir_sizes(&self, node: i32) -> Result<BTreeMap<(String, i32), i64>> {
+        use krabka_protocol::owned::describe_log_dirs_request::DescribeLogDirsRequest;
+        let req = DescribeLogDirsRequest {
+            topics: None,
+            ..Default::default()
+        };
+        let (resp, _) = self
+            .node(node)
+            .await?
+            .send(&req, 3, "DescribeLogDirs")
+            .await?;
+        let mut out = BTreeMap::new();
+        for dir in resp.results {
+            for t in dir.topics {
+                for p in t.partitions {
+                    *out.entry((t.name.clone(), p.partition_index)).or_default() +=
+                        p.partition_size;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,517 @@
+//! `strom topics`, `strom cluster`, `strom configs`: admin over the Kafka protocol, so they
+//! work against any Kafka-compatible cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use strom_client::Client;
+use strom_client::admin::{BROKER, ConfigOp, EARLIEST, LATEST, TOPIC};
+
+use crate::output::{Table, print_json};
+
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// The broker to bootstrap from (host:port, comma-separated for several).
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    pub bootstrap_server: String,
+    /// How long to wait for the cluster, in milliseconds.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub request_timeout_ms: u64,
+}
+
+impl Conn {
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Client::connect(
+            &self.bootstrap_server,
+            "strom-cli",
+            Duration::from_millis(self.request_timeout_ms),
+        )
+        .await
+        .with_context(|| format!("cannot connect to {}", self.bootstrap_server))
+    }
+}
+
+fn parse_kv(s: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => bail!("{s:?} is not key=value"),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum TopicsCmd {
+    /// List topics.
+    ///
+    /// Example: strom topics list --bootstrap-server 127.0.0.1:9092
+    List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Also list internal topics such as __consumer_offsets.
+        #[arg(long)]
+        include_internal: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a topic.
+    ///
+    /// Example: strom topics create --topic orders --partitions 6 --config retention.ms=86400000
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        /// Number of partitions (the broker's num.partitions when omitted).
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Replicas per partition (the broker's default.replication.factor when omitted).
+        #[arg(long)]
+        replication_factor: Option<i16>,
+        /// A topic config, key=value; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// Succeed quietly if the topic exists.
+        #[arg(long)]
+        if_not_exists: bool,
+        /// Only check that the topic could be created.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Describe topics: partitions with leader, replicas, ISR, offsets and size.
+    ///
+    /// Example: strom topics describe --topic orders
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+        /// The topic (all topics when omitted).
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long)]
+        include_internal: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic and all its records.
+    ///
+    /// Example: strom topics delete --topic orders
+    Delete {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+    },
+    /// Add partitions to a topic.
+    ///
+    /// Example: strom topics alter --topic orders --partitions 12
+    Alter {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        /// The new, larger number of partitions.
+        #[arg(long)]
+        partitions: i32,
+    },
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn list_nodes(nodes: &[i32]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub async fn topics(cmd: TopicsCmd) -> anyhow::Result<()> {
+    match cmd {
+        TopicsCmd::List {
+            conn,
+            include_internal,
+            json,
+        } => {
+            let meta = conn.client().await?.metadata(None).await?;
+            let topics: Vec<_> = meta
+                .topics
+                .iter()
+                .filter(|t| include_internal || !t.internal)
+                .collect();
+            if json {
+                print_json(&json!(topics.iter().map(|t| json!({
+                    "name": t.name,
+                    "topic_id": hex(&t.id),
+                    "partitions": t.partitions.len(),
+                    "replication_factor": t.partitions.first().map(|p| p.replicas.len()).unwrap_or(0),
+                    "internal": t.internal,
+                })).collect::<Vec<_>>()));
+            } else {
+                let mut table = Table::new(&["TOPIC", "PARTITIONS", "REPLICATION-FACTOR"]);
+                for t in topics {
+                    let rf = t.partitions.first().map(|p| p.replicas.len()).unwrap_or(0);
+                    table.row(vec![
+                        t.name.clone(),
+                        t.partitions.len().to_string(),
+                        rf.to_string(),
+                    ]);
+                }
+                print!("{}", table.render());
+            }
+        }
+        TopicsCmd::Create {
+            conn,
+            topic,
+            partitions,
+            replication_factor,
+            configs,
+            if_not_exists,
+            validate_only,
+        } => {
+            let configs: BTreeMap<String, String> = configs
+                .iter()
+                .map(|c| parse_kv(c))
+                .collect::<anyhow::Result<_>>()?;
+            let client = conn.client().await?;
+            match client
+                .create_topic(
+                    &topic,
+                    partitions,
+                    replication_factor,
+                    &configs,
+                    validate_only,
+                )
+                .await
+            {
+                Ok(()) if validate_only => println!("Topic {topic} can be created."),
+                Ok(()) => println!("Created topic {topic}."),
+                Err(strom_client::ClientError::Kafka { code: 36, .. }) if if_not_exists => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot create topic {topic}")),
+            }
+        }
+        TopicsCmd::Delete { conn, topic } => {
+            conn.client()
+                .await?
+                .delete_topic(&topic)
+                .await
+                .with_context(|| format!("cannot delete topic {topic}"))?;
+            println!("Deleted topic {topic}.");
+        }
+        TopicsCmd::Alter {
+            conn,
+            topic,
+            partitions,
+        } => {
+            conn.client()
+                .await?
+                .create_partitions(&topic, partitions)
+                .await
+                .with_context(|| format!("cannot change the partitions of {topic}"))?;
+            println!("Topic {topic} now has {partitions} partitions.");
+        }
+        TopicsCmd::Describe {
+            conn,
+            topic,
+            include_internal,
+            json,
+        } => describe_topics(conn, topic, include_internal, json).await?,
+    }
+    Ok(())
+}
+
+async fn describe_topics(
+    conn: Conn,
+    topic: Option<String>,
+    include_internal: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = conn.client().await?;
+    let wanted = topic.clone().map(|t| vec![t]);
+    let meta = client.metadata(wanted.as_deref()).await?;
+    let mut sizes = BTreeMap::new();
+    for b in &meta.brokers {
+        if let Ok(s) = client.log_dir_sizes(b.id).await {
+            sizes.extend(s);
+        }
+    }
+    let mut out_json = Vec::new();
+    let mut text = String::new();
+    for t in meta
+        .topics
+        .iter()
+        .filter(|t| topic.is_some() || include_internal || !t.internal)
+    {
+        if t.error != 0 {
+            bail!(
+                "topic {}: {}",
+                t.name,
+                strom_client::ClientError::Kafka {
+                    code: t.error,
+                    name: strom_client::error_name(t.error),
+                    message: None
+                }
+            );
+        }
+        let starts: BTreeMap<i32, i64> = client
+            .list_offsets(&t.name, EARLIEST)
+            .await?
+            .into_iter()
+            .collect();
+        let ends: BTreeMap<i32, i64> = client
+            .list_offsets(&t.name, LATEST)
+            .await?
+            .into_iter()
+            .collect();
+        let overrides: Vec<String> = client
+            .describe_configs(TOPIC, &t.name)
+            .await
+            .map(|cs| {
+                cs.into_iter()
+                    .filter(|c| c.source == "DYNAMIC_TOPIC_CONFIG")
+                    .map(|c| format!("{}={}", c.name, c.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rf = t.partitions.first().map(|p| p.replicas.len()).unwrap_or(0);
+        let mut table = Table::new(&[
+            "PARTITION",
+            "LEADER",
+            "REPLICAS",
+            "ISR",
+            "LOG-START",
+            "LOG-END",
+            "SIZE",
+        ]);
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let size = sizes.get(&(t.name.clone(), p.index)).copied();
+            let (start, end) = (
+                starts.get(&p.index).copied().unwrap_or(-1),
+                ends.get(&p.index).copied().unwrap_or(-1),
+            );
+            table.row(vec![
+                p.index.to_string(),
+                p.leader.to_string(),
+                list_nodes(&p.replicas),
+                list_nodes(&p.isr),
+                start.to_string(),
+                end.to_string(),
+                size.map(human_bytes).unwrap_or_else(|| "-".into()),
+            ]);
+            parts.push(json!({
+                "partition": p.index, "leader": p.leader, "leader_epoch": p.leader_epoch,
+                "replicas": p.replicas, "isr": p.isr, "log_start_offset": start, "log_end_offset": end, "size_bytes": size,
+            }));
+        }
+        text.push_str(&format!(
+            "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}\n",
+            t.name,
+            hex(&t.id),
+            t.partitions.len(),
+            rf,
+            overrides.join(",")
+        ));
+        text.push_str(&table.render());
+        text.push('\n');
+        out_json.push(json!({
+            "name": t.name, "topic_id": hex(&t.id), "internal": t.internal, "replication_factor": rf,
+            "configs": overrides, "partitions": parts,
+        }));
+    }
+    if json {
+        print_json(&json!(out_json));
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCmd {
+    /// Show the cluster id, the controller and the brokers.
+    ///
+    /// Example: strom cluster describe
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
+    let ClusterCmd::Describe { conn, json } = cmd;
+    let meta = conn.client().await?.metadata(Some(&[])).await?;
+    if json {
+        print_json(&json!({
+            "cluster_id": meta.cluster_id,
+            "controller": meta.controller,
+            "brokers": meta.brokers.iter().map(|b| json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    println!("Cluster id: {}", meta.cluster_id.unwrap_or_default());
+    println!("Controller: {}", meta.controller);
+    let mut t = Table::new(&["BROKER", "HOST", "PORT", "RACK"]);
+    for b in &meta.brokers {
+        t.row(vec![
+            b.id.to_string(),
+            b.host.clone(),
+            b.port.to_string(),
+            b.rack.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", t.render());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Entity {
+    /// A topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// A broker, by node id.
+    #[arg(long)]
+    broker: Option<i32>,
+}
+
+impl Entity {
+    fn resource(&self) -> (i8, String) {
+        match (&self.topic, self.broker) {
+            (Some(t), _) => (TOPIC, t.clone()),
+            (None, Some(b)) => (BROKER, b.to_string()),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum ConfigsCmd {
+    /// Show a topic's or broker's configs (the ones set explicitly, or --all).
+    ///
+    /// Examples:
+    ///   strom configs describe --topic orders
+    ///   strom configs describe --broker 0 --all
+    #[command(verbatim_doc_comment)]
+    Describe {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        entity: Entity,
+        /// Every config with its value and source, defaults included.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change configs: set some (--add-config k=v,k2=v2) and remove others (--delete-config k).
+    ///
+    /// Example: strom configs alter --topic orders --add-config retention.ms=3600000 --delete-config segment.ms
+    Alter {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        entity: Entity,
+        #[arg(long, value_name = "K=V[,K=V...]")]
+        add_config: Vec<String>,
+        #[arg(long, value_name = "K[,K...]")]
+        delete_config: Vec<String>,
+    },
+}
+
+pub async fn configs(cmd: ConfigsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ConfigsCmd::Describe {
+            conn,
+            entity,
+            all,
+            json,
+        } => {
+            let (kind, name) = entity.resource();
+            let entries = conn
+                .client()
+                .await?
+                .describe_configs(kind, &name)
+                .await
+                .with_context(|| format!("cannot describe the configs of {name}"))?;
+            let shown: Vec<_> = entries
+                .into_iter()
+                .filter(|e| {
+                    all || matches!(
+                        e.source,
+                        "DYNAMIC_TOPIC_CONFIG" | "DYNAMIC_BROKER_CONFIG" | "STATIC_BROKER_CONFIG"
+                    )
+                })
+                .collect();
+            if json {
+                print_json(&json!(shown.iter().map(|e| json!({
+                    "name": e.name, "value": if e.sensitive { None } else { e.value.clone() }, "source": e.source, "read_only": e.read_only,
+                })).collect::<Vec<_>>()));
+            } else {
+                let mut t = Table::new(&["NAME", "VALUE", "SOURCE"]);
+                for e in shown {
+                    let v = if e.sensitive {
+                        "(sensitive)".to_string()
+                    } else {
+                        e.value.unwrap_or_else(|| "null".into())
+                    };
+                    t.row(vec![e.name, v, e.source.to_string()]);
+                }
+                print!("{}", t.render());
+            }
+        }
+        ConfigsCmd::Alter {
+            conn,
+            entity,
+            add_config,
+            delete_config,
+        } => {
+            let (kind, name) = entity.resource();
+            let mut ops = Vec::new();
+            for item in add_config
+                .iter()
+                .flat_map(|s| s.split(','))
+                .filter(|s| !s.is_empty())
+            {
+                let (k, v) = parse_kv(item)?;
+                ops.push((k, ConfigOp::Set, Some(v)));
+            }
+            for k in delete_config
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                ops.push((k.to_string(), ConfigOp::Delete, None));
+            }
+            if ops.is_empty() {
+                bail!("nothing to change: give --add-config and/or --delete-config");
+            }
+            conn.client()
+                .await?
+                .alter_configs(kind, &name, &ops)
+                .await
+                .with_context(|| format!("cannot alter the configs of {name}"))?;
+            println!("Completed updating config for {name}.");
+        }
+    }
+    Ok(())
+}

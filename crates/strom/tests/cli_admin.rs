@@ -1,0 +1,317 @@
+//! `strom topics`, `strom configs` and `strom cluster` against a real server: tables, JSON,
+//! and the error paths.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::Server;
+
+fn strom(server: &Server, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .args(["--bootstrap-server", &server.bootstrap()])
+        .output()
+        .unwrap()
+}
+
+fn ok(server: &Server, args: &[&str]) -> String {
+    let out = strom(server, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(server: &Server, args: &[&str]) -> String {
+    let out = strom(server, args);
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn topics_lifecycle_with_tables_and_json() {
+    let server = Server::start();
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "topics",
+                "create",
+                "--topic",
+                "orders",
+                "--partitions",
+                "3",
+                "--config",
+                "retention.ms=3600000"
+            ]
+        ),
+        "Created topic orders.\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &["topics", "create", "--topic", "orders", "--if-not-exists"]
+        ),
+        ""
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &["topics", "create", "--topic", "dry", "--validate-only"]
+        ),
+        "Topic dry can be created.\n"
+    );
+    let err = fails(&server, &["topics", "create", "--topic", "orders"]);
+    assert!(err.contains("TOPIC_ALREADY_EXISTS"), "{err}");
+    let err = fails(
+        &server,
+        &[
+            "topics",
+            "create",
+            "--topic",
+            "bad",
+            "--config",
+            "retention.ms=soon",
+        ],
+    );
+    assert!(
+        err.contains("INVALID_CONFIG") && err.contains("retention.ms"),
+        "{err}"
+    );
+    let err = fails(
+        &server,
+        &["topics", "create", "--topic", "bad", "--config", "oops"],
+    );
+    assert!(err.contains("not key=value"), "{err}");
+
+    assert_eq!(
+        ok(&server, &["topics", "list"]),
+        "TOPIC   PARTITIONS  REPLICATION-FACTOR\norders  3           1\n"
+    );
+    let listed = json(&ok(&server, &["topics", "list", "--json"]));
+    assert_eq!(listed[0]["name"], "orders");
+    assert_eq!(listed[0]["partitions"], 3);
+
+    // Records in partition 1 only, then describe shows offsets and sizes.
+    let batch = strom_storage::batch::BatchBuilder::new()
+        .record(strom_storage::batch::Record {
+            timestamp: 1,
+            value: Some(b"v".to_vec()),
+            ..Default::default()
+        })
+        .build();
+    produce_raw(&server, "orders", 1, &batch, 4);
+    let text = ok(&server, &["topics", "describe", "--topic", "orders"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("Topic: orders\tTopicId: "), "{text}");
+    assert!(
+        lines[0]
+            .ends_with("PartitionCount: 3\tReplicationFactor: 1\tConfigs: retention.ms=3600000"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        "PARTITION  LEADER  REPLICAS  ISR  LOG-START  LOG-END  SIZE"
+    );
+    assert!(
+        lines[2].starts_with("0          0       0         0    0          0        0 B"),
+        "{text}"
+    );
+    let size = batch.len() * 4;
+    assert_eq!(
+        lines[3],
+        format!("1          0       0         0    0          4        {size} B")
+    );
+    let d = json(&ok(
+        &server,
+        &["topics", "describe", "--topic", "orders", "--json"],
+    ));
+    assert_eq!(d[0]["partitions"][1]["log_end_offset"], 4);
+    assert_eq!(d[0]["partitions"][1]["size_bytes"], size);
+    assert_eq!(d[0]["configs"][0], "retention.ms=3600000");
+
+    assert_eq!(
+        ok(
+            &server,
+            &["topics", "alter", "--topic", "orders", "--partitions", "5"]
+        ),
+        "Topic orders now has 5 partitions.\n"
+    );
+    let err = fails(
+        &server,
+        &["topics", "alter", "--topic", "orders", "--partitions", "2"],
+    );
+    assert!(err.contains("INVALID_PARTITIONS"), "{err}");
+    assert_eq!(
+        ok(&server, &["topics", "delete", "--topic", "orders"]),
+        "Deleted topic orders.\n"
+    );
+    let err = fails(&server, &["topics", "delete", "--topic", "orders"]);
+    assert!(err.contains("UNKNOWN_TOPIC_OR_PARTITION"), "{err}");
+    assert_eq!(
+        ok(&server, &["topics", "list"]),
+        "TOPIC  PARTITIONS  REPLICATION-FACTOR\n"
+    );
+}
+
+/// Produces `copies` of one batch to a partition with a hand-made Produce v3 request.
+fn produce_raw(server: &Server, topic: &str, partition: i32, batch: &[u8], copies: usize) {
+    use std::io::{Read, Write};
+    let mut records = Vec::new();
+    for _ in 0..copies {
+        records.extend_from_slice(batch);
+    }
+    let mut body = Vec::new();
+    body.extend_from_slice(&0i16.to_be_bytes()); // api key
+    body.extend_from_slice(&3i16.to_be_bytes()); // version
+    body.extend_from_slice(&7i32.to_be_bytes()); // correlation
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // client id: null
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+    body.extend_from_slice(&1i16.to_be_bytes()); // acks
+    body.extend_from_slice(&5000i32.to_be_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&partition.to_be_bytes());
+    body.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    body.extend_from_slice(&records);
+    let mut s = std::net::TcpStream::connect(server.bootstrap()).unwrap();
+    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut resp).unwrap();
+}
+
+#[test]
+fn configs_and_cluster() {
+    let server = Server::start_with(&["num.partitions=2"]);
+    ok(&server, &["topics", "create", "--topic", "c"]);
+    assert_eq!(
+        ok(&server, &["configs", "describe", "--topic", "c"]),
+        "NAME  VALUE  SOURCE\n"
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "configs",
+                "alter",
+                "--topic",
+                "c",
+                "--add-config",
+                "retention.ms=1000,segment.bytes=1048576"
+            ]
+        ),
+        "Completed updating config for c.\n"
+    );
+    assert_eq!(
+        ok(&server, &["configs", "describe", "--topic", "c"]),
+        "NAME           VALUE    SOURCE\nretention.ms   1000     DYNAMIC_TOPIC_CONFIG\nsegment.bytes  1048576  DYNAMIC_TOPIC_CONFIG\n"
+    );
+    ok(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--topic",
+            "c",
+            "--delete-config",
+            "segment.bytes",
+        ],
+    );
+    let all = json(&ok(
+        &server,
+        &["configs", "describe", "--topic", "c", "--all", "--json"],
+    ));
+    let by_name = |n: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_name("segment.bytes")["source"], "DEFAULT_CONFIG");
+    assert_eq!(by_name("retention.ms")["value"], "1000");
+    let err = fails(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--topic",
+            "c",
+            "--add-config",
+            "retention.ms=never",
+        ],
+    );
+    assert!(err.contains("INVALID_CONFIG"), "{err}");
+    let err = fails(&server, &["configs", "alter", "--topic", "c"]);
+    assert!(err.contains("nothing to change"), "{err}");
+    let broker = ok(&server, &["configs", "describe", "--broker", "0"]);
+    assert!(broker.contains("num.partitions  2"), "{broker}");
+    let err = fails(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--broker",
+            "0",
+            "--add-config",
+            "num.partitions=3",
+        ],
+    );
+    assert!(err.contains("server.properties"), "{err}");
+
+    let c = ok(&server, &["cluster", "describe"]);
+    let lines: Vec<&str> = c.lines().collect();
+    assert!(
+        lines[0].starts_with("Cluster id: ") && lines[0].len() == "Cluster id: ".len() + 22,
+        "{c}"
+    );
+    assert_eq!(lines[1], "Controller: 0");
+    assert_eq!(lines[2], "BROKER  HOST       PORT   RACK");
+    assert_eq!(lines[3], format!("0       127.0.0.1  {}  -", server.port));
+    let j = json(&ok(&server, &["cluster", "describe", "--json"]));
+    assert_eq!(j["brokers"][0]["port"], server.port);
+}
+
+#[test]
+fn an_unreachable_broker_is_named_in_the_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args([
+            "topics",
+            "list",
+            "--bootstrap-server",
+            "127.0.0.1:1",
+            "--request-timeout-ms",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("is a broker running there?"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(["topics", "create"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--topic"));
+}
