@@ -221,7 +221,7 @@ impl Client {
     /// time), asking each partition's leader: (partition, offset).
     pub async fn list_offsets(&self, topic: &str, timestamp: i64) -> Result<Vec<(i32, i64)>> {
         let meta = self.metadata(Some(&[topic.to_string()])).await?;
-        let t = meta.topic(topic).ok_or_else(|| ClientError::Kafka {
+        let t = meta.topic(topic).ok_or(ClientError::Kafka {
             code: 3,
             name: "UNKNOWN_TOPIC_OR_PARTITION",
             message: None,
