@@ -4,8 +4,11 @@
 
 pub mod admin;
 mod connection;
+pub mod consumer;
 mod error;
 mod metadata;
+pub mod partitioner;
+pub mod producer;
 
 pub use connection::Connection;
 pub use error::{ClientError, Result, check, error_name};

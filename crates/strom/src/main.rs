@@ -1,6 +1,7 @@
 //! `strom`: broker and command-line tools in one binary.
 
 mod admin;
+mod console;
 mod output;
 mod server;
 
@@ -36,6 +37,14 @@ enum Command {
     /// Describe and change topic and broker configs.
     #[command(subcommand)]
     Configs(admin::ConfigsCmd),
+    /// Produce records read line by line from standard input or a file.
+    ///
+    /// Example: printf 'k1:v1\nk2:v2\n' | strom produce --topic orders --key-separator :
+    Produce(console::ProduceArgs),
+    /// Consume records and print them.
+    ///
+    /// Example: strom consume --topic orders --from-beginning --format '{partition}/{offset} {key}={value}'
+    Consume(console::ConsumeArgs),
     /// Describe the cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(admin::ClusterCmd),
@@ -62,6 +71,8 @@ fn main() -> std::process::ExitCode {
         Command::Topics(cmd) => run_client(admin::topics(cmd)),
         Command::Configs(cmd) => run_client(admin::configs(cmd)),
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
+        Command::Produce(args) => run_client(console::produce(args)),
+        Command::Consume(args) => run_client(console::consume(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

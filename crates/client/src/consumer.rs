@@ -1,0 +1,264 @@
+//! A consumer of partitions it is given (or that its group assigns): it owns its positions,
+//! fetches from the leaders, and hands out records in offset order per partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use krabka_protocol::records::{RecordsPayload, TimestampType};
+
+use crate::Client;
+use crate::admin::{EARLIEST, LATEST};
+use crate::error::{ClientError, Result, check};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+    Offset(i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerConfig {
+    pub max_wait: Duration,
+    pub min_bytes: i32,
+    pub max_bytes: i32,
+    pub partition_max_bytes: i32,
+    /// 0 read_uncommitted, 1 read_committed.
+    pub isolation_level: i8,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 50 * 1024 * 1024,
+            partition_max_bytes: 1024 * 1024,
+            isolation_level: 0,
+        }
+    }
+}
+
+pub type TopicPartition = (String, i32);
+
+pub struct Consumer {
+    client: Arc<Client>,
+    config: ConsumerConfig,
+    positions: BTreeMap<TopicPartition, i64>,
+    leaders: HashMap<TopicPartition, i32>,
+    /// High watermarks seen in the last fetch.
+    pub high_watermarks: BTreeMap<TopicPartition, i64>,
+}
+
+impl Consumer {
+    pub fn new(client: Arc<Client>, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            positions: BTreeMap::new(),
+            leaders: HashMap::new(),
+            high_watermarks: BTreeMap::new(),
+        }
+    }
+
+    pub fn client(&self) -> &Arc<Client> {
+        &self.client
+    }
+
+    /// Consumes `partitions` of `topic` from `start` (all partitions when empty).
+    pub async fn assign(&mut self, topic: &str, partitions: &[i32], start: StartAt) -> Result<()> {
+        let meta = self.client.metadata(Some(&[topic.to_string()])).await?;
+        let t = meta
+            .topic(topic)
+            .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
+        check(t.error, Some(format!("topic {topic}")))?;
+        let wanted: Vec<i32> = if partitions.is_empty() {
+            t.partitions.iter().map(|p| p.index).collect()
+        } else {
+            partitions.to_vec()
+        };
+        for p in &wanted {
+            let Some(pm) = t.partitions.iter().find(|x| x.index == *p) else {
+                return Err(ClientError::Kafka {
+                    code: 3,
+                    name: "UNKNOWN_TOPIC_OR_PARTITION",
+                    message: Some(format!("{topic}-{p}")),
+                });
+            };
+            self.leaders.insert((topic.to_string(), *p), pm.leader);
+        }
+        let offsets: HashMap<i32, i64> = match start {
+            StartAt::Offset(o) => wanted.iter().map(|p| (*p, o)).collect(),
+            StartAt::Earliest => self
+                .client
+                .list_offsets(topic, EARLIEST)
+                .await?
+                .into_iter()
+                .collect(),
+            StartAt::Latest => self
+                .client
+                .list_offsets(topic, LATEST)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        for p in wanted {
+            self.positions.insert(
+                (topic.to_string(), p),
+                offsets.get(&p).copied().unwrap_or(0),
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `tp` at `offset`.
+    pub async fn assign_at(&mut self, tp: TopicPartition, offset: i64) -> Result<()> {
+        self.assign(&tp.0, &[tp.1], StartAt::Offset(offset)).await
+    }
+
+    pub fn unassign(&mut self, tp: &TopicPartition) {
+        self.positions.remove(tp);
+        self.leaders.remove(tp);
+    }
+
+    pub fn positions(&self) -> &BTreeMap<TopicPartition, i64> {
+        &self.positions
+    }
+
+    /// One fetch round to every leader; waits up to `max_wait` for data.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+        let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
+        for (tp, pos) in &self.positions {
+            let leader = self.leaders.get(tp).copied().unwrap_or(-1);
+            by_leader
+                .entry(leader)
+                .or_default()
+                .push((tp.clone(), *pos));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (leader, parts) in by_leader {
+            let client = self.client.clone();
+            let config = self.config;
+            tasks.spawn(async move { fetch_from(&client, config, leader, parts).await });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            let (records, hws) = r.map_err(|e| ClientError::Protocol(e.to_string()))??;
+            for (tp, hw) in hws {
+                self.high_watermarks.insert(tp, hw);
+            }
+            for rec in records {
+                let tp = (rec.topic.clone(), rec.partition);
+                if let Some(pos) = self.positions.get_mut(&tp)
+                    && rec.offset >= *pos
+                {
+                    *pos = rec.offset + 1;
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// True once every assigned partition's position has reached its high watermark.
+    pub fn at_end(&self) -> bool {
+        self.positions
+            .iter()
+            .all(|(tp, pos)| self.high_watermarks.get(tp).is_some_and(|hw| pos >= hw))
+    }
+}
+
+type FetchOutcome = (Vec<ConsumedRecord>, Vec<(TopicPartition, i64)>);
+
+async fn fetch_from(
+    client: &Client,
+    config: ConsumerConfig,
+    leader: i32,
+    parts: Vec<(TopicPartition, i64)>,
+) -> Result<FetchOutcome> {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for ((topic, partition), pos) in &parts {
+        let fp = FetchPartition {
+            partition: *partition,
+            current_leader_epoch: -1,
+            fetch_offset: *pos,
+            last_fetched_epoch: -1,
+            log_start_offset: -1,
+            partition_max_bytes: config.partition_max_bytes,
+            ..Default::default()
+        };
+        match topics.iter_mut().find(|t| t.topic == *topic) {
+            Some(t) => t.partitions.push(fp),
+            None => topics.push(FetchTopic {
+                topic: topic.clone(),
+                partitions: vec![fp],
+                ..Default::default()
+            }),
+        }
+    }
+    let req = FetchRequest {
+        replica_id: -1,
+        max_wait_ms: config.max_wait.as_millis() as i32,
+        min_bytes: config.min_bytes,
+        max_bytes: config.max_bytes,
+        isolation_level: config.isolation_level,
+        session_id: 0,
+        session_epoch: -1,
+        topics,
+        ..Default::default()
+    };
+    let (resp, _) = client.node(leader).await?.send(&req, 12, "Fetch").await?;
+    check(resp.error_code, None)?;
+    let mut records = Vec::new();
+    let mut hws = Vec::new();
+    for t in resp.responses {
+        for p in t.partitions {
+            check(
+                p.error_code,
+                Some(format!("{}-{}", t.topic, p.partition_index)),
+            )?;
+            hws.push(((t.topic.clone(), p.partition_index), p.high_watermark));
+            let Some(RecordsPayload::V2(batches)) = p.records else {
+                continue;
+            };
+            for b in batches {
+                if b.attributes.is_control_batch() {
+                    continue;
+                }
+                for r in b.records {
+                    records.push(ConsumedRecord {
+                        topic: t.topic.clone(),
+                        partition: p.partition_index,
+                        offset: b.base_offset + r.offset_delta as i64,
+                        timestamp: if matches!(
+                            b.attributes.timestamp_type(),
+                            TimestampType::LogAppendTime
+                        ) {
+                            b.max_timestamp
+                        } else {
+                            b.base_timestamp + r.timestamp_delta
+                        },
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                    });
+                }
+            }
+        }
+    }
+    Ok((records, hws))
+}

@@ -1,0 +1,420 @@
+//! A batching producer: records accumulate per partition until `batch.size` bytes or
+//! `linger.ms`, then go to the partition leaders, several requests in flight per broker.
+//! Keyed records are placed by murmur2 as in the Java client; records without a key stick to
+//! one partition per topic until its batch is sent (KIP-480).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use krabka_compression::CompressionType;
+use krabka_protocol::owned::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use krabka_protocol::records::{Attributes, Record, RecordBatch, RecordHeader, RecordsPayload};
+use tokio::sync::{Notify, Semaphore, oneshot};
+
+use crate::Client;
+use crate::error::{ClientError, Result, check};
+use crate::partitioner::partition_for_key;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerConfig {
+    /// 0, 1 or -1 (all).
+    pub acks: i16,
+    pub compression: Compression,
+    pub batch_size: usize,
+    pub linger: Duration,
+    /// Requests in flight at once, over all brokers.
+    pub max_in_flight: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: -1,
+            compression: Compression::None,
+            batch_size: 16 * 1024,
+            linger: Duration::from_millis(5),
+            max_in_flight: 5,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            "lz4" => Compression::Lz4,
+            "zstd" => Compression::Zstd,
+            _ => {
+                return Err(format!(
+                    "unknown compression {s:?}: none, gzip, snappy, lz4 or zstd"
+                ));
+            }
+        })
+    }
+}
+
+impl Compression {
+    fn codec(self) -> CompressionType {
+        match self {
+            Compression::None => CompressionType::None,
+            Compression::Gzip => CompressionType::Gzip,
+            Compression::Snappy => CompressionType::Snappy,
+            Compression::Lz4 => CompressionType::Lz4,
+            Compression::Zstd => CompressionType::Zstd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProduceRecord {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; now when `None`.
+    pub timestamp: Option<i64>,
+}
+
+/// A batch ready to go, by topic partition.
+type Ready = ((String, i32), Pending);
+
+/// Per partition: (error code, base offset, error message).
+type Answers = HashMap<(String, i32), (i16, i64, Option<String>)>;
+
+/// Where a record went: (partition, offset); the offset is -1 with acks=0.
+pub type Delivery = Result<(i32, i64)>;
+
+struct Pending {
+    records: Vec<(ProduceRecord, i64)>,
+    replies: Vec<oneshot::Sender<Delivery>>,
+    bytes: usize,
+    created: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    batches: HashMap<(String, i32), Pending>,
+    /// Partitions and leaders per topic.
+    topics: HashMap<String, Vec<i32>>,
+    sticky: HashMap<String, i32>,
+    in_flight: usize,
+}
+
+pub struct Producer {
+    client: Arc<Client>,
+    config: ProducerConfig,
+    state: Mutex<State>,
+    wake: Notify,
+    idle: Notify,
+    permits: Arc<Semaphore>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Producer {
+    /// Starts a producer; its sender task runs until the producer is dropped.
+    pub fn new(client: Arc<Client>, config: ProducerConfig) -> Arc<Producer> {
+        let p = Arc::new(Producer {
+            client,
+            config,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            permits: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+        });
+        let weak = Arc::downgrade(&p);
+        tokio::spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let linger = p.config.linger;
+                let woken =
+                    tokio::time::timeout(linger.max(Duration::from_millis(1)), p.wake.notified());
+                let _ = woken.await;
+                p.send_ready(false).await;
+            }
+        });
+        p
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
+        if let Some(l) = self.state.lock().unwrap().topics.get(topic) {
+            return Ok(l.clone());
+        }
+        let meta = self.client.metadata(Some(&[topic.to_string()])).await?;
+        let t = meta
+            .topic(topic)
+            .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
+        check(t.error, Some(format!("topic {topic}")))?;
+        let leaders: Vec<i32> = t.partitions.iter().map(|p| p.leader).collect();
+        self.state
+            .lock()
+            .unwrap()
+            .topics
+            .insert(topic.to_string(), leaders.clone());
+        Ok(leaders)
+    }
+
+    /// Queues a record; the returned receiver yields where it went.
+    pub async fn send(&self, record: ProduceRecord) -> Result<oneshot::Receiver<Delivery>> {
+        let leaders = self.partitions(&record.topic).await?;
+        let n = leaders.len() as i32;
+        if n == 0 {
+            return Err(ClientError::Protocol(format!(
+                "topic {} has no partitions",
+                record.topic
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let size = record.key.as_ref().map_or(0, |k| k.len())
+            + record.value.as_ref().map_or(0, |v| v.len())
+            + 16;
+        let full = {
+            let mut s = self.state.lock().unwrap();
+            let partition = match (record.partition, &record.key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, n),
+                (None, None) => {
+                    let next = s.sticky.len() as i32;
+                    *s.sticky.entry(record.topic.clone()).or_insert(next % n)
+                }
+            };
+            if partition < 0 || partition >= n {
+                return Err(ClientError::Kafka {
+                    code: 3,
+                    name: "UNKNOWN_TOPIC_OR_PARTITION",
+                    message: Some(format!("{}-{partition}", record.topic)),
+                });
+            }
+            let ts = record.timestamp.unwrap_or_else(now_ms);
+            let b = s
+                .batches
+                .entry((record.topic.clone(), partition))
+                .or_insert_with(|| Pending {
+                    records: Vec::new(),
+                    replies: Vec::new(),
+                    bytes: 0,
+                    created: Instant::now(),
+                });
+            b.records.push((record, ts));
+            b.replies.push(tx);
+            b.bytes += size;
+            b.bytes >= self.config.batch_size
+        };
+        if full {
+            self.wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Sends every batch now and waits until all answers are in.
+    pub async fn flush(self: &Arc<Self>) {
+        loop {
+            let notified = self.idle.notified();
+            self.clone().send_ready(true).await;
+            {
+                let s = self.state.lock().unwrap();
+                if s.batches.is_empty() && s.in_flight == 0 {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// Sends the batches that are full, lingered long enough, or all of them; each leader's
+    /// share goes as one request, up to `max_in_flight` at a time.
+    async fn send_ready(self: Arc<Self>, all: bool) {
+        let ready: Vec<Ready> = {
+            let mut s = self.state.lock().unwrap();
+            let keys: Vec<(String, i32)> = s
+                .batches
+                .iter()
+                .filter(|(_, b)| {
+                    all || b.bytes >= self.config.batch_size
+                        || b.created.elapsed() >= self.config.linger
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut out = Vec::new();
+            for k in keys {
+                let b = s.batches.remove(&k).unwrap();
+                // The sticky partition moves on once its batch leaves.
+                let n = s
+                    .topics
+                    .get(&k.0)
+                    .map(|l| l.len() as i32)
+                    .unwrap_or(1)
+                    .max(1);
+                if s.sticky.get(&k.0) == Some(&k.1) {
+                    s.sticky.insert(k.0.clone(), (k.1 + 1) % n);
+                }
+                out.push((k, b));
+            }
+            out
+        };
+        let mut by_leader: HashMap<i32, Vec<Ready>> = HashMap::new();
+        for (k, b) in ready {
+            let leader = self
+                .state
+                .lock()
+                .unwrap()
+                .topics
+                .get(&k.0)
+                .and_then(|l| l.get(k.1 as usize).copied())
+                .unwrap_or(-1);
+            by_leader.entry(leader).or_default().push((k, b));
+        }
+        for (leader, batches) in by_leader {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore");
+            self.state.lock().unwrap().in_flight += 1;
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.send_request(leader, batches).await;
+                drop(permit);
+                this.state.lock().unwrap().in_flight -= 1;
+                this.idle.notify_waiters();
+            });
+        }
+    }
+
+    async fn send_request(&self, leader: i32, batches: Vec<Ready>) {
+        let config = self.config;
+        let client = &self.client;
+        let mut encoded = Vec::new();
+        for ((topic, partition), b) in &batches {
+            let base_ts = b.records.iter().map(|r| r.1).min().unwrap_or(0);
+            let max_ts = b.records.iter().map(|r| r.1).max().unwrap_or(0);
+            let batch = RecordBatch {
+                attributes: Attributes::default().with_compression(config.compression.codec()),
+                last_offset_delta: b.records.len() as i32 - 1,
+                base_timestamp: base_ts,
+                max_timestamp: max_ts,
+                records: b
+                    .records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (r, ts))| Record {
+                        attributes: 0,
+                        timestamp_delta: ts - base_ts,
+                        offset_delta: i as i32,
+                        key: r.key.clone(),
+                        value: r.value.clone(),
+                        headers: r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| RecordHeader {
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            match batch.encode_to_bytes() {
+                Ok(bytes) => encoded.push((topic.clone(), *partition, Some(bytes))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a batch");
+                    encoded.push((topic.clone(), *partition, None));
+                }
+            }
+        }
+        let mut topics: Vec<TopicProduceData> = Vec::new();
+        for (topic, partition, bytes) in &encoded {
+            let Some(bytes) = bytes else { continue };
+            let pd = PartitionProduceData {
+                index: *partition,
+                records: Some(RecordsPayload::Raw(bytes.clone())),
+                ..Default::default()
+            };
+            match topics.iter_mut().find(|t| t.name == *topic) {
+                Some(t) => t.partition_data.push(pd),
+                None => topics.push(TopicProduceData {
+                    name: topic.clone(),
+                    partition_data: vec![pd],
+                    ..Default::default()
+                }),
+            }
+        }
+        let req = ProduceRequest {
+            acks: config.acks,
+            timeout_ms: config.request_timeout.as_millis() as i32,
+            topic_data: topics,
+            ..Default::default()
+        };
+        let result: Result<Answers> = async {
+            if encoded.iter().all(|e| e.2.is_none()) {
+                return Err(ClientError::Protocol("no batch could be encoded".into()));
+            }
+            let conn = client.node(leader).await?;
+            if config.acks == 0 {
+                conn.send_oneway(&req, 9, "Produce").await?;
+                return Ok(HashMap::new());
+            }
+            let (resp, _) = conn.send(&req, 9, "Produce").await?;
+            let mut out = HashMap::new();
+            for t in resp.responses {
+                for p in t.partition_responses {
+                    out.insert(
+                        (t.name.clone(), p.index),
+                        (p.error_code, p.base_offset, p.error_message),
+                    );
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        for ((topic, partition), b) in batches {
+            let answer = match &result {
+                Err(e) => Err(e.to_string()),
+                Ok(_) if config.acks == 0 => Ok((0, -1)),
+                Ok(m) => match m.get(&(topic.clone(), partition)) {
+                    Some((0, base, _)) => Ok((0, *base)),
+                    Some((code, _, msg)) => Err(check(*code, msg.clone()).unwrap_err().to_string()),
+                    None => Err(format!("no answer for {topic}-{partition}")),
+                },
+            };
+            if answer.is_err() {
+                // Leaders may have moved: look again next time.
+                self.state.lock().unwrap().topics.remove(&topic);
+            }
+            for (i, reply) in b.replies.into_iter().enumerate() {
+                let r = match &answer {
+                    Ok((_, -1)) => Ok((partition, -1)),
+                    Ok((_, base)) => Ok((partition, base + i as i64)),
+                    Err(e) => Err(ClientError::Protocol(e.clone())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
