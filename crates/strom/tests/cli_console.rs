@@ -312,16 +312,22 @@ fn produce_failures_exit_non_zero_and_say_why() {
         ],
         "",
     );
+    ok(
+        &server,
+        &["produce", "--topic", "strict", "--key-separator", "="],
+        "a=b\n",
+    );
+    // A batch goes whole or not at all: the oversized record travels without the good one.
     let out = run(
         &server,
         &["produce", "--topic", "strict", "--key-separator", "="],
-        &format!("a=b\nnosep\nk={}\n", "x".repeat(300)),
+        &format!("nosep\nk={}\n", "x".repeat(300)),
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 2: no key separator"), "{err}");
+    assert!(err.contains("line 1: no key separator"), "{err}");
     assert!(
-        err.contains("2 of 3 records were not acknowledged"),
+        err.contains("2 of 2 records were not acknowledged"),
         "{err}"
     );
     assert!(err.contains("MESSAGE_TOO_LARGE"), "{err}");
