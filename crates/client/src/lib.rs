@@ -6,6 +6,7 @@ pub mod admin;
 mod connection;
 pub mod consumer;
 mod error;
+pub mod group;
 mod metadata;
 pub mod partitioner;
 pub mod producer;

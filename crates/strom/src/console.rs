@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use strom_client::consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartAt};
+use strom_client::group::GroupMember;
 use strom_client::producer::{Compression, ProduceRecord, Producer, ProducerConfig};
 
 use crate::admin::Conn;
@@ -137,9 +138,14 @@ pub struct ConsumeArgs {
     conn: Conn,
     #[arg(long)]
     topic: String,
-    /// Start at the earliest offset rather than the latest.
+    /// Start at the earliest offset rather than the latest (in a group: where nothing was
+    /// committed yet).
     #[arg(long)]
     from_beginning: bool,
+    /// Consume as a member of this consumer group, from its committed offsets, committing
+    /// what was consumed on exit.
+    #[arg(long, conflicts_with = "partition")]
+    group: Option<String>,
     /// Consume this partition only (with --offset).
     #[arg(long)]
     partition: Option<i32>,
@@ -195,13 +201,31 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     };
     let client = Arc::new(args.conn.client().await?);
     let mut consumer = Consumer::new(
-        client,
+        client.clone(),
         ConsumerConfig {
             isolation_level,
             ..ConsumerConfig::default()
         },
     );
+    let mut member = None;
+    if let Some(group) = &args.group {
+        let mut m = GroupMember::new(
+            client,
+            group,
+            vec![args.topic.clone()],
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("cannot join group {group}"))?;
+        let assigned = m
+            .join()
+            .await
+            .with_context(|| format!("cannot join group {group}"))?;
+        start_assigned(&mut consumer, &m, &assigned, args.from_beginning).await?;
+        member = Some(m);
+    }
     match (args.partition, args.offset.as_deref()) {
+        _ if member.is_some() => {}
         (Some(p), Some("earliest")) => {
             consumer
                 .assign(&args.topic, &[p], StartAt::Earliest)
@@ -244,6 +268,8 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
     }
     let mut printed = 0usize;
+    // What was printed, per partition: the offsets a group commits.
+    let mut delivered: std::collections::BTreeMap<(String, i32), i64> = Default::default();
     let mut last = Instant::now();
     let stdout = std::io::stdout();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -258,6 +284,19 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         {
             break;
         }
+        if let Some(m) = member.as_mut()
+            && m.rebalance_needed()
+        {
+            // Hand back what was consumed, then take the new assignment.
+            let _ = m.commit(&delivered).await;
+            delivered.clear();
+            let old: Vec<_> = consumer.positions().keys().cloned().collect();
+            for tp in &old {
+                consumer.unassign(tp);
+            }
+            let assigned = m.join().await.context("cannot rejoin the group")?;
+            start_assigned(&mut consumer, m, &assigned, args.from_beginning).await?;
+        }
         let records = tokio::select! {
             r = consumer.poll() => r.with_context(|| format!("cannot consume {}", args.topic))?,
             _ = &mut ctrl_c => break,
@@ -271,10 +310,46 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 break;
             }
             writeln!(out, "{}", render(&args.format, &r))?;
+            delivered.insert((r.topic.clone(), r.partition), r.offset + 1);
             printed += 1;
         }
         out.flush()?;
     }
+    if let Some(m) = member {
+        m.commit(&delivered)
+            .await
+            .context("cannot commit the consumed offsets")?;
+        m.leave().await.context("cannot leave the group")?;
+    }
     eprintln!("Processed a total of {printed} messages");
+    Ok(())
+}
+
+/// Starts each assigned partition at the group's committed offset, or at the reset point.
+async fn start_assigned(
+    consumer: &mut Consumer,
+    member: &GroupMember,
+    assigned: &[(String, i32)],
+    from_beginning: bool,
+) -> anyhow::Result<()> {
+    let committed = member.committed(assigned).await?;
+    for tp in assigned {
+        match committed.get(tp) {
+            Some(o) => consumer.assign_at(tp.clone(), *o).await?,
+            None => {
+                consumer
+                    .assign(
+                        &tp.0,
+                        &[tp.1],
+                        if from_beginning {
+                            StartAt::Earliest
+                        } else {
+                            StartAt::Latest
+                        },
+                    )
+                    .await?
+            }
+        }
+    }
     Ok(())
 }

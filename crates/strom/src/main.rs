@@ -2,6 +2,7 @@
 
 mod admin;
 mod console;
+mod groups;
 mod output;
 mod server;
 
@@ -45,6 +46,9 @@ enum Command {
     ///
     /// Example: strom consume --topic orders --from-beginning --format '{partition}/{offset} {key}={value}'
     Consume(console::ConsumeArgs),
+    /// List, describe, delete consumer groups and reset their offsets.
+    #[command(subcommand)]
+    Groups(groups::GroupsCmd),
     /// Describe the cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(admin::ClusterCmd),
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Topics(cmd) => run_client(admin::topics(cmd)),
         Command::Configs(cmd) => run_client(admin::configs(cmd)),
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
+        Command::Groups(cmd) => run_client(groups::groups(cmd)),
         Command::Produce(args) => run_client(console::produce(args)),
         Command::Consume(args) => run_client(console::consume(args)),
     };

@@ -630,8 +630,9 @@ impl Group {
         self.generation += 1;
         self.outputs.push(Output::Changed);
         if self.members.is_empty() {
+            // The protocol type stays, as in Kafka: an emptied consumer group still lists
+            // as a consumer group.
             self.protocol = None;
-            self.protocol_type = None;
             self.leader = None;
             self.set_state(State::Empty, now);
             return;
