@@ -231,11 +231,13 @@ fn offsets_of_an_active_group_cannot_be_reset() {
         "the consumer to join",
         std::time::Duration::from_secs(30),
         || {
-            let d: serde_json::Value = serde_json::from_str(&ok(
+            // Until the consumer's JoinGroup arrives the group does not exist.
+            let out = run(
                 &server,
                 &["groups", "describe", "--group", "live", "--json"],
-            ))
-            .unwrap();
+                "",
+            );
+            let d: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             (d["state"] == "Stable").then_some(())
         },
     );
