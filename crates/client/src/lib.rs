@@ -104,7 +104,16 @@ impl Client {
 
     /// Metadata for `topics` (all topics when `None`), remembering the brokers' addresses.
     pub async fn metadata(&self, topics: Option<&[String]>) -> Result<ClusterMeta> {
-        let meta = metadata::fetch(&*self.any().await?, topics).await?;
+        self.metadata_with(topics, false).await
+    }
+
+    /// Metadata that may auto-create missing topics, as a producer's does.
+    pub async fn metadata_with(
+        &self,
+        topics: Option<&[String]>,
+        auto_create: bool,
+    ) -> Result<ClusterMeta> {
+        let meta = metadata::fetch(&*self.any().await?, topics, auto_create).await?;
         let mut brokers = self.brokers.lock().unwrap();
         for b in &meta.brokers {
             brokers.insert(b.id, format!("{}:{}", b.host, b.port));

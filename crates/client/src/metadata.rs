@@ -45,8 +45,13 @@ impl ClusterMeta {
     }
 }
 
-/// Metadata for `topics` (every topic when `None`), without creating any.
-pub async fn fetch(conn: &Connection, topics: Option<&[String]>) -> Result<ClusterMeta> {
+/// Metadata for `topics` (every topic when `None`); missing topics are created only when
+/// `auto_create` (as producers ask) and the broker allows it.
+pub async fn fetch(
+    conn: &Connection,
+    topics: Option<&[String]>,
+    auto_create: bool,
+) -> Result<ClusterMeta> {
     let req = MetadataRequest {
         topics: topics.map(|ts| {
             ts.iter()
@@ -56,7 +61,7 @@ pub async fn fetch(conn: &Connection, topics: Option<&[String]>) -> Result<Clust
                 })
                 .collect()
         }),
-        allow_auto_topic_creation: false,
+        allow_auto_topic_creation: auto_create,
         ..Default::default()
     };
     let (resp, _) = conn.send(&req, 12, "Metadata").await?;

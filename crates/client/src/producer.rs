@@ -94,6 +94,9 @@ pub struct ProduceRecord {
     pub timestamp: Option<i64>,
 }
 
+/// How many bytes of records may wait for answers before `send` waits (buffer.memory).
+const BUFFER_MEMORY: usize = 32 * 1024 * 1024;
+
 /// A batch ready to go, by topic partition.
 type Ready = ((String, i32), Pending);
 
@@ -112,7 +115,12 @@ struct Pending {
 
 #[derive(Default)]
 struct State {
+    /// The open batch per partition.
     batches: HashMap<(String, i32), Pending>,
+    /// Batches that reached `batch_size`, waiting for the sender.
+    full: Vec<Ready>,
+    /// Bytes of records not yet answered, for back-pressure.
+    buffered: usize,
     /// Partitions and leaders per topic.
     topics: HashMap<String, Vec<i32>>,
     sticky: HashMap<String, i32>,
@@ -164,7 +172,10 @@ impl Producer {
         if let Some(l) = self.state.lock().unwrap().topics.get(topic) {
             return Ok(l.clone());
         }
-        let meta = self.client.metadata(Some(&[topic.to_string()])).await?;
+        let meta = self
+            .client
+            .metadata_with(Some(&[topic.to_string()]), true)
+            .await?;
         let t = meta
             .topic(topic)
             .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
@@ -192,6 +203,15 @@ impl Producer {
         let size = record.key.as_ref().map_or(0, |k| k.len())
             + record.value.as_ref().map_or(0, |v| v.len())
             + 16;
+        // Back-pressure: wait while too much is buffered (Kafka's buffer.memory).
+        loop {
+            let idle = self.idle.notified();
+            if self.state.lock().unwrap().buffered < BUFFER_MEMORY {
+                break;
+            }
+            self.wake.notify_one();
+            idle.await;
+        }
         let full = {
             let mut s = self.state.lock().unwrap();
             let partition = match (record.partition, &record.key) {
@@ -210,19 +230,33 @@ impl Producer {
                 });
             }
             let ts = record.timestamp.unwrap_or_else(now_ms);
-            let b = s
-                .batches
-                .entry((record.topic.clone(), partition))
-                .or_insert_with(|| Pending {
-                    records: Vec::new(),
-                    replies: Vec::new(),
-                    bytes: 0,
-                    created: Instant::now(),
-                });
+            let key = (record.topic.clone(), partition);
+            s.buffered += size;
+            let b = s.batches.entry(key.clone()).or_insert_with(|| Pending {
+                records: Vec::new(),
+                replies: Vec::new(),
+                bytes: 0,
+                created: Instant::now(),
+            });
             b.records.push((record, ts));
             b.replies.push(tx);
             b.bytes += size;
-            b.bytes >= self.config.batch_size
+            if b.bytes >= self.config.batch_size {
+                let b = s.batches.remove(&key).unwrap();
+                let n = s
+                    .topics
+                    .get(&key.0)
+                    .map(|l| l.len() as i32)
+                    .unwrap_or(1)
+                    .max(1);
+                if s.sticky.get(&key.0) == Some(&key.1) {
+                    s.sticky.insert(key.0.clone(), (key.1 + 1) % n);
+                }
+                s.full.push((key, b));
+                true
+            } else {
+                false
+            }
         };
         if full {
             self.wake.notify_one();
@@ -237,7 +271,7 @@ impl Producer {
             self.clone().send_ready(true).await;
             {
                 let s = self.state.lock().unwrap();
-                if s.batches.is_empty() && s.in_flight == 0 {
+                if s.batches.is_empty() && s.full.is_empty() && s.in_flight == 0 {
                     return;
                 }
             }
@@ -259,7 +293,7 @@ impl Producer {
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
-            let mut out = Vec::new();
+            let mut out = std::mem::take(&mut s.full);
             for k in keys {
                 let b = s.batches.remove(&k).unwrap();
                 // The sticky partition moves on once its batch leaves.
@@ -297,8 +331,10 @@ impl Producer {
                 .expect("semaphore");
             self.state.lock().unwrap().in_flight += 1;
             let this = self.clone();
+            let bytes: usize = batches.iter().map(|(_, b)| b.bytes).sum();
             tokio::spawn(async move {
                 this.send_request(leader, batches).await;
+                this.state.lock().unwrap().buffered -= bytes;
                 drop(permit);
                 this.state.lock().unwrap().in_flight -= 1;
                 this.idle.notify_waiters();

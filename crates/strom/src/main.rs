@@ -4,6 +4,7 @@ mod admin;
 mod console;
 mod groups;
 mod output;
+mod perf;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,9 @@ enum Command {
     /// List, describe, delete consumer groups and reset their offsets.
     #[command(subcommand)]
     Groups(groups::GroupsCmd),
+    /// Performance tests: produce or consume at full speed, with throughput and latency.
+    #[command(subcommand)]
+    Perf(perf::PerfCmd),
     /// Describe the cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(admin::ClusterCmd),
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Topics(cmd) => run_client(admin::topics(cmd)),
         Command::Configs(cmd) => run_client(admin::configs(cmd)),
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
+        Command::Perf(cmd) => run_client(perf::perf(cmd)),
         Command::Groups(cmd) => run_client(groups::groups(cmd)),
         Command::Produce(args) => run_client(console::produce(args)),
         Command::Consume(args) => run_client(console::consume(args)),

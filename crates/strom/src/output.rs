@@ -46,8 +46,14 @@ impl Table {
     }
 }
 
+/// Prints JSON; a reader that went away (`| head`) is not an error.
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(v).expect("json")
+    );
 }
 
 #[cfg(test)]
