@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Produce and consume throughput of a librdkafka-based client (kcat) against a release
-# `strom server`, beside the loopback TCP bandwidth measured in the same run:
-# 1,000,000 records of 100 bytes, acks=1, 6 partitions.
+# `strom server`, beside the loopback TCP bandwidth measured in the same run, then the same
+# with `strom perf`: 1,000,000 records of 100 bytes, acks=1, 6 partitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000000}
@@ -63,3 +63,6 @@ print(f"produce: {n/p:,.0f} msgs/s, {mb/p:.1f} MB/s payload = {mb/p/loop:.3f} of
 print(f"consume: {n/c:,.0f} msgs/s, {mb/c:.1f} MB/s payload = {mb/c/loop:.3f} of loopback")
 print(f"server CPU: produce {(c1-c0)/tick/p:.2f} cores, consume {(c2-c1)/tick/c:.2f} cores busy on average")
 PY
+echo "strom perf (same server, same run):"
+./target/release/strom perf produce --bootstrap-server "127.0.0.1:$port" --topic perf-strom --num-records "$N" --record-size 100 --acks 1
+./target/release/strom perf consume --bootstrap-server "127.0.0.1:$port" --topic perf-strom --messages "$N"
