@@ -94,6 +94,12 @@ pub struct ProduceRecord {
     pub timestamp: Option<i64>,
 }
 
+/// Error codes worth another try: the leader moved or is not there yet, a timeout, too few
+/// in-sync replicas for acks=all.
+const RETRIABLE: [i16; 4] = [5, 6, 7, 19];
+const RETRIES: u32 = 3;
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
 /// How many bytes of records may wait for answers before `send` waits (buffer.memory).
 const BUFFER_MEMORY: usize = 32 * 1024 * 1024;
 
@@ -384,9 +390,112 @@ impl Producer {
                 }
             }
         }
+        // Each partition ends with its base offset or an error. Retriable errors (a moved
+        // leader, a timeout, too few replicas, a broken connection) are retried against the
+        // leader the refreshed metadata names, up to RETRIES times.
+        let mut answers: HashMap<(String, i32), std::result::Result<i64, String>> = HashMap::new();
+        let mut todo: Vec<(String, i32, Bytes, i32)> = Vec::new();
+        for (topic, partition, bytes) in encoded {
+            match bytes {
+                Some(b) => todo.push((topic, partition, b, leader)),
+                None => {
+                    answers.insert(
+                        (topic, partition),
+                        Err("the batch could not be encoded".into()),
+                    );
+                }
+            }
+        }
+        for attempt in 0..=RETRIES {
+            let mut by_leader: HashMap<i32, Vec<(String, i32, Bytes)>> = HashMap::new();
+            for (t, p, b, l) in todo.drain(..) {
+                by_leader.entry(l).or_default().push((t, p, b));
+            }
+            let mut retry: Vec<(String, i32, Bytes, String)> = Vec::new();
+            for (leader, items) in by_leader {
+                let result = self.produce_once(client, config, leader, &items).await;
+                for (t, p, b) in items {
+                    let key = (t.clone(), p);
+                    match &result {
+                        Err(e) => retry.push((t, p, b, e.to_string())),
+                        Ok(None) => {
+                            answers.insert(key, Ok(-1));
+                        }
+                        Ok(Some(m)) => match m.get(&key) {
+                            Some((0, base, _)) => {
+                                answers.insert(key, Ok(*base));
+                            }
+                            Some((code, _, msg)) if RETRIABLE.contains(code) => retry.push((
+                                t,
+                                p,
+                                b,
+                                check(*code, msg.clone()).unwrap_err().to_string(),
+                            )),
+                            Some((code, _, msg)) => {
+                                answers.insert(
+                                    key,
+                                    Err(check(*code, msg.clone()).unwrap_err().to_string()),
+                                );
+                            }
+                            None => {
+                                answers.insert(key, Err(format!("no answer for {t}-{p}")));
+                            }
+                        },
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            if attempt == RETRIES {
+                for (t, p, _, e) in retry {
+                    answers.insert((t, p), Err(e));
+                }
+                break;
+            }
+            tokio::time::sleep_until((Instant::now() + RETRY_BACKOFF * (attempt + 1)).into()).await;
+            for (t, p, b, _) in retry {
+                self.state.lock().unwrap().topics.remove(&t);
+                let l = self
+                    .partitions(&t)
+                    .await
+                    .ok()
+                    .and_then(|ls| ls.get(p as usize).copied())
+                    .unwrap_or(leader);
+                todo.push((t, p, b, l));
+            }
+        }
+        for ((topic, partition), b) in batches {
+            let answer = answers
+                .remove(&(topic.clone(), partition))
+                .unwrap_or_else(|| Err("no answer".into()))
+                .map(|base| (0i16, base));
+            if answer.is_err() {
+                // Leaders may have moved: look again next time.
+                self.state.lock().unwrap().topics.remove(&topic);
+            }
+            for (i, reply) in b.replies.into_iter().enumerate() {
+                let r = match &answer {
+                    Ok((_, -1)) => Ok((partition, -1)),
+                    Ok((_, base)) => Ok((partition, base + i as i64)),
+                    Err(e) => Err(ClientError::Protocol(e.clone())),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// One Produce request to `leader`: per partition (error, base offset, message); `None`
+    /// with acks=0, which gets no answer.
+    async fn produce_once(
+        &self,
+        client: &Client,
+        config: ProducerConfig,
+        leader: i32,
+        items: &[(String, i32, Bytes)],
+    ) -> Result<Option<Answers>> {
         let mut topics: Vec<TopicProduceData> = Vec::new();
-        for (topic, partition, bytes) in &encoded {
-            let Some(bytes) = bytes else { continue };
+        for (topic, partition, bytes) in items {
             let pd = PartitionProduceData {
                 index: *partition,
                 records: Some(RecordsPayload::Raw(bytes.clone())),
@@ -407,50 +516,21 @@ impl Producer {
             topic_data: topics,
             ..Default::default()
         };
-        let result: Result<Answers> = async {
-            if encoded.iter().all(|e| e.2.is_none()) {
-                return Err(ClientError::Protocol("no batch could be encoded".into()));
-            }
-            let conn = client.node(leader).await?;
-            if config.acks == 0 {
-                conn.send_oneway(&req, 9, "Produce").await?;
-                return Ok(HashMap::new());
-            }
-            let (resp, _) = conn.send(&req, 9, "Produce").await?;
-            let mut out = HashMap::new();
-            for t in resp.responses {
-                for p in t.partition_responses {
-                    out.insert(
-                        (t.name.clone(), p.index),
-                        (p.error_code, p.base_offset, p.error_message),
-                    );
-                }
-            }
-            Ok(out)
+        let conn = client.node(leader).await?;
+        if config.acks == 0 {
+            conn.send_oneway(&req, 9, "Produce").await?;
+            return Ok(None);
         }
-        .await;
-        for ((topic, partition), b) in batches {
-            let answer = match &result {
-                Err(e) => Err(e.to_string()),
-                Ok(_) if config.acks == 0 => Ok((0, -1)),
-                Ok(m) => match m.get(&(topic.clone(), partition)) {
-                    Some((0, base, _)) => Ok((0, *base)),
-                    Some((code, _, msg)) => Err(check(*code, msg.clone()).unwrap_err().to_string()),
-                    None => Err(format!("no answer for {topic}-{partition}")),
-                },
-            };
-            if answer.is_err() {
-                // Leaders may have moved: look again next time.
-                self.state.lock().unwrap().topics.remove(&topic);
-            }
-            for (i, reply) in b.replies.into_iter().enumerate() {
-                let r = match &answer {
-                    Ok((_, -1)) => Ok((partition, -1)),
-                    Ok((_, base)) => Ok((partition, base + i as i64)),
-                    Err(e) => Err(ClientError::Protocol(e.clone())),
-                };
-                let _ = reply.send(r);
+        let (resp, _) = conn.send(&req, 9, "Produce").await?;
+        let mut out = HashMap::new();
+        for t in resp.responses {
+            for p in t.partition_responses {
+                out.insert(
+                    (t.name.clone(), p.index),
+                    (p.error_code, p.base_offset, p.error_message),
+                );
             }
         }
+        Ok(Some(out))
     }
 }

@@ -338,3 +338,81 @@ fn produce_failures_exit_non_zero_and_say_why() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--acks must be 0, 1 or all"));
 }
+
+#[test]
+fn retriable_errors_are_retried_then_reported() {
+    let server = Server::start();
+    ok(
+        &server,
+        &[
+            "topics",
+            "create",
+            "--topic",
+            "isr",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        "",
+    );
+    let started = std::time::Instant::now();
+    let out = run(
+        &server,
+        &["produce", "--topic", "isr", "--acks", "all"],
+        "x\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NOT_ENOUGH_REPLICAS"), "{err}");
+    // Three retries with 100, 200 and 300 ms of backoff came first.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    ok(
+        &server,
+        &["produce", "--topic", "isr", "--acks", "1"],
+        "y\n",
+    );
+}
+
+#[test]
+fn ctrl_c_stops_a_group_consumer_cleanly_and_commits() {
+    let server = Server::start_with(&["group.initial.rebalance.delay.ms=0"]);
+    ok(&server, &["produce", "--topic", "sig"], "1\n2\n3\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args([
+            "consume",
+            "--topic",
+            "sig",
+            "--group",
+            "sigg",
+            "--from-beginning",
+            "--bootstrap-server",
+            &server.bootstrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut got = String::new();
+    for _ in 0..3 {
+        std::io::BufRead::read_line(&mut stdout, &mut got).unwrap();
+    }
+    assert_eq!(got, "1\n2\n3\n");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let d: serde_json::Value = serde_json::from_str(&ok(
+        &server,
+        &["groups", "describe", "--group", "sigg", "--json"],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(d["offsets"][0]["current_offset"], 3);
+    assert_eq!(d["state"], "Empty", "it left the group");
+}
