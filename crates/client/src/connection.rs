@@ -211,6 +211,35 @@ impl Connection {
         Ok((R::Response::decode(&mut body, v)?, v))
     }
 
+    /// Queues `req` on the connection now (requests leave in the order they are queued) and
+    /// returns the wait for its answer.
+    pub async fn enqueue<R: ProtocolRequest>(
+        &self,
+        req: &R,
+        cap: i16,
+        api: &'static str,
+    ) -> Result<Answer<R>> {
+        let v = self.version_for::<R>(cap, api)?;
+        let flexible = v >= R::FLEXIBLE_MIN;
+        let (frame, correlation) = self.frame(R::API_KEY, v, if flexible { 2 } else { 1 }, req)?;
+        let (tx, rx) = oneshot::channel();
+        self.outgoing
+            .send(Outgoing {
+                frame,
+                correlation,
+                reply: Some((tx, if flexible { 1 } else { 0 })),
+            })
+            .await
+            .map_err(|_| ClientError::Protocol(format!("connection to {} closed", self.addr)))?;
+        Ok(Answer {
+            rx,
+            version: v,
+            timeout: self.timeout,
+            addr: self.addr.clone(),
+            _r: std::marker::PhantomData,
+        })
+    }
+
     /// Sends `req` expecting no answer (produce with acks=0).
     pub async fn send_oneway<R: ProtocolRequest>(
         &self,
@@ -280,6 +309,31 @@ impl Connection {
             ))),
             Ok(Ok(r)) => r,
         }
+    }
+}
+
+/// The answer to a queued request.
+pub struct Answer<R: ProtocolRequest> {
+    rx: oneshot::Receiver<Result<Bytes>>,
+    version: i16,
+    timeout: Duration,
+    addr: String,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: ProtocolRequest> Answer<R> {
+    pub async fn wait(self) -> Result<R::Response> {
+        let mut body = match tokio::time::timeout(self.timeout, self.rx).await {
+            Err(_) => return Err(ClientError::Timeout(self.addr)),
+            Ok(Err(_)) => {
+                return Err(ClientError::Protocol(format!(
+                    "connection to {} closed",
+                    self.addr
+                )));
+            }
+            Ok(Ok(r)) => r?,
+        };
+        Ok(R::Response::decode(&mut body, self.version)?)
     }
 }
 

@@ -53,17 +53,84 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
-/// ConsumerProtocolSubscription v0: the topics a member wants.
-pub fn encode_subscription(topics: &[String]) -> Bytes {
+/// ConsumerProtocolSubscription v1: the topics a member wants and the partitions it owns
+/// (which the cooperative-sticky assignor keeps where they are).
+pub fn encode_subscription(topics: &[String], owned: &[(String, i32)]) -> Bytes {
     let mut b = BytesMut::new();
-    b.put_i16(0);
+    b.put_i16(1);
     b.put_i32(topics.len() as i32);
     for t in topics {
         b.put_i16(t.len() as i16);
         b.put_slice(t.as_bytes());
     }
     b.put_i32(-1); // no user data
+    let by_topic = group_by_topic(owned);
+    b.put_i32(by_topic.len() as i32);
+    for (t, ps) in &by_topic {
+        b.put_i16(t.len() as i16);
+        b.put_slice(t.as_bytes());
+        b.put_i32(ps.len() as i32);
+        for p in ps {
+            b.put_i32(*p);
+        }
+    }
     b.freeze()
+}
+
+fn group_by_topic(parts: &[(String, i32)]) -> BTreeMap<String, Vec<i32>> {
+    let mut m: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (t, p) in parts {
+        m.entry(t.clone()).or_default().push(*p);
+    }
+    m
+}
+
+/// A decoded subscription: topics, and the partitions owned (v1+).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    pub topics: Vec<String>,
+    pub owned: Vec<(String, i32)>,
+}
+
+pub fn decode_subscription_full(mut b: Bytes) -> Option<Subscription> {
+    if b.remaining() < 6 {
+        return None;
+    }
+    let version = b.get_i16();
+    let n = b.get_i32();
+    let topics = (0..n.max(0))
+        .map(|_| get_string(&mut b))
+        .collect::<Option<Vec<_>>>()?;
+    let mut owned = Vec::new();
+    if version >= 1 {
+        if b.remaining() < 4 {
+            return None;
+        }
+        let user = b.get_i32();
+        if user > 0 {
+            if b.remaining() < user as usize {
+                return None;
+            }
+            b.advance(user as usize);
+        }
+        if b.remaining() >= 4 {
+            let k = b.get_i32();
+            for _ in 0..k.max(0) {
+                let t = get_string(&mut b)?;
+                if b.remaining() < 4 {
+                    return None;
+                }
+                let m = b.get_i32();
+                for _ in 0..m.max(0) {
+                    if b.remaining() < 4 {
+                        return None;
+                    }
+                    owned.push((t.clone(), b.get_i32()));
+                }
+            }
+        }
+    }
+    Some(Subscription { topics, owned })
 }
 
 fn get_string(b: &mut Bytes) -> Option<String> {
@@ -77,13 +144,8 @@ fn get_string(b: &mut Bytes) -> Option<String> {
     Some(String::from_utf8_lossy(&b.split_to(n as usize)).into_owned())
 }
 
-pub fn decode_subscription(mut b: Bytes) -> Option<Vec<String>> {
-    if b.remaining() < 6 {
-        return None;
-    }
-    b.get_i16();
-    let n = b.get_i32();
-    (0..n.max(0)).map(|_| get_string(&mut b)).collect()
+pub fn decode_subscription(b: Bytes) -> Option<Vec<String>> {
+    decode_subscription_full(b).map(|s| s.topics)
 }
 
 /// ConsumerProtocolAssignment v0.
@@ -159,6 +221,86 @@ pub fn range_assign(
                     .insert(topic.clone(), (start..start + len).collect());
             }
         }
+    }
+    out
+}
+
+/// The cooperative-sticky assignor: every member keeps what it owns as far as balance
+/// allows; partitions that must move are only taken away in this round (their new owner
+/// gets them in the next one, once the old owner has let go), as in KIP-429.
+pub fn cooperative_sticky_assign(
+    members: &[(String, Subscription)],
+    partitions: &BTreeMap<String, i32>,
+) -> BTreeMap<String, Vec<(String, i32)>> {
+    let mut ids: Vec<&String> = members.iter().map(|(m, _)| m).collect();
+    ids.sort();
+    let subs: BTreeMap<&String, &Subscription> = members.iter().map(|(m, s)| (m, s)).collect();
+    let all: Vec<(String, i32)> = partitions
+        .iter()
+        .filter(|(t, _)| members.iter().any(|(_, s)| s.topics.contains(t)))
+        .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+        .collect();
+    // Each partition stays with its previous owner if that owner still wants it.
+    let mut owner: BTreeMap<(String, i32), &String> = BTreeMap::new();
+    for m in &ids {
+        for tp in &subs[m].owned {
+            if all.contains(tp) && subs[m].topics.contains(&tp.0) && !owner.contains_key(tp) {
+                owner.insert(tp.clone(), *m);
+            }
+        }
+    }
+    let previous = owner.clone();
+    let n = ids.len().max(1);
+    let (base, mut extra) = (all.len() / n, all.len() % n);
+    let mut quota: BTreeMap<&String, usize> = BTreeMap::new();
+    // Members that own the most get the larger quotas, so fewer partitions move.
+    let mut by_owned: Vec<&String> = ids.clone();
+    by_owned.sort_by_key(|m| std::cmp::Reverse(owner.values().filter(|o| **o == *m).count()));
+    for m in by_owned {
+        quota.insert(
+            m,
+            base + if extra > 0 {
+                extra -= 1;
+                1
+            } else {
+                0
+            },
+        );
+    }
+    // Over quota: give back the highest partitions.
+    for m in &ids {
+        let mut mine: Vec<(String, i32)> = owner
+            .iter()
+            .filter(|(_, o)| **o == *m)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        while mine.len() > quota[m] {
+            let tp = mine.pop().unwrap();
+            owner.remove(&tp);
+        }
+    }
+    // Unowned partitions go to members under quota that subscribe to their topic.
+    for tp in &all {
+        if owner.contains_key(tp) {
+            continue;
+        }
+        let count = |m: &String| owner.values().filter(|o| **o == m).count();
+        if let Some(m) = ids
+            .iter()
+            .filter(|m| subs[**m].topics.contains(&tp.0) && count(m) < quota[**m])
+            .min_by_key(|m| count(m))
+        {
+            owner.insert(tp.clone(), *m);
+        }
+    }
+    let mut out: BTreeMap<String, Vec<(String, i32)>> =
+        ids.iter().map(|m| ((*m).clone(), Vec::new())).collect();
+    for (tp, m) in owner {
+        // Moving from one member to another: revoke first, assign next round.
+        if previous.get(&tp).is_some_and(|old| *old != m) {
+            continue;
+        }
+        out.get_mut(m).unwrap().push(tp);
     }
     out
 }
@@ -341,16 +483,51 @@ async fn commit_with(
     Ok(())
 }
 
-/// A member of a consumer group (classic protocol, range assignor).
+/// The partition assignors a member offers, in order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignor {
+    Range,
+    CooperativeSticky,
+}
+
+impl Assignor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Assignor::Range => "range",
+            Assignor::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+impl std::str::FromStr for Assignor {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "range" => Ok(Assignor::Range),
+            "cooperative-sticky" => Ok(Assignor::CooperativeSticky),
+            _ => Err(format!(
+                "unknown assignor {s:?}: range or cooperative-sticky"
+            )),
+        }
+    }
+}
+
+/// A member of a consumer group (classic protocol; range and cooperative-sticky assignors).
 pub struct GroupMember {
     client: Arc<Client>,
     group: String,
     topics: Vec<String>,
+    assignors: Vec<Assignor>,
+    /// What this member holds now; a cooperative rebalance keeps it where it can.
+    owned: Vec<(String, i32)>,
+    /// The assignor the group chose in the last join.
+    protocol: String,
     conn: Arc<Connection>,
     member_id: String,
     generation: i32,
     session_timeout: Duration,
     rebalance_needed: Arc<AtomicBool>,
+    rebalance_signal: Arc<tokio::sync::Notify>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -359,6 +536,7 @@ impl GroupMember {
         client: Arc<Client>,
         group: &str,
         topics: Vec<String>,
+        assignors: &[Assignor],
         session_timeout: Duration,
     ) -> Result<GroupMember> {
         let node = client.coordinator(group).await?;
@@ -376,11 +554,19 @@ impl GroupMember {
             client,
             group: group.to_string(),
             topics,
+            assignors: if assignors.is_empty() {
+                vec![Assignor::Range]
+            } else {
+                assignors.to_vec()
+            },
+            owned: Vec::new(),
+            protocol: String::new(),
             conn,
             member_id: String::new(),
             generation: -1,
             session_timeout,
             rebalance_needed: Arc::new(AtomicBool::new(false)),
+            rebalance_signal: Arc::new(tokio::sync::Notify::new()),
             heartbeat: None,
         })
     }
@@ -398,6 +584,17 @@ impl GroupMember {
         self.rebalance_needed.load(Ordering::Acquire)
     }
 
+    /// Waits until a rejoin is needed.
+    pub async fn rebalance_requested(&self) {
+        loop {
+            let signal = self.rebalance_signal.notified();
+            if self.rebalance_needed() {
+                return;
+            }
+            signal.await;
+        }
+    }
+
     /// Joins (or rejoins) the group and returns this member's partitions.
     pub async fn join(&mut self) -> Result<Vec<(String, i32)>> {
         if let Some(h) = self.heartbeat.take() {
@@ -410,11 +607,15 @@ impl GroupMember {
                 rebalance_timeout_ms: self.session_timeout.as_millis() as i32,
                 member_id: self.member_id.clone(),
                 protocol_type: "consumer".into(),
-                protocols: vec![JoinGroupRequestProtocol {
-                    name: "range".into(),
-                    metadata: encode_subscription(&self.topics),
-                    ..Default::default()
-                }],
+                protocols: self
+                    .assignors
+                    .iter()
+                    .map(|a| JoinGroupRequestProtocol {
+                        name: a.name().into(),
+                        metadata: encode_subscription(&self.topics, &self.owned),
+                        ..Default::default()
+                    })
+                    .collect(),
                 ..Default::default()
             };
             let (resp, _) = self.conn.send(&req, 7, "JoinGroup").await?;
@@ -425,19 +626,20 @@ impl GroupMember {
             check(resp.error_code, None)?;
             self.member_id = resp.member_id.clone();
             self.generation = resp.generation_id;
+            self.protocol = resp.protocol_name.clone().unwrap_or_default();
             let assignments = if resp.leader == resp.member_id {
-                let members: Vec<(String, Vec<String>)> = resp
+                let members: Vec<(String, Subscription)> = resp
                     .members
                     .iter()
                     .map(|m| {
                         (
                             m.member_id.clone(),
-                            decode_subscription(m.metadata.clone()).unwrap_or_default(),
+                            decode_subscription_full(m.metadata.clone()).unwrap_or_default(),
                         )
                     })
                     .collect();
                 let wanted: BTreeSet<String> =
-                    members.iter().flat_map(|(_, ts)| ts.clone()).collect();
+                    members.iter().flat_map(|(_, s)| s.topics.clone()).collect();
                 let meta = self
                     .client
                     .metadata(Some(&wanted.iter().cloned().collect::<Vec<_>>()))
@@ -448,7 +650,20 @@ impl GroupMember {
                     .filter(|t| t.error == 0)
                     .map(|t| (t.name.clone(), t.partitions.len() as i32))
                     .collect();
-                range_assign(&members, &counts)
+                let per_member: BTreeMap<String, BTreeMap<String, Vec<i32>>> =
+                    if self.protocol == Assignor::CooperativeSticky.name() {
+                        cooperative_sticky_assign(&members, &counts)
+                            .into_iter()
+                            .map(|(m, a)| (m, group_by_topic(&a)))
+                            .collect()
+                    } else {
+                        let topics: Vec<(String, Vec<String>)> = members
+                            .iter()
+                            .map(|(m, s)| (m.clone(), s.topics.clone()))
+                            .collect();
+                        range_assign(&topics, &counts)
+                    };
+                per_member
                     .into_iter()
                     .map(|(m, a)| SyncGroupRequestAssignment {
                         member_id: m,
@@ -473,16 +688,25 @@ impl GroupMember {
                 continue;
             }
             check(sresp.error_code, None)?;
+            let assignment = decode_assignment(sresp.assignment)
+                .ok_or_else(|| ClientError::Protocol("undecodable assignment".into()))?;
+            let revoked = self.owned.iter().any(|tp| !assignment.contains(tp));
+            self.owned = assignment.clone();
             self.rebalance_needed.store(false, Ordering::Release);
             self.start_heartbeats();
-            return decode_assignment(sresp.assignment)
-                .ok_or_else(|| ClientError::Protocol("undecodable assignment".into()));
+            if revoked && self.protocol == Assignor::CooperativeSticky.name() {
+                // Partitions given up go to their new owners in a second round.
+                self.rebalance_needed.store(true, Ordering::Release);
+                self.rebalance_signal.notify_waiters();
+            }
+            return Ok(assignment);
         }
     }
 
     fn start_heartbeats(&mut self) {
         let conn = self.conn.clone();
         let flag = self.rebalance_needed.clone();
+        let signal = self.rebalance_signal.clone();
         let req = HeartbeatRequest {
             group_id: self.group.clone(),
             generation_id: self.generation,
@@ -498,6 +722,7 @@ impl GroupMember {
                     Ok((r, _)) if r.error_code == 0 => {}
                     Ok(_) | Err(_) => {
                         flag.store(true, Ordering::Release);
+                        signal.notify_waiters();
                         return;
                     }
                 }
@@ -581,11 +806,73 @@ mod tests {
         assert!(!a["c0"].contains_key("u"));
     }
 
+    fn sub(topics: &[&str], owned: &[i32]) -> Subscription {
+        Subscription {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            owned: owned.iter().map(|p| ("t".to_string(), *p)).collect(),
+        }
+    }
+
+    fn parts(a: &BTreeMap<String, Vec<(String, i32)>>, m: &str) -> Vec<i32> {
+        a[m].iter().map(|(_, p)| *p).collect()
+    }
+
+    #[test]
+    fn cooperative_sticky_moves_partitions_in_two_rounds() {
+        let counts: BTreeMap<String, i32> = [("t".to_string(), 4)].into_iter().collect();
+        let a = cooperative_sticky_assign(&[("a".into(), sub(&["t"], &[]))], &counts);
+        assert_eq!(parts(&a, "a"), vec![0, 1, 2, 3]);
+        // b joins: a keeps half, the other half is only revoked in this round.
+        let r1 = cooperative_sticky_assign(
+            &[
+                ("a".into(), sub(&["t"], &[0, 1, 2, 3])),
+                ("b".into(), sub(&["t"], &[])),
+            ],
+            &counts,
+        );
+        assert_eq!(parts(&r1, "a"), vec![0, 1]);
+        assert!(parts(&r1, "b").is_empty());
+        // Second round: the freed partitions go to b; a keeps its own.
+        let r2 = cooperative_sticky_assign(
+            &[
+                ("a".into(), sub(&["t"], &[0, 1])),
+                ("b".into(), sub(&["t"], &[])),
+            ],
+            &counts,
+        );
+        assert_eq!(parts(&r2, "a"), vec![0, 1]);
+        assert_eq!(parts(&r2, "b"), vec![2, 3]);
+        // A balanced group stays as it is, whatever the layout.
+        let same = cooperative_sticky_assign(
+            &[
+                ("a".into(), sub(&["t"], &[0, 2])),
+                ("b".into(), sub(&["t"], &[1, 3])),
+            ],
+            &counts,
+        );
+        assert_eq!(parts(&same, "a"), vec![0, 2]);
+        assert_eq!(parts(&same, "b"), vec![1, 3]);
+        // A member left: its partitions go straight to the others.
+        let left = cooperative_sticky_assign(&[("b".into(), sub(&["t"], &[1, 3]))], &counts);
+        assert_eq!(parts(&left, "b"), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn subscriptions_carry_owned_partitions() {
+        let s = encode_subscription(
+            &["t".to_string()],
+            &[("t".to_string(), 3), ("t".to_string(), 5)],
+        );
+        let d = decode_subscription_full(s).unwrap();
+        assert_eq!(d.topics, vec!["t"]);
+        assert_eq!(d.owned, vec![("t".to_string(), 3), ("t".to_string(), 5)]);
+    }
+
     #[test]
     fn consumer_protocol_round_trips() {
         let topics = vec!["a".to_string(), "bb".to_string()];
         assert_eq!(
-            decode_subscription(encode_subscription(&topics)),
+            decode_subscription(encode_subscription(&topics, &[])),
             Some(topics)
         );
         let mut parts = BTreeMap::new();

@@ -11,7 +11,7 @@ mod metadata;
 pub mod partitioner;
 pub mod producer;
 
-pub use connection::Connection;
+pub use connection::{Answer, Connection};
 pub use error::{ClientError, Result, check, error_name};
 pub use metadata::{BrokerMeta, ClusterMeta, PartitionMeta, TopicMeta};
 

@@ -16,6 +16,7 @@ use krabka_protocol::records::{Attributes, Record, RecordBatch, RecordHeader, Re
 use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::Client;
+use crate::connection::Answer;
 use crate::error::{ClientError, Result, check};
 use crate::partitioner::partition_for_key;
 
@@ -106,6 +107,9 @@ const BUFFER_MEMORY: usize = 32 * 1024 * 1024;
 /// A batch ready to go, by topic partition.
 type Ready = ((String, i32), Pending);
 
+/// A partition's batch as bytes: (topic, partition, RecordBatch v2).
+type Encoded = (String, i32, Bytes);
+
 /// Per partition: (error code, base offset, error message).
 type Answers = HashMap<(String, i32), (i16, i64, Option<String>)>;
 
@@ -140,6 +144,9 @@ pub struct Producer {
     wake: Notify,
     idle: Notify,
     permits: Arc<Semaphore>,
+    /// Held while batches are taken and their requests queued, so that batches of one
+    /// partition leave in the order they were made.
+    send_order: tokio::sync::Mutex<()>,
 }
 
 fn now_ms() -> i64 {
@@ -159,6 +166,7 @@ impl Producer {
             wake: Notify::new(),
             idle: Notify::new(),
             permits: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            send_order: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&p);
         tokio::spawn(async move {
@@ -288,6 +296,7 @@ impl Producer {
     /// Sends the batches that are full, lingered long enough, or all of them; each leader's
     /// share goes as one request, up to `max_in_flight` at a time.
     async fn send_ready(self: Arc<Self>, all: bool) {
+        let order = self.send_order.lock().await;
         let ready: Vec<Ready> = {
             let mut s = self.state.lock().unwrap();
             let keys: Vec<(String, i32)> = s
@@ -329,34 +338,52 @@ impl Producer {
             by_leader.entry(leader).or_default().push((k, b));
         }
         for (leader, batches) in by_leader {
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore");
-            self.state.lock().unwrap().in_flight += 1;
-            let this = self.clone();
-            let bytes: usize = batches.iter().map(|(_, b)| b.bytes).sum();
-            tokio::spawn(async move {
-                this.send_request(leader, batches).await;
-                this.state.lock().unwrap().buffered -= bytes;
-                drop(permit);
-                this.state.lock().unwrap().in_flight -= 1;
-                this.idle.notify_waiters();
-            });
+            // A request carries at most one batch per partition (Kafka refuses more):
+            // several batches of one partition go in successive requests, in order.
+            let mut rounds: Vec<Vec<Ready>> = Vec::new();
+            for (key, b) in batches {
+                match rounds
+                    .iter_mut()
+                    .find(|r| !r.iter().any(|(k, _)| *k == key))
+                {
+                    Some(r) => r.push((key, b)),
+                    None => rounds.push(vec![(key, b)]),
+                }
+            }
+            for round in rounds {
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore");
+                self.state.lock().unwrap().in_flight += 1;
+                let bytes: usize = round.iter().map(|(_, b)| b.bytes).sum();
+                let (items, failed) = self.encode(&round);
+                // Queued now, in order; answered whenever the broker answers.
+                let first = self.queue(leader, &items).await;
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.finish(leader, round, items, failed, first).await;
+                    this.state.lock().unwrap().buffered -= bytes;
+                    drop(permit);
+                    this.state.lock().unwrap().in_flight -= 1;
+                    this.idle.notify_waiters();
+                });
+            }
         }
+        drop(order);
     }
 
-    async fn send_request(&self, leader: i32, batches: Vec<Ready>) {
-        let config = self.config;
-        let client = &self.client;
-        let mut encoded = Vec::new();
-        for ((topic, partition), b) in &batches {
+    /// The batches as RecordBatch v2 bytes; those that cannot be encoded, apart.
+    fn encode(&self, batches: &[Ready]) -> (Vec<Encoded>, Vec<(String, i32)>) {
+        let mut items = Vec::new();
+        let mut failed = Vec::new();
+        for ((topic, partition), b) in batches {
             let base_ts = b.records.iter().map(|r| r.1).min().unwrap_or(0);
             let max_ts = b.records.iter().map(|r| r.1).max().unwrap_or(0);
             let batch = RecordBatch {
-                attributes: Attributes::default().with_compression(config.compression.codec()),
+                attributes: Attributes::default().with_compression(self.config.compression.codec()),
                 last_offset_delta: b.records.len() as i32 - 1,
                 base_timestamp: base_ts,
                 max_timestamp: max_ts,
@@ -383,29 +410,80 @@ impl Producer {
                 ..Default::default()
             };
             match batch.encode_to_bytes() {
-                Ok(bytes) => encoded.push((topic.clone(), *partition, Some(bytes))),
+                Ok(bytes) => items.push((topic.clone(), *partition, bytes)),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a batch");
-                    encoded.push((topic.clone(), *partition, None));
+                    failed.push((topic.clone(), *partition));
                 }
             }
         }
+        (items, failed)
+    }
+
+    fn request(&self, items: &[(String, i32, Bytes)]) -> ProduceRequest {
+        let mut topics: Vec<TopicProduceData> = Vec::new();
+        for (topic, partition, bytes) in items {
+            let pd = PartitionProduceData {
+                index: *partition,
+                records: Some(RecordsPayload::Raw(bytes.clone())),
+                ..Default::default()
+            };
+            match topics.iter_mut().find(|t| t.name == *topic) {
+                Some(t) => t.partition_data.push(pd),
+                None => topics.push(TopicProduceData {
+                    name: topic.clone(),
+                    partition_data: vec![pd],
+                    ..Default::default()
+                }),
+            }
+        }
+        ProduceRequest {
+            acks: self.config.acks,
+            timeout_ms: self.config.request_timeout.as_millis() as i32,
+            topic_data: topics,
+            ..Default::default()
+        }
+    }
+
+    /// Queues the Produce request for `items` on the leader's connection.
+    async fn queue(
+        &self,
+        leader: i32,
+        items: &[(String, i32, Bytes)],
+    ) -> Result<Option<Answer<ProduceRequest>>> {
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let req = self.request(items);
+        let conn = self.client.node(leader).await?;
+        if self.config.acks == 0 {
+            conn.send_oneway(&req, 9, "Produce").await?;
+            return Ok(None);
+        }
+        Ok(Some(conn.enqueue(&req, 9, "Produce").await?))
+    }
+
+    /// Waits for the answer, retries what may succeed later, and tells every record.
+    async fn finish(
+        &self,
+        leader: i32,
+        batches: Vec<Ready>,
+        items: Vec<(String, i32, Bytes)>,
+        failed: Vec<(String, i32)>,
+        first: Result<Option<Answer<ProduceRequest>>>,
+    ) {
         // Each partition ends with its base offset or an error. Retriable errors (a moved
         // leader, a timeout, too few replicas, a broken connection) are retried against the
         // leader the refreshed metadata names, up to RETRIES times.
         let mut answers: HashMap<(String, i32), std::result::Result<i64, String>> = HashMap::new();
-        let mut todo: Vec<(String, i32, Bytes, i32)> = Vec::new();
-        for (topic, partition, bytes) in encoded {
-            match bytes {
-                Some(b) => todo.push((topic, partition, b, leader)),
-                None => {
-                    answers.insert(
-                        (topic, partition),
-                        Err("the batch could not be encoded".into()),
-                    );
-                }
-            }
+        for key in failed {
+            answers.insert(key, Err("the batch could not be encoded".into()));
         }
+        let mut todo: Vec<(String, i32, Bytes, i32)> = items
+            .into_iter()
+            .map(|(t, p, b)| (t, p, b, leader))
+            .collect();
+        let mut first = Some(first);
         for attempt in 0..=RETRIES {
             let mut by_leader: HashMap<i32, Vec<(String, i32, Bytes)>> = HashMap::new();
             for (t, p, b, l) in todo.drain(..) {
@@ -413,7 +491,12 @@ impl Producer {
             }
             let mut retry: Vec<(String, i32, Bytes, String)> = Vec::new();
             for (leader, items) in by_leader {
-                let result = self.produce_once(client, config, leader, &items).await;
+                let result = match first.take() {
+                    Some(Ok(Some(answer))) => answer.wait().await.map(|r| Some(answers_of(r))),
+                    Some(Ok(None)) => Ok(None),
+                    Some(Err(e)) => Err(e),
+                    None => self.produce_once(leader, &items).await,
+                };
                 for (t, p, b) in items {
                     let key = (t.clone(), p);
                     match &result {
@@ -489,48 +572,25 @@ impl Producer {
     /// with acks=0, which gets no answer.
     async fn produce_once(
         &self,
-        client: &Client,
-        config: ProducerConfig,
         leader: i32,
         items: &[(String, i32, Bytes)],
     ) -> Result<Option<Answers>> {
-        let mut topics: Vec<TopicProduceData> = Vec::new();
-        for (topic, partition, bytes) in items {
-            let pd = PartitionProduceData {
-                index: *partition,
-                records: Some(RecordsPayload::Raw(bytes.clone())),
-                ..Default::default()
-            };
-            match topics.iter_mut().find(|t| t.name == *topic) {
-                Some(t) => t.partition_data.push(pd),
-                None => topics.push(TopicProduceData {
-                    name: topic.clone(),
-                    partition_data: vec![pd],
-                    ..Default::default()
-                }),
-            }
+        match self.queue(leader, items).await? {
+            Some(answer) => Ok(Some(answers_of(answer.wait().await?))),
+            None => Ok(None),
         }
-        let req = ProduceRequest {
-            acks: config.acks,
-            timeout_ms: config.request_timeout.as_millis() as i32,
-            topic_data: topics,
-            ..Default::default()
-        };
-        let conn = client.node(leader).await?;
-        if config.acks == 0 {
-            conn.send_oneway(&req, 9, "Produce").await?;
-            return Ok(None);
-        }
-        let (resp, _) = conn.send(&req, 9, "Produce").await?;
-        let mut out = HashMap::new();
-        for t in resp.responses {
-            for p in t.partition_responses {
-                out.insert(
-                    (t.name.clone(), p.index),
-                    (p.error_code, p.base_offset, p.error_message),
-                );
-            }
-        }
-        Ok(Some(out))
     }
+}
+
+fn answers_of(resp: krabka_protocol::owned::produce_response::ProduceResponse) -> Answers {
+    let mut out = HashMap::new();
+    for t in resp.responses {
+        for p in t.partition_responses {
+            out.insert(
+                (t.name.clone(), p.index),
+                (p.error_code, p.base_offset, p.error_message),
+            );
+        }
+    }
+    out
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use strom_client::consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartAt};
-use strom_client::group::GroupMember;
+use strom_client::group::{Assignor, GroupMember};
 use strom_client::producer::{Compression, ProduceRecord, Producer, ProducerConfig};
 
 use crate::admin::Conn;
@@ -158,6 +158,10 @@ pub struct ConsumeArgs {
     /// Exit when no record has arrived for this long.
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
+    /// The assignors offered in a group, in order of preference (repeatable): range,
+    /// cooperative-sticky.
+    #[arg(long = "assignor", default_values = ["range", "cooperative-sticky"])]
+    assignors: Vec<Assignor>,
     /// read_uncommitted or read_committed.
     #[arg(long, default_value = "read_uncommitted")]
     isolation_level: String,
@@ -213,6 +217,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             client,
             group,
             vec![args.topic.clone()],
+            &args.assignors,
             Duration::from_secs(10),
         )
         .await
@@ -287,15 +292,21 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         if let Some(m) = member.as_mut()
             && m.rebalance_needed()
         {
-            // Hand back what was consumed, then take the new assignment.
+            // Hand back what was consumed, rejoin, then stop the partitions taken away and
+            // start the new ones; the rest keep their positions (cooperative rebalancing).
             let _ = m.commit(&delivered).await;
             delivered.clear();
-            let old: Vec<_> = consumer.positions().keys().cloned().collect();
-            for tp in &old {
+            let assigned = m.join().await.context("cannot rejoin the group")?;
+            let current: Vec<_> = consumer.positions().keys().cloned().collect();
+            for tp in current.iter().filter(|tp| !assigned.contains(tp)) {
                 consumer.unassign(tp);
             }
-            let assigned = m.join().await.context("cannot rejoin the group")?;
-            start_assigned(&mut consumer, m, &assigned, args.from_beginning).await?;
+            let added: Vec<_> = assigned
+                .iter()
+                .filter(|tp| !current.contains(tp))
+                .cloned()
+                .collect();
+            start_assigned(&mut consumer, m, &added, args.from_beginning).await?;
         }
         let records = tokio::select! {
             r = consumer.poll() => r.with_context(|| format!("cannot consume {}", args.topic))?,

@@ -410,3 +410,88 @@ fn simple_consumers_commit_without_joining_and_admins_see_groups() {
             .all(|e| e.offset() == rdkafka::Offset::Invalid)
     );
 }
+
+/// strom's own client as group members with the cooperative-sticky assignor: the first
+/// member keeps half its partitions through the rebalance, the other half moves.
+#[test]
+fn strom_client_members_rebalance_cooperatively() {
+    use strom_client::group::{Assignor, GroupMember};
+    let server = server();
+    create_topic(&server, "coop4", 4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Arc::new(
+            strom_client::Client::connect(&server.bootstrap(), "t", Duration::from_secs(30))
+                .await
+                .unwrap(),
+        );
+        let coop = [Assignor::CooperativeSticky];
+        let mut a = GroupMember::new(
+            client.clone(),
+            "cg",
+            vec!["coop4".into()],
+            &coop,
+            Duration::from_secs(6),
+        )
+        .await
+        .unwrap();
+        let first: BTreeSet<(String, i32)> = a.join().await.unwrap().into_iter().collect();
+        assert_eq!(first.len(), 4);
+        // Each member rejoins whenever asked, and reports every assignment it gets.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(&'static str, BTreeSet<(String, i32)>)>();
+        let run =
+            |mut m: GroupMember, name: &'static str, tx: tokio::sync::mpsc::UnboundedSender<_>| {
+                tokio::spawn(async move {
+                    loop {
+                        let got: BTreeSet<(String, i32)> =
+                            m.join().await.unwrap().into_iter().collect();
+                        if tx.send((name, got)).is_err() {
+                            return;
+                        }
+                        m.rebalance_requested().await;
+                    }
+                })
+            };
+        let b = GroupMember::new(
+            client.clone(),
+            "cg",
+            vec!["coop4".into()],
+            &coop,
+            Duration::from_secs(6),
+        )
+        .await
+        .unwrap();
+        let tb = run(b, "b", tx.clone());
+        a.rebalance_requested().await;
+        let ta = run(a, "a", tx);
+        let mut latest: HashMap<&str, BTreeSet<(String, i32)>> = HashMap::new();
+        let mut history_a = vec![first.clone()];
+        let deadline = tokio::time::Instant::now() + T;
+        while !(latest.get("a").is_some_and(|s| s.len() == 2)
+            && latest.get("b").is_some_and(|s| s.len() == 2))
+        {
+            let (name, got) = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("balanced in time")
+                .unwrap();
+            if name == "a" {
+                history_a.push(got.clone());
+            }
+            latest.insert(name, got);
+        }
+        let (fa, fb) = (&latest["a"], &latest["b"]);
+        assert!(fa.is_disjoint(fb));
+        assert_eq!(fa | fb, first);
+        // a never gave up what it ended with: every assignment it had contains it.
+        for h in &history_a {
+            assert!(fa.is_subset(h), "a lost {fa:?} in {h:?}");
+        }
+        ta.abort();
+        tb.abort();
+    });
+}
