@@ -10,6 +10,7 @@ pub mod producer_state;
 pub mod protocol;
 pub mod server;
 pub mod topic_config;
+pub mod txn;
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, ConfigError, parse_properties};
