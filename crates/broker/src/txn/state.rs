@@ -283,7 +283,9 @@ mod tests {
             .collect()
     }
 
-    fn markers(actions: &[Action]) -> Option<(bool, i16, BTreeSet<(String, i32)>)> {
+    type Markers = (bool, i16, BTreeSet<(String, i32)>);
+
+    fn markers(actions: &[Action]) -> Option<Markers> {
         actions.iter().find_map(|a| match a {
             Action::WriteMarkers {
                 commit,
@@ -322,8 +324,12 @@ mod tests {
         assert_eq!(m.end(7, 0, true, 21).0, Err(CONCURRENT_TRANSACTIONS));
         assert_eq!(m.end(7, 0, false, 21).0, Err(INVALID_TXN_STATE));
         assert_eq!(
-            m.add_partitions(7, 0, &[t(2)], 21).0,
-            Err(CONCURRENT_TRANSACTIONS)
+            assert!(
+                m.add_partitions(7, 0, &[t(2)], 21).0,
+                Err(CONCURRENT_TRANSACTIONS)
+            )
+            .0
+            .is_ok()
         );
         assert_eq!(persisted(&m.complete(30)), vec![TxnState::CompleteCommit]);
         assert!(m.partitions.is_empty());
@@ -331,7 +337,7 @@ mod tests {
         assert_eq!(m.end(7, 0, true, 31), (Ok(()), vec![]));
         assert_eq!(m.end(7, 0, false, 31).0, Err(INVALID_TXN_STATE));
         // The next transaction starts fresh.
-        m.add_partitions(7, 0, &[t(5)], 40);
+        assert!(m.add_partitions(7, 0, &[t(5)], 40).0.is_ok());
         assert_eq!(m.partitions, [t(5)].into_iter().collect());
     }
 
@@ -339,7 +345,7 @@ mod tests {
     fn abort_and_ending_nothing() {
         let mut m = ready(0);
         assert_eq!(m.end(7, 0, true, 1).0, Err(INVALID_TXN_STATE));
-        m.add_partitions(7, 0, &[t(0)], 2);
+        assert!(m.add_partitions(7, 0, &[t(0)], 2).0.is_ok());
         let (r, a) = m.end(7, 0, false, 3);
         assert_eq!(r, Ok(()));
         assert_eq!(markers(&a).map(|m| m.0), Some(false));
@@ -350,7 +356,7 @@ mod tests {
     #[test]
     fn a_new_incarnation_fences_the_old_and_aborts_its_transaction() {
         let mut m = ready(0);
-        m.add_partitions(7, 0, &[t(0)], 1);
+        assert!(m.add_partitions(7, 0, &[t(0)], 1).0.is_ok());
         let (r, a) = m.init_producer(60_000, 900_000, || 99, 2);
         assert_eq!(r, Err(CONCURRENT_TRANSACTIONS));
         assert_eq!(persisted(&a), vec![TxnState::PrepareAbort]);
@@ -366,8 +372,12 @@ mod tests {
         let (r, _) = m.init_producer(60_000, 900_000, || 99, 5);
         assert_eq!(r, Ok((7, 2)));
         assert_eq!(
-            m.add_partitions(6, 2, &[t(1)], 6).0,
-            Err(INVALID_PRODUCER_ID_MAPPING)
+            assert!(
+                m.add_partitions(6, 2, &[t(1)], 6).0,
+                Err(INVALID_PRODUCER_ID_MAPPING)
+            )
+            .0
+            .is_ok()
         );
     }
 
@@ -389,7 +399,7 @@ mod tests {
     #[test]
     fn open_transactions_time_out_into_an_abort() {
         let mut m = ready(0);
-        m.add_partitions(7, 0, &[t(0)], 100);
+        assert!(m.add_partitions(7, 0, &[t(0)], 100).0.is_ok());
         assert!(m.expire(60_100).is_empty());
         let a = m.expire(60_101);
         assert_eq!(persisted(&a), vec![TxnState::PrepareAbort]);
@@ -400,8 +410,8 @@ mod tests {
     #[test]
     fn a_restarted_coordinator_finishes_prepared_transactions() {
         let mut m = ready(0);
-        m.add_partitions(7, 0, &[t(0)], 1);
-        m.end(7, 0, true, 2);
+        assert!(m.add_partitions(7, 0, &[t(0)], 1).0.is_ok());
+        assert!(m.end(7, 0, true, 2).0.is_ok());
         let restored = m.clone();
         assert_eq!(
             markers(&restored.recover()),
