@@ -324,12 +324,8 @@ mod tests {
         assert_eq!(m.end(7, 0, true, 21).0, Err(CONCURRENT_TRANSACTIONS));
         assert_eq!(m.end(7, 0, false, 21).0, Err(INVALID_TXN_STATE));
         assert_eq!(
-            assert!(
-                m.add_partitions(7, 0, &[t(2)], 21).0,
-                Err(CONCURRENT_TRANSACTIONS)
-            )
-            .0
-            .is_ok()
+            m.add_partitions(7, 0, &[t(2)], 21).0,
+            Err(CONCURRENT_TRANSACTIONS)
         );
         assert_eq!(persisted(&m.complete(30)), vec![TxnState::CompleteCommit]);
         assert!(m.partitions.is_empty());
@@ -372,12 +368,8 @@ mod tests {
         let (r, _) = m.init_producer(60_000, 900_000, || 99, 5);
         assert_eq!(r, Ok((7, 2)));
         assert_eq!(
-            assert!(
-                m.add_partitions(6, 2, &[t(1)], 6).0,
-                Err(INVALID_PRODUCER_ID_MAPPING)
-            )
-            .0
-            .is_ok()
+            m.add_partitions(6, 2, &[t(1)], 6).0,
+            Err(INVALID_PRODUCER_ID_MAPPING)
         );
     }
 
