@@ -16,6 +16,9 @@ use crate::topic_config::{TopicConfig, validate_topic_name};
 const TOPICS_DIR: &str = ".topics";
 const PRODUCER_IDS: &str = ".producer-id-block";
 const PRODUCER_ID_BLOCK: i64 = 1000;
+/// More partitions than this in one topic is a mistake (or an attack), not a plan: each is a
+/// directory with open files.
+pub const MAX_PARTITIONS: i32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -396,9 +399,9 @@ impl Broker {
         } else {
             new.assignments.len() as i32
         };
-        if partitions < 1 {
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(BrokerError::InvalidPartitions(format!(
-                "number of partitions must be at least 1, got {partitions}"
+                "number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
             )));
         }
         let rf = if new.assignments.is_empty() {
@@ -483,6 +486,11 @@ impl Broker {
             .topic(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count() as i32;
+        if count > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} may have at most {MAX_PARTITIONS} partitions, not {count}"
+            )));
+        }
         if count <= current {
             return Err(BrokerError::InvalidPartitions(format!(
                 "topic {name} has {current} partitions; the new count {count} must be larger"

@@ -232,8 +232,10 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
     Ok(header)
 }
 
-/// Walks length-prefixed records; errors if the region does not end exactly on a record
-/// boundary. Stops after `limit + 1` records so a hostile count cannot make it loop long.
+/// Walks length-prefixed records, checking that each parses exactly within its length
+/// (attributes, timestamp and offset deltas, key, value, headers); errors if the region does
+/// not end on a record boundary. Stops after `limit + 1` records, so a hostile count cannot
+/// make it loop long, and every declared length is bounded by the bytes present.
 fn count_records(mut region: &[u8], limit: usize) -> Result<usize> {
     let mut count = 0;
     while !region.is_empty() {
@@ -247,10 +249,38 @@ fn count_records(mut region: &[u8], limit: usize) -> Result<usize> {
                 "record length {len} overruns the batch"
             )));
         }
+        check_record(&region[used..used + len as usize])
+            .ok_or_else(|| StorageError::InvalidRecord(format!("record {count} is malformed")))?;
         region = &region[used + len as usize..];
         count += 1;
     }
     Ok(count)
+}
+
+/// One record body: attributes, timestamp delta, offset delta, key, value, headers, and
+/// nothing after them.
+fn check_record(b: &[u8]) -> Option<()> {
+    let mut b = b.get(1..)?;
+    for _ in 0..2 {
+        let (_, n) = read_varint(b)?;
+        b = &b[n..];
+    }
+    for _ in 0..2 {
+        let (_, rest) = read_bytes(b)?;
+        b = rest;
+    }
+    let (headers, n) = read_varint(b)?;
+    b = &b[n..];
+    if headers < 0 || headers as usize > b.len() {
+        return None;
+    }
+    for _ in 0..headers {
+        let (key, rest) = read_bytes(b)?;
+        key?;
+        let (_, rest) = read_bytes(rest)?;
+        b = rest;
+    }
+    b.is_empty().then_some(())
 }
 
 /// Zig-zag varint as used inside records. Returns the value and the bytes consumed.
@@ -549,6 +579,49 @@ mod tests {
         assert!(matches!(
             validate(&short_len),
             Err(StorageError::CorruptMessage(_))
+        ));
+    }
+
+    #[test]
+    fn records_that_lie_about_their_headers_are_refused() {
+        // One record whose header count says i32::MAX, in a batch with a valid CRC.
+        let mut body = vec![0u8]; // attributes
+        write_varint(&mut body, 0); // timestamp delta
+        write_varint(&mut body, 0); // offset delta
+        write_varint(&mut body, -1); // key: null
+        write_varint(&mut body, 1);
+        body.push(b'v');
+        write_varint(&mut body, i32::MAX as i64); // headers
+        let mut b = BatchBuilder::new()
+            .record(Record {
+                timestamp: 1,
+                value: Some(vec![1]),
+                ..Default::default()
+            })
+            .build();
+        b.truncate(HEADER_LEN);
+        write_varint(&mut b, body.len() as i64);
+        b.extend_from_slice(&body);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&len.to_be_bytes());
+        let crc = compute_crc(&b);
+        b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(validate(&b), Err(StorageError::InvalidRecord(_))));
+        // A batch that declares i32::MAX records but holds one.
+        let mut many = BatchBuilder::new()
+            .record(Record {
+                timestamp: 1,
+                ..Default::default()
+            })
+            .build();
+        many[RECORDS_COUNT..RECORDS_COUNT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        many[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        let crc = compute_crc(&many);
+        many[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            validate(&many),
+            Err(StorageError::InvalidRecord(_))
         ));
     }
 

@@ -316,13 +316,20 @@ pub fn describe_cluster(
 }
 
 /// DescribeLogDirs: this broker's one log directory and the size of every partition in it.
-pub fn describe_log_dirs(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub fn describe_log_dirs(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     use krabka_protocol::owned::describe_log_dirs_request::DescribeLogDirsRequest;
     use krabka_protocol::owned::describe_log_dirs_response::{
-        DescribeLogDirsPartition, DescribeLogDirsResponse, DescribeLogDirsResult, DescribeLogDirsTopic,
+        DescribeLogDirsPartition, DescribeLogDirsResponse, DescribeLogDirsResult,
+        DescribeLogDirsTopic,
     };
     let req: DescribeLogDirsRequest = protocol::decode(&mut body, ctx.version)?;
-    let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| ts.into_iter().map(|t| (t.topic, t.partitions)).collect());
+    let wanted: Option<Vec<(String, Vec<i32>)>> = req
+        .topics
+        .map(|ts| ts.into_iter().map(|t| (t.topic, t.partitions)).collect());
     let topics = broker
         .topics()
         .into_iter()
@@ -333,7 +340,10 @@ pub fn describe_log_dirs(broker: &Arc<Broker>, ctx: &RequestContext, mut body: B
                 .unwrap()
                 .iter()
                 .filter(|p| {
-                    wanted.as_ref().is_none_or(|w| w.iter().any(|(name, ps)| *name == t.name && ps.contains(&p.index)))
+                    wanted.as_ref().is_none_or(|w| {
+                        w.iter()
+                            .any(|(name, ps)| *name == t.name && ps.contains(&p.index))
+                    })
                 })
                 .map(|p| DescribeLogDirsPartition {
                     partition_index: p.index,
@@ -343,10 +353,15 @@ pub fn describe_log_dirs(broker: &Arc<Broker>, ctx: &RequestContext, mut body: B
                     ..Default::default()
                 })
                 .collect();
-            (!parts.is_empty()).then(|| DescribeLogDirsTopic { name: t.name.clone(), partitions: parts, ..Default::default() })
+            (!parts.is_empty()).then(|| DescribeLogDirsTopic {
+                name: t.name.clone(),
+                partitions: parts,
+                ..Default::default()
+            })
         })
         .collect();
-    let dir = std::fs::canonicalize(&broker.config.log_dir).unwrap_or_else(|_| broker.config.log_dir.clone());
+    let dir = std::fs::canonicalize(&broker.config.log_dir)
+        .unwrap_or_else(|_| broker.config.log_dir.clone());
     respond(
         ctx,
         &DescribeLogDirsResponse {

@@ -250,11 +250,7 @@ type Wanted = Option<Vec<(String, Vec<i32>)>>;
 /// (partition, offset, leader epoch, metadata) of one committed offset, -1s when none.
 type Fetched = (i32, i64, i32, String);
 
-fn fetch_group(
-    broker: &Broker,
-    group: &str,
-    wanted: &Wanted,
-) -> Vec<(String, Vec<Fetched>)> {
+fn fetch_group(broker: &Broker, group: &str, wanted: &Wanted) -> Vec<(String, Vec<Fetched>)> {
     let found = broker.groups.fetch(group, wanted.as_deref());
     let mut out: Vec<(String, Vec<Fetched>)> = Vec::new();
     for (topic, partition, o) in found {

@@ -24,7 +24,10 @@ use crate::server::Reply;
 
 /// Decodes and serves one request frame (size prefix already removed).
 pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) -> Reply {
-    let (api_key, version, correlation_id) = protocol::peek_header(&frame).expect("framed");
+    let Some((api_key, version, correlation_id)) = protocol::peek_header(&frame) else {
+        tracing::warn!(%peer, size = frame.len(), "closing connection: frame too short for a request header");
+        return Reply::Close;
+    };
     let Some(api) = protocol::api(api_key) else {
         tracing::warn!(%peer, api_key, version, "closing connection: unsupported api key");
         return Reply::Close;
