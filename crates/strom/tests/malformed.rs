@@ -1,0 +1,156 @@
+//! Malformed bytes on real sockets: the server closes that connection (or answers), logs it,
+//! and keeps serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Server;
+
+fn connect(server: &Server) -> TcpStream {
+    let s = TcpStream::connect(server.bootstrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// ApiVersions v0 by hand: size, api key 18, version 0, correlation id, client id.
+fn api_versions(correlation: i32) -> Vec<u8> {
+    let mut body = vec![0, 18, 0, 0];
+    body.extend_from_slice(&correlation.to_be_bytes());
+    body.extend_from_slice(&[0, 1, b'x']);
+    let mut f = (body.len() as i32).to_be_bytes().to_vec();
+    f.extend(body);
+    f
+}
+
+/// Sends an ApiVersions request and checks the answer: correlation id and no error.
+fn still_serving(server: &Server) {
+    let mut s = connect(server);
+    s.write_all(&api_versions(77)).unwrap();
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(i32::from_be_bytes(body[0..4].try_into().unwrap()), 77);
+    assert_eq!(
+        i16::from_be_bytes(body[4..6].try_into().unwrap()),
+        0,
+        "error code"
+    );
+}
+
+/// The server closed the connection: a read gets end-of-file (or a reset).
+fn closed(mut s: TcpStream) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("expected the connection to close, got {n} bytes"),
+    }
+}
+
+#[test]
+fn bad_frames_close_the_connection_and_others_are_served() {
+    let server = Server::start_with(&["socket.request.max.bytes=1048576"]);
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("size -1", (-1i32).to_be_bytes().to_vec()),
+        ("size 0", 0i32.to_be_bytes().to_vec()),
+        ("size 3", [&3i32.to_be_bytes()[..], &[0, 18, 0]].concat()),
+        (
+            "size 7",
+            [&7i32.to_be_bytes()[..], &[0, 18, 0, 0, 0, 0, 1]].concat(),
+        ),
+        (
+            "over socket.request.max.bytes",
+            (2 * 1024 * 1024i32).to_be_bytes().to_vec(),
+        ),
+        ("garbage", b"GET / HTTP/1.1\r\nHost: strom\r\n\r\n".to_vec()),
+        (
+            "unknown api key",
+            [
+                &10i32.to_be_bytes()[..],
+                &[0x03, 0xe7, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
+        (
+            "unsupported produce version",
+            [
+                &10i32.to_be_bytes()[..],
+                &[0, 0, 0, 99, 0, 0, 0, 1, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
+        (
+            "undecodable metadata body",
+            [
+                &12i32.to_be_bytes()[..],
+                &[0, 3, 0, 4, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff],
+            ]
+            .concat(),
+        ),
+    ];
+    // A frame that promises 100 bytes and delivers 10, then the client leaves.
+    cases.push((
+        "short body",
+        [&100i32.to_be_bytes()[..], &[0u8; 10]].concat(),
+    ));
+    for (name, bytes) in cases {
+        let mut s = connect(&server);
+        s.write_all(&bytes).unwrap();
+        if name == "short body" {
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        closed(s);
+        still_serving(&server);
+    }
+}
+
+#[test]
+fn an_unsupported_api_versions_version_is_answered_in_v0() {
+    let server = Server::start();
+    let mut s = connect(&server);
+    let body = [0u8, 18, 0, 42, 0, 0, 0, 9, 0, 1, b'x', 0];
+    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(i32::from_be_bytes(resp[0..4].try_into().unwrap()), 9);
+    assert_eq!(
+        i16::from_be_bytes(resp[4..6].try_into().unwrap()),
+        35,
+        "UNSUPPORTED_VERSION"
+    );
+    // The same connection goes on: the client retries with a version from the list.
+    s.write_all(&api_versions(10)).unwrap();
+    s.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(i32::from_be_bytes(resp[0..4].try_into().unwrap()), 10);
+}
+
+#[test]
+fn api_versions_v3_carries_no_top_level_tagged_fields() {
+    // librdkafka 2.0.2 (Debian's kcat) cannot parse top-level tagged fields here.
+    let server = Server::start();
+    let mut s = connect(&server);
+    let mut body = vec![0u8, 18, 0, 3, 0, 0, 0, 5, 0, 1, b'x', 0];
+    body.extend_from_slice(&[2, b'x', 2, b'1', 0]); // software name and version, no tags
+    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut resp).unwrap();
+    // Response header v0 (correlation id only), error 0, then the api keys, throttle time
+    // and an empty tagged-field section as the very last byte.
+    assert_eq!(i32::from_be_bytes(resp[0..4].try_into().unwrap()), 5);
+    assert_eq!(&resp[4..6], &[0, 0]);
+    assert_eq!(*resp.last().unwrap(), 0, "no tagged fields");
+    let n = resp[6] as usize - 1; // compact array length
+    // Each entry: key, min, max (2 bytes each) and an empty tag section.
+    assert_eq!(resp.len(), 4 + 2 + 1 + n * 7 + 4 + 1);
+}
