@@ -62,6 +62,8 @@ pub struct Consumer {
     leaders: HashMap<TopicPartition, i32>,
     /// High watermarks seen in the last fetch.
     pub high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// The next fetch round, sent ahead.
+    inflight: Option<tokio::task::JoinSet<Result<FetchOutcome>>>,
 }
 
 impl Consumer {
@@ -72,6 +74,7 @@ impl Consumer {
             positions: BTreeMap::new(),
             leaders: HashMap::new(),
             high_watermarks: BTreeMap::new(),
+            inflight: None,
         }
     }
 
@@ -81,6 +84,7 @@ impl Consumer {
 
     /// Consumes `partitions` of `topic` from `start` (all partitions when empty).
     pub async fn assign(&mut self, topic: &str, partitions: &[i32], start: StartAt) -> Result<()> {
+        self.inflight = None;
         let meta = self.client.metadata(Some(&[topic.to_string()])).await?;
         let t = meta
             .topic(topic)
@@ -131,6 +135,7 @@ impl Consumer {
     }
 
     pub fn unassign(&mut self, tp: &TopicPartition) {
+        self.inflight = None;
         self.positions.remove(tp);
         self.leaders.remove(tp);
     }
@@ -139,8 +144,7 @@ impl Consumer {
         &self.positions
     }
 
-    /// One fetch round to every leader; waits up to `max_wait` for data.
-    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+    fn launch(&self) -> tokio::task::JoinSet<Result<FetchOutcome>> {
         let mut by_leader: BTreeMap<i32, Vec<(TopicPartition, i64)>> = BTreeMap::new();
         for (tp, pos) in &self.positions {
             let leader = self.leaders.get(tp).copied().unwrap_or(-1);
@@ -155,11 +159,32 @@ impl Consumer {
             let config = self.config;
             tasks.spawn(async move { fetch_from(&client, config, leader, parts).await });
         }
+        tasks
+    }
+
+    /// The records of one fetch round to every leader (waiting up to `max_wait` for data).
+    /// The next round is sent before this returns, so it is under way while the caller works
+    /// on these records (fetch pipelining); assigning or seeking discards it.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumedRecord>> {
+        let mut tasks = match self.inflight.take() {
+            Some(t) => t,
+            None => self.launch(),
+        };
         let mut out = Vec::new();
+        let mut moved = false;
+        let mut out_of_range = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            let (records, hws) = r.map_err(|e| ClientError::Protocol(e.to_string()))??;
+            let (records, hws, errors) = r.map_err(|e| ClientError::Protocol(e.to_string()))??;
             for (tp, hw) in hws {
                 self.high_watermarks.insert(tp, hw);
+            }
+            for (tp, code) in errors {
+                match code {
+                    // The leader moved or is being elected: look it up again.
+                    5 | 6 | 74 | 76 => moved = true,
+                    1 => out_of_range.push(tp),
+                    _ => return check(code, Some(format!("{}-{}", tp.0, tp.1))).map(|_| vec![]),
+                }
             }
             for rec in records {
                 let tp = (rec.topic.clone(), rec.partition);
@@ -171,7 +196,44 @@ impl Consumer {
                 }
             }
         }
+        if moved {
+            self.refresh_leaders().await?;
+        }
+        // auto.offset.reset=earliest: a position that fell off the log starts over at its
+        // start.
+        for tp in out_of_range {
+            let earliest: HashMap<i32, i64> = self
+                .client
+                .list_offsets(&tp.0, EARLIEST)
+                .await?
+                .into_iter()
+                .collect();
+            if let (Some(pos), Some(start)) = (self.positions.get_mut(&tp), earliest.get(&tp.1)) {
+                *pos = *start;
+            }
+        }
+        self.inflight = Some(self.launch());
         Ok(out)
+    }
+
+    async fn refresh_leaders(&mut self) -> Result<()> {
+        let topics: Vec<String> = self
+            .positions
+            .keys()
+            .map(|(t, _)| t.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let meta = self.client.metadata(Some(&topics)).await?;
+        for t in &meta.topics {
+            for p in &t.partitions {
+                let tp = (t.name.clone(), p.index);
+                if self.leaders.contains_key(&tp) {
+                    self.leaders.insert(tp, p.leader);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True once every assigned partition's position has reached its high watermark.
@@ -182,7 +244,12 @@ impl Consumer {
     }
 }
 
-type FetchOutcome = (Vec<ConsumedRecord>, Vec<(TopicPartition, i64)>);
+/// Records, high watermarks, and partitions that answered with an error.
+type FetchOutcome = (
+    Vec<ConsumedRecord>,
+    Vec<(TopicPartition, i64)>,
+    Vec<(TopicPartition, i16)>,
+);
 
 async fn fetch_from(
     client: &Client,
@@ -225,12 +292,13 @@ async fn fetch_from(
     check(resp.error_code, None)?;
     let mut records = Vec::new();
     let mut hws = Vec::new();
+    let mut errors = Vec::new();
     for t in resp.responses {
         for p in t.partitions {
-            check(
-                p.error_code,
-                Some(format!("{}-{}", t.topic, p.partition_index)),
-            )?;
+            if p.error_code != 0 {
+                errors.push(((t.topic.clone(), p.partition_index), p.error_code));
+                continue;
+            }
             hws.push(((t.topic.clone(), p.partition_index), p.high_watermark));
             let Some(RecordsPayload::V2(batches)) = p.records else {
                 continue;
@@ -260,5 +328,5 @@ async fn fetch_from(
             }
         }
     }
-    Ok((records, hws))
+    Ok((records, hws, errors))
 }

@@ -416,3 +416,125 @@ fn ctrl_c_stops_a_group_consumer_cleanly_and_commits() {
     assert_eq!(d["offsets"][0]["current_offset"], 3);
     assert_eq!(d["state"], "Empty", "it left the group");
 }
+
+#[test]
+fn files_out_of_range_offsets_and_internal_topics() {
+    let server = Server::start_with(&["group.initial.rebalance.delay.ms=0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("records.txt");
+    std::fs::write(
+        &file,
+        (0..10).map(|i| format!("r{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    ok(
+        &server,
+        &["produce", "--topic", "f", "--file", file.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "consume",
+                "--topic",
+                "f",
+                "--from-beginning",
+                "--max-messages",
+                "10"
+            ],
+            ""
+        )
+        .lines()
+        .count(),
+        10
+    );
+    // Records before 5 are deleted: a consumer asking for offset 2 starts over at 5.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", server.bootstrap())
+            .create()
+            .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("f", 0, rdkafka::Offset::Offset(5))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
+        .unwrap();
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "consume",
+                "--topic",
+                "f",
+                "--partition",
+                "0",
+                "--offset",
+                "2",
+                "--timeout-ms",
+                "1500",
+                "--format",
+                "{offset}"
+            ],
+            ""
+        ),
+        "5\n6\n7\n8\n9\n"
+    );
+    // Group offsets live in __consumer_offsets, which topic listings hide unless asked.
+    ok(
+        &server,
+        &[
+            "consume",
+            "--topic",
+            "f",
+            "--group",
+            "fg",
+            "--from-beginning",
+            "--max-messages",
+            "1",
+        ],
+        "",
+    );
+    let listed = ok(&server, &["topics", "list"], "");
+    assert!(!listed.contains("__consumer_offsets"), "{listed}");
+    assert!(
+        ok(&server, &["topics", "list", "--include-internal"], "").contains("__consumer_offsets")
+    );
+    ok(
+        &server,
+        &[
+            "groups",
+            "reset-offsets",
+            "--group",
+            "fg",
+            "--topic",
+            "f",
+            "--to-offset",
+            "8",
+            "--execute",
+        ],
+        "",
+    );
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "consume",
+                "--topic",
+                "f",
+                "--group",
+                "fg",
+                "--timeout-ms",
+                "1500",
+                "--format",
+                "{value}"
+            ],
+            ""
+        ),
+        "r8\nr9\n"
+    );
+}
