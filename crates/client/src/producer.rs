@@ -137,6 +137,24 @@ struct State {
     in_flight: usize,
 }
 
+impl State {
+    /// Takes the open batch of a partition; records without a key then stick to the next
+    /// partition (KIP-480).
+    fn close_batch(&mut self, key: &(String, i32)) -> Pending {
+        let b = self.batches.remove(key).expect("an open batch");
+        let n = self
+            .topics
+            .get(&key.0)
+            .map(|l| l.len() as i32)
+            .unwrap_or(1)
+            .max(1);
+        if self.sticky.get(&key.0) == Some(&key.1) {
+            self.sticky.insert(key.0.clone(), (key.1 + 1) % n);
+        }
+        b
+    }
+}
+
 pub struct Producer {
     client: Arc<Client>,
     config: ProducerConfig,
@@ -256,16 +274,7 @@ impl Producer {
             b.replies.push(tx);
             b.bytes += size;
             if b.bytes >= self.config.batch_size {
-                let b = s.batches.remove(&key).unwrap();
-                let n = s
-                    .topics
-                    .get(&key.0)
-                    .map(|l| l.len() as i32)
-                    .unwrap_or(1)
-                    .max(1);
-                if s.sticky.get(&key.0) == Some(&key.1) {
-                    s.sticky.insert(key.0.clone(), (key.1 + 1) % n);
-                }
+                let b = s.close_batch(&key);
                 s.full.push((key, b));
                 true
             } else {
@@ -310,17 +319,7 @@ impl Producer {
                 .collect();
             let mut out = std::mem::take(&mut s.full);
             for k in keys {
-                let b = s.batches.remove(&k).unwrap();
-                // The sticky partition moves on once its batch leaves.
-                let n = s
-                    .topics
-                    .get(&k.0)
-                    .map(|l| l.len() as i32)
-                    .unwrap_or(1)
-                    .max(1);
-                if s.sticky.get(&k.0) == Some(&k.1) {
-                    s.sticky.insert(k.0.clone(), (k.1 + 1) % n);
-                }
+                let b = s.close_batch(&k);
                 out.push((k, b));
             }
             out

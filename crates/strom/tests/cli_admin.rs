@@ -3,37 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::Server;
-
-fn strom(server: &Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(args)
-        .args(["--bootstrap-server", &server.bootstrap()])
-        .output()
-        .unwrap()
-}
-
-fn ok(server: &Server, args: &[&str]) -> String {
-    let out = strom(server, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(server: &Server, args: &[&str]) -> String {
-    let out = strom(server, args);
-    assert!(
-        !out.status.success(),
-        "{args:?} succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{Server, fails, ok};
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))

@@ -2,48 +2,19 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Server;
+use common::{Server, ok_with, run};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-fn run(server: &Server, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(args)
-        .args(["--bootstrap-server", &server.bootstrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(server: &Server, args: &[&str], stdin: &str) -> String {
-    let out = run(server, args, stdin);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
     let server = Server::start();
-    ok(
+    ok_with(
         &server,
         &[
             "topics",
@@ -56,7 +27,7 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
         "",
     );
     let input: String = (0..30).map(|i| format!("key{i}:value {i}\n")).collect();
-    ok(
+    ok_with(
         &server,
         &[
             "produce",
@@ -72,7 +43,7 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
         &input,
     );
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
-        ok(
+        ok_with(
             &server,
             &[
                 "produce",
@@ -86,7 +57,7 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
             &format!("{codec} line\n"),
         );
     }
-    let out = ok(
+    let out = ok_with(
         &server,
         &[
             "consume",
@@ -157,7 +128,7 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
-    ok(
+    ok_with(
         &server,
         &[
             "topics",
@@ -178,7 +149,7 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
         .unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
-    let theirs = ok(
+    let theirs = ok_with(
         &server,
         &[
             "consume",
@@ -213,18 +184,18 @@ fn produce_and_consume_round_trip_with_keys_headers_and_codecs() {
 #[test]
 fn consume_from_a_partition_and_offset_and_stop_on_timeout() {
     let server = Server::start();
-    ok(
+    ok_with(
         &server,
         &["topics", "create", "--topic", "seek", "--partitions", "2"],
         "",
     );
-    ok(
+    ok_with(
         &server,
         &["produce", "--topic", "seek", "--partition", "1"],
         "a\nb\nc\nd\n",
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",
@@ -242,7 +213,7 @@ fn consume_from_a_partition_and_offset_and_stop_on_timeout() {
         "c\nd\n"
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",
@@ -262,7 +233,7 @@ fn consume_from_a_partition_and_offset_and_stop_on_timeout() {
         "0:a\n"
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",
@@ -280,7 +251,7 @@ fn consume_from_a_partition_and_offset_and_stop_on_timeout() {
         ""
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &["consume", "--topic", "seek", "--timeout-ms", "500"],
             ""
@@ -300,7 +271,7 @@ fn produce_failures_exit_non_zero_and_say_why() {
         err.contains("UNKNOWN_TOPIC_OR_PARTITION") && err.contains("missing"),
         "{err}"
     );
-    ok(
+    ok_with(
         &server,
         &[
             "topics",
@@ -312,7 +283,7 @@ fn produce_failures_exit_non_zero_and_say_why() {
         ],
         "",
     );
-    ok(
+    ok_with(
         &server,
         &["produce", "--topic", "strict", "--key-separator", "="],
         "a=b\n",
@@ -342,7 +313,7 @@ fn produce_failures_exit_non_zero_and_say_why() {
 #[test]
 fn retriable_errors_are_retried_then_reported() {
     let server = Server::start();
-    ok(
+    ok_with(
         &server,
         &[
             "topics",
@@ -369,7 +340,7 @@ fn retriable_errors_are_retried_then_reported() {
         "{:?}",
         started.elapsed()
     );
-    ok(
+    ok_with(
         &server,
         &["produce", "--topic", "isr", "--acks", "1"],
         "y\n",
@@ -379,7 +350,7 @@ fn retriable_errors_are_retried_then_reported() {
 #[test]
 fn ctrl_c_stops_a_group_consumer_cleanly_and_commits() {
     let server = Server::start_with(&["group.initial.rebalance.delay.ms=0"]);
-    ok(&server, &["produce", "--topic", "sig"], "1\n2\n3\n");
+    ok_with(&server, &["produce", "--topic", "sig"], "1\n2\n3\n");
     let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
         .args([
             "consume",
@@ -407,7 +378,7 @@ fn ctrl_c_stops_a_group_consumer_cleanly_and_commits() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let d: serde_json::Value = serde_json::from_str(&ok(
+    let d: serde_json::Value = serde_json::from_str(&ok_with(
         &server,
         &["groups", "describe", "--group", "sigg", "--json"],
         "",
@@ -427,13 +398,13 @@ fn files_out_of_range_offsets_and_internal_topics() {
         (0..10).map(|i| format!("r{i}\n")).collect::<String>(),
     )
     .unwrap();
-    ok(
+    ok_with(
         &server,
         &["produce", "--topic", "f", "--file", file.to_str().unwrap()],
         "",
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",
@@ -465,7 +436,7 @@ fn files_out_of_range_offsets_and_internal_topics() {
     rt.block_on(admin.delete_records(&tpl, &rdkafka::admin::AdminOptions::new()))
         .unwrap();
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",
@@ -485,7 +456,7 @@ fn files_out_of_range_offsets_and_internal_topics() {
         "5\n6\n7\n8\n9\n"
     );
     // Group offsets live in __consumer_offsets, which topic listings hide unless asked.
-    ok(
+    ok_with(
         &server,
         &[
             "consume",
@@ -499,12 +470,13 @@ fn files_out_of_range_offsets_and_internal_topics() {
         ],
         "",
     );
-    let listed = ok(&server, &["topics", "list"], "");
+    let listed = ok_with(&server, &["topics", "list"], "");
     assert!(!listed.contains("__consumer_offsets"), "{listed}");
     assert!(
-        ok(&server, &["topics", "list", "--include-internal"], "").contains("__consumer_offsets")
+        ok_with(&server, &["topics", "list", "--include-internal"], "")
+            .contains("__consumer_offsets")
     );
-    ok(
+    ok_with(
         &server,
         &[
             "groups",
@@ -520,7 +492,7 @@ fn files_out_of_range_offsets_and_internal_topics() {
         "",
     );
     assert_eq!(
-        ok(
+        ok_with(
             &server,
             &[
                 "consume",

@@ -148,3 +148,49 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Runs `strom ARGS --bootstrap-server <server>` with `stdin`.
+pub fn run(server: &Server, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .args(["--bootstrap-server", &server.bootstrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// [`run`] that must succeed; its standard output.
+pub fn ok_with(server: &Server, args: &[&str], stdin: &str) -> String {
+    let out = run(server, args, stdin);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn ok(server: &Server, args: &[&str]) -> String {
+    ok_with(server, args, "")
+}
+
+/// [`run`] that must fail; its standard error.
+pub fn fails(server: &Server, args: &[&str]) -> String {
+    let out = run(server, args, "");
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
