@@ -16,6 +16,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)
 dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || dpkg -s libcurl4-gnutls-dev >/dev/null 2>&1 || need+=(libcurl4-openssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
