@@ -3,6 +3,7 @@
 //! later by the replica fetchers; it works against any Kafka-compatible broker.
 
 pub mod admin;
+pub mod assignor;
 mod connection;
 pub mod consumer;
 mod error;

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 mod index;
 mod log;
+mod read;
 mod recovery;
 mod segment;
 
