@@ -2,6 +2,8 @@
 //! it with requests and time and stores offsets and group metadata.
 
 pub mod coordinator;
+mod messages;
+mod offsets_topic;
 pub mod records;
 pub mod state;
 
