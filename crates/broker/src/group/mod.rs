@@ -2,6 +2,7 @@
 //! it with requests and time and stores offsets and group metadata.
 
 pub mod coordinator;
+mod join;
 mod messages;
 mod offsets_topic;
 pub mod records;
