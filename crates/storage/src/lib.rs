@@ -12,6 +12,7 @@ mod log;
 mod read;
 mod recovery;
 mod segment;
+pub mod txn_index;
 
 pub use checkpoint::EpochCache;
 pub use config::{LogConfig, TimestampType};
