@@ -116,9 +116,14 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    /// The last stable offset; equal to the high watermark until transactions exist.
+    /// The last stable offset: the high watermark, or the start of the oldest transaction
+    /// still open, whichever is smaller.
     pub fn last_stable_offset(&self) -> u64 {
-        self.high_watermark()
+        let hw = self.high_watermark();
+        match self.producers.lock().unwrap().first_unstable_offset() {
+            Some(first) => first.min(hw),
+            None => hw,
+        }
     }
 
     pub fn set_config(&self, config: &TopicConfig) {
@@ -143,6 +148,12 @@ impl Partition {
         let mut pos = 0;
         while pos < records.len() {
             let (h, size) = batch::check_framing(&records[pos..])?;
+            if h.is_control() {
+                // Markers are the transaction coordinator's to write, never a producer's.
+                return Err(AppendError::Storage(StorageError::InvalidRecord(
+                    "control batches cannot be produced".into(),
+                )));
+            }
             if h.producer_id >= 0 {
                 match producers.check(
                     h.producer_id,

@@ -44,6 +44,9 @@ struct Entry {
 #[derive(Debug, Default, Clone)]
 pub struct ProducerStates {
     producers: HashMap<i64, Entry>,
+    /// Open transactions: producer id -> first offset. The last stable offset is the
+    /// smallest of these (or the high watermark when there are none).
+    ongoing: std::collections::BTreeMap<i64, u64>,
 }
 
 fn in_sequence(last: i32, next: i32) -> bool {
@@ -109,6 +112,17 @@ impl ProducerStates {
         if h.producer_id == NO_PRODUCER_ID {
             return;
         }
+        if h.is_control() {
+            // A commit or abort marker ends the producer's transaction; markers carry no
+            // sequence numbers.
+            self.ongoing.remove(&h.producer_id);
+            return;
+        }
+        if h.is_transactional() {
+            self.ongoing
+                .entry(h.producer_id)
+                .or_insert(h.base_offset as u64);
+        }
         let entry = self.producers.entry(h.producer_id).or_default();
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
@@ -126,8 +140,15 @@ impl ProducerStates {
         });
     }
 
+    /// The first offset of the oldest open transaction, if any: read_committed consumers
+    /// stop there.
+    pub fn first_unstable_offset(&self) -> Option<u64> {
+        self.ongoing.values().min().copied()
+    }
+
     /// Forgets everything at or after `offset` (the log was truncated).
     pub fn truncate(&mut self, offset: u64) {
+        self.ongoing.retain(|_, first| *first < offset);
         for e in self.producers.values_mut() {
             e.batches.retain(|b| b.last_offset < offset);
         }
@@ -246,6 +267,49 @@ mod tests {
         let mut s = ProducerStates::default();
         write(&mut s, 1, 0, i32::MAX - 1, 2, 0).unwrap();
         assert_eq!(write(&mut s, 1, 0, 0, 1, 2), Ok(Check::Append));
+    }
+
+    fn header(pid: i64, offset: u64, transactional: bool, control: bool) -> BatchHeader {
+        let mut attributes = 0;
+        if transactional {
+            attributes |= 0x10;
+        }
+        if control {
+            attributes |= 0x20;
+        }
+        BatchHeader {
+            base_offset: offset as i64,
+            batch_length: 0,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes,
+            last_offset_delta: 0,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: 0,
+            base_sequence: if control { -1 } else { offset as i32 },
+            records_count: 1,
+        }
+    }
+
+    #[test]
+    fn open_transactions_hold_back_the_last_stable_offset() {
+        let mut s = ProducerStates::default();
+        s.record(&header(1, 0, false, false));
+        assert_eq!(s.first_unstable_offset(), None);
+        s.record(&header(2, 1, true, false));
+        s.record(&header(3, 2, true, false));
+        s.record(&header(2, 3, true, false));
+        assert_eq!(s.first_unstable_offset(), Some(1));
+        // Producer 2's marker ends its transaction; 3's is still open.
+        s.record(&header(2, 4, true, true));
+        assert_eq!(s.first_unstable_offset(), Some(2));
+        // The marker did not disturb 2's sequence numbers.
+        assert_eq!(s.check(2, 0, 4, 1), Ok(Check::Append));
+        s.truncate(2);
+        assert_eq!(s.first_unstable_offset(), None);
     }
 
     #[test]

@@ -346,3 +346,21 @@ async fn absurd_partition_counts_are_refused_not_attempted() {
         Err(strom_broker::broker::BrokerError::InvalidPartitions(_))
     ));
 }
+
+#[tokio::test]
+async fn producers_cannot_write_transaction_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let marker = strom_storage::txn_index::marker_batch(7, 0, true, 0, 1);
+    assert_eq!(
+        produce_error(&broker, 8, &marker).await,
+        87,
+        "INVALID_RECORD"
+    );
+    assert_eq!(
+        produce_error(&broker, 3, &marker).await,
+        2,
+        "CORRUPT_MESSAGE before v8"
+    );
+    assert_eq!(broker.partition("t", 0).unwrap().log.log_end_offset(), 0);
+}
