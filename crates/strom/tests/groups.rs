@@ -88,7 +88,11 @@ fn member(
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "500");
+        .set("heartbeat.interval.ms", "500")
+        // The rebalance timeout: when a test drops its members one by one, a member left
+        // waiting in a rebalance for one that is no longer polled gives up after this,
+        // rather than after the default 5 minutes.
+        .set("max.poll.interval.ms", "10000");
     for (k, v) in extra {
         c.set(*k, *v);
     }
