@@ -1,126 +1,336 @@
 """confluent-kafka (librdkafka) against strom."""
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition, ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
-import pytest
+import time
+import uuid
 
-from conftest import wait_until
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException,
+    Producer, TopicPartition, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME,
+)
+from confluent_kafka.admin import (
+    AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, NewPartitions,
+    NewTopic, OffsetSpec,
+)
+
+from strom_compat import assert_stored_with_codec, stored_batches, wait_until
+
+CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
 
 def admin(bootstrap):
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
-def create(bootstrap, topic, partitions, config=None):
-    # The client must outlive its futures.
-    a = admin(bootstrap)
+def create(a, topic, partitions, config=None):
     a.create_topics([NewTopic(topic, partitions, 1, config=config or {})])[topic].result(30)
 
 
 def produce(bootstrap, topic, records, **conf):
+    """Produces `records` (dicts of Producer.produce arguments) in order; returns each one's
+    (partition, offset) from its delivery report, in the same order."""
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **conf})
-    reports = []
+    reports = [None] * len(records)
 
-    def report(err, msg):
-        reports.append((err, msg.partition() if msg else None, msg.offset() if msg else None))
+    def reporter(i):
+        def report(err, msg):
+            assert err is None, f"record {i}: {err}"
+            reports[i] = (msg.partition(), msg.offset())
+        return report
 
-    for r in records:
-        p.produce(topic, on_delivery=report, **r)
+    for i, r in enumerate(records):
+        p.produce(topic, on_delivery=reporter(i), **r)
         p.poll(0)
-    assert p.flush(30) == 0
-    assert all(err is None for err, _, _ in reports), reports
+    assert p.flush(30) == 0, "records left unacknowledged"
+    assert None not in reports
     return reports
 
 
-def consume_assigned(bootstrap, topic, partitions, count):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "compat-reader", "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out = []
+def consumer(bootstrap, **conf):
+    # librdkafka wants a group.id even for a consumer that only assigns; nothing is committed.
+    return Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"compat-assign-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        **conf,
+    })
+
+
+def consume_assigned(bootstrap, topic, partitions, start=OFFSET_BEGINNING, **conf):
+    """Reads every partition from `start` to its end (partition EOF); returns {partition: [messages]}."""
+    c = consumer(bootstrap, **conf)
+    c.assign([TopicPartition(topic, p, start) for p in range(partitions)])
+    out = {p: [] for p in range(partitions)}
+    at_end = set()
 
     def more():
         for m in c.consume(num_messages=1000, timeout=0.2):
-            assert m.error() is None, m.error()
-            out.append(m)
-        return len(out) >= count
+            if m.error() is not None:
+                assert m.error().code() == KafkaError._PARTITION_EOF, m.error()
+                at_end.add(m.partition())
+            else:
+                assert m.partition() not in at_end, "record after the end of the partition"
+                out[m.partition()].append(m)
+        return len(at_end) == partitions
 
-    wait_until(f"{count} records", more)
-    assert c.poll(0.5) is None, "more records than produced"
+    wait_until(f"the end of {partitions} partitions of {topic}", more)
     c.close()
     return out
 
 
-def test_admin_create_and_describe_configs(bootstrap, topic):
-    create(bootstrap, topic, 3, {"retention.ms": "3600000"})
+def watermarks(bootstrap, topic, partition):
+    c = consumer(bootstrap)
+    try:
+        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    finally:
+        c.close()
+
+
+def test_admin_create_describe_alter_partitions_and_delete(bootstrap, topic):
     a = admin(bootstrap)
+    create(a, topic, 3, {"retention.ms": "3600000"})
     md = a.list_topics(topic, timeout=10)
-    assert len(md.topics[topic].partitions) == 3
+    assert sorted(md.topics[topic].partitions) == [0, 1, 2]
+    assert all(p.leader == 0 and p.replicas == [0] and p.isrs == [0] for p in md.topics[topic].partitions.values())
+
     res = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = a.describe_configs([res])[res].result(10)
     assert configs["retention.ms"].value == "3600000"
-    assert configs["segment.bytes"].value == "1073741824"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["cleanup.policy"].value == "delete"
+    assert configs["cleanup.policy"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+    # Unknown topics are refused by name.
+    missing = ConfigResource(ConfigResource.Type.TOPIC, f"{topic}-missing")
+    with pytest.raises(KafkaException) as e:
+        a.describe_configs([missing])[missing].result(10)
+    assert e.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+    # validate_only checks and creates nothing.
+    checked = f"{topic}-validated"
+    assert a.create_topics([NewTopic(checked, 2, 1)], validate_only=True)[checked].result(10) is None
+    assert checked not in a.list_topics(timeout=10).topics
+
+    # The same name again is refused.
+    with pytest.raises(KafkaException) as e:
+        create(a, topic, 1)
+    assert e.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+    # IncrementalAlterConfigs: set one, delete the other (back to the default).
+    alter = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.bytes", "1048576", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+    ])
+    a.incremental_alter_configs([alter])[alter].result(10)
+    configs = a.describe_configs([res])[res].result(10)
+    assert configs["retention.bytes"].value == "1048576"
+    assert configs["retention.bytes"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["retention.ms"].value == "604800000"
+    assert configs["retention.ms"].source != ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+
+    a.create_partitions([NewPartitions(topic, 5)])[topic].result(10)
+    wait_until("5 partitions", lambda: sorted(a.list_topics(topic, timeout=10).topics[topic].partitions) == [0, 1, 2, 3, 4])
+
     a.delete_topics([topic])[topic].result(10)
-    wait_until("deletion", lambda: topic not in a.list_topics(timeout=10).topics)
+    wait_until("the topic to go", lambda: topic not in a.list_topics(timeout=10).topics)
 
 
-def test_keys_headers_offsets_and_order(bootstrap, topic):
-    create(bootstrap, topic, 3)
-    records = [{"key": f"k{i % 7}", "value": f"v{i}", "headers": [("n", str(i).encode())]} for i in range(300)]
-    reports = produce(bootstrap, topic, records, acks="all")
-    got = consume_assigned(bootstrap, topic, 3, 300)
-    by_partition = {}
-    for m in got:
-        by_partition.setdefault(m.partition(), []).append(m)
-    seen = set()
-    for p, ms in by_partition.items():
-        assert [m.offset() for m in ms] == list(range(len(ms)))
-        numbers = [int(m.value().decode()[1:]) for m in ms]
-        assert numbers == sorted(numbers), f"partition {p} out of order"
-        for m in ms:
-            i = int(m.value().decode()[1:])
-            assert m.key().decode() == f"k{i % 7}"
-            assert m.headers() == [("n", str(i).encode())]
-            seen.add(i)
-    assert seen == set(range(300))
-    assert sorted((p, o) for _, p, o in reports) == sorted((m.partition(), m.offset()) for m in got)
+def test_describe_cluster(bootstrap):
+    a = admin(bootstrap)  # the client must outlive its futures
+    d = a.describe_cluster().result(10)
+    assert [(n.id, n.host, n.port) for n in d.nodes] == [(0, "127.0.0.1", int(bootstrap.rsplit(":", 1)[1]))]
+    assert d.controller.id == 0
+    assert d.cluster_id
 
 
-@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
-def test_compression_round_trips(bootstrap, topic, codec):
-    create(bootstrap, topic, 1)
-    produce(bootstrap, topic, [{"value": f"{codec}-{i}-" + "x" * 200} for i in range(100)], **{"compression.type": codec})
-    got = consume_assigned(bootstrap, topic, 1, 100)
-    assert [m.value().decode() for m in got] == [f"{codec}-{i}-" + "x" * 200 for i in range(100)]
-
-
-def test_idempotent_producer_exactly_once_in_order(bootstrap, topic):
-    create(bootstrap, topic, 2)
-    produce(bootstrap, topic, [{"key": str(i % 2), "value": str(i)} for i in range(1000)], **{"enable.idempotence": True})
-    got = consume_assigned(bootstrap, topic, 2, 1000)
-    values = [int(m.value()) for m in got]
-    assert sorted(values) == list(range(1000))
-    for key in ("0", "1"):
-        mine = [int(m.value()) for m in got if m.key().decode() == key]
-        assert mine == sorted(mine)
-
-
-def test_offsets_for_times_and_delete_records(bootstrap, topic):
-    create(bootstrap, topic, 1)
-    base = 1_700_000_000_000
-    produce(bootstrap, topic, [{"value": str(i), "timestamp": base + i * 1000} for i in range(10)], **{"linger.ms": 0})
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "compat-times"})
-    found = c.offsets_for_times([TopicPartition(topic, 0, base + 4500)], 10)
-    assert found[0].offset == 5
-    assert c.get_watermark_offsets(TopicPartition(topic, 0), 10) == (0, 10)
+def test_keyed_produce_with_headers_acks_all(bootstrap, topic):
     a = admin(bootstrap)
-    r = a.delete_records([TopicPartition(topic, 0, 6)])
-    list(r.values())[0].result(10)
+    create(a, topic, 3)
+    n = 300
+
+    def key(i):
+        return f"user-{i % 23}".encode()
+
+    def headers(i):
+        return [("n", str(i).encode()), ("dup", b"first"), ("dup", b"\x00\xff second"), ("empty", b"")]
+
+    def value(i):
+        return None if i % 50 == 7 else f"value-{i}".encode()
+
+    records = [{"key": key(i), "value": value(i), "headers": headers(i)} for i in range(n)]
+    reports = produce(bootstrap, topic, records, acks="all")
+
+    # The client's view: one partition per key, offsets 0.. per partition in production order.
+    partition_of_key = {}
+    for i, (p, _) in enumerate(reports):
+        assert partition_of_key.setdefault(key(i), p) == p, f"key {key(i)} in two partitions"
+    expected = {p: [i for i in range(n) if reports[i][0] == p] for p in range(3)}
+    assert all(expected.values()), "a partition got no key: pick other keys"
+    for p, indexes in expected.items():
+        assert [reports[i][1] for i in indexes] == list(range(len(indexes))), f"partition {p}"
+
+    # The consumer's view: exactly those records, at those offsets, in that order.
+    got = consume_assigned(bootstrap, topic, 3)
+    for p, indexes in expected.items():
+        assert [(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()) for m in got[p]] == [
+            (topic, p, reports[i][1], key(i), value(i), headers(i)) for i in indexes
+        ], f"partition {p}"
+        assert all(m.timestamp()[0] == TIMESTAMP_CREATE_TIME for m in got[p])
+        assert watermarks(bootstrap, topic, p) == (0, len(indexes))
+
+
+@pytest.mark.parametrize("acks", ["0", "1"])
+def test_produce_acks_0_and_1(bootstrap, topic, acks):
+    a = admin(bootstrap)
+    create(a, topic, 1)
+    produce(bootstrap, topic, [{"key": f"k{i}", "value": f"v{i}"} for i in range(100)], acks=acks)
+    if acks == "0":
+        # Nothing tells an acks=0 producer that its records arrived: wait for them to be readable.
+        wait_until("100 records", lambda: watermarks(bootstrap, topic, 0) == (0, 100))
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.key(), m.value()) for m in got] == [(i, f"k{i}".encode(), f"v{i}".encode()) for i in range(100)]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_compression_round_trips(bootstrap, data_dir, topic, codec):
+    a = admin(bootstrap)
+    create(a, topic, 2)
+    n = 400
+    records = [{"key": f"k{i % 2}", "value": f"{codec}-{i}-" + "x" * (50 + i % 300), "headers": [("i", str(i))]} for i in range(n)]
+    reports = produce(bootstrap, topic, records, **{"compression.type": codec, "linger.ms": 50})
+    got = consume_assigned(bootstrap, topic, 2)
+    for p in (0, 1):
+        indexes = [i for i in range(n) if reports[i][0] == p]
+        assert [(m.offset(), m.key(), m.value(), m.headers()) for m in got[p]] == [
+            (reports[i][1], records[i]["key"].encode(), records[i]["value"].encode(), [("i", str(i).encode())]) for i in indexes
+        ]
+        assert [reports[i][1] for i in indexes] == list(range(len(indexes)))
+    assert_stored_with_codec(data_dir, topic, 2, codec, n)
+
+    # From the middle of a compressed batch: the records before the asked offset are not returned.
+    p, batch = next((p, b) for p in (0, 1) for b in stored_batches(data_dir, topic, p)
+                    if b.codec != 0 and b.record_count >= 3)
+    start = batch.base_offset + 1
+    tail = consume_assigned(bootstrap, topic, 2, start=start)[p]
+    indexes = [i for i in range(n) if reports[i][0] == p and reports[i][1] >= start]
+    assert [(m.offset(), m.value()) for m in tail] == [(reports[i][1], records[i]["value"].encode()) for i in indexes]
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_log_append_time(bootstrap, topic, codec):
+    a = admin(bootstrap)
+    create(a, topic, 1, {"message.timestamp.type": "LogAppendTime"})
+    old = 1_600_000_000_000
+    before = int(time.time() * 1000) - 1
+    produce(bootstrap, topic, [{"value": f"r{i}" * 20, "timestamp": old + i} for i in range(20)],
+            **{"compression.type": codec, "linger.ms": 20})
+    after = int(time.time() * 1000) + 1
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.value()) for m in got] == [(i, f"r{i}".encode() * 20) for i in range(20)]
+    for m in got:
+        kind, ts = m.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME, f"offset {m.offset()}: timestamp type {kind}"
+        assert before <= ts <= after, f"offset {m.offset()}: timestamp {ts} not the broker's append time"
+
+
+def test_topic_max_message_bytes(bootstrap, topic):
+    a = admin(bootstrap)
+    create(a, topic, 1, {"max.message.bytes": "2000"})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "message.timeout.ms": 10000})
+    errors = []
+    p.produce(topic, value=b"x" * 5000, on_delivery=lambda err, msg: errors.append(err))
+    assert p.flush(30) == 0
+    assert [e.code() if e else None for e in errors] == [KafkaError.MSG_SIZE_TOO_LARGE]
+    # The topic still takes records that fit, from offset 0.
+    assert produce(bootstrap, topic, [{"value": b"y" * 1000}], **{"linger.ms": 0}) == [(0, 0)]
+    assert [(m.offset(), m.value()) for m in consume_assigned(bootstrap, topic, 1)[0]] == [(0, b"y" * 1000)]
+
+
+def test_idempotent_producer_exactly_once_in_order(bootstrap, data_dir, topic):
+    a = admin(bootstrap)
+    create(a, topic, 1)
+    n = 1000
+    # Small batches and several requests in flight: sequence numbers across many batches.
+    reports = produce(bootstrap, topic, [{"key": f"k{i % 10}", "value": str(i)} for i in range(n)], **{
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 0,
+        "batch.num.messages": 25,
+        "max.in.flight.requests.per.connection": 5,
+    })
+    assert reports == [(0, i) for i in range(n)]
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.key(), m.value()) for m in got] == [(i, f"k{i % 10}".encode(), str(i).encode()) for i in range(n)]
+    assert watermarks(bootstrap, topic, 0) == (0, n)
+
+    batches = stored_batches(data_dir, topic, 0)
+    assert len(batches) > 1
+    assert len({(b.producer_id, b.producer_epoch) for b in batches}) == 1
+    assert batches[0].producer_id >= 0 and batches[0].producer_epoch >= 0
+    # One producer from the start: each batch's first sequence number is its base offset.
+    assert [b.base_sequence for b in batches] == [b.base_offset for b in batches]
+    assert sum(b.record_count for b in batches) == n
+
+
+def test_list_offsets_by_timestamp_and_delete_records(bootstrap, topic):
+    a = admin(bootstrap)
+    create(a, topic, 1)
+    base = 1_700_000_000_000
+    # Two batches of five: lookups inside a batch and at the boundary.
+    for half in (range(0, 5), range(5, 10)):
+        produce(bootstrap, topic, [{"value": str(i), "timestamp": base + i * 1000} for i in half], **{"linger.ms": 100})
+
+    c = consumer(bootstrap)
+    queries = {base - 1: 0, base: 0, base + 2500: 3, base + 4500: 5, base + 5000: 5, base + 9000: 9, base + 9001: -1}
+    # One partition per request: a request naming the same partition twice is invalid.
+    found = [c.offsets_for_times([TopicPartition(topic, 0, ts)], 10)[0].offset for ts in queries]
+    assert found == list(queries.values())
+    assert c.get_watermark_offsets(TopicPartition(topic, 0), 10) == (0, 10)
+
+    tp = TopicPartition(topic, 0)
+    specs = {"earliest": OffsetSpec.earliest(), "latest": OffsetSpec.latest(), "max": OffsetSpec.max_timestamp(),
+             "at": OffsetSpec.for_timestamp(base + 6500)}
+    answers = {name: a.list_offsets({tp: spec})[tp].result(10) for name, spec in specs.items()}
+    assert answers["earliest"].offset == 0
+    assert answers["latest"].offset == 10
+    assert (answers["max"].offset, answers["max"].timestamp) == (9, base + 9000)
+    assert (answers["at"].offset, answers["at"].timestamp) == (7, base + 7000)
+
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.value(), m.timestamp()) for m in got] == [
+        (i, str(i).encode(), (TIMESTAMP_CREATE_TIME, base + i * 1000)) for i in range(10)
+    ]
+
+    deleted = a.delete_records([TopicPartition(topic, 0, 6)])
+    assert [r.result(10).low_watermark for r in deleted.values()] == [6]
     assert c.get_watermark_offsets(TopicPartition(topic, 0), 10) == (6, 10)
+    assert a.list_offsets({tp: OffsetSpec.earliest()})[tp].result(10).offset == 6
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.value()) for m in got] == [(i, str(i).encode()) for i in range(6, 10)]
+    # An offset below the new start is out of range: the consumer resets to the earliest.
+    got = consume_assigned(bootstrap, topic, 1, start=2, **{"auto.offset.reset": "earliest"})[0]
+    assert [m.offset() for m in got] == [6, 7, 8, 9]
+    # Past the high watermark is refused; -1 means the high watermark.
+    beyond = a.delete_records([TopicPartition(topic, 0, 11)])
+    with pytest.raises(KafkaException) as e:
+        list(beyond.values())[0].result(10)
+    assert e.value.args[0].code() == KafkaError.OFFSET_OUT_OF_RANGE
+    assert c.get_watermark_offsets(TopicPartition(topic, 0), 10) == (6, 10)
+    # Deleted records are no longer found by timestamp either.
+    found = c.offsets_for_times([TopicPartition(topic, 0, base)], 10)
+    assert found[0].offset == 6
+    everything = a.delete_records([TopicPartition(topic, 0, -1)])
+    assert [r.result(10).low_watermark for r in everything.values()] == [10]
+    assert c.get_watermark_offsets(TopicPartition(topic, 0), 10) == (10, 10)
+    assert consume_assigned(bootstrap, topic, 1)[0] == []
     c.close()
 
 
 def test_group_join_commit_resume_and_inspection(bootstrap, topic):
-    create(bootstrap, topic, 2)
-    produce(bootstrap, topic, [{"key": str(i), "value": str(i)} for i in range(40)])
+    a = admin(bootstrap)
+    create(a, topic, 2)
+    reports = produce(bootstrap, topic, [{"key": str(i), "value": str(i)} for i in range(40)])
     group = f"g-{topic}"
     conf = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False}
     c = Consumer(conf)
@@ -129,24 +339,30 @@ def test_group_join_commit_resume_and_inspection(bootstrap, topic):
 
     def read_25():
         m = c.poll(0.2)
-        if m is not None and m.error() is None:
-            first.append(int(m.value()))
+        if m is not None:
+            assert m.error() is None, m.error()
+            first.append(m)
         return len(first) >= 25
 
     wait_until("25 records in the group", read_25)
     c.commit(asynchronous=False)
-    assignment = sorted(tp.partition for tp in c.assignment())
-    assert assignment == [0, 1]
-    a = admin(bootstrap)
+    assert sorted(tp.partition for tp in c.assignment()) == [0, 1]
     groups = {g.group_id: g for g in a.list_consumer_groups().result(10).valid}
     assert group in groups
     desc = a.describe_consumer_groups([group])[group].result(10)
     assert len(desc.members) == 1
     assert sorted(tp.partition for tp in desc.members[0].assignment.topic_partitions) == [0, 1]
     c.close()
+
+    # Committed: per partition, one past the last record read.
+    read_to = {0: 0, 1: 0}
+    for m in first:
+        read_to[m.partition()] = m.offset() + 1
     offsets = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(10)
     committed = {tp.partition: tp.offset for tp in offsets.topic_partitions}
-    assert sum(committed.values()) == len(first), (committed, len(first))
+    assert committed == read_to
+    assert sum(committed.values()) == len(first)
+
     # Resume: a new member reads exactly the rest.
     c2 = Consumer(conf)
     c2.subscribe([topic])
@@ -154,10 +370,11 @@ def test_group_join_commit_resume_and_inspection(bootstrap, topic):
 
     def read_rest():
         for m in c2.consume(num_messages=100, timeout=0.2):
-            if m.error() is None:
-                rest.append(int(m.value()))
-        return len(rest) >= 40 - sum(committed.values())
+            assert m.error() is None, m.error()
+            rest.append(m)
+        return len(rest) >= 40 - len(first)
 
     wait_until("the rest of the records", read_rest)
-    assert sorted(first + rest) == list(range(40)), "every record exactly once over the two members"
     c2.close()
+    seen = sorted((m.partition(), m.offset(), int(m.value())) for m in first + rest)
+    assert seen == sorted((p, o, i) for i, (p, o) in enumerate(reports)), "every record exactly once over the two members"

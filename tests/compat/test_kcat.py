@@ -1,31 +1,69 @@
-"""kcat (Debian's, on librdkafka 2.0.2: an old client on purpose) against strom."""
+"""kcat (Debian 12's, on librdkafka 2.0.2: an old client on purpose) against strom."""
 
+import json
 import subprocess
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from strom_compat import assert_stored_with_codec
 
 
 def kcat(bootstrap, *args, stdin=None):
     r = subprocess.run(["kcat", "-b", bootstrap, *args], input=stdin, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, f"kcat {' '.join(args)} exited with {r.returncode}: {r.stderr}"
     return r.stdout
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
-def test_keyed_produce_and_consume(bootstrap, topic, codec):
-    lines = "".join(f"key{i}:value {i}\n" for i in range(20))
-    kcat(bootstrap, "-P", "-t", topic, "-K:", "-z", codec, stdin=lines)
+def test_keyed_produce_and_consume(bootstrap, data_dir, topic, codec):
+    n = 200
+    lines = "".join(f"key{i % 9}:value {i} {codec}{'-' * (20 + i % 50)}\n" for i in range(n))
+    # -X linger.ms: let several lines share a batch, so that the codec compresses batches.
+    kcat(bootstrap, "-P", "-t", topic, "-K:", "-z", codec, "-X", "linger.ms=50", stdin=lines)
     out = kcat(bootstrap, "-C", "-t", topic, "-e", "-q", "-f", "%k %s %o\n")
-    assert out.splitlines() == [f"key{i} value {i} {i}" for i in range(20)]
+    assert out.splitlines() == [f"key{i % 9} value {i} {codec}{'-' * (20 + i % 50)} {i}" for i in range(n)]
+    assert_stored_with_codec(data_dir, topic, 1, codec, n)
+
     meta = kcat(bootstrap, "-L", "-t", topic)
-    assert f'topic "{topic}" with 1 partitions' in meta
+    assert f'  topic "{topic}" with 1 partitions:\n    partition 0, leader 0, replicas: 0, isrs: 0\n' in meta
+    assert f"  broker 0 at {bootstrap} (controller)\n" in meta
+
+
+def test_metadata_json_lists_topics_and_partitions(bootstrap, topic):
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    a.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    meta = json.loads(kcat(bootstrap, "-L", "-J"))
+    assert meta["brokers"] == [{"id": 0, "name": bootstrap}]
+    assert meta["controllerid"] == 0
+    [mine] = [t for t in meta["topics"] if t["topic"] == topic]
+    assert mine == {"topic": topic, "partitions": [
+        {"partition": p, "leader": 0, "replicas": [{"id": 0}], "isrs": [{"id": 0}]} for p in range(3)
+    ]}
+
+
+def test_partitions_headers_and_offsets(bootstrap, topic):
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    a.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    for p in range(3):
+        lines = "".join(f"k{p}-{i}:v{p}-{i}\n" for i in range(5 + p))
+        kcat(bootstrap, "-P", "-t", topic, "-p", str(p), "-K:", "-H", f"part={p}", "-H", "dup=a", "-H", "dup=b", stdin=lines)
+    for p in range(3):
+        out = kcat(bootstrap, "-C", "-t", topic, "-p", str(p), "-e", "-q", "-f", "%p|%o|%k|%s|%h\n")
+        assert out.splitlines() == [f"{p}|{i}|k{p}-{i}|v{p}-{i}|part={p},dup=a,dup=b" for i in range(5 + p)]
+    # From an offset, and a count.
+    out = kcat(bootstrap, "-C", "-t", topic, "-p", "2", "-o", "3", "-c", "2", "-q", "-f", "%o %s\n")
+    assert out.splitlines() == ["3 v2-3", "4 v2-4"]
+    # The last two of each partition (a negative offset counts back from the end).
+    out = kcat(bootstrap, "-C", "-t", topic, "-p", "1", "-o", "-2", "-e", "-q", "-f", "%o %s\n")
+    assert out.splitlines() == ["4 v1-4", "5 v1-5"]
 
 
 def test_group_consumer_resumes(bootstrap, topic):
     kcat(bootstrap, "-P", "-t", topic, stdin="a\nb\nc\n")
     group = f"kcat-{topic}"
-    first = kcat(bootstrap, "-G", group, topic, "-e", "-q", "-X", "auto.offset.reset=earliest", "-f", "%s\n")
-    assert first.splitlines() == ["a", "b", "c"]
+    first = kcat(bootstrap, "-G", group, topic, "-e", "-q", "-X", "auto.offset.reset=earliest", "-f", "%o %s\n")
+    assert first.splitlines() == ["0 a", "1 b", "2 c"]
     kcat(bootstrap, "-P", "-t", topic, stdin="d\n")
-    second = kcat(bootstrap, "-G", group, topic, "-e", "-q", "-X", "auto.offset.reset=earliest", "-f", "%s\n")
-    assert second.splitlines() == ["d"]
+    second = kcat(bootstrap, "-G", group, topic, "-e", "-q", "-X", "auto.offset.reset=earliest", "-f", "%o %s\n")
+    assert second.splitlines() == ["3 d"]
