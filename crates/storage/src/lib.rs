@@ -12,6 +12,7 @@ mod log;
 mod read;
 mod recovery;
 mod segment;
+mod txn_files;
 pub mod txn_index;
 
 pub use checkpoint::EpochCache;

@@ -130,9 +130,11 @@ impl Log {
                 truncations: 0,
             }),
         };
-        Ok(Log {
+        let log = Log {
             shared: Arc::new(shared),
-        })
+        };
+        log.delete_snapshots_after(opened.end_offset)?;
+        Ok(log)
     }
 
     pub fn dir(&self) -> &Path {
@@ -361,6 +363,7 @@ impl Log {
             self.shared.start_offset.store(new_start, Ordering::Release);
             checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, new_start)?;
             w.epochs.truncate_from_end(dir, offset)?;
+            self.delete_snapshots_after(offset)?;
             return Ok(offset);
         }
         let target = self
@@ -394,6 +397,7 @@ impl Log {
             checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, new_end)?;
         }
         w.epochs.truncate_from_end(dir, new_end)?;
+        self.delete_snapshots_after(new_end)?;
         Ok(new_end)
     }
 

@@ -40,8 +40,9 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         } else if let Some(base) = parse_base(&name, "log") {
             let size = entry.metadata().at(&entry.path())?.len();
             logs.insert(base, size);
-        } else if let Some(base) =
-            parse_base(&name, "index").or_else(|| parse_base(&name, "timeindex"))
+        } else if let Some(base) = parse_base(&name, "index")
+            .or_else(|| parse_base(&name, "timeindex"))
+            .or_else(|| parse_base(&name, "txnindex"))
         {
             index_files.push((base, entry.path()));
         }

@@ -6,11 +6,12 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::txn_index::AbortedTxn;
 
 pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
     format!("{base_offset:020}.{ext}")
@@ -76,6 +77,9 @@ pub(crate) struct Segment {
     index: RwLock<Option<SegmentIndex>>,
     /// `index.interval.bytes`, needed when the index is rebuilt from the log.
     interval: AtomicU64,
+    txn_index_path: PathBuf,
+    /// The `.txnindex` entries, loaded on first use.
+    aborted: Mutex<Option<Vec<AbortedTxn>>>,
 }
 
 /// How a recovery scan ended.
@@ -116,7 +120,10 @@ impl Segment {
             size: AtomicU64::new(0),
             index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
             interval: AtomicU64::new(4096),
+            txn_index_path: dir.join(file_name(base_offset, "txnindex")),
+            aborted: Mutex::new(Some(Vec::new())),
         };
+        let _ = std::fs::remove_file(&seg.txn_index_path);
         let _ = seg.file.set(Arc::new(file));
         Ok(seg)
     }
@@ -133,6 +140,8 @@ impl Segment {
             size: AtomicU64::new(size),
             index: RwLock::new(None),
             interval: AtomicU64::new(4096),
+            txn_index_path: dir.join(file_name(base_offset, "txnindex")),
+            aborted: Mutex::new(None),
         }
     }
 
@@ -322,7 +331,8 @@ impl Segment {
             .persist(&self.time_index_path)
             .at(&self.time_index_path)?;
         *guard = Some(idx);
-        Ok(())
+        drop(guard);
+        self.truncate_aborted(cut_offset)
     }
 
     /// Appends already-validated batches (`headers[i].1` at `positions[i]` within `data`).
@@ -428,12 +438,17 @@ impl Segment {
                 f.sync_data().at(p)?;
             }
         }
-        Ok(())
+        self.sync_aborted()
     }
 
     /// Removes the segment's files. Readers holding the file keep reading it (Unix).
     pub fn delete_files(&self) -> Result<()> {
-        for p in [&self.log_path, &self.index_path, &self.time_index_path] {
+        for p in [
+            &self.log_path,
+            &self.index_path,
+            &self.time_index_path,
+            &self.txn_index_path,
+        ] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -468,7 +483,74 @@ impl Segment {
         idx.times
             .persist(&self.time_index_path)
             .at(&self.time_index_path)?;
+        let next = idx.next_offset;
         *self.index.write().unwrap() = Some(idx);
+        self.truncate_aborted(next)
+    }
+
+    fn with_aborted<R>(&self, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
+        let mut guard = self.aborted.lock().unwrap();
+        if guard.is_none() {
+            let bytes = match std::fs::read(&self.txn_index_path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).at(&self.txn_index_path),
+            };
+            *guard = Some(AbortedTxn::decode_all(&bytes));
+        }
+        Ok(f(guard.as_mut().unwrap()))
+    }
+
+    /// The aborted transactions whose abort marker is in this segment.
+    pub fn aborted(&self) -> Result<Vec<AbortedTxn>> {
+        self.with_aborted(|a| a.clone())
+    }
+
+    /// Records an aborted transaction whose marker is in this segment. Entries come in marker
+    /// order, so one at or before the last is a replay of what is there already.
+    pub fn add_aborted(&self, t: AbortedTxn) -> Result<()> {
+        let fresh = self.with_aborted(|a| {
+            let fresh = a.last().is_none_or(|l| l.last_offset < t.last_offset);
+            if fresh {
+                a.push(t);
+            }
+            fresh
+        })?;
+        if fresh {
+            let mut bytes = Vec::with_capacity(34);
+            t.encode(&mut bytes);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.txn_index_path)
+                .at(&self.txn_index_path)?;
+            io::Write::write_all(&mut f, &bytes).at(&self.txn_index_path)?;
+        }
         Ok(())
+    }
+
+    /// Forgets the aborted transactions whose marker is at or after `offset`.
+    pub fn truncate_aborted(&self, offset: u64) -> Result<()> {
+        let kept = self.with_aborted(|a| {
+            let before = a.len();
+            a.retain(|t| t.last_offset < offset);
+            (a.len() != before).then(|| a.clone())
+        })?;
+        if let Some(kept) = kept {
+            let mut bytes = Vec::with_capacity(kept.len() * 34);
+            for t in &kept {
+                t.encode(&mut bytes);
+            }
+            std::fs::write(&self.txn_index_path, bytes).at(&self.txn_index_path)?;
+        }
+        Ok(())
+    }
+
+    fn sync_aborted(&self) -> Result<()> {
+        match File::open(&self.txn_index_path) {
+            Ok(f) => f.sync_all().at(&self.txn_index_path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(&self.txn_index_path),
+        }
     }
 }
