@@ -464,7 +464,7 @@ impl Broker {
                 dir.file_name().unwrap().to_string_lossy(),
                 topic_id_hex(&topic.id)
             ));
-            p.log.close()?;
+            p.close()?;
             std::fs::rename(&dir, &doomed).map_err(io(format!("renaming {}", dir.display())))?;
             std::fs::remove_dir_all(&doomed)
                 .map_err(io(format!("removing {}", doomed.display())))?;
@@ -581,7 +581,7 @@ impl Broker {
     /// Clean shutdown of every log: flush, checkpoints, clean-shutdown markers.
     pub fn shutdown(&self) {
         for p in self.all_partitions() {
-            if let Err(e) = p.log.close() {
+            if let Err(e) = p.close() {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed");
             }
         }

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use strom_storage::batch::{self, BatchHeader};
+use strom_storage::txn_index::{self, AbortedTxn};
 use strom_storage::{Log, ReadResult, StorageError};
 use tokio::sync::Notify;
 
-use crate::producer_state::{Check, ProducerStates, SequenceError};
+use crate::producer_state::{Check, ProducerInfo, ProducerStates, SequenceError};
 use crate::topic_config::TopicConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub struct Partition {
     high_watermark: AtomicU64,
     min_insync_replicas: AtomicI32,
     producers: Mutex<ProducerStates>,
+    /// The active segment when the producer state was last snapshotted: a roll takes the
+    /// next snapshot, so a restart replays at most about one segment.
+    snapshot_segment: AtomicU64,
     /// Woken whenever the high watermark moves, for waiting fetches and acks=all produces.
     changed: Arc<Notify>,
 }
@@ -70,6 +74,7 @@ impl Partition {
             high_watermark: AtomicU64::new(log.log_end_offset()),
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
             producers: Mutex::new(ProducerStates::default()),
+            snapshot_segment: AtomicU64::new(u64::MAX),
             changed,
             log,
         };
@@ -77,12 +82,22 @@ impl Partition {
         Ok(p)
     }
 
-    /// Reads the batches of the active segment to learn the producers' last sequences, so a
-    /// producer retrying across a restart is still deduplicated.
+    /// Rebuilds the producer state: the newest readable snapshot, then every batch after it
+    /// (from the log start when there is none), re-indexing aborted transactions whose
+    /// index entry did not reach the disk.
     fn rebuild_producer_state(&self) -> Result<(), StorageError> {
-        let from = *self.log.segment_base_offsets().last().unwrap_or(&0);
-        let mut offset = from.max(self.log.log_start_offset());
         let mut states = self.producers.lock().unwrap();
+        let start = self.log.log_start_offset();
+        let mut from = start;
+        for (offset, bytes) in self.log.producer_snapshots()? {
+            if let Some(s) = ProducerStates::decode(&bytes) {
+                *states = s;
+                from = offset.max(start);
+                break;
+            }
+            tracing::warn!(dir = %self.log.dir().display(), offset, "ignoring a damaged producer-state snapshot");
+        }
+        let mut offset = from;
         while offset < self.log.log_end_offset() {
             let Some(region) = self.log.read(offset, 1 << 20, None)?.region else {
                 break;
@@ -96,12 +111,124 @@ impl Partition {
                 let Some(h) = BatchHeader::parse(&bytes[pos..]) else {
                     break;
                 };
-                states.record(&h);
+                let end = (pos + h.total_size()).min(bytes.len());
+                self.track(&mut states, &h, &bytes[pos..end])?;
                 offset = h.last_offset() as u64 + 1;
                 pos += h.total_size();
             }
         }
         Ok(())
+    }
+
+    /// Feeds one stored batch to the producer state; an abort marker also goes into the
+    /// aborted-transaction index.
+    fn track(
+        &self,
+        states: &mut ProducerStates,
+        h: &BatchHeader,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let ended = states.record(h);
+        if let Some(first) = ended {
+            let abort = batch::records(bytes)
+                .next()
+                .and_then(|r| r.key)
+                .and_then(txn_index::marker_type)
+                == Some(false);
+            if abort {
+                let marker = h.base_offset as u64;
+                self.log.add_aborted_txn(AbortedTxn {
+                    producer_id: h.producer_id,
+                    first_offset: first,
+                    last_offset: marker,
+                    last_stable_offset: states.first_unstable_offset().unwrap_or(marker + 1),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After appends: a new active segment gets a snapshot of the state at the log end.
+    fn maybe_snapshot(&self, states: &ProducerStates) {
+        let active = self.log.active_segment_base();
+        if self.snapshot_segment.swap(active, Ordering::AcqRel) != active {
+            self.snapshot(states);
+        }
+    }
+
+    fn snapshot(&self, states: &ProducerStates) {
+        if let Err(e) = self
+            .log
+            .write_producer_snapshot(self.log.log_end_offset(), &states.encode())
+        {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "could not write a producer-state snapshot");
+        }
+    }
+
+    /// Clean shutdown: a last snapshot, then the log's own close.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let states = self.producers.lock().unwrap();
+        self.snapshot(&states);
+        self.log.close()
+    }
+
+    /// DescribeProducers.
+    pub fn producers(&self) -> Vec<ProducerInfo> {
+        self.producers.lock().unwrap().describe()
+    }
+
+    /// Writes the commit or abort marker that ends producer `producer_id`'s transaction
+    /// here, as the transaction coordinator decided. Returns the marker's offset.
+    pub fn write_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<u64, AppendError> {
+        let mut states = self.producers.lock().unwrap();
+        if let Some(current) = states.epoch_of(producer_id)
+            && producer_epoch < current
+        {
+            return Err(AppendError::Sequence(SequenceError::InvalidEpoch {
+                current,
+            }));
+        }
+        let mut marker = txn_index::marker_batch(
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            crate::group::coordinator::now_ms() as i64,
+        );
+        let info = self.log.append(&mut marker, self.leader_epoch())?;
+        let h = BatchHeader::parse(&marker).expect("a marker batch");
+        self.track(&mut states, &h, &marker)?;
+        self.maybe_snapshot(&states);
+        drop(states);
+        self.advance_high_watermark();
+        Ok(info.base_offset)
+    }
+
+    /// Appends records the broker itself writes for a transaction (TxnOffsetCommit): the
+    /// producer's epoch is checked, its sequence numbers are not (they carry none).
+    pub fn append_transactional(&self, records: &mut [u8]) -> Result<u64, AppendError> {
+        let mut states = self.producers.lock().unwrap();
+        let (h, _) = batch::check_framing(records)?;
+        if let Some(current) = states.epoch_of(h.producer_id)
+            && h.producer_epoch < current
+        {
+            return Err(AppendError::Sequence(SequenceError::InvalidEpoch {
+                current,
+            }));
+        }
+        let info = self.log.append(records, self.leader_epoch())?;
+        let h = BatchHeader::parse(records).expect("appended batch");
+        states.record(&h);
+        self.maybe_snapshot(&states);
+        drop(states);
+        self.advance_high_watermark();
+        Ok(info.base_offset)
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -181,6 +308,7 @@ impl Partition {
             let h = BatchHeader::parse(&records[pos..]).expect("appended batch");
             producers.record(&h);
         }
+        self.maybe_snapshot(&producers);
         drop(producers);
         self.advance_high_watermark();
         Ok(Appended {
@@ -220,6 +348,23 @@ impl Partition {
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, StorageError> {
         self.log
             .read(offset, max_bytes, Some(self.high_watermark()))
+    }
+
+    /// A read_committed consumer's read: only below the last stable offset, with the
+    /// aborted transactions that overlap what is returned.
+    pub fn read_committed(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<(ReadResult, Vec<AbortedTxn>), StorageError> {
+        let lso = self.last_stable_offset();
+        let r = self.log.read(offset, max_bytes, Some(lso))?;
+        let aborted = if r.region.is_some() {
+            self.log.aborted_txns(offset, lso)?
+        } else {
+            Vec::new()
+        };
+        Ok((r, aborted))
     }
 
     pub fn delete_records(&self, offset: u64) -> Result<u64, StorageError> {

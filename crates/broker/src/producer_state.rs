@@ -9,6 +9,43 @@ use strom_storage::batch::BatchHeader;
 /// Kafka keeps the last 5 batches per producer: the producer's in-flight limit.
 pub const MAX_CACHED_BATCHES: usize = 5;
 pub const NO_PRODUCER_ID: i64 = -1;
+const SNAPSHOT_VERSION: u8 = 1;
+
+/// One producer as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    /// First offset of its open transaction, -1 when none.
+    pub txn_start_offset: i64,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn i16(&mut self) -> Option<i16> {
+        self.take().map(i16::from_be_bytes)
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take().map(i32::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_be_bytes)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchMeta {
@@ -107,16 +144,21 @@ impl ProducerStates {
         }
     }
 
-    /// Remembers a batch that was written (its header as stored, offsets assigned).
-    pub fn record(&mut self, h: &BatchHeader) {
+    /// Remembers a batch that was written (its header as stored, offsets assigned). For a
+    /// commit or abort marker, returns the first offset of the transaction it ended.
+    pub fn record(&mut self, h: &BatchHeader) -> Option<u64> {
         if h.producer_id == NO_PRODUCER_ID {
-            return;
+            return None;
         }
         if h.is_control() {
-            // A commit or abort marker ends the producer's transaction; markers carry no
-            // sequence numbers.
-            self.ongoing.remove(&h.producer_id);
-            return;
+            // Markers carry no sequence numbers, but a marker written with a bumped epoch
+            // (a fenced producer's transaction aborted) fences the old epoch here too.
+            let entry = self.producers.entry(h.producer_id).or_default();
+            if h.producer_epoch > entry.epoch {
+                entry.epoch = h.producer_epoch;
+                entry.batches.clear();
+            }
+            return self.ongoing.remove(&h.producer_id);
         }
         if h.is_transactional() {
             self.ongoing
@@ -138,6 +180,88 @@ impl ProducerStates {
             last_offset: h.last_offset() as u64,
             timestamp: h.max_timestamp,
         });
+        None
+    }
+
+    /// Whether producer `pid` has a transaction open in this partition.
+    pub fn in_transaction(&self, pid: i64) -> bool {
+        self.ongoing.contains_key(&pid)
+    }
+
+    /// What DescribeProducers shows, by producer id.
+    pub fn describe(&self) -> Vec<ProducerInfo> {
+        let mut out: Vec<ProducerInfo> = self
+            .producers
+            .iter()
+            .map(|(pid, e)| ProducerInfo {
+                producer_id: *pid,
+                epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: e.batches.back().map_or(-1, |b| b.timestamp),
+                txn_start_offset: self.ongoing.get(pid).map(|o| *o as i64).unwrap_or(-1),
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
+    }
+
+    /// The snapshot written next to the segments: everything needed to go on deduplicating
+    /// and tracking open transactions without reading the log before the snapshot's offset.
+    /// Version byte, producers, open transactions, then a CRC32C of all of it.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_VERSION];
+        out.extend_from_slice(&(self.producers.len() as u32).to_be_bytes());
+        for (pid, e) in &self.producers {
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&e.epoch.to_be_bytes());
+            out.push(e.batches.len() as u8);
+            for b in &e.batches {
+                out.extend_from_slice(&b.first_seq.to_be_bytes());
+                out.extend_from_slice(&b.last_seq.to_be_bytes());
+                out.extend_from_slice(&b.first_offset.to_be_bytes());
+                out.extend_from_slice(&b.last_offset.to_be_bytes());
+                out.extend_from_slice(&b.timestamp.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&(self.ongoing.len() as u32).to_be_bytes());
+        for (pid, first) in &self.ongoing {
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&first.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Reads a snapshot back; `None` if it is torn, corrupt or of another version.
+    pub fn decode(bytes: &[u8]) -> Option<ProducerStates> {
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32c::crc32c(body).to_be_bytes() != crc || body.first() != Some(&SNAPSHOT_VERSION) {
+            return None;
+        }
+        let mut r = Reader(&body[1..]);
+        let mut s = ProducerStates::default();
+        for _ in 0..r.u32()? {
+            let pid = r.i64()?;
+            let epoch = r.i16()?;
+            let n = r.u8()? as usize;
+            let mut batches = VecDeque::with_capacity(n.min(MAX_CACHED_BATCHES));
+            for _ in 0..n {
+                batches.push_back(BatchMeta {
+                    first_seq: r.i32()?,
+                    last_seq: r.i32()?,
+                    first_offset: r.i64()? as u64,
+                    last_offset: r.i64()? as u64,
+                    timestamp: r.i64()?,
+                });
+            }
+            s.producers.insert(pid, Entry { epoch, batches });
+        }
+        for _ in 0..r.u32()? {
+            let pid = r.i64()?;
+            s.ongoing.insert(pid, r.i64()? as u64);
+        }
+        r.0.is_empty().then_some(s)
     }
 
     /// The first offset of the oldest open transaction, if any: read_committed consumers
@@ -310,6 +434,45 @@ mod tests {
         assert_eq!(s.check(2, 0, 4, 1), Ok(Check::Append));
         s.truncate(2);
         assert_eq!(s.first_unstable_offset(), None);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_refuse_damage() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            write(&mut s, 1, 3, i, 1, i as u64).unwrap();
+        }
+        write(&mut s, 2, 0, 0, 4, 7).unwrap();
+        s.record(&header(5, 11, true, false));
+        let bytes = s.encode();
+        let back = ProducerStates::decode(&bytes).expect("decodes");
+        assert_eq!(back.describe(), s.describe());
+        assert_eq!(back.first_unstable_offset(), Some(11));
+        assert!(matches!(back.check(1, 3, 5, 1), Ok(Check::Duplicate(_))));
+        assert_eq!(back.check(1, 3, 7, 1), Ok(Check::Append));
+        for cut in 0..bytes.len() {
+            assert!(
+                ProducerStates::decode(&bytes[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let mut flipped = bytes.clone();
+        flipped[9] ^= 1;
+        assert!(ProducerStates::decode(&flipped).is_none());
+    }
+
+    #[test]
+    fn a_marker_with_a_bumped_epoch_fences_the_old_one() {
+        let mut s = ProducerStates::default();
+        s.record(&header(4, 0, true, false));
+        let mut marker = header(4, 1, true, true);
+        marker.producer_epoch = 1;
+        assert_eq!(s.record(&marker), Some(0));
+        assert!(!s.in_transaction(4));
+        assert_eq!(
+            s.check(4, 0, 1, 1),
+            Err(SequenceError::InvalidEpoch { current: 1 })
+        );
     }
 
     #[test]

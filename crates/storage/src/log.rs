@@ -180,6 +180,12 @@ impl Log {
         self.shared.segments.read().unwrap().len()
     }
 
+    /// Base offset of the active (last) segment.
+    pub fn active_segment_base(&self) -> u64 {
+        let segs = self.shared.segments.read().unwrap();
+        segs.keys().next_back().copied().unwrap_or(0)
+    }
+
     pub fn segment_base_offsets(&self) -> Vec<u64> {
         self.shared
             .segments

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use krabka_protocol::owned::fetch_request::FetchRequest;
 use krabka_protocol::owned::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use krabka_protocol::primitives::uuid::Uuid;
 use krabka_protocol::records::RecordsPayload;
@@ -29,6 +29,9 @@ fn session_error(req: &FetchRequest, version: i16) -> Option<i16> {
     }
     None
 }
+
+/// Fetch isolation level: stop at the last stable offset and name the aborted transactions.
+const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: FetchRequest = protocol::decode(&mut body, ctx.version)?;
@@ -66,7 +69,8 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
         .collect();
     loop {
         let notified = broker.data_changed.notified();
-        let (responses, bytes) = read_all(&topics, max_bytes, ctx.version);
+        let read_committed = ctx.version >= 4 && req.isolation_level == READ_COMMITTED;
+        let (responses, bytes) = read_all(&topics, max_bytes, ctx.version, read_committed);
         let has_error = responses
             .iter()
             .flat_map(|t| &t.partitions)
@@ -94,6 +98,7 @@ fn read_all(
     )],
     max_bytes: usize,
     version: i16,
+    read_committed: bool,
 ) -> (Vec<FetchableTopicResponse>, usize) {
     let mut total = 0usize;
     let mut responses = Vec::with_capacity(topics.len());
@@ -147,7 +152,25 @@ fn read_all(
                 partitions.push(data);
                 continue;
             }
-            match p.read(fp.fetch_offset as u64, limit.max(1)) {
+            let read = if read_committed {
+                p.read_committed(fp.fetch_offset as u64, limit.max(1))
+                    .map(|(r, aborted)| {
+                        data.aborted_transactions = Some(
+                            aborted
+                                .into_iter()
+                                .map(|t| AbortedTransaction {
+                                    producer_id: t.producer_id,
+                                    first_offset: t.first_offset as i64,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        );
+                        r
+                    })
+            } else {
+                p.read(fp.fetch_offset as u64, limit.max(1))
+            };
+            match read {
                 Ok(r) => {
                     if let Some(region) = r.region
                         && (total == 0 || region.len as usize <= limit)

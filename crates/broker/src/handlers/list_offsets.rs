@@ -18,16 +18,21 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
 /// (error, timestamp, offset) for one partition.
-fn lookup(p: &Partition, timestamp: i64, version: i16) -> (i16, i64, i64) {
+fn lookup(p: &Partition, timestamp: i64, version: i16, read_committed: bool) -> (i16, i64, i64) {
+    // read_committed consumers see up to the last stable offset, others up to the high
+    // watermark.
+    let visible = if read_committed {
+        p.last_stable_offset()
+    } else {
+        p.high_watermark()
+    };
     let found = |r: Result<Option<strom_storage::TimestampOffset>, _>| match r {
-        Ok(Some(t)) if t.offset < p.high_watermark() => {
-            (errors::NONE, t.timestamp, t.offset as i64)
-        }
+        Ok(Some(t)) if t.offset < visible => (errors::NONE, t.timestamp, t.offset as i64),
         Ok(_) => (errors::NONE, -1, -1),
         Err(e) => (errors::from_storage(&e), -1, -1),
     };
     match timestamp {
-        LATEST => (errors::NONE, -1, p.high_watermark() as i64),
+        LATEST => (errors::NONE, -1, visible as i64),
         EARLIEST => (errors::NONE, -1, p.log.log_start_offset() as i64),
         EARLIEST_LOCAL if version >= 8 => (errors::NONE, -1, p.log.log_start_offset() as i64),
         MAX_TIMESTAMP if version >= 7 => found(p.log.max_timestamp_offset()),
@@ -38,6 +43,7 @@ fn lookup(p: &Partition, timestamp: i64, version: i16) -> (i16, i64, i64) {
 
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: ListOffsetsRequest = protocol::decode(&mut body, ctx.version)?;
+    let read_committed = ctx.version >= 2 && req.isolation_level == 1;
     let topics = req
         .topics
         .into_iter()
@@ -69,7 +75,8 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
                                     errors::UNKNOWN_LEADER_EPOCH
                                 };
                             } else {
-                                let (error, ts, offset) = lookup(&p, lp.timestamp, ctx.version);
+                                let (error, ts, offset) =
+                                    lookup(&p, lp.timestamp, ctx.version, read_committed);
                                 r.error_code = error;
                                 r.timestamp = ts;
                                 r.offset = offset;
