@@ -98,6 +98,7 @@ pub struct Broker {
     /// Woken when any high watermark moves.
     pub data_changed: Arc<Notify>,
     pub groups: crate::group::coordinator::GroupCoordinator,
+    pub txns: crate::txn::coordinator::TxnCoordinator,
 }
 
 /// 16 random bytes without a dependency: std's randomly keyed hasher, fed the time.
@@ -163,6 +164,7 @@ impl Broker {
         let cluster_id = Self::identity(&dir, config.node_id)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
         let config_groups = config.groups;
+        let config_txns = config.txns;
         let broker = Broker {
             config,
             cluster_id,
@@ -171,9 +173,12 @@ impl Broker {
             producer_ids: Mutex::new(producer_ids),
             data_changed: Arc::new(Notify::new()),
             groups: crate::group::coordinator::GroupCoordinator::new(config_groups),
+            txns: crate::txn::coordinator::TxnCoordinator::new(config_txns),
         };
         broker.load_topics()?;
         broker.groups.load(&broker);
+        // After the groups: finishing a prepared transaction may commit group offsets.
+        broker.txns.load(&broker);
         Ok(broker)
     }
 

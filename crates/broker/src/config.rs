@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     pub offsets_retention_check_interval_ms: u64,
     /// Consumer groups and `__consumer_offsets`.
     pub groups: crate::group::coordinator::CoordinatorConfig,
+    /// Transactions and `__transaction_state`.
+    pub txns: crate::txn::coordinator::TxnConfig,
     /// The topic defaults that `log.*` keys set.
     pub log: LogConfig,
     /// Every key as given (after overrides), for DescribeConfigs on the broker.
@@ -73,6 +75,7 @@ impl Default for BrokerConfig {
             log_flush_offset_checkpoint_interval_ms: 60_000,
             offsets_retention_check_interval_ms: 600_000,
             groups: Default::default(),
+            txns: Default::default(),
             log: LogConfig::default(),
             given: BTreeMap::new(),
         }
@@ -266,6 +269,30 @@ impl BrokerConfig {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
                     c.groups.group.max_size = n as usize;
+                }
+                "transaction.state.log.num.partitions" => {
+                    c.txns.partitions = int(k, v)?;
+                    if c.txns.partitions < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "transaction.max.timeout.ms" => {
+                    c.txns.max_timeout_ms = int(k, v)?;
+                    if c.txns.max_timeout_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                    c.txns.abort_interval_ms = int(k, v)?;
+                    if c.txns.abort_interval_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "transactional.id.expiration.ms" => {
+                    c.txns.id_expiration_ms = int(k, v)?;
+                    if c.txns.id_expiration_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
                 }
                 "offsets.retention.check.interval.ms" => {
                     c.offsets_retention_check_interval_ms = int(k, v)?

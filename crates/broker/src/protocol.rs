@@ -46,6 +46,14 @@ pub const DESCRIBE_LOG_DIRS: i16 = 35;
 pub const CREATE_PARTITIONS: i16 = 37;
 pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const DESCRIBE_CLUSTER: i16 = 60;
+pub const ADD_PARTITIONS_TO_TXN: i16 = 24;
+pub const ADD_OFFSETS_TO_TXN: i16 = 25;
+pub const END_TXN: i16 = 26;
+pub const WRITE_TXN_MARKERS: i16 = 27;
+pub const TXN_OFFSET_COMMIT: i16 = 28;
+pub const DESCRIBE_PRODUCERS: i16 = 61;
+pub const DESCRIBE_TRANSACTIONS: i16 = 65;
+pub const LIST_TRANSACTIONS: i16 = 66;
 
 /// Everything advertised in ApiVersions, and nothing else: each entry has a handler that
 /// serves every version in its range.
@@ -80,6 +88,16 @@ pub const APIS: &[Api] = &[
     Api { key: DELETE_GROUPS, name: "DeleteGroups", min: 0, max: 2, flexible_min: 2 },
     Api { key: OFFSET_DELETE, name: "OffsetDelete", min: 0, max: 0, flexible_min: i16::MAX },
     Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 1, flexible_min: 0 },
+    // Transactions. Later versions are KIP-890's (server-side partition verification, epoch
+    // bumps on every EndTxn), which this coordinator does not do.
+    Api { key: ADD_PARTITIONS_TO_TXN, name: "AddPartitionsToTxn", min: 0, max: 3, flexible_min: 3 },
+    Api { key: ADD_OFFSETS_TO_TXN, name: "AddOffsetsToTxn", min: 0, max: 3, flexible_min: 3 },
+    Api { key: END_TXN, name: "EndTxn", min: 0, max: 3, flexible_min: 3 },
+    Api { key: WRITE_TXN_MARKERS, name: "WriteTxnMarkers", min: 1, max: 1, flexible_min: 1 },
+    Api { key: TXN_OFFSET_COMMIT, name: "TxnOffsetCommit", min: 0, max: 3, flexible_min: 3 },
+    Api { key: DESCRIBE_PRODUCERS, name: "DescribeProducers", min: 0, max: 0, flexible_min: 0 },
+    Api { key: DESCRIBE_TRANSACTIONS, name: "DescribeTransactions", min: 0, max: 0, flexible_min: 0 },
+    Api { key: LIST_TRANSACTIONS, name: "ListTransactions", min: 0, max: 1, flexible_min: 0 },
 ];
 
 pub fn api(key: i16) -> Option<&'static Api> {

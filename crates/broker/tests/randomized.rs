@@ -389,6 +389,111 @@ fn seeds() -> Vec<Bytes> {
                     v,
                     &describe_cluster_request::DescribeClusterRequest::default(),
                 ),
+                24 => encode(
+                    24,
+                    v,
+                    &add_partitions_to_txn_request::AddPartitionsToTxnRequest {
+                        v3_and_below_transactional_id: "tx".into(),
+                        v3_and_below_producer_id: 1,
+                        v3_and_below_producer_epoch: 0,
+                        v3_and_below_topics: vec![
+                            krabka_protocol::owned::common::add_partitions_to_txn_request::add_partitions_to_txn_topic::AddPartitionsToTxnTopic {
+                                name: "t".into(),
+                                partitions: vec![0, 1],
+                                ..Default::default()
+                            },
+                        ],
+                        ..Default::default()
+                    },
+                ),
+                25 => encode(
+                    25,
+                    v,
+                    &add_offsets_to_txn_request::AddOffsetsToTxnRequest {
+                        transactional_id: "tx".into(),
+                        producer_id: 1,
+                        group_id: "g".into(),
+                        ..Default::default()
+                    },
+                ),
+                26 => encode(
+                    26,
+                    v,
+                    &end_txn_request::EndTxnRequest {
+                        transactional_id: "tx".into(),
+                        producer_id: 1,
+                        committed: true,
+                        ..Default::default()
+                    },
+                ),
+                27 => encode(
+                    27,
+                    v,
+                    &write_txn_markers_request::WriteTxnMarkersRequest {
+                        markers: vec![write_txn_markers_request::WritableTxnMarker {
+                            producer_id: 1,
+                            transaction_result: false,
+                            topics: vec![write_txn_markers_request::WritableTxnMarkerTopic {
+                                name: "t".into(),
+                                partition_indexes: vec![0],
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                28 => encode(
+                    28,
+                    v,
+                    &txn_offset_commit_request::TxnOffsetCommitRequest {
+                        transactional_id: "tx".into(),
+                        group_id: "g".into(),
+                        producer_id: 1,
+                        generation_id_or_member_epoch: -1,
+                        topics: vec![txn_offset_commit_request::TxnOffsetCommitRequestTopic {
+                            name: "t".into(),
+                            partitions: vec![
+                                txn_offset_commit_request::TxnOffsetCommitRequestPartition {
+                                    partition_index: 0,
+                                    committed_offset: 1,
+                                    ..Default::default()
+                                },
+                            ],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                61 => encode(
+                    61,
+                    v,
+                    &describe_producers_request::DescribeProducersRequest {
+                        topics: vec![describe_producers_request::TopicRequest {
+                            name: "t".into(),
+                            partition_indexes: vec![0, 1],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                65 => encode(
+                    65,
+                    v,
+                    &describe_transactions_request::DescribeTransactionsRequest {
+                        transactional_ids: vec!["tx".into()],
+                        ..Default::default()
+                    },
+                ),
+                66 => encode(
+                    66,
+                    v,
+                    &list_transactions_request::ListTransactionsRequest {
+                        state_filters: vec!["Ongoing".into()],
+                        duration_filter: -1,
+                        ..Default::default()
+                    },
+                ),
                 other => panic!("no seed for api {other}: add one"),
             };
             out.push(f);

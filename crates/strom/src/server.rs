@@ -84,6 +84,10 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         broker.clone(),
         stopped.clone(),
     ));
+    let txn_timers = tokio::spawn(strom_broker::txn::coordinator::run_timers(
+        broker.clone(),
+        stopped.clone(),
+    ));
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -95,6 +99,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = maintenance.await;
     let _ = group_timers.await;
+    let _ = txn_timers.await;
     tokio::task::spawn_blocking(move || broker.shutdown()).await?;
     tracing::info!("clean shutdown complete");
     Ok(())

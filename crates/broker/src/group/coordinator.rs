@@ -48,6 +48,8 @@ impl Default for CoordinatorConfig {
 pub struct Entry {
     pub group: Group,
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets of open transactions, by producer id (TxnOffsetCommit).
+    pub pending: HashMap<i64, super::txn_offsets::PendingOffsets>,
 }
 
 enum Answer {
@@ -144,6 +146,7 @@ impl GroupCoordinator {
         Entry {
             group: Group::new(id, self.config.group),
             offsets: BTreeMap::new(),
+            pending: HashMap::new(),
         }
     }
 

@@ -7,6 +7,7 @@ mod messages;
 mod offsets_topic;
 pub mod records;
 pub mod state;
+pub mod txn_offsets;
 
 #[cfg(test)]
 mod state_tests;

@@ -10,8 +10,10 @@ use strom_storage::batch::{self, BatchBuilder};
 use super::coordinator::{GroupCoordinator, OFFSETS_TOPIC, now_ms};
 use super::records::{CommittedOffset, GroupMetadata, Record, StoredMember, partition_for};
 use super::state::{Group, State};
+use super::txn_offsets::PendingOffsets;
 use crate::broker::{Broker, NewTopic};
 use crate::errors;
+use strom_storage::txn_index;
 
 impl GroupCoordinator {
     /// Creates `__consumer_offsets` on first use, as Kafka does.
@@ -156,6 +158,8 @@ impl GroupCoordinator {
         };
         let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
         let mut metas: HashMap<String, GroupMetadata> = HashMap::new();
+        // Transactional offsets by producer, then group, until their marker is read.
+        let mut pending: HashMap<i64, HashMap<String, PendingOffsets>> = HashMap::new();
         let mut read_per_partition = Vec::new();
         for p in topic.partitions.read().unwrap().iter() {
             let mut read = 0u64;
@@ -170,11 +174,36 @@ impl GroupCoordinator {
                         break;
                     };
                     let b = &bytes[pos..pos + h.total_size().min(bytes.len() - pos)];
-                    if !h.is_control() {
+                    if h.is_control() {
+                        let commit = batch::records(b)
+                            .next()
+                            .and_then(|r| r.key)
+                            .and_then(txn_index::marker_type);
+                        if let Some(groups) = pending.remove(&h.producer_id)
+                            && commit == Some(true)
+                        {
+                            for (group, offs) in groups {
+                                offsets.entry(group).or_default().extend(offs);
+                            }
+                        }
+                    } else {
                         for rec in batch::records(b) {
                             read += 1;
                             let Some(key) = rec.key else { continue };
                             match Record::decode(key, rec.value) {
+                                Some(Record::Offset {
+                                    group,
+                                    topic,
+                                    partition,
+                                    value: Some(v),
+                                }) if h.is_transactional() => {
+                                    pending
+                                        .entry(h.producer_id)
+                                        .or_default()
+                                        .entry(group)
+                                        .or_default()
+                                        .insert((topic, partition), v);
+                                }
                                 Some(Record::Offset {
                                     group,
                                     topic,
@@ -214,6 +243,14 @@ impl GroupCoordinator {
                 .entry(id.clone())
                 .or_insert_with(|| self.new_entry(&id));
             entry.offsets = offs;
+        }
+        for (pid, by_group) in pending {
+            for (id, offs) in by_group {
+                let entry = groups
+                    .entry(id.clone())
+                    .or_insert_with(|| self.new_entry(&id));
+                entry.pending.insert(pid, offs);
+            }
         }
         for (id, meta) in metas {
             let entry = groups
@@ -270,6 +307,11 @@ impl GroupCoordinator {
             let Some(p) = topic.partition(index) else {
                 continue;
             };
+            // An open transaction's offsets are not live yet: deleting its records would lose
+            // them, so such a partition waits for the next round.
+            if p.last_stable_offset() < p.high_watermark() {
+                continue;
+            }
             let start = p.log.log_end_offset();
             let mut ok = true;
             for chunk in live.chunks(1000) {

@@ -10,10 +10,11 @@ use crate::errors;
 use crate::protocol::{self, RequestContext};
 
 const GROUP: i8 = 0;
+const TRANSACTION: i8 = 1;
 
-/// FindCoordinator: on a single node, this broker coordinates every group (and creates
-/// `__consumer_offsets` on first use, as Kafka does). Transaction coordinators do not exist
-/// yet, and a client asking for one is told so.
+/// FindCoordinator: on a single node, this broker coordinates every group and every
+/// transactional id (and creates `__consumer_offsets` or `__transaction_state` on first use,
+/// as Kafka does).
 pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: FindCoordinatorRequest = protocol::decode(&mut body, ctx.version)?;
     let answer = |key: String| {
@@ -24,20 +25,22 @@ pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
             port: -1,
             ..Default::default()
         };
-        if req.key_type == GROUP
-            && let Err(e) = broker.groups.ensure_offsets_topic(broker)
-        {
-            c.error_code = e;
-        } else if req.key_type == GROUP {
-            c.node_id = broker.config.node_id;
-            c.host = broker.config.advertised_host.clone();
-            c.port = broker.config.advertised_port as i32;
-        } else {
-            c.error_code = errors::INVALID_REQUEST;
-            c.error_message = Some(format!(
-                "coordinator key type {} is not supported yet (transactions come later)",
-                req.key_type
-            ));
+        let ready = match req.key_type {
+            GROUP => broker.groups.ensure_offsets_topic(broker).map(|_| ()),
+            TRANSACTION => broker.txns.ensure_topic(broker).map(|_| ()),
+            _ => {
+                c.error_code = errors::INVALID_REQUEST;
+                c.error_message = Some(format!("unknown coordinator key type {}", req.key_type));
+                return c;
+            }
+        };
+        match ready {
+            Ok(()) => {
+                c.node_id = broker.config.node_id;
+                c.host = broker.config.advertised_host.clone();
+                c.port = broker.config.advertised_port as i32;
+            }
+            Err(e) => c.error_code = e,
         }
         c
     };

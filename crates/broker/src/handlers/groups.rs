@@ -248,19 +248,44 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
 type Wanted = Option<Vec<(String, Vec<i32>)>>;
 
 /// (partition, offset, leader epoch, metadata) of one committed offset, -1s when none.
-type Fetched = (i32, i64, i32, String);
+/// (partition, offset, leader epoch, metadata, error code).
+type Fetched = (i32, i64, i32, String, i16);
 
-fn fetch_group(broker: &Broker, group: &str, wanted: &Wanted) -> Vec<(String, Vec<Fetched>)> {
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+
+/// A consumer that requires stable offsets (read_committed) is told to retry while a
+/// transaction that committed offsets for the partition is still open.
+fn fetch_group(
+    broker: &Broker,
+    group: &str,
+    wanted: &Wanted,
+    require_stable: bool,
+) -> Vec<(String, Vec<Fetched>)> {
     let found = broker.groups.fetch(group, wanted.as_deref());
+    let unstable = if require_stable {
+        broker.groups.unstable_partitions(group)
+    } else {
+        Default::default()
+    };
     let mut out: Vec<(String, Vec<Fetched>)> = Vec::new();
     for (topic, partition, o) in found {
-        let (offset, epoch, meta) = match o {
-            Some(o) => (o.offset, o.leader_epoch, o.metadata),
-            None => (-1, -1, String::new()),
+        let fetched = if unstable.contains(&(topic.clone(), partition)) {
+            (partition, -1, -1, String::new(), UNSTABLE_OFFSET_COMMIT)
+        } else {
+            match o {
+                Some(o) => (
+                    partition,
+                    o.offset,
+                    o.leader_epoch,
+                    o.metadata,
+                    errors::NONE,
+                ),
+                None => (partition, -1, -1, String::new(), errors::NONE),
+            }
         };
         match out.last_mut() {
-            Some((t, ps)) if *t == topic => ps.push((partition, offset, epoch, meta)),
-            _ => out.push((topic, vec![(partition, offset, epoch, meta)])),
+            Some((t, ps)) if *t == topic => ps.push(fetched),
+            _ => out.push((topic, vec![fetched])),
         }
     }
     out
@@ -280,7 +305,7 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                 });
                 fetch::OffsetFetchResponseGroup {
                     group_id: g.group_id.clone(),
-                    topics: fetch_group(broker, &g.group_id, &wanted)
+                    topics: fetch_group(broker, &g.group_id, &wanted, req.require_stable)
                         .into_iter()
                         .map(|(name, ps)| fetch::OffsetFetchResponseTopics {
                             name,
@@ -292,13 +317,14 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                                         committed_offset,
                                         committed_leader_epoch,
                                         metadata,
+                                        error_code,
                                     )| {
                                         fetch::OffsetFetchResponsePartitions {
                                             partition_index,
                                             committed_offset,
                                             committed_leader_epoch,
                                             metadata: Some(metadata),
-                                            error_code: errors::NONE,
+                                            error_code,
                                             ..Default::default()
                                         }
                                     },
@@ -325,20 +351,26 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             .map(|t| (t.name.clone(), t.partition_indexes.clone()))
             .collect()
     });
-    let topics = fetch_group(broker, &req.group_id, &wanted)
+    let topics = fetch_group(broker, &req.group_id, &wanted, req.require_stable)
         .into_iter()
         .map(|(name, ps)| fetch::OffsetFetchResponseTopic {
             name,
             partitions: ps
                 .into_iter()
                 .map(
-                    |(partition_index, committed_offset, committed_leader_epoch, metadata)| {
+                    |(
+                        partition_index,
+                        committed_offset,
+                        committed_leader_epoch,
+                        metadata,
+                        error_code,
+                    )| {
                         fetch::OffsetFetchResponsePartition {
                             partition_index,
                             committed_offset,
                             committed_leader_epoch,
                             metadata: Some(metadata),
-                            error_code: errors::NONE,
+                            error_code,
                             ..Default::default()
                         }
                     },

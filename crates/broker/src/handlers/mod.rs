@@ -11,6 +11,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_id;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,14 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::DELETE_GROUPS => groups::delete(broker, &ctx, frame),
         protocol::OFFSET_DELETE => groups::offset_delete(broker, &ctx, frame),
         protocol::INIT_PRODUCER_ID => producer_id::handle(broker, &ctx, frame),
+        protocol::ADD_PARTITIONS_TO_TXN => txn::add_partitions(broker, &ctx, frame),
+        protocol::ADD_OFFSETS_TO_TXN => txn::add_offsets(broker, &ctx, frame),
+        protocol::END_TXN => txn::end(broker, &ctx, frame),
+        protocol::WRITE_TXN_MARKERS => txn::write_markers(broker, &ctx, frame),
+        protocol::TXN_OFFSET_COMMIT => txn::offset_commit(broker, &ctx, frame),
+        protocol::DESCRIBE_PRODUCERS => txn::describe_producers(broker, &ctx, frame),
+        protocol::DESCRIBE_TRANSACTIONS => txn::describe(broker, &ctx, frame),
+        protocol::LIST_TRANSACTIONS => txn::list(broker, &ctx, frame),
         _ => unreachable!("every api in the table has a handler"),
     };
     match result {

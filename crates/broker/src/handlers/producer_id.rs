@@ -9,9 +9,10 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::protocol::{self, RequestContext};
 
-/// InitProducerId for idempotent producers. A producer that gives its current id and epoch
-/// (v3+, after a sequence error) gets the epoch bumped; a transactional id is refused until
-/// the transaction coordinator exists.
+/// InitProducerId. With a transactional id, the transaction coordinator answers (the id's
+/// producer id, its epoch bumped, the previous incarnation fenced). Without, an idempotent
+/// producer gets a new id; one that gives its current id and epoch (v3+, after a sequence
+/// error) gets the epoch bumped.
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: InitProducerIdRequest = protocol::decode(&mut body, ctx.version)?;
     let mut resp = InitProducerIdResponse {
@@ -19,8 +20,25 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
         producer_epoch: -1,
         ..Default::default()
     };
-    if req.transactional_id.is_some() {
-        resp.error_code = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+    if let Some(id) = req.transactional_id.as_deref().filter(|id| !id.is_empty()) {
+        let expected = (ctx.version >= 3 && req.producer_id >= 0)
+            .then_some((req.producer_id, req.producer_epoch));
+        match broker
+            .txns
+            .init_producer(broker, id, req.transaction_timeout_ms, expected)
+        {
+            Ok((pid, epoch)) => {
+                resp.producer_id = pid;
+                resp.producer_epoch = epoch;
+            }
+            Err(code) => {
+                resp.error_code = if code == crate::txn::state::PRODUCER_FENCED && ctx.version < 4 {
+                    errors::INVALID_PRODUCER_EPOCH
+                } else {
+                    code
+                };
+            }
+        }
         return respond(ctx, &resp);
     }
     let bump = ctx.version >= 3 && req.producer_id >= 0 && req.producer_epoch >= 0;

@@ -1,4 +1,7 @@
-//! Transactions: the coordinator's state machine (the coordinator, `__transaction_state`,
-//! markers and read_committed come next).
+//! Transactions: the coordinator's state machine, the coordinator that runs it over
+//! `__transaction_state`, and the markers it has written into the partitions.
 
+pub mod coordinator;
+pub mod markers;
+pub mod records;
 pub mod state;

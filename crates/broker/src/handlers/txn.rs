@@ -1,0 +1,418 @@
+//! The transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit,
+//! WriteTxnMarkers and the inspection APIs DescribeTransactions, ListTransactions and
+//! DescribeProducers. InitProducerId is in `producer_id.rs`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::owned::add_offsets_to_txn_request::AddOffsetsToTxnRequest;
+use krabka_protocol::owned::add_offsets_to_txn_response::AddOffsetsToTxnResponse;
+use krabka_protocol::owned::add_partitions_to_txn_request::AddPartitionsToTxnRequest;
+use krabka_protocol::owned::add_partitions_to_txn_response::AddPartitionsToTxnResponse;
+use krabka_protocol::owned::common::add_partitions_to_txn_response::add_partitions_to_txn_partition_result::AddPartitionsToTxnPartitionResult;
+use krabka_protocol::owned::common::add_partitions_to_txn_response::add_partitions_to_txn_topic_result::AddPartitionsToTxnTopicResult;
+use krabka_protocol::owned::describe_producers_request::DescribeProducersRequest;
+use krabka_protocol::owned::describe_producers_response::{
+    DescribeProducersResponse, PartitionResponse, ProducerState, TopicResponse,
+};
+use krabka_protocol::owned::describe_transactions_request::DescribeTransactionsRequest;
+use krabka_protocol::owned::describe_transactions_response::{
+    DescribeTransactionsResponse, TopicData, TransactionState,
+};
+use krabka_protocol::owned::end_txn_request::EndTxnRequest;
+use krabka_protocol::owned::end_txn_response::EndTxnResponse;
+use krabka_protocol::owned::list_transactions_request::ListTransactionsRequest;
+use krabka_protocol::owned::list_transactions_response::{self, ListTransactionsResponse};
+use krabka_protocol::owned::txn_offset_commit_request::TxnOffsetCommitRequest;
+use krabka_protocol::owned::txn_offset_commit_response::{
+    TxnOffsetCommitResponse, TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use krabka_protocol::owned::write_txn_markers_request::WriteTxnMarkersRequest;
+use krabka_protocol::owned::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    WriteTxnMarkersResponse,
+};
+
+use super::{HandlerResult, respond};
+use crate::broker::Broker;
+use crate::errors;
+use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
+use crate::group::records::partition_for;
+use crate::group::txn_offsets::TxnCommit;
+use crate::protocol::{self, RequestContext};
+use crate::txn::coordinator::now_ms;
+use crate::txn::state::TxnState;
+
+const OPERATION_NOT_ATTEMPTED: i16 = 55;
+const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+
+/// Before v2, a fenced producer was told INVALID_PRODUCER_EPOCH: PRODUCER_FENCED came later.
+fn fenced_for(version: i16, code: i16) -> i16 {
+    if code == crate::txn::state::PRODUCER_FENCED && version < 2 {
+        errors::INVALID_PRODUCER_EPOCH
+    } else {
+        code
+    }
+}
+
+pub fn add_partitions(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
+    let req: AddPartitionsToTxnRequest = protocol::decode(&mut body, ctx.version)?;
+    let wanted: Vec<(String, i32)> = req
+        .v3_and_below_topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), *p)))
+        .collect();
+    let unknown: Vec<bool> = wanted
+        .iter()
+        .map(|(t, p)| broker.partition(t, *p).is_none())
+        .collect();
+    // Kafka adds all or none: with one unknown partition, the others are not attempted.
+    let codes: Vec<i16> = if unknown.iter().any(|u| *u) {
+        unknown
+            .iter()
+            .map(|u| {
+                if *u {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    OPERATION_NOT_ATTEMPTED
+                }
+            })
+            .collect()
+    } else {
+        let code = broker.txns.add_partitions(
+            broker,
+            &req.v3_and_below_transactional_id,
+            req.v3_and_below_producer_id,
+            req.v3_and_below_producer_epoch,
+            &wanted,
+        );
+        vec![fenced_for(ctx.version, code); wanted.len()]
+    };
+    let mut results: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
+    for ((topic, partition), code) in wanted.into_iter().zip(codes) {
+        let r = AddPartitionsToTxnPartitionResult {
+            partition_index: partition,
+            partition_error_code: code,
+            ..Default::default()
+        };
+        match results.last_mut() {
+            Some(t) if t.name == topic => t.results_by_partition.push(r),
+            _ => results.push(AddPartitionsToTxnTopicResult {
+                name: topic,
+                results_by_partition: vec![r],
+                ..Default::default()
+            }),
+        }
+    }
+    respond(
+        ctx,
+        &AddPartitionsToTxnResponse {
+            results_by_topic_v3_and_below: results,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn add_offsets(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: AddOffsetsToTxnRequest = protocol::decode(&mut body, ctx.version)?;
+    let code = match broker.groups.ensure_offsets_topic(broker) {
+        Err(e) => e,
+        Ok(partitions) => {
+            let p = (
+                OFFSETS_TOPIC.to_string(),
+                partition_for(&req.group_id, partitions),
+            );
+            broker.txns.add_partitions(
+                broker,
+                &req.transactional_id,
+                req.producer_id,
+                req.producer_epoch,
+                &[p],
+            )
+        }
+    };
+    respond(
+        ctx,
+        &AddOffsetsToTxnResponse {
+            error_code: fenced_for(ctx.version, code),
+            ..Default::default()
+        },
+    )
+}
+
+pub fn end(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: EndTxnRequest = protocol::decode(&mut body, ctx.version)?;
+    let code = broker.txns.end(
+        broker,
+        &req.transactional_id,
+        req.producer_id,
+        req.producer_epoch,
+        req.committed,
+    );
+    respond(
+        ctx,
+        &EndTxnResponse {
+            error_code: fenced_for(ctx.version, code),
+            producer_id: -1,
+            producer_epoch: -1,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: TxnOffsetCommitRequest = protocol::decode(&mut body, ctx.version)?;
+    let offsets: Vec<CommitRequest> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| CommitRequest {
+                topic: t.name.clone(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: p.committed_metadata.clone(),
+            })
+        })
+        .collect();
+    let commit = TxnCommit {
+        group_id: &req.group_id,
+        producer_id: req.producer_id,
+        producer_epoch: req.producer_epoch,
+        member_id: &req.member_id,
+        instance_id: req.group_instance_id.as_deref(),
+        generation: if ctx.version >= 3 {
+            req.generation_id_or_member_epoch
+        } else {
+            -1
+        },
+    };
+    let codes = broker.groups.txn_commit(broker, &commit, offsets);
+    let mut codes = codes.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| TxnOffsetCommitResponseTopic {
+            name: t.name.clone(),
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| TxnOffsetCommitResponsePartition {
+                    partition_index: p.partition_index,
+                    error_code: fenced_for(ctx.version, codes.next().unwrap_or(errors::NONE)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    respond(
+        ctx,
+        &TxnOffsetCommitResponse {
+            topics,
+            ..Default::default()
+        },
+    )
+}
+
+/// WriteTxnMarkers: what a transaction coordinator on another broker asks of this one, and
+/// what `kafka-transactions.sh abort` sends to end a hanging transaction.
+pub fn write_markers(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: WriteTxnMarkersRequest = protocol::decode(&mut body, ctx.version)?;
+    let markers = req
+        .markers
+        .iter()
+        .map(|m| WritableTxnMarkerResult {
+            producer_id: m.producer_id,
+            topics: m
+                .topics
+                .iter()
+                .map(|t| WritableTxnMarkerTopicResult {
+                    name: t.name.clone(),
+                    partitions: t
+                        .partition_indexes
+                        .iter()
+                        .map(|&p| WritableTxnMarkerPartitionResult {
+                            partition_index: p,
+                            error_code: broker.write_marker(
+                                &t.name,
+                                p,
+                                m.producer_id,
+                                m.producer_epoch,
+                                m.transaction_result,
+                                m.coordinator_epoch,
+                            ),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    respond(
+        ctx,
+        &WriteTxnMarkersResponse {
+            markers,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: DescribeTransactionsRequest = protocol::decode(&mut body, ctx.version)?;
+    let transaction_states = req
+        .transactional_ids
+        .iter()
+        .map(|id| match broker.txns.describe(id) {
+            None => TransactionState {
+                error_code: TRANSACTIONAL_ID_NOT_FOUND,
+                transactional_id: id.clone(),
+                producer_id: -1,
+                producer_epoch: -1,
+                transaction_start_time_ms: -1,
+                ..Default::default()
+            },
+            Some(m) => {
+                let mut topics: Vec<TopicData> = Vec::new();
+                for (t, p) in &m.partitions {
+                    match topics.last_mut() {
+                        Some(d) if d.topic == *t => d.partitions.push(*p),
+                        _ => topics.push(TopicData {
+                            topic: t.clone(),
+                            partitions: vec![*p],
+                            ..Default::default()
+                        }),
+                    }
+                }
+                TransactionState {
+                    error_code: errors::NONE,
+                    transactional_id: id.clone(),
+                    transaction_state: m.state.name().to_string(),
+                    transaction_timeout_ms: m.timeout_ms,
+                    transaction_start_time_ms: m.start_ms,
+                    producer_id: m.producer_id,
+                    producer_epoch: m.producer_epoch,
+                    topics,
+                    ..Default::default()
+                }
+            }
+        })
+        .collect();
+    respond(
+        ctx,
+        &DescribeTransactionsResponse {
+            transaction_states,
+            ..Default::default()
+        },
+    )
+}
+
+const STATES: [TxnState; 6] = [
+    TxnState::Empty,
+    TxnState::Ongoing,
+    TxnState::PrepareCommit,
+    TxnState::PrepareAbort,
+    TxnState::CompleteCommit,
+    TxnState::CompleteAbort,
+];
+
+pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: ListTransactionsRequest = protocol::decode(&mut body, ctx.version)?;
+    let unknown_state_filters: Vec<String> = req
+        .state_filters
+        .iter()
+        .filter(|f| !STATES.iter().any(|s| s.name() == f.as_str()))
+        .cloned()
+        .collect();
+    let now = now_ms();
+    let transaction_states = broker
+        .txns
+        .list()
+        .into_iter()
+        .filter(|m| {
+            req.state_filters.is_empty() || req.state_filters.iter().any(|f| f == m.state.name())
+        })
+        .filter(|m| {
+            req.producer_id_filters.is_empty() || req.producer_id_filters.contains(&m.producer_id)
+        })
+        // v1: only transactions running longer than the duration (open ones have a start).
+        .filter(|m| {
+            ctx.version < 1
+                || req.duration_filter < 0
+                || (m.state == TxnState::Ongoing && now - m.start_ms > req.duration_filter)
+        })
+        .map(|m| list_transactions_response::TransactionState {
+            transactional_id: m.transactional_id,
+            producer_id: m.producer_id,
+            transaction_state: m.state.name().to_string(),
+            ..Default::default()
+        })
+        .collect();
+    respond(
+        ctx,
+        &ListTransactionsResponse {
+            error_code: errors::NONE,
+            unknown_state_filters,
+            transaction_states,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn describe_producers(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
+    let req: DescribeProducersRequest = protocol::decode(&mut body, ctx.version)?;
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| TopicResponse {
+            name: t.name.clone(),
+            partitions: t
+                .partition_indexes
+                .iter()
+                .map(|&i| match broker.partition(&t.name, i) {
+                    None => PartitionResponse {
+                        partition_index: i,
+                        error_code: errors::UNKNOWN_TOPIC_OR_PARTITION,
+                        ..Default::default()
+                    },
+                    Some(p) => PartitionResponse {
+                        partition_index: i,
+                        error_code: errors::NONE,
+                        active_producers: p
+                            .producers()
+                            .into_iter()
+                            .map(|s| ProducerState {
+                                producer_id: s.producer_id,
+                                producer_epoch: s.epoch as i32,
+                                last_sequence: s.last_sequence,
+                                last_timestamp: s.last_timestamp,
+                                coordinator_epoch: -1,
+                                current_txn_start_offset: s.txn_start_offset,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    respond(
+        ctx,
+        &DescribeProducersResponse {
+            topics,
+            ..Default::default()
+        },
+    )
+}

@@ -1,0 +1,453 @@
+//! The transaction coordinator: runs the per-transactional-id state machine of
+//! [`super::state`], keeps its state in `__transaction_state` (loaded back at start, where a
+//! transaction caught between prepare and complete is finished) and has the markers written
+//! through a [`MarkerWriter`].
+//!
+//! Markers are written before EndTxn is answered: on one node they are local appends, so a
+//! producer's commit is visible to read_committed consumers when its EndTxn returns.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use strom_storage::batch::{self, BatchBuilder};
+
+use super::records;
+use super::state::{
+    Action, CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_ID_MAPPING, TxnMetadata, TxnState,
+};
+use crate::broker::{Broker, NewTopic};
+use crate::errors;
+use crate::group::records::java_hash;
+
+pub const TXN_TOPIC: &str = "__transaction_state";
+
+#[derive(Debug, Clone, Copy)]
+pub struct TxnConfig {
+    /// transaction.state.log.num.partitions
+    pub partitions: i32,
+    /// transaction.max.timeout.ms
+    pub max_timeout_ms: i32,
+    /// transaction.abort.timed.out.transaction.cleanup.interval.ms
+    pub abort_interval_ms: u64,
+    /// transactional.id.expiration.ms
+    pub id_expiration_ms: i64,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            partitions: 50,
+            max_timeout_ms: 900_000,
+            abort_interval_ms: 10_000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// The markers that end one producer's transaction.
+pub struct Markers<'a> {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+    pub partitions: &'a BTreeSet<(String, i32)>,
+}
+
+/// Where markers go. On one node: the local partitions. With a cluster, the same call
+/// becomes WriteTxnMarkers requests to the partitions' leaders.
+pub trait MarkerWriter {
+    /// Writes the markers; returns the partitions that failed (to be retried).
+    fn write_markers(&self, m: &Markers) -> Vec<((String, i32), i16)>;
+}
+
+pub fn now_ms() -> i64 {
+    crate::group::coordinator::now_ms() as i64
+}
+
+/// The `__transaction_state` partition of a transactional id, as Kafka computes it.
+pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
+    (java_hash(transactional_id) & 0x7fff_ffff) % partitions
+}
+
+pub struct TxnCoordinator {
+    pub config: TxnConfig,
+    txns: Mutex<HashMap<String, TxnMetadata>>,
+    /// Records appended per `__transaction_state` partition since it was last compacted.
+    written: Mutex<HashMap<i32, u64>>,
+}
+
+/// A failed action: the error for the client, and whether some state was persisted before
+/// the failure (then the in-memory state stays as far as it got).
+struct Failed(i16, bool);
+
+impl TxnCoordinator {
+    pub fn new(config: TxnConfig) -> TxnCoordinator {
+        TxnCoordinator {
+            config,
+            txns: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, TxnMetadata>> {
+        self.txns.lock().unwrap()
+    }
+
+    /// Creates `__transaction_state` on first use, as Kafka does.
+    pub fn ensure_topic(&self, broker: &Broker) -> Result<i32, i16> {
+        if let Some(t) = broker.topic(TXN_TOPIC) {
+            return Ok(t.partition_count() as i32);
+        }
+        let mut configs = BTreeMap::new();
+        // Kept whole until compaction exists: the coordinator trims it itself.
+        configs.insert("retention.ms".to_string(), "-1".to_string());
+        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+        let new = NewTopic {
+            name: TXN_TOPIC.to_string(),
+            partitions: Some(self.config.partitions),
+            replication_factor: Some(1),
+            assignments: vec![],
+            configs,
+        };
+        match broker.create_topic(new, false) {
+            Ok(t) => Ok(t.partition_count() as i32),
+            Err(crate::broker::BrokerError::TopicExists(_)) => Ok(broker
+                .topic(TXN_TOPIC)
+                .map(|t| t.partition_count() as i32)
+                .unwrap_or(0)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create {TXN_TOPIC}");
+                Err(errors::COORDINATOR_NOT_AVAILABLE)
+            }
+        }
+    }
+
+    fn append(&self, broker: &Broker, id: &str, value: Option<Vec<u8>>) -> Result<(), i16> {
+        let partitions = self.ensure_topic(broker)?;
+        let index = partition_for(id, partitions);
+        let p = broker
+            .partition(TXN_TOPIC, index)
+            .ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
+        let mut bytes = BatchBuilder::new()
+            .record(batch::Record {
+                timestamp: now_ms(),
+                key: Some(records::key(id)),
+                value,
+                headers: vec![],
+            })
+            .build();
+        p.append(&mut bytes, 1).map_err(|e| {
+            tracing::error!(transactional_id = id, error = %e, "cannot write to {TXN_TOPIC}");
+            errors::COORDINATOR_NOT_AVAILABLE
+        })?;
+        *self.written.lock().unwrap().entry(index).or_default() += 1;
+        Ok(())
+    }
+
+    /// The coordinator epoch markers carry: the leader epoch of the id's state partition.
+    fn coordinator_epoch(&self, broker: &Broker, id: &str) -> i32 {
+        broker
+            .partition(TXN_TOPIC, partition_for(id, self.config.partitions))
+            .map(|p| p.leader_epoch())
+            .unwrap_or(0)
+    }
+
+    /// Carries out a decision's actions in order. Markers that cannot all be written leave
+    /// the transaction in its Prepare state, for [`TxnCoordinator::tick`] to retry.
+    fn run(
+        &self,
+        broker: &Broker,
+        m: &mut TxnMetadata,
+        actions: Vec<Action>,
+    ) -> Result<(), Failed> {
+        let mut persisted = false;
+        for a in actions {
+            match a {
+                Action::Persist(snapshot) => {
+                    self.append(
+                        broker,
+                        &snapshot.transactional_id,
+                        Some(records::value(&snapshot)),
+                    )
+                    .map_err(|e| Failed(e, persisted))?;
+                    persisted = true;
+                }
+                Action::WriteMarkers {
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    partitions,
+                } => {
+                    let failed = broker.write_markers(&Markers {
+                        producer_id,
+                        producer_epoch,
+                        commit,
+                        coordinator_epoch: self.coordinator_epoch(broker, &m.transactional_id),
+                        partitions: &partitions,
+                    });
+                    if failed.is_empty() {
+                        let more = m.complete(now_ms());
+                        self.run(broker, m, more)
+                            .map_err(|Failed(e, _)| Failed(e, true))?;
+                    } else {
+                        tracing::warn!(transactional_id = %m.transactional_id, ?failed, "markers not written yet; will retry");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides with the state machine, carries out the actions, and rolls the in-memory
+    /// state back if nothing could be persisted.
+    fn decide<T>(
+        &self,
+        broker: &Broker,
+        m: &mut TxnMetadata,
+        f: impl FnOnce(&mut TxnMetadata) -> (Result<T, i16>, Vec<Action>),
+    ) -> Result<T, i16> {
+        let before = m.clone();
+        let (result, actions) = f(m);
+        match self.run(broker, m, actions) {
+            Ok(()) => result,
+            Err(Failed(e, persisted)) => {
+                if !persisted {
+                    *m = before;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// InitProducerId with a transactional id. `expected` is the producer id and epoch a
+    /// v3+ client gives to have its own epoch bumped; another incarnation's is fenced.
+    pub fn init_producer(
+        &self,
+        broker: &Broker,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), i16> {
+        self.ensure_topic(broker)?;
+        let mut txns = self.lock();
+        if !txns.contains_key(id) {
+            let pid = broker.allocate_producer_id().map_err(|e| {
+                tracing::error!(error = %e, "could not allocate a producer id");
+                errors::COORDINATOR_NOT_AVAILABLE
+            })?;
+            txns.insert(
+                id.to_string(),
+                TxnMetadata::new(id, pid, timeout_ms, now_ms()),
+            );
+        }
+        let m = txns.get_mut(id).unwrap();
+        if let Some((pid, epoch)) = expected
+            && (pid != m.producer_id || epoch != m.producer_epoch)
+        {
+            return Err(if pid != m.producer_id {
+                INVALID_PRODUCER_ID_MAPPING
+            } else {
+                super::state::PRODUCER_FENCED
+            });
+        }
+        let max = self.config.max_timeout_ms;
+        let new_id = || broker.allocate_producer_id().unwrap_or(-1);
+        let first = self.decide(broker, m, |m| {
+            m.init_producer(timeout_ms, max, new_id, now_ms())
+        });
+        // A previous incarnation's transaction was aborted on the spot (local markers): go on
+        // instead of sending the client away to retry.
+        if first == Err(CONCURRENT_TRANSACTIONS) && m.state == TxnState::CompleteAbort {
+            let new_id = || broker.allocate_producer_id().unwrap_or(-1);
+            return self.decide(broker, m, |m| {
+                m.init_producer(timeout_ms, max, new_id, now_ms())
+            });
+        }
+        first
+    }
+
+    /// AddPartitionsToTxn, and AddOffsetsToTxn with the group's offsets partition.
+    pub fn add_partitions(
+        &self,
+        broker: &Broker,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> i16 {
+        let mut txns = self.lock();
+        let Some(m) = txns.get_mut(id) else {
+            return INVALID_PRODUCER_ID_MAPPING;
+        };
+        match self.decide(broker, m, |m| {
+            m.add_partitions(producer_id, epoch, partitions, now_ms())
+        }) {
+            Ok(()) => errors::NONE,
+            Err(e) => e,
+        }
+    }
+
+    /// EndTxn: commit or abort, markers included.
+    pub fn end(
+        &self,
+        broker: &Broker,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> i16 {
+        let mut txns = self.lock();
+        let Some(m) = txns.get_mut(id) else {
+            return INVALID_PRODUCER_ID_MAPPING;
+        };
+        match self.decide(broker, m, |m| m.end(producer_id, epoch, commit, now_ms())) {
+            Ok(()) => errors::NONE,
+            Err(e) => e,
+        }
+    }
+
+    pub fn describe(&self, id: &str) -> Option<TxnMetadata> {
+        self.lock().get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<TxnMetadata> {
+        let mut all: Vec<TxnMetadata> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
+        all
+    }
+
+    /// Aborts transactions open longer than their timeout, retries markers that could not be
+    /// written, forgets ids idle past transactional.id.expiration.ms, and trims the topic.
+    pub fn tick(&self, broker: &Broker, now: i64) {
+        let mut txns = self.lock();
+        let mut expired = Vec::new();
+        for (id, m) in txns.iter_mut() {
+            let actions = match m.state {
+                TxnState::Ongoing => m.expire(now),
+                TxnState::PrepareCommit | TxnState::PrepareAbort => m.recover(),
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
+                    if now - m.last_update_ms > self.config.id_expiration_ms {
+                        expired.push(id.clone());
+                    }
+                    vec![]
+                }
+            };
+            if !actions.is_empty() {
+                tracing::info!(transactional_id = %id, state = m.state.name(), "timing out or finishing a transaction");
+                let _ = self.run(broker, m, actions);
+            }
+        }
+        for id in expired {
+            if self.append(broker, &id, None).is_ok() {
+                tracing::info!(transactional_id = %id, "transactional id expired");
+                txns.remove(&id);
+            }
+        }
+        self.trim(broker, &txns);
+    }
+
+    /// Reads `__transaction_state` back (at start) and finishes what was being finished.
+    pub fn load(&self, broker: &Broker) {
+        let Some(topic) = broker.topic(TXN_TOPIC) else {
+            return;
+        };
+        let mut latest: HashMap<String, TxnMetadata> = HashMap::new();
+        let mut written = HashMap::new();
+        for p in topic.partitions.read().unwrap().iter() {
+            let mut count = 0u64;
+            let mut next = p.log.log_start_offset();
+            while next < p.high_watermark() {
+                let Ok(r) = p.read(next, 1 << 20) else { break };
+                let Some(region) = r.region else { break };
+                let Ok(bytes) = region.read_all() else { break };
+                let mut pos = 0;
+                while pos < bytes.len() {
+                    let Some(h) = batch::BatchHeader::parse(&bytes[pos..]) else {
+                        break;
+                    };
+                    let b = &bytes[pos..pos + h.total_size().min(bytes.len() - pos)];
+                    for rec in batch::records(b) {
+                        count += 1;
+                        let Some(id) = rec.key.and_then(records::decode_key) else {
+                            continue;
+                        };
+                        match rec.value.and_then(|v| records::decode_value(&id, v)) {
+                            Some(m) => latest.insert(id, m),
+                            None => latest.remove(&id),
+                        };
+                    }
+                    next = h.last_offset() as u64 + 1;
+                    pos += h.total_size();
+                }
+            }
+            written.insert(p.index, count);
+        }
+        *self.written.lock().unwrap() = written;
+        let mut txns = self.lock();
+        *txns = latest;
+        tracing::info!(transactional_ids = txns.len(), "loaded {TXN_TOPIC}");
+        for m in txns.values_mut() {
+            let actions = m.recover();
+            if !actions.is_empty() {
+                tracing::info!(transactional_id = %m.transactional_id, state = m.state.name(), "completing a transaction prepared before the restart");
+                let _ = self.run(broker, m, actions);
+            }
+        }
+    }
+
+    /// Re-appends the live state of partitions that hold far more records than ids, then
+    /// deletes what came before, as the group coordinator does until compaction exists.
+    fn trim(&self, broker: &Broker, txns: &HashMap<String, TxnMetadata>) {
+        let Some(topic) = broker.topic(TXN_TOPIC) else {
+            return;
+        };
+        let partitions = topic.partition_count() as i32;
+        let mut written = self.written.lock().unwrap();
+        for (&index, count) in written.iter_mut() {
+            let live: Vec<&TxnMetadata> = txns
+                .values()
+                .filter(|m| partition_for(&m.transactional_id, partitions) == index)
+                .collect();
+            if *count <= 2 * live.len() as u64 + 1000 {
+                continue;
+            }
+            let Some(p) = topic.partition(index) else {
+                continue;
+            };
+            let start = p.log.log_end_offset();
+            let mut ok = true;
+            for chunk in live.chunks(1000) {
+                let mut b = BatchBuilder::new();
+                for m in chunk {
+                    b = b.record(batch::Record {
+                        timestamp: now_ms(),
+                        key: Some(records::key(&m.transactional_id)),
+                        value: Some(records::value(m)),
+                        headers: vec![],
+                    });
+                }
+                ok &= p.append(&mut b.build(), 1).is_ok();
+            }
+            if ok && p.delete_records(start).is_ok() {
+                *count = live.len() as u64;
+            }
+        }
+    }
+}
+
+/// Runs the transaction timers until `stop` fires.
+pub async fn run_timers(
+    broker: std::sync::Arc<Broker>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_millis(broker.txns.config.abort_interval_ms);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || b.txns.tick(&b, now_ms())).await;
+    }
+}

@@ -1,0 +1,174 @@
+//! The records of `__transaction_state`, in Kafka's TransactionLog formats: key version 0
+//! (the transactional id), value version 0 (producer id and epoch, timeout, state, the
+//! partitions in the transaction, last update and start times). A null value is a
+//! tombstone: the transactional id expired.
+
+use std::collections::BTreeSet;
+
+use super::state::{TxnMetadata, TxnState};
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn i8(&mut self) -> Option<i8> {
+        self.take(1).map(|b| b[0] as i8)
+    }
+    fn i16(&mut self) -> Option<i16> {
+        self.take(2)
+            .map(|b| i16::from_be_bytes(b.try_into().unwrap()))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)
+            .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)
+            .map(|b| i64::from_be_bytes(b.try_into().unwrap()))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = usize::try_from(self.i16()?).ok()?;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    /// An array count, bounded by the bytes left (each element takes at least `min` bytes).
+    fn count(&mut self, min: usize) -> Option<usize> {
+        let n = usize::try_from(self.i32()?).ok()?;
+        (n * min <= self.0.len()).then_some(n)
+    }
+}
+
+pub fn key(transactional_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + transactional_id.len());
+    out.extend_from_slice(&0i16.to_be_bytes());
+    put_string(&mut out, transactional_id);
+    out
+}
+
+pub fn decode_key(bytes: &[u8]) -> Option<String> {
+    let mut r = Reader(bytes);
+    match r.i16()? {
+        0 => r.string(),
+        _ => None,
+    }
+}
+
+fn state_id(s: TxnState) -> i8 {
+    match s {
+        TxnState::Empty => 0,
+        TxnState::Ongoing => 1,
+        TxnState::PrepareCommit => 2,
+        TxnState::PrepareAbort => 3,
+        TxnState::CompleteCommit => 4,
+        TxnState::CompleteAbort => 5,
+    }
+}
+
+fn state_of(id: i8) -> Option<TxnState> {
+    Some(match id {
+        0 => TxnState::Empty,
+        1 => TxnState::Ongoing,
+        2 => TxnState::PrepareCommit,
+        3 => TxnState::PrepareAbort,
+        4 => TxnState::CompleteCommit,
+        5 => TxnState::CompleteAbort,
+        _ => return None,
+    })
+}
+
+pub fn value(m: &TxnMetadata) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&m.producer_id.to_be_bytes());
+    out.extend_from_slice(&m.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&m.timeout_ms.to_be_bytes());
+    out.push(state_id(m.state) as u8);
+    let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
+    for (t, p) in &m.partitions {
+        match topics.last_mut() {
+            Some((name, ps)) if *name == t.as_str() => ps.push(*p),
+            _ => topics.push((t, vec![*p])),
+        }
+    }
+    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for (t, ps) in topics {
+        put_string(&mut out, t);
+        out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+        for p in ps {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&m.last_update_ms.to_be_bytes());
+    out.extend_from_slice(&m.start_ms.to_be_bytes());
+    out
+}
+
+pub fn decode_value(transactional_id: &str, bytes: &[u8]) -> Option<TxnMetadata> {
+    let mut r = Reader(bytes);
+    if r.i16()? != 0 {
+        return None;
+    }
+    let producer_id = r.i64()?;
+    let producer_epoch = r.i16()?;
+    let timeout_ms = r.i32()?;
+    let state = state_of(r.i8()?)?;
+    let mut partitions = BTreeSet::new();
+    for _ in 0..r.count(6)? {
+        let topic = r.string()?;
+        for _ in 0..r.count(4)? {
+            partitions.insert((topic.clone(), r.i32()?));
+        }
+    }
+    let last_update_ms = r.i64()?;
+    let start_ms = r.i64()?;
+    Some(TxnMetadata {
+        transactional_id: transactional_id.to_string(),
+        producer_id,
+        producer_epoch,
+        timeout_ms,
+        state,
+        partitions,
+        start_ms,
+        last_update_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_refuse_garbage() {
+        let mut m = TxnMetadata::new("tx-1", 42, 60_000, 1_000);
+        m.producer_epoch = 3;
+        m.state = TxnState::PrepareCommit;
+        m.partitions = [
+            ("a".to_string(), 0),
+            ("a".to_string(), 2),
+            ("b".to_string(), 1),
+        ]
+        .into_iter()
+        .collect();
+        m.start_ms = 900;
+        let k = key("tx-1");
+        assert_eq!(decode_key(&k).as_deref(), Some("tx-1"));
+        let v = value(&m);
+        assert_eq!(decode_value("tx-1", &v), Some(m));
+        for cut in 0..v.len() {
+            assert_eq!(decode_value("tx-1", &v[..cut]), None, "cut at {cut}");
+        }
+        let mut huge = v.clone();
+        // An array count far beyond the bytes present.
+        huge[17..21].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert_eq!(decode_value("tx-1", &huge), None);
+        assert_eq!(decode_key(&[0, 1, 0, 1, b'x']), None);
+    }
+}
