@@ -264,7 +264,9 @@ fn a_transactional_copier_copies_everything_exactly_once_across_sigkills() {
     copier.join().expect("the copier");
     // One incarnation more for the crash; librdkafka often rides out a server restart by
     // itself, so the kills need not add any.
-    eprintln!("copier incarnations: {}", restarts.load(Ordering::Acquire));
+    let incarnations = restarts.load(Ordering::Acquire);
+    eprintln!("copier incarnations: {incarnations}");
+    assert!(incarnations >= 2, "the crashed copier was not replaced");
 
     // The output, read_committed from the start: every input record once, in order.
     let c: BaseConsumer = ClientConfig::new()
