@@ -5,3 +5,6 @@ pub mod coordinator;
 pub mod markers;
 pub mod records;
 pub mod state;
+
+#[cfg(test)]
+mod coordinator_tests;
