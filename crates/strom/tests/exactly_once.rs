@@ -99,14 +99,13 @@ impl Copier {
         let mut batch = Vec::new();
         let until = Instant::now() + Duration::from_millis(200);
         while batch.len() < 2000 && Instant::now() < until {
-            match self.consumer.poll(Duration::from_millis(20)) {
-                Some(Ok(m)) => batch.push((
+            // A broker going away shows up here as errors; the producer's calls decide.
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
+                batch.push((
                     m.partition(),
                     m.offset(),
                     m.payload().unwrap_or_default().to_vec(),
-                )),
-                // A broker going away shows up here first; the producer's calls decide.
-                Some(Err(_)) | None => {}
+                ));
             }
         }
         if batch.is_empty() {
