@@ -5,6 +5,7 @@ pub mod config;
 pub mod errors;
 pub mod group;
 pub mod handlers;
+mod internal_topics;
 pub mod partition;
 pub mod producer_state;
 pub mod protocol;

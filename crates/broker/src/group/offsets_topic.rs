@@ -11,38 +11,14 @@ use super::coordinator::{GroupCoordinator, OFFSETS_TOPIC, now_ms};
 use super::records::{CommittedOffset, GroupMetadata, Record, StoredMember, partition_for};
 use super::state::{Group, State};
 use super::txn_offsets::PendingOffsets;
-use crate::broker::{Broker, NewTopic};
+use crate::broker::Broker;
 use crate::errors;
 use strom_storage::txn_index;
 
 impl GroupCoordinator {
     /// Creates `__consumer_offsets` on first use, as Kafka does.
     pub fn ensure_offsets_topic(&self, broker: &Broker) -> Result<i32, i16> {
-        if let Some(t) = broker.topic(OFFSETS_TOPIC) {
-            return Ok(t.partition_count() as i32);
-        }
-        let mut configs = BTreeMap::new();
-        // Kept whole until compaction exists: the coordinator trims it itself.
-        configs.insert("retention.ms".to_string(), "-1".to_string());
-        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
-        let new = NewTopic {
-            name: OFFSETS_TOPIC.to_string(),
-            partitions: Some(self.config.offsets_partitions),
-            replication_factor: Some(1),
-            assignments: vec![],
-            configs,
-        };
-        match broker.create_topic(new, false) {
-            Ok(t) => Ok(t.partition_count() as i32),
-            Err(crate::broker::BrokerError::TopicExists(_)) => Ok(broker
-                .topic(OFFSETS_TOPIC)
-                .map(|t| t.partition_count() as i32)
-                .unwrap_or(0)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}");
-                Err(errors::COORDINATOR_NOT_AVAILABLE)
-            }
-        }
+        broker.ensure_internal_topic(OFFSETS_TOPIC, self.config.offsets_partitions)
     }
 
     /// Appends records for `group` to its partition of `__consumer_offsets`.
@@ -163,77 +139,64 @@ impl GroupCoordinator {
         let mut read_per_partition = Vec::new();
         for p in topic.partitions.read().unwrap().iter() {
             let mut read = 0u64;
-            let mut next = p.log.log_start_offset();
-            while next < p.high_watermark() {
-                let Ok(r) = p.read(next, 1 << 20) else { break };
-                let Some(region) = r.region else { break };
-                let Ok(bytes) = region.read_all() else { break };
-                let mut pos = 0;
-                while pos < bytes.len() {
-                    let Some(h) = batch::BatchHeader::parse(&bytes[pos..]) else {
-                        break;
-                    };
-                    let b = &bytes[pos..pos + h.total_size().min(bytes.len() - pos)];
-                    if h.is_control() {
-                        let commit = batch::records(b)
-                            .next()
-                            .and_then(|r| r.key)
-                            .and_then(txn_index::marker_type);
-                        if let Some(groups) = pending.remove(&h.producer_id)
-                            && commit == Some(true)
-                        {
-                            for (group, offs) in groups {
-                                offsets.entry(group).or_default().extend(offs);
-                            }
-                        }
-                    } else {
-                        for rec in batch::records(b) {
-                            read += 1;
-                            let Some(key) = rec.key else { continue };
-                            match Record::decode(key, rec.value) {
-                                Some(Record::Offset {
-                                    group,
-                                    topic,
-                                    partition,
-                                    value: Some(v),
-                                }) if h.is_transactional() => {
-                                    pending
-                                        .entry(h.producer_id)
-                                        .or_default()
-                                        .entry(group)
-                                        .or_default()
-                                        .insert((topic, partition), v);
-                                }
-                                Some(Record::Offset {
-                                    group,
-                                    topic,
-                                    partition,
-                                    value,
-                                }) => {
-                                    let g = offsets.entry(group).or_default();
-                                    match value {
-                                        Some(v) => g.insert((topic, partition), v),
-                                        None => g.remove(&(topic, partition)),
-                                    };
-                                }
-                                Some(Record::Group {
-                                    group,
-                                    value: Some(v),
-                                }) => {
-                                    metas.insert(group, v);
-                                }
-                                Some(Record::Group { group, value: None }) => {
-                                    metas.remove(&group);
-                                    offsets.remove(&group);
-                                }
-                                None => {}
-                            }
+            p.for_each_batch(|h, b| {
+                if h.is_control() {
+                    let commit = batch::records(b)
+                        .next()
+                        .and_then(|r| r.key)
+                        .and_then(txn_index::marker_type);
+                    if let Some(groups) = pending.remove(&h.producer_id)
+                        && commit == Some(true)
+                    {
+                        for (group, offs) in groups {
+                            offsets.entry(group).or_default().extend(offs);
                         }
                     }
-                    next = h.last_offset() as u64 + 1;
-                    pos += h.total_size();
+                } else {
+                    for rec in batch::records(b) {
+                        read += 1;
+                        let Some(key) = rec.key else { continue };
+                        match Record::decode(key, rec.value) {
+                            Some(Record::Offset {
+                                group,
+                                topic,
+                                partition,
+                                value: Some(v),
+                            }) if h.is_transactional() => {
+                                pending
+                                    .entry(h.producer_id)
+                                    .or_default()
+                                    .entry(group)
+                                    .or_default()
+                                    .insert((topic, partition), v);
+                            }
+                            Some(Record::Offset {
+                                group,
+                                topic,
+                                partition,
+                                value,
+                            }) => {
+                                let g = offsets.entry(group).or_default();
+                                match value {
+                                    Some(v) => g.insert((topic, partition), v),
+                                    None => g.remove(&(topic, partition)),
+                                };
+                            }
+                            Some(Record::Group {
+                                group,
+                                value: Some(v),
+                            }) => {
+                                metas.insert(group, v);
+                            }
+                            Some(Record::Group { group, value: None }) => {
+                                metas.remove(&group);
+                                offsets.remove(&group);
+                            }
+                            None => {}
+                        }
+                    }
                 }
-            }
+            });
             read_per_partition.push((p.index, read));
         }
         let now = now_ms();
@@ -312,21 +275,9 @@ impl GroupCoordinator {
             if p.last_stable_offset() < p.high_watermark() {
                 continue;
             }
-            let start = p.log.log_end_offset();
-            let mut ok = true;
-            for chunk in live.chunks(1000) {
-                let mut b = BatchBuilder::new();
-                for r in chunk {
-                    b = b.record(batch::Record {
-                        timestamp: now_ms() as i64,
-                        key: Some(r.key()),
-                        value: r.value(),
-                        headers: vec![],
-                    });
-                }
-                ok &= p.append(&mut b.build(), 1).is_ok();
-            }
-            if ok && p.delete_records(start).is_ok() {
+            let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                live.iter().map(|r| (r.key(), r.value())).collect();
+            if p.rewrite_live(&live, now_ms() as i64) {
                 let _ = p.log.apply_retention(now_ms() as i64);
                 tracing::info!(
                     partition = index,

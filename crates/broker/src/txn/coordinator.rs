@@ -6,7 +6,7 @@
 //! Markers are written before EndTxn is answered: on one node they are local appends, so a
 //! producer's commit is visible to read_committed consumers when its EndTxn returns.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use strom_storage::batch::{self, BatchBuilder};
@@ -15,7 +15,7 @@ use super::records;
 use super::state::{
     Action, CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_ID_MAPPING, TxnMetadata, TxnState,
 };
-use crate::broker::{Broker, NewTopic};
+use crate::broker::Broker;
 use crate::errors;
 use crate::group::records::java_hash;
 
@@ -95,31 +95,7 @@ impl TxnCoordinator {
 
     /// Creates `__transaction_state` on first use, as Kafka does.
     pub fn ensure_topic(&self, broker: &Broker) -> Result<i32, i16> {
-        if let Some(t) = broker.topic(TXN_TOPIC) {
-            return Ok(t.partition_count() as i32);
-        }
-        let mut configs = BTreeMap::new();
-        // Kept whole until compaction exists: the coordinator trims it itself.
-        configs.insert("retention.ms".to_string(), "-1".to_string());
-        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
-        let new = NewTopic {
-            name: TXN_TOPIC.to_string(),
-            partitions: Some(self.config.partitions),
-            replication_factor: Some(1),
-            assignments: vec![],
-            configs,
-        };
-        match broker.create_topic(new, false) {
-            Ok(t) => Ok(t.partition_count() as i32),
-            Err(crate::broker::BrokerError::TopicExists(_)) => Ok(broker
-                .topic(TXN_TOPIC)
-                .map(|t| t.partition_count() as i32)
-                .unwrap_or(0)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot create {TXN_TOPIC}");
-                Err(errors::COORDINATOR_NOT_AVAILABLE)
-            }
-        }
+        broker.ensure_internal_topic(TXN_TOPIC, self.config.partitions)
     }
 
     fn append(&self, broker: &Broker, id: &str, value: Option<Vec<u8>>) -> Result<(), i16> {
@@ -355,31 +331,18 @@ impl TxnCoordinator {
         let mut written = HashMap::new();
         for p in topic.partitions.read().unwrap().iter() {
             let mut count = 0u64;
-            let mut next = p.log.log_start_offset();
-            while next < p.high_watermark() {
-                let Ok(r) = p.read(next, 1 << 20) else { break };
-                let Some(region) = r.region else { break };
-                let Ok(bytes) = region.read_all() else { break };
-                let mut pos = 0;
-                while pos < bytes.len() {
-                    let Some(h) = batch::BatchHeader::parse(&bytes[pos..]) else {
-                        break;
+            p.for_each_batch(|_, b| {
+                for rec in batch::records(b) {
+                    count += 1;
+                    let Some(id) = rec.key.and_then(records::decode_key) else {
+                        continue;
                     };
-                    let b = &bytes[pos..pos + h.total_size().min(bytes.len() - pos)];
-                    for rec in batch::records(b) {
-                        count += 1;
-                        let Some(id) = rec.key.and_then(records::decode_key) else {
-                            continue;
-                        };
-                        match rec.value.and_then(|v| records::decode_value(&id, v)) {
-                            Some(m) => latest.insert(id, m),
-                            None => latest.remove(&id),
-                        };
-                    }
-                    next = h.last_offset() as u64 + 1;
-                    pos += h.total_size();
+                    match rec.value.and_then(|v| records::decode_value(&id, v)) {
+                        Some(m) => latest.insert(id, m),
+                        None => latest.remove(&id),
+                    };
                 }
-            }
+            });
             written.insert(p.index, count);
         }
         *self.written.lock().unwrap() = written;
@@ -414,21 +377,11 @@ impl TxnCoordinator {
             let Some(p) = topic.partition(index) else {
                 continue;
             };
-            let start = p.log.log_end_offset();
-            let mut ok = true;
-            for chunk in live.chunks(1000) {
-                let mut b = BatchBuilder::new();
-                for m in chunk {
-                    b = b.record(batch::Record {
-                        timestamp: now_ms(),
-                        key: Some(records::key(&m.transactional_id)),
-                        value: Some(records::value(m)),
-                        headers: vec![],
-                    });
-                }
-                ok &= p.append(&mut b.build(), 1).is_ok();
-            }
-            if ok && p.delete_records(start).is_ok() {
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = live
+                .iter()
+                .map(|m| (records::key(&m.transactional_id), Some(records::value(m))))
+                .collect();
+            if p.rewrite_live(&records, now_ms()) {
                 *count = live.len() as u64;
             }
         }

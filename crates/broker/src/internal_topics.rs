@@ -1,0 +1,87 @@
+//! What the coordinators' internal topics (`__consumer_offsets`, `__transaction_state`)
+//! share: creation on first use, reading a partition back at start, and, until log
+//! compaction exists, rewriting a partition down to its live records.
+
+use std::collections::BTreeMap;
+
+use strom_storage::batch::{self, BatchBuilder, BatchHeader};
+
+use crate::broker::{Broker, BrokerError, NewTopic};
+use crate::errors;
+use crate::partition::Partition;
+
+impl Broker {
+    /// Creates an internal topic on first use, as Kafka does; returns its partition count.
+    pub fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<i32, i16> {
+        if let Some(t) = self.topic(name) {
+            return Ok(t.partition_count() as i32);
+        }
+        let mut configs = BTreeMap::new();
+        // Kept whole until compaction exists: the coordinators trim them themselves.
+        configs.insert("retention.ms".to_string(), "-1".to_string());
+        configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+        let new = NewTopic {
+            name: name.to_string(),
+            partitions: Some(partitions),
+            replication_factor: Some(1),
+            assignments: vec![],
+            configs,
+        };
+        match self.create_topic(new, false) {
+            Ok(t) => Ok(t.partition_count() as i32),
+            Err(BrokerError::TopicExists(_)) => Ok(self
+                .topic(name)
+                .map(|t| t.partition_count() as i32)
+                .unwrap_or(0)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create {name}");
+                Err(errors::COORDINATOR_NOT_AVAILABLE)
+            }
+        }
+    }
+}
+
+impl Partition {
+    /// Every batch from the log start to the high watermark, in order, with its bytes. A read
+    /// error ends the walk (it is logged by whoever notices the missing state).
+    pub fn for_each_batch(&self, mut f: impl FnMut(&BatchHeader, &[u8])) {
+        let mut next = self.log.log_start_offset();
+        while next < self.high_watermark() {
+            let Ok(r) = self.read(next, 1 << 20) else {
+                break;
+            };
+            let Some(region) = r.region else { break };
+            let Ok(bytes) = region.read_all() else { break };
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let Some(h) = BatchHeader::parse(&bytes[pos..]) else {
+                    break;
+                };
+                f(&h, &bytes[pos..pos + h.total_size().min(bytes.len() - pos)]);
+                next = h.last_offset() as u64 + 1;
+                pos += h.total_size();
+            }
+        }
+    }
+
+    /// Re-appends the live records (key, value) and deletes everything before them: how an
+    /// internal topic stays small until compaction exists. False if it could not be done.
+    pub fn rewrite_live(&self, live: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> bool {
+        let start = self.log.log_end_offset();
+        for chunk in live.chunks(1000) {
+            let mut b = BatchBuilder::new();
+            for (key, value) in chunk {
+                b = b.record(batch::Record {
+                    timestamp: now,
+                    key: Some(key.clone()),
+                    value: value.clone(),
+                    headers: vec![],
+                });
+            }
+            if self.append(&mut b.build(), 1).is_err() {
+                return false;
+            }
+        }
+        self.delete_records(start).is_ok()
+    }
+}
