@@ -2,10 +2,11 @@
 //! will, and helpers that wait for conditions with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub struct Server {
@@ -14,6 +15,13 @@ pub struct Server {
     pub dir: PathBuf,
     overrides: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// Why a server did not come up.
+enum Failed {
+    /// Its port was taken.
+    AddrInUse(String),
+    Other(String),
 }
 
 fn free_port() -> u16 {
@@ -40,11 +48,43 @@ impl Server {
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
             _tmp: Some(tmp),
         };
-        s.launch();
+        s.launch(true);
         s
     }
 
-    fn launch(&mut self) {
+    /// Starts the server and waits until it listens. The free port may be taken between
+    /// [`free_port`] and the server's bind: a fresh server (`new_port`) then tries another
+    /// port, a restarted one (whose clients know its port) tries the same port again.
+    fn launch(&mut self, new_port: bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut attempt = 1;
+        loop {
+            match self.try_launch(deadline) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(Failed::AddrInUse(why)) if attempt < 5 && Instant::now() < deadline => {
+                    eprintln!(
+                        "strom server: port {} taken (attempt {attempt}): {why}",
+                        self.port
+                    );
+                    if new_port {
+                        self.port = free_port();
+                    } else {
+                        // Back off before trying the same port again.
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    attempt += 1;
+                }
+                Err(Failed::AddrInUse(why)) | Err(Failed::Other(why)) => {
+                    panic!("strom server on port {}: {why}", self.port)
+                }
+            }
+        }
+    }
+
+    fn try_launch(&self, deadline: Instant) -> Result<Child, Failed> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_strom"));
         cmd.arg("server")
             .arg("--override")
@@ -60,10 +100,12 @@ impl Server {
                 std::env::var("STROM_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start strom server");
-        // Ready once it says where it listens (after recovery).
+        // Ready once it says where it listens (after recovery). Both pipes are read to the
+        // end so that the server never blocks on them; stderr is passed on and its last
+        // lines kept for the report when the server does not come up.
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -73,11 +115,54 @@ impl Server {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("strom server did not start within 60 s");
+        let stderr = child.stderr.take().unwrap();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_reader = {
+            let tail = tail.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == 40 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            })
+        };
+        let tail_text = |tail: &Mutex<VecDeque<String>>| {
+            let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+            lines.join("\n")
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(()) => return Ok(child),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // Its stdout closed: it is exiting; poll for that.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Exited: its stderr ends with it.
+                let _ = stderr_reader.join();
+                let text = tail_text(&tail);
+                let why = format!("exited with {status} before listening; stderr:\n{text}");
+                return Err(if text.contains("Address already in use") {
+                    Failed::AddrInUse(why)
+                } else {
+                    Failed::Other(why)
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Failed::Other(format!(
+                    "did not start within 60 s; stderr:\n{}",
+                    tail_text(&tail)
+                )));
+            }
         }
-        self.child = Some(child);
     }
 
     pub fn bootstrap(&self) -> String {
@@ -121,7 +206,7 @@ impl Server {
     /// Starts again on the same port and data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");
-        self.launch();
+        self.launch(false);
     }
 
     pub fn data_dir(&self) -> &Path {
