@@ -4,16 +4,18 @@
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Server, wait_for};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const T: Duration = Duration::from_secs(30);
@@ -67,8 +69,8 @@ fn assign_from_start(c: &BaseConsumer, topic: &str, partitions: i32) {
     c.assign(&tpl).unwrap();
 }
 
-/// Values read until `count` have arrived (or the deadline), as (partition, value).
-fn read(c: &BaseConsumer, count: usize) -> Vec<(i32, String)> {
+/// Records read until `count` have arrived (or the deadline), as (partition, offset, value).
+fn read_at(c: &BaseConsumer, count: usize) -> Vec<(i32, i64, String)> {
     let mut out = Vec::new();
     let deadline = Instant::now() + T;
     while out.len() < count && Instant::now() < deadline {
@@ -76,6 +78,7 @@ fn read(c: &BaseConsumer, count: usize) -> Vec<(i32, String)> {
             let m = m.expect("consume");
             out.push((
                 m.partition(),
+                m.offset(),
                 String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
             ));
         }
@@ -83,21 +86,65 @@ fn read(c: &BaseConsumer, count: usize) -> Vec<(i32, String)> {
     out
 }
 
-/// Nothing more arrives within a short window: what an aborted or open transaction wrote
-/// must stay invisible to read_committed.
-fn assert_quiet(c: &BaseConsumer, why: &str) {
-    if let Some(m) = c.poll(Duration::from_millis(500)) {
-        let m = m.expect("consume");
-        panic!(
-            "{why}: got {:?} at {}/{}",
-            String::from_utf8_lossy(m.payload().unwrap_or_default()),
-            m.partition(),
-            m.offset()
-        );
+/// Values read until `count` have arrived (or the deadline), as (partition, value).
+fn read(c: &BaseConsumer, count: usize) -> Vec<(i32, String)> {
+    read_at(c, count)
+        .into_iter()
+        .map(|(p, _, v)| (p, v))
+        .collect()
+}
+
+/// The high ends of partitions, by ListOffsets (librdkafka asks with the client's
+/// isolation.level), on consumers of their own that never fetch: on a fetching consumer's
+/// connection the request would wait behind the long-polling Fetch.
+struct Ends {
+    committed: BaseConsumer,
+    uncommitted: BaseConsumer,
+}
+
+impl Ends {
+    fn new(server: &Server) -> Ends {
+        Ends {
+            committed: consumer(server, "read_committed", "ends"),
+            uncommitted: consumer(server, "read_uncommitted", "ends"),
+        }
+    }
+
+    fn high(c: &BaseConsumer, topic: &str, partitions: i32) -> Vec<i64> {
+        (0..partitions)
+            .map(|p| c.fetch_watermarks(topic, p, T).expect("watermarks").1)
+            .collect()
+    }
+
+    /// The last stable offsets: where read_committed must stop.
+    fn lso(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        Self::high(&self.committed, topic, partitions)
+    }
+
+    /// The high watermarks: where read_uncommitted stops.
+    fn hw(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        Self::high(&self.uncommitted, topic, partitions)
     }
 }
 
-fn send(p: &BaseProducer, topic: &str, partition: i32, value: &str) {
+/// (partition, value) pairs split by partition, each in its order.
+fn by_partition(v: &[(i32, String)], partitions: i32) -> Vec<Vec<String>> {
+    (0..partitions)
+        .map(|p| {
+            v.iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+        .collect()
+}
+
+fn send<C: ProducerContext<DeliveryOpaque = ()>>(
+    p: &BaseProducer<C>,
+    topic: &str,
+    partition: i32,
+    value: &str,
+) {
     p.send(
         BaseRecord::<(), str>::to(topic)
             .partition(partition)
@@ -112,11 +159,6 @@ fn values(partitions: i32, prefix: &str, n: usize) -> Vec<(i32, String)> {
         .collect()
 }
 
-fn sorted(mut v: Vec<(i32, String)>) -> Vec<(i32, String)> {
-    v.sort();
-    v
-}
-
 #[test]
 fn commit_shows_every_partition_at_once_and_abort_hides_from_read_committed() {
     let server = Server::start();
@@ -126,26 +168,39 @@ fn commit_shows_every_partition_at_once_and_abort_hides_from_read_committed() {
     let uncommitted = consumer(&server, "read_uncommitted", "ru");
     assign_from_start(&committed, "tx", 3);
     assign_from_start(&uncommitted, "tx", 3);
+    let ends = Ends::new(&server);
+    let lso = || ends.lso("tx", 3);
+    let hw = || ends.hw("tx", 3);
 
-    // An open transaction: read_uncommitted sees it, read_committed does not.
+    // An open transaction: read_uncommitted sees it, read_committed does not: the last
+    // stable offset stays at the transaction's first offset on every partition while the
+    // high watermark passes its 10 records per partition.
     p.begin_transaction().unwrap();
     let first = values(3, "first", 30);
     for (part, v) in &first {
         send(&p, "tx", *part, v);
     }
     p.flush(T).unwrap();
-    assert_eq!(sorted(read(&uncommitted, 30)), sorted(first.clone()));
-    assert_quiet(&committed, "read_committed saw an open transaction");
+    assert_eq!(
+        by_partition(&read(&uncommitted, 30), 3),
+        by_partition(&first, 3)
+    );
+    assert_eq!(hw(), vec![10; 3]);
+    assert_eq!(
+        lso(),
+        vec![0; 3],
+        "read_committed may read an open transaction"
+    );
 
-    // Commit: all 30, across the 3 partitions, each partition in order.
+    // Commit: the markers are written before EndTxn is answered, so every partition is
+    // stable past its records and marker when commit_transaction returns.
     p.commit_transaction(T).unwrap();
-    let got = read(&committed, 30);
-    assert_eq!(sorted(got.clone()), sorted(first.clone()));
-    for part in 0..3 {
-        let mine: Vec<_> = got.iter().filter(|(q, _)| *q == part).collect();
-        let want: Vec<_> = first.iter().filter(|(q, _)| *q == part).collect();
-        assert_eq!(mine, want, "order in partition {part}");
-    }
+    assert_eq!(lso(), vec![11; 3], "stable offsets right after the commit");
+    assert_eq!(hw(), vec![11; 3]);
+    assert_eq!(
+        by_partition(&read(&committed, 30), 3),
+        by_partition(&first, 3)
+    );
 
     // Abort: read_uncommitted saw the records, read_committed never will.
     p.begin_transaction().unwrap();
@@ -154,67 +209,145 @@ fn commit_shows_every_partition_at_once_and_abort_hides_from_read_committed() {
         send(&p, "tx", *part, v);
     }
     p.flush(T).unwrap();
+    assert_eq!(lso(), vec![11; 3], "an open transaction is stable");
     p.abort_transaction(T).unwrap();
-    assert_eq!(sorted(read(&uncommitted, 12)), sorted(aborted));
+    assert_eq!(lso(), vec![16; 3], "stable offsets right after the abort");
+    assert_eq!(
+        by_partition(&read(&uncommitted, 12), 3),
+        by_partition(&aborted, 3)
+    );
 
-    // A later committed transaction is read past the aborted one.
+    // A later committed transaction is read past the aborted one: the aborted records come
+    // before it in every partition, so the first records read_committed gives are these
+    // only if it skipped them; and nothing lies beyond them (high watermark == LSO).
     p.begin_transaction().unwrap();
     let last = values(3, "last", 6);
     for (part, v) in &last {
         send(&p, "tx", *part, v);
     }
     p.commit_transaction(T).unwrap();
-    assert_eq!(sorted(read(&committed, 6)), sorted(last.clone()));
-    assert_quiet(&committed, "read_committed saw an aborted record");
-    assert_eq!(sorted(read(&uncommitted, 6)), sorted(last));
+    assert_eq!(lso(), vec![19; 3]);
+    assert_eq!(hw(), vec![19; 3]);
+    assert_eq!(
+        by_partition(&read(&committed, 6), 3),
+        by_partition(&last, 3)
+    );
+    assert_eq!(
+        by_partition(&read(&uncommitted, 6), 3),
+        by_partition(&last, 3)
+    );
 
-    // A fresh read_committed consumer from the start sees exactly the committed records.
+    // A fresh read_committed consumer from the start sees exactly the committed records,
+    // in order: in each partition the aborted ones lie between the first and the last.
     let fresh = consumer(&server, "read_committed", "fresh");
     assign_from_start(&fresh, "tx", 3);
-    let all = read(&fresh, 36);
-    assert_eq!(all.len(), 36);
-    assert!(all.iter().all(|(_, v)| !v.starts_with("aborted")));
-    assert_quiet(
-        &fresh,
-        "a fresh read_committed consumer saw an aborted record",
-    );
+    let want: Vec<Vec<String>> = by_partition(&first, 3)
+        .into_iter()
+        .zip(by_partition(&last, 3))
+        .map(|(mut a, b)| {
+            a.extend(b);
+            a
+        })
+        .collect();
+    assert_eq!(by_partition(&read(&fresh, 36), 3), want);
+}
+
+/// Keeps every delivery report: (partition, the error if the record was not written).
+#[derive(Default)]
+struct Deliveries(Mutex<Vec<(i32, Option<RDKafkaErrorCode>)>>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let report = match r {
+            Ok(m) => (m.partition(), None),
+            Err((e, m)) => (m.partition(), e.rdkafka_error_code()),
+        };
+        self.0.lock().unwrap().push(report);
+    }
 }
 
 #[test]
 fn a_zombie_producer_is_fenced_and_its_transaction_aborted() {
     let server = Server::start();
     create_topic(&server, "zombie", 2);
-    let old = txn_producer(&server, "tx-zombie");
+    let old: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("transactional.id", "tx-zombie")
+        .set("linger.ms", "5")
+        .create_with_context(Deliveries::default())
+        .expect("producer");
+    old.init_transactions(T).expect("init_transactions");
     old.begin_transaction().unwrap();
     send(&old, "zombie", 0, "from the zombie");
     old.flush(T).unwrap();
+    let uncommitted = consumer(&server, "read_uncommitted", "zu");
+    let committed = consumer(&server, "read_committed", "zc");
+    let ends = Ends::new(&server);
+    assert_eq!(ends.hw("zombie", 2), vec![1, 0]);
 
     // A new incarnation with the same transactional id fences the old one and aborts its
-    // open transaction.
+    // open transaction (the abort marker at offset 1).
     let new = txn_producer(&server, "tx-zombie");
-    send(&old, "zombie", 1, "zombie again");
-    let _ = old.flush(Duration::from_secs(5));
+    assert_eq!(ends.hw("zombie", 2), vec![2, 0]);
+    assert_eq!(ends.lso("zombie", 2), vec![2, 0]);
+
+    // The zombie writes to partition 0, already in its transaction: librdkafka sends the
+    // Produce straight away with the old epoch, and the partition must refuse it.
+    send(&old, "zombie", 0, "zombie again");
+    old.flush(T).unwrap();
+    assert_eq!(
+        old.context().0.lock().unwrap().as_slice(),
+        [(0, None), (0, Some(RDKafkaErrorCode::InvalidProducerEpoch))],
+        "the partition refuses the zombie's old epoch"
+    );
+    assert_eq!(
+        ends.hw("zombie", 2),
+        vec![2, 0],
+        "the zombie's record was appended"
+    );
+
+    // librdkafka folds both ways of being told (INVALID_PRODUCER_EPOCH from the partition,
+    // PRODUCER_FENCED from the coordinator) into its own fatal _FENCED
+    // (rd_kafka_txn_normalize_err, rd_kafka_idemp_check_error, the Produce error handler):
+    // PRODUCER_FENCED never reaches the application, so _FENCED is the only right answer.
     let err = old
         .commit_transaction(T)
         .expect_err("the zombie must not commit");
     match &err {
-        KafkaError::Transaction(e) => assert!(e.is_fatal() || e.txn_requires_abort(), "{e}"),
+        KafkaError::Transaction(e) => {
+            assert_eq!(e.code(), RDKafkaErrorCode::Fenced, "{e}");
+            assert!(e.is_fatal(), "fencing is fatal: {e}");
+        }
         other => panic!("unexpected error {other}"),
     }
-    let text = err.to_string();
-    assert!(
-        text.contains("fenced") || text.contains("epoch"),
-        "the zombie is told it is fenced: {text}"
-    );
+    drop(old);
 
     new.begin_transaction().unwrap();
     send(&new, "zombie", 0, "from the new one");
     new.commit_transaction(T).unwrap();
 
-    let c = consumer(&server, "read_committed", "z");
-    assign_from_start(&c, "zombie", 2);
-    assert_eq!(read(&c, 1), vec![(0, "from the new one".to_string())]);
-    assert_quiet(&c, "a zombie record became visible");
+    // Nothing of the zombie's second record anywhere: read_uncommitted reads the first
+    // record and the new one's (offsets 0 and 2, markers at 1 and 3) and nothing lies
+    // beyond; read_committed reads only the new one's.
+    assert_eq!(ends.hw("zombie", 2), vec![4, 0]);
+    assert_eq!(ends.lso("zombie", 2), vec![4, 0]);
+    assign_from_start(&uncommitted, "zombie", 2);
+    assert_eq!(
+        read_at(&uncommitted, 2),
+        vec![
+            (0, 0, "from the zombie".to_string()),
+            (0, 2, "from the new one".to_string())
+        ]
+    );
+    assign_from_start(&committed, "zombie", 2);
+    assert_eq!(
+        read_at(&committed, 1),
+        vec![(0, 2, "from the new one".to_string())]
+    );
 }
 
 #[test]
@@ -276,10 +409,12 @@ fn offsets_sent_to_a_transaction_commit_with_it() {
     p.commit_transaction(T).unwrap();
     assert_eq!(committed_offset(&c), Offset::Offset(10));
 
+    // The aborted record (offset 0, its marker at 1) comes first: read_committed skips it
+    // to the copied one (2, marker 3), and nothing lies beyond.
     let out = consumer(&server, "read_committed", "reader");
     assign_from_start(&out, "out", 1);
-    assert_eq!(read(&out, 1), vec![(0, "copied".to_string())]);
-    assert_quiet(&out, "an aborted output record became visible");
+    assert_eq!(read_at(&out, 1), vec![(0, 2, "copied".to_string())]);
+    assert_eq!(Ends::new(&server).lso("out", 1), vec![4]);
 
     // The committed offset survives a restart of the broker.
     drop(c);
@@ -304,31 +439,48 @@ fn a_transaction_cut_by_sigkill_is_aborted_by_its_timeout() {
         .unwrap();
     p.init_transactions(T).unwrap();
     p.begin_transaction().unwrap();
-    for i in 0..5 {
-        send(&p, "cut", 0, &format!("open-{i}"));
+    let open: Vec<String> = (0..5).map(|i| format!("open-{i}")).collect();
+    for v in &open {
+        send(&p, "cut", 0, v);
     }
     p.flush(T).unwrap();
-    drop(p);
+    // The server dies under the open transaction; only then does the client go (it could
+    // not have ended the transaction anyway).
     server.kill();
+    drop(p);
     server.restart();
 
     // After the restart the transaction is still open until its timeout aborts it: the
-    // stable offset then passes the records and the abort marker.
+    // stable offset stays at 0 until the abort marker is written at 5, then passes it.
     let c = consumer(&server, "read_committed", "cut");
+    let u = consumer(&server, "read_uncommitted", "cut-u");
     assign_from_start(&c, "cut", 1);
-    // The stable offset moves once the abort marker is written.
-    wait_for(
-        "the last stable offset to pass the aborted records",
-        T,
-        || {
-            let (_, high) = c.fetch_watermarks("cut", 0, T).ok()?;
-            (high >= 6).then_some(())
-        },
+    assign_from_start(&u, "cut", 1);
+    let ends = Ends::new(&server);
+    wait_for("the timeout to abort the cut transaction", T, || {
+        let lso = ends.lso("cut", 1)[0];
+        assert!(lso == 0 || lso == 6, "last stable offset {lso}");
+        (lso == 6).then_some(())
+    });
+    assert_eq!(
+        ends.hw("cut", 1),
+        vec![6],
+        "the records and one abort marker"
     );
+    let want: Vec<_> = open
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (0, i as i64, v.clone()))
+        .collect();
+    assert_eq!(read_at(&u, 5), want, "the cut records survived the SIGKILL");
+
+    // A later transaction is read past the aborted one: read_committed's first record is
+    // the one after the marker, and nothing lies beyond it and its own marker.
     let p = txn_producer(&server, "tx-after");
     p.begin_transaction().unwrap();
     send(&p, "cut", 0, "after");
     p.commit_transaction(T).unwrap();
-    assert_eq!(read(&c, 1), vec![(0, "after".to_string())]);
-    assert_quiet(&c, "a record of the cut transaction became visible");
+    assert_eq!(read_at(&c, 1), vec![(0, 6, "after".to_string())]);
+    assert_eq!(ends.lso("cut", 1), vec![8]);
+    assert_eq!(ends.hw("cut", 1), vec![8]);
 }
