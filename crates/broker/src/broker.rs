@@ -567,6 +567,16 @@ impl Broker {
         }
     }
 
+    /// Forgets the state of producers idle past producer.id.expiration.ms.
+    pub fn run_producer_expiration(&self, now_ms: i64) {
+        for p in self.all_partitions() {
+            let n = p.expire_producers(now_ms, self.config.producer_id_expiration_ms);
+            if n > 0 {
+                tracing::debug!(topic = %p.topic, partition = p.index, producers = n, "expired idle producers");
+            }
+        }
+    }
+
     pub fn run_flush(&self, now_ms: i64) {
         for p in self.all_partitions() {
             if let Err(e) = p.log.maybe_flush(now_ms) {

@@ -46,6 +46,9 @@ pub struct BrokerConfig {
     pub log_flush_scheduler_interval_ms: u64,
     pub log_flush_offset_checkpoint_interval_ms: u64,
     pub offsets_retention_check_interval_ms: u64,
+    /// producer.id.expiration.ms: idle producers' state is forgotten after this long.
+    pub producer_id_expiration_ms: i64,
+    pub producer_id_expiration_check_interval_ms: u64,
     /// Consumer groups and `__consumer_offsets`.
     pub groups: crate::group::coordinator::CoordinatorConfig,
     /// Transactions and `__transaction_state`.
@@ -74,6 +77,8 @@ impl Default for BrokerConfig {
             log_flush_scheduler_interval_ms: 1000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
             offsets_retention_check_interval_ms: 600_000,
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval_ms: 600_000,
             groups: Default::default(),
             txns: Default::default(),
             log: LogConfig::default(),
@@ -296,6 +301,18 @@ impl BrokerConfig {
                 }
                 "offsets.retention.check.interval.ms" => {
                     c.offsets_retention_check_interval_ms = int(k, v)?
+                }
+                "producer.id.expiration.ms" => {
+                    c.producer_id_expiration_ms = int(k, v)?;
+                    if c.producer_id_expiration_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "producer.id.expiration.check.interval.ms" => {
+                    c.producer_id_expiration_check_interval_ms = int(k, v)?;
+                    if c.producer_id_expiration_check_interval_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
                 }
                 _ if ACCEPTED.contains(&k) => {}
                 _ => warnings.push(format!("unknown config {k} is ignored")),

@@ -84,12 +84,18 @@ impl Partition {
 
     /// Rebuilds the producer state: the newest readable snapshot, then every batch after it
     /// (from the log start when there is none), re-indexing aborted transactions whose
-    /// index entry did not reach the disk.
+    /// index entry did not reach the disk. After an unclean shutdown the replay starts no
+    /// later than the first segment recovery checked: a snapshot is fsynced before the
+    /// `.txnindex` of the segment it follows, which a power loss could take.
     fn rebuild_producer_state(&self) -> Result<(), StorageError> {
         let mut states = self.producers.lock().unwrap();
         let start = self.log.log_start_offset();
+        let limit = self.log.recovered_from().unwrap_or(u64::MAX);
         let mut from = start;
         for (offset, bytes) in self.log.producer_snapshots()? {
+            if offset > limit {
+                continue;
+            }
             if let Some(s) = ProducerStates::decode(&bytes) {
                 *states = s;
                 from = offset.max(start);
@@ -113,8 +119,15 @@ impl Partition {
                 };
                 let end = (pos + h.total_size()).min(bytes.len());
                 self.track(&mut states, &h, &bytes[pos..end])?;
-                offset = h.last_offset() as u64 + 1;
                 pos += h.total_size();
+                let next = h.last_offset() as u64 + 1;
+                if next <= offset {
+                    // Recovery checked these batches; a header going backwards would
+                    // otherwise have this loop read the same place for ever.
+                    tracing::warn!(dir = %self.log.dir().display(), offset, "producer-state replay stopped at a batch that does not move forward");
+                    return Ok(());
+                }
+                offset = next;
             }
         }
         Ok(())
@@ -244,13 +257,36 @@ impl Partition {
     }
 
     /// The last stable offset: the high watermark, or the start of the oldest transaction
-    /// still open, whichever is smaller.
+    /// still open, whichever is smaller; never below the log start (retention or
+    /// DeleteRecords may have removed the start of an open transaction).
     pub fn last_stable_offset(&self) -> u64 {
         let hw = self.high_watermark();
         match self.producers.lock().unwrap().first_unstable_offset() {
-            Some(first) => first.min(hw),
+            Some(first) => first.max(self.log.log_start_offset()).min(hw),
             None => hw,
         }
+    }
+
+    /// Whether producer `pid` has a transaction open here.
+    pub fn in_transaction(&self, pid: i64) -> bool {
+        self.producers.lock().unwrap().in_transaction(pid)
+    }
+
+    /// See [`ProducerStates::start_verification`].
+    pub fn start_verification(&self, pid: i64) -> u64 {
+        self.producers.lock().unwrap().start_verification(pid)
+    }
+
+    pub fn cancel_verification(&self, pid: i64, guard: u64) {
+        self.producers
+            .lock()
+            .unwrap()
+            .cancel_verification(pid, guard)
+    }
+
+    /// Forgets producers idle longer than `expiration_ms` with no transaction open here.
+    pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
+        self.producers.lock().unwrap().expire(now, expiration_ms)
     }
 
     pub fn set_config(&self, config: &TopicConfig) {
@@ -262,7 +298,21 @@ impl Partition {
     /// Appends a produce request's records (one or more batches), deduplicating retried
     /// batches of idempotent producers. `acks` is only checked against the ISR here; the
     /// caller waits for the high watermark with [`Partition::wait_for_high_watermark`].
+    /// Transactional batches go through [`Broker::append_records`] instead.
+    ///
+    /// [`Broker::append_records`]: crate::broker::Broker::append_records
     pub fn append(&self, records: &mut [u8], acks: i16) -> Result<Appended, AppendError> {
+        self.append_verified(records, acks, None)
+    }
+
+    /// [`Partition::append`], with the `guard` of a verified transactional producer's first
+    /// batch here ([`Partition::start_verification`]).
+    pub fn append_verified(
+        &self,
+        records: &mut [u8],
+        acks: i16,
+        guard: Option<u64>,
+    ) -> Result<Appended, AppendError> {
         if acks == -1 {
             let isr = self.isr.read().unwrap().len();
             let min = self.min_insync_replicas.load(Ordering::Acquire);
@@ -281,7 +331,18 @@ impl Partition {
                     "control batches cannot be produced".into(),
                 )));
             }
+            if h.producer_id < 0 && h.is_transactional() {
+                return Err(AppendError::Storage(StorageError::InvalidRecord(
+                    "a transactional batch needs a producer id".into(),
+                )));
+            }
             if h.producer_id >= 0 {
+                if h.base_sequence < 0 {
+                    return Err(AppendError::Storage(StorageError::InvalidRecord(format!(
+                        "invalid sequence number {} for producer {}",
+                        h.base_sequence, h.producer_id
+                    ))));
+                }
                 match producers.check(
                     h.producer_id,
                     h.producer_epoch,
@@ -299,6 +360,9 @@ impl Partition {
                     }
                     Err(e) => return Err(AppendError::Sequence(e)),
                 }
+                producers
+                    .check_txn(&h, guard)
+                    .map_err(AppendError::Sequence)?;
             }
             batches.push((pos, size));
             pos += size;
@@ -359,10 +423,9 @@ impl Partition {
     ) -> Result<(ReadResult, Vec<AbortedTxn>), StorageError> {
         let lso = self.last_stable_offset();
         let r = self.log.read(offset, max_bytes, Some(lso))?;
-        let aborted = if r.region.is_some() {
-            self.log.aborted_txns(offset, lso)?
-        } else {
-            Vec::new()
+        let aborted = match &r.region {
+            Some(region) => self.log.aborted_txns(offset, region.next_offset.min(lso))?,
+            None => Vec::new(),
         };
         Ok((r, aborted))
     }
@@ -379,3 +442,7 @@ impl Partition {
         self.log.delete_records_before(offset)
     }
 }
+
+#[cfg(test)]
+#[path = "partition_tests.rs"]
+mod tests;

@@ -9,7 +9,8 @@ use strom_storage::batch::BatchHeader;
 /// Kafka keeps the last 5 batches per producer: the producer's in-flight limit.
 pub const MAX_CACHED_BATCHES: usize = 5;
 pub const NO_PRODUCER_ID: i64 = -1;
-const SNAPSHOT_VERSION: u8 = 1;
+/// Version 2 adds each producer's last timestamp (for `producer.id.expiration.ms`).
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// One producer as DescribeProducers shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub enum SequenceError {
     InvalidEpoch { current: i16 },
     /// A gap, or a sequence that does not start at 0 for a new epoch.
     OutOfOrder { expected: i32, got: i32 },
+    /// A transactional batch outside a transaction the coordinator knows of, or a plain
+    /// batch from a producer with a transaction open here (INVALID_TXN_STATE).
+    TxnState(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +80,8 @@ pub enum Check {
 struct Entry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
+    /// Max timestamp of its last batch or marker: idle producers expire by it.
+    last_timestamp: i64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -84,6 +90,11 @@ pub struct ProducerStates {
     /// Open transactions: producer id -> first offset. The last stable offset is the
     /// smallest of these (or the high watermark when there are none).
     ongoing: std::collections::BTreeMap<i64, u64>,
+    /// Producers whose first transactional batch here the coordinator is being asked about
+    /// (KIP-890's verification guard). A marker for the producer drops the guard, so a
+    /// batch verified before its transaction ended cannot open a transaction after it.
+    verifying: HashMap<i64, u64>,
+    next_guard: u64,
 }
 
 fn in_sequence(last: i32, next: i32) -> bool {
@@ -103,7 +114,7 @@ impl ProducerStates {
         first_seq: i32,
         records: i32,
     ) -> Result<Check, SequenceError> {
-        if pid == NO_PRODUCER_ID {
+        if pid < 0 {
             return Ok(Check::Append);
         }
         let last_seq = last_seq_of(first_seq, records);
@@ -140,16 +151,58 @@ impl ProducerStates {
                     got: first_seq,
                 })
             }
+            // Known epoch but no sequence yet (a marker created or bumped the entry): the
+            // producer's first batch here starts at 0, as Kafka requires.
+            None if first_seq != 0 => Err(SequenceError::OutOfOrder {
+                expected: 0,
+                got: first_seq,
+            }),
             _ => Ok(Check::Append),
+        }
+    }
+
+    /// The transaction rules for a producer's batch, after [`ProducerStates::check`]: a
+    /// transactional batch continues the producer's open transaction here or carries the
+    /// `guard` of a verification that the coordinator answered; a plain batch may not
+    /// come while the producer has a transaction open.
+    pub fn check_txn(&self, h: &BatchHeader, guard: Option<u64>) -> Result<(), SequenceError> {
+        let open = self.ongoing.contains_key(&h.producer_id);
+        if h.is_transactional() {
+            if !open && (guard.is_none() || self.verifying.get(&h.producer_id) != guard.as_ref()) {
+                return Err(SequenceError::TxnState(
+                    "the batch is not part of an ongoing transaction",
+                ));
+            }
+        } else if open {
+            return Err(SequenceError::TxnState(
+                "a non-transactional batch from a producer with an open transaction",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts verifying producer `pid`'s first transactional batch here: the guard to pass
+    /// to [`ProducerStates::check_txn`] once the coordinator confirmed the transaction.
+    pub fn start_verification(&mut self, pid: i64) -> u64 {
+        self.next_guard += 1;
+        self.verifying.insert(pid, self.next_guard);
+        self.next_guard
+    }
+
+    /// Drops a guard that the coordinator refused.
+    pub fn cancel_verification(&mut self, pid: i64, guard: u64) {
+        if self.verifying.get(&pid) == Some(&guard) {
+            self.verifying.remove(&pid);
         }
     }
 
     /// Remembers a batch that was written (its header as stored, offsets assigned). For a
     /// commit or abort marker, returns the first offset of the transaction it ended.
     pub fn record(&mut self, h: &BatchHeader) -> Option<u64> {
-        if h.producer_id == NO_PRODUCER_ID {
+        if h.producer_id < 0 {
             return None;
         }
+        self.verifying.remove(&h.producer_id);
         if h.is_control() {
             // Markers carry no sequence numbers, but a marker written with a bumped epoch
             // (a fenced producer's transaction aborted) fences the old epoch here too.
@@ -158,6 +211,7 @@ impl ProducerStates {
                 entry.epoch = h.producer_epoch;
                 entry.batches.clear();
             }
+            entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
             return self.ongoing.remove(&h.producer_id);
         }
         if h.is_transactional() {
@@ -170,7 +224,8 @@ impl ProducerStates {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
-        if entry.batches.len() == MAX_CACHED_BATCHES {
+        entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+        while entry.batches.len() >= MAX_CACHED_BATCHES {
             entry.batches.pop_front();
         }
         entry.batches.push_back(BatchMeta {
@@ -197,7 +252,7 @@ impl ProducerStates {
                 producer_id: *pid,
                 epoch: e.epoch,
                 last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
-                last_timestamp: e.batches.back().map_or(-1, |b| b.timestamp),
+                last_timestamp: e.last_timestamp,
                 txn_start_offset: self.ongoing.get(pid).map(|o| *o as i64).unwrap_or(-1),
             })
             .collect();
@@ -214,6 +269,7 @@ impl ProducerStates {
         for (pid, e) in &self.producers {
             out.extend_from_slice(&pid.to_be_bytes());
             out.extend_from_slice(&e.epoch.to_be_bytes());
+            out.extend_from_slice(&e.last_timestamp.to_be_bytes());
             out.push(e.batches.len() as u8);
             for b in &e.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -236,7 +292,8 @@ impl ProducerStates {
     /// Reads a snapshot back; `None` if it is torn, corrupt or of another version.
     pub fn decode(bytes: &[u8]) -> Option<ProducerStates> {
         let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-        if crc32c::crc32c(body).to_be_bytes() != crc || body.first() != Some(&SNAPSHOT_VERSION) {
+        let version = *body.first()?;
+        if crc32c::crc32c(body).to_be_bytes() != crc || !(1..=SNAPSHOT_VERSION).contains(&version) {
             return None;
         }
         let mut r = Reader(&body[1..]);
@@ -244,6 +301,7 @@ impl ProducerStates {
         for _ in 0..r.u32()? {
             let pid = r.i64()?;
             let epoch = r.i16()?;
+            let stored_timestamp = if version >= 2 { Some(r.i64()?) } else { None };
             let n = r.u8()? as usize;
             let mut batches = VecDeque::with_capacity(n.min(MAX_CACHED_BATCHES));
             for _ in 0..n {
@@ -255,7 +313,16 @@ impl ProducerStates {
                     timestamp: r.i64()?,
                 });
             }
-            s.producers.insert(pid, Entry { epoch, batches });
+            let last_timestamp =
+                stored_timestamp.unwrap_or_else(|| batches.back().map_or(-1, |b| b.timestamp));
+            s.producers.insert(
+                pid,
+                Entry {
+                    epoch,
+                    batches,
+                    last_timestamp,
+                },
+            );
         }
         for _ in 0..r.u32()? {
             let pid = r.i64()?;
@@ -270,13 +337,15 @@ impl ProducerStates {
         self.ongoing.values().min().copied()
     }
 
-    /// Forgets everything at or after `offset` (the log was truncated).
-    pub fn truncate(&mut self, offset: u64) {
-        self.ongoing.retain(|_, first| *first < offset);
-        for e in self.producers.values_mut() {
-            e.batches.retain(|b| b.last_offset < offset);
-        }
-        self.producers.retain(|_, e| !e.batches.is_empty());
+    /// Forgets producers idle for `expiration_ms` (`producer.id.expiration.ms`) with no
+    /// transaction open, as Kafka does; returns how many.
+    pub fn expire(&mut self, now: i64, expiration_ms: i64) -> usize {
+        let before = self.producers.len();
+        let ongoing = &self.ongoing;
+        self.producers.retain(|pid, e| {
+            ongoing.contains_key(pid) || now.saturating_sub(e.last_timestamp) < expiration_ms
+        });
+        before - self.producers.len()
     }
 
     pub fn epoch_of(&self, pid: i64) -> Option<i16> {
@@ -432,8 +501,6 @@ mod tests {
         assert_eq!(s.first_unstable_offset(), Some(2));
         // The marker did not disturb 2's sequence numbers.
         assert_eq!(s.check(2, 0, 4, 1), Ok(Check::Append));
-        s.truncate(2);
-        assert_eq!(s.first_unstable_offset(), None);
     }
 
     #[test]
@@ -476,13 +543,116 @@ mod tests {
     }
 
     #[test]
-    fn truncation_forgets_later_batches() {
+    fn transactional_batches_need_an_open_transaction_or_a_live_guard() {
         let mut s = ProducerStates::default();
-        write(&mut s, 1, 0, 0, 2, 0).unwrap();
-        write(&mut s, 1, 0, 2, 2, 2).unwrap();
-        s.truncate(2);
-        assert!(matches!(s.check(1, 0, 2, 2), Ok(Check::Append)));
-        s.truncate(0);
+        let first = header(9, 0, true, false);
+        let not_in_txn = Err(SequenceError::TxnState(
+            "the batch is not part of an ongoing transaction",
+        ));
+        assert_eq!(s.check_txn(&first, None), not_in_txn);
+        let guard = s.start_verification(9);
+        assert_eq!(s.check_txn(&first, Some(guard + 1)), not_in_txn);
+        assert_eq!(s.check_txn(&first, Some(guard)), Ok(()));
+        s.record(&first);
+        // Inside its transaction the producer needs no guard, and may not write plainly.
+        assert_eq!(s.check_txn(&header(9, 1, true, false), None), Ok(()));
+        assert!(matches!(
+            s.check_txn(&header(9, 1, false, false), None),
+            Err(SequenceError::TxnState(_))
+        ));
+        s.record(&header(9, 1, true, true));
+        assert_eq!(s.check_txn(&header(9, 2, false, false), None), Ok(()));
+    }
+
+    #[test]
+    fn a_marker_between_verification_and_append_voids_the_guard() {
+        let mut s = ProducerStates::default();
+        let guard = s.start_verification(3);
+        // The coordinator said yes, then the transaction timed out and its abort marker
+        // arrived before the batch: the batch must not open a transaction after the marker.
+        s.record(&header(3, 0, true, true));
+        assert!(matches!(
+            s.check_txn(&header(3, 1, true, false), Some(guard)),
+            Err(SequenceError::TxnState(_))
+        ));
+        let refused = s.start_verification(3);
+        s.cancel_verification(3, refused);
+        assert!(
+            s.check_txn(&header(3, 1, true, false), Some(refused))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn idle_producers_expire_unless_a_transaction_is_open() {
+        let mut s = ProducerStates::default();
+        let mut idle = header(1, 0, false, false);
+        idle.max_timestamp = 1_000;
+        s.record(&idle);
+        let mut open = header(2, 1, true, false);
+        open.max_timestamp = 1_000;
+        s.record(&open);
+        let mut recent = header(3, 2, false, false);
+        recent.max_timestamp = 5_000;
+        s.record(&recent);
+        assert_eq!(s.expire(6_000, 5_000), 1);
+        let left: Vec<i64> = s.describe().iter().map(|p| p.producer_id).collect();
+        assert_eq!(left, vec![2, 3]);
+        assert_eq!(s.first_unstable_offset(), Some(1));
+        // A forgotten producer is new again: any sequence goes.
+        assert_eq!(s.check(1, 0, 57, 1), Ok(Check::Append));
+    }
+
+    #[test]
+    fn after_a_marker_the_first_batch_of_an_epoch_starts_at_zero() {
+        let mut s = ProducerStates::default();
+        let mut marker = header(6, 0, true, true);
+        marker.producer_epoch = 2;
+        s.record(&marker);
+        assert_eq!(
+            s.check(6, 2, 5, 1),
+            Err(SequenceError::OutOfOrder {
+                expected: 0,
+                got: 5
+            })
+        );
+        assert_eq!(s.check(6, 2, 0, 1), Ok(Check::Append));
+    }
+
+    #[test]
+    fn negative_producer_ids_are_no_producer_ids() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check(-5, 0, 3, 1), Ok(Check::Append));
+        assert_eq!(s.record(&header(-5, 0, true, false)), None);
+        assert_eq!(s.first_unstable_offset(), None);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn version_one_snapshots_still_load() {
+        let mut s = ProducerStates::default();
+        write(&mut s, 4, 1, 0, 2, 0).unwrap();
+        s.record(&header(8, 2, true, false));
+        // Version 1: no last timestamp per producer.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&4i64.to_be_bytes());
+        v1.extend_from_slice(&1i16.to_be_bytes());
+        v1.push(1);
+        for v in [0i32, 1] {
+            v1.extend_from_slice(&v.to_be_bytes());
+        }
+        for v in [0i64, 1, 0] {
+            v1.extend_from_slice(&v.to_be_bytes());
+        }
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&8i64.to_be_bytes());
+        v1.extend_from_slice(&2i64.to_be_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let back = ProducerStates::decode(&v1).expect("a version 1 snapshot");
+        assert_eq!(back.epoch_of(4), Some(1));
+        assert!(matches!(back.check(4, 1, 0, 2), Ok(Check::Duplicate(_))));
+        assert_eq!(back.first_unstable_offset(), Some(2));
     }
 }

@@ -37,6 +37,9 @@ pub struct FileRegion {
     pub file: Arc<File>,
     pub position: u64,
     pub len: u64,
+    /// The offset just past the region's last batch (or, at a segment's end, the segment's
+    /// next offset): a read_committed fetch needs the aborted transactions below it only.
+    pub next_offset: u64,
 }
 
 impl FileRegion {
@@ -75,6 +78,7 @@ pub(crate) struct Shared {
     start_offset: AtomicU64,
     writer: Mutex<Writer>,
     recovery: Mutex<Recovery>,
+    recovered_from: Option<u64>,
 }
 
 struct Writer {
@@ -129,6 +133,7 @@ impl Log {
                 point: opened.recovery_point,
                 truncations: 0,
             }),
+            recovered_from: opened.recovered_from,
         };
         let log = Log {
             shared: Arc::new(shared),
@@ -160,6 +165,13 @@ impl Log {
     /// The offset the next record will get.
     pub fn log_end_offset(&self) -> u64 {
         self.shared.end_offset.load(Ordering::Acquire)
+    }
+
+    /// After an unclean shutdown, the base offset of the first segment that recovery checked:
+    /// from there on, files written beside the log (its `.txnindex`) may have missed what
+    /// was not fsynced. `None` after a clean shutdown.
+    pub fn recovered_from(&self) -> Option<u64> {
+        self.shared.recovered_from
     }
 
     pub fn recovery_point(&self) -> u64 {

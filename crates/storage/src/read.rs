@@ -78,10 +78,20 @@ impl Log {
             limit = limit.min(upper_pos);
         }
         let end = seg.whole_batches_end(pos, limit)?;
+        let after = if end < size {
+            seg.read_header(end)?
+        } else {
+            None
+        };
+        let next_offset = match after {
+            Some(h) => h.base_offset as u64,
+            None => seg.next_offset()?,
+        };
         Ok(SegmentRead::Found(FileRegion {
             file: seg.file()?.clone(),
             position: pos,
             len: end - pos,
+            next_offset,
         }))
     }
 

@@ -16,6 +16,8 @@ pub(crate) struct Opened {
     pub start_offset: u64,
     pub end_offset: u64,
     pub recovery_point: u64,
+    /// After an unclean shutdown: the base of the first segment recovery had to check.
+    pub recovered_from: Option<u64>,
     pub rolling_base_ms: Option<i64>,
     pub epochs: EpochCache,
 }
@@ -72,7 +74,9 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
     } else {
         checkpoint::read_offset(dir, checkpoint::RECOVERY_POINT).unwrap_or(0)
     };
-    if !clean && !logs.is_empty() {
+    let recovered_from =
+        (!clean && !logs.is_empty()).then(|| first_unsafe(&segments, recovery_point));
+    if recovered_from.is_some() {
         recover(dir, &mut segments, recovery_point)?;
     }
 
@@ -108,6 +112,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         start_offset,
         end_offset,
         recovery_point: end_offset,
+        recovered_from,
         rolling_base_ms,
         epochs,
     })

@@ -496,7 +496,18 @@ impl Segment {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(e).at(&self.txn_index_path),
             };
-            *guard = Some(AbortedTxn::decode_all(&bytes));
+            let entries = AbortedTxn::decode_all(&bytes);
+            if entries.len() * crate::txn_index::ENTRY != bytes.len() {
+                // A torn or damaged entry: rewrite whole entries only, or the next append
+                // would land out of alignment and garble every later entry.
+                tracing::warn!(file = %self.txn_index_path.display(), "dropping a damaged tail of the aborted-transaction index");
+                let mut kept = Vec::with_capacity(bytes.len());
+                for t in &entries {
+                    t.encode(&mut kept);
+                }
+                std::fs::write(&self.txn_index_path, kept).at(&self.txn_index_path)?;
+            }
+            *guard = Some(entries);
         }
         Ok(f(guard.as_mut().unwrap()))
     }

@@ -37,7 +37,13 @@ impl Log {
         };
         let mut out = Vec::new();
         for seg in segments {
-            out.extend(overlapping(&seg.aborted()?, from, upper));
+            let entries = seg.aborted()?;
+            out.extend(overlapping(&entries, from, upper));
+            // An abort written when no open transaction had started below `upper` means
+            // every transaction starting below it ended before: later segments add nothing.
+            if entries.iter().any(|t| t.last_stable_offset >= upper) {
+                break;
+            }
         }
         Ok(out)
     }

@@ -58,7 +58,8 @@ pub struct AbortedTxn {
     pub last_stable_offset: u64,
 }
 
-const ENTRY: usize = 34;
+/// Bytes of one `.txnindex` entry.
+pub const ENTRY: usize = 34;
 
 impl AbortedTxn {
     pub fn encode(&self, out: &mut Vec<u8>) {

@@ -130,12 +130,16 @@ async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver
     let mut offsets = tokio::time::interval(Duration::from_millis(
         c.offsets_retention_check_interval_ms.max(1),
     ));
+    let mut producers = tokio::time::interval(Duration::from_millis(
+        c.producer_id_expiration_check_interval_ms.max(1),
+    ));
     loop {
         let b = broker.clone();
         tokio::select! {
             _ = retention.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_retention(now_ms())).await; }
             _ = flush.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_flush(now_ms())).await; }
             _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_checkpoint()).await; }
+            _ = producers.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_producer_expiration(now_ms())).await; }
             _ = offsets.tick() => { let _ = tokio::task::spawn_blocking(move || b.groups.maintain(&b)).await; }
             _ = stop.changed() => return,
         }

@@ -13,6 +13,7 @@ use crate::partition::{AppendError, Appended};
 use crate::producer_state::SequenceError;
 use crate::protocol::{self, RequestContext};
 use crate::server::Reply;
+use strom_storage::batch::{self, BatchHeader};
 
 struct PartitionResult {
     index: i32,
@@ -28,20 +29,49 @@ fn append_error(e: &AppendError, version: i16) -> (i16, String) {
         AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
             errors::OUT_OF_ORDER_SEQUENCE_NUMBER
         }
+        AppendError::Sequence(SequenceError::TxnState(_)) => errors::INVALID_TXN_STATE,
         AppendError::NotEnoughReplicas { .. } => errors::NOT_ENOUGH_REPLICAS,
     };
-    // INVALID_RECORD exists from Produce v8 on; older clients know CORRUPT_MESSAGE.
-    let code = if code == errors::INVALID_RECORD && version < 8 {
-        errors::CORRUPT_MESSAGE
+    let code = if code == errors::INVALID_RECORD {
+        invalid_record(version)
     } else {
         code
     };
     (code, e.to_string())
 }
 
+/// Whether the records hold a second whole batch after the first (a torn one is left to the
+/// log's framing checks: CORRUPT_MESSAGE).
+fn several_batches(records: &[u8]) -> bool {
+    BatchHeader::parse(records).is_some_and(|h| {
+        h.total_size() < records.len() && batch::check_framing(&records[h.total_size()..]).is_ok()
+    })
+}
+
+/// INVALID_RECORD exists from Produce v8 on; older clients know CORRUPT_MESSAGE.
+fn invalid_record(version: i16) -> i16 {
+    if version < 8 {
+        errors::CORRUPT_MESSAGE
+    } else {
+        errors::INVALID_RECORD
+    }
+}
+
 pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> HandlerResult {
     let req = produce_framing(body, ctx.version)?;
     let acks = req.acks;
+    let transactional_id = req.transactional_id.as_deref().filter(|id| !id.is_empty());
+    // Transactional records come with the transactional id they belong to, or the whole
+    // request is refused, as Kafka does.
+    let txn_id_missing = transactional_id.is_none()
+        && req.topics.iter().any(|t| {
+            t.partitions.iter().any(|p| {
+                p.records
+                    .as_deref()
+                    .and_then(BatchHeader::parse)
+                    .is_some_and(|h| h.is_transactional())
+            })
+        });
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut topics: Vec<(String, Vec<PartitionResult>)> = Vec::new();
@@ -57,17 +87,28 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
             };
             if !matches!(acks, -1..=1) {
                 r.error = errors::INVALID_REQUIRED_ACKS;
+            } else if txn_id_missing {
+                r.error = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+                r.message =
+                    Some("transactional records need the request's transactional id".into());
             } else if let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition)) {
                 match p.records.filter(|r| !r.is_empty()) {
                     None => {
                         r.error = errors::CORRUPT_MESSAGE;
                         r.message = Some("no records".into());
                     }
+                    Some(records) if ctx.version >= 3 && several_batches(&records) => {
+                        r.error = invalid_record(ctx.version);
+                        r.message = Some(
+                            "produce requests v3 and above carry exactly one record batch per partition"
+                                .into(),
+                        );
+                    }
                     Some(records) => {
                         // The log assigns offsets in place, so the batches need a buffer of
                         // their own; they are stored exactly as patched.
                         let mut buf = records.to_vec();
-                        match partition.append(&mut buf, acks) {
+                        match broker.append_records(&partition, &mut buf, acks, transactional_id) {
                             Ok(a) => r.appended = Some(a),
                             Err(e) => {
                                 let (code, msg) = append_error(&e, ctx.version);

@@ -53,11 +53,11 @@ fn txn_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
     b.build()
 }
 
-fn produce(b: &Broker, partition: i32, batch: Vec<u8>) -> u64 {
+/// Produces as the transactional producer `id` does, verification included.
+fn produce(b: &Broker, id: &str, partition: i32, batch: Vec<u8>) -> u64 {
     let mut batch = batch;
-    b.partition("t", partition)
-        .unwrap()
-        .append(&mut batch, -1)
+    let p = b.partition("t", partition).unwrap();
+    b.append_records(&p, &mut batch, -1, Some(id))
         .unwrap()
         .base_offset
 }
@@ -72,8 +72,8 @@ fn commit_and_abort_write_markers_and_move_the_stable_offset() {
     let b = broker(dir.path());
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
     assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-    produce(&b, 0, txn_batch(pid, epoch, 0, 3));
-    produce(&b, 1, txn_batch(pid, epoch, 0, 2));
+    produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 3));
+    produce(&b, "tx", 1, txn_batch(pid, epoch, 0, 2));
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!((p0.last_stable_offset(), p0.high_watermark()), (0, 3));
     assert!(p0.read_committed(0, 1 << 20).unwrap().0.region.is_none());
@@ -91,7 +91,7 @@ fn commit_and_abort_write_markers_and_move_the_stable_offset() {
     // The next transaction is aborted: read_committed is told which producer's records to
     // drop, from which offset.
     assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-    let first = produce(&b, 0, txn_batch(pid, epoch, 3, 2));
+    let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 3, 2));
     assert_eq!(b.txns.end(&b, "tx", pid, epoch, false), NONE);
     let (_, aborted) = p0.read_committed(0, 1 << 20).unwrap();
     assert_eq!(aborted.len(), 1);
@@ -108,7 +108,7 @@ fn a_new_incarnation_fences_the_old_one_everywhere() {
     let b = broker(dir.path());
     let (pid, old) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
     assert_eq!(b.txns.add_partitions(&b, "tx", pid, old, &both()), NONE);
-    produce(&b, 0, txn_batch(pid, old, 0, 1));
+    produce(&b, "tx", 0, txn_batch(pid, old, 0, 1));
     // The new incarnation aborts the open transaction at once and gets a newer epoch.
     let (same, new) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
     assert_eq!(same, pid);
@@ -127,7 +127,7 @@ fn open_transactions_time_out() {
     let b = broker(dir.path());
     let (pid, epoch) = b.txns.init_producer(&b, "slow", 1_000, None).unwrap();
     assert_eq!(b.txns.add_partitions(&b, "slow", pid, epoch, &both()), NONE);
-    produce(&b, 1, txn_batch(pid, epoch, 0, 4));
+    produce(&b, "slow", 1, txn_batch(pid, epoch, 0, 4));
     b.txns.tick(&b, now_ms());
     assert_eq!(b.txns.describe("slow").unwrap().state, TxnState::Ongoing);
     b.txns.tick(&b, now_ms() + 1_001);
@@ -148,7 +148,7 @@ fn a_restart_between_prepare_and_complete_finishes_the_commit() {
         let b = broker(dir.path());
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
         assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-        produce(&b, 0, txn_batch(pid, epoch, 0, 2));
+        produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
         // The coordinator persisted PrepareCommit and died before writing any marker.
         let mut m = b.txns.describe("tx").unwrap();
         m.state = TxnState::PrepareCommit;
@@ -189,7 +189,7 @@ fn producer_state_survives_restarts_clean_or_not() {
         let b = broker(dir.path());
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
         assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-        produce(&b, 0, txn_batch(pid, epoch, 0, 2));
+        produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
         b.shutdown();
         (pid, epoch)
     };

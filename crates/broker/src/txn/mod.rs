@@ -5,6 +5,7 @@ pub mod coordinator;
 pub mod markers;
 pub mod records;
 pub mod state;
+pub mod verify;
 
 #[cfg(test)]
 mod coordinator_tests;

@@ -211,6 +211,18 @@ fn legacy_message_set(magic: u8, value: &[u8]) -> Vec<u8> {
 /// A Produce request for `topic`/`partition` carrying `records` (None: a null records field).
 /// v0-2 are built by hand: the codec's schemas start at v3.
 fn produce(version: i16, acks: i16, topic: &str, partition: i32, records: Option<&[u8]>) -> Bytes {
+    produce_as(None, version, acks, topic, partition, records)
+}
+
+/// A produce request, from the transactional producer `transactional_id` if given (v3+).
+fn produce_as(
+    transactional_id: Option<&str>,
+    version: i16,
+    acks: i16,
+    topic: &str,
+    partition: i32,
+    records: Option<&[u8]>,
+) -> Bytes {
     if version <= 2 {
         let mut b = BytesMut::new();
         b.put_i16(acks);
@@ -229,6 +241,7 @@ fn produce(version: i16, acks: i16, topic: &str, partition: i32, records: Option
         return frame(0, version, false, &b);
     }
     let req = ProduceRequest {
+        transactional_id: transactional_id.map(String::from),
         acks,
         timeout_ms: 5000,
         topic_data: vec![TopicProduceData {

@@ -186,13 +186,91 @@ async fn producers_cannot_write_transaction_markers() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(dir.path());
     let marker = strom_storage::txn_index::marker_batch(7, 0, true, 0, 1);
-    let r = serve(&broker, produce(8, 1, "t", 0, Some(&marker))).await;
+    let r = serve(&broker, produce_as(Some("tx"), 8, 1, "t", 0, Some(&marker))).await;
     assert_eq!(produce_errors(r, 8), [INVALID_RECORD], "INVALID_RECORD");
-    let r = serve(&broker, produce(3, 1, "t", 0, Some(&marker))).await;
+    let r = serve(&broker, produce_as(Some("tx"), 3, 1, "t", 0, Some(&marker))).await;
     assert_eq!(
         produce_errors(r, 3),
         [CORRUPT_MESSAGE],
         "CORRUPT_MESSAGE before v8"
     );
     assert_eq!(broker.partition("t", 0).unwrap().log.log_end_offset(), 0);
+}
+
+/// A batch from producer `pid` (epoch 0, sequence `seq`), transactional or not.
+fn producer_batch(pid: i64, seq: i32, transactional: bool) -> Vec<u8> {
+    let mut b = BatchBuilder::new().record(Record {
+        timestamp: 1,
+        key: None,
+        value: Some(b"v".to_vec()),
+        headers: vec![],
+    });
+    b.producer_id = pid;
+    b.producer_epoch = 0;
+    b.base_sequence = seq;
+    b.transactional = transactional;
+    b.build()
+}
+
+/// Nobody may open a transaction in a partition that no transaction coordinator knows of:
+/// it would hold the last stable offset, and read_committed consumers, for ever.
+#[tokio::test]
+async fn transactional_batches_outside_a_known_transaction_are_refused() {
+    const INVALID_TXN_STATE: i16 = 48;
+    const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let txn = producer_batch(7, 0, true);
+    for v in [3, 9, 11] {
+        let r = serve(&broker, produce(v, 1, "t", 0, Some(&txn))).await;
+        assert_eq!(
+            produce_errors(r, v),
+            [TRANSACTIONAL_ID_AUTHORIZATION_FAILED],
+            "no transactional id, v{v}"
+        );
+        let r = serve(
+            &broker,
+            produce_as(Some("nobody"), v, 1, "t", 0, Some(&txn)),
+        )
+        .await;
+        assert_eq!(
+            produce_errors(r, v),
+            [INVALID_TXN_STATE],
+            "an id the coordinator does not know, v{v}"
+        );
+        // A negative producer id is no producer id; a transaction needs one.
+        let r = serve(
+            &broker,
+            produce_as(
+                Some("nobody"),
+                v,
+                1,
+                "t",
+                0,
+                Some(&producer_batch(-5, 0, true)),
+            ),
+        )
+        .await;
+        let invalid = if v >= 8 {
+            INVALID_RECORD
+        } else {
+            CORRUPT_MESSAGE
+        };
+        assert_eq!(produce_errors(r, v), [invalid], "producer id -5, v{v}");
+        // An idempotent batch needs a sequence number.
+        let r = serve(
+            &broker,
+            produce(v, 1, "t", 0, Some(&producer_batch(8, -1, false))),
+        )
+        .await;
+        assert_eq!(produce_errors(r, v), [invalid], "sequence -1, v{v}");
+        // Produce v3+ carries exactly one batch per partition.
+        let two = cat(&[&batch(), &batch()]);
+        let r = serve(&broker, produce(v, 1, "t", 0, Some(&two))).await;
+        assert_eq!(produce_errors(r, v), [invalid], "two batches, v{v}");
+    }
+    let p = broker.partition("t", 0).unwrap();
+    assert_eq!(p.log.log_end_offset(), 0, "nothing was written");
+    assert_eq!(p.last_stable_offset(), 0);
+    assert!(p.producers().is_empty());
 }

@@ -1,0 +1,120 @@
+//! A partition's transaction bookkeeping on its own log: the last stable offset and the
+//! aborted-transaction index across deletions and unclean restarts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strom_storage::batch::{BatchBuilder, Record};
+use tokio::sync::Notify;
+
+use crate::config::BrokerConfig;
+use crate::partition::Partition;
+use crate::topic_config::TopicConfig;
+
+fn open(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Partition {
+    let overrides: BTreeMap<String, String> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = TopicConfig::new(&BrokerConfig::default(), overrides).unwrap();
+    Partition::open(dir, "t", 0, 0, &config, Arc::new(Notify::new())).unwrap()
+}
+
+fn records(pid: i64, seq: i32, n: usize, transactional: bool) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for i in 0..n {
+        b = b.record(Record {
+            timestamp: 1,
+            key: None,
+            value: Some(format!("value {i} of a batch from {pid}").into_bytes()),
+            headers: vec![],
+        });
+    }
+    b.producer_id = pid;
+    b.producer_epoch = 0;
+    b.base_sequence = seq;
+    b.transactional = transactional;
+    b.build()
+}
+
+/// Opens producer `pid`'s transaction here as a verified first batch does.
+fn begin(p: &Partition, pid: i64, n: usize) {
+    let guard = p.start_verification(pid);
+    p.append_verified(&mut records(pid, 0, n, true), -1, Some(guard))
+        .unwrap();
+}
+
+#[test]
+fn the_stable_offset_never_falls_below_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), &[]);
+    begin(&p, 1, 2);
+    p.append(&mut records(-1, -1, 3, false), -1).unwrap();
+    assert_eq!(p.last_stable_offset(), 0);
+    // DeleteRecords is bounded by the high watermark, not the stable offset: it may take
+    // the start of the open transaction with it.
+    assert_eq!(p.delete_records(4).unwrap(), 4);
+    assert_eq!(p.last_stable_offset(), 4);
+    let (r, aborted) = p.read_committed(4, 1 << 20).unwrap();
+    assert!(r.region.is_none() && aborted.is_empty());
+    p.write_marker(1, 0, false, 0).unwrap();
+    assert_eq!(p.last_stable_offset(), 6);
+}
+
+#[test]
+fn aborted_transactions_are_reindexed_after_an_unclean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = [("segment.bytes", "1024")];
+    let marker = {
+        let p = open(dir.path(), &segment);
+        begin(&p, 1, 2);
+        let marker = p.write_marker(1, 0, false, 0).unwrap();
+        // Roll past the marker's segment: the roll snapshots the producer state.
+        while p.log.segment_count() < 3 {
+            p.append(&mut records(-1, -1, 4, false), -1).unwrap();
+        }
+        marker
+    };
+    // A power loss before the rolled segments were fsynced: their recovery point was not
+    // checkpointed and the marker segment's `.txnindex` never reached the disk, while the
+    // newer producer snapshot (fsynced when written) did.
+    std::fs::write(dir.path().join("recovery-point-checkpoint"), "0\n0\n").unwrap();
+    std::fs::remove_file(dir.path().join("00000000000000000000.txnindex")).unwrap();
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.ends_with(".snapshot") && !name.starts_with("00000000000000000000")
+        }),
+        "a snapshot after the marker's segment"
+    );
+    let p = open(dir.path(), &segment);
+    let (r, aborted) = p.read_committed(0, 1 << 20).unwrap();
+    assert!(r.region.is_some());
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(
+        (
+            aborted[0].producer_id,
+            aborted[0].first_offset,
+            aborted[0].last_offset
+        ),
+        (1, 0, marker)
+    );
+}
+
+#[test]
+fn a_fetch_hears_only_of_aborts_within_what_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), &[]);
+    for pid in 1..=3 {
+        begin(&p, pid, 2);
+        p.write_marker(pid, 0, false, 0).unwrap();
+    }
+    // Each transaction spans offsets 3k..3k+1 and its marker 3k+2. A fetch of one batch
+    // returns offsets 0-1: only producer 1's abort concerns it.
+    let (r, aborted) = p.read_committed(0, 1).unwrap();
+    assert_eq!(r.region.unwrap().next_offset, 2);
+    let pids: Vec<i64> = aborted.iter().map(|t| t.producer_id).collect();
+    assert_eq!(pids, vec![1]);
+    let (_, aborted) = p.read_committed(0, 1 << 20).unwrap();
+    assert_eq!(aborted.len(), 3);
+}
