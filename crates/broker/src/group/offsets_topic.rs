@@ -80,8 +80,8 @@ impl GroupCoordinator {
     }
 
     /// Offsets of groups without members expire `offsets.retention.minutes` after their
-    /// last commit or the group's emptying, whichever is later; a group left with nothing
-    /// is forgotten.
+    /// last commit or the group's emptying, whichever is later; a group left with nothing,
+    /// not even offsets of an open transaction, is forgotten.
     pub fn expire(&self, broker: &Broker, now: u64) {
         let retention = self.config.offsets_retention_ms as i64;
         let mut groups = self.lock();
@@ -107,7 +107,10 @@ impl GroupCoordinator {
                     value: None,
                 })
                 .collect();
-            let forget = expired.len() == entry.offsets.len() && since + retention < now as i64;
+            // As Kafka's hasOffsets: offsets of an open transaction keep the group too.
+            let forget = expired.len() == entry.offsets.len()
+                && entry.pending.is_empty()
+                && since + retention < now as i64;
             if forget {
                 records.push(Record::Group {
                     group: id.clone(),
@@ -134,8 +137,10 @@ impl GroupCoordinator {
         };
         let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
         let mut metas: HashMap<String, GroupMetadata> = HashMap::new();
-        // Transactional offsets by producer, then group, until their marker is read.
-        let mut pending: HashMap<i64, HashMap<String, PendingOffsets>> = HashMap::new();
+        // Transactional offsets by partition and producer, then group, until their marker is
+        // read: markers are per partition, so one ends only what is pending there.
+        type Offsets = BTreeMap<(String, i32), CommittedOffset>;
+        let mut pending: HashMap<(i32, i64), HashMap<String, Offsets>> = HashMap::new();
         let mut read_per_partition = Vec::new();
         for p in topic.partitions.read().unwrap().iter() {
             let mut read = 0u64;
@@ -145,7 +150,7 @@ impl GroupCoordinator {
                         .next()
                         .and_then(|r| r.key)
                         .and_then(txn_index::marker_type);
-                    if let Some(groups) = pending.remove(&h.producer_id)
+                    if let Some(groups) = pending.remove(&(p.index, h.producer_id))
                         && commit == Some(true)
                     {
                         for (group, offs) in groups {
@@ -164,7 +169,7 @@ impl GroupCoordinator {
                                 value: Some(v),
                             }) if h.is_transactional() => {
                                 pending
-                                    .entry(h.producer_id)
+                                    .entry((p.index, h.producer_id))
                                     .or_default()
                                     .entry(group)
                                     .or_default()
@@ -207,12 +212,14 @@ impl GroupCoordinator {
                 .or_insert_with(|| self.new_entry(&id));
             entry.offsets = offs;
         }
-        for (pid, by_group) in pending {
-            for (id, offs) in by_group {
+        for ((partition, pid), by_group) in pending {
+            for (id, offsets) in by_group {
                 let entry = groups
                     .entry(id.clone())
                     .or_insert_with(|| self.new_entry(&id));
-                entry.pending.insert(pid, offs);
+                entry
+                    .pending
+                    .insert(pid, PendingOffsets { partition, offsets });
             }
         }
         for (id, meta) in metas {

@@ -14,7 +14,13 @@ use crate::partition::AppendError;
 use crate::producer_state::SequenceError;
 
 /// Offsets a producer's open transaction committed for one group.
-pub type PendingOffsets = BTreeMap<(String, i32), CommittedOffset>;
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingOffsets {
+    /// The `__consumer_offsets` partition they were written to: only a marker there ends
+    /// them.
+    pub partition: i32,
+    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+}
 
 /// The producer and, from TxnOffsetCommit v3, the group member it commits for.
 pub struct TxnCommit<'a> {
@@ -86,7 +92,8 @@ impl GroupCoordinator {
         if records.is_empty() {
             return results;
         }
-        let Some(p) = broker.partition(OFFSETS_TOPIC, partition_for(c.group_id, partitions)) else {
+        let offsets_partition = partition_for(c.group_id, partitions);
+        let Some(p) = broker.partition(OFFSETS_TOPIC, offsets_partition) else {
             return vec![errors::COORDINATOR_NOT_AVAILABLE; n];
         };
         let mut b = BatchBuilder::new();
@@ -103,8 +110,9 @@ impl GroupCoordinator {
         b.transactional = true;
         if let Err(e) = p.append_transactional(&mut b.build()) {
             let code = match e {
+                // As Kafka answers TxnOffsetCommit from a producer with an old epoch.
                 AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => {
-                    crate::txn::state::PRODUCER_FENCED
+                    errors::INVALID_PRODUCER_EPOCH
                 }
                 e => {
                     tracing::error!(group = c.group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
@@ -119,7 +127,13 @@ impl GroupCoordinator {
         let entry = groups
             .entry(c.group_id.to_string())
             .or_insert_with(|| self.new_entry(c.group_id));
-        let pending = entry.pending.entry(c.producer_id).or_default();
+        let pending = entry
+            .pending
+            .entry(c.producer_id)
+            .or_insert_with(|| PendingOffsets {
+                partition: offsets_partition,
+                offsets: BTreeMap::new(),
+            });
         for r in records {
             if let Record::Offset {
                 topic,
@@ -128,7 +142,7 @@ impl GroupCoordinator {
                 ..
             } = r
             {
-                pending.insert((topic, partition), v);
+                pending.offsets.insert((topic, partition), v);
             }
         }
         results
@@ -136,18 +150,21 @@ impl GroupCoordinator {
 
     /// A commit or abort marker of producer `producer_id` was written to partition
     /// `partition` of `__consumer_offsets`: its pending offsets there become committed or
-    /// are dropped.
+    /// are dropped. Offsets pending on another partition wait for their own marker.
     pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
-        let partitions = self.config.offsets_partitions;
         let mut groups = self.lock();
-        for (id, entry) in groups.iter_mut() {
-            if partition_for(id, partitions) != partition {
+        for entry in groups.values_mut() {
+            if entry
+                .pending
+                .get(&producer_id)
+                .is_none_or(|p| p.partition != partition)
+            {
                 continue;
             }
             if let Some(pending) = entry.pending.remove(&producer_id)
                 && commit
             {
-                entry.offsets.extend(pending);
+                entry.offsets.extend(pending.offsets);
             }
         }
     }
@@ -158,7 +175,12 @@ impl GroupCoordinator {
         let groups = self.lock();
         groups
             .get(group_id)
-            .map(|e| e.pending.values().flat_map(|p| p.keys().cloned()).collect())
+            .map(|e| {
+                e.pending
+                    .values()
+                    .flat_map(|p| p.offsets.keys().cloned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }

@@ -203,7 +203,9 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
                 .iter()
                 .map(|p| TxnOffsetCommitResponsePartition {
                     partition_index: p.partition_index,
-                    error_code: fenced_for(ctx.version, codes.next().unwrap_or(errors::NONE)),
+                    // A stale epoch is INVALID_PRODUCER_EPOCH here in every version, as in
+                    // Kafka: there is no PRODUCER_FENCED to downconvert.
+                    error_code: codes.next().unwrap_or(errors::NONE),
                     ..Default::default()
                 })
                 .collect(),
