@@ -7,17 +7,19 @@
 //! producer's commit is visible to read_committed consumers when its EndTxn returns.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use strom_storage::batch::{self, BatchBuilder};
 
 use super::records;
 use super::state::{
-    Action, CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_ID_MAPPING, TxnMetadata, TxnState,
+    Action, CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_ID_MAPPING, INVALID_TRANSACTION_TIMEOUT,
+    TxnMetadata, TxnState,
 };
 use crate::broker::Broker;
 use crate::errors;
 use crate::group::records::java_hash;
+use crate::partition::Partition;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
@@ -74,6 +76,20 @@ pub struct TxnCoordinator {
     txns: Mutex<HashMap<String, TxnMetadata>>,
     /// Records appended per `__transaction_state` partition since it was last compacted.
     written: Mutex<HashMap<i32, u64>>,
+    #[cfg(test)]
+    pub(crate) faults: Mutex<Faults>,
+}
+
+/// Failures tests inject into the coordinator's writes.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Appends to `__transaction_state` fail.
+    pub appends: bool,
+    /// No producer id can be allocated.
+    pub producer_ids: bool,
+    /// Markers to these partitions fail (and are not written).
+    pub markers: BTreeSet<(String, i32)>,
 }
 
 /// A failed action: the error for the client, and whether some state was persisted before
@@ -86,6 +102,8 @@ impl TxnCoordinator {
             config,
             txns: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            faults: Mutex::new(Faults::default()),
         }
     }
 
@@ -98,12 +116,23 @@ impl TxnCoordinator {
         broker.ensure_internal_topic(TXN_TOPIC, self.config.partitions)
     }
 
+    /// The `__transaction_state` partition of `id`, by the topic's actual partition count.
+    fn state_partition(broker: &Broker, id: &str) -> Option<Arc<Partition>> {
+        let topic = broker.topic(TXN_TOPIC)?;
+        let partitions = i32::try_from(topic.partition_count())
+            .ok()
+            .filter(|n| *n > 0)?;
+        topic.partition(partition_for(id, partitions))
+    }
+
     fn append(&self, broker: &Broker, id: &str, value: Option<Vec<u8>>) -> Result<(), i16> {
-        let partitions = self.ensure_topic(broker)?;
-        let index = partition_for(id, partitions);
-        let p = broker
-            .partition(TXN_TOPIC, index)
-            .ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
+        self.ensure_topic(broker)?;
+        #[cfg(test)]
+        if self.faults.lock().unwrap().appends {
+            return Err(errors::COORDINATOR_NOT_AVAILABLE);
+        }
+        let p = Self::state_partition(broker, id).ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
+        let index = p.index;
         let mut bytes = BatchBuilder::new()
             .record(batch::Record {
                 timestamp: now_ms(),
@@ -122,10 +151,42 @@ impl TxnCoordinator {
 
     /// The coordinator epoch markers carry: the leader epoch of the id's state partition.
     fn coordinator_epoch(&self, broker: &Broker, id: &str) -> i32 {
-        broker
-            .partition(TXN_TOPIC, partition_for(id, self.config.partitions))
+        Self::state_partition(broker, id)
             .map(|p| p.leader_epoch())
             .unwrap_or(0)
+    }
+
+    fn new_producer_id(&self, broker: &Broker) -> Result<i64, i16> {
+        #[cfg(test)]
+        if self.faults.lock().unwrap().producer_ids {
+            return Err(errors::COORDINATOR_NOT_AVAILABLE);
+        }
+        broker.allocate_producer_id().map_err(|e| {
+            tracing::error!(error = %e, "could not allocate a producer id");
+            errors::COORDINATOR_NOT_AVAILABLE
+        })
+    }
+
+    /// Writes markers; returns the partitions that failed.
+    fn write_markers(&self, broker: &Broker, m: &Markers) -> Vec<((String, i32), i16)> {
+        #[cfg(test)]
+        {
+            let faulty = self.faults.lock().unwrap().markers.clone();
+            if !faulty.is_empty() {
+                let (bad, good): (BTreeSet<_>, BTreeSet<_>) = m
+                    .partitions
+                    .iter()
+                    .cloned()
+                    .partition(|p| faulty.contains(p));
+                let mut failed = broker.write_markers(&Markers {
+                    partitions: &good,
+                    ..*m
+                });
+                failed.extend(bad.into_iter().map(|p| (p, errors::KAFKA_STORAGE_ERROR)));
+                return failed;
+            }
+        }
+        broker.write_markers(m)
     }
 
     /// Carries out a decision's actions in order. Markers that cannot all be written leave
@@ -154,18 +215,24 @@ impl TxnCoordinator {
                     commit,
                     partitions,
                 } => {
-                    let failed = broker.write_markers(&Markers {
-                        producer_id,
-                        producer_epoch,
-                        commit,
-                        coordinator_epoch: self.coordinator_epoch(broker, &m.transactional_id),
-                        partitions: &partitions,
-                    });
+                    let failed = self.write_markers(
+                        broker,
+                        &Markers {
+                            producer_id,
+                            producer_epoch,
+                            commit,
+                            coordinator_epoch: self.coordinator_epoch(broker, &m.transactional_id),
+                            partitions: &partitions,
+                        },
+                    );
                     if failed.is_empty() {
                         let more = m.complete(now_ms());
                         self.run(broker, m, more)
                             .map_err(|Failed(e, _)| Failed(e, true))?;
                     } else {
+                        // As in Kafka, a partition with its marker leaves the transaction:
+                        // retries go only to those that failed.
+                        m.partitions.retain(|p| failed.iter().any(|(f, _)| f == p));
                         tracing::warn!(transactional_id = %m.transactional_id, ?failed, "markers not written yet; will retry");
                     }
                 }
@@ -196,7 +263,9 @@ impl TxnCoordinator {
     }
 
     /// InitProducerId with a transactional id. `expected` is the producer id and epoch a
-    /// v3+ client gives to have its own epoch bumped; another incarnation's is fenced.
+    /// v3+ client gives to have its own epoch bumped; another incarnation's is fenced. The
+    /// request is checked before anything is created: a new entry is kept only once
+    /// persisted.
     pub fn init_producer(
         &self,
         broker: &Broker,
@@ -204,39 +273,55 @@ impl TxnCoordinator {
         timeout_ms: i32,
         expected: Option<(i64, i16)>,
     ) -> Result<(i64, i16), i16> {
+        if id.is_empty() {
+            return Err(errors::INVALID_REQUEST);
+        }
+        if timeout_ms <= 0 || timeout_ms > self.config.max_timeout_ms {
+            return Err(INVALID_TRANSACTION_TIMEOUT);
+        }
         self.ensure_topic(broker)?;
         let mut txns = self.lock();
-        if !txns.contains_key(id) {
-            let pid = broker.allocate_producer_id().map_err(|e| {
-                tracing::error!(error = %e, "could not allocate a producer id");
-                errors::COORDINATOR_NOT_AVAILABLE
-            })?;
-            txns.insert(
-                id.to_string(),
-                TxnMetadata::new(id, pid, timeout_ms, now_ms()),
-            );
+        if let Some(m) = txns.get_mut(id) {
+            return self.init_existing(broker, m, timeout_ms, expected);
         }
-        let m = txns.get_mut(id).unwrap();
-        if let Some((pid, epoch)) = expected
-            && (pid != m.producer_id || epoch != m.producer_epoch)
-        {
-            return Err(if pid != m.producer_id {
-                INVALID_PRODUCER_ID_MAPPING
-            } else {
-                super::state::PRODUCER_FENCED
-            });
+        // A new entry is only kept (and seen by List/DescribeTransactions) once persisted.
+        let pid = self.new_producer_id(broker)?;
+        let mut m = TxnMetadata::new(id, pid, timeout_ms, now_ms());
+        let result = self.init_existing(broker, &mut m, timeout_ms, expected);
+        if result.is_ok() {
+            txns.insert(id.to_string(), m);
         }
+        result
+    }
+
+    fn init_existing(
+        &self,
+        broker: &Broker,
+        m: &mut TxnMetadata,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), i16> {
         let max = self.config.max_timeout_ms;
-        let new_id = || broker.allocate_producer_id().unwrap_or(-1);
         let first = self.decide(broker, m, |m| {
-            m.init_producer(timeout_ms, max, new_id, now_ms())
+            m.init_producer(
+                timeout_ms,
+                max,
+                expected,
+                || self.new_producer_id(broker),
+                now_ms(),
+            )
         });
         // A previous incarnation's transaction was aborted on the spot (local markers): go on
         // instead of sending the client away to retry.
         if first == Err(CONCURRENT_TRANSACTIONS) && m.state == TxnState::CompleteAbort {
-            let new_id = || broker.allocate_producer_id().unwrap_or(-1);
             return self.decide(broker, m, |m| {
-                m.init_producer(timeout_ms, max, new_id, now_ms())
+                m.init_producer(
+                    timeout_ms,
+                    max,
+                    expected,
+                    || self.new_producer_id(broker),
+                    now_ms(),
+                )
             });
         }
         first
@@ -251,6 +336,9 @@ impl TxnCoordinator {
         epoch: i16,
         partitions: &[(String, i32)],
     ) -> i16 {
+        if id.is_empty() {
+            return errors::INVALID_REQUEST;
+        }
         let mut txns = self.lock();
         let Some(m) = txns.get_mut(id) else {
             return INVALID_PRODUCER_ID_MAPPING;
@@ -272,6 +360,9 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> i16 {
+        if id.is_empty() {
+            return errors::INVALID_REQUEST;
+        }
         let mut txns = self.lock();
         let Some(m) = txns.get_mut(id) else {
             return INVALID_PRODUCER_ID_MAPPING;
@@ -298,19 +389,29 @@ impl TxnCoordinator {
         let mut txns = self.lock();
         let mut expired = Vec::new();
         for (id, m) in txns.iter_mut() {
-            let actions = match m.state {
-                TxnState::Ongoing => m.expire(now),
-                TxnState::PrepareCommit | TxnState::PrepareAbort => m.recover(),
-                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort => {
-                    if now - m.last_update_ms > self.config.id_expiration_ms {
-                        expired.push(id.clone());
-                    }
-                    vec![]
+            if matches!(
+                m.state,
+                TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+            ) {
+                if now - m.last_update_ms > self.config.id_expiration_ms {
+                    expired.push(id.clone());
                 }
-            };
-            if !actions.is_empty() {
-                tracing::info!(transactional_id = %id, state = m.state.name(), "timing out or finishing a transaction");
-                let _ = self.run(broker, m, actions);
+                continue;
+            }
+            // A fence (the epoch bump of a timed-out transaction) that cannot be persisted
+            // is rolled back, so that the next round bumps the epoch once, not twice.
+            let result = self.decide(broker, m, |m| {
+                let actions = match m.state {
+                    TxnState::Ongoing => m.expire(now),
+                    _ => m.recover(),
+                };
+                if !actions.is_empty() {
+                    tracing::info!(transactional_id = %m.transactional_id, state = m.state.name(), "timing out or finishing a transaction");
+                }
+                (Ok(()), actions)
+            });
+            if let Err(code) = result {
+                tracing::warn!(transactional_id = %id, code, "could not time out or finish a transaction; will retry");
             }
         }
         for id in expired {
@@ -337,10 +438,22 @@ impl TxnCoordinator {
                     let Some(id) = rec.key.and_then(records::decode_key) else {
                         continue;
                     };
-                    match rec.value.and_then(|v| records::decode_value(&id, v)) {
-                        Some(m) => latest.insert(id, m),
-                        None => latest.remove(&id),
+                    // Only a null value is a tombstone: a value that cannot be read keeps
+                    // what came before.
+                    let Some(value) = rec.value else {
+                        latest.remove(&id);
+                        continue;
                     };
+                    match records::decode_value(&id, value) {
+                        Some(m) => {
+                            latest.insert(id, m);
+                        }
+                        None => tracing::error!(
+                            transactional_id = %id,
+                            partition = p.index,
+                            "cannot read a {TXN_TOPIC} value; keeping the previous state"
+                        ),
+                    }
                 }
             });
             written.insert(p.index, count);
@@ -404,3 +517,7 @@ pub async fn run_timers(
         let _ = tokio::task::spawn_blocking(move || b.txns.tick(&b, now_ms())).await;
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_failure_tests.rs"]
+mod failure_tests;

@@ -44,6 +44,16 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.i32()?).ok()?;
         (n * min <= self.0.len()).then_some(n)
     }
+    /// A nullable array's count: null (-1) is read as empty.
+    fn nullable_count(&mut self, min: usize) -> Option<usize> {
+        match self.0.get(..4) {
+            Some(b) if i32::from_be_bytes(b.try_into().unwrap()) == -1 => {
+                self.0 = &self.0[4..];
+                Some(0)
+            }
+            _ => self.count(min),
+        }
+    }
 }
 
 pub fn key(transactional_id: &str) -> Vec<u8> {
@@ -98,7 +108,14 @@ pub fn value(m: &TxnMetadata) -> Vec<u8> {
             _ => topics.push((t, vec![*p])),
         }
     }
-    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    // Kafka writes a null array (-1) for Empty, which has no partitions.
+    let count = if m.state == TxnState::Empty {
+        topics.clear();
+        -1
+    } else {
+        topics.len() as i32
+    };
+    out.extend_from_slice(&count.to_be_bytes());
     for (t, ps) in topics {
         put_string(&mut out, t);
         out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
@@ -121,11 +138,15 @@ pub fn decode_value(transactional_id: &str, bytes: &[u8]) -> Option<TxnMetadata>
     let timeout_ms = r.i32()?;
     let state = state_of(r.i8()?)?;
     let mut partitions = BTreeSet::new();
-    for _ in 0..r.count(6)? {
+    for _ in 0..r.nullable_count(6)? {
         let topic = r.string()?;
         for _ in 0..r.count(4)? {
             partitions.insert((topic.clone(), r.i32()?));
         }
+    }
+    // As Kafka reads it: an Empty state has no partitions, whatever was written.
+    if state == TxnState::Empty {
+        partitions.clear();
     }
     let last_update_ms = r.i64()?;
     let start_ms = r.i64()?;
@@ -138,6 +159,9 @@ pub fn decode_value(transactional_id: &str, bytes: &[u8]) -> Option<TxnMetadata>
         partitions,
         start_ms,
         last_update_ms,
+        // Not persisted (Kafka's value v0 has neither).
+        last_producer_id: -1,
+        last_producer_epoch: -1,
     })
 }
 
@@ -170,5 +194,76 @@ mod tests {
         huge[17..21].copy_from_slice(&i32::MAX.to_be_bytes());
         assert_eq!(decode_value("tx-1", &huge), None);
         assert_eq!(decode_key(&[0, 1, 0, 1, b'x']), None);
+    }
+
+    /// Bytes 17..21 of a value: the partitions array's count.
+    const COUNT: std::ops::Range<usize> = 17..21;
+
+    #[test]
+    fn every_state_round_trips_and_empty_has_a_null_partitions_array() {
+        let states = [
+            TxnState::Empty,
+            TxnState::Ongoing,
+            TxnState::PrepareCommit,
+            TxnState::PrepareAbort,
+            TxnState::CompleteCommit,
+            TxnState::CompleteAbort,
+        ];
+        for state in states {
+            let mut m = TxnMetadata::new("tx", 5, 30_000, 2_000);
+            m.producer_epoch = 9;
+            m.state = state;
+            if !matches!(state, TxnState::Empty) {
+                m.start_ms = 1_500;
+            }
+            if matches!(
+                state,
+                TxnState::Ongoing | TxnState::PrepareCommit | TxnState::PrepareAbort
+            ) {
+                m.partitions = [("a".to_string(), 1), ("b".to_string(), 0)]
+                    .into_iter()
+                    .collect();
+            }
+            let v = value(&m);
+            assert_eq!(decode_value("tx", &v), Some(m.clone()), "{state:?}");
+            let count = i32::from_be_bytes(v[COUNT].try_into().unwrap());
+            let expected = match state {
+                TxnState::Empty => -1,
+                _ => m
+                    .partitions
+                    .iter()
+                    .map(|p| &p.0)
+                    .collect::<BTreeSet<_>>()
+                    .len() as i32,
+            };
+            assert_eq!(count, expected, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn kafkas_null_and_empty_partition_arrays_decode_as_no_partitions() {
+        // Kafka's value v0 for Empty: version 0, producer 1000 epoch 0, timeout 60000,
+        // state 0, partitions null, last update 10, start -1.
+        let mut v = vec![0, 0];
+        v.extend_from_slice(&1000i64.to_be_bytes());
+        v.extend_from_slice(&0i16.to_be_bytes());
+        v.extend_from_slice(&60_000i32.to_be_bytes());
+        v.push(0);
+        v.extend_from_slice(&(-1i32).to_be_bytes());
+        v.extend_from_slice(&10i64.to_be_bytes());
+        v.extend_from_slice(&(-1i64).to_be_bytes());
+        let m = decode_value("k", &v).unwrap();
+        assert_eq!(
+            (m.producer_id, m.producer_epoch, m.timeout_ms, m.state),
+            (1000, 0, 60_000, TxnState::Empty)
+        );
+        assert!(m.partitions.is_empty());
+        assert_eq!((m.last_update_ms, m.start_ms), (10, -1));
+        // The same with an empty (not null) array, as older writers produced.
+        v[COUNT].copy_from_slice(&0i32.to_be_bytes());
+        assert_eq!(decode_value("k", &v), Some(m));
+        // Other negative counts are garbage.
+        v[COUNT].copy_from_slice(&(-2i32).to_be_bytes());
+        assert_eq!(decode_value("k", &v), None);
     }
 }

@@ -55,6 +55,13 @@ pub struct TxnMetadata {
     pub partitions: BTreeSet<(String, i32)>,
     pub start_ms: i64,
     pub last_update_ms: i64,
+    /// The producer id before the last InitProducerId changed the epoch (in memory only, as
+    /// in Kafka): after a new producer id, the old one may still retry its InitProducerId.
+    pub last_producer_id: i64,
+    /// The epoch an InitProducerId with an expected epoch bumped (in memory only, as in
+    /// Kafka): its retry, whose response was lost, gets the current epoch again. -1 when a
+    /// new incarnation or a fence has taken over since.
+    pub last_producer_epoch: i16,
 }
 
 /// What the coordinator must do after a decision.
@@ -81,6 +88,12 @@ fn fail<T>(code: i16) -> Decision<T> {
     (Err(code), vec![])
 }
 
+/// No more epochs for this producer id: Short.MaxValue is kept for fencing, so that the
+/// coordinator can always fence the current producer.
+fn epoch_exhausted(epoch: i16) -> bool {
+    epoch >= i16::MAX - 1
+}
+
 impl TxnMetadata {
     pub fn new(transactional_id: &str, producer_id: i64, timeout_ms: i32, now: i64) -> TxnMetadata {
         TxnMetadata {
@@ -92,21 +105,32 @@ impl TxnMetadata {
             partitions: BTreeSet::new(),
             start_ms: -1,
             last_update_ms: now,
+            last_producer_id: -1,
+            last_producer_epoch: -1,
         }
     }
 
-    /// The producer's id and epoch must be the current ones.
+    /// The producer's id and epoch must be the current ones. Any other epoch, older or newer,
+    /// is PRODUCER_FENCED, as in Kafka's AddPartitionsToTxn and EndTxn (handlers tell old
+    /// request versions INVALID_PRODUCER_EPOCH instead).
     fn check_producer(&self, producer_id: i64, epoch: i16) -> Result<(), i16> {
         if producer_id != self.producer_id {
             return Err(INVALID_PRODUCER_ID_MAPPING);
         }
-        if epoch < self.producer_epoch {
+        if epoch != self.producer_epoch {
             return Err(PRODUCER_FENCED);
         }
-        if epoch > self.producer_epoch {
-            return Err(INVALID_PRODUCER_EPOCH);
-        }
         Ok(())
+    }
+
+    /// Kafka's isValidProducerId: the id and epoch a producer gives with InitProducerId are
+    /// accepted when the entry is new (epoch -1: the id expired and the producer recovers),
+    /// when the id is the current one (the epoch is checked later), or when the id is the
+    /// previous one and its epoch is exhausted (a retry after the id was rotated).
+    fn valid_expected(&self, (producer_id, epoch): (i64, i16)) -> bool {
+        self.producer_epoch == -1
+            || producer_id == self.producer_id
+            || (producer_id == self.last_producer_id && epoch_exhausted(epoch))
     }
 
     /// Starts an abort of the open transaction with a bumped epoch (fencing the producer).
@@ -122,18 +146,25 @@ impl TxnMetadata {
         });
     }
 
-    /// InitProducerId with this transactional id. `new_producer_id` is used when the epoch
-    /// is exhausted. An open transaction of the previous incarnation is aborted first; the
-    /// caller answers CONCURRENT_TRANSACTIONS until that is done (the client retries).
+    /// InitProducerId with this transactional id. `expected` is the producer id and epoch a
+    /// v3+ producer gives to have its own epoch bumped (KIP-360); another incarnation's is
+    /// fenced, and a retry of a bump that succeeded gets the same answer again.
+    /// `new_producer_id` is used when the epoch is exhausted. An open transaction of the
+    /// previous incarnation is aborted first; the caller answers CONCURRENT_TRANSACTIONS
+    /// until that is done (the client retries).
     pub fn init_producer(
         &mut self,
         timeout_ms: i32,
         max_timeout_ms: i32,
-        new_producer_id: impl FnOnce() -> i64,
+        expected: Option<(i64, i16)>,
+        new_producer_id: impl FnOnce() -> Result<i64, i16>,
         now: i64,
     ) -> Decision<(i64, i16)> {
         if timeout_ms <= 0 || timeout_ms > max_timeout_ms {
             return fail(INVALID_TRANSACTION_TIMEOUT);
+        }
+        if expected.is_some_and(|e| !self.valid_expected(e)) {
+            return fail(PRODUCER_FENCED);
         }
         let mut actions = Vec::new();
         match self.state {
@@ -144,16 +175,39 @@ impl TxnMetadata {
                 // Fence the old producer: bump the epoch, abort its transaction; the new one
                 // retries until the abort is complete.
                 self.producer_epoch = self.producer_epoch.saturating_add(1);
+                self.last_producer_epoch = -1;
                 self.begin_abort(now, &mut actions);
                 return (Err(CONCURRENT_TRANSACTIONS), actions);
             }
             _ => {}
         }
-        if self.producer_epoch >= i16::MAX - 1 {
-            self.producer_id = new_producer_id();
-            self.producer_epoch = 0;
+        // With an expected epoch, the epoch before the bump is remembered for retries.
+        let last_epoch = if expected.is_some() {
+            self.producer_epoch
         } else {
-            self.producer_epoch += 1;
+            -1
+        };
+        match expected {
+            Some((_, epoch)) if self.producer_epoch != -1 && epoch != self.producer_epoch => {
+                if self.last_producer_epoch == -1 || epoch != self.last_producer_epoch {
+                    return fail(PRODUCER_FENCED);
+                }
+                // A retry of a bump whose response was lost: the same id and epoch again.
+            }
+            _ if epoch_exhausted(self.producer_epoch) => match new_producer_id() {
+                Ok(id) => {
+                    self.last_producer_id = self.producer_id;
+                    self.last_producer_epoch = last_epoch;
+                    self.producer_id = id;
+                    self.producer_epoch = 0;
+                }
+                Err(code) => return fail(code),
+            },
+            _ => {
+                self.last_producer_id = self.producer_id;
+                self.last_producer_epoch = last_epoch;
+                self.producer_epoch += 1;
+            }
         }
         self.timeout_ms = timeout_ms;
         self.state = TxnState::Empty;
@@ -246,6 +300,7 @@ impl TxnMetadata {
             return vec![];
         }
         self.producer_epoch = self.producer_epoch.saturating_add(1);
+        self.last_producer_epoch = -1;
         let mut actions = Vec::new();
         self.begin_abort(now, &mut actions);
         actions
@@ -266,14 +321,18 @@ impl TxnMetadata {
 }
 
 #[cfg(test)]
+#[path = "state_tests.rs"]
+mod table_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn t(p: i32) -> (String, i32) {
+    pub(super) fn t(p: i32) -> (String, i32) {
         ("t".to_string(), p)
     }
 
-    fn persisted(actions: &[Action]) -> Vec<TxnState> {
+    pub(super) fn persisted(actions: &[Action]) -> Vec<TxnState> {
         actions
             .iter()
             .filter_map(|a| match a {
@@ -283,9 +342,9 @@ mod tests {
             .collect()
     }
 
-    type Markers = (bool, i16, BTreeSet<(String, i32)>);
+    pub(super) type Markers = (bool, i16, BTreeSet<(String, i32)>);
 
-    fn markers(actions: &[Action]) -> Option<Markers> {
+    pub(super) fn markers(actions: &[Action]) -> Option<Markers> {
         actions.iter().find_map(|a| match a {
             Action::WriteMarkers {
                 commit,
@@ -297,9 +356,9 @@ mod tests {
         })
     }
 
-    fn ready(now: i64) -> TxnMetadata {
+    pub(super) fn ready(now: i64) -> TxnMetadata {
         let mut m = TxnMetadata::new("tx", 7, 60_000, now);
-        let (r, a) = m.init_producer(60_000, 900_000, || 99, now);
+        let (r, a) = m.init_producer(60_000, 900_000, None, || Ok(99), now);
         assert_eq!(r, Ok((7, 0)));
         assert_eq!(persisted(&a), vec![TxnState::Empty]);
         m
@@ -353,7 +412,7 @@ mod tests {
     fn a_new_incarnation_fences_the_old_and_aborts_its_transaction() {
         let mut m = ready(0);
         assert!(m.add_partitions(7, 0, &[t(0)], 1).0.is_ok());
-        let (r, a) = m.init_producer(60_000, 900_000, || 99, 2);
+        let (r, a) = m.init_producer(60_000, 900_000, None, || Ok(99), 2);
         assert_eq!(r, Err(CONCURRENT_TRANSACTIONS));
         assert_eq!(persisted(&a), vec![TxnState::PrepareAbort]);
         assert_eq!(markers(&a), Some((false, 1, [t(0)].into_iter().collect())));
@@ -361,11 +420,11 @@ mod tests {
         assert_eq!(m.add_partitions(7, 0, &[t(1)], 3).0, Err(PRODUCER_FENCED));
         assert_eq!(m.end(7, 0, true, 3).0, Err(PRODUCER_FENCED));
         assert_eq!(
-            m.init_producer(60_000, 900_000, || 99, 3).0,
+            m.init_producer(60_000, 900_000, None, || Ok(99), 3).0,
             Err(CONCURRENT_TRANSACTIONS)
         );
         m.complete(4);
-        let (r, _) = m.init_producer(60_000, 900_000, || 99, 5);
+        let (r, _) = m.init_producer(60_000, 900_000, None, || Ok(99), 5);
         assert_eq!(r, Ok((7, 2)));
         assert_eq!(
             m.add_partitions(6, 2, &[t(1)], 6).0,
@@ -377,13 +436,16 @@ mod tests {
     fn exhausted_epochs_get_a_new_producer_id_and_timeouts_are_checked() {
         let mut m = ready(0);
         m.producer_epoch = i16::MAX - 1;
-        assert_eq!(m.init_producer(60_000, 900_000, || 99, 1).0, Ok((99, 0)));
         assert_eq!(
-            m.init_producer(0, 900_000, || 99, 1).0,
+            m.init_producer(60_000, 900_000, None, || Ok(99), 1).0,
+            Ok((99, 0))
+        );
+        assert_eq!(
+            m.init_producer(0, 900_000, None, || Ok(99), 1).0,
             Err(INVALID_TRANSACTION_TIMEOUT)
         );
         assert_eq!(
-            m.init_producer(900_001, 900_000, || 99, 1).0,
+            m.init_producer(900_001, 900_000, None, || Ok(99), 1).0,
             Err(INVALID_TRANSACTION_TIMEOUT)
         );
     }
