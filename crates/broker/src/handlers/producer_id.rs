@@ -10,52 +10,132 @@ use crate::errors;
 use crate::protocol::{self, RequestContext};
 
 /// InitProducerId. With a transactional id, the transaction coordinator answers (the id's
-/// producer id, its epoch bumped, the previous incarnation fenced). Without, an idempotent
-/// producer gets a new id; one that gives its current id and epoch (v3+, after a sequence
-/// error) gets the epoch bumped.
+/// producer id, its epoch bumped, the previous incarnation fenced). Without, the producer gets
+/// a new producer id at epoch 0, whatever id and epoch it gives, as in Kafka.
 pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: InitProducerIdRequest = protocol::decode(&mut body, ctx.version)?;
-    let mut resp = InitProducerIdResponse {
-        producer_id: -1,
-        producer_epoch: -1,
-        ..Default::default()
+    let (error_code, producer_id, producer_epoch) = init_producer_id(
+        broker,
+        ctx.version,
+        req.transactional_id.as_deref(),
+        req.transaction_timeout_ms,
+        (req.producer_id, req.producer_epoch),
+    );
+    respond(
+        ctx,
+        &InitProducerIdResponse {
+            error_code,
+            producer_id,
+            producer_epoch,
+            ..Default::default()
+        },
+    )
+}
+
+/// The answer to InitProducerId: error code, producer id and epoch. `current` is the
+/// producer id and epoch the request gives (v3+; -1 and -1 for none).
+pub(crate) fn init_producer_id(
+    broker: &Broker,
+    version: i16,
+    transactional_id: Option<&str>,
+    timeout_ms: i32,
+    current: (i64, i16),
+) -> (i16, i64, i16) {
+    // KafkaApis: both or neither.
+    let expected = match current {
+        _ if version < 3 => None,
+        (-1, -1) => None,
+        (-1, _) | (_, -1) => return (errors::INVALID_REQUEST, -1, -1),
+        given => Some(given),
     };
-    if let Some(id) = req.transactional_id.as_deref().filter(|id| !id.is_empty()) {
-        let expected = (ctx.version >= 3 && req.producer_id >= 0)
-            .then_some((req.producer_id, req.producer_epoch));
-        match broker
-            .txns
-            .init_producer(broker, id, req.transaction_timeout_ms, expected)
-        {
-            Ok((pid, epoch)) => {
-                resp.producer_id = pid;
-                resp.producer_epoch = epoch;
-            }
-            Err(code) => {
-                resp.error_code = if code == crate::txn::state::PRODUCER_FENCED && ctx.version < 4 {
-                    errors::INVALID_PRODUCER_EPOCH
-                } else {
-                    code
-                };
-            }
-        }
-        return respond(ctx, &resp);
-    }
-    let bump = ctx.version >= 3 && req.producer_id >= 0 && req.producer_epoch >= 0;
-    if bump && req.producer_epoch < i16::MAX - 1 {
-        resp.producer_id = req.producer_id;
-        resp.producer_epoch = req.producer_epoch + 1;
-    } else {
-        match broker.allocate_producer_id() {
-            Ok(id) => {
-                resp.producer_id = id;
-                resp.producer_epoch = 0;
-            }
+    let Some(id) = transactional_id else {
+        return match broker.allocate_producer_id() {
+            Ok(id) => (errors::NONE, id, 0),
             Err(e) => {
                 tracing::error!(error = %e, "could not allocate a producer id");
-                resp.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+                (errors::COORDINATOR_NOT_AVAILABLE, -1, -1)
+            }
+        };
+    };
+    match broker.txns.init_producer(broker, id, timeout_ms, expected) {
+        Ok((pid, epoch)) => (errors::NONE, pid, epoch),
+        // PRODUCER_FENCED came with v4.
+        Err(crate::txn::state::PRODUCER_FENCED) if version < 4 => {
+            (errors::INVALID_PRODUCER_EPOCH, -1, -1)
+        }
+        Err(code) => (code, -1, -1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::txn::state::PRODUCER_FENCED;
+
+    fn broker(dir: &std::path::Path) -> Broker {
+        let mut config = BrokerConfig {
+            log_dir: dir.to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        config.txns.partitions = 1;
+        Broker::open(config).unwrap()
+    }
+
+    #[test]
+    fn half_given_producers_and_empty_transactional_ids_are_invalid_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path());
+        for current in [(5, -1), (-1, 0)] {
+            for id in [None, Some("tx")] {
+                assert_eq!(
+                    init_producer_id(&b, 4, id, 60_000, current),
+                    (errors::INVALID_REQUEST, -1, -1),
+                    "{id:?} {current:?}"
+                );
             }
         }
+        assert_eq!(
+            init_producer_id(&b, 4, Some(""), 60_000, (-1, -1)),
+            (errors::INVALID_REQUEST, -1, -1)
+        );
+        // Before v3 there are no such fields: nothing to check.
+        assert_eq!(
+            init_producer_id(&b, 2, None, 60_000, (5, -1)).0,
+            errors::NONE
+        );
+        assert!(b.txns.list().is_empty());
     }
-    respond(ctx, &resp)
+
+    #[test]
+    fn idempotent_producers_always_get_a_new_producer_id_at_epoch_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path());
+        let (code, first, epoch) = init_producer_id(&b, 4, None, 60_000, (-1, -1));
+        assert_eq!((code, epoch), (errors::NONE, 0));
+        // Giving the current id and epoch (after a sequence error) is no epoch bump.
+        let again = init_producer_id(&b, 4, None, 60_000, (first, 0));
+        assert_eq!(again, (errors::NONE, first + 1, 0));
+    }
+
+    #[test]
+    fn transactional_producers_go_to_the_coordinator() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path());
+        let (code, pid, epoch) = init_producer_id(&b, 4, Some("tx"), 60_000, (-1, -1));
+        assert_eq!((code, epoch), (errors::NONE, 0));
+        assert_eq!(
+            init_producer_id(&b, 4, Some("tx"), 60_000, (pid, 0)),
+            (errors::NONE, pid, 1)
+        );
+        // Another producer id is fenced; before v4 that is INVALID_PRODUCER_EPOCH.
+        assert_eq!(
+            init_producer_id(&b, 4, Some("tx"), 60_000, (pid + 100, 0)),
+            (PRODUCER_FENCED, -1, -1)
+        );
+        assert_eq!(
+            init_producer_id(&b, 3, Some("tx"), 60_000, (pid + 100, 0)),
+            (errors::INVALID_PRODUCER_EPOCH, -1, -1)
+        );
+    }
 }
