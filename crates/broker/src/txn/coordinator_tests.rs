@@ -125,12 +125,14 @@ fn a_new_incarnation_fences_the_old_one_everywhere() {
 fn open_transactions_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
-    let (pid, epoch) = b.txns.init_producer(&b, "slow", 1_000, None).unwrap();
+    let (pid, epoch) = b.txns.init_producer(&b, "slow", 60_000, None).unwrap();
     assert_eq!(b.txns.add_partitions(&b, "slow", pid, epoch, &both()), NONE);
     produce(&b, "slow", 1, txn_batch(pid, epoch, 0, 4));
-    b.txns.tick(&b, now_ms());
+    // Explicit times from the transaction's start: no race with the wall clock.
+    let start = b.txns.describe("slow").unwrap().start_ms;
+    b.txns.tick(&b, start + 60_000);
     assert_eq!(b.txns.describe("slow").unwrap().state, TxnState::Ongoing);
-    b.txns.tick(&b, now_ms() + 1_001);
+    b.txns.tick(&b, start + 60_000 + 1);
     let m = b.txns.describe("slow").unwrap();
     assert_eq!(
         (m.state, m.producer_epoch),
@@ -141,17 +143,21 @@ fn open_transactions_time_out() {
     assert_eq!(p1.read_committed(0, 1 << 20).unwrap().1.len(), 1);
 }
 
-#[test]
-fn a_restart_between_prepare_and_complete_finishes_the_commit() {
+/// The coordinator persisted PrepareCommit (or PrepareAbort) and died before writing any
+/// marker; the restarted one finishes that decision.
+fn restart_between_prepare_and_complete(commit: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (pid, epoch) = {
+    let (pid, epoch, first) = {
         let b = broker(dir.path());
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
         assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-        produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
-        // The coordinator persisted PrepareCommit and died before writing any marker.
+        let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
         let mut m = b.txns.describe("tx").unwrap();
-        m.state = TxnState::PrepareCommit;
+        m.state = if commit {
+            TxnState::PrepareCommit
+        } else {
+            TxnState::PrepareAbort
+        };
         let index = partition_for("tx", 3);
         let mut rec = BatchBuilder::new()
             .record(Record {
@@ -165,13 +171,33 @@ fn a_restart_between_prepare_and_complete_finishes_the_commit() {
             .unwrap()
             .append(&mut rec, 1)
             .unwrap();
-        (pid, epoch)
+        let p0 = b.partition("t", 0).unwrap();
+        assert_eq!(p0.last_stable_offset(), 0, "open before the restart");
+        (pid, epoch, first)
     };
     let b = broker(dir.path());
     let m = b.txns.describe("tx").unwrap();
-    assert_eq!(m.state, TxnState::CompleteCommit);
+    let complete = if commit {
+        TxnState::CompleteCommit
+    } else {
+        TxnState::CompleteAbort
+    };
+    assert_eq!(m.state, complete);
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!((p0.last_stable_offset(), p0.high_watermark()), (3, 3));
+    // The outcome is the prepared one: committed records are read, aborted ones are
+    // dropped from the offset they start at.
+    let (r, aborted) = p0.read_committed(0, 1 << 20).unwrap();
+    assert!(r.region.is_some());
+    let aborted: Vec<(i64, u64)> = aborted
+        .iter()
+        .map(|a| (a.producer_id, a.first_offset))
+        .collect();
+    if commit {
+        assert_eq!(aborted, vec![]);
+    } else {
+        assert_eq!(aborted, vec![(pid, first)]);
+    }
     let p1 = b.partition("t", 1).unwrap();
     assert_eq!(
         p1.high_watermark(),
@@ -180,6 +206,16 @@ fn a_restart_between_prepare_and_complete_finishes_the_commit() {
     );
     // The producer goes on with the same id and epoch.
     assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
+}
+
+#[test]
+fn a_restart_between_prepare_and_complete_finishes_the_commit() {
+    restart_between_prepare_and_complete(true);
+}
+
+#[test]
+fn a_restart_between_prepare_and_complete_finishes_the_abort() {
+    restart_between_prepare_and_complete(false);
 }
 
 #[test]
