@@ -91,6 +91,11 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 r.error = errors::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
                 r.message =
                     Some("transactional records need the request's transactional id".into());
+            } else if topic.as_ref().is_some_and(|t| t.is_internal()) {
+                // The coordinators' own records: a client's would corrupt group or
+                // transaction state. Kafka refuses them the same way.
+                r.error = errors::INVALID_TOPIC_EXCEPTION;
+                r.message = Some(format!("cannot produce to the internal topic {}", t.name));
             } else if let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition)) {
                 match p.records.filter(|r| !r.is_empty()) {
                     None => {

@@ -274,3 +274,24 @@ async fn transactional_batches_outside_a_known_transaction_are_refused() {
     assert_eq!(p.last_stable_offset(), 0);
     assert!(p.producers().is_empty());
 }
+
+#[tokio::test]
+async fn clients_cannot_write_into_internal_topics() {
+    const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    for topic in ["__consumer_offsets", "__transaction_state"] {
+        broker.ensure_internal_topic(topic, 2).unwrap();
+        let before = broker.partition(topic, 0).unwrap().log.log_end_offset();
+        for v in [2, 3, 11] {
+            let r = serve(&broker, produce(v, 1, topic, 0, Some(&batch()))).await;
+            assert_eq!(
+                produce_errors(r, v),
+                [INVALID_TOPIC_EXCEPTION],
+                "{topic}, v{v}"
+            );
+        }
+        let after = broker.partition(topic, 0).unwrap().log.log_end_offset();
+        assert_eq!(before, after, "{topic} untouched");
+    }
+}
