@@ -410,8 +410,18 @@ impl Partition {
 
     /// A consumer's read: only below the high watermark.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, StorageError> {
-        self.log
-            .read(offset, max_bytes, Some(self.high_watermark()))
+        self.read_below(offset, max_bytes, self.high_watermark())
+    }
+
+    /// A read below `upper`, the high watermark or last stable offset the caller reports
+    /// with the records (read once, so that the two agree).
+    pub fn read_below(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        upper: u64,
+    ) -> Result<ReadResult, StorageError> {
+        self.log.read(offset, max_bytes, Some(upper))
     }
 
     /// A read_committed consumer's read: only below the last stable offset, with the
@@ -421,7 +431,16 @@ impl Partition {
         offset: u64,
         max_bytes: usize,
     ) -> Result<(ReadResult, Vec<AbortedTxn>), StorageError> {
-        let lso = self.last_stable_offset();
+        self.read_committed_below(offset, max_bytes, self.last_stable_offset())
+    }
+
+    /// [`Partition::read_committed`] below a last stable offset the caller read.
+    pub fn read_committed_below(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        lso: u64,
+    ) -> Result<(ReadResult, Vec<AbortedTxn>), StorageError> {
         let r = self.log.read(offset, max_bytes, Some(lso))?;
         let aborted = match &r.region {
             Some(region) => self.log.aborted_txns(offset, region.next_offset.min(lso))?,

@@ -126,8 +126,11 @@ fn read_all(
                 partitions.push(data);
                 continue;
             };
-            data.high_watermark = p.high_watermark() as i64;
-            data.last_stable_offset = p.last_stable_offset() as i64;
+            // Read once: the records returned stop where the response says they do.
+            let hw = p.high_watermark();
+            let lso = p.last_stable_offset().min(hw);
+            data.high_watermark = hw as i64;
+            data.last_stable_offset = lso as i64;
             data.log_start_offset = p.log.log_start_offset() as i64;
             let epoch = p.leader_epoch();
             if version >= 9 && fp.current_leader_epoch >= 0 && fp.current_leader_epoch != epoch {
@@ -153,7 +156,7 @@ fn read_all(
                 continue;
             }
             let read = if read_committed {
-                p.read_committed(fp.fetch_offset as u64, limit.max(1))
+                p.read_committed_below(fp.fetch_offset as u64, limit.max(1), lso)
                     .map(|(r, aborted)| {
                         data.aborted_transactions = Some(
                             aborted
@@ -168,7 +171,7 @@ fn read_all(
                         r
                     })
             } else {
-                p.read(fp.fetch_offset as u64, limit.max(1))
+                p.read_below(fp.fetch_offset as u64, limit.max(1), hw)
             };
             match read {
                 Ok(r) => {
