@@ -142,12 +142,19 @@ impl Partition {
         bytes: &[u8],
     ) -> Result<(), StorageError> {
         let ended = states.record(h);
+        let marker = h
+            .is_control()
+            .then(|| batch::records(bytes).next())
+            .flatten();
+        if let Some(epoch) = marker
+            .as_ref()
+            .and_then(|r| r.value)
+            .and_then(txn_index::marker_coordinator_epoch)
+        {
+            states.record_coordinator_epoch(h.producer_id, epoch);
+        }
         if let Some(first) = ended {
-            let abort = batch::records(bytes)
-                .next()
-                .and_then(|r| r.key)
-                .and_then(txn_index::marker_type)
-                == Some(false);
+            let abort = marker.and_then(|r| r.key).and_then(txn_index::marker_type) == Some(false);
             if abort {
                 let marker = h.base_offset as u64;
                 self.log.add_aborted_txn(AbortedTxn {
@@ -200,13 +207,9 @@ impl Partition {
         coordinator_epoch: i32,
     ) -> Result<u64, AppendError> {
         let mut states = self.producers.lock().unwrap();
-        if let Some(current) = states.epoch_of(producer_id)
-            && producer_epoch < current
-        {
-            return Err(AppendError::Sequence(SequenceError::InvalidEpoch {
-                current,
-            }));
-        }
+        states
+            .check_marker(producer_id, producer_epoch, coordinator_epoch)
+            .map_err(AppendError::Sequence)?;
         let mut marker = txn_index::marker_batch(
             producer_id,
             producer_epoch,

@@ -118,3 +118,23 @@ fn a_fetch_hears_only_of_aborts_within_what_it_returns() {
     let (_, aborted) = p.read_committed(0, 1 << 20).unwrap();
     assert_eq!(aborted.len(), 3);
 }
+
+#[test]
+fn a_stale_coordinator_cannot_write_markers_even_after_a_restart() {
+    use crate::partition::AppendError;
+    use crate::producer_state::SequenceError;
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let p = open(dir.path(), &[]);
+        begin(&p, 1, 1);
+        p.write_marker(1, 0, false, 5).unwrap();
+        assert!(matches!(
+            p.write_marker(1, 0, true, 4),
+            Err(AppendError::Sequence(SequenceError::CoordinatorFenced {
+                current: 5
+            }))
+        ));
+        assert_eq!(p.producers()[0].coordinator_epoch, 5);
+        // Unclean: the state comes back from the log itself.
+    }
+}

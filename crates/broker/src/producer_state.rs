@@ -9,7 +9,8 @@ use strom_storage::batch::BatchHeader;
 /// Kafka keeps the last 5 batches per producer: the producer's in-flight limit.
 pub const MAX_CACHED_BATCHES: usize = 5;
 pub const NO_PRODUCER_ID: i64 = -1;
-/// Version 2 adds each producer's last timestamp (for `producer.id.expiration.ms`).
+/// Version 2 adds each producer's last timestamp (for `producer.id.expiration.ms`) and the
+/// coordinator epoch of its last marker.
 const SNAPSHOT_VERSION: u8 = 2;
 
 /// One producer as DescribeProducers shows it.
@@ -21,6 +22,8 @@ pub struct ProducerInfo {
     pub last_timestamp: i64,
     /// First offset of its open transaction, -1 when none.
     pub txn_start_offset: i64,
+    /// The coordinator epoch of its last marker here, -1 when none.
+    pub coordinator_epoch: i32,
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -66,6 +69,9 @@ pub enum SequenceError {
     /// A transactional batch outside a transaction the coordinator knows of, or a plain
     /// batch from a producer with a transaction open here (INVALID_TXN_STATE).
     TxnState(&'static str),
+    /// A marker from a coordinator older than the one that wrote the producer's last marker
+    /// here (TRANSACTION_COORDINATOR_FENCED).
+    CoordinatorFenced { current: i32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +82,25 @@ pub enum Check {
     Duplicate(BatchMeta),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Entry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
     /// Max timestamp of its last batch or marker: idle producers expire by it.
     last_timestamp: i64,
+    /// Of the last marker written for it here; -1 before any.
+    coordinator_epoch: i32,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_timestamp: -1,
+            coordinator_epoch: -1,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -181,6 +200,36 @@ impl ProducerStates {
         Ok(())
     }
 
+    /// Whether the coordinator may end producer `pid`'s transaction here with a marker of
+    /// this producer epoch and coordinator epoch.
+    pub fn check_marker(
+        &self,
+        pid: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+    ) -> Result<(), SequenceError> {
+        let Some(e) = self.producers.get(&pid) else {
+            return Ok(());
+        };
+        if producer_epoch < e.epoch {
+            return Err(SequenceError::InvalidEpoch { current: e.epoch });
+        }
+        if coordinator_epoch < e.coordinator_epoch {
+            return Err(SequenceError::CoordinatorFenced {
+                current: e.coordinator_epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Remembers the coordinator epoch of a marker written for `pid` (after
+    /// [`ProducerStates::record`] of the marker's batch).
+    pub fn record_coordinator_epoch(&mut self, pid: i64, coordinator_epoch: i32) {
+        if let Some(e) = self.producers.get_mut(&pid) {
+            e.coordinator_epoch = e.coordinator_epoch.max(coordinator_epoch);
+        }
+    }
+
     /// Starts verifying producer `pid`'s first transactional batch here: the guard to pass
     /// to [`ProducerStates::check_txn`] once the coordinator confirmed the transaction.
     pub fn start_verification(&mut self, pid: i64) -> u64 {
@@ -254,6 +303,7 @@ impl ProducerStates {
                 last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
                 last_timestamp: e.last_timestamp,
                 txn_start_offset: self.ongoing.get(pid).map(|o| *o as i64).unwrap_or(-1),
+                coordinator_epoch: e.coordinator_epoch,
             })
             .collect();
         out.sort_by_key(|p| p.producer_id);
@@ -270,6 +320,7 @@ impl ProducerStates {
             out.extend_from_slice(&pid.to_be_bytes());
             out.extend_from_slice(&e.epoch.to_be_bytes());
             out.extend_from_slice(&e.last_timestamp.to_be_bytes());
+            out.extend_from_slice(&e.coordinator_epoch.to_be_bytes());
             out.push(e.batches.len() as u8);
             for b in &e.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -301,7 +352,11 @@ impl ProducerStates {
         for _ in 0..r.u32()? {
             let pid = r.i64()?;
             let epoch = r.i16()?;
-            let stored_timestamp = if version >= 2 { Some(r.i64()?) } else { None };
+            let (stored_timestamp, coordinator_epoch) = if version >= 2 {
+                (Some(r.i64()?), r.i32()?)
+            } else {
+                (None, -1)
+            };
             let n = r.u8()? as usize;
             let mut batches = VecDeque::with_capacity(n.min(MAX_CACHED_BATCHES));
             for _ in 0..n {
@@ -321,6 +376,7 @@ impl ProducerStates {
                     epoch,
                     batches,
                     last_timestamp,
+                    coordinator_epoch,
                 },
             );
         }
@@ -654,5 +710,22 @@ mod tests {
         assert_eq!(back.epoch_of(4), Some(1));
         assert!(matches!(back.check(4, 1, 0, 2), Ok(Check::Duplicate(_))));
         assert_eq!(back.first_unstable_offset(), Some(2));
+    }
+
+    #[test]
+    fn markers_from_an_older_coordinator_are_fenced() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check_marker(5, 0, -1), Ok(()), "an unknown producer");
+        s.record(&header(5, 0, true, false));
+        s.record(&header(5, 1, true, true));
+        s.record_coordinator_epoch(5, 3);
+        assert_eq!(
+            s.check_marker(5, 0, 2),
+            Err(SequenceError::CoordinatorFenced { current: 3 })
+        );
+        assert_eq!(s.check_marker(5, 0, 3), Ok(()));
+        let back = ProducerStates::decode(&s.encode()).unwrap();
+        assert_eq!(back.describe()[0].coordinator_epoch, 3);
+        assert!(back.check_marker(5, 0, 2).is_err());
     }
 }

@@ -49,6 +49,14 @@ pub fn marker_type(key: &[u8]) -> Option<bool> {
     }
 }
 
+/// The coordinator epoch of a marker record's value; `None` if it is not a marker's.
+pub fn marker_coordinator_epoch(value: &[u8]) -> Option<i32> {
+    match value {
+        [0, 0, a, b, c, d, ..] => Some(i32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 /// One aborted transaction: its producer and the offsets it spanned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AbortedTxn {
@@ -113,6 +121,8 @@ mod tests {
         let r = records(&b).next().unwrap();
         assert_eq!(marker_type(r.key.unwrap()), Some(true));
         assert_eq!(r.value.unwrap(), &[0, 0, 0, 0, 0, 7]);
+        assert_eq!(marker_coordinator_epoch(r.value.unwrap()), Some(7));
+        assert_eq!(marker_coordinator_epoch(&[0, 1, 0, 0, 0, 7]), None);
         let a = marker_batch(42, 3, false, 7, 1000);
         assert_eq!(
             marker_type(records(&a).next().unwrap().key.unwrap()),

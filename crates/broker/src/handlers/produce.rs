@@ -30,6 +30,9 @@ fn append_error(e: &AppendError, version: i16) -> (i16, String) {
             errors::OUT_OF_ORDER_SEQUENCE_NUMBER
         }
         AppendError::Sequence(SequenceError::TxnState(_)) => errors::INVALID_TXN_STATE,
+        AppendError::Sequence(SequenceError::CoordinatorFenced { .. }) => {
+            errors::TRANSACTION_COORDINATOR_FENCED
+        }
         AppendError::NotEnoughReplicas { .. } => errors::NOT_ENOUGH_REPLICAS,
     };
     let code = if code == errors::INVALID_RECORD {

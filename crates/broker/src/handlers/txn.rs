@@ -398,7 +398,7 @@ pub fn describe_producers(
                                 producer_epoch: s.epoch as i32,
                                 last_sequence: s.last_sequence,
                                 last_timestamp: s.last_timestamp,
-                                coordinator_epoch: -1,
+                                coordinator_epoch: s.coordinator_epoch,
                                 current_txn_start_offset: s.txn_start_offset,
                                 ..Default::default()
                             })

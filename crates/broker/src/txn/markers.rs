@@ -33,6 +33,9 @@ impl Broker {
             Err(AppendError::Sequence(SequenceError::InvalidEpoch { .. })) => {
                 errors::INVALID_PRODUCER_EPOCH
             }
+            Err(AppendError::Sequence(SequenceError::CoordinatorFenced { .. })) => {
+                errors::TRANSACTION_COORDINATOR_FENCED
+            }
             Err(e) => {
                 tracing::error!(topic, partition, error = %e, "cannot write a transaction marker");
                 errors::KAFKA_STORAGE_ERROR
@@ -57,7 +60,9 @@ impl MarkerWriter for Broker {
                 errors::NONE => {}
                 // A deleted partition has nothing left to end; a newer epoch already wrote
                 // there, which ended this transaction: neither can be retried into success.
-                errors::UNKNOWN_TOPIC_OR_PARTITION | errors::INVALID_PRODUCER_EPOCH => {
+                errors::UNKNOWN_TOPIC_OR_PARTITION
+                | errors::INVALID_PRODUCER_EPOCH
+                | errors::TRANSACTION_COORDINATOR_FENCED => {
                     tracing::warn!(topic, partition, code, "transaction marker skipped");
                 }
                 _ => failed.push(((topic.clone(), *partition), code)),
