@@ -227,8 +227,13 @@ impl Partition {
     }
 
     /// Appends records the broker itself writes for a transaction (TxnOffsetCommit): the
-    /// producer's epoch is checked, its sequence numbers are not (they carry none).
-    pub fn append_transactional(&self, records: &mut [u8]) -> Result<u64, AppendError> {
+    /// producer's epoch is checked, its sequence numbers are not (they carry none); the
+    /// first ones of a transaction carry the `guard` of their verification.
+    pub fn append_transactional(
+        &self,
+        records: &mut [u8],
+        guard: Option<u64>,
+    ) -> Result<u64, AppendError> {
         let mut states = self.producers.lock().unwrap();
         let (h, _) = batch::check_framing(records)?;
         if let Some(current) = states.epoch_of(h.producer_id)
@@ -238,6 +243,7 @@ impl Partition {
                 current,
             }));
         }
+        states.check_txn(&h, guard).map_err(AppendError::Sequence)?;
         let info = self.log.append(records, self.leader_epoch())?;
         let h = BatchHeader::parse(records).expect("appended batch");
         states.record(&h);

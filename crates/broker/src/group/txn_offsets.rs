@@ -33,12 +33,14 @@ pub struct TxnCommit<'a> {
 }
 
 impl GroupCoordinator {
-    /// TxnOffsetCommit: one error code per offset, in order.
+    /// TxnOffsetCommit: one error code per offset, in order. `guard` is the verification of
+    /// the producer's first offsets in its transaction ([`Broker::txn_offset_commit`]).
     pub fn txn_commit(
         &self,
         broker: &Broker,
         c: &TxnCommit,
         offsets: Vec<CommitRequest>,
+        guard: Option<u64>,
     ) -> Vec<i16> {
         let n = offsets.len();
         if c.group_id.is_empty() {
@@ -108,12 +110,14 @@ impl GroupCoordinator {
         b.producer_id = c.producer_id;
         b.producer_epoch = c.producer_epoch;
         b.transactional = true;
-        if let Err(e) = p.append_transactional(&mut b.build()) {
+        if let Err(e) = p.append_transactional(&mut b.build(), guard) {
             let code = match e {
                 // As Kafka answers TxnOffsetCommit from a producer with an old epoch.
                 AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => {
                     errors::INVALID_PRODUCER_EPOCH
                 }
+                // Its transaction ended between the verification and the write.
+                AppendError::Sequence(SequenceError::TxnState(_)) => errors::INVALID_TXN_STATE,
                 e => {
                     tracing::error!(group = c.group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
                     errors::COORDINATOR_NOT_AVAILABLE

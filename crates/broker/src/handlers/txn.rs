@@ -191,7 +191,7 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
             -1
         },
     };
-    let codes = broker.groups.txn_commit(broker, &commit, offsets);
+    let codes = broker.txn_offset_commit(&req.transactional_id, &commit, offsets);
     let mut codes = codes.into_iter();
     let topics = req
         .topics

@@ -6,7 +6,9 @@
 use super::*;
 use crate::broker::NewTopic;
 use crate::config::BrokerConfig;
-use crate::errors::{COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, INVALID_REQUEST, NONE};
+use crate::errors::{
+    COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, INVALID_REQUEST, INVALID_TXN_STATE, NONE,
+};
 use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
 use crate::group::txn_offsets::TxnCommit;
 use crate::txn::state::PRODUCER_FENCED;
@@ -289,7 +291,7 @@ fn commit_offset(b: &Broker, group: &str, pid: i64, epoch: i16, offset: i64) -> 
         leader_epoch: -1,
         metadata: None,
     };
-    b.groups.txn_commit(b, &c, vec![o])
+    b.txn_offset_commit("tx", &c, vec![o])
 }
 
 fn committed(b: &Broker, group: &str) -> Option<i64> {
@@ -404,6 +406,40 @@ fn a_group_with_offsets_of_an_open_transaction_is_not_expired() {
     b.groups
         .expire(&b, crate::group::coordinator::now_ms() + 2 * retention);
     assert!(unstable(&b, &group));
+    assert_eq!(b.txns.end(&b, "tx", pid, epoch, true), NONE);
+    assert_eq!(committed(&b, &group), Some(3));
+}
+
+#[test]
+fn txn_offsets_outside_the_transaction_are_refused_not_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    let group = group_on(1, 3);
+    let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
+    // The transaction exists but AddOffsetsToTxn was never sent for the group.
+    assert_eq!(
+        b.txns
+            .add_partitions(&b, "tx", pid, epoch, &[("t".into(), 0)]),
+        NONE
+    );
+    b.ensure_internal_topic(OFFSETS_TOPIC, 3).unwrap();
+    assert_eq!(
+        commit_offset(&b, &group, pid, epoch, 3),
+        vec![INVALID_TXN_STATE]
+    );
+    let p = b
+        .partition(OFFSETS_TOPIC, offsets_partition(&group, 3).1)
+        .unwrap();
+    assert_eq!(
+        p.log.log_end_offset(),
+        0,
+        "nothing held for a marker that never comes"
+    );
+    assert_eq!(p.last_stable_offset(), 0);
+    // Once the group's partition is in the transaction, the same commit is taken.
+    let part = offsets_partition(&group, 3);
+    assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &[part]), NONE);
+    assert_eq!(commit_offset(&b, &group, pid, epoch, 3), vec![NONE]);
     assert_eq!(b.txns.end(&b, "tx", pid, epoch, true), NONE);
     assert_eq!(committed(&b, &group), Some(3));
 }

@@ -10,6 +10,10 @@
 
 use super::state::TxnState;
 use crate::broker::Broker;
+use crate::errors;
+use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
+use crate::group::records::partition_for as group_partition;
+use crate::group::txn_offsets::TxnCommit;
 use crate::partition::{AppendError, Appended, Partition};
 use crate::producer_state::SequenceError;
 use strom_storage::batch::BatchHeader;
@@ -32,7 +36,9 @@ impl Broker {
                     && !p.in_transaction(h.producer_id) =>
             {
                 let guard = p.start_verification(h.producer_id);
-                if let Err(e) = self.verify_in_transaction(p, &h, transactional_id) {
+                if let Err(e) =
+                    self.verify_in_transaction(p, h.producer_id, h.producer_epoch, transactional_id)
+                {
                     p.cancel_verification(h.producer_id, guard);
                     return Err(AppendError::Sequence(e));
                 }
@@ -43,13 +49,55 @@ impl Broker {
         p.append_verified(records, acks, guard)
     }
 
+    /// TxnOffsetCommit: the group's `__consumer_offsets` partition must be in the producer's
+    /// open transaction (AddOffsetsToTxn) before offsets are held there for it, or they
+    /// would wait for a marker that never comes. One error code per offset, in order.
+    pub fn txn_offset_commit(
+        &self,
+        transactional_id: &str,
+        c: &TxnCommit,
+        offsets: Vec<CommitRequest>,
+    ) -> Vec<i16> {
+        let p = match self.groups.ensure_offsets_topic(self) {
+            Ok(partitions) if !c.group_id.is_empty() => {
+                self.partition(OFFSETS_TOPIC, group_partition(c.group_id, partitions))
+            }
+            _ => None,
+        };
+        let Some(p) = p else {
+            // No group id, or no offsets topic: the group coordinator says which error.
+            return self.groups.txn_commit(self, c, offsets, None);
+        };
+        let mut guard = None;
+        if !p.in_transaction(c.producer_id) {
+            let g = p.start_verification(c.producer_id);
+            let verified = self.verify_in_transaction(
+                &p,
+                c.producer_id,
+                c.producer_epoch,
+                Some(transactional_id),
+            );
+            if let Err(e) = verified {
+                p.cancel_verification(c.producer_id, g);
+                let code = match e {
+                    SequenceError::InvalidEpoch { .. } => errors::INVALID_PRODUCER_EPOCH,
+                    _ => errors::INVALID_TXN_STATE,
+                };
+                return vec![code; offsets.len()];
+            }
+            guard = Some(g);
+        }
+        self.groups.txn_commit(self, c, offsets, guard)
+    }
+
     /// Whether the coordinator has this producer's transaction open with the partition in
     /// it. On one node the coordinator is local; in a cluster this becomes an
     /// AddPartitionsToTxn request with verify_only.
     fn verify_in_transaction(
         &self,
         p: &Partition,
-        h: &BatchHeader,
+        producer_id: i64,
+        producer_epoch: i16,
         transactional_id: Option<&str>,
     ) -> Result<(), SequenceError> {
         const NOT_IN_TXN: SequenceError =
@@ -57,10 +105,10 @@ impl Broker {
         let m = transactional_id
             .and_then(|id| self.txns.describe(id))
             .ok_or(NOT_IN_TXN)?;
-        if m.producer_id != h.producer_id {
+        if m.producer_id != producer_id {
             return Err(NOT_IN_TXN);
         }
-        if m.producer_epoch != h.producer_epoch {
+        if m.producer_epoch != producer_epoch {
             return Err(SequenceError::InvalidEpoch {
                 current: m.producer_epoch,
             });
