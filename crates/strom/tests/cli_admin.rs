@@ -138,34 +138,37 @@ fn topics_lifecycle_with_tables_and_json() {
 }
 
 /// Produces `copies` of one batch to a partition with a hand-made Produce v3 request.
+/// Produces `copies` of `batch` to one partition, a Produce v3 request each (v3+ carry one
+/// batch per partition).
 fn produce_raw(server: &Server, topic: &str, partition: i32, batch: &[u8], copies: usize) {
     use std::io::{Read, Write};
-    let mut records = Vec::new();
-    for _ in 0..copies {
-        records.extend_from_slice(batch);
-    }
-    let mut body = Vec::new();
-    body.extend_from_slice(&0i16.to_be_bytes()); // api key
-    body.extend_from_slice(&3i16.to_be_bytes()); // version
-    body.extend_from_slice(&7i32.to_be_bytes()); // correlation
-    body.extend_from_slice(&(-1i16).to_be_bytes()); // client id: null
-    body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
-    body.extend_from_slice(&1i16.to_be_bytes()); // acks
-    body.extend_from_slice(&5000i32.to_be_bytes());
-    body.extend_from_slice(&1i32.to_be_bytes());
-    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
-    body.extend_from_slice(topic.as_bytes());
-    body.extend_from_slice(&1i32.to_be_bytes());
-    body.extend_from_slice(&partition.to_be_bytes());
-    body.extend_from_slice(&(records.len() as i32).to_be_bytes());
-    body.extend_from_slice(&records);
     let mut s = std::net::TcpStream::connect(server.bootstrap()).unwrap();
-    s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
-    s.write_all(&body).unwrap();
-    let mut size = [0u8; 4];
-    s.read_exact(&mut size).unwrap();
-    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
-    s.read_exact(&mut resp).unwrap();
+    for _ in 0..copies {
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i16.to_be_bytes()); // api key
+        body.extend_from_slice(&3i16.to_be_bytes()); // version
+        body.extend_from_slice(&7i32.to_be_bytes()); // correlation
+        body.extend_from_slice(&(-1i16).to_be_bytes()); // client id: null
+        body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
+        body.extend_from_slice(&1i16.to_be_bytes()); // acks
+        body.extend_from_slice(&5000i32.to_be_bytes());
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&partition.to_be_bytes());
+        body.extend_from_slice(&(batch.len() as i32).to_be_bytes());
+        body.extend_from_slice(batch);
+        s.write_all(&(body.len() as i32).to_be_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut size = [0u8; 4];
+        s.read_exact(&mut size).unwrap();
+        let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+        s.read_exact(&mut resp).unwrap();
+        // correlation id, topics (1), name, partitions (1), index, then the error code.
+        let at = 4 + 4 + 2 + topic.len() + 4 + 4;
+        assert_eq!(&resp[at..at + 2], &[0, 0], "produce error code");
+    }
 }
 
 #[test]
