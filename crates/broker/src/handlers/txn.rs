@@ -315,21 +315,12 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
     )
 }
 
-const STATES: [TxnState; 6] = [
-    TxnState::Empty,
-    TxnState::Ongoing,
-    TxnState::PrepareCommit,
-    TxnState::PrepareAbort,
-    TxnState::CompleteCommit,
-    TxnState::CompleteAbort,
-];
-
 pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: ListTransactionsRequest = protocol::decode(&mut body, ctx.version)?;
     let unknown_state_filters: Vec<String> = req
         .state_filters
         .iter()
-        .filter(|f| !STATES.iter().any(|s| s.name() == f.as_str()))
+        .filter(|f| !TxnState::ALL.iter().any(|s| s.name() == f.as_str()))
         .cloned()
         .collect();
     let now = now_ms();

@@ -302,19 +302,8 @@ impl TxnCoordinator {
         expected: Option<(i64, i16)>,
     ) -> Result<(i64, i16), i16> {
         let max = self.config.max_timeout_ms;
-        let first = self.decide(broker, m, |m| {
-            m.init_producer(
-                timeout_ms,
-                max,
-                expected,
-                || self.new_producer_id(broker),
-                now_ms(),
-            )
-        });
-        // A previous incarnation's transaction was aborted on the spot (local markers): go on
-        // instead of sending the client away to retry.
-        if first == Err(CONCURRENT_TRANSACTIONS) && m.state == TxnState::CompleteAbort {
-            return self.decide(broker, m, |m| {
+        let attempt = |m: &mut TxnMetadata| {
+            self.decide(broker, m, |m| {
                 m.init_producer(
                     timeout_ms,
                     max,
@@ -322,7 +311,13 @@ impl TxnCoordinator {
                     || self.new_producer_id(broker),
                     now_ms(),
                 )
-            });
+            })
+        };
+        let first = attempt(m);
+        // A previous incarnation's transaction was aborted on the spot (local markers): go on
+        // instead of sending the client away to retry.
+        if first == Err(CONCURRENT_TRANSACTIONS) && m.state == TxnState::CompleteAbort {
+            return attempt(m);
         }
         first
     }

@@ -4,42 +4,13 @@
 //! restarts and expiry.
 
 use super::*;
-use crate::broker::NewTopic;
-use crate::config::BrokerConfig;
 use crate::errors::{
     COORDINATOR_NOT_AVAILABLE, INVALID_PRODUCER_EPOCH, INVALID_REQUEST, INVALID_TXN_STATE, NONE,
 };
 use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
 use crate::group::txn_offsets::TxnCommit;
+use crate::txn::coordinator_tests::{both, broker};
 use crate::txn::state::PRODUCER_FENCED;
-
-fn broker(dir: &std::path::Path) -> Broker {
-    let mut config = BrokerConfig {
-        log_dir: dir.to_path_buf(),
-        ..BrokerConfig::default()
-    };
-    config.groups.offsets_partitions = 3;
-    config.txns.partitions = 3;
-    let b = Broker::open(config).unwrap();
-    if b.topic("t").is_none() {
-        b.create_topic(
-            NewTopic {
-                name: "t".into(),
-                partitions: Some(2),
-                replication_factor: None,
-                assignments: vec![],
-                configs: Default::default(),
-            },
-            false,
-        )
-        .unwrap();
-    }
-    b
-}
-
-fn both() -> Vec<(String, i32)> {
-    vec![("t".to_string(), 0), ("t".to_string(), 1)]
-}
 
 fn hw(b: &Broker, partition: i32) -> u64 {
     b.partition("t", partition).unwrap().high_watermark()

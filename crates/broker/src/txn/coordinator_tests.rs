@@ -11,7 +11,8 @@ use crate::broker::{Broker, NewTopic};
 use crate::config::BrokerConfig;
 use crate::errors::NONE;
 
-fn broker(dir: &std::path::Path) -> Broker {
+/// A broker on `dir` with 3 partitions per internal topic and a topic `t` of 2.
+pub(in crate::txn) fn broker(dir: &std::path::Path) -> Broker {
     let mut config = BrokerConfig {
         log_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
@@ -62,7 +63,7 @@ fn produce(b: &Broker, id: &str, partition: i32, batch: Vec<u8>) -> u64 {
         .base_offset
 }
 
-fn both() -> Vec<(String, i32)> {
+pub(in crate::txn) fn both() -> Vec<(String, i32)> {
     vec![("t".to_string(), 0), ("t".to_string(), 1)]
 }
 

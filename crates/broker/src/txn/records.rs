@@ -201,15 +201,7 @@ mod tests {
 
     #[test]
     fn every_state_round_trips_and_empty_has_a_null_partitions_array() {
-        let states = [
-            TxnState::Empty,
-            TxnState::Ongoing,
-            TxnState::PrepareCommit,
-            TxnState::PrepareAbort,
-            TxnState::CompleteCommit,
-            TxnState::CompleteAbort,
-        ];
-        for state in states {
+        for state in TxnState::ALL {
             let mut m = TxnMetadata::new("tx", 5, 30_000, 2_000);
             m.producer_epoch = 9;
             m.state = state;

@@ -26,6 +26,15 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    pub const ALL: [TxnState; 6] = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             TxnState::Empty => "Empty",
