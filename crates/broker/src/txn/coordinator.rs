@@ -7,7 +7,7 @@
 //! producer's commit is visible to read_committed consumers when its EndTxn returns.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use strom_storage::batch::{self, BatchBuilder};
 
@@ -71,11 +71,24 @@ pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
     (java_hash(transactional_id) & 0x7fff_ffff) % partitions
 }
 
+/// One transactional id's metadata behind a lock of its own, so that one id's writes (its
+/// markers above all) never hold up another id's requests. `None` while a new id is not
+/// persisted yet, and once an id has expired.
+type Slot = Arc<Mutex<Option<TxnMetadata>>>;
+
+/// The writer's view of `__transaction_state`: records appended per partition since it was
+/// last trimmed, and per id the value written last (what a trim re-appends). Its lock
+/// serializes the writes, so that a trim never reorders a record with a newer one.
+#[derive(Default)]
+struct StateLog {
+    written: HashMap<i32, u64>,
+    live: HashMap<String, Vec<u8>>,
+}
+
 pub struct TxnCoordinator {
     pub config: TxnConfig,
-    txns: Mutex<HashMap<String, TxnMetadata>>,
-    /// Records appended per `__transaction_state` partition since it was last compacted.
-    written: Mutex<HashMap<i32, u64>>,
+    txns: Mutex<HashMap<String, Slot>>,
+    log: Mutex<StateLog>,
     #[cfg(test)]
     pub(crate) faults: Mutex<Faults>,
 }
@@ -101,14 +114,51 @@ impl TxnCoordinator {
         TxnCoordinator {
             config,
             txns: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
+            log: Mutex::new(StateLog::default()),
             #[cfg(test)]
             faults: Mutex::new(Faults::default()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, TxnMetadata>> {
-        self.txns.lock().unwrap()
+    fn slot(&self, id: &str) -> Option<Slot> {
+        self.txns.lock().unwrap().get(id).cloned()
+    }
+
+    fn slot_or_new(&self, id: &str) -> Slot {
+        self.txns
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops `id`'s slot if it holds nothing. Never waits for the slot's lock (its holders
+    /// may be waiting for the map's): a busy slot stays, for a later tick.
+    fn forget_if_empty(&self, id: &str, slot: &Slot) {
+        let mut txns = self.txns.lock().unwrap();
+        if txns.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))
+            && slot.try_lock().is_ok_and(|m| m.is_none())
+        {
+            txns.remove(id);
+        }
+    }
+
+    /// Every slot, taken without holding the map while each is locked.
+    fn slots(&self) -> Vec<(String, Slot)> {
+        let txns = self.txns.lock().unwrap();
+        txns.iter().map(|(id, s)| (id.clone(), s.clone())).collect()
+    }
+
+    /// Runs `f` on `id`'s metadata, if the id is known.
+    pub(crate) fn with_metadata<R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut TxnMetadata) -> R,
+    ) -> Option<R> {
+        let slot = self.slot(id)?;
+        let mut m = slot.lock().unwrap();
+        m.as_mut().map(f)
     }
 
     /// Creates `__transaction_state` on first use, as Kafka does.
@@ -132,12 +182,12 @@ impl TxnCoordinator {
             return Err(errors::COORDINATOR_NOT_AVAILABLE);
         }
         let p = Self::state_partition(broker, id).ok_or(errors::COORDINATOR_NOT_AVAILABLE)?;
-        let index = p.index;
+        let mut log = self.log.lock().unwrap();
         let mut bytes = BatchBuilder::new()
             .record(batch::Record {
                 timestamp: now_ms(),
                 key: Some(records::key(id)),
-                value,
+                value: value.clone(),
                 headers: vec![],
             })
             .build();
@@ -145,7 +195,11 @@ impl TxnCoordinator {
             tracing::error!(transactional_id = id, error = %e, "cannot write to {TXN_TOPIC}");
             errors::COORDINATOR_NOT_AVAILABLE
         })?;
-        *self.written.lock().unwrap().entry(index).or_default() += 1;
+        *log.written.entry(p.index).or_default() += 1;
+        match value {
+            Some(v) => log.live.insert(id.to_string(), v),
+            None => log.live.remove(id),
+        };
         Ok(())
     }
 
@@ -280,16 +334,25 @@ impl TxnCoordinator {
             return Err(INVALID_TRANSACTION_TIMEOUT);
         }
         self.ensure_topic(broker)?;
-        let mut txns = self.lock();
-        if let Some(m) = txns.get_mut(id) {
-            return self.init_existing(broker, m, timeout_ms, expected);
-        }
-        // A new entry is only kept (and seen by List/DescribeTransactions) once persisted.
-        let pid = self.new_producer_id(broker)?;
-        let mut m = TxnMetadata::new(id, pid, timeout_ms, now_ms());
-        let result = self.init_existing(broker, &mut m, timeout_ms, expected);
-        if result.is_ok() {
-            txns.insert(id.to_string(), m);
+        let slot = self.slot_or_new(id);
+        let result = {
+            let mut current = slot.lock().unwrap();
+            match current.as_mut() {
+                Some(m) => self.init_existing(broker, m, timeout_ms, expected),
+                // A new entry is only kept (and seen by List/DescribeTransactions) once
+                // persisted.
+                None => self.new_producer_id(broker).and_then(|pid| {
+                    let mut m = TxnMetadata::new(id, pid, timeout_ms, now_ms());
+                    let result = self.init_existing(broker, &mut m, timeout_ms, expected);
+                    if result.is_ok() {
+                        *current = Some(m);
+                    }
+                    result
+                }),
+            }
+        };
+        if result.is_err() {
+            self.forget_if_empty(id, &slot);
         }
         result
     }
@@ -334,8 +397,11 @@ impl TxnCoordinator {
         if id.is_empty() {
             return errors::INVALID_REQUEST;
         }
-        let mut txns = self.lock();
-        let Some(m) = txns.get_mut(id) else {
+        let Some(slot) = self.slot(id) else {
+            return INVALID_PRODUCER_ID_MAPPING;
+        };
+        let mut current = slot.lock().unwrap();
+        let Some(m) = current.as_mut() else {
             return INVALID_PRODUCER_ID_MAPPING;
         };
         match self.decide(broker, m, |m| {
@@ -358,8 +424,11 @@ impl TxnCoordinator {
         if id.is_empty() {
             return errors::INVALID_REQUEST;
         }
-        let mut txns = self.lock();
-        let Some(m) = txns.get_mut(id) else {
+        let Some(slot) = self.slot(id) else {
+            return INVALID_PRODUCER_ID_MAPPING;
+        };
+        let mut current = slot.lock().unwrap();
+        let Some(m) = current.as_mut() else {
             return INVALID_PRODUCER_ID_MAPPING;
         };
         match self.decide(broker, m, |m| m.end(producer_id, epoch, commit, now_ms())) {
@@ -369,11 +438,15 @@ impl TxnCoordinator {
     }
 
     pub fn describe(&self, id: &str) -> Option<TxnMetadata> {
-        self.lock().get(id).cloned()
+        self.with_metadata(id, |m| m.clone())
     }
 
     pub fn list(&self) -> Vec<TxnMetadata> {
-        let mut all: Vec<TxnMetadata> = self.lock().values().cloned().collect();
+        let mut all: Vec<TxnMetadata> = self
+            .slots()
+            .into_iter()
+            .filter_map(|(_, slot)| slot.lock().unwrap().clone())
+            .collect();
         all.sort_by(|a, b| a.transactional_id.cmp(&b.transactional_id));
         all
     }
@@ -381,15 +454,24 @@ impl TxnCoordinator {
     /// Aborts transactions open longer than their timeout, retries markers that could not be
     /// written, forgets ids idle past transactional.id.expiration.ms, and trims the topic.
     pub fn tick(&self, broker: &Broker, now: i64) {
-        let mut txns = self.lock();
-        let mut expired = Vec::new();
-        for (id, m) in txns.iter_mut() {
+        for (id, slot) in self.slots() {
+            let mut current = slot.lock().unwrap();
+            let Some(m) = current.as_mut() else {
+                drop(current);
+                self.forget_if_empty(&id, &slot);
+                continue;
+            };
             if matches!(
                 m.state,
                 TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
             ) {
-                if now - m.last_update_ms > self.config.id_expiration_ms {
-                    expired.push(id.clone());
+                if now - m.last_update_ms > self.config.id_expiration_ms
+                    && self.append(broker, &id, None).is_ok()
+                {
+                    tracing::info!(transactional_id = %id, "transactional id expired");
+                    *current = None;
+                    drop(current);
+                    self.forget_if_empty(&id, &slot);
                 }
                 continue;
             }
@@ -409,13 +491,7 @@ impl TxnCoordinator {
                 tracing::warn!(transactional_id = %id, code, "could not time out or finish a transaction; will retry");
             }
         }
-        for id in expired {
-            if self.append(broker, &id, None).is_ok() {
-                tracing::info!(transactional_id = %id, "transactional id expired");
-                txns.remove(&id);
-            }
-        }
-        self.trim(broker, &txns);
+        self.trim(broker);
     }
 
     /// Reads `__transaction_state` back (at start) and finishes what was being finished.
@@ -424,6 +500,7 @@ impl TxnCoordinator {
             return;
         };
         let mut latest: HashMap<String, TxnMetadata> = HashMap::new();
+        let mut live: HashMap<String, Vec<u8>> = HashMap::new();
         let mut written = HashMap::new();
         for p in topic.partitions.read().unwrap().iter() {
             let mut count = 0u64;
@@ -437,10 +514,12 @@ impl TxnCoordinator {
                     // what came before.
                     let Some(value) = rec.value else {
                         latest.remove(&id);
+                        live.remove(&id);
                         continue;
                     };
                     match records::decode_value(&id, value) {
                         Some(m) => {
+                            live.insert(id.clone(), value.to_vec());
                             latest.insert(id, m);
                         }
                         None => tracing::error!(
@@ -453,11 +532,17 @@ impl TxnCoordinator {
             });
             written.insert(p.index, count);
         }
-        *self.written.lock().unwrap() = written;
-        let mut txns = self.lock();
-        *txns = latest;
-        tracing::info!(transactional_ids = txns.len(), "loaded {TXN_TOPIC}");
-        for m in txns.values_mut() {
+        *self.log.lock().unwrap() = StateLog { written, live };
+        tracing::info!(transactional_ids = latest.len(), "loaded {TXN_TOPIC}");
+        *self.txns.lock().unwrap() = latest
+            .into_iter()
+            .map(|(id, m)| (id, Arc::new(Mutex::new(Some(m)))))
+            .collect();
+        for (_, slot) in self.slots() {
+            let mut current = slot.lock().unwrap();
+            let Some(m) = current.as_mut() else {
+                continue;
+            };
             let actions = m.recover();
             if !actions.is_empty() {
                 tracing::info!(transactional_id = %m.transactional_id, state = m.state.name(), "completing a transaction prepared before the restart");
@@ -466,31 +551,30 @@ impl TxnCoordinator {
         }
     }
 
-    /// Re-appends the live state of partitions that hold far more records than ids, then
-    /// deletes what came before, as the group coordinator does until compaction exists.
-    fn trim(&self, broker: &Broker, txns: &HashMap<String, TxnMetadata>) {
+    /// Re-appends the values last written for partitions that hold far more records than
+    /// ids, then deletes what came before, as the group coordinator does until compaction
+    /// exists. No write to the topic comes in between.
+    fn trim(&self, broker: &Broker) {
         let Some(topic) = broker.topic(TXN_TOPIC) else {
             return;
         };
         let partitions = topic.partition_count() as i32;
-        let mut written = self.written.lock().unwrap();
+        let mut log = self.log.lock().unwrap();
+        let StateLog { written, live } = &mut *log;
         for (&index, count) in written.iter_mut() {
-            let live: Vec<&TxnMetadata> = txns
-                .values()
-                .filter(|m| partition_for(&m.transactional_id, partitions) == index)
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = live
+                .iter()
+                .filter(|(id, _)| partition_for(id, partitions) == index)
+                .map(|(id, value)| (records::key(id), Some(value.clone())))
                 .collect();
-            if *count <= 2 * live.len() as u64 + 1000 {
+            if *count <= 2 * records.len() as u64 + 1000 {
                 continue;
             }
             let Some(p) = topic.partition(index) else {
                 continue;
             };
-            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = live
-                .iter()
-                .map(|m| (records::key(&m.transactional_id), Some(records::value(m))))
-                .collect();
             if p.rewrite_live(&records, now_ms()) {
-                *count = live.len() as u64;
+                *count = records.len() as u64;
             }
         }
     }

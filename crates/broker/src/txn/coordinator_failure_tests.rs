@@ -102,12 +102,13 @@ fn no_producer_id_is_an_error_not_producer_id_minus_one() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
     b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
-    let exhausted = {
-        let mut txns = b.txns.lock();
-        let m = txns.get_mut("tx").unwrap();
-        m.producer_epoch = i16::MAX - 1;
-        m.clone()
-    };
+    let exhausted = b
+        .txns
+        .with_metadata("tx", |m| {
+            m.producer_epoch = i16::MAX - 1;
+            m.clone()
+        })
+        .unwrap();
     b.txns.faults.lock().unwrap().producer_ids = true;
     for id in ["tx", "new"] {
         assert_eq!(

@@ -283,3 +283,33 @@ fn the_state_topic_is_trimmed_to_the_live_state() {
         (pid, epoch, TxnState::CompleteCommit)
     );
 }
+
+#[test]
+fn one_ids_work_never_waits_for_another_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    b.txns.init_producer(&b, "slow", 60_000, None).unwrap();
+    std::thread::scope(|s| {
+        let (done, finished) = std::sync::mpsc::channel();
+        // "slow" held as while its markers are written, "fast" runs a whole transaction.
+        b.txns.with_metadata("slow", |_| {
+            let b = &b;
+            s.spawn(move || {
+                let (pid, epoch) = b.txns.init_producer(b, "fast", 60_000, None).unwrap();
+                let added = b.txns.add_partitions(b, "fast", pid, epoch, &both());
+                let ended = b.txns.end(b, "fast", pid, epoch, true);
+                done.send((added, ended)).unwrap();
+            });
+            let outcome = finished.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(
+                outcome,
+                Ok((NONE, NONE)),
+                "another id's transaction went through"
+            );
+        });
+    });
+    assert_eq!(
+        b.txns.describe("fast").unwrap().state,
+        TxnState::CompleteCommit
+    );
+}
