@@ -72,8 +72,11 @@ impl Topic {
         self.partitions.read().unwrap().len()
     }
 
+    /// Kafka's internal topics are a fixed list, not a prefix: users make `__`-topics too
+    /// (Debezium's heartbeats, Cruise Control's metrics) and write to them.
     pub fn is_internal(&self) -> bool {
-        self.name.starts_with("__")
+        self.name == crate::group::coordinator::OFFSETS_TOPIC
+            || self.name == crate::txn::coordinator::TXN_TOPIC
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Partition {
     /// The active segment when the producer state was last snapshotted: a roll takes the
     /// next snapshot, so a restart replays at most about one segment.
     snapshot_segment: AtomicU64,
+    /// Where opening the log started replaying batches into the producer state.
+    replayed_from: AtomicU64,
     /// Woken whenever the high watermark moves, for waiting fetches and acks=all produces.
     changed: Arc<Notify>,
 }
@@ -75,6 +77,7 @@ impl Partition {
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
             producers: Mutex::new(ProducerStates::default()),
             snapshot_segment: AtomicU64::new(u64::MAX),
+            replayed_from: AtomicU64::new(0),
             changed,
             log,
         };
@@ -85,15 +88,15 @@ impl Partition {
     /// Rebuilds the producer state: the newest readable snapshot, then every batch after it
     /// (from the log start when there is none), re-indexing aborted transactions whose
     /// index entry did not reach the disk. After an unclean shutdown the replay starts no
-    /// later than the first segment recovery checked: a snapshot is fsynced before the
-    /// `.txnindex` of the segment it follows, which a power loss could take.
+    /// later than the first abort marker recovery may have left without its index entry: a
+    /// snapshot is fsynced before the `.txnindex` of the segments it covers, which a power
+    /// loss could take.
     fn rebuild_producer_state(&self) -> Result<(), StorageError> {
         let mut states = self.producers.lock().unwrap();
         let start = self.log.log_start_offset();
-        let limit = self.log.recovered_from().unwrap_or(u64::MAX);
         let mut from = start;
         for (offset, bytes) in self.log.producer_snapshots()? {
-            if offset > limit {
+            if !self.snapshot_trusted(offset)? {
                 continue;
             }
             if let Some(s) = ProducerStates::decode(&bytes) {
@@ -102,6 +105,10 @@ impl Partition {
                 break;
             }
             tracing::warn!(dir = %self.log.dir().display(), offset, "ignoring a damaged producer-state snapshot");
+        }
+        self.replayed_from.store(from, Ordering::Release);
+        if from < self.log.log_end_offset() {
+            tracing::debug!(dir = %self.log.dir().display(), from, "replaying batches into the producer state");
         }
         let mut offset = from;
         while offset < self.log.log_end_offset() {
@@ -131,6 +138,50 @@ impl Partition {
             }
         }
         Ok(())
+    }
+
+    /// Whether a snapshot taken at `offset` may stand for the log before it. After an
+    /// unclean shutdown, not if markers from the first segment recovery checked on lie
+    /// below it: their index entries were not fsynced. A roll snapshots after the new
+    /// segment's first append, so the newest snapshot usually has a batch or two of that
+    /// segment below it, and those are looked at rather than the snapshot given up.
+    fn snapshot_trusted(&self, offset: u64) -> Result<bool, StorageError> {
+        let Some(limit) = self.log.recovered_from() else {
+            return Ok(true);
+        };
+        if offset <= limit {
+            return Ok(true);
+        }
+        let own_segment = self
+            .log
+            .segment_base_offsets()
+            .into_iter()
+            .rfind(|b| *b < offset);
+        if own_segment != Some(limit) {
+            return Ok(false);
+        }
+        let mut at = limit.max(self.log.log_start_offset());
+        while at < offset {
+            let Some(region) = self.log.read(at, 1 << 20, Some(offset))?.region else {
+                return Ok(false);
+            };
+            let bytes = region.read_all().map_err(|e| StorageError::Io {
+                path: self.log.dir().display().to_string(),
+                source: e,
+            })?;
+            let (mut pos, before) = (0, at);
+            while let Some(h) = bytes.get(pos..).and_then(BatchHeader::parse) {
+                if h.is_control() {
+                    return Ok(false);
+                }
+                pos += h.total_size();
+                at = h.last_offset() as u64 + 1;
+            }
+            if at <= before {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Feeds one stored batch to the producer state; an abort marker also goes into the
@@ -190,6 +241,11 @@ impl Partition {
         let states = self.producers.lock().unwrap();
         self.snapshot(&states);
         self.log.close()
+    }
+
+    /// Where the producer state's rebuild at open started replaying the log.
+    pub fn replayed_from(&self) -> u64 {
+        self.replayed_from.load(Ordering::Acquire)
     }
 
     /// DescribeProducers.

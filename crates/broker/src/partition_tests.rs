@@ -138,3 +138,36 @@ fn a_stale_coordinator_cannot_write_markers_even_after_a_restart() {
         // Unclean: the state comes back from the log itself.
     }
 }
+
+#[test]
+fn an_unclean_stop_replays_from_the_newest_snapshot_it_can_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment = [("segment.bytes", "1024")];
+    let (active, snapshot) = {
+        let p = open(dir.path(), &segment);
+        begin(&p, 1, 2);
+        p.write_marker(1, 0, false, 0).unwrap();
+        while p.log.segment_count() < 4 {
+            p.append(&mut records(-1, -1, 4, false), -1).unwrap();
+        }
+        let active = p.log.active_segment_base();
+        (active, p.log.producer_snapshots().unwrap()[0].0)
+    };
+    assert!(
+        snapshot > active,
+        "taken after the active segment's first append"
+    );
+    // The rolled segments were fsynced: recovery starts at the active segment, whose only
+    // batches below the snapshot are plain records. The snapshot stands.
+    let checkpoint = dir.path().join("recovery-point-checkpoint");
+    std::fs::write(&checkpoint, format!("0\n{active}\n")).unwrap();
+    let p = open(dir.path(), &segment);
+    assert_eq!(p.replayed_from(), snapshot);
+    assert_eq!(p.read_committed(0, 1 << 20).unwrap().1.len(), 1);
+    drop(p);
+    // Recovery from an earlier segment: the snapshot covers unsynced index entries.
+    std::fs::write(&checkpoint, "0\n0\n").unwrap();
+    let p = open(dir.path(), &segment);
+    assert!(p.replayed_from() < active, "{}", p.replayed_from());
+    assert_eq!(p.read_committed(0, 1 << 20).unwrap().1.len(), 1);
+}

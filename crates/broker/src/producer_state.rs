@@ -232,13 +232,18 @@ impl ProducerStates {
 
     /// Starts verifying producer `pid`'s first transactional batch here: the guard to pass
     /// to [`ProducerStates::check_txn`] once the coordinator confirmed the transaction.
+    /// A verification already under way for the producer (a retry on another connection)
+    /// shares its guard, as in Kafka.
     pub fn start_verification(&mut self, pid: i64) -> u64 {
-        self.next_guard += 1;
-        self.verifying.insert(pid, self.next_guard);
-        self.next_guard
+        let next = self.next_guard + 1;
+        let guard = *self.verifying.entry(pid).or_insert(next);
+        if guard == next {
+            self.next_guard = next;
+        }
+        guard
     }
 
-    /// Drops a guard that the coordinator refused.
+    /// Drops a guard that the coordinator refused, or whose batch was not written.
     pub fn cancel_verification(&mut self, pid: i64, guard: u64) {
         if self.verifying.get(&pid) == Some(&guard) {
             self.verifying.remove(&pid);
@@ -632,6 +637,12 @@ mod tests {
             Err(SequenceError::TxnState(_))
         ));
         let refused = s.start_verification(3);
+        assert_ne!(refused, guard, "a new verification after the marker");
+        assert_eq!(
+            s.start_verification(3),
+            refused,
+            "a verification under way is shared"
+        );
         s.cancel_verification(3, refused);
         assert!(
             s.check_txn(&header(3, 1, true, false), Some(refused))

@@ -501,11 +501,7 @@ impl Segment {
                 // A torn or damaged entry: rewrite whole entries only, or the next append
                 // would land out of alignment and garble every later entry.
                 tracing::warn!(file = %self.txn_index_path.display(), "dropping a damaged tail of the aborted-transaction index");
-                let mut kept = Vec::with_capacity(bytes.len());
-                for t in &entries {
-                    t.encode(&mut kept);
-                }
-                std::fs::write(&self.txn_index_path, kept).at(&self.txn_index_path)?;
+                self.persist_aborted(&entries)?;
             }
             *guard = Some(entries);
         }
@@ -548,13 +544,23 @@ impl Segment {
             (a.len() != before).then(|| a.clone())
         })?;
         if let Some(kept) = kept {
-            let mut bytes = Vec::with_capacity(kept.len() * 34);
-            for t in &kept {
-                t.encode(&mut bytes);
-            }
-            std::fs::write(&self.txn_index_path, bytes).at(&self.txn_index_path)?;
+            self.persist_aborted(&kept)?;
         }
         Ok(())
+    }
+
+    /// Replaces the `.txnindex` whole, atomically: a crash leaves the old file or the new,
+    /// never an empty one (the entries may lie below the recovery point, never replayed).
+    fn persist_aborted(&self, entries: &[AbortedTxn]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(entries.len() * crate::txn_index::ENTRY);
+        for t in entries {
+            t.encode(&mut bytes);
+        }
+        let tmp = self.txn_index_path.with_extension("txnindex.tmp");
+        let mut f = File::create(&tmp).at(&tmp)?;
+        io::Write::write_all(&mut f, &bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        std::fs::rename(&tmp, &self.txn_index_path).at(&self.txn_index_path)
     }
 
     fn sync_aborted(&self) -> Result<()> {

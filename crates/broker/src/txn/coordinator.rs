@@ -133,11 +133,14 @@ impl TxnCoordinator {
             .clone()
     }
 
-    /// Drops `id`'s slot if it holds nothing. Never waits for the slot's lock (its holders
-    /// may be waiting for the map's): a busy slot stays, for a later tick.
+    /// Drops `id`'s slot if it holds nothing and nobody but the caller has it: a request
+    /// that took the slot (always under the map's lock) and waits for it must find it still
+    /// in the map once it has created the id there. Never waits for the slot's lock (its
+    /// holders may be waiting for the map's): a busy slot stays, for a later tick.
     fn forget_if_empty(&self, id: &str, slot: &Slot) {
         let mut txns = self.txns.lock().unwrap();
         if txns.get(id).is_some_and(|s| Arc::ptr_eq(s, slot))
+            && Arc::strong_count(slot) == 2
             && slot.try_lock().is_ok_and(|m| m.is_none())
         {
             txns.remove(id);

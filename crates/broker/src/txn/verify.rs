@@ -42,11 +42,16 @@ impl Broker {
                     p.cancel_verification(h.producer_id, guard);
                     return Err(AppendError::Sequence(e));
                 }
-                Some(guard)
+                Some((h.producer_id, guard))
             }
             _ => None,
         };
-        p.append_verified(records, acks, guard)
+        let appended = p.append_verified(records, acks, guard.map(|(_, g)| g));
+        if let Some((pid, g)) = guard {
+            // Written, the batch already dropped it; refused, it must not linger.
+            p.cancel_verification(pid, g);
+        }
+        appended
     }
 
     /// TxnOffsetCommit: the group's `__consumer_offsets` partition must be in the producer's
@@ -87,7 +92,11 @@ impl Broker {
             }
             guard = Some(g);
         }
-        self.groups.txn_commit(self, c, offsets, guard)
+        let codes = self.groups.txn_commit(self, c, offsets, guard);
+        if let Some(g) = guard {
+            p.cancel_verification(c.producer_id, g);
+        }
+        codes
     }
 
     /// Whether the coordinator has this producer's transaction open with the partition in

@@ -295,3 +295,29 @@ async fn clients_cannot_write_into_internal_topics() {
         assert_eq!(before, after, "{topic} untouched");
     }
 }
+
+#[tokio::test]
+async fn user_topics_named_with_two_underscores_are_ordinary() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path());
+    let new = strom_broker::broker::NewTopic {
+        name: "__debezium-heartbeat.db".into(),
+        partitions: Some(1),
+        replication_factor: None,
+        assignments: vec![],
+        configs: Default::default(),
+    };
+    broker.create_topic(new, false).unwrap();
+    assert!(
+        !broker
+            .topic("__debezium-heartbeat.db")
+            .unwrap()
+            .is_internal()
+    );
+    let r = serve(
+        &broker,
+        produce(9, 1, "__debezium-heartbeat.db", 0, Some(&batch())),
+    )
+    .await;
+    assert_eq!(produce_errors(r, 9), [0]);
+}
