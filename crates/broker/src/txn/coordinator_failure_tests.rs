@@ -415,3 +415,23 @@ fn txn_offsets_outside_the_transaction_are_refused_not_held() {
     assert_eq!(b.txns.end(&b, "tx", pid, epoch, true), NONE);
     assert_eq!(committed(&b, &group), Some(3));
 }
+
+#[test]
+fn an_expired_slot_stays_while_a_request_waits_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
+    let expiring = b.txns.slot("tx").unwrap();
+    // A request took the slot and waits for it while the tick writes the tombstone.
+    let waiting = b.txns.slot("tx").unwrap();
+    *expiring.lock().unwrap() = None;
+    b.txns.forget_if_empty("tx", &expiring);
+    assert!(
+        b.txns.slot("tx").is_some_and(|s| Arc::ptr_eq(&s, &waiting)),
+        "the waiting request's slot is still the id's"
+    );
+    // Once it let go, an empty slot goes.
+    drop(waiting);
+    b.txns.forget_if_empty("tx", &expiring);
+    assert!(b.txns.slot("tx").is_none());
+}
