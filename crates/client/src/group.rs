@@ -59,10 +59,15 @@ pub struct GroupDescription {
 impl Client {
     /// The broker coordinating `group`.
     pub async fn coordinator(&self, group: &str) -> Result<i32> {
+        self.find_coordinator(group, 0).await
+    }
+
+    /// FindCoordinator for a group (`key_type` 0) or a transactional id (1).
+    pub(crate) async fn find_coordinator(&self, key: &str, key_type: i8) -> Result<i32> {
         let req = FindCoordinatorRequest {
-            key: group.to_string(),
-            key_type: 0,
-            coordinator_keys: vec![group.to_string()],
+            key: key.to_string(),
+            key_type,
+            coordinator_keys: vec![key.to_string()],
             ..Default::default()
         };
         let (resp, v) = self.any().await?.send(&req, 4, "FindCoordinator").await?;

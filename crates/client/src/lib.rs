@@ -11,6 +11,7 @@ pub mod group;
 mod metadata;
 pub mod partitioner;
 pub mod producer;
+pub mod txn_admin;
 
 pub use connection::{Answer, Connection};
 pub use error::{ClientError, Result, check, error_name};

@@ -6,6 +6,7 @@ mod groups;
 mod output;
 mod perf;
 mod server;
+mod transactions;
 
 use clap::{Parser, Subcommand};
 
@@ -53,6 +54,10 @@ enum Command {
     /// Performance tests: produce or consume at full speed, with throughput and latency.
     #[command(subcommand)]
     Perf(perf::PerfCmd),
+    /// List and describe transactions, the producers of a partition, and find and abort
+    /// hanging transactions (what kafka-transactions.sh does).
+    #[command(subcommand)]
+    Transactions(transactions::TransactionsCmd),
     /// Describe the cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(admin::ClusterCmd),
@@ -81,6 +86,7 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
         Command::Perf(cmd) => run_client(perf::perf(cmd)),
         Command::Groups(cmd) => run_client(groups::groups(cmd)),
+        Command::Transactions(cmd) => run_client(transactions::transactions(cmd)),
         Command::Produce(args) => run_client(console::produce(args)),
         Command::Consume(args) => run_client(console::consume(args)),
     };

@@ -1,0 +1,209 @@
+//! `strom transactions` against a real server, with a librdkafka transactional producer:
+//! list, describe, describe-producers, find-hanging and abort.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, fails, ok};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+/// The last stable offset of `orders`-`partition`, as a read_committed consumer sees it.
+fn lso(server: &Server, partition: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("group.id", "lso")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    c.fetch_watermarks("orders", partition, T).unwrap().1
+}
+
+#[test]
+fn inspect_and_abort_an_open_transaction() {
+    let server = Server::start();
+    ok(
+        &server,
+        &["topics", "create", "--topic", "orders", "--partitions", "2"],
+    );
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("transactional.id", "copier-1")
+        .set("transaction.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    p.init_transactions(T).unwrap();
+    p.begin_transaction().unwrap();
+    for i in 0..3 {
+        p.send(
+            BaseRecord::<(), str>::to("orders")
+                .partition(0)
+                .payload(&format!("r{i}")),
+        )
+        .unwrap();
+    }
+    p.flush(T).unwrap();
+
+    let listed = json(&ok(&server, &["transactions", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["transactional_id"], "copier-1");
+    assert_eq!(listed[0]["state"], "Ongoing");
+    assert_eq!(listed[0]["coordinator"], 0);
+    let pid = listed[0]["producer_id"].as_i64().unwrap();
+    let table = ok(&server, &["transactions", "list", "--state", "Ongoing"]);
+    assert_eq!(
+        table.lines().collect::<Vec<_>>(),
+        [
+            "TRANSACTIONAL-ID  COORDINATOR  PRODUCER-ID  STATE".to_string(),
+            format!("copier-1          0            {pid:<11}  Ongoing"),
+        ]
+    );
+    let none = ok(
+        &server,
+        &[
+            "transactions",
+            "list",
+            "--state",
+            "CompleteCommit",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&none), json("[]"));
+
+    let d = json(&ok(
+        &server,
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            "copier-1",
+            "--json",
+        ],
+    ));
+    assert_eq!(d["state"], "Ongoing");
+    assert_eq!(d["producer_id"], pid);
+    assert_eq!(d["timeout_ms"], 60000);
+    assert_eq!(d["partitions"], json(r#"["orders-0"]"#));
+    let epoch = d["producer_epoch"].as_i64().unwrap();
+    assert!(d["duration_ms"].as_i64().unwrap() >= 0);
+
+    let producers = json(&ok(
+        &server,
+        &[
+            "transactions",
+            "describe-producers",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+            "--json",
+        ],
+    ));
+    assert_eq!(producers.as_array().unwrap().len(), 1, "{producers}");
+    assert_eq!(producers[0]["producer_id"], pid);
+    assert_eq!(producers[0]["producer_epoch"], epoch);
+    assert_eq!(producers[0]["last_sequence"], 2);
+    assert_eq!(producers[0]["current_transaction_start_offset"], 0);
+    assert_eq!(lso(&server, 0), 0);
+
+    // Its coordinator has it open in orders-0: not hanging, however old.
+    let hanging = ok(
+        &server,
+        &[
+            "transactions",
+            "find-hanging",
+            "--topic",
+            "orders",
+            "--max-transaction-timeout",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&hanging), json("[]"));
+
+    let err = fails(
+        &server,
+        &[
+            "transactions",
+            "abort",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+            "--start-offset",
+            "7",
+        ],
+    );
+    assert!(
+        err.contains("no transaction starts at offset 7 in orders-0"),
+        "{err}"
+    );
+    let err = fails(
+        &server,
+        &["transactions", "describe", "--transactional-id", "nobody"],
+    );
+    assert!(err.contains("TRANSACTIONAL_ID_NOT_FOUND"), "{err}");
+
+    // The operator's abort writes the marker: read_committed consumers move past it.
+    let out = ok(
+        &server,
+        &[
+            "transactions",
+            "abort",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+            "--start-offset",
+            "0",
+        ],
+    );
+    assert_eq!(
+        out,
+        format!("Aborted producer {pid}'s transaction (epoch {epoch}) in orders-0.\n")
+    );
+    assert_eq!(lso(&server, 0), 4, "3 records and the abort marker");
+    let producers = json(&ok(
+        &server,
+        &[
+            "transactions",
+            "describe-producers",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+            "--json",
+        ],
+    ));
+    assert_eq!(producers[0]["current_transaction_start_offset"], -1);
+    let table = ok(
+        &server,
+        &[
+            "transactions",
+            "describe-producers",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+        ],
+    );
+    assert!(
+        table.starts_with(
+            "PRODUCER-ID  EPOCH  LAST-SEQUENCE  LAST-TIMESTAMP  COORDINATOR-EPOCH  TXN-START-OFFSET\n"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.trim_end().ends_with(" -"),
+        "no open transaction: {table}"
+    );
+}
