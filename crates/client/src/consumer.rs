@@ -1,13 +1,13 @@
 //! A consumer of partitions it is given (or that its group assigns): it owns its positions,
 //! fetches from the leaders, and hands out records in offset order per partition.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use krabka_protocol::records::{RecordsPayload, TimestampType};
+use krabka_protocol::records::{RecordBatch, RecordsPayload, TimestampType};
 
 use crate::Client;
 use crate::admin::{EARLIEST, LATEST};
@@ -251,6 +251,50 @@ type FetchOutcome = (
     Vec<(TopicPartition, i16)>,
 );
 
+fn is_abort_marker(b: &RecordBatch) -> bool {
+    b.records
+        .first()
+        .and_then(|r| r.key.as_deref())
+        .is_some_and(|k| k.len() >= 4 && k[..4] == [0, 0, 0, 0])
+}
+
+/// The batches that hold records for the application, in order: never control batches,
+/// and for read_committed none of a producer's transaction that the fetch answer lists as
+/// aborted (`aborted`: first offset and producer id), from its first offset to its abort
+/// marker, as Kafka's consumer filters them.
+fn deliverable(
+    batches: Vec<RecordBatch>,
+    aborted: &[(i64, i64)],
+    read_committed: bool,
+) -> Vec<RecordBatch> {
+    let mut pending = aborted.to_vec();
+    pending.sort_unstable();
+    let mut next = 0;
+    let mut skipping = HashSet::new();
+    batches
+        .into_iter()
+        .filter(|b| {
+            if read_committed {
+                let last = b.base_offset + b.last_offset_delta as i64;
+                while let Some(&(_, pid)) = pending.get(next).filter(|(f, _)| *f <= last) {
+                    skipping.insert(pid);
+                    next += 1;
+                }
+                if b.attributes.is_control_batch() {
+                    if is_abort_marker(b) {
+                        skipping.remove(&b.producer_id);
+                    }
+                    return false;
+                }
+                if b.attributes.is_transactional() && skipping.contains(&b.producer_id) {
+                    return false;
+                }
+            }
+            !b.attributes.is_control_batch()
+        })
+        .collect()
+}
+
 async fn fetch_from(
     client: &Client,
     config: ConsumerConfig,
@@ -299,14 +343,24 @@ async fn fetch_from(
                 errors.push(((t.topic.clone(), p.partition_index), p.error_code));
                 continue;
             }
-            hws.push(((t.topic.clone(), p.partition_index), p.high_watermark));
+            let read_committed = config.isolation_level == 1;
+            // A read_committed consumer's end is the last stable offset.
+            let end = if read_committed {
+                p.last_stable_offset
+            } else {
+                p.high_watermark
+            };
+            hws.push(((t.topic.clone(), p.partition_index), end));
             let Some(RecordsPayload::V2(batches)) = p.records else {
                 continue;
             };
-            for b in batches {
-                if b.attributes.is_control_batch() {
-                    continue;
-                }
+            let aborted: Vec<(i64, i64)> = p
+                .aborted_transactions
+                .unwrap_or_default()
+                .iter()
+                .map(|a| (a.first_offset, a.producer_id))
+                .collect();
+            for b in deliverable(batches, &aborted, read_committed) {
                 for r in b.records {
                     records.push(ConsumedRecord {
                         topic: t.topic.clone(),
@@ -329,4 +383,62 @@ async fn fetch_from(
         }
     }
     Ok((records, hws, errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use krabka_protocol::records::{Attributes, Record};
+
+    /// A one-record batch at `offset` from `pid`; a marker when `marker` is Some(commit).
+    fn batch(offset: i64, pid: i64, transactional: bool, marker: Option<bool>) -> RecordBatch {
+        let mut attributes = Attributes::default().with_transactional(transactional);
+        let mut record = Record {
+            value: Some(Bytes::from(format!("{offset}"))),
+            ..Default::default()
+        };
+        if let Some(commit) = marker {
+            attributes = Attributes(attributes.0 | 0x20);
+            record.key = Some(Bytes::from(vec![0, 0, 0, commit as u8]));
+        }
+        RecordBatch {
+            base_offset: offset,
+            attributes,
+            producer_id: pid,
+            records: vec![record],
+            ..Default::default()
+        }
+    }
+
+    fn offsets(batches: Vec<RecordBatch>) -> Vec<i64> {
+        batches.iter().map(|b| b.base_offset).collect()
+    }
+
+    #[test]
+    fn read_committed_drops_aborted_transactions_up_to_their_marker() {
+        // Producer 1 aborts 0-1 (marker at 3), producer 2 commits 2 (marker at 4), plain
+        // records at 5, producer 1 again at 6, committed (marker at 7).
+        let log = || {
+            vec![
+                batch(0, 1, true, None),
+                batch(1, 1, true, None),
+                batch(2, 2, true, None),
+                batch(3, 1, true, Some(false)),
+                batch(4, 2, true, Some(true)),
+                batch(5, -1, false, None),
+                batch(6, 1, true, None),
+                batch(7, 1, true, Some(true)),
+            ]
+        };
+        let aborted = [(0, 1)];
+        assert_eq!(offsets(deliverable(log(), &aborted, true)), vec![2, 5, 6]);
+        // read_uncommitted: everything but the markers.
+        assert_eq!(
+            offsets(deliverable(log(), &aborted, false)),
+            vec![0, 1, 2, 5, 6]
+        );
+        // A fetch from the middle of the aborted transaction.
+        let tail: Vec<RecordBatch> = log().into_iter().skip(1).collect();
+        assert_eq!(offsets(deliverable(tail, &aborted, true)), vec![2, 5, 6]);
+    }
 }

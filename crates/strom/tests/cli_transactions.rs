@@ -207,3 +207,72 @@ fn inspect_and_abort_an_open_transaction() {
         "no open transaction: {table}"
     );
 }
+
+#[test]
+fn consume_read_committed_skips_aborted_transactions() {
+    let server = Server::start();
+    ok(
+        &server,
+        &["topics", "create", "--topic", "orders", "--partitions", "1"],
+    );
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("transactional.id", "writer")
+        .create()
+        .unwrap();
+    p.init_transactions(T).unwrap();
+    for (values, commit) in [
+        (["a1", "a2"], false),
+        (["c1", "c2"], true),
+        (["a3", "a4"], false),
+    ] {
+        p.begin_transaction().unwrap();
+        for v in values {
+            p.send(BaseRecord::<(), str>::to("orders").partition(0).payload(v))
+                .unwrap();
+        }
+        p.flush(T).unwrap();
+        if commit {
+            p.commit_transaction(T).unwrap();
+        } else {
+            p.abort_transaction(T).unwrap();
+        }
+    }
+    // A plain record after them all: read_committed must reach it past the last abort.
+    let plain: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .create()
+        .unwrap();
+    plain
+        .send(
+            BaseRecord::<(), str>::to("orders")
+                .partition(0)
+                .payload("p1"),
+        )
+        .unwrap();
+    plain.flush(T).unwrap();
+    let read = |isolation: &str, n: &str| {
+        ok(
+            &server,
+            &[
+                "consume",
+                "--topic",
+                "orders",
+                "--from-beginning",
+                "--isolation-level",
+                isolation,
+                "--max-messages",
+                n,
+                "--timeout-ms",
+                "10000",
+                "--format",
+                "{offset}:{value}",
+            ],
+        )
+    };
+    assert_eq!(read("read_committed", "3"), "3:c1\n4:c2\n9:p1\n");
+    assert_eq!(
+        read("read_uncommitted", "7"),
+        "0:a1\n1:a2\n3:c1\n4:c2\n6:a3\n7:a4\n9:p1\n"
+    );
+}
