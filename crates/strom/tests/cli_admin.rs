@@ -238,6 +238,23 @@ fn configs_and_cluster() {
     assert!(err.contains("nothing to change"), "{err}");
     let broker = ok(&server, &["configs", "describe", "--broker", "0"]);
     assert!(broker.contains("num.partitions  2"), "{broker}");
+    // The coordinators' settings are there too, under Kafka's keys.
+    let all = json(&ok(
+        &server,
+        &["configs", "describe", "--broker", "0", "--all", "--json"],
+    ));
+    let value = |n: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing: {all}"))["value"]
+            .clone()
+    };
+    assert_eq!(value("transaction.max.timeout.ms"), "900000");
+    assert_eq!(value("producer.id.expiration.ms"), "86400000");
+    assert_eq!(value("offsets.retention.minutes"), "10080");
+    assert_eq!(value("group.initial.rebalance.delay.ms"), "3000");
     let err = fails(
         &server,
         &[

@@ -157,6 +157,73 @@ fn describe_broker(
             c.log_retention_check_interval_ms.to_string(),
         ),
     ];
+    // Groups, transactions and producers: what this broker runs with, under Kafka's keys.
+    let g = &c.groups;
+    let t = &c.txns;
+    for (key, value) in [
+        ("message.max.bytes", c.message_max_bytes.to_string()),
+        ("min.insync.replicas", c.min_insync_replicas.to_string()),
+        (
+            "log.flush.scheduler.interval.ms",
+            c.log_flush_scheduler_interval_ms.to_string(),
+        ),
+        (
+            "log.flush.offset.checkpoint.interval.ms",
+            c.log_flush_offset_checkpoint_interval_ms.to_string(),
+        ),
+        (
+            "group.min.session.timeout.ms",
+            g.group.min_session_timeout_ms.to_string(),
+        ),
+        (
+            "group.max.session.timeout.ms",
+            g.group.max_session_timeout_ms.to_string(),
+        ),
+        (
+            "group.initial.rebalance.delay.ms",
+            g.group.initial_rebalance_delay_ms.to_string(),
+        ),
+        ("group.max.size", g.group.max_size.to_string()),
+        (
+            "offsets.topic.num.partitions",
+            g.offsets_partitions.to_string(),
+        ),
+        (
+            "offsets.retention.minutes",
+            (g.offsets_retention_ms / 60_000).to_string(),
+        ),
+        (
+            "offsets.retention.check.interval.ms",
+            c.offsets_retention_check_interval_ms.to_string(),
+        ),
+        (
+            "offset.metadata.max.bytes",
+            g.offset_metadata_max_bytes.to_string(),
+        ),
+        (
+            "transaction.state.log.num.partitions",
+            t.partitions.to_string(),
+        ),
+        ("transaction.max.timeout.ms", t.max_timeout_ms.to_string()),
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            t.abort_interval_ms.to_string(),
+        ),
+        (
+            "transactional.id.expiration.ms",
+            t.id_expiration_ms.to_string(),
+        ),
+        (
+            "producer.id.expiration.ms",
+            c.producer_id_expiration_ms.to_string(),
+        ),
+        (
+            "producer.id.expiration.check.interval.ms",
+            c.producer_id_expiration_check_interval_ms.to_string(),
+        ),
+    ] {
+        values.push((key.to_string(), value));
+    }
     for key in all_keys() {
         if let (Some(broker_key), Some((v, _))) =
             (TopicConfig::broker_synonym(key), defaults.describe(c, key))
