@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What transactions cost, measured with librdkafka (confluent-kafka) against a release
 # `strom server`, all in one run: the same records produced by an idempotent producer and
-# by a transactional one (one commit every TXN_SIZE records), then read back with
-# read_uncommitted and read_committed. Prints records/s and the ratios between them.
+# by a transactional one (one commit every TXN_SIZE records), then the transactional topic
+# read back with read_uncommitted and read_committed, by confluent-kafka and by
+# `strom perf consume`. Prints records/s and the ratios between them.
 # Needs the compat venv (target/compat-venv, made by tests/compat/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,19 @@ committed_read = consume("txn2", "read_committed")
 print(f"{n} records of 100 B, 6 partitions, acks=all, transactions of {txn_size} records")
 print(f"produce  idempotent     {idem:>10,.0f} records/s   (rounds: {idem1:,.0f}, {idem2:,.0f})")
 print(f"produce  transactional  {txn:>10,.0f} records/s   (rounds: {txn1:,.0f}, {txn2:,.0f})   ratio to idempotent {txn / idem:.2f}")
-print(f"consume  read_uncommitted {plain_read:>8,.0f} records/s")
-print(f"consume  read_committed   {committed_read:>8,.0f} records/s   ratio to read_uncommitted {committed_read / plain_read:.2f}")
+print(f"consume  read_uncommitted {plain_read:>8,.0f} records/s  (confluent-kafka)")
+print(f"consume  read_committed   {committed_read:>8,.0f} records/s  (confluent-kafka)   ratio to read_uncommitted {committed_read / plain_read:.2f}")
+PY
+
+perf_consume() {
+  ./target/release/strom perf consume --bootstrap-server "127.0.0.1:$port" --topic "$1" \
+    --messages "$N" --isolation-level "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["records_per_sec"])'
+}
+uncommitted=$(perf_consume txn1 read_uncommitted)
+committed=$(perf_consume txn1 read_committed)
+python3 - "$uncommitted" "$committed" <<'PY'
+import sys
+u, c = map(float, sys.argv[1:3])
+print(f"consume  read_uncommitted {u:>8,.0f} records/s  (strom perf)")
+print(f"consume  read_committed   {c:>8,.0f} records/s  (strom perf)   ratio to read_uncommitted {c / u:.2f}")
 PY

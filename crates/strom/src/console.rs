@@ -195,14 +195,19 @@ pub fn render(format: &str, r: &ConsumedRecord) -> String {
         .replace("{value}", &text(&r.value))
 }
 
-pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let isolation_level = match args.isolation_level.as_str() {
-        "read_uncommitted" => 0,
-        "read_committed" => 1,
+/// The Fetch isolation level of `--isolation-level`.
+pub fn parse_isolation(level: &str) -> anyhow::Result<i8> {
+    match level {
+        "read_uncommitted" => Ok(0),
+        "read_committed" => Ok(1),
         other => {
             bail!("--isolation-level must be read_uncommitted or read_committed, not {other:?}")
         }
-    };
+    }
+}
+
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let isolation_level = parse_isolation(&args.isolation_level)?;
     let client = Arc::new(args.conn.client().await?);
     let mut consumer = Consumer::new(
         client.clone(),

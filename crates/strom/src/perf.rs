@@ -58,6 +58,9 @@ pub enum PerfCmd {
         /// Give up when nothing arrives for this long.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// read_uncommitted or read_committed.
+        #[arg(long, default_value = "read_uncommitted")]
+        isolation_level: String,
         #[arg(long)]
         json: bool,
     },
@@ -199,10 +202,15 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
             topic,
             messages,
             timeout_ms,
+            isolation_level,
             json,
         } => {
+            let config = ConsumerConfig {
+                isolation_level: crate::console::parse_isolation(&isolation_level)?,
+                ..ConsumerConfig::default()
+            };
             let client = Arc::new(conn.client().await?);
-            let mut consumer = Consumer::new(client, ConsumerConfig::default());
+            let mut consumer = Consumer::new(client, config);
             consumer
                 .assign(&topic, &[], StartAt::Earliest)
                 .await

@@ -275,4 +275,35 @@ fn consume_read_committed_skips_aborted_transactions() {
         read("read_uncommitted", "7"),
         "0:a1\n1:a2\n3:c1\n4:c2\n6:a3\n7:a4\n9:p1\n"
     );
+    // strom perf consume counts what read_committed consumers get, and no more.
+    let perf = |n: &str| {
+        common::run(
+            &server,
+            &[
+                "perf",
+                "consume",
+                "--topic",
+                "orders",
+                "--messages",
+                n,
+                "--isolation-level",
+                "read_committed",
+                "--timeout-ms",
+                "1000",
+                "--json",
+            ],
+            "",
+        )
+    };
+    let out = perf("3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&String::from_utf8(out.stdout).unwrap())["records"], 3);
+    let out = perf("4");
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("only 3 of 4 records"), "{err}");
 }
