@@ -8,7 +8,7 @@ N=${N:-1000000}
 command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat >/dev/null; }
 cargo build --release --ignore-rust-version -p strom >/dev/null 2>&1
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ./target/release/strom server --override "listeners=PLAINTEXT://127.0.0.1:$port" \
   --override "log.dirs=$work/data" --override num.partitions=6 >"$work/server.out" 2>"$work/server.err" &
