@@ -72,15 +72,26 @@ pub enum TransactionsCmd {
     /// not have open there: nothing will ever end them, and they hold back read_committed
     /// consumers. End them with `abort`.
     ///
-    /// Example: strom transactions find-hanging --topic orders
+    /// Examples:
+    ///   strom transactions find-hanging --topic orders
+    ///   strom transactions find-hanging --broker-id 0
+    #[command(verbatim_doc_comment)]
     FindHanging {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long)]
-        topic: String,
-        /// Only this partition (all of the topic's by default).
-        #[arg(long)]
+        /// The topic to look at.
+        #[arg(
+            long,
+            required_unless_present = "broker_id",
+            conflicts_with = "broker_id"
+        )]
+        topic: Option<String>,
+        /// Only this partition of --topic (all of them by default).
+        #[arg(long, requires = "topic")]
         partition: Option<i32>,
+        /// Every partition this broker leads, internal topics included.
+        #[arg(long)]
+        broker_id: Option<i32>,
         /// The brokers' transaction.max.timeout.ms, in minutes: younger transactions may
         /// still be ended by their producer.
         #[arg(long, default_value_t = 15, value_name = "MINUTES")]
@@ -196,9 +207,21 @@ pub async fn transactions(cmd: TransactionsCmd) -> anyhow::Result<()> {
             conn,
             topic,
             partition,
+            broker_id,
             max_transaction_timeout,
             json,
-        } => find_hanging(conn, topic, partition, max_transaction_timeout, json).await?,
+        } => {
+            let client = conn.client().await?;
+            let partitions = match (topic, broker_id) {
+                (Some(topic), _) => match partition {
+                    Some(p) => vec![(topic, p)],
+                    None => topic_partitions(&client, &topic).await?,
+                },
+                (None, Some(broker)) => led_by(&client, broker).await?,
+                (None, None) => bail!("give --topic or --broker-id"),
+            };
+            find_hanging(&client, partitions, max_transaction_timeout, json).await?
+        }
         TransactionsCmd::Abort {
             conn,
             topic,
@@ -334,6 +357,7 @@ fn print_producers(producers: &[ProducerDescription], json: bool) {
 /// A transaction open in a partition, as find-hanging reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
+    pub topic: String,
     pub partition: i32,
     pub producer: ProducerDescription,
 }
@@ -342,7 +366,6 @@ pub struct Open {
 /// no transactional id (`owners`), or its coordinator does not have this partition in an
 /// Ongoing transaction of that producer and epoch (`described`).
 pub fn hanging(
-    topic: &str,
     open: Vec<Open>,
     owners: &BTreeMap<i64, String>,
     described: &BTreeMap<String, TransactionDescription>,
@@ -356,7 +379,7 @@ pub fn hanging(
                     d.state == "Ongoing"
                         && d.producer_id == o.producer.producer_id
                         && d.producer_epoch as i32 == o.producer.producer_epoch
-                        && d.partitions.contains(&(topic.to_string(), o.partition))
+                        && d.partitions.contains(&(o.topic.clone(), o.partition))
                 });
             !tracked
         })
@@ -364,25 +387,20 @@ pub fn hanging(
 }
 
 async fn find_hanging(
-    conn: Conn,
-    topic: String,
-    partition: Option<i32>,
+    client: &Client,
+    partitions: Vec<(String, i32)>,
     max_timeout_minutes: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let client = conn.client().await?;
-    let partitions = match partition {
-        Some(p) => vec![p],
-        None => topic_partitions(&client, &topic).await?,
-    };
     let older_than = now_ms() - max_timeout_minutes * 60_000;
     let mut open = Vec::new();
-    for p in partitions {
+    for (topic, p) in partitions {
         for producer in client.describe_producers(&topic, p).await? {
             // The last write of a producer with a transaction open here is no older than
             // the transaction: a recent one may still be ended by its producer.
             if producer.txn_start_offset >= 0 && producer.last_timestamp < older_than {
                 open.push(Open {
+                    topic: topic.clone(),
                     partition: p,
                     producer,
                 });
@@ -404,13 +422,13 @@ async fn find_hanging(
             owners.insert(t.producer_id, t.transactional_id);
         }
     }
-    let found = hanging(&topic, open, &owners, &described);
+    let found = hanging(open, &owners, &described);
     if json {
         print_json(&json!(
             found
                 .iter()
                 .map(|o| json!({
-                    "topic": topic,
+                    "topic": o.topic,
                     "partition": o.partition,
                     "producer_id": o.producer.producer_id,
                     "producer_epoch": o.producer.producer_epoch,
@@ -433,7 +451,7 @@ async fn find_hanging(
     ]);
     for o in &found {
         t.row(vec![
-            topic.clone(),
+            o.topic.clone(),
             o.partition.to_string(),
             o.producer.producer_id.to_string(),
             o.producer.producer_epoch.to_string(),
@@ -446,13 +464,34 @@ async fn find_hanging(
     Ok(())
 }
 
-async fn topic_partitions(client: &Client, topic: &str) -> anyhow::Result<Vec<i32>> {
+async fn topic_partitions(client: &Client, topic: &str) -> anyhow::Result<Vec<(String, i32)>> {
     let meta = client.metadata(Some(&[topic.to_string()])).await?;
     let t = meta
         .topic(topic)
         .with_context(|| format!("topic {topic} does not exist"))?;
     strom_client::check(t.error, Some(format!("topic {topic}")))?;
-    Ok(t.partitions.iter().map(|p| p.index).collect())
+    Ok(t.partitions
+        .iter()
+        .map(|p| (topic.to_string(), p.index))
+        .collect())
+}
+
+/// Every partition that broker `broker` leads.
+async fn led_by(client: &Client, broker: i32) -> anyhow::Result<Vec<(String, i32)>> {
+    let meta = client.metadata(None).await?;
+    if !meta.brokers.iter().any(|b| b.id == broker) {
+        bail!("there is no broker {broker} in the cluster");
+    }
+    Ok(meta
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.leader == broker)
+                .map(|p| (t.name.clone(), p.index))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -461,6 +500,7 @@ mod tests {
 
     fn open(partition: i32, pid: i64, epoch: i32) -> Open {
         Open {
+            topic: "t".into(),
             partition,
             producer: ProducerDescription {
                 producer_id: pid,
@@ -515,7 +555,7 @@ mod tests {
             open(0, 4, 0), // the coordinator's transaction is elsewhere
             open(0, 5, 0), // no transactional id at all
         ];
-        let found: Vec<i64> = hanging("t", candidates, &owners, &described)
+        let found: Vec<i64> = hanging(candidates, &owners, &described)
             .iter()
             .map(|o| o.producer.producer_id)
             .collect();

@@ -129,6 +129,24 @@ fn inspect_and_abort_an_open_transaction() {
         ],
     );
     assert_eq!(json(&hanging), json("[]"));
+    let hanging = ok(
+        &server,
+        &[
+            "transactions",
+            "find-hanging",
+            "--broker-id",
+            "0",
+            "--max-transaction-timeout",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(json(&hanging), json("[]"), "every partition of broker 0");
+    let err = fails(
+        &server,
+        &["transactions", "find-hanging", "--broker-id", "7"],
+    );
+    assert!(err.contains("there is no broker 7"), "{err}");
 
     let err = fails(
         &server,
