@@ -554,56 +554,6 @@ impl Broker {
             .flat_map(|t| t.partitions.read().unwrap().clone())
             .collect()
     }
-
-    /// Periodic work: retention, time-based flushes, recovery point checkpoints.
-    pub fn run_retention(&self, now_ms: i64) {
-        for p in self.all_partitions() {
-            match p.log.apply_retention(now_ms) {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(topic = %p.topic, partition = p.index, segments = n, "deleted segments by retention")
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
-                }
-            }
-        }
-    }
-
-    /// Forgets the state of producers idle past producer.id.expiration.ms.
-    pub fn run_producer_expiration(&self, now_ms: i64) {
-        for p in self.all_partitions() {
-            let n = p.expire_producers(now_ms, self.config.producer_id_expiration_ms);
-            if n > 0 {
-                tracing::debug!(topic = %p.topic, partition = p.index, producers = n, "expired idle producers");
-            }
-        }
-    }
-
-    pub fn run_flush(&self, now_ms: i64) {
-        for p in self.all_partitions() {
-            if let Err(e) = p.log.maybe_flush(now_ms) {
-                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "flush failed");
-            }
-        }
-    }
-
-    pub fn run_checkpoint(&self) {
-        for p in self.all_partitions() {
-            if let Err(e) = p.log.checkpoint() {
-                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "checkpoint failed");
-            }
-        }
-    }
-
-    /// Clean shutdown of every log: flush, checkpoints, clean-shutdown markers.
-    pub fn shutdown(&self) {
-        for p in self.all_partitions() {
-            if let Err(e) = p.close() {
-                tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod group;
 pub mod handlers;
 mod internal_topics;
+mod maintenance;
 pub mod partition;
 pub mod producer_state;
 pub mod protocol;
