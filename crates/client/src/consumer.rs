@@ -60,7 +60,8 @@ pub struct Consumer {
     config: ConsumerConfig,
     positions: BTreeMap<TopicPartition, i64>,
     leaders: HashMap<TopicPartition, i32>,
-    /// High watermarks seen in the last fetch.
+    /// Where each partition ends for this consumer, as the last fetch said: the high
+    /// watermark, or the last stable offset for read_committed.
     pub high_watermarks: BTreeMap<TopicPartition, i64>,
     /// The next fetch round, sent ahead.
     inflight: Option<tokio::task::JoinSet<Result<FetchOutcome>>>,
@@ -174,7 +175,8 @@ impl Consumer {
         let mut moved = false;
         let mut out_of_range = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            let (records, hws, errors) = r.map_err(|e| ClientError::Protocol(e.to_string()))??;
+            let (records, hws, errors, ends) =
+                r.map_err(|e| ClientError::Protocol(e.to_string()))??;
             for (tp, hw) in hws {
                 self.high_watermarks.insert(tp, hw);
             }
@@ -193,6 +195,13 @@ impl Consumer {
                 {
                     *pos = rec.offset + 1;
                     out.push(rec);
+                }
+            }
+            // Past what held nothing to deliver (markers, aborted transactions): else a
+            // partition that ends with them would be fetched from the same place for ever.
+            for (tp, end) in ends {
+                if let Some(pos) = self.positions.get_mut(&tp) {
+                    *pos = (*pos).max(end);
                 }
             }
         }
@@ -244,11 +253,13 @@ impl Consumer {
     }
 }
 
-/// Records, high watermarks, and partitions that answered with an error.
+/// Records, where partitions end, partitions that answered with an error, and the offset
+/// after the last batch each partition returned (delivered or not).
 type FetchOutcome = (
     Vec<ConsumedRecord>,
     Vec<(TopicPartition, i64)>,
     Vec<(TopicPartition, i16)>,
+    Vec<(TopicPartition, i64)>,
 );
 
 fn is_abort_marker(b: &RecordBatch) -> bool {
@@ -337,6 +348,7 @@ async fn fetch_from(
     let mut records = Vec::new();
     let mut hws = Vec::new();
     let mut errors = Vec::new();
+    let mut ends = Vec::new();
     for t in resp.responses {
         for p in t.partitions {
             if p.error_code != 0 {
@@ -354,6 +366,12 @@ async fn fetch_from(
             let Some(RecordsPayload::V2(batches)) = p.records else {
                 continue;
             };
+            if let Some(last) = batches.last() {
+                ends.push((
+                    (t.topic.clone(), p.partition_index),
+                    last.base_offset + last.last_offset_delta as i64 + 1,
+                ));
+            }
             let aborted: Vec<(i64, i64)> = p
                 .aborted_transactions
                 .unwrap_or_default()
@@ -382,7 +400,7 @@ async fn fetch_from(
             }
         }
     }
-    Ok((records, hws, errors))
+    Ok((records, hws, errors, ends))
 }
 
 #[cfg(test)]

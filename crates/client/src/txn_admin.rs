@@ -29,7 +29,7 @@ pub struct TransactionDescription {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub timeout_ms: i32,
-    /// -1 when no transaction is open.
+    /// When the current or last transaction started; -1 before the first.
     pub start_time_ms: i64,
     pub partitions: Vec<(String, i32)>,
 }

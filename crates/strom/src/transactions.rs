@@ -235,12 +235,21 @@ pub async fn transactions(cmd: TransactionsCmd) -> anyhow::Result<()> {
             let (pid, epoch, coordinator_epoch) = match (start_offset, producer_id) {
                 (Some(offset), _) => {
                     let producers = client.describe_producers(&topic, partition).await?;
-                    let Some(p) = producers.iter().find(|p| p.txn_start_offset == offset) else {
+                    let Some(p) = producers
+                        .iter()
+                        .find(|p| offset >= 0 && p.txn_start_offset == offset)
+                    else {
                         bail!(
                             "no transaction starts at offset {offset} in {topic}-{partition}: see `strom transactions describe-producers --topic {topic} --partition {partition}`"
                         );
                     };
-                    (p.producer_id, p.producer_epoch as i16, p.coordinator_epoch)
+                    // No marker yet means coordinator epoch -1: the marker says 0, as Kafka's
+                    // admin client writes it.
+                    (
+                        p.producer_id,
+                        p.producer_epoch as i16,
+                        p.coordinator_epoch.max(0),
+                    )
                 }
                 (None, Some(pid)) => (
                     pid,
@@ -265,7 +274,11 @@ pub async fn transactions(cmd: TransactionsCmd) -> anyhow::Result<()> {
 
 fn print_description(d: &TransactionDescription, json: bool) {
     let now = now_ms();
-    let duration = (d.start_time_ms >= 0).then(|| now - d.start_time_ms);
+    let open = !matches!(
+        d.state.as_str(),
+        "Empty" | "CompleteCommit" | "CompleteAbort"
+    );
+    let duration = (open && d.start_time_ms >= 0).then(|| now - d.start_time_ms);
     let partitions: Vec<String> = d
         .partitions
         .iter()
@@ -363,8 +376,8 @@ pub struct Open {
 }
 
 /// Which of the partitions' long-open transactions are hanging: their producer id belongs to
-/// no transactional id (`owners`), or its coordinator does not have this partition in an
-/// Ongoing transaction of that producer and epoch (`described`).
+/// no transactional id (`owners`), or its coordinator does not have this partition in that
+/// producer's transaction (`described`), as Kafka's find-hanging decides.
 pub fn hanging(
     open: Vec<Open>,
     owners: &BTreeMap<i64, String>,
@@ -375,10 +388,11 @@ pub fn hanging(
             let tracked = owners
                 .get(&o.producer.producer_id)
                 .and_then(|id| described.get(id))
+                // Whatever its state: a transaction being committed or aborted keeps the
+                // partitions its markers have yet to reach, and a timed-out one has a bumped
+                // epoch. Its coordinator will end it there; an abort could contradict it.
                 .is_some_and(|d| {
-                    d.state == "Ongoing"
-                        && d.producer_id == o.producer.producer_id
-                        && d.producer_epoch as i32 == o.producer.producer_epoch
+                    d.producer_id == o.producer.producer_id
                         && d.partitions.contains(&(o.topic.clone(), o.partition))
                 });
             !tracked
@@ -416,8 +430,19 @@ async fn find_hanging(
             ..Default::default()
         };
         for t in client.list_transactions(&filter).await? {
-            if let Ok(d) = client.describe_transaction(&t.transactional_id).await {
-                described.insert(t.transactional_id.clone(), d);
+            match client.describe_transaction(&t.transactional_id).await {
+                Ok(d) => {
+                    described.insert(t.transactional_id.clone(), d);
+                }
+                // Gone since it was listed: nothing tracks its transaction any more.
+                Err(strom_client::ClientError::Kafka { code: 105, .. }) => {}
+                // Anything else (a coordinator moving, say) says nothing about it: a
+                // transaction wrongly called hanging could be aborted by hand.
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot describe transactional id {}", t.transactional_id)
+                    });
+                }
             }
             owners.insert(t.producer_id, t.transactional_id);
         }
@@ -533,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn a_transaction_is_hanging_unless_its_coordinator_has_it_open_there() {
+    fn a_transaction_is_hanging_unless_its_coordinator_still_has_the_partition() {
         let owners: BTreeMap<i64, String> = [
             (1, "a".into()),
             (2, "b".into()),
@@ -544,14 +569,14 @@ mod tests {
         let described: BTreeMap<String, TransactionDescription> = [
             ("a".to_string(), described("a", 1, 0, "Ongoing", &[0])),
             ("b".to_string(), described("b", 2, 0, "CompleteAbort", &[])),
-            ("c".to_string(), described("c", 3, 1, "Ongoing", &[0])),
+            ("c".to_string(), described("c", 3, 1, "PrepareAbort", &[0])),
             ("d".to_string(), described("d", 4, 0, "Ongoing", &[1])),
         ]
         .into();
         let candidates = vec![
             open(0, 1, 0), // tracked: not hanging
             open(0, 2, 0), // its transactional id moved on
-            open(0, 3, 0), // an older epoch than the coordinator's
+            open(0, 3, 0), // fenced by a timeout, its abort still to be written here
             open(0, 4, 0), // the coordinator's transaction is elsewhere
             open(0, 5, 0), // no transactional id at all
         ];
@@ -559,6 +584,6 @@ mod tests {
             .iter()
             .map(|o| o.producer.producer_id)
             .collect();
-        assert_eq!(found, vec![2, 3, 4, 5]);
+        assert_eq!(found, vec![2, 4, 5]);
     }
 }

@@ -224,6 +224,20 @@ fn inspect_and_abort_an_open_transaction() {
         table.trim_end().ends_with(" -"),
         "no open transaction: {table}"
     );
+    // The producer has no transaction open now: its -1 never matches.
+    let err = fails(
+        &server,
+        &[
+            "transactions",
+            "abort",
+            "--topic",
+            "orders",
+            "--partition",
+            "0",
+            "--start-offset=-1",
+        ],
+    );
+    assert!(err.contains("no transaction starts at offset -1"), "{err}");
 }
 
 #[test]
@@ -324,4 +338,62 @@ fn consume_read_committed_skips_aborted_transactions() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("only 3 of 4 records"), "{err}");
+}
+
+#[test]
+fn read_committed_gets_past_an_aborted_transaction_larger_than_a_fetch() {
+    let server = Server::start();
+    ok(
+        &server,
+        &["topics", "create", "--topic", "big", "--partitions", "1"],
+    );
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", server.bootstrap())
+        .set("transactional.id", "bulk")
+        .create()
+        .unwrap();
+    p.init_transactions(T).unwrap();
+    // 3 MB aborted: every fetch of 1 MiB from its start holds nothing to deliver.
+    p.begin_transaction().unwrap();
+    let large = "x".repeat(100_000);
+    for _ in 0..30 {
+        loop {
+            match p.send(
+                BaseRecord::<(), str>::to("big")
+                    .partition(0)
+                    .payload(&large),
+            ) {
+                Ok(()) => break,
+                Err(_) => {
+                    p.poll(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    p.flush(T).unwrap();
+    p.abort_transaction(T).unwrap();
+    p.begin_transaction().unwrap();
+    p.send(
+        BaseRecord::<(), str>::to("big")
+            .partition(0)
+            .payload("after"),
+    )
+    .unwrap();
+    p.commit_transaction(T).unwrap();
+    let out = ok(
+        &server,
+        &[
+            "consume",
+            "--topic",
+            "big",
+            "--from-beginning",
+            "--isolation-level",
+            "read_committed",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ],
+    );
+    assert_eq!(out, "after\n");
 }
