@@ -161,8 +161,6 @@ fn describe_broker(
     let g = &c.groups;
     let t = &c.txns;
     for (key, value) in [
-        ("message.max.bytes", c.message_max_bytes.to_string()),
-        ("min.insync.replicas", c.min_insync_replicas.to_string()),
         (
             "log.flush.scheduler.interval.ms",
             c.log_flush_scheduler_interval_ms.to_string(),
