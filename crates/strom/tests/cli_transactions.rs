@@ -17,6 +17,16 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
 
+/// `strom transactions ARGS`, which must succeed; its standard output.
+fn txn_ok(server: &Server, args: &[&str]) -> String {
+    ok(server, &[&["transactions"], args].concat())
+}
+
+/// `strom transactions ARGS`, which must fail; its standard error.
+fn txn_fails(server: &Server, args: &[&str]) -> String {
+    fails(server, &[&["transactions"], args].concat())
+}
+
 /// The last stable offset of `orders`-`partition`, as a read_committed consumer sees it.
 fn lso(server: &Server, partition: i32) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
@@ -53,13 +63,13 @@ fn inspect_and_abort_an_open_transaction() {
     }
     p.flush(T).unwrap();
 
-    let listed = json(&ok(&server, &["transactions", "list", "--json"]));
+    let listed = json(&txn_ok(&server, &["list", "--json"]));
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["transactional_id"], "copier-1");
     assert_eq!(listed[0]["state"], "Ongoing");
     assert_eq!(listed[0]["coordinator"], 0);
     let pid = listed[0]["producer_id"].as_i64().unwrap();
-    let table = ok(&server, &["transactions", "list", "--state", "Ongoing"]);
+    let table = txn_ok(&server, &["list", "--state", "Ongoing"]);
     assert_eq!(
         table.lines().collect::<Vec<_>>(),
         [
@@ -67,27 +77,12 @@ fn inspect_and_abort_an_open_transaction() {
             format!("copier-1          0            {pid:<11}  Ongoing"),
         ]
     );
-    let none = ok(
-        &server,
-        &[
-            "transactions",
-            "list",
-            "--state",
-            "CompleteCommit",
-            "--json",
-        ],
-    );
+    let none = txn_ok(&server, &["list", "--state", "CompleteCommit", "--json"]);
     assert_eq!(json(&none), json("[]"));
 
-    let d = json(&ok(
+    let d = json(&txn_ok(
         &server,
-        &[
-            "transactions",
-            "describe",
-            "--transactional-id",
-            "copier-1",
-            "--json",
-        ],
+        &["describe", "--transactional-id", "copier-1", "--json"],
     ));
     assert_eq!(d["state"], "Ongoing");
     assert_eq!(d["producer_id"], pid);
@@ -96,10 +91,9 @@ fn inspect_and_abort_an_open_transaction() {
     let epoch = d["producer_epoch"].as_i64().unwrap();
     assert!(d["duration_ms"].as_i64().unwrap() >= 0);
 
-    let producers = json(&ok(
+    let producers = json(&txn_ok(
         &server,
         &[
-            "transactions",
             "describe-producers",
             "--topic",
             "orders",
@@ -116,10 +110,9 @@ fn inspect_and_abort_an_open_transaction() {
     assert_eq!(lso(&server, 0), 0);
 
     // Its coordinator has it open in orders-0: not hanging, however old.
-    let hanging = ok(
+    let hanging = txn_ok(
         &server,
         &[
-            "transactions",
             "find-hanging",
             "--topic",
             "orders",
@@ -129,10 +122,9 @@ fn inspect_and_abort_an_open_transaction() {
         ],
     );
     assert_eq!(json(&hanging), json("[]"));
-    let hanging = ok(
+    let hanging = txn_ok(
         &server,
         &[
-            "transactions",
             "find-hanging",
             "--broker-id",
             "0",
@@ -142,16 +134,12 @@ fn inspect_and_abort_an_open_transaction() {
         ],
     );
     assert_eq!(json(&hanging), json("[]"), "every partition of broker 0");
-    let err = fails(
-        &server,
-        &["transactions", "find-hanging", "--broker-id", "7"],
-    );
+    let err = txn_fails(&server, &["find-hanging", "--broker-id", "7"]);
     assert!(err.contains("there is no broker 7"), "{err}");
 
-    let err = fails(
+    let err = txn_fails(
         &server,
         &[
-            "transactions",
             "abort",
             "--topic",
             "orders",
@@ -165,17 +153,13 @@ fn inspect_and_abort_an_open_transaction() {
         err.contains("no transaction starts at offset 7 in orders-0"),
         "{err}"
     );
-    let err = fails(
-        &server,
-        &["transactions", "describe", "--transactional-id", "nobody"],
-    );
+    let err = txn_fails(&server, &["describe", "--transactional-id", "nobody"]);
     assert!(err.contains("TRANSACTIONAL_ID_NOT_FOUND"), "{err}");
 
     // The operator's abort writes the marker: read_committed consumers move past it.
-    let out = ok(
+    let out = txn_ok(
         &server,
         &[
-            "transactions",
             "abort",
             "--topic",
             "orders",
@@ -190,10 +174,9 @@ fn inspect_and_abort_an_open_transaction() {
         format!("Aborted producer {pid}'s transaction (epoch {epoch}) in orders-0.\n")
     );
     assert_eq!(lso(&server, 0), 4, "3 records and the abort marker");
-    let producers = json(&ok(
+    let producers = json(&txn_ok(
         &server,
         &[
-            "transactions",
             "describe-producers",
             "--topic",
             "orders",
@@ -203,10 +186,9 @@ fn inspect_and_abort_an_open_transaction() {
         ],
     ));
     assert_eq!(producers[0]["current_transaction_start_offset"], -1);
-    let table = ok(
+    let table = txn_ok(
         &server,
         &[
-            "transactions",
             "describe-producers",
             "--topic",
             "orders",
@@ -225,10 +207,9 @@ fn inspect_and_abort_an_open_transaction() {
         "no open transaction: {table}"
     );
     // The producer has no transaction open now: its -1 never matches.
-    let err = fails(
+    let err = txn_fails(
         &server,
         &[
-            "transactions",
             "abort",
             "--topic",
             "orders",

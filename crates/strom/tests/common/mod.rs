@@ -72,8 +72,17 @@ impl Server {
                     if new_port {
                         self.port = free_port();
                     } else {
-                        // Back off before trying the same port again.
-                        std::thread::sleep(Duration::from_millis(500));
+                        // Whoever holds the port (a client's reconnect, often) lets go soon.
+                        let port = self.port;
+                        wait_for(
+                            &format!("port {port} to be free"),
+                            Duration::from_secs(10),
+                            || {
+                                std::net::TcpListener::bind(("127.0.0.1", port))
+                                    .ok()
+                                    .map(drop)
+                            },
+                        );
                     }
                     attempt += 1;
                 }
