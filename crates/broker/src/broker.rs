@@ -164,6 +164,7 @@ impl Broker {
         let dir = config.log_dir.clone();
         std::fs::create_dir_all(dir.join(TOPICS_DIR))
             .map_err(io(format!("creating {}", dir.display())))?;
+        crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, config.node_id)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
         let config_groups = config.groups;

@@ -1,5 +1,6 @@
 //! The strom broker: a tokio server speaking the Kafka protocol over the partition logs.
 
+pub mod acl;
 pub mod broker;
 pub mod config;
 pub mod errors;
@@ -11,6 +12,7 @@ pub mod partition;
 pub mod producer_state;
 pub mod protocol;
 pub mod server;
+pub mod storage_errors;
 pub mod topic_config;
 pub mod txn;
 

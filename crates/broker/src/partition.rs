@@ -273,7 +273,10 @@ impl Partition {
             coordinator_epoch,
             crate::group::coordinator::now_ms() as i64,
         );
-        let info = self.log.append(&mut marker, self.leader_epoch())?;
+        let info = self.logged(
+            "writing a transaction marker",
+            self.log.append(&mut marker, self.leader_epoch()),
+        )?;
         let h = BatchHeader::parse(&marker).expect("a marker batch");
         self.track(&mut states, &h, &marker)?;
         self.maybe_snapshot(&states);
@@ -300,13 +303,21 @@ impl Partition {
             }));
         }
         states.check_txn(&h, guard).map_err(AppendError::Sequence)?;
-        let info = self.log.append(records, self.leader_epoch())?;
+        let info = self.logged("appending", self.log.append(records, self.leader_epoch()))?;
         let h = BatchHeader::parse(records).expect("appended batch");
         states.record(&h);
         self.maybe_snapshot(&states);
         drop(states);
         self.advance_high_watermark();
         Ok(info.base_offset)
+    }
+
+    /// Storage failures reach the server log (rate-limited), not only the client.
+    fn logged<T>(&self, action: &str, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Err(e) = &r {
+            crate::storage_errors::report(&self.topic, self.index, action, e);
+        }
+        r
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -432,7 +443,7 @@ impl Partition {
             batches.push((pos, size));
             pos += size;
         }
-        let info = self.log.append(records, self.leader_epoch())?;
+        let info = self.logged("appending", self.log.append(records, self.leader_epoch()))?;
         for (pos, _) in batches {
             let h = BatchHeader::parse(&records[pos..]).expect("appended batch");
             producers.record(&h);

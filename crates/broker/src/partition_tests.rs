@@ -171,3 +171,58 @@ fn an_unclean_stop_replays_from_the_newest_snapshot_it_can_trust() {
     assert!(p.replayed_from() < active, "{}", p.replayed_from());
     assert_eq!(p.read_committed(0, 1 << 20).unwrap().1.len(), 1);
 }
+
+/// A storage failure reaches the server log at ERROR with the partition, the path and the
+/// OS error, not only the client's KAFKA_STORAGE_ERROR. Before, a full disk failed every
+/// produce and the log said nothing.
+#[test]
+fn a_storage_failure_is_logged_with_partition_path_and_os_error() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    // Every batch rolls a new segment, which cannot be created once the directory is gone.
+    let p = open(dir.path(), &[("segment.bytes", "100")]);
+    p.append(&mut records(-1, -1, 1, false), 1).unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let failed = tracing::subscriber::with_default(subscriber, || {
+        p.append(&mut records(-1, -1, 1, false), 1)
+    });
+    let Err(crate::partition::AppendError::Storage(e)) = failed else {
+        panic!("expected a storage error, got {failed:?}");
+    };
+    assert_eq!(
+        crate::errors::from_storage(&e),
+        crate::errors::KAFKA_STORAGE_ERROR
+    );
+    let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("ERROR"), "{logged}");
+    assert!(
+        logged.contains("topic=\"t\"") || logged.contains("topic=t"),
+        "{logged}"
+    );
+    assert!(logged.contains("partition=0"), "{logged}");
+    assert!(
+        logged.contains(&dir.path().display().to_string()),
+        "{logged}"
+    );
+    assert!(logged.contains("No such file"), "{logged}");
+}

@@ -5,6 +5,7 @@
 
 pub mod batch;
 mod checkpoint;
+pub mod clock;
 pub mod config;
 mod error;
 mod index;

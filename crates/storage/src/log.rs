@@ -101,12 +101,7 @@ struct Recovery {
     truncations: u64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering after an unclean shutdown.
@@ -462,7 +457,11 @@ impl Log {
     /// batches carry none), `retention.bytes` and the log start offset. Returns how many.
     pub fn apply_retention(&self, now: i64) -> Result<usize> {
         let config = self.config();
-        let mut w = self.open_writer()?;
+        let mut w = self.writer();
+        if w.closed {
+            // Deleted or shut down between the broker's listing and this call.
+            return Ok(0);
+        }
         let mut total = self.size_bytes() as i64;
         self.delete_prefix(&mut w, |seg, _| {
             let by_time = config.retention_ms >= 0 && {
@@ -532,7 +531,9 @@ impl Log {
     /// Applies `flush.ms` for logs that received no append lately.
     pub fn maybe_flush(&self, now: i64) -> Result<()> {
         let mut w = self.writer();
-        if w.unflushed_messages > 0 && now.saturating_sub(w.last_flush_ms) >= self.config().flush_ms
+        if !w.closed
+            && w.unflushed_messages > 0
+            && now.saturating_sub(w.last_flush_ms) >= self.config().flush_ms
         {
             self.flush_locked(&mut w, now)?;
         }
@@ -566,10 +567,21 @@ impl Log {
         Ok(())
     }
 
-    /// Writes the recovery point checkpoint (the broker calls this periodically).
+    /// Writes the recovery point checkpoint (the broker calls this periodically). Nothing
+    /// once the log is closed: closing wrote the last one, and a deleted log's directory
+    /// may already be gone. The writer's lock orders this with close and delete.
     pub fn checkpoint(&self) -> Result<()> {
+        let w = self.writer();
+        if w.closed {
+            return Ok(());
+        }
         let point = self.shared.recovery.lock().unwrap().point;
         checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, point)
+    }
+
+    /// Whether the log was closed (shut down or deleted): periodic work leaves it alone.
+    pub fn is_closed(&self) -> bool {
+        self.writer().closed
     }
 
     /// Deletes the whole log (DeleteTopics).

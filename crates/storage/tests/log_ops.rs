@@ -590,3 +590,24 @@ fn opening_ten_thousand_segments_reads_none_of_them() {
     );
     assert!(log.loaded_index_count() <= 2);
 }
+
+/// The broker's periodic work holds a list of logs taken before a topic was deleted: on a
+/// log closed and moved away (as DeleteTopics does), checkpoint, flush and retention do
+/// nothing and fail nothing. Before, the checkpoint wrote into the vanished directory and
+/// logged "recovery-point-checkpoint.tmp: No such file".
+#[test]
+fn periodic_work_on_a_deleted_log_is_a_quiet_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    let log = open(&path, LogConfig::default());
+    log.append(&mut batch(3, 1000, "a"), 0).unwrap();
+    log.close().unwrap();
+    let doomed = dir.path().join("t-0.x-delete");
+    std::fs::rename(&path, &doomed).unwrap();
+    std::fs::remove_dir_all(&doomed).unwrap();
+    assert!(log.is_closed());
+    log.checkpoint().unwrap();
+    log.maybe_flush(i64::MAX).unwrap();
+    assert_eq!(log.apply_retention(i64::MAX).unwrap(), 0);
+    assert!(!path.exists(), "nothing recreated the deleted directory");
+}

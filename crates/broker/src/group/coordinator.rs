@@ -337,7 +337,9 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         let known = groups.contains_key(group_id);
         let check = match groups.get(group_id) {
-            Some(entry) => entry.group.check_commit(member_id, instance_id, generation),
+            Some(entry) => entry
+                .group
+                .check_commit(member_id, instance_id, generation, false),
             // A group nobody joined: only simple (generation -1) commits create it.
             None if generation < 0 => errors::NONE,
             None => super::state::ILLEGAL_GENERATION,

@@ -176,7 +176,7 @@ async fn active_groups_refuse_deletion_and_simple_commits() {
     let r = b.groups.join(&b, "active", join(&r.member_id)).await;
     assert_eq!((r.error, r.generation), (NONE, 1));
     assert_eq!(b.groups.delete(&b, "active"), NON_EMPTY_GROUP);
-    assert_eq!(commit(&b, "active", 0, 1), super::state::ILLEGAL_GENERATION);
+    assert_eq!(commit(&b, "active", 0, 1), super::state::UNKNOWN_MEMBER_ID);
     // The group subscribes to t: its offsets cannot be deleted while it does.
     let sync = super::state::SyncRequest {
         member_id: &r.member_id,

@@ -429,22 +429,37 @@ impl Group {
     }
 
     /// Members of this group, and their generation, may commit offsets.
-    pub fn check_commit(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
-        if generation < 0 && member_id.is_empty() {
-            // A simple consumer: allowed only while no member is active.
-            return if self.members.is_empty() {
-                errors::NONE
-            } else {
-                ILLEGAL_GENERATION
-            };
+    /// Kafka's rule for OffsetCommit (`validateOffsetCommit`): a simple consumer or admin
+    /// (generation -1, no member) commits only to an empty group; a member commits for its
+    /// current generation in any state but CompletingRebalance, where it has not got its
+    /// assignment yet. A commit while PreparingRebalance is accepted: the member learns of
+    /// the rebalance from its heartbeat. Transactional commits (TxnOffsetCommit) skip the
+    /// rebalance check, and before v3 carry no member at all.
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        transactional: bool,
+    ) -> i16 {
+        if self.state == State::Dead {
+            return errors::COORDINATOR_NOT_AVAILABLE;
         }
-        if let Some(e) = self.check_member(member_id, instance_id) {
-            return e;
+        if generation < 0 && self.state == State::Empty {
+            return errors::NONE;
         }
-        if generation != self.generation {
-            return ILLEGAL_GENERATION;
+        if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
+            if let Some(e) = self.check_member(member_id, instance_id) {
+                return e;
+            }
+            if generation != self.generation {
+                return ILLEGAL_GENERATION;
+            }
+        } else if !transactional {
+            // The empty member is not in a group that has members.
+            return UNKNOWN_MEMBER_ID;
         }
-        if self.state == State::CompletingRebalance || self.state == State::PreparingRebalance {
+        if !transactional && self.state == State::CompletingRebalance {
             return REBALANCE_IN_PROGRESS;
         }
         errors::NONE

@@ -168,8 +168,8 @@ fn generations_and_unknown_members_are_fenced() {
     let (leader, _) = stable_pair(&mut g);
     assert_eq!(g.heartbeat(&leader, None, 0, 4000), ILLEGAL_GENERATION);
     assert_eq!(g.heartbeat("nobody", None, 1, 4000), UNKNOWN_MEMBER_ID);
-    assert_eq!(g.check_commit(&leader, None, 0), ILLEGAL_GENERATION);
-    assert_eq!(g.check_commit(&leader, None, 1), NONE);
+    assert_eq!(g.check_commit(&leader, None, 0, false), ILLEGAL_GENERATION);
+    assert_eq!(g.check_commit(&leader, None, 1, false), NONE);
     assert_eq!(
         sync(&mut g, &leader, None, 7, (None, None), vec![], 9, 4000),
         SyncOutcome::Now(SyncResponse {
@@ -177,9 +177,120 @@ fn generations_and_unknown_members_are_fenced() {
             ..Default::default()
         })
     );
-    // Simple consumers may not commit while members are active.
-    assert_eq!(g.check_commit("", None, -1), ILLEGAL_GENERATION);
-    assert_eq!(group().check_commit("", None, -1), NONE);
+    // Simple consumers and admins may not commit while members are active: the empty
+    // member is not one of them (Kafka answers UNKNOWN_MEMBER_ID, which admin tools act on).
+    assert_eq!(g.check_commit("", None, -1, false), UNKNOWN_MEMBER_ID);
+    assert_eq!(group().check_commit("", None, -1, false), NONE);
+}
+
+/// Kafka's `validateOffsetCommit` in every state, for a member of the current generation,
+/// one of an old generation, an unknown member and the empty (admin) member, plain and
+/// transactional.
+#[test]
+fn offset_commits_follow_kafkas_rule_in_every_state() {
+    use crate::errors::COORDINATOR_NOT_AVAILABLE;
+    // Each state with a known member and its generation.
+    let empty = (group(), String::new(), 0);
+    let mut preparing = group();
+    let (leader, _) = stable_pair(&mut preparing);
+    join_new(&mut preparing, 3, 5000);
+    assert_eq!(preparing.state, State::PreparingRebalance);
+    let preparing = (preparing, leader, 1);
+    let mut completing = group();
+    let a = join_new(&mut completing, 1, 0);
+    completing.tick(DELAY);
+    joins(&mut completing);
+    assert_eq!(completing.state, State::CompletingRebalance);
+    let completing = (completing, a, 1);
+    let mut stable = group();
+    let (leader, _) = stable_pair(&mut stable);
+    assert_eq!(stable.state, State::Stable);
+    let stable = (stable, leader, 1);
+    let mut dead = group();
+    dead.mark_dead(0);
+    let dead = (dead, String::new(), 0);
+
+    // (state, plain member, plain old generation, plain unknown, plain admin, txn member,
+    //  txn admin)
+    let rows = [
+        (&empty, NONE, NONE, NONE, NONE, NONE, NONE),
+        (
+            &preparing,
+            NONE,
+            ILLEGAL_GENERATION,
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_MEMBER_ID,
+            NONE,
+            NONE,
+        ),
+        (
+            &completing,
+            REBALANCE_IN_PROGRESS,
+            ILLEGAL_GENERATION,
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_MEMBER_ID,
+            NONE,
+            NONE,
+        ),
+        (
+            &stable,
+            NONE,
+            ILLEGAL_GENERATION,
+            UNKNOWN_MEMBER_ID,
+            UNKNOWN_MEMBER_ID,
+            NONE,
+            NONE,
+        ),
+        (
+            &dead,
+            COORDINATOR_NOT_AVAILABLE,
+            COORDINATOR_NOT_AVAILABLE,
+            COORDINATOR_NOT_AVAILABLE,
+            COORDINATOR_NOT_AVAILABLE,
+            COORDINATOR_NOT_AVAILABLE,
+            COORDINATOR_NOT_AVAILABLE,
+        ),
+    ];
+    for ((g, member, generation), plain, old, unknown, admin, txn, txn_admin) in rows {
+        let state = g.state;
+        if !member.is_empty() {
+            assert_eq!(
+                g.check_commit(member, None, *generation, false),
+                plain,
+                "{state:?}: member"
+            );
+            assert_eq!(
+                g.check_commit(member, None, generation - 1, false),
+                old,
+                "{state:?}: old generation"
+            );
+            assert_eq!(
+                g.check_commit(member, None, *generation, true),
+                txn,
+                "{state:?}: txn member"
+            );
+        } else if state == State::Empty {
+            // No members: a member id that commits is unknown whatever its generation.
+            assert_eq!(g.check_commit("m", None, 0, false), UNKNOWN_MEMBER_ID);
+        }
+        if state != State::Empty {
+            assert_eq!(
+                g.check_commit("nobody", None, 1, false),
+                unknown,
+                "{state:?}: unknown"
+            );
+        }
+        assert_eq!(
+            g.check_commit("", None, -1, false),
+            admin,
+            "{state:?}: admin"
+        );
+        assert_eq!(
+            g.check_commit("", None, -1, true),
+            txn_admin,
+            "{state:?}: txn admin"
+        );
+    }
 }
 
 #[test]

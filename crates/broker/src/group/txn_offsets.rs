@@ -53,12 +53,10 @@ impl GroupCoordinator {
         let mut groups = self.lock();
         // Before v3 (generation -1 and no member) the commit is not checked against the
         // group, as in Kafka: the producer's epoch is what fences a zombie.
-        if let Some(entry) = groups.get(c.group_id)
-            && c.generation >= 0
-        {
+        if let Some(entry) = groups.get(c.group_id) {
             let check = entry
                 .group
-                .check_commit(c.member_id, c.instance_id, c.generation);
+                .check_commit(c.member_id, c.instance_id, c.generation, true);
             if check != errors::NONE {
                 return vec![check; n];
             }

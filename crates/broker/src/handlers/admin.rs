@@ -25,8 +25,8 @@ use krabka_protocol::owned::describe_cluster_response::{
 };
 use krabka_protocol::primitives::uuid::Uuid;
 
-use super::metadata::OPERATIONS_OMITTED;
 use super::{HandlerResult, respond};
+use crate::acl::{Resource, authorized_operations};
 use crate::broker::{Broker, BrokerError, NewTopic};
 use crate::errors;
 use crate::protocol::{self, RequestContext};
@@ -295,7 +295,7 @@ pub fn describe_cluster(
     ctx: &RequestContext,
     mut body: Bytes,
 ) -> HandlerResult {
-    let _req: DescribeClusterRequest = protocol::decode(&mut body, ctx.version)?;
+    let req: DescribeClusterRequest = protocol::decode(&mut body, ctx.version)?;
     respond(
         ctx,
         &DescribeClusterResponse {
@@ -308,7 +308,10 @@ pub fn describe_cluster(
                 rack: None,
                 ..Default::default()
             }],
-            cluster_authorized_operations: OPERATIONS_OMITTED,
+            cluster_authorized_operations: authorized_operations(
+                req.include_cluster_authorized_operations,
+                Resource::Cluster,
+            ),
             endpoint_type: 1,
             ..Default::default()
         },

@@ -30,8 +30,8 @@ use krabka_protocol::owned::offset_delete_response::{
 use krabka_protocol::owned::offset_fetch_request::OffsetFetchRequest;
 use krabka_protocol::owned::offset_fetch_response as fetch;
 
-use super::metadata::OPERATIONS_OMITTED;
 use super::{HandlerResult, respond};
+use crate::acl::{Resource, authorized_operations};
 use crate::broker::Broker;
 use crate::errors;
 use crate::group::coordinator::{CommitRequest, GROUP_ID_NOT_FOUND};
@@ -430,6 +430,10 @@ pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
 
 pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: DescribeGroupsRequest = protocol::decode(&mut body, ctx.version)?;
+    let ops = authorized_operations(
+        ctx.version >= 3 && req.include_authorized_operations,
+        Resource::Group,
+    );
     let groups = req
         .groups
         .iter()
@@ -438,7 +442,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
             None => DescribedGroup {
                 group_id: id.clone(),
                 group_state: "Dead".into(),
-                authorized_operations: OPERATIONS_OMITTED,
+                authorized_operations: ops,
                 error_code: if ctx.version >= 6 {
                     GROUP_ID_NOT_FOUND
                 } else {
@@ -465,7 +469,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
                         ..Default::default()
                     })
                     .collect(),
-                authorized_operations: OPERATIONS_OMITTED,
+                authorized_operations: ops,
                 ..Default::default()
             },
         })

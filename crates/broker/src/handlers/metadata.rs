@@ -8,14 +8,12 @@ use krabka_protocol::owned::metadata_response::{
 use krabka_protocol::primitives::uuid::Uuid;
 
 use super::{HandlerResult, respond};
+use crate::acl::{OPERATIONS_OMITTED, Resource, authorized_operations};
 use crate::broker::{Broker, BrokerError, NewTopic, Topic};
 use crate::errors;
 use crate::protocol::{self, RequestContext};
 
-/// "Not requested" for the authorized-operations fields.
-pub(crate) const OPERATIONS_OMITTED: i32 = i32::MIN;
-
-pub(crate) fn topic_entry(topic: &Topic) -> MetadataResponseTopic {
+pub(crate) fn topic_entry(topic: &Topic, operations: bool) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .read()
@@ -38,7 +36,7 @@ pub(crate) fn topic_entry(topic: &Topic) -> MetadataResponseTopic {
         topic_id: Uuid(topic.id),
         is_internal: topic.is_internal(),
         partitions,
-        topic_authorized_operations: OPERATIONS_OMITTED,
+        topic_authorized_operations: authorized_operations(operations, Resource::Topic),
         ..Default::default()
     }
 }
@@ -63,19 +61,24 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     // Before v4 the field does not exist and auto-creation is always asked for.
     let may_create = broker.config.auto_create_topics_enable
         && (ctx.version < 4 || req.allow_auto_topic_creation);
+    let ops = ctx.version >= 8 && req.include_topic_authorized_operations;
     let topics = if all {
-        broker.topics().iter().map(|t| topic_entry(t)).collect()
+        broker
+            .topics()
+            .iter()
+            .map(|t| topic_entry(t, ops))
+            .collect()
     } else {
         let mut out = Vec::new();
         for wanted in req.topics.unwrap_or_default() {
             let entry = match wanted.name {
                 Some(name) => match broker.topic(&name) {
-                    Some(t) => topic_entry(&t),
-                    None if may_create => auto_create(broker, name),
+                    Some(t) => topic_entry(&t, ops),
+                    None if may_create => auto_create(broker, name, ops),
                     None => error_entry(Some(name), Uuid::ZERO, errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
                 None => match broker.topic_by_id(&wanted.topic_id.0) {
-                    Some(t) => topic_entry(&t),
+                    Some(t) => topic_entry(&t, ops),
                     None => error_entry(None, wanted.topic_id, errors::UNKNOWN_TOPIC_ID),
                 },
             };
@@ -96,13 +99,17 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
             cluster_id: Some(broker.cluster_id.clone()),
             controller_id: broker.config.node_id,
             topics,
-            cluster_authorized_operations: OPERATIONS_OMITTED,
+            // Asked for in v8-10 only; later versions use DescribeCluster.
+            cluster_authorized_operations: authorized_operations(
+                (8..=10).contains(&ctx.version) && req.include_cluster_authorized_operations,
+                Resource::Cluster,
+            ),
             ..Default::default()
         },
     )
 }
 
-fn auto_create(broker: &Broker, name: String) -> MetadataResponseTopic {
+fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopic {
     let new = NewTopic {
         name: name.clone(),
         partitions: None,
@@ -111,10 +118,10 @@ fn auto_create(broker: &Broker, name: String) -> MetadataResponseTopic {
         configs: Default::default(),
     };
     match broker.create_topic(new, false) {
-        Ok(t) => topic_entry(&t),
+        Ok(t) => topic_entry(&t, ops),
         // Another request created it first.
         Err(BrokerError::TopicExists(_)) => match broker.topic(&name) {
-            Some(t) => topic_entry(&t),
+            Some(t) => topic_entry(&t, ops),
             None => error_entry(Some(name), Uuid::ZERO, errors::LEADER_NOT_AVAILABLE),
         },
         Err(BrokerError::InvalidTopic(_)) => {
