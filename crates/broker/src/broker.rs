@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use strom_storage::StorageError;
-use tokio::sync::Notify;
 
 use crate::config::{BrokerConfig, parse_properties};
 use crate::partition::Partition;
@@ -98,8 +97,6 @@ pub struct Broker {
     /// Serializes topic creation and deletion (metadata changes), not data traffic.
     admin: Mutex<()>,
     producer_ids: Mutex<(i64, i64)>,
-    /// Woken when any high watermark moves.
-    pub data_changed: Arc<Notify>,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }
@@ -175,7 +172,6 @@ impl Broker {
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             producer_ids: Mutex::new(producer_ids),
-            data_changed: Arc::new(Notify::new()),
             groups: crate::group::coordinator::GroupCoordinator::new(config_groups),
             txns: crate::txn::coordinator::TxnCoordinator::new(config_txns),
         };
@@ -325,7 +321,6 @@ impl Broker {
             index,
             self.config.node_id,
             config,
-            self.data_changed.clone(),
         )?)
     }
 

@@ -11,6 +11,7 @@ mod maintenance;
 pub mod partition;
 pub mod producer_state;
 pub mod protocol;
+pub mod purgatory;
 pub mod server;
 pub mod storage_errors;
 pub mod topic_config;

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use strom_storage::batch::{self, BatchHeader};
 use strom_storage::txn_index::{self, AbortedTxn};
 use strom_storage::{Log, ReadResult, StorageError};
-use tokio::sync::Notify;
 
 use crate::producer_state::{Check, ProducerInfo, ProducerStates, SequenceError};
+use crate::purgatory::{Waiter, Watchers};
 use crate::topic_config::TopicConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +49,8 @@ pub struct Partition {
     snapshot_segment: AtomicU64,
     /// Where opening the log started replaying batches into the producer state.
     replayed_from: AtomicU64,
-    /// Woken whenever the high watermark moves, for waiting fetches and acks=all produces.
-    changed: Arc<Notify>,
+    /// Waiting fetches and acks=all produces, woken whenever the high watermark moves.
+    watchers: Watchers,
 }
 
 impl Partition {
@@ -61,7 +61,6 @@ impl Partition {
         index: i32,
         node_id: i32,
         config: &TopicConfig,
-        changed: Arc<Notify>,
     ) -> Result<Partition, StorageError> {
         let log = Log::open(dir, config.log)?;
         let epoch = log.epoch_cache().latest_epoch().unwrap_or(0).max(0);
@@ -78,7 +77,7 @@ impl Partition {
             producers: Mutex::new(ProducerStates::default()),
             snapshot_segment: AtomicU64::new(u64::MAX),
             replayed_from: AtomicU64::new(0),
-            changed,
+            watchers: Watchers::default(),
             log,
         };
         p.rebuild_producer_state()?;
@@ -463,8 +462,18 @@ impl Partition {
     fn advance_high_watermark(&self) {
         let leo = self.log.log_end_offset();
         if self.high_watermark.fetch_max(leo, Ordering::AcqRel) < leo {
-            self.changed.notify_waiters();
+            self.watchers.notify();
         }
+    }
+
+    /// Has `waiter` woken whenever the high watermark moves, for as long as it lives.
+    pub fn watch(&self, waiter: &Arc<Waiter>) {
+        self.watchers.watch(waiter);
+    }
+
+    /// The operations waiting on this partition, and the wake-ups it caused.
+    pub fn watchers(&self) -> &Watchers {
+        &self.watchers
     }
 
     /// Waits until the high watermark reaches `offset` or the deadline passes.
@@ -473,12 +482,13 @@ impl Partition {
         offset: u64,
         deadline: tokio::time::Instant,
     ) -> bool {
+        let waiter = Waiter::new();
+        self.watch(&waiter);
         loop {
-            let notified = self.changed.notified();
             if self.high_watermark() >= offset {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if !waiter.wait(deadline).await {
                 return self.high_watermark() >= offset;
             }
         }

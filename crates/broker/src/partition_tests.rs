@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use strom_storage::batch::{BatchBuilder, Record};
-use tokio::sync::Notify;
 
 use crate::config::BrokerConfig;
 use crate::partition::Partition;
@@ -17,7 +16,7 @@ fn open(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Partition {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let config = TopicConfig::new(&BrokerConfig::default(), overrides).unwrap();
-    Partition::open(dir, "t", 0, 0, &config, Arc::new(Notify::new())).unwrap()
+    Partition::open(dir, "t", 0, 0, &config).unwrap()
 }
 
 fn records(pid: i64, seq: i32, n: usize, transactional: bool) -> Vec<u8> {

@@ -82,3 +82,121 @@ async fn authorized_operations_are_every_supported_one_when_asked() {
         assert_eq!(r.groups[0].authorized_operations, expected);
     }
 }
+
+/// 200 long-polling fetches, each on one of 1,000 partitions: an append to one partition
+/// wakes the fetch waiting on it and no other (wake-ups counted, not timed). A broker-wide
+/// signal would have woken all 200 to re-read everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
+    use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use krabka_protocol::owned::fetch_response::FetchResponse;
+    use krabka_protocol::records::RecordsPayload;
+    use strom_broker::broker::NewTopic;
+    use strom_storage::batch::{BatchBuilder, Record};
+
+    const FETCH: i16 = 1;
+    const PARTITIONS: i32 = 1000;
+    const FETCHES: i32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    b.create_topic(
+        NewTopic {
+            name: "many".into(),
+            partitions: Some(PARTITIONS),
+            replication_factor: None,
+            assignments: vec![],
+            configs: Default::default(),
+        },
+        false,
+    )
+    .unwrap();
+    let topic = b.topic("many").unwrap();
+    let fetch = |partition: i32| {
+        let req = FetchRequest {
+            replica_id: -1,
+            max_wait_ms: 60_000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                topic: "many".into(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    current_leader_epoch: -1,
+                    fetch_offset: 0,
+                    log_start_offset: -1,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        frame(FETCH, 12, true, &encode(&req, 12))
+    };
+    // Fetch i waits on partition 5 * i: 200 of the 1,000 partitions have one waiter each.
+    let mut tasks = Vec::new();
+    for i in 0..FETCHES {
+        let (b, f) = (b.clone(), fetch(5 * i));
+        tasks.push(tokio::spawn(async move { handle(&b, f, peer()).await }));
+    }
+    let waiting = || {
+        (0..PARTITIONS)
+            .map(|i| topic.partition(i).unwrap().watchers().watching())
+            .sum::<usize>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while waiting() < FETCHES as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fetches did not start waiting"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let woken_before: u64 = (0..PARTITIONS)
+        .map(|i| topic.partition(i).unwrap().watchers().woken())
+        .sum();
+    assert_eq!(woken_before, 0);
+
+    // Append to partition 35, watched by fetch 7.
+    let mut records = BatchBuilder::new()
+        .record(Record {
+            timestamp: 1,
+            key: None,
+            value: Some(b"wake up".to_vec()),
+            headers: vec![],
+        })
+        .build();
+    topic
+        .partition(35)
+        .unwrap()
+        .append(&mut records, 1)
+        .unwrap();
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), &mut tasks[7])
+        .await
+        .expect("the fetch on the appended partition answers")
+        .unwrap();
+    let r: FetchResponse = decode(reply, 12, true);
+    let p = &r.responses[0].partitions[0];
+    assert_eq!((p.partition_index, p.high_watermark), (35, 1));
+    let Some(RecordsPayload::V2(batches)) = &p.records else {
+        panic!("records expected, got {:?}", p.records)
+    };
+    assert_eq!(batches.len(), 1, "the one batch appended");
+
+    let woken: Vec<(i32, u64)> = (0..PARTITIONS)
+        .map(|i| (i, topic.partition(i).unwrap().watchers().woken()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        woken,
+        vec![(35, 1)],
+        "one wake-up, on the appended partition"
+    );
+    for (i, t) in tasks.iter().enumerate() {
+        assert_eq!(t.is_finished(), i == 7, "fetch {i}");
+    }
+    for t in tasks {
+        t.abort();
+    }
+}

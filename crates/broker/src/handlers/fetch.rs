@@ -13,6 +13,7 @@ use super::{HandlerResult, respond};
 use crate::broker::{Broker, Topic};
 use crate::errors;
 use crate::protocol::{self, RequestContext};
+use crate::purgatory::Waiter;
 
 /// A session id of 0 with epoch -1 or 0 asks for no session or a new one: both are answered
 /// as full fetches without a session (session id 0), which every client accepts. Anything
@@ -67,8 +68,19 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             (topic, t)
         })
         .collect();
+    // Registered before the first read, so that an append between a read and the wait
+    // still wakes it; only the partitions asked for can.
+    let waiter = Waiter::new();
+    if req.max_wait_ms > 0 {
+        for (topic, wanted) in &topics {
+            for fp in &wanted.partitions {
+                if let Some(p) = topic.as_ref().and_then(|t| t.partition(fp.partition)) {
+                    p.watch(&waiter);
+                }
+            }
+        }
+    }
     loop {
-        let notified = broker.data_changed.notified();
         let read_committed = ctx.version >= 4 && req.isolation_level == READ_COMMITTED;
         let (responses, bytes) = read_all(&topics, max_bytes, ctx.version, read_committed);
         let has_error = responses
@@ -86,8 +98,8 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                 },
             );
         }
-        // Woken by any high watermark move; re-read and decide again.
-        let _ = tokio::time::timeout_at(deadline, notified).await;
+        // Woken by a high watermark move of one of its partitions; re-read and decide again.
+        waiter.wait(deadline).await;
     }
 }
 

@@ -1,0 +1,141 @@
+//! Delayed operations (long-polling fetches, acks=all produces) wait on the partitions they
+//! asked about, and only those: a partition whose high watermark moves wakes the operations
+//! watching it, never the rest of the broker. Kafka's purgatory keys its watchers by
+//! partition for the same reason: with many partitions, replica fetchers and consumers, one
+//! broker-wide signal would wake everybody on every append.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One waiting operation. It watches any number of partitions; a notification from any of
+/// them wakes it. A notification that arrives before it waits is kept (a permit), so
+/// watching first and checking second loses nothing.
+#[derive(Default)]
+pub struct Waiter {
+    notify: Notify,
+}
+
+impl Waiter {
+    pub fn new() -> Arc<Waiter> {
+        Arc::new(Waiter::default())
+    }
+
+    /// Waits for a notification until `deadline`; false once the deadline passed.
+    pub async fn wait(&self, deadline: Instant) -> bool {
+        tokio::time::timeout_at(deadline, self.notify.notified())
+            .await
+            .is_ok()
+    }
+}
+
+/// A partition's watchers: the operations waiting for its high watermark to move. Held
+/// weakly: an operation that finished (or whose client went away) is dropped, and its
+/// entry with it, on the next notification or when the list grows.
+#[derive(Default)]
+pub struct Watchers {
+    list: Mutex<WatchList>,
+    /// Notifications delivered, for tests and metrics: how many wake-ups this partition
+    /// caused.
+    woken: AtomicU64,
+}
+
+struct WatchList {
+    waiters: Vec<Weak<Waiter>>,
+    /// Prune dead entries when the list reaches this length.
+    prune_at: usize,
+}
+
+impl Default for WatchList {
+    fn default() -> Self {
+        WatchList {
+            waiters: Vec::new(),
+            prune_at: 16,
+        }
+    }
+}
+
+impl Watchers {
+    /// `waiter` is woken by every later [`Watchers::notify`] for as long as it lives.
+    pub fn watch(&self, waiter: &Arc<Waiter>) {
+        let mut l = self.list.lock().unwrap();
+        if l.waiters.len() >= l.prune_at {
+            l.waiters.retain(|w| w.strong_count() > 0);
+            l.prune_at = (2 * l.waiters.len()).max(16);
+        }
+        l.waiters.push(Arc::downgrade(waiter));
+    }
+
+    /// Wakes every live watcher; returns how many.
+    pub fn notify(&self) -> usize {
+        let live: Vec<Arc<Waiter>> = {
+            let mut l = self.list.lock().unwrap();
+            let mut live = Vec::with_capacity(l.waiters.len());
+            l.waiters.retain(|w| match w.upgrade() {
+                Some(w) => {
+                    live.push(w);
+                    true
+                }
+                None => false,
+            });
+            live
+        };
+        for w in &live {
+            w.notify.notify_one();
+        }
+        self.woken.fetch_add(live.len() as u64, Ordering::Relaxed);
+        live.len()
+    }
+
+    /// Live watchers now.
+    pub fn watching(&self) -> usize {
+        let l = self.list.lock().unwrap();
+        l.waiters.iter().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// Wake-ups delivered so far.
+    pub fn woken(&self) -> u64 {
+        self.woken.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_notification_wakes_only_its_partitions_watchers() {
+        let (a, b) = (Watchers::default(), Watchers::default());
+        let (on_a, on_b, on_both) = (Waiter::new(), Waiter::new(), Waiter::new());
+        a.watch(&on_a);
+        b.watch(&on_b);
+        a.watch(&on_both);
+        b.watch(&on_both);
+        assert_eq!(a.notify(), 2);
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        // The permit was kept: waiting after the notification returns at once.
+        assert!(on_a.wait(soon).await);
+        assert!(on_both.wait(soon).await);
+        assert!(!on_b.wait(soon).await, "b was not notified");
+        assert_eq!((a.woken(), b.woken()), (2, 0));
+    }
+
+    #[test]
+    fn finished_waiters_leave_the_list() {
+        let w = Watchers::default();
+        let kept = Waiter::new();
+        w.watch(&kept);
+        for _ in 0..1000 {
+            w.watch(&Waiter::new());
+        }
+        assert!(
+            w.list.lock().unwrap().waiters.len() < 40,
+            "pruned as it grew"
+        );
+        assert_eq!(w.watching(), 1);
+        assert_eq!(w.notify(), 1);
+        assert_eq!(w.list.lock().unwrap().waiters.len(), 1);
+    }
+}
