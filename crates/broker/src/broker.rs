@@ -462,7 +462,7 @@ impl Broker {
         for p in topic.partitions.read().unwrap().iter() {
             // Rename first so that a crash leaves a "-delete" directory that the next start
             // removes, never a live-looking partition of a deleted topic.
-            let dir = p.log.dir().to_path_buf();
+            let dir = p.log().dir().to_path_buf();
             let doomed = dir.with_file_name(format!(
                 "{}.{}-delete",
                 dir.file_name().unwrap().to_string_lossy(),

@@ -45,29 +45,19 @@ impl Partition {
     /// Every batch from the log start to the high watermark, in order, with its bytes. A read
     /// error ends the walk (it is logged by whoever notices the missing state).
     pub fn for_each_batch(&self, mut f: impl FnMut(&BatchHeader, &[u8])) {
-        let mut next = self.log.log_start_offset();
-        while next < self.high_watermark() {
-            let Ok(r) = self.read(next, 1 << 20) else {
-                break;
-            };
-            let Some(region) = r.region else { break };
-            let Ok(bytes) = region.read_all() else { break };
-            let mut pos = 0;
-            while pos < bytes.len() {
-                let Some(h) = BatchHeader::parse(&bytes[pos..]) else {
-                    break;
-                };
-                f(&h, &bytes[pos..pos + h.total_size().min(bytes.len() - pos)]);
-                next = h.last_offset() as u64 + 1;
-                pos += h.total_size();
-            }
-        }
+        let start = self.log().log_start_offset();
+        let _ = self
+            .log()
+            .for_each_batch(start, Some(self.high_watermark()), |h, b| {
+                f(h, b);
+                true
+            });
     }
 
     /// Re-appends the live records (key, value) and deletes everything before them: how an
     /// internal topic stays small until compaction exists. False if it could not be done.
     pub fn rewrite_live(&self, live: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> bool {
-        let start = self.log.log_end_offset();
+        let start = self.log().log_end_offset();
         for chunk in live.chunks(1000) {
             let mut b = BatchBuilder::new();
             for (key, value) in chunk {

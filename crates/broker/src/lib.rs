@@ -9,7 +9,6 @@ pub mod handlers;
 mod internal_topics;
 mod maintenance;
 pub mod partition;
-pub mod producer_state;
 pub mod protocol;
 pub mod purgatory;
 pub mod server;

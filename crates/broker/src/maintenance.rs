@@ -7,7 +7,7 @@ impl Broker {
     /// Deletes the segments each partition's retention no longer keeps.
     pub fn run_retention(&self, now_ms: i64) {
         for p in self.all_partitions() {
-            match p.log.apply_retention(now_ms) {
+            match p.log().apply_retention(now_ms) {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(topic = %p.topic, partition = p.index, segments = n, "deleted segments by retention")
@@ -31,7 +31,7 @@ impl Broker {
 
     pub fn run_flush(&self, now_ms: i64) {
         for p in self.all_partitions() {
-            if let Err(e) = p.log.maybe_flush(now_ms) {
+            if let Err(e) = p.log().maybe_flush(now_ms) {
                 tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "flush failed");
             }
         }
@@ -39,7 +39,7 @@ impl Broker {
 
     pub fn run_checkpoint(&self) {
         for p in self.all_partitions() {
-            if let Err(e) = p.log.checkpoint() {
+            if let Err(e) = p.log().checkpoint() {
                 tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "checkpoint failed");
             }
         }

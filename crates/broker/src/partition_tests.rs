@@ -69,7 +69,7 @@ fn aborted_transactions_are_reindexed_after_an_unclean_stop() {
         begin(&p, 1, 2);
         let marker = p.write_marker(1, 0, false, 0).unwrap();
         // Roll past the marker's segment: the roll snapshots the producer state.
-        while p.log.segment_count() < 3 {
+        while p.log().segment_count() < 3 {
             p.append(&mut records(-1, -1, 4, false), -1).unwrap();
         }
         marker
@@ -121,7 +121,7 @@ fn a_fetch_hears_only_of_aborts_within_what_it_returns() {
 #[test]
 fn a_stale_coordinator_cannot_write_markers_even_after_a_restart() {
     use crate::partition::AppendError;
-    use crate::producer_state::SequenceError;
+    use strom_storage::producer_state::SequenceError;
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
         let p = open(dir.path(), &[]);
@@ -146,11 +146,11 @@ fn an_unclean_stop_replays_from_the_newest_snapshot_it_can_trust() {
         let p = open(dir.path(), &segment);
         begin(&p, 1, 2);
         p.write_marker(1, 0, false, 0).unwrap();
-        while p.log.segment_count() < 4 {
+        while p.log().segment_count() < 4 {
             p.append(&mut records(-1, -1, 4, false), -1).unwrap();
         }
-        let active = p.log.active_segment_base();
-        (active, p.log.producer_snapshots().unwrap()[0].0)
+        let active = p.log().active_segment_base();
+        (active, p.log().producer_snapshots().unwrap()[0].0)
     };
     assert!(
         snapshot > active,

@@ -637,9 +637,14 @@ async fn half_a_million_mutated_requests() {
     assert!(!matches!(r, strom_broker::server::Reply::Close));
     for p in 0..2 {
         let part = broker.partition("t", p).unwrap();
-        let mut next = part.log.log_start_offset();
-        while next < part.log.log_end_offset() {
-            let region = part.log.read(next, 1 << 20, None).unwrap().region.unwrap();
+        let mut next = part.log().log_start_offset();
+        while next < part.log().log_end_offset() {
+            let region = part
+                .log()
+                .read(next, 1 << 20, None)
+                .unwrap()
+                .region
+                .unwrap();
             let bytes = region.read_all().unwrap();
             let mut pos = 0;
             while pos < bytes.len() {

@@ -2,6 +2,8 @@
 //! with sparse offset and time indexes, crash recovery, retention and flush policy.
 //!
 //! This crate knows files and batch bytes only: nothing of sockets, requests or replication.
+//! [`PartitionLog`] keeps a log and its producer state (idempotence, transactions) as one
+//! unit.
 
 pub mod batch;
 mod checkpoint;
@@ -10,7 +12,10 @@ pub mod config;
 mod error;
 mod index;
 mod log;
+mod partition_log;
+pub mod producer_state;
 mod read;
+pub mod reader;
 mod recovery;
 mod segment;
 mod txn_files;
@@ -20,3 +25,4 @@ pub use checkpoint::EpochCache;
 pub use config::{LogConfig, TimestampType};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, FileRegion, Log, ReadResult, TimestampOffset};
+pub use partition_log::{AppendError, LeaderAppend, PartitionLog};

@@ -17,6 +17,46 @@ enum SegmentRead {
 }
 
 impl Log {
+    /// Walks whole batches from `from` up to `upper` (the log end when `None`), in order,
+    /// giving each header with the batch's bytes; `f` returns false to stop. Stops, with a
+    /// warning, at a batch that does not move forward: recovery checked the batches, but a
+    /// header going backwards would otherwise have the walk read the same place for ever.
+    pub fn for_each_batch(
+        &self,
+        from: u64,
+        upper: Option<u64>,
+        mut f: impl FnMut(&BatchHeader, &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut next = from.max(self.log_start_offset());
+        loop {
+            let upper_now = upper.map_or(self.log_end_offset(), |u| u.min(self.log_end_offset()));
+            if next >= upper_now {
+                return Ok(());
+            }
+            let Some(region) = self.read(next, 1 << 20, Some(upper_now))?.region else {
+                return Ok(());
+            };
+            let bytes = region.read_all().at(self.dir())?;
+            let before = next;
+            let mut pos = 0;
+            while let Some(h) = bytes.get(pos..).and_then(BatchHeader::parse) {
+                let end = (pos + h.total_size()).min(bytes.len());
+                if (h.last_offset() as u64) < next {
+                    tracing::warn!(dir = %self.dir().display(), offset = next, "batch walk stopped at a batch that does not move forward");
+                    return Ok(());
+                }
+                if !f(&h, &bytes[pos..end]) {
+                    return Ok(());
+                }
+                next = h.last_offset() as u64 + 1;
+                pos += h.total_size();
+            }
+            if next <= before {
+                return Ok(());
+            }
+        }
+    }
+
     /// Reads whole batches starting with the one that holds `offset`: up to `max_bytes`, but
     /// always at least one batch, and only batches that end below `upper` (the high
     /// watermark) when given. Reads come from one segment, as in Kafka.

@@ -211,7 +211,8 @@ fn the_offsets_topic_is_trimmed_to_its_live_records() {
         assert_eq!(commit(&b, "busy", i % 2, i as i64), NONE);
     }
     let p = super::records::partition_for("busy", 3);
-    let log = &b.partition(OFFSETS_TOPIC, p).unwrap().log;
+    let partition = b.partition(OFFSETS_TOPIC, p).unwrap();
+    let log = partition.log();
     assert_eq!(log.log_end_offset() - log.log_start_offset(), 3000);
     b.groups.maintain(&b);
     assert!(

@@ -285,7 +285,7 @@ impl GroupCoordinator {
             let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
                 live.iter().map(|r| (r.key(), r.value())).collect();
             if p.rewrite_live(&live, now_ms() as i64) {
-                let _ = p.log.apply_retention(now_ms() as i64);
+                let _ = p.log().apply_retention(now_ms() as i64);
                 tracing::info!(
                     partition = index,
                     stored,
@@ -307,7 +307,12 @@ impl GroupCoordinator {
             .read()
             .unwrap()
             .iter()
-            .map(|p| (p.index, p.log.log_end_offset() - p.log.log_start_offset()))
+            .map(|p| {
+                (
+                    p.index,
+                    p.log().log_end_offset() - p.log().log_start_offset(),
+                )
+            })
             .collect();
         self.trim(broker, &sizes);
     }

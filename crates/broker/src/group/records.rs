@@ -3,6 +3,7 @@
 //! A record with a null value deletes its key.
 
 use super::state::Member;
+use strom_storage::reader::{Reader, put_bytes, put_opt_string, put_string};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -70,23 +71,6 @@ pub enum Record {
     },
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => put_str(out, s),
-        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as i32).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
 impl Record {
     pub fn key(&self) -> Vec<u8> {
         let mut k = Vec::new();
@@ -98,13 +82,13 @@ impl Record {
                 ..
             } => {
                 k.extend_from_slice(&1i16.to_be_bytes());
-                put_str(&mut k, group);
-                put_str(&mut k, topic);
+                put_string(&mut k, group);
+                put_string(&mut k, topic);
                 k.extend_from_slice(&partition.to_be_bytes());
             }
             Record::Group { group, .. } => {
                 k.extend_from_slice(&2i16.to_be_bytes());
-                put_str(&mut k, group);
+                put_string(&mut k, group);
             }
         }
         k
@@ -118,22 +102,22 @@ impl Record {
                 v.extend_from_slice(&3i16.to_be_bytes());
                 v.extend_from_slice(&o.offset.to_be_bytes());
                 v.extend_from_slice(&o.leader_epoch.to_be_bytes());
-                put_str(&mut v, &o.metadata);
+                put_string(&mut v, &o.metadata);
                 v.extend_from_slice(&o.commit_timestamp.to_be_bytes());
             }
             Record::Group { value: Some(g), .. } => {
                 v.extend_from_slice(&3i16.to_be_bytes());
-                put_str(&mut v, &g.protocol_type);
+                put_string(&mut v, &g.protocol_type);
                 v.extend_from_slice(&g.generation.to_be_bytes());
-                put_opt_str(&mut v, g.protocol.as_deref());
-                put_opt_str(&mut v, g.leader.as_deref());
+                put_opt_string(&mut v, g.protocol.as_deref());
+                put_opt_string(&mut v, g.leader.as_deref());
                 v.extend_from_slice(&g.state_timestamp.to_be_bytes());
                 v.extend_from_slice(&(g.members.len() as i32).to_be_bytes());
                 for m in &g.members {
-                    put_str(&mut v, &m.member_id);
-                    put_opt_str(&mut v, m.instance_id.as_deref());
-                    put_str(&mut v, &m.client_id);
-                    put_str(&mut v, &m.client_host);
+                    put_string(&mut v, &m.member_id);
+                    put_opt_string(&mut v, m.instance_id.as_deref());
+                    put_string(&mut v, &m.client_id);
+                    put_string(&mut v, &m.client_host);
                     v.extend_from_slice(&m.rebalance_timeout_ms.to_be_bytes());
                     v.extend_from_slice(&m.session_timeout_ms.to_be_bytes());
                     put_bytes(&mut v, &m.subscription);
@@ -146,7 +130,7 @@ impl Record {
 
     /// Decodes a stored record; `None` for anything that is not one of ours or is damaged.
     pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<Record> {
-        let mut k = Reader(key);
+        let mut k = Reader::new(key);
         match k.i16()? {
             0 | 1 => {
                 let group = k.string()?;
@@ -177,7 +161,7 @@ impl Record {
 }
 
 fn decode_offset(v: &[u8]) -> Option<CommittedOffset> {
-    let mut r = Reader(v);
+    let mut r = Reader::new(v);
     let version = r.i16()?;
     let offset = r.i64()?;
     let leader_epoch = if version >= 3 { r.i32()? } else { -1 };
@@ -192,7 +176,7 @@ fn decode_offset(v: &[u8]) -> Option<CommittedOffset> {
 }
 
 fn decode_group(v: &[u8]) -> Option<GroupMetadata> {
-    let mut r = Reader(v);
+    let mut r = Reader::new(v);
     let version = r.i16()?;
     if version != 3 {
         return None;
@@ -227,47 +211,6 @@ fn decode_group(v: &[u8]) -> Option<GroupMetadata> {
 }
 
 /// A bounds-checked reader: every read fails cleanly on short input.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn opt_string(&mut self) -> Option<Option<String>> {
-        let n = self.i16()?;
-        if n < 0 {
-            return Some(None);
-        }
-        Some(Some(
-            String::from_utf8(self.take(n as usize)?.to_vec()).ok()?,
-        ))
-    }
-    fn string(&mut self) -> Option<String> {
-        self.opt_string()?
-    }
-    fn bytes(&mut self) -> Option<Vec<u8>> {
-        let n = self.i32()?;
-        if n < 0 {
-            return Some(Vec::new());
-        }
-        Some(self.take(n as usize)?.to_vec())
-    }
-}
-
 /// Java's `String.hashCode`, which Kafka uses to place a group in a partition.
 pub fn java_hash(s: &str) -> i32 {
     s.encode_utf16()

@@ -11,7 +11,7 @@ use super::records::{CommittedOffset, Record, partition_for};
 use crate::broker::Broker;
 use crate::errors;
 use crate::partition::AppendError;
-use crate::producer_state::SequenceError;
+use strom_storage::producer_state::SequenceError;
 
 /// Offsets a producer's open transaction committed for one group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -350,7 +350,7 @@ pub fn describe_log_dirs(
                 })
                 .map(|p| DescribeLogDirsPartition {
                     partition_index: p.index,
-                    partition_size: p.log.size_bytes() as i64,
+                    partition_size: p.log().size_bytes() as i64,
                     offset_lag: 0,
                     is_future_key: false,
                     ..Default::default()

@@ -143,7 +143,7 @@ fn read_all(
             let lso = p.last_stable_offset().min(hw);
             data.high_watermark = hw as i64;
             data.last_stable_offset = lso as i64;
-            data.log_start_offset = p.log.log_start_offset() as i64;
+            data.log_start_offset = p.log().log_start_offset() as i64;
             let epoch = p.leader_epoch();
             if version >= 9 && fp.current_leader_epoch >= 0 && fp.current_leader_epoch != epoch {
                 data.error_code = if fp.current_leader_epoch < epoch {

@@ -33,10 +33,10 @@ fn lookup(p: &Partition, timestamp: i64, version: i16, read_committed: bool) -> 
     };
     match timestamp {
         LATEST => (errors::NONE, -1, visible as i64),
-        EARLIEST => (errors::NONE, -1, p.log.log_start_offset() as i64),
-        EARLIEST_LOCAL if version >= 8 => (errors::NONE, -1, p.log.log_start_offset() as i64),
-        MAX_TIMESTAMP if version >= 7 => found(p.log.max_timestamp_offset()),
-        t if t >= 0 => found(p.log.offset_for_timestamp(t)),
+        EARLIEST => (errors::NONE, -1, p.log().log_start_offset() as i64),
+        EARLIEST_LOCAL if version >= 8 => (errors::NONE, -1, p.log().log_start_offset() as i64),
+        MAX_TIMESTAMP if version >= 7 => found(p.log().max_timestamp_offset()),
+        t if t >= 0 => found(p.log().offset_for_timestamp(t)),
         _ => (errors::INVALID_REQUEST, -1, -1),
     }
 }

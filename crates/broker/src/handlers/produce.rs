@@ -10,10 +10,10 @@ use super::{HandlerResult, respond};
 use crate::broker::Broker;
 use crate::errors;
 use crate::partition::{AppendError, Appended};
-use crate::producer_state::SequenceError;
 use crate::protocol::{self, RequestContext};
 use crate::server::Reply;
 use strom_storage::batch::{self, BatchHeader};
+use strom_storage::producer_state::SequenceError;
 
 struct PartitionResult {
     index: i32,

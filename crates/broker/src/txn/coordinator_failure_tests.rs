@@ -403,7 +403,7 @@ fn txn_offsets_outside_the_transaction_are_refused_not_held() {
         .partition(OFFSETS_TOPIC, offsets_partition(&group, 3).1)
         .unwrap();
     assert_eq!(
-        p.log.log_end_offset(),
+        p.log().log_end_offset(),
         0,
         "nothing held for a marker that never comes"
     );

@@ -269,10 +269,10 @@ fn the_state_topic_is_trimmed_to_the_live_state() {
             assert_eq!(b.txns.end(&b, "busy", pid, epoch, true), NONE);
         }
         let p = b.partition(TXN_TOPIC, partition_for("busy", 3)).unwrap();
-        let before = p.log.log_end_offset() - p.log.log_start_offset();
+        let before = p.log().log_end_offset() - p.log().log_start_offset();
         assert!(before > 1_000, "{before} records");
         b.txns.tick(&b, now_ms());
-        assert_eq!(p.log.log_end_offset() - p.log.log_start_offset(), 1);
+        assert_eq!(p.log().log_end_offset() - p.log().log_start_offset(), 1);
         (pid, epoch)
     };
     // What is left reads back as the same state.

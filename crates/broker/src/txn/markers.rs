@@ -6,7 +6,7 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::group::coordinator::OFFSETS_TOPIC;
 use crate::partition::AppendError;
-use crate::producer_state::SequenceError;
+use strom_storage::producer_state::SequenceError;
 
 impl Broker {
     /// Writes one marker into a local partition; a commit into `__consumer_offsets` also

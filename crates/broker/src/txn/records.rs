@@ -6,55 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::state::{TxnMetadata, TxnState};
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
-    }
-    fn i8(&mut self) -> Option<i8> {
-        self.take(1).map(|b| b[0] as i8)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        self.take(2)
-            .map(|b| i16::from_be_bytes(b.try_into().unwrap()))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        self.take(4)
-            .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take(8)
-            .map(|b| i64::from_be_bytes(b.try_into().unwrap()))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = usize::try_from(self.i16()?).ok()?;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    /// An array count, bounded by the bytes left (each element takes at least `min` bytes).
-    fn count(&mut self, min: usize) -> Option<usize> {
-        let n = usize::try_from(self.i32()?).ok()?;
-        (n * min <= self.0.len()).then_some(n)
-    }
-    /// A nullable array's count: null (-1) is read as empty.
-    fn nullable_count(&mut self, min: usize) -> Option<usize> {
-        match self.0.get(..4) {
-            Some(b) if i32::from_be_bytes(b.try_into().unwrap()) == -1 => {
-                self.0 = &self.0[4..];
-                Some(0)
-            }
-            _ => self.count(min),
-        }
-    }
-}
+use strom_storage::reader::{Reader, put_string};
 
 pub fn key(transactional_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + transactional_id.len());
@@ -64,7 +16,7 @@ pub fn key(transactional_id: &str) -> Vec<u8> {
 }
 
 pub fn decode_key(bytes: &[u8]) -> Option<String> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(bytes);
     match r.i16()? {
         0 => r.string(),
         _ => None,
@@ -129,7 +81,7 @@ pub fn value(m: &TxnMetadata) -> Vec<u8> {
 }
 
 pub fn decode_value(transactional_id: &str, bytes: &[u8]) -> Option<TxnMetadata> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(bytes);
     if r.i16()? != 0 {
         return None;
     }

@@ -15,8 +15,8 @@ use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
 use crate::group::records::partition_for as group_partition;
 use crate::group::txn_offsets::TxnCommit;
 use crate::partition::{AppendError, Appended, Partition};
-use crate::producer_state::SequenceError;
 use strom_storage::batch::BatchHeader;
+use strom_storage::producer_state::SequenceError;
 
 impl Broker {
     /// Appends a produce request's records for one partition; `transactional_id` is the

@@ -278,7 +278,7 @@ async fn truncated_requests_close_the_connection() {
     run(&broker, truncation_cases()).await;
     // The three whole produce requests went in, nothing else.
     let end: u64 = (0..2)
-        .map(|p| broker.partition("t", p).unwrap().log.log_end_offset())
+        .map(|p| broker.partition("t", p).unwrap().log().log_end_offset())
         .sum();
     assert_eq!(end, 3);
 }
@@ -286,7 +286,7 @@ async fn truncated_requests_close_the_connection() {
 pub(crate) fn assert_logs_empty(broker: &Broker) {
     for p in 0..2 {
         assert_eq!(
-            broker.partition("t", p).unwrap().log.log_end_offset(),
+            broker.partition("t", p).unwrap().log().log_end_offset(),
             0,
             "t-{p} was written to"
         );

@@ -157,7 +157,7 @@ async fn bad_batches_get_error_codes_and_leave_the_log_untouched() {
         let r = serve(&broker, produce(v, 1, "t", 0, Some(&batch()))).await;
         assert_eq!(produce_errors(r, v), [0], "a good batch, v{v}");
     }
-    assert_eq!(broker.partition("t", 0).unwrap().log.log_end_offset(), 12);
+    assert_eq!(broker.partition("t", 0).unwrap().log().log_end_offset(), 12);
 }
 
 #[tokio::test]
@@ -194,7 +194,7 @@ async fn producers_cannot_write_transaction_markers() {
         [CORRUPT_MESSAGE],
         "CORRUPT_MESSAGE before v8"
     );
-    assert_eq!(broker.partition("t", 0).unwrap().log.log_end_offset(), 0);
+    assert_eq!(broker.partition("t", 0).unwrap().log().log_end_offset(), 0);
 }
 
 /// A batch from producer `pid` (epoch 0, sequence `seq`), transactional or not.
@@ -270,7 +270,7 @@ async fn transactional_batches_outside_a_known_transaction_are_refused() {
         assert_eq!(produce_errors(r, v), [invalid], "two batches, v{v}");
     }
     let p = broker.partition("t", 0).unwrap();
-    assert_eq!(p.log.log_end_offset(), 0, "nothing was written");
+    assert_eq!(p.log().log_end_offset(), 0, "nothing was written");
     assert_eq!(p.last_stable_offset(), 0);
     assert!(p.producers().is_empty());
 }
@@ -282,7 +282,7 @@ async fn clients_cannot_write_into_internal_topics() {
     let broker = broker(dir.path());
     for topic in ["__consumer_offsets", "__transaction_state"] {
         broker.ensure_internal_topic(topic, 2).unwrap();
-        let before = broker.partition(topic, 0).unwrap().log.log_end_offset();
+        let before = broker.partition(topic, 0).unwrap().log().log_end_offset();
         for v in [2, 3, 11] {
             let r = serve(&broker, produce(v, 1, topic, 0, Some(&batch()))).await;
             assert_eq!(
@@ -291,7 +291,7 @@ async fn clients_cannot_write_into_internal_topics() {
                 "{topic}, v{v}"
             );
         }
-        let after = broker.partition(topic, 0).unwrap().log.log_end_offset();
+        let after = broker.partition(topic, 0).unwrap().log().log_end_offset();
         assert_eq!(before, after, "{topic} untouched");
     }
 }

@@ -1,10 +1,11 @@
 //! Idempotent producers: per producer id, the epoch and the last few batches written, so
 //! that a retried batch is acknowledged without being written twice and a gap or an old
-//! epoch is refused. A pure state machine, driven by the partition.
+//! epoch is refused. A pure state machine, driven by the partition log.
 
 use std::collections::{HashMap, VecDeque};
 
-use strom_storage::batch::BatchHeader;
+use crate::batch::BatchHeader;
+use crate::reader::Reader;
 
 /// Kafka keeps the last 5 batches per producer: the producer's in-flight limit.
 pub const MAX_CACHED_BATCHES: usize = 5;
@@ -24,31 +25,6 @@ pub struct ProducerInfo {
     pub txn_start_offset: i64,
     /// The coordinator epoch of its last marker here, -1 when none.
     pub coordinator_epoch: i32,
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take::<1>().map(|b| b[0])
-    }
-    fn i16(&mut self) -> Option<i16> {
-        self.take().map(i16::from_be_bytes)
-    }
-    fn i32(&mut self) -> Option<i32> {
-        self.take().map(i32::from_be_bytes)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_be_bytes)
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.take().map(i64::from_be_bytes)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,7 +328,7 @@ impl ProducerStates {
         if crc32c::crc32c(body).to_be_bytes() != crc || !(1..=SNAPSHOT_VERSION).contains(&version) {
             return None;
         }
-        let mut r = Reader(&body[1..]);
+        let mut r = Reader::new(&body[1..]);
         let mut s = ProducerStates::default();
         for _ in 0..r.u32()? {
             let pid = r.i64()?;
@@ -389,7 +365,7 @@ impl ProducerStates {
             let pid = r.i64()?;
             s.ongoing.insert(pid, r.i64()? as u64);
         }
-        r.0.is_empty().then_some(s)
+        r.is_empty().then_some(s)
     }
 
     /// The first offset of the oldest open transaction, if any: read_committed consumers

@@ -1,0 +1,121 @@
+//! A partition log and its producer state as one unit: a truncation (what a follower does
+//! with a divergent tail) takes the producer state and the aborted-transaction index back
+//! with the records, through snapshots and replay.
+
+mod common;
+
+use common::*;
+use strom_storage::batch::{BatchBuilder, Record};
+use strom_storage::producer_state::SequenceError;
+use strom_storage::{AppendError, LeaderAppend, PartitionLog};
+
+fn producer_batch(pid: i64, seq: i32, n: usize, transactional: bool) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for i in 0..n {
+        b = b.record(Record {
+            timestamp: 1,
+            key: None,
+            value: Some(format!("{pid}/{seq}/{i} padding to make segments roll").into_bytes()),
+            headers: vec![],
+        });
+    }
+    b.producer_id = pid;
+    b.producer_epoch = 0;
+    b.base_sequence = seq;
+    b.transactional = transactional;
+    b.build()
+}
+
+fn written(r: Result<LeaderAppend, AppendError>) -> (u64, u64) {
+    match r.unwrap() {
+        LeaderAppend::Written {
+            base_offset,
+            last_offset,
+            ..
+        } => (base_offset, last_offset),
+        d => panic!("expected a write, got {d:?}"),
+    }
+}
+
+/// A verified first transactional batch, as the broker writes one.
+fn begin(log: &PartitionLog, pid: i64, seq: i32) -> (u64, u64) {
+    let guard = log.start_verification(pid);
+    written(log.append_as_leader(&mut producer_batch(pid, seq, 2, true), 0, Some(guard)))
+}
+
+#[test]
+fn truncation_takes_the_producer_state_back_with_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: rolls leave producer-state snapshots on the way.
+    let log = PartitionLog::open(dir.path(), small_segments(300)).unwrap();
+    // Producer 1, idempotent: sequences 0, 2, 4 at offsets 0-1, 2-3, 4-5.
+    for (seq, offsets) in [(0, (0, 1)), (2, (2, 3)), (4, (4, 5))] {
+        let r = log.append_as_leader(&mut producer_batch(1, seq, 2, false), 0, None);
+        assert_eq!(written(r), offsets);
+    }
+    // Producer 2: a transaction at 6-7 aborted at 8, another at 9-10 committed at 11.
+    assert_eq!(begin(&log, 2, 0), (6, 7));
+    assert_eq!(log.write_marker(2, 0, false, 0, 0, 1).unwrap(), 8);
+    assert_eq!(begin(&log, 2, 2), (9, 10));
+    assert_eq!(log.write_marker(2, 0, true, 0, 0, 1).unwrap(), 11);
+    assert!(log.log().segment_count() > 3, "segments rolled");
+    assert!(!log.log().producer_snapshots().unwrap().is_empty());
+    let aborted = |log: &PartitionLog| -> Vec<(i64, u64, u64)> {
+        let end = log.log().log_end_offset();
+        log.log()
+            .aborted_txns(0, end)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+            .collect()
+    };
+    assert_eq!(aborted(&log), vec![(2, 6, 8)]);
+    assert_eq!(log.first_unstable_offset(), None);
+
+    // Cut the committed transaction's marker: that transaction is open again.
+    assert_eq!(log.truncate_to(11).unwrap(), 11);
+    assert!(log.in_transaction(2));
+    assert_eq!(log.first_unstable_offset(), Some(9));
+    assert_eq!(aborted(&log), vec![(2, 6, 8)]);
+
+    // Cut the abort marker: the first transaction is open, and no longer aborted.
+    assert_eq!(log.truncate_to(8).unwrap(), 8);
+    assert_eq!(log.first_unstable_offset(), Some(6));
+    assert_eq!(aborted(&log), vec![]);
+
+    // Cut producer 1's last batch: its sequence 4 is new again, not a duplicate, and 6 would
+    // be a gap; producer 2 is gone with its records.
+    assert_eq!(log.truncate_to(4).unwrap(), 4);
+    assert!(!log.in_transaction(2));
+    assert_eq!(log.first_unstable_offset(), None);
+    assert!(matches!(
+        log.append_as_leader(&mut producer_batch(1, 6, 2, false), 0, None),
+        Err(AppendError::Sequence(SequenceError::OutOfOrder {
+            expected: 4,
+            got: 6
+        }))
+    ));
+    let r = log.append_as_leader(&mut producer_batch(1, 4, 2, false), 0, None);
+    assert_eq!(written(r), (4, 5));
+    // And a retry of what is there is still a duplicate.
+    let r = log.append_as_leader(&mut producer_batch(1, 2, 2, false), 0, None);
+    assert!(matches!(r, Ok(LeaderAppend::Duplicate(m)) if m.first_offset == 2));
+    let described: Vec<(i64, i32)> = log
+        .producers()
+        .iter()
+        .map(|p| (p.producer_id, p.last_sequence))
+        .collect();
+    assert_eq!(described, vec![(1, 5)]);
+
+    // The state survives a restart as truncated.
+    log.close().unwrap();
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_segments(300)).unwrap();
+    let described: Vec<(i64, i32)> = log
+        .producers()
+        .iter()
+        .map(|p| (p.producer_id, p.last_sequence))
+        .collect();
+    assert_eq!(described, vec![(1, 5)]);
+    assert_eq!(log.first_unstable_offset(), None);
+}
