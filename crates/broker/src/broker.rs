@@ -2,7 +2,6 @@
 //! allocation. Handlers call into this; it knows nothing of wire types.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -101,21 +100,7 @@ pub struct Broker {
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }
 
-/// 16 random bytes without a dependency: std's randomly keyed hasher, fed the time.
-pub fn random_id() -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for half in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        half.copy_from_slice(&h.finish().to_be_bytes());
-    }
-    out
-}
+pub use strom_storage::clock::random_id;
 
 /// Kafka's cluster id form: 16 bytes in URL-safe base64 without padding (22 characters).
 fn base64url(bytes: &[u8]) -> String {
@@ -176,9 +161,11 @@ impl Broker {
             txns: crate::txn::coordinator::TxnCoordinator::new(config_txns),
         };
         broker.load_topics()?;
-        broker.groups.load(&broker);
-        // After the groups: finishing a prepared transaction may commit group offsets.
-        broker.txns.load(&broker);
+        // This node leads every partition it has: the coordinators load their shards now,
+        // and the transaction timers' first pass finishes what was prepared before a stop.
+        for topic in broker.topics() {
+            broker.elect(&topic, 0..topic.partition_count() as i32);
+        }
         Ok(broker)
     }
 
@@ -446,6 +433,7 @@ impl Broker {
             .unwrap()
             .insert(new.name.clone(), topic.clone());
         tracing::info!(topic = %new.name, partitions, "created topic");
+        self.elect(&topic, 0..partitions);
         Ok(topic)
     }
 
@@ -457,6 +445,7 @@ impl Broker {
             .unwrap()
             .remove(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        self.resign(&topic);
         let path = self.topic_file(name);
         std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
         for p in topic.partitions.read().unwrap().iter() {
@@ -518,7 +507,9 @@ impl Broker {
             let p = self.open_partition(name, i, &config)?;
             topic.partitions.write().unwrap().push(Arc::new(p));
         }
-        self.save_topic(&topic)
+        self.save_topic(&topic)?;
+        self.elect(&topic, current..count);
+        Ok(())
     }
 
     /// Replaces a topic's overrides (validated first), live on every partition.

@@ -3,8 +3,8 @@
 pub mod acl;
 pub mod broker;
 pub mod config;
+mod coordinators;
 pub mod errors;
-pub mod group;
 pub mod handlers;
 mod internal_topics;
 mod maintenance;
@@ -14,7 +14,14 @@ pub mod purgatory;
 pub mod server;
 pub mod storage_errors;
 pub mod topic_config;
-pub mod txn;
+mod txn_verify;
+
+#[cfg(test)]
+mod txn_failure_tests;
+#[cfg(test)]
+mod txn_tests;
+
+pub use strom_coordinator::{group, txn};
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, ConfigError, parse_properties};

@@ -16,12 +16,7 @@ pub struct ServerArgs {
     overrides: Vec<String>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use strom_storage::clock::now_ms;
 
 fn load_config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
     let mut props = BTreeMap::new();
@@ -80,14 +75,8 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
-    let group_timers = tokio::spawn(strom_broker::group::coordinator::run_timers(
-        broker.clone(),
-        stopped.clone(),
-    ));
-    let txn_timers = tokio::spawn(strom_broker::txn::coordinator::run_timers(
-        broker.clone(),
-        stopped.clone(),
-    ));
+    let group_timers = tokio::spawn(broker.clone().run_group_timers(stopped.clone()));
+    let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -140,7 +129,7 @@ async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver
             _ = flush.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_flush(now_ms())).await; }
             _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_checkpoint()).await; }
             _ = producers.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_producer_expiration(now_ms())).await; }
-            _ = offsets.tick() => { let _ = tokio::task::spawn_blocking(move || b.groups.maintain(&b)).await; }
+            _ = offsets.tick() => b.maintain_groups().await,
             _ = stop.changed() => return,
         }
     }

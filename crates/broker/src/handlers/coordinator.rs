@@ -15,8 +15,14 @@ const TRANSACTION: i8 = 1;
 /// FindCoordinator: on a single node, this broker coordinates every group and every
 /// transactional id (and creates `__consumer_offsets` or `__transaction_state` on first use,
 /// as Kafka does).
-pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: FindCoordinatorRequest = protocol::decode(&mut body, ctx.version)?;
+    let b: &Broker = broker;
+    let ready = match req.key_type {
+        GROUP => Some(b.groups.ensure_offsets_topic(b).await.map(|_| ())),
+        TRANSACTION => Some(b.txns.ensure_topic(b).await.map(|_| ())),
+        _ => None,
+    };
     let answer = |key: String| {
         let mut c = Coordinator {
             key,
@@ -25,14 +31,10 @@ pub fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
             port: -1,
             ..Default::default()
         };
-        let ready = match req.key_type {
-            GROUP => broker.groups.ensure_offsets_topic(broker).map(|_| ()),
-            TRANSACTION => broker.txns.ensure_topic(broker).map(|_| ()),
-            _ => {
-                c.error_code = errors::INVALID_REQUEST;
-                c.error_message = Some(format!("unknown coordinator key type {}", req.key_type));
-                return c;
-            }
+        let Some(ready) = ready else {
+            c.error_code = errors::INVALID_REQUEST;
+            c.error_message = Some(format!("unknown coordinator key type {}", req.key_type));
+            return c;
         };
         match ready {
             Ok(()) => {

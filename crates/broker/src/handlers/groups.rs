@@ -37,6 +37,7 @@ use crate::errors;
 use crate::group::coordinator::{CommitRequest, GROUP_ID_NOT_FOUND};
 use crate::group::state::{JoinRequest, SyncRequest};
 use crate::protocol::{self, RequestContext};
+use strom_storage::clock::random_id;
 
 pub async fn join(
     broker: &Arc<Broker>,
@@ -64,8 +65,10 @@ pub async fn join(
             .map(|p| (p.name.clone(), p.metadata.to_vec()))
             .collect(),
         require_known_member_id: ctx.version >= 4,
+        fresh_id: random_id(),
     };
-    let r = broker.groups.join(broker, &req.group_id, join).await;
+    let b: &Broker = broker;
+    let r = b.groups.join(b, &req.group_id, join).await;
     respond(
         ctx,
         &JoinGroupResponse {
@@ -96,10 +99,11 @@ pub async fn join(
 
 pub async fn sync(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: SyncGroupRequest = protocol::decode(&mut body, ctx.version)?;
-    let r = broker
+    let b: &Broker = broker;
+    let r = b
         .groups
         .sync(
-            broker,
+            b,
             &req.group_id,
             SyncRequest {
                 member_id: &req.member_id,
@@ -130,15 +134,23 @@ pub async fn sync(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -
 use krabka_protocol::owned::sync_group_request::SyncGroupRequest;
 use krabka_protocol::owned::sync_group_response::SyncGroupResponse;
 
-pub fn heartbeat(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn heartbeat(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: HeartbeatRequest = protocol::decode(&mut body, ctx.version)?;
-    let error_code = broker.groups.heartbeat(
-        broker,
-        &req.group_id,
-        &req.member_id,
-        req.group_instance_id.as_deref(),
-        req.generation_id,
-    );
+    let b: &Broker = broker;
+    let error_code = b
+        .groups
+        .heartbeat(
+            b,
+            &req.group_id,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        )
+        .await;
     respond(
         ctx,
         &HeartbeatResponse {
@@ -148,7 +160,7 @@ pub fn heartbeat(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) ->
     )
 }
 
-pub fn leave(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn leave(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: LeaveGroupRequest = protocol::decode(&mut body, ctx.version)?;
     // v0-2 name one member; v3+ a batch, possibly by instance id.
     let members: Vec<(String, Option<String>)> = if ctx.version >= 3 {
@@ -159,7 +171,8 @@ pub fn leave(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Han
     } else {
         vec![(req.member_id.clone(), None)]
     };
-    let resp = match broker.groups.leave(broker, &req.group_id, &members) {
+    let b: &Broker = broker;
+    let resp = match b.groups.leave(b, &req.group_id, &members).await {
         Err(e) => LeaveGroupResponse {
             error_code: e,
             ..Default::default()
@@ -188,7 +201,11 @@ pub fn leave(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Han
     respond(ctx, &resp)
 }
 
-pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn offset_commit(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: OffsetCommitRequest = protocol::decode(&mut body, ctx.version)?;
     let wanted: Vec<CommitRequest> = req
         .topics
@@ -207,16 +224,18 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
             })
         })
         .collect();
-    let mut results = broker
+    let b: &Broker = broker;
+    let mut results = b
         .groups
         .commit(
-            broker,
+            b,
             &req.group_id,
             &req.member_id,
             req.group_instance_id.as_deref(),
             req.generation_id_or_member_epoch,
             wanted,
         )
+        .await
         .into_iter();
     let topics = req
         .topics
@@ -251,19 +270,34 @@ type Wanted = Option<Vec<(String, Vec<i32>)>>;
 /// (partition, offset, leader epoch, metadata, error code).
 type Fetched = (i32, i64, i32, String, i16);
 
-const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+use crate::errors::UNSTABLE_OFFSET_COMMIT;
 
 /// A consumer that requires stable offsets (read_committed) is told to retry while a
 /// transaction that committed offsets for the partition is still open.
-fn fetch_group(
+async fn fetch_group(
     broker: &Broker,
     group: &str,
     wanted: &Wanted,
     require_stable: bool,
-) -> Vec<(String, Vec<Fetched>)> {
-    let found = broker.groups.fetch(group, wanted.as_deref());
+) -> (i16, Vec<(String, Vec<Fetched>)>) {
+    let found = match broker.groups.fetch(broker, group, wanted.as_deref()).await {
+        Ok(found) => found,
+        // NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS: for the group, and for each
+        // partition asked for (v0-1 carry no group error).
+        Err(e) => {
+            let topics = wanted
+                .iter()
+                .flatten()
+                .map(|(t, ps)| {
+                    let ps = ps.iter().map(|p| (*p, -1, -1, String::new(), e)).collect();
+                    (t.clone(), ps)
+                })
+                .collect();
+            return (e, topics);
+        }
+    };
     let unstable = if require_stable {
-        broker.groups.unstable_partitions(group)
+        broker.groups.unstable_partitions(broker, group).await
     } else {
         Default::default()
     };
@@ -288,24 +322,34 @@ fn fetch_group(
             _ => out.push((topic, vec![fetched])),
         }
     }
-    out
+    (errors::NONE, out)
 }
 
-pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn offset_fetch(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: OffsetFetchRequest = protocol::decode(&mut body, ctx.version)?;
     if ctx.version >= 8 {
-        let groups = req
-            .groups
-            .iter()
-            .map(|g| {
-                let wanted: Wanted = g.topics.as_ref().map(|ts| {
-                    ts.iter()
-                        .map(|t| (t.name.clone(), t.partition_indexes.clone()))
-                        .collect()
-                });
-                fetch::OffsetFetchResponseGroup {
+        let mut fetched = Vec::with_capacity(req.groups.len());
+        for g in &req.groups {
+            let wanted: Wanted = g.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            fetched.push((
+                g,
+                fetch_group(broker, &g.group_id, &wanted, req.require_stable).await,
+            ));
+        }
+        let groups = fetched
+            .into_iter()
+            .map(
+                |(g, (error_code, topics))| fetch::OffsetFetchResponseGroup {
                     group_id: g.group_id.clone(),
-                    topics: fetch_group(broker, &g.group_id, &wanted, req.require_stable)
+                    topics: topics
                         .into_iter()
                         .map(|(name, ps)| fetch::OffsetFetchResponseTopics {
                             name,
@@ -333,10 +377,10 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                             ..Default::default()
                         })
                         .collect(),
-                    error_code: errors::NONE,
+                    error_code,
                     ..Default::default()
-                }
-            })
+                },
+            )
             .collect();
         return respond(
             ctx,
@@ -351,7 +395,9 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             .map(|t| (t.name.clone(), t.partition_indexes.clone()))
             .collect()
     });
-    let topics = fetch_group(broker, &req.group_id, &wanted, req.require_stable)
+    let (error_code, topics) =
+        fetch_group(broker, &req.group_id, &wanted, req.require_stable).await;
+    let topics = topics
         .into_iter()
         .map(|(name, ps)| fetch::OffsetFetchResponseTopic {
             name,
@@ -383,17 +429,18 @@ pub fn offset_fetch(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
         ctx,
         &fetch::OffsetFetchResponse {
             topics,
-            error_code: errors::NONE,
+            error_code,
             ..Default::default()
         },
     )
 }
 
-pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: ListGroupsRequest = protocol::decode(&mut body, ctx.version)?;
     let groups = broker
         .groups
         .list()
+        .await
         .into_iter()
         .filter(|(_, _, state)| {
             req.states_filter.is_empty()
@@ -428,18 +475,32 @@ pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
     )
 }
 
-pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn describe(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: DescribeGroupsRequest = protocol::decode(&mut body, ctx.version)?;
     let ops = authorized_operations(
         ctx.version >= 3 && req.include_authorized_operations,
         Resource::Group,
     );
-    let groups = req
-        .groups
-        .iter()
-        .map(|id| match broker.groups.describe(id) {
+    let b: &Broker = broker;
+    let mut described = Vec::with_capacity(req.groups.len());
+    for id in &req.groups {
+        described.push((id, b.groups.describe(b, id).await));
+    }
+    let groups = described
+        .into_iter()
+        .map(|(id, d)| match d {
+            Err(error_code) => DescribedGroup {
+                group_id: id.clone(),
+                error_code,
+                authorized_operations: ops,
+                ..Default::default()
+            },
             // Kafka describes an unknown group as Dead, without an error.
-            None => DescribedGroup {
+            Ok(None) => DescribedGroup {
                 group_id: id.clone(),
                 group_state: "Dead".into(),
                 authorized_operations: ops,
@@ -450,7 +511,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
                 },
                 ..Default::default()
             },
-            Some(d) => DescribedGroup {
+            Ok(Some(d)) => DescribedGroup {
                 error_code: errors::NONE,
                 group_id: id.clone(),
                 group_state: d.state.name().to_string(),
@@ -483,17 +544,17 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
     )
 }
 
-pub fn delete(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn delete(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: DeleteGroupsRequest = protocol::decode(&mut body, ctx.version)?;
-    let results = req
-        .groups_names
-        .iter()
-        .map(|id| DeletableGroupResult {
+    let b: &Broker = broker;
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for id in &req.groups_names {
+        results.push(DeletableGroupResult {
             group_id: id.clone(),
-            error_code: broker.groups.delete(broker, id),
+            error_code: b.groups.delete(b, id).await,
             ..Default::default()
-        })
-        .collect();
+        });
+    }
     respond(
         ctx,
         &DeleteGroupsResponse {
@@ -503,7 +564,11 @@ pub fn delete(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     )
 }
 
-pub fn offset_delete(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn offset_delete(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: OffsetDeleteRequest = protocol::decode(&mut body, ctx.version)?;
     let wanted: Vec<(String, i32)> = req
         .topics
@@ -514,7 +579,8 @@ pub fn offset_delete(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
                 .map(move |p| (t.name.clone(), p.partition_index))
         })
         .collect();
-    let (error_code, results) = broker.groups.delete_offsets(broker, &req.group_id, &wanted);
+    let b: &Broker = broker;
+    let (error_code, results) = b.groups.delete_offsets(b, &req.group_id, &wanted).await;
     let mut results = results.into_iter();
     let topics = if error_code != errors::NONE {
         vec![]

@@ -116,7 +116,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                         // The log assigns offsets in place, so the batches need a buffer of
                         // their own; they are stored exactly as patched.
                         let mut buf = records.to_vec();
-                        match broker.append_records(&partition, &mut buf, acks, transactional_id) {
+                        match broker
+                            .append_records(&partition, &mut buf, acks, transactional_id)
+                            .await
+                        {
                             Ok(a) => r.appended = Some(a),
                             Err(e) => {
                                 let (code, msg) = append_error(&e, ctx.version);

@@ -12,7 +12,7 @@ use crate::protocol::{self, RequestContext};
 /// InitProducerId. With a transactional id, the transaction coordinator answers (the id's
 /// producer id, its epoch bumped, the previous incarnation fenced). Without, the producer gets
 /// a new producer id at epoch 0, whatever id and epoch it gives, as in Kafka.
-pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: InitProducerIdRequest = protocol::decode(&mut body, ctx.version)?;
     let (error_code, producer_id, producer_epoch) = init_producer_id(
         broker,
@@ -20,7 +20,8 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
         req.transactional_id.as_deref(),
         req.transaction_timeout_ms,
         (req.producer_id, req.producer_epoch),
-    );
+    )
+    .await;
     respond(
         ctx,
         &InitProducerIdResponse {
@@ -34,7 +35,7 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
 
 /// The answer to InitProducerId: error code, producer id and epoch. `current` is the
 /// producer id and epoch the request gives (v3+; -1 and -1 for none).
-pub(crate) fn init_producer_id(
+pub(crate) async fn init_producer_id(
     broker: &Broker,
     version: i16,
     transactional_id: Option<&str>,
@@ -57,7 +58,11 @@ pub(crate) fn init_producer_id(
             }
         };
     };
-    match broker.txns.init_producer(broker, id, timeout_ms, expected) {
+    match broker
+        .txns
+        .init_producer(broker, id, timeout_ms, expected)
+        .await
+    {
         Ok((pid, epoch)) => (errors::NONE, pid, epoch),
         // PRODUCER_FENCED came with v4.
         Err(crate::txn::state::PRODUCER_FENCED) if version < 4 => {
@@ -82,59 +87,59 @@ mod tests {
         Broker::open(config).unwrap()
     }
 
-    #[test]
-    fn half_given_producers_and_empty_transactional_ids_are_invalid_requests() {
+    #[tokio::test]
+    async fn half_given_producers_and_empty_transactional_ids_are_invalid_requests() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path());
         for current in [(5, -1), (-1, 0)] {
             for id in [None, Some("tx")] {
                 assert_eq!(
-                    init_producer_id(&b, 4, id, 60_000, current),
+                    init_producer_id(&b, 4, id, 60_000, current).await,
                     (errors::INVALID_REQUEST, -1, -1),
                     "{id:?} {current:?}"
                 );
             }
         }
         assert_eq!(
-            init_producer_id(&b, 4, Some(""), 60_000, (-1, -1)),
+            init_producer_id(&b, 4, Some(""), 60_000, (-1, -1)).await,
             (errors::INVALID_REQUEST, -1, -1)
         );
         // Before v3 there are no such fields: nothing to check.
         assert_eq!(
-            init_producer_id(&b, 2, None, 60_000, (5, -1)).0,
+            init_producer_id(&b, 2, None, 60_000, (5, -1)).await.0,
             errors::NONE
         );
-        assert!(b.txns.list().is_empty());
+        assert!(b.txns.list().await.is_empty());
     }
 
-    #[test]
-    fn idempotent_producers_always_get_a_new_producer_id_at_epoch_0() {
+    #[tokio::test]
+    async fn idempotent_producers_always_get_a_new_producer_id_at_epoch_0() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path());
-        let (code, first, epoch) = init_producer_id(&b, 4, None, 60_000, (-1, -1));
+        let (code, first, epoch) = init_producer_id(&b, 4, None, 60_000, (-1, -1)).await;
         assert_eq!((code, epoch), (errors::NONE, 0));
         // Giving the current id and epoch (after a sequence error) is no epoch bump.
-        let again = init_producer_id(&b, 4, None, 60_000, (first, 0));
+        let again = init_producer_id(&b, 4, None, 60_000, (first, 0)).await;
         assert_eq!(again, (errors::NONE, first + 1, 0));
     }
 
-    #[test]
-    fn transactional_producers_go_to_the_coordinator() {
+    #[tokio::test]
+    async fn transactional_producers_go_to_the_coordinator() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path());
-        let (code, pid, epoch) = init_producer_id(&b, 4, Some("tx"), 60_000, (-1, -1));
+        let (code, pid, epoch) = init_producer_id(&b, 4, Some("tx"), 60_000, (-1, -1)).await;
         assert_eq!((code, epoch), (errors::NONE, 0));
         assert_eq!(
-            init_producer_id(&b, 4, Some("tx"), 60_000, (pid, 0)),
+            init_producer_id(&b, 4, Some("tx"), 60_000, (pid, 0)).await,
             (errors::NONE, pid, 1)
         );
         // Another producer id is fenced; before v4 that is INVALID_PRODUCER_EPOCH.
         assert_eq!(
-            init_producer_id(&b, 4, Some("tx"), 60_000, (pid + 100, 0)),
+            init_producer_id(&b, 4, Some("tx"), 60_000, (pid + 100, 0)).await,
             (PRODUCER_FENCED, -1, -1)
         );
         assert_eq!(
-            init_producer_id(&b, 3, Some("tx"), 60_000, (pid + 100, 0)),
+            init_producer_id(&b, 3, Some("tx"), 60_000, (pid + 100, 0)).await,
             (errors::INVALID_PRODUCER_EPOCH, -1, -1)
         );
     }

@@ -43,8 +43,7 @@ use crate::protocol::{self, RequestContext};
 use crate::txn::coordinator::now_ms;
 use crate::txn::state::TxnState;
 
-const OPERATION_NOT_ATTEMPTED: i16 = 55;
-const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+use crate::errors::{OPERATION_NOT_ATTEMPTED, TRANSACTIONAL_ID_NOT_FOUND};
 
 /// Before v2, a fenced producer was told INVALID_PRODUCER_EPOCH: PRODUCER_FENCED came later.
 fn fenced_for(version: i16, code: i16) -> i16 {
@@ -55,7 +54,7 @@ fn fenced_for(version: i16, code: i16) -> i16 {
     }
 }
 
-pub fn add_partitions(
+pub async fn add_partitions(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
     mut body: Bytes,
@@ -83,13 +82,17 @@ pub fn add_partitions(
             })
             .collect()
     } else {
-        let code = broker.txns.add_partitions(
-            broker,
-            &req.v3_and_below_transactional_id,
-            req.v3_and_below_producer_id,
-            req.v3_and_below_producer_epoch,
-            &wanted,
-        );
+        let b: &Broker = broker;
+        let code = b
+            .txns
+            .add_partitions(
+                b,
+                &req.v3_and_below_transactional_id,
+                req.v3_and_below_producer_id,
+                req.v3_and_below_producer_epoch,
+                &wanted,
+            )
+            .await;
         vec![fenced_for(ctx.version, code); wanted.len()]
     };
     let mut results: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
@@ -117,22 +120,29 @@ pub fn add_partitions(
     )
 }
 
-pub fn add_offsets(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn add_offsets(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: AddOffsetsToTxnRequest = protocol::decode(&mut body, ctx.version)?;
-    let code = match broker.groups.ensure_offsets_topic(broker) {
+    let b: &Broker = broker;
+    let code = match b.groups.ensure_offsets_topic(b).await {
         Err(e) => e,
         Ok(partitions) => {
             let p = (
                 OFFSETS_TOPIC.to_string(),
                 partition_for(&req.group_id, partitions),
             );
-            broker.txns.add_partitions(
-                broker,
-                &req.transactional_id,
-                req.producer_id,
-                req.producer_epoch,
-                &[p],
-            )
+            b.txns
+                .add_partitions(
+                    b,
+                    &req.transactional_id,
+                    req.producer_id,
+                    req.producer_epoch,
+                    &[p],
+                )
+                .await
         }
     };
     respond(
@@ -144,15 +154,19 @@ pub fn add_offsets(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
     )
 }
 
-pub fn end(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn end(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: EndTxnRequest = protocol::decode(&mut body, ctx.version)?;
-    let code = broker.txns.end(
-        broker,
-        &req.transactional_id,
-        req.producer_id,
-        req.producer_epoch,
-        req.committed,
-    );
+    let b: &Broker = broker;
+    let code = b
+        .txns
+        .end(
+            b,
+            &req.transactional_id,
+            req.producer_id,
+            req.producer_epoch,
+            req.committed,
+        )
+        .await;
     respond(
         ctx,
         &EndTxnResponse {
@@ -164,7 +178,11 @@ pub fn end(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Handl
     )
 }
 
-pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn offset_commit(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: TxnOffsetCommitRequest = protocol::decode(&mut body, ctx.version)?;
     let offsets: Vec<CommitRequest> = req
         .topics
@@ -191,7 +209,9 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
             -1
         },
     };
-    let codes = broker.txn_offset_commit(&req.transactional_id, &commit, offsets);
+    let codes = broker
+        .txn_offset_commit(&req.transactional_id, &commit, offsets)
+        .await;
     let mut codes = codes.into_iter();
     let topics = req
         .topics
@@ -223,40 +243,46 @@ pub fn offset_commit(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
 
 /// WriteTxnMarkers: what a transaction coordinator on another broker asks of this one, and
 /// what `kafka-transactions.sh abort` sends to end a hanging transaction.
-pub fn write_markers(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn write_markers(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: WriteTxnMarkersRequest = protocol::decode(&mut body, ctx.version)?;
-    let markers = req
-        .markers
-        .iter()
-        .map(|m| WritableTxnMarkerResult {
-            producer_id: m.producer_id,
-            topics: m
-                .topics
-                .iter()
-                .map(|t| WritableTxnMarkerTopicResult {
-                    name: t.name.clone(),
-                    partitions: t
-                        .partition_indexes
-                        .iter()
-                        .map(|&p| WritableTxnMarkerPartitionResult {
-                            partition_index: p,
-                            error_code: broker.write_marker(
-                                &t.name,
-                                p,
-                                m.producer_id,
-                                m.producer_epoch,
-                                m.transaction_result,
-                                m.coordinator_epoch,
-                            ),
-                            ..Default::default()
-                        })
-                        .collect(),
+    let mut markers = Vec::with_capacity(req.markers.len());
+    for m in &req.markers {
+        let mut topics = Vec::with_capacity(m.topics.len());
+        for t in &m.topics {
+            let mut partitions = Vec::with_capacity(t.partition_indexes.len());
+            for &p in &t.partition_indexes {
+                let error_code = broker
+                    .write_marker(
+                        &t.name,
+                        p,
+                        m.producer_id,
+                        m.producer_epoch,
+                        m.transaction_result,
+                        m.coordinator_epoch,
+                    )
+                    .await;
+                partitions.push(WritableTxnMarkerPartitionResult {
+                    partition_index: p,
+                    error_code,
                     ..Default::default()
-                })
-                .collect(),
+                });
+            }
+            topics.push(WritableTxnMarkerTopicResult {
+                name: t.name.clone(),
+                partitions,
+                ..Default::default()
+            });
+        }
+        markers.push(WritableTxnMarkerResult {
+            producer_id: m.producer_id,
+            topics,
             ..Default::default()
-        })
-        .collect();
+        });
+    }
     respond(
         ctx,
         &WriteTxnMarkersResponse {
@@ -266,13 +292,29 @@ pub fn write_markers(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
     )
 }
 
-pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn describe(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: DescribeTransactionsRequest = protocol::decode(&mut body, ctx.version)?;
-    let transaction_states = req
-        .transactional_ids
-        .iter()
-        .map(|id| match broker.txns.describe(id) {
-            None => TransactionState {
+    let b: &Broker = broker;
+    let mut described = Vec::with_capacity(req.transactional_ids.len());
+    for id in &req.transactional_ids {
+        described.push((id, b.txns.describe(b, id).await));
+    }
+    let transaction_states = described
+        .into_iter()
+        .map(|(id, d)| match d {
+            Err(error_code) => TransactionState {
+                error_code,
+                transactional_id: id.clone(),
+                producer_id: -1,
+                producer_epoch: -1,
+                transaction_start_time_ms: -1,
+                ..Default::default()
+            },
+            Ok(None) => TransactionState {
                 error_code: TRANSACTIONAL_ID_NOT_FOUND,
                 transactional_id: id.clone(),
                 producer_id: -1,
@@ -280,7 +322,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
                 transaction_start_time_ms: -1,
                 ..Default::default()
             },
-            Some(m) => {
+            Ok(Some(m)) => {
                 let mut topics: Vec<TopicData> = Vec::new();
                 for (t, p) in &m.partitions {
                     match topics.last_mut() {
@@ -315,7 +357,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
     )
 }
 
-pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: ListTransactionsRequest = protocol::decode(&mut body, ctx.version)?;
     let unknown_state_filters: Vec<String> = req
         .state_filters
@@ -327,6 +369,7 @@ pub fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Hand
     let transaction_states = broker
         .txns
         .list()
+        .await
         .into_iter()
         .filter(|m| {
             req.state_filters.is_empty() || req.state_filters.iter().any(|f| f == m.state.name())

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::errors;
+use strom_metadata::errors;
 
 pub use super::messages::*;
 
@@ -133,10 +133,9 @@ impl Group {
         self.state_timestamp = now;
     }
 
-    pub(super) fn new_member_id(&mut self, client_id: &str) -> String {
+    pub(super) fn new_member_id(&mut self, client_id: &str, fresh_id: &[u8; 16]) -> String {
         self.member_counter += 1;
-        let r = crate::broker::random_id();
-        let suffix: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let suffix: String = fresh_id.iter().map(|b| format!("{b:02x}")).collect();
         let client = if client_id.is_empty() {
             "member"
         } else {

@@ -1,17 +1,11 @@
 //! What goes in and out of the group state machine: requests, answers, parked-answer
 //! tokens, the states and their settings, and the protocol's error codes.
 
-use crate::errors;
-
-pub const UNKNOWN_MEMBER_ID: i16 = 25;
-pub const ILLEGAL_GENERATION: i16 = 22;
-pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-pub const REBALANCE_IN_PROGRESS: i16 = 27;
-pub const MEMBER_ID_REQUIRED: i16 = 79;
-pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
-pub const FENCED_INSTANCE_ID: i16 = 82;
-pub const COORDINATOR_NOT_AVAILABLE: i16 = errors::COORDINATOR_NOT_AVAILABLE;
+pub use strom_metadata::errors::{
+    COORDINATOR_NOT_AVAILABLE, FENCED_INSTANCE_ID, GROUP_MAX_SIZE_REACHED, ILLEGAL_GENERATION,
+    INCONSISTENT_GROUP_PROTOCOL, INVALID_SESSION_TIMEOUT, MEMBER_ID_REQUIRED,
+    REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -69,6 +63,9 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Vec<u8>)>,
     /// JoinGroup v4+: a new dynamic member first gets MEMBER_ID_REQUIRED and its id.
     pub require_known_member_id: bool,
+    /// Random bytes for a member id this join may hand out: the caller draws them, so the
+    /// state machine never reads a clock or a random source.
+    pub fresh_id: [u8; 16],
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! rebalances starting and the join phase ending with a new generation.
 
 use super::state::*;
-use crate::errors;
+use strom_metadata::errors;
 
 impl Group {
     pub fn join(&mut self, req: JoinRequest, token: Token, now: u64) -> JoinOutcome {
@@ -40,7 +40,7 @@ impl Group {
         if self.members.len() + self.pending.len() >= self.config.max_size {
             return JoinOutcome::Now(JoinResponse::error(GROUP_MAX_SIZE_REACHED, ""));
         }
-        let member_id = self.new_member_id(&req.client_id);
+        let member_id = self.new_member_id(&req.client_id, &req.fresh_id);
         if req.require_known_member_id && req.instance_id.is_none() {
             self.pending.insert(
                 member_id.clone(),
@@ -105,7 +105,7 @@ impl Group {
         token: Token,
         now: u64,
     ) -> JoinOutcome {
-        let new_id = self.new_member_id(&req.client_id);
+        let new_id = self.new_member_id(&req.client_id, &req.fresh_id);
         let key = self.key_of(old_id).expect("static member is a member");
         let instance = req.instance_id.clone().unwrap();
         let was_leader = self.leader.as_deref() == Some(old_id);

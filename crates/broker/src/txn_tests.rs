@@ -1,18 +1,18 @@
-//! The transaction coordinator against a real broker on a temporary directory: markers,
-//! read_committed, timeouts, a restart between prepare and complete, and producer state that
-//! survives restarts.
+//! The transaction coordinator in a real broker on a temporary directory: markers in real
+//! partitions, read_committed, timeouts, a restart between prepare and complete, and producer
+//! state that survives restarts.
 
 use strom_storage::batch::{BatchBuilder, Record};
 
-use super::coordinator::*;
-use super::records;
-use super::state::{PRODUCER_FENCED, TxnState};
 use crate::broker::{Broker, NewTopic};
 use crate::config::BrokerConfig;
-use crate::errors::NONE;
+use crate::txn::coordinator::*;
+use crate::txn::records;
+use crate::txn::state::{PRODUCER_FENCED, TxnState};
+use strom_metadata::errors::NONE;
 
 /// A broker on `dir` with 3 partitions per internal topic and a topic `t` of 2.
-pub(in crate::txn) fn broker(dir: &std::path::Path) -> Broker {
+pub(crate) fn broker(dir: &std::path::Path) -> Broker {
     let mut config = BrokerConfig {
         log_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
@@ -55,45 +55,52 @@ fn txn_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
 }
 
 /// Produces as the transactional producer `id` does, verification included.
-fn produce(b: &Broker, id: &str, partition: i32, batch: Vec<u8>) -> u64 {
+async fn produce(b: &Broker, id: &str, partition: i32, batch: Vec<u8>) -> u64 {
     let mut batch = batch;
     let p = b.partition("t", partition).unwrap();
     b.append_records(&p, &mut batch, -1, Some(id))
+        .await
         .unwrap()
         .base_offset
 }
 
-pub(in crate::txn) fn both() -> Vec<(String, i32)> {
+pub(crate) fn both() -> Vec<(String, i32)> {
     vec![("t".to_string(), 0), ("t".to_string(), 1)]
 }
 
-#[test]
-fn commit_and_abort_write_markers_and_move_the_stable_offset() {
+#[tokio::test]
+async fn commit_and_abort_write_markers_and_move_the_stable_offset() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
-    let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
-    assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-    produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 3));
-    produce(&b, "tx", 1, txn_batch(pid, epoch, 0, 2));
+    let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
+    assert_eq!(
+        b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
+        NONE
+    );
+    produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 3)).await;
+    produce(&b, "tx", 1, txn_batch(pid, epoch, 0, 2)).await;
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!((p0.last_stable_offset(), p0.high_watermark()), (0, 3));
     assert!(p0.read_committed(0, 1 << 20).unwrap().0.region.is_none());
 
-    assert_eq!(b.txns.end(&b, "tx", pid, epoch, true), NONE);
+    assert_eq!(b.txns.end(&b, "tx", pid, epoch, true).await, NONE);
     // Data and the commit marker: all stable, nothing aborted.
     assert_eq!((p0.last_stable_offset(), p0.high_watermark()), (4, 4));
     let (r, aborted) = p0.read_committed(0, 1 << 20).unwrap();
     assert!(r.region.is_some() && aborted.is_empty());
     assert_eq!(
-        b.txns.describe("tx").unwrap().state,
+        b.txns.describe(&b, "tx").await.unwrap().unwrap().state,
         TxnState::CompleteCommit
     );
 
     // The next transaction is aborted: read_committed is told which producer's records to
     // drop, from which offset.
-    assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-    let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 3, 2));
-    assert_eq!(b.txns.end(&b, "tx", pid, epoch, false), NONE);
+    assert_eq!(
+        b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
+        NONE
+    );
+    let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 3, 2)).await;
+    assert_eq!(b.txns.end(&b, "tx", pid, epoch, false).await, NONE);
     let (_, aborted) = p0.read_committed(0, 1 << 20).unwrap();
     assert_eq!(aborted.len(), 1);
     assert_eq!(
@@ -103,38 +110,51 @@ fn commit_and_abort_write_markers_and_move_the_stable_offset() {
     assert_eq!(p0.last_stable_offset(), p0.high_watermark());
 }
 
-#[test]
-fn a_new_incarnation_fences_the_old_one_everywhere() {
+#[tokio::test]
+async fn a_new_incarnation_fences_the_old_one_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
-    let (pid, old) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
-    assert_eq!(b.txns.add_partitions(&b, "tx", pid, old, &both()), NONE);
-    produce(&b, "tx", 0, txn_batch(pid, old, 0, 1));
+    let (pid, old) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
+    assert_eq!(
+        b.txns.add_partitions(&b, "tx", pid, old, &both()).await,
+        NONE
+    );
+    produce(&b, "tx", 0, txn_batch(pid, old, 0, 1)).await;
     // The new incarnation aborts the open transaction at once and gets a newer epoch.
-    let (same, new) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
+    let (same, new) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     assert_eq!(same, pid);
     assert!(new > old + 1, "one bump to fence, one for the new producer");
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!(p0.last_stable_offset(), p0.high_watermark());
     // The zombie can neither end a transaction nor write to the partition.
-    assert_eq!(b.txns.end(&b, "tx", pid, old, true), PRODUCER_FENCED);
+    assert_eq!(b.txns.end(&b, "tx", pid, old, true).await, PRODUCER_FENCED);
     let mut late = txn_batch(pid, old, 1, 1);
     assert!(p0.append(&mut late, -1).is_err());
 }
 
-#[test]
-fn open_transactions_time_out() {
+#[tokio::test]
+async fn open_transactions_time_out() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(dir.path());
-    let (pid, epoch) = b.txns.init_producer(&b, "slow", 60_000, None).unwrap();
-    assert_eq!(b.txns.add_partitions(&b, "slow", pid, epoch, &both()), NONE);
-    produce(&b, "slow", 1, txn_batch(pid, epoch, 0, 4));
+    let (pid, epoch) = b
+        .txns
+        .init_producer(&b, "slow", 60_000, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.txns.add_partitions(&b, "slow", pid, epoch, &both()).await,
+        NONE
+    );
+    produce(&b, "slow", 1, txn_batch(pid, epoch, 0, 4)).await;
     // Explicit times from the transaction's start: no race with the wall clock.
-    let start = b.txns.describe("slow").unwrap().start_ms;
-    b.txns.tick(&b, start + 60_000);
-    assert_eq!(b.txns.describe("slow").unwrap().state, TxnState::Ongoing);
-    b.txns.tick(&b, start + 60_000 + 1);
-    let m = b.txns.describe("slow").unwrap();
+    let start = b.txns.describe(&b, "slow").await.unwrap().unwrap().start_ms;
+    b.txns.tick(&b, start + 60_000).await;
+    assert_eq!(
+        b.txns.describe(&b, "slow").await.unwrap().unwrap().state,
+        TxnState::Ongoing
+    );
+    b.txns.tick(&b, start + 60_000 + 1).await;
+    let m = b.txns.describe(&b, "slow").await.unwrap().unwrap();
     assert_eq!(
         (m.state, m.producer_epoch),
         (TxnState::CompleteAbort, epoch + 1)
@@ -146,14 +166,17 @@ fn open_transactions_time_out() {
 
 /// The coordinator persisted PrepareCommit (or PrepareAbort) and died before writing any
 /// marker; the restarted one finishes that decision.
-fn restart_between_prepare_and_complete(commit: bool) {
+async fn restart_between_prepare_and_complete(commit: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch, first) = {
         let b = broker(dir.path());
-        let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
-        assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-        let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
-        let mut m = b.txns.describe("tx").unwrap();
+        let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
+        assert_eq!(
+            b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
+            NONE
+        );
+        let first = produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2)).await;
+        let mut m = b.txns.describe(&b, "tx").await.unwrap().unwrap();
         m.state = if commit {
             TxnState::PrepareCommit
         } else {
@@ -177,7 +200,9 @@ fn restart_between_prepare_and_complete(commit: bool) {
         (pid, epoch, first)
     };
     let b = broker(dir.path());
-    let m = b.txns.describe("tx").unwrap();
+    // The restarted coordinator finishes prepared transactions in its timers' first pass.
+    b.txns.tick(&b, now_ms()).await;
+    let m = b.txns.describe(&b, "tx").await.unwrap().unwrap();
     let complete = if commit {
         TxnState::CompleteCommit
     } else {
@@ -206,27 +231,33 @@ fn restart_between_prepare_and_complete(commit: bool) {
         "a marker even where nothing was written"
     );
     // The producer goes on with the same id and epoch.
-    assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
+    assert_eq!(
+        b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
+        NONE
+    );
 }
 
-#[test]
-fn a_restart_between_prepare_and_complete_finishes_the_commit() {
-    restart_between_prepare_and_complete(true);
+#[tokio::test]
+async fn a_restart_between_prepare_and_complete_finishes_the_commit() {
+    restart_between_prepare_and_complete(true).await;
 }
 
-#[test]
-fn a_restart_between_prepare_and_complete_finishes_the_abort() {
-    restart_between_prepare_and_complete(false);
+#[tokio::test]
+async fn a_restart_between_prepare_and_complete_finishes_the_abort() {
+    restart_between_prepare_and_complete(false).await;
 }
 
-#[test]
-fn producer_state_survives_restarts_clean_or_not() {
+#[tokio::test]
+async fn producer_state_survives_restarts_clean_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch) = {
         let b = broker(dir.path());
-        let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).unwrap();
-        assert_eq!(b.txns.add_partitions(&b, "tx", pid, epoch, &both()), NONE);
-        produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2));
+        let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
+        assert_eq!(
+            b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
+            NONE
+        );
+        produce(&b, "tx", 0, txn_batch(pid, epoch, 0, 2)).await;
         b.shutdown();
         (pid, epoch)
     };
@@ -253,63 +284,40 @@ fn producer_state_survives_restarts_clean_or_not() {
     let b = broker(dir.path());
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!(p0.last_stable_offset(), 0);
-    assert_eq!(b.txns.end(&b, "tx", pid, epoch, false), NONE);
+    assert_eq!(b.txns.end(&b, "tx", pid, epoch, false).await, NONE);
     assert_eq!(p0.last_stable_offset(), 3);
     assert_eq!(p0.read_committed(0, 1 << 20).unwrap().1.len(), 1);
 }
 
-#[test]
-fn the_state_topic_is_trimmed_to_the_live_state() {
+#[tokio::test]
+async fn the_state_topic_is_trimmed_to_the_live_state() {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch) = {
         let b = broker(dir.path());
-        let (pid, epoch) = b.txns.init_producer(&b, "busy", 60_000, None).unwrap();
+        let (pid, epoch) = b
+            .txns
+            .init_producer(&b, "busy", 60_000, None)
+            .await
+            .unwrap();
         for _ in 0..400 {
-            assert_eq!(b.txns.add_partitions(&b, "busy", pid, epoch, &both()), NONE);
-            assert_eq!(b.txns.end(&b, "busy", pid, epoch, true), NONE);
+            assert_eq!(
+                b.txns.add_partitions(&b, "busy", pid, epoch, &both()).await,
+                NONE
+            );
+            assert_eq!(b.txns.end(&b, "busy", pid, epoch, true).await, NONE);
         }
         let p = b.partition(TXN_TOPIC, partition_for("busy", 3)).unwrap();
         let before = p.log().log_end_offset() - p.log().log_start_offset();
         assert!(before > 1_000, "{before} records");
-        b.txns.tick(&b, now_ms());
+        b.txns.tick(&b, now_ms()).await;
         assert_eq!(p.log().log_end_offset() - p.log().log_start_offset(), 1);
         (pid, epoch)
     };
     // What is left reads back as the same state.
     let b = broker(dir.path());
-    let m = b.txns.describe("busy").unwrap();
+    let m = b.txns.describe(&b, "busy").await.unwrap().unwrap();
     assert_eq!(
         (m.producer_id, m.producer_epoch, m.state),
         (pid, epoch, TxnState::CompleteCommit)
-    );
-}
-
-#[test]
-fn one_ids_work_never_waits_for_another_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
-    b.txns.init_producer(&b, "slow", 60_000, None).unwrap();
-    std::thread::scope(|s| {
-        let (done, finished) = std::sync::mpsc::channel();
-        // "slow" held as while its markers are written, "fast" runs a whole transaction.
-        b.txns.with_metadata("slow", |_| {
-            let b = &b;
-            s.spawn(move || {
-                let (pid, epoch) = b.txns.init_producer(b, "fast", 60_000, None).unwrap();
-                let added = b.txns.add_partitions(b, "fast", pid, epoch, &both());
-                let ended = b.txns.end(b, "fast", pid, epoch, true);
-                done.send((added, ended)).unwrap();
-            });
-            let outcome = finished.recv_timeout(std::time::Duration::from_secs(30));
-            assert_eq!(
-                outcome,
-                Ok((NONE, NONE)),
-                "another id's transaction went through"
-            );
-        });
-    });
-    assert_eq!(
-        b.txns.describe("fast").unwrap().state,
-        TxnState::CompleteCommit
     );
 }

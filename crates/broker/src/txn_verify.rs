@@ -8,20 +8,20 @@
 //! partition before the coordinator is asked, a marker drops it, and the batch is written
 //! only if its guard is still there.
 
-use super::state::TxnState;
 use crate::broker::Broker;
 use crate::errors;
 use crate::group::coordinator::{CommitRequest, OFFSETS_TOPIC};
 use crate::group::records::partition_for as group_partition;
 use crate::group::txn_offsets::TxnCommit;
 use crate::partition::{AppendError, Appended, Partition};
+use crate::txn::state::TxnState;
 use strom_storage::batch::BatchHeader;
 use strom_storage::producer_state::SequenceError;
 
 impl Broker {
     /// Appends a produce request's records for one partition; `transactional_id` is the
     /// request's.
-    pub fn append_records(
+    pub async fn append_records(
         &self,
         p: &Partition,
         records: &mut [u8],
@@ -36,8 +36,9 @@ impl Broker {
                     && !p.in_transaction(h.producer_id) =>
             {
                 let guard = p.start_verification(h.producer_id);
-                if let Err(e) =
-                    self.verify_in_transaction(p, h.producer_id, h.producer_epoch, transactional_id)
+                if let Err(e) = self
+                    .verify_in_transaction(p, h.producer_id, h.producer_epoch, transactional_id)
+                    .await
                 {
                     p.cancel_verification(h.producer_id, guard);
                     return Err(AppendError::Sequence(e));
@@ -57,13 +58,13 @@ impl Broker {
     /// TxnOffsetCommit: the group's `__consumer_offsets` partition must be in the producer's
     /// open transaction (AddOffsetsToTxn) before offsets are held there for it, or they
     /// would wait for a marker that never comes. One error code per offset, in order.
-    pub fn txn_offset_commit(
+    pub async fn txn_offset_commit(
         &self,
         transactional_id: &str,
-        c: &TxnCommit,
+        c: &TxnCommit<'_>,
         offsets: Vec<CommitRequest>,
     ) -> Vec<i16> {
-        let p = match self.groups.ensure_offsets_topic(self) {
+        let p = match self.groups.ensure_offsets_topic(self).await {
             Ok(partitions) if !c.group_id.is_empty() => {
                 self.partition(OFFSETS_TOPIC, group_partition(c.group_id, partitions))
             }
@@ -71,17 +72,14 @@ impl Broker {
         };
         let Some(p) = p else {
             // No group id, or no offsets topic: the group coordinator says which error.
-            return self.groups.txn_commit(self, c, offsets, None);
+            return self.groups.txn_commit(self, c, offsets, None).await;
         };
         let mut guard = None;
         if !p.in_transaction(c.producer_id) {
             let g = p.start_verification(c.producer_id);
-            let verified = self.verify_in_transaction(
-                &p,
-                c.producer_id,
-                c.producer_epoch,
-                Some(transactional_id),
-            );
+            let verified = self
+                .verify_in_transaction(&p, c.producer_id, c.producer_epoch, Some(transactional_id))
+                .await;
             if let Err(e) = verified {
                 p.cancel_verification(c.producer_id, g);
                 let code = match e {
@@ -92,7 +90,7 @@ impl Broker {
             }
             guard = Some(g);
         }
-        let codes = self.groups.txn_commit(self, c, offsets, guard);
+        let codes = self.groups.txn_commit(self, c, offsets, guard).await;
         if let Some(g) = guard {
             p.cancel_verification(c.producer_id, g);
         }
@@ -102,7 +100,7 @@ impl Broker {
     /// Whether the coordinator has this producer's transaction open with the partition in
     /// it. On one node the coordinator is local; in a cluster this becomes an
     /// AddPartitionsToTxn request with verify_only.
-    fn verify_in_transaction(
+    async fn verify_in_transaction(
         &self,
         p: &Partition,
         producer_id: i64,
@@ -111,9 +109,11 @@ impl Broker {
     ) -> Result<(), SequenceError> {
         const NOT_IN_TXN: SequenceError =
             SequenceError::TxnState("the batch is not part of an ongoing transaction");
-        let m = transactional_id
-            .and_then(|id| self.txns.describe(id))
-            .ok_or(NOT_IN_TXN)?;
+        let m = match transactional_id {
+            Some(id) => self.txns.describe(self, id).await.ok().flatten(),
+            None => None,
+        }
+        .ok_or(NOT_IN_TXN)?;
         if m.producer_id != producer_id {
             return Err(NOT_IN_TXN);
         }

@@ -4,7 +4,7 @@
 
 use super::tests::{Markers, markers, persisted, ready, t};
 use super::*;
-use crate::errors::COORDINATOR_NOT_AVAILABLE;
+use strom_metadata::errors::COORDINATOR_NOT_AVAILABLE;
 
 const PID: i64 = 7;
 const EPOCH: i16 = 3;

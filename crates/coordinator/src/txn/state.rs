@@ -8,12 +8,10 @@
 
 use std::collections::BTreeSet;
 
-pub const CONCURRENT_TRANSACTIONS: i16 = 51;
-pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
-pub const INVALID_TXN_STATE: i16 = 48;
-pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
-pub const PRODUCER_FENCED: i16 = 90;
-pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+pub use strom_metadata::errors::{
+    CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING,
+    INVALID_TRANSACTION_TIMEOUT, INVALID_TXN_STATE, PRODUCER_FENCED,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TxnState {

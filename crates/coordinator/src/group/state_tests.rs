@@ -1,7 +1,7 @@
 //! Interleavings of the group protocol, driven without sockets or clocks.
 
 use super::state::*;
-use crate::errors::NONE;
+use strom_metadata::errors::NONE;
 
 const DELAY: u64 = 3_000;
 
@@ -23,6 +23,7 @@ fn req(member_id: &str, protocols: &[&str]) -> JoinRequest {
             .map(|p| (p.to_string(), p.as_bytes().to_vec()))
             .collect(),
         require_known_member_id: true,
+        fresh_id: [7; 16],
     }
 }
 
@@ -188,7 +189,7 @@ fn generations_and_unknown_members_are_fenced() {
 /// transactional.
 #[test]
 fn offset_commits_follow_kafkas_rule_in_every_state() {
-    use crate::errors::COORDINATOR_NOT_AVAILABLE;
+    use strom_metadata::errors::COORDINATOR_NOT_AVAILABLE;
     // Each state with a known member and its generation.
     let empty = (group(), String::new(), 0);
     let mut preparing = group();

@@ -1,0 +1,253 @@
+//! The broker's side of the coordinators: their traits implemented over this node's
+//! partitions (a coordinator write is a local append, answered once the high watermark
+//! passes it), the markers written into local partitions, and the elections that hand the
+//! coordinators the internal partitions this node leads.
+
+use std::time::Duration;
+
+use strom_coordinator::group::coordinator::OFFSETS_TOPIC;
+use strom_coordinator::host::{
+    BoxFuture, MarkerWriter, Markers, PartitionWriter, ProducerIdSource, Topics, WriteError,
+};
+use strom_coordinator::txn::coordinator::TXN_TOPIC;
+use strom_metadata::TopicPartition;
+use strom_storage::batch::BatchHeader;
+use strom_storage::producer_state::SequenceError;
+
+use crate::broker::{Broker, Topic};
+use crate::errors;
+use crate::partition::AppendError;
+
+/// How long a coordinator write may wait to be committed (Kafka's
+/// `offsets.commit.timeout.ms`).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn write_error(e: AppendError) -> WriteError {
+    match e {
+        AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => {
+            WriteError::InvalidProducerEpoch
+        }
+        AppendError::Sequence(SequenceError::TxnState(why)) => {
+            WriteError::InvalidTxnState(why.to_string())
+        }
+        e => WriteError::Failed(e.to_string()),
+    }
+}
+
+impl PartitionWriter for Broker {
+    fn append<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        mut batch: Vec<u8>,
+        verification: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, WriteError>> {
+        Box::pin(async move {
+            let p = self
+                .partition(&tp.topic, tp.partition)
+                .ok_or(WriteError::NotLeader)?;
+            let transactional = BatchHeader::parse(&batch).is_some_and(|h| h.is_transactional());
+            let base = if transactional {
+                p.append_transactional(&mut batch, verification)
+            } else {
+                p.append(&mut batch, -1).map(|a| a.base_offset)
+            }
+            .map_err(write_error)?;
+            // The batch was patched in place: its header now holds the offsets it got.
+            let last = BatchHeader::parse(&batch).map_or(base, |h| h.last_offset() as u64);
+            let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+            if !p.wait_for_high_watermark(last + 1, deadline).await {
+                return Err(WriteError::Timeout);
+            }
+            Ok(base)
+        })
+    }
+
+    fn replay(
+        &self,
+        tp: &TopicPartition,
+        f: &mut dyn FnMut(&BatchHeader, &[u8]),
+    ) -> Result<(), WriteError> {
+        let p = self
+            .partition(&tp.topic, tp.partition)
+            .ok_or(WriteError::NotLeader)?;
+        p.for_each_batch(f);
+        Ok(())
+    }
+
+    fn stored_records(&self, tp: &TopicPartition) -> u64 {
+        self.partition(&tp.topic, tp.partition)
+            .map_or(0, |p| p.log().log_end_offset() - p.log().log_start_offset())
+    }
+
+    fn end_offset(&self, tp: &TopicPartition) -> u64 {
+        self.partition(&tp.topic, tp.partition)
+            .map_or(0, |p| p.log().log_end_offset())
+    }
+
+    fn has_open_transaction(&self, tp: &TopicPartition) -> bool {
+        self.partition(&tp.topic, tp.partition)
+            .is_some_and(|p| p.last_stable_offset() < p.high_watermark())
+    }
+
+    fn delete_before<'a>(
+        &'a self,
+        tp: &'a TopicPartition,
+        offset: u64,
+    ) -> BoxFuture<'a, Result<(), WriteError>> {
+        Box::pin(async move {
+            let p = self
+                .partition(&tp.topic, tp.partition)
+                .ok_or(WriteError::NotLeader)?;
+            p.delete_records(offset)
+                .map(|_| ())
+                .map_err(|e| WriteError::Failed(e.to_string()))
+        })
+    }
+}
+
+impl ProducerIdSource for Broker {
+    fn next_producer_id(&self) -> Result<i64, WriteError> {
+        self.allocate_producer_id()
+            .map_err(|e| WriteError::Failed(e.to_string()))
+    }
+}
+
+impl Topics for Broker {
+    fn partition_exists(&self, topic: &str, partition: i32) -> bool {
+        self.partition(topic, partition).is_some()
+    }
+
+    fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.topic(topic).map(|t| t.partition_count() as i32)
+    }
+
+    fn ensure_internal_topic<'a>(
+        &'a self,
+        name: &'a str,
+        partitions: i32,
+    ) -> BoxFuture<'a, Result<i32, i16>> {
+        Box::pin(async move { Broker::ensure_internal_topic(self, name, partitions) })
+    }
+}
+
+impl MarkerWriter for Broker {
+    fn write_markers<'a>(&'a self, m: &'a Markers) -> BoxFuture<'a, Vec<(TopicPartition, i16)>> {
+        Box::pin(async move {
+            let mut failed = Vec::new();
+            for tp in &m.partitions {
+                let code = self
+                    .write_marker(
+                        &tp.topic,
+                        tp.partition,
+                        m.producer_id,
+                        m.producer_epoch,
+                        m.commit,
+                        m.coordinator_epoch,
+                    )
+                    .await;
+                match code {
+                    errors::NONE => {}
+                    // A deleted partition has nothing left to end; a newer epoch already
+                    // wrote there, which ended this transaction: neither can be retried into
+                    // success.
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                    | errors::INVALID_PRODUCER_EPOCH
+                    | errors::TRANSACTION_COORDINATOR_FENCED => {
+                        tracing::warn!(topic = %tp.topic, partition = tp.partition, code, "transaction marker skipped");
+                    }
+                    _ => failed.push((tp.clone(), code)),
+                }
+            }
+            failed
+        })
+    }
+}
+
+impl Broker {
+    /// Writes one marker into a local partition (for the coordinator, or a WriteTxnMarkers
+    /// request); a marker in `__consumer_offsets` also ends the producer's pending group
+    /// offsets there.
+    pub async fn write_marker(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> i16 {
+        let Some(p) = self.partition(topic, partition) else {
+            return errors::UNKNOWN_TOPIC_OR_PARTITION;
+        };
+        match p.write_marker(producer_id, producer_epoch, commit, coordinator_epoch) {
+            Ok(_) => {
+                if topic == OFFSETS_TOPIC {
+                    self.groups
+                        .complete_txn(partition, producer_id, commit)
+                        .await;
+                }
+                errors::NONE
+            }
+            Err(AppendError::Sequence(SequenceError::InvalidEpoch { .. })) => {
+                errors::INVALID_PRODUCER_EPOCH
+            }
+            Err(AppendError::Sequence(SequenceError::CoordinatorFenced { .. })) => {
+                errors::TRANSACTION_COORDINATOR_FENCED
+            }
+            Err(e) => {
+                tracing::error!(topic, partition, error = %e, "cannot write a transaction marker");
+                errors::KAFKA_STORAGE_ERROR
+            }
+        }
+    }
+
+    /// This node leads `partitions` of `topic` (it leads everything it has, on one node): the
+    /// coordinator of an internal topic loads their shards.
+    pub(crate) fn elect(&self, topic: &Topic, partitions: std::ops::Range<i32>) {
+        for index in partitions {
+            let Some(p) = topic.partition(index) else {
+                continue;
+            };
+            match topic.name.as_str() {
+                OFFSETS_TOPIC => self.groups.on_election(self, index, p.leader_epoch()),
+                TXN_TOPIC => self.txns.on_election(self, index, p.leader_epoch()),
+                _ => {}
+            }
+        }
+    }
+
+    /// This node no longer leads `topic`'s partitions (the topic was deleted).
+    pub(crate) fn resign(&self, topic: &Topic) {
+        for index in 0..topic.partition_count() as i32 {
+            match topic.name.as_str() {
+                OFFSETS_TOPIC => self.groups.on_resignation(index, None),
+                TXN_TOPIC => self.txns.on_resignation(index, None),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Group timers (session expiry, join phase ends) until `stop` fires.
+    pub async fn run_group_timers(
+        self: std::sync::Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.groups.run_timers(&*self, stop).await
+    }
+
+    /// Transaction timers (timeouts, prepared transactions to finish, id expiry, trims)
+    /// until `stop` fires.
+    pub async fn run_txn_timers(
+        self: std::sync::Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.txns.run_timers(&*self, stop).await
+    }
+
+    /// The periodic committed-offsets check: expiry, then trimming.
+    pub async fn maintain_groups(&self) {
+        self.groups.maintain(self).await
+    }
+}

@@ -1,0 +1,779 @@
+//! The group coordinator: drives the group state machines with requests and time, and keeps
+//! committed offsets and group metadata in `__consumer_offsets`.
+//!
+//! Each `__consumer_offsets` partition this node leads is a shard, loaded on election and
+//! dropped on resignation. Within a shard each group has an async lock of its own: a request
+//! holds it while its records are appended and committed, so one group's writes keep their
+//! order while other groups go on, and no thread waits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use strom_metadata::{TopicPartition, errors};
+use tokio::sync::{Notify, OwnedMutexGuard, oneshot};
+
+use super::records::{CommittedOffset, Record, partition_for};
+use super::state::{
+    Group, GroupConfig, JoinOutcome, JoinRequest, JoinResponse, Output, State, SyncOutcome,
+    SyncRequest, SyncResponse, Token,
+};
+use crate::host::Host;
+use crate::shards::Shards;
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use strom_metadata::errors::{
+    GROUP_ID_NOT_FOUND, GROUP_SUBSCRIBED_TO_TOPIC, INVALID_GROUP_ID, NON_EMPTY_GROUP,
+    OFFSET_METADATA_TOO_LARGE,
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct CoordinatorConfig {
+    pub group: GroupConfig,
+    pub offsets_partitions: i32,
+    pub offsets_retention_ms: u64,
+    pub offset_metadata_max_bytes: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            group: GroupConfig::default(),
+            offsets_partitions: 50,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
+            offset_metadata_max_bytes: 4096,
+        }
+    }
+}
+
+pub struct Entry {
+    pub group: Group,
+    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// Offsets of open transactions, by producer id (TxnOffsetCommit).
+    pub pending: HashMap<i64, super::txn_offsets::PendingOffsets>,
+    /// Removed from its shard (deleted or expired): whoever waited for its lock looks again.
+    removed: bool,
+}
+
+/// One group's state behind its own async lock.
+pub(super) type Slot = Arc<tokio::sync::Mutex<Entry>>;
+
+/// The groups of one `__consumer_offsets` partition.
+pub(super) struct GroupShard {
+    pub(super) tp: TopicPartition,
+    pub(super) groups: Mutex<HashMap<String, Slot>>,
+}
+
+impl GroupShard {
+    fn slots(&self) -> Vec<(String, Slot)> {
+        let groups = self.groups.lock().unwrap();
+        groups.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+enum Answer {
+    Join(JoinResponse),
+    Sync(SyncResponse),
+}
+
+pub struct GroupCoordinator {
+    pub config: CoordinatorConfig,
+    pub(super) shards: Shards<GroupShard>,
+    waiters: Mutex<HashMap<Token, oneshot::Sender<Answer>>>,
+    next_token: AtomicU64,
+    /// Wakes the timer task when a group's next deadline may have moved.
+    pub wake: Notify,
+}
+
+pub fn now_ms() -> u64 {
+    strom_storage::clock::now_ms().max(0) as u64
+}
+
+/// What OffsetCommit asks for one partition.
+pub struct CommitRequest {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// A group as DescribeGroups shows it.
+pub struct Description {
+    pub state: State,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<DescribedMember>,
+}
+
+pub struct DescribedMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
+}
+
+/// The topics a consumer-protocol subscription names (ConsumerProtocolSubscription: version,
+/// then an array of topic names).
+fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    let mut r = strom_storage::reader::Reader::new(metadata.get(2..).unwrap_or(&[]));
+    let mut out = Vec::new();
+    let Some(n) = r.count(2) else {
+        return out;
+    };
+    for _ in 0..n {
+        match r.string() {
+            Some(name) => out.push(name),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Where a request for a group goes.
+pub(super) enum Located {
+    Shard(Arc<GroupShard>),
+    /// `__consumer_offsets` does not exist yet: no group has anything stored.
+    NoTopic,
+}
+
+impl GroupCoordinator {
+    pub fn new(config: CoordinatorConfig) -> Self {
+        GroupCoordinator {
+            config,
+            shards: Shards::default(),
+            waiters: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn new_entry(&self, id: &str) -> Entry {
+        Entry {
+            group: Group::new(id, self.config.group),
+            offsets: BTreeMap::new(),
+            pending: HashMap::new(),
+            removed: false,
+        }
+    }
+
+    /// Creates `__consumer_offsets` on first use, as Kafka does.
+    pub async fn ensure_offsets_topic(&self, host: &dyn Host) -> Result<i32, i16> {
+        host.ensure_internal_topic(OFFSETS_TOPIC, self.config.offsets_partitions)
+            .await
+    }
+
+    /// The shard of `group_id`, creating the topic first when `create`.
+    pub(super) async fn locate(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        create: bool,
+    ) -> Result<Located, i16> {
+        let partitions = match host.partition_count(OFFSETS_TOPIC) {
+            Some(n) if n > 0 => n,
+            _ if create => self.ensure_offsets_topic(host).await?,
+            _ => return Ok(Located::NoTopic),
+        };
+        self.shards
+            .get(partition_for(group_id, partitions))
+            .map(Located::Shard)
+    }
+
+    /// `group_id`'s entry, locked; created when `create`. A group removed while this waited
+    /// for its lock is looked up again.
+    pub(super) async fn entry(
+        &self,
+        shard: &GroupShard,
+        group_id: &str,
+        create: bool,
+    ) -> Option<OwnedMutexGuard<Entry>> {
+        loop {
+            let slot = {
+                let mut groups = shard.groups.lock().unwrap();
+                match groups.get(group_id) {
+                    Some(s) => s.clone(),
+                    None if create => groups
+                        .entry(group_id.to_string())
+                        .or_insert_with(|| {
+                            Arc::new(tokio::sync::Mutex::new(self.new_entry(group_id)))
+                        })
+                        .clone(),
+                    None => return None,
+                }
+            };
+            let guard = slot.lock_owned().await;
+            if !guard.removed {
+                return Some(guard);
+            }
+        }
+    }
+
+    /// Takes `entry` out of its shard (it is locked by the caller).
+    pub(super) fn remove(shard: &GroupShard, entry: &mut Entry) {
+        entry.removed = true;
+        shard.groups.lock().unwrap().remove(&entry.group.id);
+    }
+
+    /// Persists what changed, then hands parked answers to their requests.
+    async fn process(&self, host: &dyn Host, shard: &GroupShard, entry: &mut Entry) {
+        let outputs = entry.group.drain_outputs();
+        if outputs.iter().any(|o| matches!(o, Output::Changed)) {
+            let record = Self::group_record(&entry.group);
+            // As before the shards: a failed write is logged; the members' next requests
+            // carry on from the state in memory.
+            let _ = self
+                .persist(host, &shard.tp, &entry.group.id, &[record])
+                .await;
+        }
+        let mut waiters = self.waiters.lock().unwrap();
+        for o in outputs {
+            match o {
+                Output::Changed => {}
+                Output::Join(t, r) => {
+                    if let Some(tx) = waiters.remove(&t) {
+                        let _ = tx.send(Answer::Join(r));
+                    }
+                }
+                Output::Sync(t, r) => {
+                    if let Some(tx) = waiters.remove(&t) {
+                        let _ = tx.send(Answer::Sync(r));
+                    }
+                }
+            }
+        }
+    }
+
+    fn park(&self) -> (Token, oneshot::Receiver<Answer>) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert(token, tx);
+        (token, rx)
+    }
+
+    fn unpark(&self, token: Token) {
+        self.waiters.lock().unwrap().remove(&token);
+    }
+
+    pub async fn join(&self, host: &dyn Host, group_id: &str, req: JoinRequest) -> JoinResponse {
+        let member_id = req.member_id.clone();
+        let fail = |error| JoinResponse {
+            error,
+            generation: -1,
+            member_id: member_id.clone(),
+            ..Default::default()
+        };
+        if group_id.is_empty() {
+            return fail(INVALID_GROUP_ID);
+        }
+        let shard = match self.locate(host, group_id, true).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return fail(errors::COORDINATOR_NOT_AVAILABLE),
+            Err(e) => return fail(e),
+        };
+        let (token, rx) = self.park();
+        let outcome = {
+            let mut entry = self.entry(&shard, group_id, true).await.expect("created");
+            if entry.group.state == State::Dead {
+                entry.group = Group::new(group_id, self.config.group);
+            }
+            let outcome = entry.group.join(req, token, now_ms());
+            self.process(host, &shard, &mut entry).await;
+            outcome
+        };
+        self.wake.notify_one();
+        match outcome {
+            JoinOutcome::Now(r) => {
+                self.unpark(token);
+                r
+            }
+            JoinOutcome::Parked => match rx.await {
+                Ok(Answer::Join(r)) => r,
+                // The shard resigned while the request waited.
+                _ => fail(errors::NOT_COORDINATOR),
+            },
+        }
+    }
+
+    pub async fn sync(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        req: SyncRequest<'_>,
+    ) -> SyncResponse {
+        let fail = |error| SyncResponse {
+            error,
+            ..Default::default()
+        };
+        let shard = match self.locate(host, group_id, false).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return fail(super::state::UNKNOWN_MEMBER_ID),
+            Err(e) => return fail(e),
+        };
+        let (token, rx) = self.park();
+        let outcome = match self.entry(&shard, group_id, false).await {
+            None => SyncOutcome::Now(fail(super::state::UNKNOWN_MEMBER_ID)),
+            Some(mut entry) => {
+                let outcome = entry.group.sync(req, token, now_ms());
+                self.process(host, &shard, &mut entry).await;
+                outcome
+            }
+        };
+        self.wake.notify_one();
+        match outcome {
+            SyncOutcome::Now(r) => {
+                self.unpark(token);
+                r
+            }
+            SyncOutcome::Parked => match rx.await {
+                Ok(Answer::Sync(r)) => r,
+                // The shard resigned while the request waited.
+                _ => fail(errors::NOT_COORDINATOR),
+            },
+        }
+    }
+
+    pub async fn heartbeat(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
+        let shard = match self.locate(host, group_id, false).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return super::state::UNKNOWN_MEMBER_ID,
+            Err(e) => return e,
+        };
+        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
+            return super::state::UNKNOWN_MEMBER_ID;
+        };
+        let e = entry
+            .group
+            .heartbeat(member_id, instance_id, generation, now_ms());
+        self.process(host, &shard, &mut entry).await;
+        e
+    }
+
+    /// LeaveGroup: an error per member.
+    pub async fn leave(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<i16>, i16> {
+        let shard = match self.locate(host, group_id, false).await? {
+            Located::Shard(s) => s,
+            Located::NoTopic => return Err(super::state::UNKNOWN_MEMBER_ID),
+        };
+        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
+            return Err(super::state::UNKNOWN_MEMBER_ID);
+        };
+        let now = now_ms();
+        let errors = members
+            .iter()
+            .map(|(m, i)| entry.group.leave(m, i.as_deref(), now))
+            .collect();
+        self.process(host, &shard, &mut entry).await;
+        drop(entry);
+        self.wake.notify_one();
+        Ok(errors)
+    }
+
+    /// The records for offsets that pass the checks, and an error per offset.
+    pub(super) fn offset_records(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        offsets: &[CommitRequest],
+    ) -> (Vec<Record>, Vec<i16>) {
+        let now = now_ms() as i64;
+        let mut records = Vec::new();
+        let results = offsets
+            .iter()
+            .map(|o| {
+                if !host.partition_exists(&o.topic, o.partition) {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                } else if o
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes)
+                {
+                    OFFSET_METADATA_TOO_LARGE
+                } else {
+                    records.push(Record::Offset {
+                        group: group_id.to_string(),
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        value: Some(CommittedOffset {
+                            offset: o.offset,
+                            leader_epoch: o.leader_epoch,
+                            metadata: o.metadata.clone().unwrap_or_default(),
+                            commit_timestamp: now,
+                        }),
+                    });
+                    errors::NONE
+                }
+            })
+            .collect();
+        (records, results)
+    }
+
+    /// OffsetCommit: checks membership and generation, persists, then remembers. Returns an
+    /// error per partition.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<CommitRequest>,
+    ) -> Vec<i16> {
+        let n = offsets.len();
+        if group_id.is_empty() {
+            return vec![INVALID_GROUP_ID; n];
+        }
+        let shard = match self.locate(host, group_id, true).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return vec![errors::COORDINATOR_NOT_AVAILABLE; n],
+            Err(e) => return vec![e; n],
+        };
+        // A group nobody joined: only simple (generation -1) commits create it.
+        let mut entry = match self.entry(&shard, group_id, generation < 0).await {
+            Some(e) => e,
+            None => return vec![super::state::ILLEGAL_GENERATION; n],
+        };
+        let check = entry
+            .group
+            .check_commit(member_id, instance_id, generation, false);
+        if check != errors::NONE {
+            return vec![check; n];
+        }
+        let (records, results) = self.offset_records(host, group_id, &offsets);
+        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
+            return with_failure(results, e);
+        }
+        for r in records {
+            if let Record::Offset {
+                topic,
+                partition,
+                value: Some(v),
+                ..
+            } = r
+            {
+                entry.offsets.insert((topic, partition), v);
+            }
+        }
+        results
+    }
+
+    /// OffsetFetch: the committed offsets of `topics` (all when `None`).
+    pub async fn fetch(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        topics: Option<&[(String, Vec<i32>)]>,
+    ) -> Result<Vec<(String, i32, Option<CommittedOffset>)>, i16> {
+        let entry = match self.locate(host, group_id, false).await? {
+            Located::Shard(shard) => self.entry(&shard, group_id, false).await,
+            Located::NoTopic => None,
+        };
+        let entry = entry.as_deref();
+        Ok(match topics {
+            None => entry
+                .map(|e| {
+                    e.offsets
+                        .iter()
+                        .map(|((t, p), o)| (t.clone(), *p, Some(o.clone())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Some(topics) => topics
+                .iter()
+                .flat_map(|(t, ps)| {
+                    ps.iter().map(move |p| {
+                        let o = entry.and_then(|e| e.offsets.get(&(t.clone(), *p))).cloned();
+                        (t.clone(), *p, o)
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// ListGroups: (group id, protocol type, state) of every group this node coordinates.
+    pub async fn list(&self) -> Vec<(String, String, State)> {
+        let mut out = Vec::new();
+        for (_, shard) in self.shards.active() {
+            for (_, slot) in shard.slots() {
+                let e = slot.lock().await;
+                if e.group.state != State::Dead && !e.removed {
+                    out.push((
+                        e.group.id.clone(),
+                        e.group.protocol_type.clone().unwrap_or_default(),
+                        e.group.state,
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// DescribeGroups: `Ok(None)` for a group this coordinator does not know.
+    pub async fn describe(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+    ) -> Result<Option<Description>, i16> {
+        let entry = match self.locate(host, group_id, false).await? {
+            Located::Shard(shard) => self.entry(&shard, group_id, false).await,
+            Located::NoTopic => None,
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let g = &entry.group;
+        // As in Kafka: subscriptions and assignments only once the group is stable.
+        let stable = g.state == State::Stable;
+        let protocol = g.protocol.clone().unwrap_or_default();
+        Ok(Some(Description {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: if stable {
+                protocol.clone()
+            } else {
+                String::new()
+            },
+            members: g
+                .members()
+                .map(|m| {
+                    let (meta, assignment) = if stable {
+                        (m.metadata(&protocol), m.assignment.clone())
+                    } else {
+                        (vec![], vec![])
+                    };
+                    DescribedMember {
+                        member_id: m.member_id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        metadata: meta,
+                        assignment,
+                    }
+                })
+                .collect(),
+        }))
+    }
+
+    /// DeleteGroups: only groups without members; their offsets go too.
+    pub async fn delete(&self, host: &dyn Host, group_id: &str) -> i16 {
+        let shard = match self.locate(host, group_id, false).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return GROUP_ID_NOT_FOUND,
+            Err(e) => return e,
+        };
+        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
+            return GROUP_ID_NOT_FOUND;
+        };
+        if entry.group.state == State::Dead {
+            return GROUP_ID_NOT_FOUND;
+        }
+        if !entry.group.is_empty() {
+            return NON_EMPTY_GROUP;
+        }
+        let mut records: Vec<Record> = entry
+            .offsets
+            .keys()
+            .map(|(t, p)| Record::Offset {
+                group: group_id.to_string(),
+                topic: t.clone(),
+                partition: *p,
+                value: None,
+            })
+            .collect();
+        records.push(Record::Group {
+            group: group_id.to_string(),
+            value: None,
+        });
+        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
+            return e;
+        }
+        entry.group.mark_dead(now_ms());
+        Self::remove(&shard, &mut entry);
+        errors::NONE
+    }
+
+    /// OffsetDelete: (group error, per-partition errors).
+    pub async fn delete_offsets(
+        &self,
+        host: &dyn Host,
+        group_id: &str,
+        partitions: &[(String, i32)],
+    ) -> (i16, Vec<i16>) {
+        let shard = match self.locate(host, group_id, false).await {
+            Ok(Located::Shard(s)) => s,
+            Ok(Located::NoTopic) => return (GROUP_ID_NOT_FOUND, vec![]),
+            Err(e) => return (e, vec![]),
+        };
+        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
+            return (GROUP_ID_NOT_FOUND, vec![]);
+        };
+        let subscribed: Vec<String> = if entry.group.state == State::Empty {
+            vec![]
+        } else {
+            let protocol = entry.group.protocol.clone().unwrap_or_default();
+            entry
+                .group
+                .members()
+                .flat_map(|m| subscribed_topics(&m.metadata(&protocol)))
+                .collect()
+        };
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        for (t, p) in partitions {
+            if subscribed.contains(t) {
+                results.push(GROUP_SUBSCRIBED_TO_TOPIC);
+            } else {
+                results.push(errors::NONE);
+                if entry.offsets.contains_key(&(t.clone(), *p)) {
+                    records.push(Record::Offset {
+                        group: group_id.to_string(),
+                        topic: t.clone(),
+                        partition: *p,
+                        value: None,
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
+            return (e, vec![]);
+        }
+        for r in records {
+            if let Record::Offset {
+                topic, partition, ..
+            } = r
+            {
+                entry.offsets.remove(&(topic, partition));
+            }
+        }
+        (errors::NONE, results)
+    }
+
+    /// Applies time to every group; returns the next deadline.
+    pub async fn tick(&self, host: &dyn Host, now: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for (_, shard) in self.shards.active() {
+            for (_, slot) in shard.slots() {
+                let mut entry = slot.lock().await;
+                if entry.removed {
+                    continue;
+                }
+                if entry.group.next_deadline().is_some_and(|d| d <= now) {
+                    entry.group.tick(now);
+                    self.process(host, &shard, &mut entry).await;
+                }
+                if let Some(d) = entry.group.next_deadline() {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
+            }
+        }
+        next
+    }
+
+    /// Runs group timers (session expiry, join phase ends) until `stop` fires.
+    pub async fn run_timers(&self, host: &dyn Host, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let next = self.tick(host, now_ms()).await;
+            let wait = next
+                .map(|d| d.saturating_sub(now_ms()))
+                .unwrap_or(60_000)
+                .min(60_000);
+            let woken =
+                tokio::time::timeout(std::time::Duration::from_millis(wait), self.wake.notified());
+            tokio::select! {
+                _ = woken => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// This node leads partition `partition` of `__consumer_offsets` from leader epoch
+    /// `epoch` on: its groups are read back and served.
+    pub fn on_election(&self, host: &dyn Host, partition: i32, epoch: i32) {
+        if !self.shards.begin_load(partition, epoch) {
+            return;
+        }
+        let shard = self.load(host, TopicPartition::new(OFFSETS_TOPIC, partition));
+        if !self.shards.finish_load(partition, epoch, shard) {
+            tracing::info!(
+                partition,
+                epoch,
+                "{OFFSETS_TOPIC} shard resigned while loading"
+            );
+        }
+    }
+
+    /// This node no longer leads partition `partition` (from `epoch` or earlier; any when
+    /// `None`): its groups are dropped, and requests parked in them told to find the new
+    /// coordinator.
+    pub fn on_resignation(&self, partition: i32, epoch: Option<i32>) {
+        let Some(shard) = self.shards.resign(partition, epoch) else {
+            return;
+        };
+        let mut parked = Vec::new();
+        for (_, slot) in shard.slots() {
+            // A request holds a group's lock only across its own write, which fails with
+            // NOT_COORDINATOR now, and it looks at no parked member afterwards.
+            if let Ok(mut e) = slot.try_lock() {
+                e.removed = true;
+                parked.extend(
+                    e.group
+                        .members()
+                        .flat_map(|m| [m.awaiting_join, m.awaiting_sync])
+                        .flatten(),
+                );
+            }
+        }
+        // Dropping their senders answers the parked JoinGroup and SyncGroup requests with
+        // NOT_COORDINATOR: their members look for the new coordinator.
+        let mut waiters = self.waiters.lock().unwrap();
+        for token in parked {
+            waiters.remove(&token);
+        }
+        tracing::info!(
+            partition,
+            "resigned as coordinator of {OFFSETS_TOPIC} partition"
+        );
+    }
+}
+
+/// Replaces the success codes of `results` with the error of a write that failed.
+pub(super) fn with_failure(results: Vec<i16>, e: i16) -> Vec<i16> {
+    results
+        .into_iter()
+        .map(|r| if r == errors::NONE { e } else { r })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_name_their_topics() {
+        let mut m = vec![0, 1, 0, 0, 0, 2];
+        for t in ["orders", "payments"] {
+            m.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            m.extend_from_slice(t.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(subscribed_topics(&m), vec!["orders", "payments"]);
+        assert!(subscribed_topics(&[1, 2]).is_empty());
+        assert!(subscribed_topics(&[0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 9]).is_empty());
+    }
+}

@@ -1,0 +1,334 @@
+//! `__consumer_offsets`: where the coordinator writes offsets and group metadata, how a shard
+//! reads them back when elected, expires them, and keeps the topic small until compaction
+//! exists (re-appending the live records and deleting what came before them once a
+//! partition holds much more than the live state).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use strom_metadata::{TopicPartition, errors};
+use strom_storage::batch::{self, BatchBuilder};
+use strom_storage::txn_index;
+
+use super::coordinator::{GroupCoordinator, GroupShard, OFFSETS_TOPIC, now_ms};
+use super::records::{CommittedOffset, GroupMetadata, Record, StoredMember};
+use super::state::{Group, State};
+use super::txn_offsets::PendingOffsets;
+use crate::host::{Host, WriteError};
+
+/// The error a client gets for a coordinator write that failed.
+pub(crate) fn write_error(e: &WriteError) -> i16 {
+    match e {
+        WriteError::NotLeader => errors::NOT_COORDINATOR,
+        WriteError::InvalidProducerEpoch => errors::INVALID_PRODUCER_EPOCH,
+        WriteError::InvalidTxnState(_) => errors::INVALID_TXN_STATE,
+        WriteError::Timeout | WriteError::Failed(_) => errors::COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+/// A batch of the coordinator's own records.
+pub(crate) fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> BatchBuilder {
+    let mut b = BatchBuilder::new();
+    for (key, value) in records {
+        b = b.record(batch::Record {
+            timestamp: now,
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: vec![],
+        });
+    }
+    b
+}
+
+/// Re-appends the live records (key, value) of `tp` and deletes everything before them: how
+/// an internal topic stays small until compaction exists. False if it could not be done.
+pub(crate) async fn rewrite_live(
+    host: &dyn Host,
+    tp: &TopicPartition,
+    live: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> bool {
+    let start = host.end_offset(tp);
+    for chunk in live.chunks(1000) {
+        let batch = build_batch(chunk, now_ms() as i64).build();
+        if host.append(tp, batch, None).await.is_err() {
+            return false;
+        }
+    }
+    host.delete_before(tp, start).await.is_ok()
+}
+
+impl GroupCoordinator {
+    /// Appends records for `group` to its partition of `__consumer_offsets`; returns once
+    /// they are committed.
+    pub(super) async fn persist(
+        &self,
+        host: &dyn Host,
+        tp: &TopicPartition,
+        group: &str,
+        records: &[Record],
+    ) -> Result<(), i16> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let kv: Vec<_> = records.iter().map(|r| (r.key(), r.value())).collect();
+        let bytes = build_batch(&kv, now_ms() as i64).build();
+        host.append(tp, bytes, None).await.map(|_| ()).map_err(|e| {
+            tracing::error!(group, error = %e, "cannot write to {OFFSETS_TOPIC}");
+            write_error(&e)
+        })
+    }
+
+    pub(super) fn group_record(group: &Group) -> Record {
+        let protocol = group.protocol.clone().unwrap_or_default();
+        Record::Group {
+            group: group.id.clone(),
+            value: Some(GroupMetadata {
+                protocol_type: group.protocol_type.clone().unwrap_or_default(),
+                generation: group.generation,
+                protocol: group.protocol.clone(),
+                leader: group.leader.clone(),
+                state_timestamp: group.state_timestamp as i64,
+                members: group
+                    .members()
+                    .map(|m| StoredMember {
+                        member_id: m.member_id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        rebalance_timeout_ms: m.rebalance_timeout_ms,
+                        session_timeout_ms: m.session_timeout_ms,
+                        subscription: m.metadata(&protocol),
+                        assignment: m.assignment.clone(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Offsets of groups without members expire `offsets.retention.minutes` after their
+    /// last commit or the group's emptying, whichever is later; a group left with nothing,
+    /// not even offsets of an open transaction, is forgotten.
+    pub async fn expire(&self, host: &dyn Host, now: u64) {
+        let retention = self.config.offsets_retention_ms as i64;
+        for (_, shard) in self.shards.active() {
+            for (id, _) in shard_slots(&shard) {
+                let Some(mut entry) = self.entry(&shard, &id, false).await else {
+                    continue;
+                };
+                if entry.group.state != State::Empty {
+                    continue;
+                }
+                let since = entry.group.state_timestamp as i64;
+                let expired: Vec<(String, i32)> = entry
+                    .offsets
+                    .iter()
+                    .filter(|(_, o)| o.commit_timestamp.max(since) + retention < now as i64)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let mut records: Vec<Record> = expired
+                    .iter()
+                    .map(|(t, p)| Record::Offset {
+                        group: id.clone(),
+                        topic: t.clone(),
+                        partition: *p,
+                        value: None,
+                    })
+                    .collect();
+                // As Kafka's hasOffsets: offsets of an open transaction keep the group too.
+                let forget = expired.len() == entry.offsets.len()
+                    && entry.pending.is_empty()
+                    && since + retention < now as i64;
+                if forget {
+                    records.push(Record::Group {
+                        group: id.clone(),
+                        value: None,
+                    });
+                }
+                if self.persist(host, &shard.tp, &id, &records).await.is_err() {
+                    continue;
+                }
+                for k in &expired {
+                    entry.offsets.remove(k);
+                }
+                if forget {
+                    Self::remove(&shard, &mut entry);
+                }
+            }
+        }
+    }
+
+    /// Reads one partition of `__consumer_offsets` back: the shard of an election. Trimming
+    /// is left to the periodic check ([`GroupCoordinator::maintain`]).
+    pub(super) fn load(&self, host: &dyn Host, tp: TopicPartition) -> GroupShard {
+        let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
+        let mut metas: HashMap<String, GroupMetadata> = HashMap::new();
+        // Transactional offsets by partition and producer, then group, until their marker is
+        // read: markers are per partition, so one ends only what is pending there.
+        type Offsets = BTreeMap<(String, i32), CommittedOffset>;
+        let mut pending: HashMap<(i32, i64), HashMap<String, Offsets>> = HashMap::new();
+        let index = tp.partition;
+        let replayed = host.replay(&tp, &mut |h, b| {
+            if h.is_control() {
+                let commit = batch::records(b)
+                    .next()
+                    .and_then(|r| r.key)
+                    .and_then(txn_index::marker_type);
+                if let Some(groups) = pending.remove(&(index, h.producer_id))
+                    && commit == Some(true)
+                {
+                    for (group, offs) in groups {
+                        offsets.entry(group).or_default().extend(offs);
+                    }
+                }
+            } else {
+                for rec in batch::records(b) {
+                    let Some(key) = rec.key else { continue };
+                    match Record::decode(key, rec.value) {
+                        Some(Record::Offset {
+                            group,
+                            topic,
+                            partition,
+                            value: Some(v),
+                        }) if h.is_transactional() => {
+                            pending
+                                .entry((index, h.producer_id))
+                                .or_default()
+                                .entry(group)
+                                .or_default()
+                                .insert((topic, partition), v);
+                        }
+                        Some(Record::Offset {
+                            group,
+                            topic,
+                            partition,
+                            value,
+                        }) => {
+                            let g = offsets.entry(group).or_default();
+                            match value {
+                                Some(v) => g.insert((topic, partition), v),
+                                None => g.remove(&(topic, partition)),
+                            };
+                        }
+                        Some(Record::Group {
+                            group,
+                            value: Some(v),
+                        }) => {
+                            metas.insert(group, v);
+                        }
+                        Some(Record::Group { group, value: None }) => {
+                            metas.remove(&group);
+                            offsets.remove(&group);
+                        }
+                        None => {}
+                    }
+                }
+            }
+        });
+        if let Err(e) = replayed {
+            tracing::error!(partition = index, error = %e, "cannot read {OFFSETS_TOPIC}; its groups start empty");
+        }
+        let now = now_ms();
+        let mut groups: HashMap<String, super::coordinator::Entry> = HashMap::new();
+        for (id, offs) in offsets {
+            let entry = groups
+                .entry(id.clone())
+                .or_insert_with(|| self.new_entry(&id));
+            entry.offsets = offs;
+        }
+        for ((partition, pid), by_group) in pending {
+            for (id, offsets) in by_group {
+                let entry = groups
+                    .entry(id.clone())
+                    .or_insert_with(|| self.new_entry(&id));
+                entry
+                    .pending
+                    .insert(pid, PendingOffsets { partition, offsets });
+            }
+        }
+        for (id, meta) in metas {
+            let entry = groups
+                .entry(id.clone())
+                .or_insert_with(|| self.new_entry(&id));
+            entry.group.restore(
+                meta.generation,
+                Some(meta.protocol_type.clone()).filter(|t| !t.is_empty()),
+                meta.protocol.clone(),
+                meta.leader.clone(),
+                meta.members_for_state(),
+                now,
+            );
+            if entry.group.is_empty() {
+                entry.group.state_timestamp = meta.state_timestamp.max(0) as u64;
+            }
+        }
+        tracing::info!(
+            partition = index,
+            groups = groups.len(),
+            "loaded {OFFSETS_TOPIC}"
+        );
+        GroupShard {
+            tp,
+            groups: Mutex::new(
+                groups
+                    .into_iter()
+                    .map(|(id, e)| (id, Arc::new(tokio::sync::Mutex::new(e))))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Re-appends the live records of a shard whose partition holds more than twice as many
+    /// records as live keys (plus slack), then deletes what came before them.
+    async fn trim(&self, host: &dyn Host, shard: &GroupShard) {
+        let stored = host.stored_records(&shard.tp);
+        let mut live: Vec<Record> = Vec::new();
+        // Every group of the shard stays locked until the rewrite is done: a commit between
+        // two re-appended chunks would otherwise be overwritten by its older value.
+        let mut held = Vec::new();
+        for (id, _) in shard_slots(shard) {
+            let Some(e) = self.entry(shard, &id, false).await else {
+                continue;
+            };
+            live.extend(e.offsets.iter().map(|((t, p), o)| Record::Offset {
+                group: e.group.id.clone(),
+                topic: t.clone(),
+                partition: *p,
+                value: Some(o.clone()),
+            }));
+            live.push(Self::group_record(&e.group));
+            held.push(e);
+        }
+        if stored <= 2 * live.len() as u64 + 1000 {
+            return;
+        }
+        // An open transaction's offsets are not live yet: deleting its records would lose
+        // them, so such a partition waits for the next round.
+        if host.has_open_transaction(&shard.tp) {
+            return;
+        }
+        let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            live.iter().map(|r| (r.key(), r.value())).collect();
+        if rewrite_live(host, &shard.tp, &live).await {
+            tracing::info!(
+                partition = shard.tp.partition,
+                stored,
+                live = live.len(),
+                "trimmed {OFFSETS_TOPIC}"
+            );
+        }
+        drop(held);
+    }
+
+    /// The periodic offsets check: expiry, then trimming by the log's size in records.
+    pub async fn maintain(&self, host: &dyn Host) {
+        self.expire(host, now_ms()).await;
+        for (_, shard) in self.shards.active() {
+            self.trim(host, &shard).await;
+        }
+    }
+}
+
+fn shard_slots(shard: &GroupShard) -> Vec<(String, super::coordinator::Slot)> {
+    let groups = shard.groups.lock().unwrap();
+    groups.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

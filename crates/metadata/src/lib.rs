@@ -1,0 +1,30 @@
+//! The vocabulary the layers above storage share: Kafka's error codes and the
+//! topic-partition. The controller quorum's metadata image (brokers, topics, partitions with
+//! replicas, ISR, leaders and epochs, configs) and its deltas will live here too: pure data,
+//! no I/O.
+
+pub mod errors;
+
+use std::fmt;
+
+/// A partition of a topic, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
