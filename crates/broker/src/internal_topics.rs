@@ -1,10 +1,10 @@
 //! What the coordinators' internal topics (`__consumer_offsets`, `__transaction_state`)
-//! share: creation on first use, reading a partition back at start, and, until log
-//! compaction exists, rewriting a partition down to its live records.
+//! need from the broker: creation on first use, and reading a partition back when a shard
+//! loads.
 
 use std::collections::BTreeMap;
 
-use strom_storage::batch::{self, BatchBuilder, BatchHeader};
+use strom_storage::batch::BatchHeader;
 
 use crate::broker::{Broker, BrokerError, NewTopic};
 use crate::errors;
@@ -52,26 +52,5 @@ impl Partition {
                 f(h, b);
                 true
             });
-    }
-
-    /// Re-appends the live records (key, value) and deletes everything before them: how an
-    /// internal topic stays small until compaction exists. False if it could not be done.
-    pub fn rewrite_live(&self, live: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> bool {
-        let start = self.log().log_end_offset();
-        for chunk in live.chunks(1000) {
-            let mut b = BatchBuilder::new();
-            for (key, value) in chunk {
-                b = b.record(batch::Record {
-                    timestamp: now,
-                    key: Some(key.clone()),
-                    value: value.clone(),
-                    headers: vec![],
-                });
-            }
-            if self.append(&mut b.build(), 1).is_err() {
-                return false;
-            }
-        }
-        self.delete_records(start).is_ok()
     }
 }

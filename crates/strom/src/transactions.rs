@@ -129,12 +129,7 @@ pub enum TransactionsCmd {
     },
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use strom_storage::clock::now_ms;
 
 pub async fn transactions(cmd: TransactionsCmd) -> anyhow::Result<()> {
     match cmd {

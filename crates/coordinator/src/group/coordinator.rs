@@ -46,9 +46,12 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// Committed offsets by topic and partition.
+pub type Offsets = BTreeMap<(String, i32), CommittedOffset>;
+
 pub struct Entry {
     pub group: Group,
-    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    pub offsets: Offsets,
     /// Offsets of open transactions, by producer id (TxnOffsetCommit).
     pub pending: HashMap<i64, super::txn_offsets::PendingOffsets>,
     /// Removed from its shard (deleted or expired): whoever waited for its lock looks again.
@@ -283,17 +286,35 @@ impl GroupCoordinator {
             self.process(host, &shard, &mut entry).await;
             outcome
         };
+        let now = match outcome {
+            JoinOutcome::Now(r) => Some(r),
+            JoinOutcome::Parked => None,
+        };
+        let take = |a| match a {
+            Answer::Join(r) => Some(r),
+            Answer::Sync(_) => None,
+        };
+        self.settle(token, rx, now, take, fail(errors::NOT_COORDINATOR))
+            .await
+    }
+
+    /// The answer of a request that may have been parked: at once, or when its group
+    /// answers it. `resigned` is for a request whose shard resigned while it waited.
+    async fn settle<T>(
+        &self,
+        token: Token,
+        rx: oneshot::Receiver<Answer>,
+        now: Option<T>,
+        take: impl FnOnce(Answer) -> Option<T>,
+        resigned: T,
+    ) -> T {
         self.wake.notify_one();
-        match outcome {
-            JoinOutcome::Now(r) => {
+        match now {
+            Some(r) => {
                 self.unpark(token);
                 r
             }
-            JoinOutcome::Parked => match rx.await {
-                Ok(Answer::Join(r)) => r,
-                // The shard resigned while the request waited.
-                _ => fail(errors::NOT_COORDINATOR),
-            },
+            None => rx.await.ok().and_then(take).unwrap_or(resigned),
         }
     }
 
@@ -321,18 +342,16 @@ impl GroupCoordinator {
                 outcome
             }
         };
-        self.wake.notify_one();
-        match outcome {
-            SyncOutcome::Now(r) => {
-                self.unpark(token);
-                r
-            }
-            SyncOutcome::Parked => match rx.await {
-                Ok(Answer::Sync(r)) => r,
-                // The shard resigned while the request waited.
-                _ => fail(errors::NOT_COORDINATOR),
-            },
-        }
+        let now = match outcome {
+            SyncOutcome::Now(r) => Some(r),
+            SyncOutcome::Parked => None,
+        };
+        let take = |a| match a {
+            Answer::Sync(r) => Some(r),
+            Answer::Join(_) => None,
+        };
+        self.settle(token, rx, now, take, fail(errors::NOT_COORDINATOR))
+            .await
     }
 
     pub async fn heartbeat(
@@ -383,15 +402,17 @@ impl GroupCoordinator {
         Ok(errors)
     }
 
-    /// The records for offsets that pass the checks, and an error per offset.
+    /// The records for offsets that pass the checks, the offsets they commit, and an error
+    /// per offset.
     pub(super) fn offset_records(
         &self,
         host: &dyn Host,
         group_id: &str,
         offsets: &[CommitRequest],
-    ) -> (Vec<Record>, Vec<i16>) {
+    ) -> (Vec<Record>, Offsets, Vec<i16>) {
         let now = now_ms() as i64;
         let mut records = Vec::new();
+        let mut committed = Offsets::new();
         let results = offsets
             .iter()
             .map(|o| {
@@ -404,22 +425,24 @@ impl GroupCoordinator {
                 {
                     OFFSET_METADATA_TOO_LARGE
                 } else {
+                    let value = CommittedOffset {
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata.clone().unwrap_or_default(),
+                        commit_timestamp: now,
+                    };
                     records.push(Record::Offset {
                         group: group_id.to_string(),
                         topic: o.topic.clone(),
                         partition: o.partition,
-                        value: Some(CommittedOffset {
-                            offset: o.offset,
-                            leader_epoch: o.leader_epoch,
-                            metadata: o.metadata.clone().unwrap_or_default(),
-                            commit_timestamp: now,
-                        }),
+                        value: Some(value.clone()),
                     });
+                    committed.insert((o.topic.clone(), o.partition), value);
                     errors::NONE
                 }
             })
             .collect();
-        (records, results)
+        (records, committed, results)
     }
 
     /// OffsetCommit: checks membership and generation, persists, then remembers. Returns an
@@ -454,21 +477,11 @@ impl GroupCoordinator {
         if check != errors::NONE {
             return vec![check; n];
         }
-        let (records, results) = self.offset_records(host, group_id, &offsets);
+        let (records, committed, results) = self.offset_records(host, group_id, &offsets);
         if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
             return with_failure(results, e);
         }
-        for r in records {
-            if let Record::Offset {
-                topic,
-                partition,
-                value: Some(v),
-                ..
-            } = r
-            {
-                entry.offsets.insert((topic, partition), v);
-            }
-        }
+        entry.offsets.extend(committed);
         results
     }
 

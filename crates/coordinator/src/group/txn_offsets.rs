@@ -11,7 +11,7 @@ use super::coordinator::{
     CommitRequest, GroupCoordinator, INVALID_GROUP_ID, Located, OFFSETS_TOPIC, now_ms, with_failure,
 };
 use super::offsets_topic::{build_batch, write_error};
-use super::records::{CommittedOffset, Record};
+use super::records::CommittedOffset;
 use crate::host::{Host, WriteError};
 
 /// Offsets a producer's open transaction committed for one group.
@@ -67,7 +67,7 @@ impl GroupCoordinator {
         if check != errors::NONE {
             return vec![check; n];
         }
-        let (records, results) = self.offset_records(host, c.group_id, &offsets);
+        let (records, committed, results) = self.offset_records(host, c.group_id, &offsets);
         if records.is_empty() {
             return results;
         }
@@ -91,17 +91,7 @@ impl GroupCoordinator {
                 partition: shard.tp.partition,
                 offsets: BTreeMap::new(),
             });
-        for r in records {
-            if let Record::Offset {
-                topic,
-                partition,
-                value: Some(v),
-                ..
-            } = r
-            {
-                pending.offsets.insert((topic, partition), v);
-            }
-        }
+        pending.offsets.extend(committed);
         results
     }
 

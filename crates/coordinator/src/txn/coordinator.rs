@@ -52,9 +52,7 @@ impl Default for TxnConfig {
     }
 }
 
-pub fn now_ms() -> i64 {
-    strom_storage::clock::now_ms()
-}
+pub use strom_storage::clock::now_ms;
 
 /// The `__transaction_state` partition of a transactional id, as Kafka computes it.
 pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
@@ -390,14 +388,12 @@ impl TxnCoordinator {
         }
     }
 
-    /// AddPartitionsToTxn, and AddOffsetsToTxn with the group's offsets partition.
-    pub async fn add_partitions(
+    /// Runs a decision on an existing id's metadata: the error code for the client.
+    async fn decide_existing(
         &self,
         host: &dyn Host,
         id: &str,
-        producer_id: i64,
-        epoch: i16,
-        partitions: &[(String, i32)],
+        f: impl FnOnce(&mut TxnMetadata) -> (Result<(), i16>, Vec<Action>),
     ) -> i16 {
         let (shard, slot) = match self.existing(host, id).await {
             Ok(s) => s,
@@ -407,15 +403,25 @@ impl TxnCoordinator {
         let Some(m) = current.as_mut() else {
             return INVALID_PRODUCER_ID_MAPPING;
         };
-        match self
-            .decide(host, &shard, m, |m| {
-                m.add_partitions(producer_id, epoch, partitions, now_ms())
-            })
-            .await
-        {
+        match self.decide(host, &shard, m, f).await {
             Ok(()) => errors::NONE,
             Err(e) => e,
         }
+    }
+
+    /// AddPartitionsToTxn, and AddOffsetsToTxn with the group's offsets partition.
+    pub async fn add_partitions(
+        &self,
+        host: &dyn Host,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> i16 {
+        self.decide_existing(host, id, |m| {
+            m.add_partitions(producer_id, epoch, partitions, now_ms())
+        })
+        .await
     }
 
     /// EndTxn: commit or abort, markers included.
@@ -427,23 +433,8 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> i16 {
-        let (shard, slot) = match self.existing(host, id).await {
-            Ok(s) => s,
-            Err(e) => return e,
-        };
-        let mut current = slot.lock().await;
-        let Some(m) = current.as_mut() else {
-            return INVALID_PRODUCER_ID_MAPPING;
-        };
-        match self
-            .decide(host, &shard, m, |m| {
-                m.end(producer_id, epoch, commit, now_ms())
-            })
+        self.decide_existing(host, id, |m| m.end(producer_id, epoch, commit, now_ms()))
             .await
-        {
-            Ok(()) => errors::NONE,
-            Err(e) => e,
-        }
     }
 
     /// DescribeTransactions: `Ok(None)` for an id this coordinator does not know.
