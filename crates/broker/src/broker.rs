@@ -1,17 +1,25 @@
-//! The broker's state: its topics and partitions on disk, the cluster identity, producer id
-//! allocation. Handlers call into this; it knows nothing of wire types.
+//! The broker's state: the cluster identity, the metadata image (topics, partitions,
+//! leaders, configs) and this node's replicas, producer id allocation. Handlers call into
+//! this; it knows nothing of wire types.
+//!
+//! Metadata changes go one way: an admin operation makes metadata records, `publish`
+//! applies them to the image, the replica manager applies what they mean for this node,
+//! and the coordinators hear of the internal partitions this node now leads or left.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
+use strom_metadata::TopicPartition;
+use strom_metadata::image::{MetadataImage, Record};
 use strom_storage::StorageError;
 
 use crate::config::{BrokerConfig, parse_properties};
+use crate::errors;
 use crate::partition::Partition;
-use crate::topic_config::{TopicConfig, validate_topic_name};
+use crate::replica_manager::ReplicaManager;
+use crate::topic_config::TopicConfig;
 
-const TOPICS_DIR: &str = ".topics";
 const PRODUCER_IDS: &str = ".producer-id-block";
 const PRODUCER_ID_BLOCK: i64 = 1000;
 /// More partitions than this in one topic is a mistake (or an attack), not a plan: each is a
@@ -44,38 +52,31 @@ pub enum BrokerError {
     },
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
     let context = context.into();
     move |source| BrokerError::Io { context, source }
 }
 
-pub type TopicId = [u8; 16];
+pub use strom_metadata::image::TopicId;
 
+/// A topic as this broker uses it: its name, id and parsed config (the image holds the raw
+/// overrides; this is kept in step with it by `publish`).
 pub struct Topic {
     pub name: String,
     pub id: TopicId,
     pub config: RwLock<TopicConfig>,
-    pub partitions: RwLock<Vec<Arc<Partition>>>,
 }
 
 impl Topic {
-    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        let parts = self.partitions.read().unwrap();
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| parts.get(i).cloned())
-    }
-
-    pub fn partition_count(&self) -> usize {
-        self.partitions.read().unwrap().len()
-    }
-
     /// Kafka's internal topics are a fixed list, not a prefix: users make `__`-topics too
     /// (Debezium's heartbeats, Cruise Control's metrics) and write to them.
     pub fn is_internal(&self) -> bool {
-        self.name == crate::group::coordinator::OFFSETS_TOPIC
-            || self.name == crate::txn::coordinator::TXN_TOPIC
+        is_internal(&self.name)
     }
+}
+
+pub fn is_internal(name: &str) -> bool {
+    name == crate::group::coordinator::OFFSETS_TOPIC || name == crate::txn::coordinator::TXN_TOPIC
 }
 
 /// A new topic, as CreateTopics asks for it.
@@ -92,9 +93,14 @@ pub struct NewTopic {
 pub struct Broker {
     pub config: BrokerConfig,
     pub cluster_id: String,
+    /// The cluster metadata as this broker sees it.
+    image: RwLock<Arc<MetadataImage>>,
+    /// Parsed configs of the image's topics.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serializes topic creation and deletion (metadata changes), not data traffic.
-    admin: Mutex<()>,
+    /// This node's replicas.
+    pub replicas: ReplicaManager,
+    /// Serializes metadata changes (topic creation, deletion, configs), not data traffic.
+    pub(crate) admin: Mutex<()>,
     producer_ids: Mutex<(i64, i64)>,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
@@ -118,18 +124,18 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
-fn write_file_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_file_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
-fn topic_id_hex(id: &TopicId) -> String {
+pub(crate) fn topic_id_hex(id: &TopicId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_topic_id(s: &str) -> Option<TopicId> {
+pub(crate) fn parse_topic_id(s: &str) -> Option<TopicId> {
     if s.len() != 32 {
         return None;
     }
@@ -141,31 +147,35 @@ fn parse_topic_id(s: &str) -> Option<TopicId> {
 }
 
 impl Broker {
-    /// Opens the data directory: identity, topics and their logs (recovering them).
+    /// Opens the data directory: identity, topics and their logs (recovering them), then
+    /// publishes the metadata they make, which hands the coordinators their shards.
     pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let dir = config.log_dir.clone();
-        std::fs::create_dir_all(dir.join(TOPICS_DIR))
+        std::fs::create_dir_all(dir.join(crate::topics::TOPICS_DIR))
             .map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, config.node_id)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
-        let config_groups = config.groups;
-        let config_txns = config.txns;
         let broker = Broker {
+            replicas: ReplicaManager::new(config.node_id, dir.clone()),
+            groups: crate::group::coordinator::GroupCoordinator::new(config.groups),
+            txns: crate::txn::coordinator::TxnCoordinator::new(config.txns),
             config,
             cluster_id,
+            image: RwLock::new(Arc::new(MetadataImage::default())),
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             producer_ids: Mutex::new(producer_ids),
-            groups: crate::group::coordinator::GroupCoordinator::new(config_groups),
-            txns: crate::txn::coordinator::TxnCoordinator::new(config_txns),
         };
-        broker.load_topics()?;
-        // This node leads every partition it has: the coordinators load their shards now,
-        // and the transaction timers' first pass finishes what was prepared before a stop.
-        for topic in broker.topics() {
-            broker.elect(&topic, 0..topic.partition_count() as i32);
-        }
+        let mut records = vec![Record::RegisterBroker(strom_metadata::image::BrokerInfo {
+            id: broker.config.node_id,
+            host: broker.config.advertised_host.clone(),
+            port: broker.config.advertised_port,
+            rack: None,
+            fenced: false,
+        })];
+        records.extend(broker.load_topics()?);
+        broker.publish(&records)?;
         Ok(broker)
     }
 
@@ -224,105 +234,63 @@ impl Broker {
         Ok(ids.0 - 1)
     }
 
-    fn topic_file(&self, name: &str) -> PathBuf {
-        self.config
-            .log_dir
-            .join(TOPICS_DIR)
-            .join(format!("{name}.properties"))
+    /// The metadata image now.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.read().unwrap().clone()
     }
 
-    fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
-        self.config.log_dir.join(format!("{topic}-{index}"))
-    }
-
-    fn load_topics(&self) -> Result<(), BrokerError> {
-        let dir = self.config.log_dir.clone();
-        for entry in std::fs::read_dir(&dir).map_err(io("listing the data directory"))? {
-            let entry = entry.map_err(io("listing the data directory"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with("-delete") {
-                // A deletion that did not finish before a crash.
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+    /// Applies metadata records: the image, then this node's replicas, then the parsed
+    /// topic configs, then the coordinators (shards of internal partitions led here are
+    /// loaded; those no longer led are dropped before their logs go).
+    pub fn publish(&self, records: &[Record]) -> Result<(), BrokerError> {
+        let old = self.image();
+        let (next, ignored) = old.apply(records);
+        for why in ignored {
+            tracing::warn!("metadata record ignored: {why}");
         }
-        let topics_dir = dir.join(TOPICS_DIR);
-        for entry in std::fs::read_dir(&topics_dir).map_err(io("listing topics"))? {
-            let path = entry.map_err(io("listing topics"))?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".properties"))
-            else {
-                continue;
+        let changes = old.local_changes(&next, self.config.node_id);
+        // Topic configs first: a new replica opens with its topic's config.
+        let mut parsed = BTreeMap::new();
+        for (name, t) in &next.topics {
+            let config = match self.topic(name) {
+                Some(existing) if existing.id == t.id => {
+                    if existing.config.read().unwrap().overrides != t.configs {
+                        let c = TopicConfig::new(&self.config, t.configs.clone())
+                            .map_err(BrokerError::InvalidConfig)?;
+                        for p in self.replicas.all().iter().filter(|p| &p.topic == name) {
+                            p.set_config(&c);
+                        }
+                        *existing.config.write().unwrap() = c;
+                    }
+                    existing
+                }
+                _ => Arc::new(Topic {
+                    name: name.clone(),
+                    id: t.id,
+                    config: RwLock::new(
+                        TopicConfig::new(&self.config, t.configs.clone()).map_err(|e| {
+                            BrokerError::InvalidConfig(format!("topic {name}: {e}"))
+                        })?,
+                    ),
+                }),
             };
-            let text = std::fs::read_to_string(&path)
-                .map_err(io(format!("reading {}", path.display())))?;
-            let props = parse_properties(&text, &path.display().to_string())
-                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-            let id = props
-                .get("topic.id")
-                .and_then(|s| parse_topic_id(s))
-                .ok_or_else(|| {
-                    BrokerError::InvalidConfig(format!(
-                        "{}: missing or bad topic.id",
-                        path.display()
-                    ))
-                })?;
-            let count: i32 = props
-                .get("partitions")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1);
-            let overrides: BTreeMap<String, String> = props
-                .iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix("config.")
-                        .map(|k| (k.to_string(), v.clone()))
-                })
-                .collect();
-            let config = TopicConfig::new(&self.config, overrides)
-                .map_err(|e| BrokerError::InvalidConfig(format!("topic {name}: {e}")))?;
-            let topic = Arc::new(Topic {
-                name: name.to_string(),
-                id,
-                config: RwLock::new(config.clone()),
-                partitions: RwLock::new(Vec::new()),
-            });
-            for i in 0..count {
-                let p = self.open_partition(name, i, &config)?;
-                topic.partitions.write().unwrap().push(Arc::new(p));
-            }
-            self.topics.write().unwrap().insert(name.to_string(), topic);
+            parsed.insert(name.clone(), config);
+        }
+        for tp in &changes.deleted {
+            self.resign(tp);
+        }
+        self.replicas.apply(&changes, |name| {
+            parsed.get(name).map(|t| t.config.read().unwrap().clone())
+        })?;
+        *self.topics.write().unwrap() = parsed;
+        *self.image.write().unwrap() = Arc::new(next);
+        for (tp, info) in &changes.leaders {
+            self.elect(tp, info.leader_epoch);
+        }
+        for (tp, _) in &changes.followers {
+            self.resign(tp);
         }
         Ok(())
-    }
-
-    fn open_partition(
-        &self,
-        topic: &str,
-        index: i32,
-        config: &TopicConfig,
-    ) -> Result<Partition, BrokerError> {
-        Ok(Partition::open(
-            &self.partition_dir(topic, index),
-            topic,
-            index,
-            self.config.node_id,
-            config,
-        )?)
-    }
-
-    fn save_topic(&self, topic: &Topic) -> Result<(), BrokerError> {
-        let config = topic.config.read().unwrap();
-        let mut text = format!(
-            "topic.id={}\npartitions={}\nreplication.factor=1\n",
-            topic_id_hex(&topic.id),
-            topic.partition_count()
-        );
-        for (k, v) in &config.overrides {
-            text.push_str(&format!("config.{k}={v}\n"));
-        }
-        let path = self.topic_file(&topic.name);
-        write_file_atomically(&path, &text).map_err(io(format!("writing {}", path.display())))
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -342,204 +310,34 @@ impl Broker {
         self.topics.read().unwrap().values().cloned().collect()
     }
 
+    /// The partition count of `topic` in the metadata.
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.image().topic(topic).map(|t| t.partitions.len() as i32)
+    }
+
+    /// This node's replica of a partition, whoever leads it.
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
-        self.topic(topic)?.partition(index)
+        self.replicas.get(&TopicPartition::new(topic, index))
     }
 
-    fn check_assignments(
-        &self,
-        assignments: &[Vec<i32>],
-        replication_factor: usize,
-    ) -> Result<(), BrokerError> {
-        for (i, replicas) in assignments.iter().enumerate() {
-            if replicas.len() != replication_factor
-                || replicas.iter().any(|r| *r != self.config.node_id)
-            {
-                return Err(BrokerError::InvalidReplicaAssignment(format!(
-                    "partition {i} is assigned to brokers {replicas:?}, but this cluster has only broker {}",
-                    self.config.node_id
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Validates a new topic and, unless `validate_only`, creates it.
-    pub fn create_topic(
-        &self,
-        new: NewTopic,
-        validate_only: bool,
-    ) -> Result<Arc<Topic>, BrokerError> {
-        validate_topic_name(&new.name).map_err(BrokerError::InvalidTopic)?;
-        let _admin = self.admin.lock().unwrap();
-        if self.topic(&new.name).is_some() {
-            return Err(BrokerError::TopicExists(new.name));
-        }
-        let collides = self
-            .topics()
-            .into_iter()
-            .find(|t| t.name.replace('.', "_") == new.name.replace('.', "_"));
-        if let Some(t) = collides {
-            return Err(BrokerError::InvalidTopic(format!(
-                "topic {} collides with existing topic {}: '.' and '_' are interchangeable in metric names",
-                new.name, t.name
-            )));
-        }
-        let partitions = if new.assignments.is_empty() {
-            new.partitions.unwrap_or(self.config.num_partitions)
-        } else {
-            new.assignments.len() as i32
+    /// The partition, if this node leads it: UNKNOWN_TOPIC_OR_PARTITION when the metadata
+    /// has no such partition, NOT_LEADER_OR_FOLLOWER when another node leads it (or none
+    /// does), as Kafka answers produce, fetch and list-offsets requests.
+    pub fn leader_partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, i16> {
+        let image = self.image();
+        let Some(info) = image.partition(topic, index) else {
+            return Err(errors::UNKNOWN_TOPIC_OR_PARTITION);
         };
-        if !(1..=MAX_PARTITIONS).contains(&partitions) {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
-            )));
+        if info.leader != self.config.node_id {
+            return Err(errors::NOT_LEADER_OR_FOLLOWER);
         }
-        let rf = if new.assignments.is_empty() {
-            new.replication_factor
-                .unwrap_or(self.config.default_replication_factor)
-        } else {
-            new.assignments[0].len() as i16
-        };
-        if rf < 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor must be at least 1, got {rf}"
-            )));
-        }
-        if rf > 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor {rf} is larger than the number of brokers (1)"
-            )));
-        }
-        self.check_assignments(&new.assignments, rf as usize)?;
-        let config =
-            TopicConfig::new(&self.config, new.configs).map_err(BrokerError::InvalidConfig)?;
-        let topic = Arc::new(Topic {
-            name: new.name.clone(),
-            id: random_id(),
-            config: RwLock::new(config.clone()),
-            partitions: RwLock::new(Vec::new()),
-        });
-        if validate_only {
-            return Ok(topic);
-        }
-        for i in 0..partitions {
-            let p = self.open_partition(&new.name, i, &config)?;
-            topic.partitions.write().unwrap().push(Arc::new(p));
-        }
-        self.save_topic(&topic)?;
-        self.topics
-            .write()
-            .unwrap()
-            .insert(new.name.clone(), topic.clone());
-        tracing::info!(topic = %new.name, partitions, "created topic");
-        self.elect(&topic, 0..partitions);
-        Ok(topic)
-    }
-
-    pub fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        let _admin = self.admin.lock().unwrap();
-        let topic = self
-            .topics
-            .write()
-            .unwrap()
-            .remove(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-        self.resign(&topic);
-        let path = self.topic_file(name);
-        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
-        for p in topic.partitions.read().unwrap().iter() {
-            // Rename first so that a crash leaves a "-delete" directory that the next start
-            // removes, never a live-looking partition of a deleted topic.
-            let dir = p.log().dir().to_path_buf();
-            let doomed = dir.with_file_name(format!(
-                "{}.{}-delete",
-                dir.file_name().unwrap().to_string_lossy(),
-                topic_id_hex(&topic.id)
-            ));
-            p.close()?;
-            std::fs::rename(&dir, &doomed).map_err(io(format!("renaming {}", dir.display())))?;
-            std::fs::remove_dir_all(&doomed)
-                .map_err(io(format!("removing {}", doomed.display())))?;
-        }
-        tracing::info!(topic = %name, "deleted topic");
-        Ok(topic)
-    }
-
-    /// CreatePartitions: grows a topic to `count` partitions.
-    pub fn add_partitions(
-        &self,
-        name: &str,
-        count: i32,
-        assignments: Option<Vec<Vec<i32>>>,
-        validate_only: bool,
-    ) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().unwrap();
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-        let current = topic.partition_count() as i32;
-        if count > MAX_PARTITIONS {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} may have at most {MAX_PARTITIONS} partitions, not {count}"
-            )));
-        }
-        if count <= current {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} has {current} partitions; the new count {count} must be larger"
-            )));
-        }
-        if let Some(a) = &assignments {
-            if a.len() as i32 != count - current {
-                return Err(BrokerError::InvalidReplicaAssignment(format!(
-                    "{} assignments given for {} new partitions",
-                    a.len(),
-                    count - current
-                )));
-            }
-            self.check_assignments(a, 1)?;
-        }
-        if validate_only {
-            return Ok(());
-        }
-        let config = topic.config.read().unwrap().clone();
-        for i in current..count {
-            let p = self.open_partition(name, i, &config)?;
-            topic.partitions.write().unwrap().push(Arc::new(p));
-        }
-        self.save_topic(&topic)?;
-        self.elect(&topic, current..count);
-        Ok(())
-    }
-
-    /// Replaces a topic's overrides (validated first), live on every partition.
-    pub fn set_topic_config(
-        &self,
-        name: &str,
-        overrides: BTreeMap<String, String>,
-        validate_only: bool,
-    ) -> Result<(), BrokerError> {
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-        let config =
-            TopicConfig::new(&self.config, overrides).map_err(BrokerError::InvalidConfig)?;
-        if validate_only {
-            return Ok(());
-        }
-        let _admin = self.admin.lock().unwrap();
-        for p in topic.partitions.read().unwrap().iter() {
-            p.set_config(&config);
-        }
-        *topic.config.write().unwrap() = config;
-        self.save_topic(&topic)
+        self.partition(topic, index)
+            .filter(|p| p.leader() == self.config.node_id)
+            .ok_or(errors::NOT_LEADER_OR_FOLLOWER)
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
-        self.topics()
-            .iter()
-            .flat_map(|t| t.partitions.read().unwrap().clone())
-            .collect()
+        self.replicas.all()
     }
 }
 
@@ -606,7 +404,7 @@ mod tests {
         assert_eq!(b.cluster_id, cluster);
         let t = b.topic("t").unwrap();
         assert_eq!(t.id, id);
-        assert_eq!(t.partition_count(), 4);
+        assert_eq!(b.partition_count("t"), Some(4));
         assert_eq!(t.config.read().unwrap().log.retention_ms, 5000);
         assert!(b.allocate_producer_id().unwrap() > pid);
         b.delete_topic("t").unwrap();

@@ -14,7 +14,7 @@ use strom_metadata::TopicPartition;
 use strom_storage::batch::BatchHeader;
 use strom_storage::producer_state::SequenceError;
 
-use crate::broker::{Broker, Topic};
+use crate::broker::Broker;
 use crate::errors;
 use crate::partition::AppendError;
 
@@ -43,8 +43,8 @@ impl PartitionWriter for Broker {
     ) -> BoxFuture<'a, Result<u64, WriteError>> {
         Box::pin(async move {
             let p = self
-                .partition(&tp.topic, tp.partition)
-                .ok_or(WriteError::NotLeader)?;
+                .leader_partition(&tp.topic, tp.partition)
+                .map_err(|_| WriteError::NotLeader)?;
             let transactional = BatchHeader::parse(&batch).is_some_and(|h| h.is_transactional());
             let base = if transactional {
                 p.append_transactional(&mut batch, verification)
@@ -96,8 +96,8 @@ impl PartitionWriter for Broker {
     ) -> BoxFuture<'a, Result<(), WriteError>> {
         Box::pin(async move {
             let p = self
-                .partition(&tp.topic, tp.partition)
-                .ok_or(WriteError::NotLeader)?;
+                .leader_partition(&tp.topic, tp.partition)
+                .map_err(|_| WriteError::NotLeader)?;
             p.delete_records(offset)
                 .map(|_| ())
                 .map_err(|e| WriteError::Failed(e.to_string()))
@@ -114,11 +114,11 @@ impl ProducerIdSource for Broker {
 
 impl Topics for Broker {
     fn partition_exists(&self, topic: &str, partition: i32) -> bool {
-        self.partition(topic, partition).is_some()
+        self.image().partition(topic, partition).is_some()
     }
 
     fn partition_count(&self, topic: &str) -> Option<i32> {
-        self.topic(topic).map(|t| t.partition_count() as i32)
+        Broker::partition_count(self, topic)
     }
 
     fn ensure_internal_topic<'a>(
@@ -176,8 +176,9 @@ impl Broker {
         commit: bool,
         coordinator_epoch: i32,
     ) -> i16 {
-        let Some(p) = self.partition(topic, partition) else {
-            return errors::UNKNOWN_TOPIC_OR_PARTITION;
+        let p = match self.leader_partition(topic, partition) {
+            Ok(p) => p,
+            Err(code) => return code,
         };
         match p.write_marker(producer_id, producer_epoch, commit, coordinator_epoch) {
             Ok(_) => {
@@ -201,29 +202,22 @@ impl Broker {
         }
     }
 
-    /// This node leads `partitions` of `topic` (it leads everything it has, on one node): the
-    /// coordinator of an internal topic loads their shards.
-    pub(crate) fn elect(&self, topic: &Topic, partitions: std::ops::Range<i32>) {
-        for index in partitions {
-            let Some(p) = topic.partition(index) else {
-                continue;
-            };
-            match topic.name.as_str() {
-                OFFSETS_TOPIC => self.groups.on_election(self, index, p.leader_epoch()),
-                TXN_TOPIC => self.txns.on_election(self, index, p.leader_epoch()),
-                _ => {}
-            }
+    /// This node leads `tp` from `epoch` on: an internal partition's coordinator loads
+    /// its shard.
+    pub(crate) fn elect(&self, tp: &TopicPartition, epoch: i32) {
+        match tp.topic.as_str() {
+            OFFSETS_TOPIC => self.groups.on_election(self, tp.partition, epoch),
+            TXN_TOPIC => self.txns.on_election(self, tp.partition, epoch),
+            _ => {}
         }
     }
 
-    /// This node no longer leads `topic`'s partitions (the topic was deleted).
-    pub(crate) fn resign(&self, topic: &Topic) {
-        for index in 0..topic.partition_count() as i32 {
-            match topic.name.as_str() {
-                OFFSETS_TOPIC => self.groups.on_resignation(index, None),
-                TXN_TOPIC => self.txns.on_resignation(index, None),
-                _ => {}
-            }
+    /// This node no longer leads `tp` (it follows, or the partition is gone).
+    pub(crate) fn resign(&self, tp: &TopicPartition) {
+        match tp.topic.as_str() {
+            OFFSETS_TOPIC => self.groups.on_resignation(tp.partition, None),
+            TXN_TOPIC => self.txns.on_resignation(tp.partition, None),
+            _ => {}
         }
     }
 }

@@ -13,8 +13,8 @@ use crate::partition::Partition;
 impl Broker {
     /// Creates an internal topic on first use, as Kafka does; returns its partition count.
     pub fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<i32, i16> {
-        if let Some(t) = self.topic(name) {
-            return Ok(t.partition_count() as i32);
+        if let Some(n) = self.partition_count(name) {
+            return Ok(n);
         }
         let mut configs = BTreeMap::new();
         // Kept whole until compaction exists: the coordinators trim them themselves.
@@ -28,11 +28,8 @@ impl Broker {
             configs,
         };
         match self.create_topic(new, false) {
-            Ok(t) => Ok(t.partition_count() as i32),
-            Err(BrokerError::TopicExists(_)) => Ok(self
-                .topic(name)
-                .map(|t| t.partition_count() as i32)
-                .unwrap_or(0)),
+            Ok(t) => Ok(self.partition_count(&t.name).unwrap_or(0)),
+            Err(BrokerError::TopicExists(_)) => Ok(self.partition_count(name).unwrap_or(0)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot create {name}");
                 Err(errors::COORDINATOR_NOT_AVAILABLE)

@@ -11,9 +11,11 @@ mod maintenance;
 pub mod partition;
 pub mod protocol;
 pub mod purgatory;
+pub mod replica_manager;
 pub mod server;
 pub mod storage_errors;
 pub mod topic_config;
+mod topics;
 mod txn_verify;
 
 #[cfg(test)]

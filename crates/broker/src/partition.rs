@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use strom_metadata::image::PartitionInfo;
 use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
 use strom_storage::{LeaderAppend, Log, PartitionLog, ReadResult, StorageError};
@@ -32,6 +33,12 @@ impl From<strom_storage::AppendError> for AppendError {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Role {
+    leader: i32,
+    replicas: Vec<i32>,
+}
+
 /// What a produce to this partition got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -45,8 +52,8 @@ pub struct Partition {
     pub topic: String,
     pub index: i32,
     log: PartitionLog,
-    pub leader: i32,
-    pub replicas: Vec<i32>,
+    /// The leader and the replica set, as the metadata last said.
+    role: RwLock<Role>,
     leader_epoch: AtomicI32,
     isr: RwLock<Vec<i32>>,
     high_watermark: AtomicU64,
@@ -69,8 +76,10 @@ impl Partition {
         Ok(Partition {
             topic: topic.to_string(),
             index,
-            leader: node_id,
-            replicas: vec![node_id],
+            role: RwLock::new(Role {
+                leader: node_id,
+                replicas: vec![node_id],
+            }),
             leader_epoch: AtomicI32::new(epoch),
             isr: RwLock::new(vec![node_id]),
             // Alone in the ISR, everything in the log is committed.
@@ -152,6 +161,37 @@ impl Partition {
             crate::storage_errors::report(&self.topic, self.index, action, e);
         }
         r.map_err(AppendError::from)
+    }
+
+    /// The leader, as the metadata last said.
+    pub fn leader(&self) -> i32 {
+        self.role.read().unwrap().leader
+    }
+
+    pub fn replicas(&self) -> Vec<i32> {
+        self.role.read().unwrap().replicas.clone()
+    }
+
+    /// This node leads the partition from `info`'s leader epoch on, with its replicas and
+    /// ISR. Alone in the ISR, everything in the log is committed.
+    pub fn make_leader(&self, info: &PartitionInfo) {
+        self.set_role(info);
+        self.advance_high_watermark();
+    }
+
+    /// Another node leads the partition: this replica serves no produce or consumer fetch.
+    pub fn make_follower(&self, info: &PartitionInfo) {
+        self.set_role(info);
+    }
+
+    fn set_role(&self, info: &PartitionInfo) {
+        *self.role.write().unwrap() = Role {
+            leader: info.leader,
+            replicas: info.replicas.clone(),
+        };
+        *self.isr.write().unwrap() = info.isr.clone();
+        self.leader_epoch
+            .store(info.leader_epoch, Ordering::Release);
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -258,6 +298,10 @@ impl Partition {
 
     /// The high watermark is the smallest log end offset in the ISR; alone, our own.
     fn advance_high_watermark(&self) {
+        if self.isr.read().unwrap().len() > 1 {
+            // With followers in the ISR, their fetches move it (replication, to come).
+            return;
+        }
         let leo = self.log().log_end_offset();
         if self.high_watermark.fetch_max(leo, Ordering::AcqRel) < leo {
             self.watchers.notify();

@@ -110,7 +110,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
         false,
     )
     .unwrap();
-    let topic = b.topic("many").unwrap();
+    let partition = |i: i32| b.partition("many", i).unwrap();
     let fetch = |partition: i32| {
         let req = FetchRequest {
             replica_id: -1,
@@ -141,7 +141,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
     }
     let waiting = || {
         (0..PARTITIONS)
-            .map(|i| topic.partition(i).unwrap().watchers().watching())
+            .map(|i| partition(i).watchers().watching())
             .sum::<usize>()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -154,7 +154,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let woken_before: u64 = (0..PARTITIONS)
-        .map(|i| topic.partition(i).unwrap().watchers().woken())
+        .map(|i| partition(i).watchers().woken())
         .sum();
     assert_eq!(woken_before, 0);
 
@@ -167,11 +167,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
             headers: vec![],
         })
         .build();
-    topic
-        .partition(35)
-        .unwrap()
-        .append(&mut records, 1)
-        .unwrap();
+    partition(35).append(&mut records, 1).unwrap();
     let reply = tokio::time::timeout(std::time::Duration::from_secs(30), &mut tasks[7])
         .await
         .expect("the fetch on the appended partition answers")
@@ -185,7 +181,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
     assert_eq!(batches.len(), 1, "the one batch appended");
 
     let woken: Vec<(i32, u64)> = (0..PARTITIONS)
-        .map(|i| (i, topic.partition(i).unwrap().watchers().woken()))
+        .map(|i| (i, partition(i).watchers().woken()))
         .filter(|(_, n)| *n > 0)
         .collect();
     assert_eq!(
@@ -199,4 +195,243 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// Leadership is data: once the metadata makes another node the leader of t-1 (this node a
+/// follower), Produce, Fetch and ListOffsets for it answer NOT_LEADER_OR_FOLLOWER while t-0
+/// is served as before, Metadata shows the new leader and epoch, and the group coordinator
+/// gives up the `__consumer_offsets` partition it no longer leads (NOT_COORDINATOR).
+#[tokio::test]
+async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
+    use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use krabka_protocol::owned::fetch_response::FetchResponse;
+    use krabka_protocol::owned::list_offsets_request::{
+        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    };
+    use krabka_protocol::owned::list_offsets_response::ListOffsetsResponse;
+    use krabka_protocol::owned::offset_commit_request::{
+        OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use krabka_protocol::owned::offset_commit_response::OffsetCommitResponse;
+    use krabka_protocol::owned::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
+    use krabka_protocol::owned::produce_response::ProduceResponse;
+    use krabka_protocol::records::RecordsPayload;
+    use strom_metadata::image::{BrokerInfo, PartitionInfo, Record as MetaRecord};
+    use strom_storage::batch::{BatchBuilder, Record};
+
+    const PRODUCE: i16 = 0;
+    const FETCH: i16 = 1;
+    const LIST_OFFSETS: i16 = 2;
+    const OFFSET_COMMIT: i16 = 8;
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    const NOT_COORDINATOR: i16 = 16;
+    const FIND_COORDINATOR: i16 = 10;
+    use krabka_protocol::owned::find_coordinator_request::FindCoordinatorRequest;
+    use krabka_protocol::owned::find_coordinator_response::FindCoordinatorResponse;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path());
+    let group = "readers";
+    let commit = |partition: i32| {
+        let req = OffsetCommitRequest {
+            group_id: group.into(),
+            generation_id_or_member_epoch: -1,
+            topics: vec![OffsetCommitRequestTopic {
+                name: "t".into(),
+                partitions: vec![OffsetCommitRequestPartition {
+                    partition_index: partition,
+                    committed_offset: 1,
+                    committed_leader_epoch: -1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        frame(OFFSET_COMMIT, 8, true, &encode(&req, 8))
+    };
+    // The group's coordinator works here first (and creates `__consumer_offsets`).
+    let r: OffsetCommitResponse = decode(handle(&b, commit(0), peer()).await, 8, true);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+
+    let elsewhere = PartitionInfo {
+        replicas: vec![0, 7],
+        isr: vec![7],
+        leader: 7,
+        leader_epoch: 3,
+        partition_epoch: 1,
+    };
+    let offsets_partition = (0..2)
+        .find(|p| {
+            // The broker helper makes `__consumer_offsets` with 2 partitions.
+            strom_broker::group::records::partition_for(group, 2) == *p
+        })
+        .unwrap();
+    b.publish(&[
+        MetaRecord::RegisterBroker(BrokerInfo {
+            id: 7,
+            host: "elsewhere".into(),
+            port: 9097,
+            rack: None,
+            fenced: false,
+        }),
+        MetaRecord::Partition {
+            topic: "t".into(),
+            partition: 1,
+            info: elsewhere.clone(),
+        },
+        MetaRecord::Partition {
+            topic: "__consumer_offsets".into(),
+            partition: offsets_partition,
+            info: elsewhere.clone(),
+        },
+    ])
+    .unwrap();
+
+    let batch = BatchBuilder::new()
+        .record(Record {
+            timestamp: 1,
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: vec![],
+        })
+        .build();
+    let produce = ProduceRequest {
+        acks: 1,
+        timeout_ms: 5000,
+        topic_data: vec![TopicProduceData {
+            name: "t".into(),
+            partition_data: (0..2)
+                .map(|index| PartitionProduceData {
+                    index,
+                    records: Some(RecordsPayload::Raw(bytes::Bytes::from(batch.clone()))),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let r: ProduceResponse = decode(
+        handle(&b, frame(PRODUCE, 9, true, &encode(&produce, 9)), peer()).await,
+        9,
+        true,
+    );
+    let codes: Vec<i16> = r.responses[0]
+        .partition_responses
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, vec![0, NOT_LEADER_OR_FOLLOWER]);
+
+    let fetch = FetchRequest {
+        replica_id: -1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: "t".into(),
+            partitions: (0..2)
+                .map(|partition| FetchPartition {
+                    partition,
+                    current_leader_epoch: -1,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let r: FetchResponse = decode(
+        handle(&b, frame(FETCH, 12, true, &encode(&fetch, 12)), peer()).await,
+        12,
+        true,
+    );
+    let codes: Vec<(i16, i64)> = r.responses[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.high_watermark))
+        .collect();
+    assert_eq!(codes, vec![(0, 1), (NOT_LEADER_OR_FOLLOWER, -1)]);
+
+    let list = ListOffsetsRequest {
+        replica_id: -1,
+        topics: vec![ListOffsetsTopic {
+            name: "t".into(),
+            partitions: (0..3)
+                .map(|partition_index| ListOffsetsPartition {
+                    partition_index,
+                    current_leader_epoch: -1,
+                    timestamp: -1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let r: ListOffsetsResponse = decode(
+        handle(&b, frame(LIST_OFFSETS, 7, true, &encode(&list, 7)), peer()).await,
+        7,
+        true,
+    );
+    let codes: Vec<i16> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, vec![0, NOT_LEADER_OR_FOLLOWER, 3]);
+
+    let req = MetadataRequest {
+        topics: None,
+        ..Default::default()
+    };
+    let r: MetadataResponse = decode(
+        handle(&b, frame(METADATA, 12, true, &encode(&req, 12)), peer()).await,
+        12,
+        true,
+    );
+    let t = r
+        .topics
+        .iter()
+        .find(|t| t.name.as_deref() == Some("t"))
+        .unwrap();
+    let p1 = &t.partitions[1];
+    assert_eq!(
+        (p1.leader_id, p1.leader_epoch, p1.isr_nodes.clone()),
+        (7, 3, vec![7])
+    );
+    let brokers: Vec<(i32, String)> = r
+        .brokers
+        .iter()
+        .map(|b| (b.node_id, b.host.clone()))
+        .collect();
+    assert_eq!(
+        brokers,
+        vec![(0, "127.0.0.1".into()), (7, "elsewhere".into())]
+    );
+
+    // The coordinator resigned the partition of the group: its requests go elsewhere, and
+    // FindCoordinator names the partition's new leader.
+    let r: OffsetCommitResponse = decode(handle(&b, commit(0), peer()).await, 8, true);
+    assert_eq!(r.topics[0].partitions[0].error_code, NOT_COORDINATOR);
+    let find = FindCoordinatorRequest {
+        key: group.into(),
+        key_type: 0,
+        ..Default::default()
+    };
+    let r: FindCoordinatorResponse = decode(
+        handle(
+            &b,
+            frame(FIND_COORDINATOR, 3, true, &encode(&find, 3)),
+            peer(),
+        )
+        .await,
+        3,
+        true,
+    );
+    assert_eq!(
+        (r.error_code, r.node_id, r.host.as_str(), r.port),
+        (0, 7, "elsewhere", 9097)
+    );
 }

@@ -1,9 +1,10 @@
-//! The vocabulary the layers above storage share: Kafka's error codes and the
-//! topic-partition. The controller quorum's metadata image (brokers, topics, partitions with
-//! replicas, ISR, leaders and epochs, configs) and its deltas will live here too: pure data,
-//! no I/O.
+//! Pure data the layers above storage share: Kafka's error codes, the topic-partition, and
+//! the cluster metadata image (brokers, topics, partitions with replicas, ISR, leaders and
+//! epochs, configs), the records that change it and what a change means for one node. No
+//! I/O.
 
 pub mod errors;
+pub mod image;
 
 use std::fmt;
 

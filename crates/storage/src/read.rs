@@ -117,7 +117,7 @@ impl Log {
         {
             limit = limit.min(upper_pos);
         }
-        let end = seg.whole_batches_end(pos, limit)?;
+        let end = seg.whole_batches_end(pos, limit, upper)?;
         let after = if end < size {
             seg.read_header(end)?
         } else {

@@ -376,7 +376,10 @@ impl Segment {
     }
 
     /// End position of the whole batches that start at `start` and end by `limit`.
-    pub fn whole_batches_end(&self, start: u64, limit: u64) -> Result<u64> {
+    /// Where the whole batches from `start` end, within `limit` bytes and below offset
+    /// `upper`: a batch the writer has put in the file but not yet published (the log end
+    /// offset moves after the bytes) is not returned.
+    pub fn whole_batches_end(&self, start: u64, limit: u64, upper: u64) -> Result<u64> {
         let floor = self.with_index(|idx| {
             idx.offsets
                 .floor_position(limit.min(u32::MAX as u64) as u32)
@@ -387,7 +390,7 @@ impl Segment {
                 break;
             };
             let end = pos + h.total_size() as u64;
-            if end > limit {
+            if end > limit || h.last_offset() as u64 >= upper {
                 break;
             }
             pos = end;

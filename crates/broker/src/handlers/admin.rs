@@ -108,7 +108,7 @@ pub fn create_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
                         (n, _) => n as i32,
                     }
                 } else {
-                    topic.partition_count() as i32
+                    broker.partition_count(&topic.name).unwrap_or(0)
                 };
                 result.replication_factor = 1;
                 result.configs = Some(
@@ -242,7 +242,6 @@ pub fn delete_records(
         .topics
         .into_iter()
         .map(|t| {
-            let topic = broker.topic(&t.name);
             let partitions = t
                 .partitions
                 .into_iter()
@@ -252,9 +251,9 @@ pub fn delete_records(
                         low_watermark: -1,
                         ..Default::default()
                     };
-                    match topic.as_ref().and_then(|t| t.partition(dp.partition_index)) {
-                        None => r.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
-                        Some(p) => {
+                    match broker.leader_partition(&t.name, dp.partition_index) {
+                        Err(code) => r.error_code = code,
+                        Ok(p) => {
                             // -1 means "up to the high watermark".
                             let offset = if dp.offset == -1 {
                                 p.high_watermark() as i64
@@ -301,13 +300,20 @@ pub fn describe_cluster(
         &DescribeClusterResponse {
             cluster_id: broker.cluster_id.clone(),
             controller_id: broker.config.node_id,
-            brokers: vec![DescribeClusterBroker {
-                broker_id: broker.config.node_id,
-                host: broker.config.advertised_host.clone(),
-                port: broker.config.advertised_port as i32,
-                rack: None,
-                ..Default::default()
-            }],
+            brokers: broker
+                .image()
+                .brokers
+                .values()
+                .filter(|b| !b.fenced || req.include_fenced_brokers)
+                .map(|b| DescribeClusterBroker {
+                    broker_id: b.id,
+                    host: b.host.clone(),
+                    port: b.port as i32,
+                    rack: b.rack.clone(),
+                    is_fenced: b.fenced,
+                    ..Default::default()
+                })
+                .collect(),
             cluster_authorized_operations: authorized_operations(
                 req.include_cluster_authorized_operations,
                 Resource::Cluster,
@@ -337,11 +343,10 @@ pub fn describe_log_dirs(
         .topics()
         .into_iter()
         .filter_map(|t| {
-            let parts: Vec<DescribeLogDirsPartition> = t
-                .partitions
-                .read()
-                .unwrap()
+            let parts: Vec<DescribeLogDirsPartition> = broker
+                .all_partitions()
                 .iter()
+                .filter(|p| p.topic == t.name)
                 .filter(|p| {
                     wanted.as_ref().is_none_or(|w| {
                         w.iter()

@@ -7,22 +7,36 @@ use krabka_protocol::owned::find_coordinator_response::{Coordinator, FindCoordin
 use super::{HandlerResult, respond};
 use crate::broker::Broker;
 use crate::errors;
+use crate::group::coordinator::OFFSETS_TOPIC;
+use crate::group::records::partition_for as group_partition;
 use crate::protocol::{self, RequestContext};
+use crate::txn::coordinator::{TXN_TOPIC, partition_for as txn_partition};
 
 const GROUP: i8 = 0;
 const TRANSACTION: i8 = 1;
 
-/// FindCoordinator: on a single node, this broker coordinates every group and every
-/// transactional id (and creates `__consumer_offsets` or `__transaction_state` on first use,
-/// as Kafka does).
+/// FindCoordinator: the coordinator of a group or transactional id is the leader of its
+/// partition of `__consumer_offsets` or `__transaction_state` (created on first use, as
+/// Kafka does), as the metadata image says.
 pub async fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: FindCoordinatorRequest = protocol::decode(&mut body, ctx.version)?;
     let b: &Broker = broker;
     let ready = match req.key_type {
-        GROUP => Some(b.groups.ensure_offsets_topic(b).await.map(|_| ())),
-        TRANSACTION => Some(b.txns.ensure_topic(b).await.map(|_| ())),
+        GROUP => Some(
+            b.groups
+                .ensure_offsets_topic(b)
+                .await
+                .map(|n| (OFFSETS_TOPIC, n, group_partition as fn(&str, i32) -> i32)),
+        ),
+        TRANSACTION => Some(
+            b.txns
+                .ensure_topic(b)
+                .await
+                .map(|n| (TXN_TOPIC, n, txn_partition as fn(&str, i32) -> i32)),
+        ),
         _ => None,
     };
+    let image = b.image();
     let answer = |key: String| {
         let mut c = Coordinator {
             key,
@@ -36,13 +50,25 @@ pub async fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -
             c.error_message = Some(format!("unknown coordinator key type {}", req.key_type));
             return c;
         };
-        match ready {
-            Ok(()) => {
-                c.node_id = broker.config.node_id;
-                c.host = broker.config.advertised_host.clone();
-                c.port = broker.config.advertised_port as i32;
+        let (topic, partitions, partition_for) = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                c.error_code = e;
+                return c;
             }
-            Err(e) => c.error_code = e,
+        };
+        let leader = image
+            .partition(topic, partition_for(&c.key, partitions))
+            .and_then(|p| image.brokers.get(&p.leader))
+            .filter(|b| !b.fenced);
+        match leader {
+            Some(l) => {
+                c.node_id = l.id;
+                c.host = l.host.clone();
+                c.port = l.port as i32;
+            }
+            // No leader now (an election is under way): the client asks again.
+            None => c.error_code = errors::COORDINATOR_NOT_AVAILABLE,
         }
         c
     };

@@ -10,8 +10,9 @@ use krabka_protocol::records::RecordsPayload;
 use tokio::time::Instant;
 
 use super::{HandlerResult, respond};
-use crate::broker::{Broker, Topic};
+use crate::broker::Broker;
 use crate::errors;
+use crate::partition::Partition;
 use crate::protocol::{self, RequestContext};
 use crate::purgatory::Waiter;
 
@@ -52,11 +53,9 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
     } else {
         req.max_bytes as usize
     };
-    // Resolve topics once; by name before v13, by id from v13.
-    let topics: Vec<(
-        Option<Arc<Topic>>,
-        &krabka_protocol::owned::fetch_request::FetchTopic,
-    )> = req
+    // Resolve topics and partitions once; topics by name before v13, by id from v13. Only
+    // partitions this node leads are read.
+    let topics: Vec<Wanted> = req
         .topics
         .iter()
         .map(|t| {
@@ -65,19 +64,24 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             } else {
                 broker.topic(&t.topic)
             };
-            (topic, t)
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|fp| match &topic {
+                    None if ctx.version >= 13 => Err(errors::UNKNOWN_TOPIC_ID),
+                    None => Err(errors::UNKNOWN_TOPIC_OR_PARTITION),
+                    Some(topic) => broker.leader_partition(&topic.name, fp.partition),
+                })
+                .collect();
+            (t, partitions)
         })
         .collect();
     // Registered before the first read, so that an append between a read and the wait
     // still wakes it; only the partitions asked for can.
     let waiter = Waiter::new();
     if req.max_wait_ms > 0 {
-        for (topic, wanted) in &topics {
-            for fp in &wanted.partitions {
-                if let Some(p) = topic.as_ref().and_then(|t| t.partition(fp.partition)) {
-                    p.watch(&waiter);
-                }
-            }
+        for p in topics.iter().flat_map(|(_, ps)| ps).flatten() {
+            p.watch(&waiter);
         }
     }
     loop {
@@ -103,20 +107,23 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
     }
 }
 
+/// A topic of the request, with this node's partitions (or the error for each).
+type Wanted<'a> = (
+    &'a krabka_protocol::owned::fetch_request::FetchTopic,
+    Vec<Result<Arc<Partition>, i16>>,
+);
+
 fn read_all(
-    topics: &[(
-        Option<Arc<Topic>>,
-        &krabka_protocol::owned::fetch_request::FetchTopic,
-    )],
+    topics: &[Wanted<'_>],
     max_bytes: usize,
     version: i16,
     read_committed: bool,
 ) -> (Vec<FetchableTopicResponse>, usize) {
     let mut total = 0usize;
     let mut responses = Vec::with_capacity(topics.len());
-    for (topic, wanted) in topics {
+    for (wanted, resolved) in topics {
         let mut partitions = Vec::with_capacity(wanted.partitions.len());
-        for fp in &wanted.partitions {
+        for (fp, p) in wanted.partitions.iter().zip(resolved) {
             let mut data = PartitionData {
                 partition_index: fp.partition,
                 error_code: errors::NONE,
@@ -129,14 +136,13 @@ fn read_all(
                 records: Some(RecordsPayload::Raw(Bytes::new())),
                 ..Default::default()
             };
-            let Some(p) = topic.as_ref().and_then(|t| t.partition(fp.partition)) else {
-                data.error_code = if version >= 13 && topic.is_none() {
-                    errors::UNKNOWN_TOPIC_ID
-                } else {
-                    errors::UNKNOWN_TOPIC_OR_PARTITION
-                };
-                partitions.push(data);
-                continue;
+            let p = match p {
+                Ok(p) => p,
+                Err(code) => {
+                    data.error_code = *code;
+                    partitions.push(data);
+                    continue;
+                }
             };
             // Read once: the records returned stop where the response says they do.
             let hw = p.high_watermark();

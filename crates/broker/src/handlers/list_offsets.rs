@@ -48,7 +48,6 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
         .topics
         .into_iter()
         .map(|t| {
-            let topic = broker.topic(&t.name);
             let partitions = t
                 .partitions
                 .into_iter()
@@ -61,9 +60,9 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
                         leader_epoch: -1,
                         ..Default::default()
                     };
-                    match topic.as_ref().and_then(|t| t.partition(lp.partition_index)) {
-                        None => r.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION,
-                        Some(p) => {
+                    match broker.leader_partition(&t.name, lp.partition_index) {
+                        Err(code) => r.error_code = code,
+                        Ok(p) => {
                             let epoch = p.leader_epoch();
                             if ctx.version >= 4
                                 && lp.current_leader_epoch >= 0

@@ -9,23 +9,28 @@ use krabka_protocol::primitives::uuid::Uuid;
 
 use super::{HandlerResult, respond};
 use crate::acl::{OPERATIONS_OMITTED, Resource, authorized_operations};
-use crate::broker::{Broker, BrokerError, NewTopic, Topic};
+use crate::broker::{Broker, BrokerError, NewTopic, is_internal};
 use crate::errors;
 use crate::protocol::{self, RequestContext};
+use strom_metadata::image::{NO_LEADER, TopicInfo};
 
-pub(crate) fn topic_entry(topic: &Topic, operations: bool) -> MetadataResponseTopic {
+/// A topic as the metadata image has it: leaders, replicas, ISR and epochs per partition.
+pub(crate) fn topic_entry(topic: &TopicInfo, operations: bool) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
-        .read()
-        .unwrap()
         .iter()
-        .map(|p| MetadataResponsePartition {
-            error_code: errors::NONE,
-            partition_index: p.index,
+        .enumerate()
+        .map(|(i, p)| MetadataResponsePartition {
+            error_code: if p.leader == NO_LEADER {
+                errors::LEADER_NOT_AVAILABLE
+            } else {
+                errors::NONE
+            },
+            partition_index: i as i32,
             leader_id: p.leader,
-            leader_epoch: p.leader_epoch(),
+            leader_epoch: p.leader_epoch,
             replica_nodes: p.replicas.clone(),
-            isr_nodes: p.isr(),
+            isr_nodes: p.isr.clone(),
             offline_replicas: vec![],
             ..Default::default()
         })
@@ -34,7 +39,7 @@ pub(crate) fn topic_entry(topic: &Topic, operations: bool) -> MetadataResponseTo
         error_code: errors::NONE,
         name: Some(topic.name.clone()),
         topic_id: Uuid(topic.id),
-        is_internal: topic.is_internal(),
+        is_internal: is_internal(&topic.name),
         partitions,
         topic_authorized_operations: authorized_operations(operations, Resource::Topic),
         ..Default::default()
@@ -62,23 +67,20 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     let may_create = broker.config.auto_create_topics_enable
         && (ctx.version < 4 || req.allow_auto_topic_creation);
     let ops = ctx.version >= 8 && req.include_topic_authorized_operations;
+    let image = broker.image();
     let topics = if all {
-        broker
-            .topics()
-            .iter()
-            .map(|t| topic_entry(t, ops))
-            .collect()
+        image.topics.values().map(|t| topic_entry(t, ops)).collect()
     } else {
         let mut out = Vec::new();
         for wanted in req.topics.unwrap_or_default() {
             let entry = match wanted.name {
-                Some(name) => match broker.topic(&name) {
-                    Some(t) => topic_entry(&t, ops),
+                Some(name) => match image.topic(&name) {
+                    Some(t) => topic_entry(t, ops),
                     None if may_create => auto_create(broker, name, ops),
                     None => error_entry(Some(name), Uuid::ZERO, errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
-                None => match broker.topic_by_id(&wanted.topic_id.0) {
-                    Some(t) => topic_entry(&t, ops),
+                None => match image.topic_by_id(&wanted.topic_id.0) {
+                    Some(t) => topic_entry(t, ops),
                     None => error_entry(None, wanted.topic_id, errors::UNKNOWN_TOPIC_ID),
                 },
             };
@@ -89,13 +91,19 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     respond(
         ctx,
         &MetadataResponse {
-            brokers: vec![MetadataResponseBroker {
-                node_id: broker.config.node_id,
-                host: broker.config.advertised_host.clone(),
-                port: broker.config.advertised_port as i32,
-                rack: None,
-                ..Default::default()
-            }],
+            // Fenced brokers are left out, as Kafka leaves them out.
+            brokers: image
+                .brokers
+                .values()
+                .filter(|b| !b.fenced)
+                .map(|b| MetadataResponseBroker {
+                    node_id: b.id,
+                    host: b.host.clone(),
+                    port: b.port as i32,
+                    rack: b.rack.clone(),
+                    ..Default::default()
+                })
+                .collect(),
             cluster_id: Some(broker.cluster_id.clone()),
             controller_id: broker.config.node_id,
             topics,
@@ -118,10 +126,9 @@ fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopi
         configs: Default::default(),
     };
     match broker.create_topic(new, false) {
-        Ok(t) => topic_entry(&t, ops),
-        // Another request created it first.
-        Err(BrokerError::TopicExists(_)) => match broker.topic(&name) {
-            Some(t) => topic_entry(&t, ops),
+        // Created, or another request created it first.
+        Ok(_) | Err(BrokerError::TopicExists(_)) => match broker.image().topic(&name) {
+            Some(t) => topic_entry(t, ops),
             None => error_entry(Some(name), Uuid::ZERO, errors::LEADER_NOT_AVAILABLE),
         },
         Err(BrokerError::InvalidTopic(_)) => {

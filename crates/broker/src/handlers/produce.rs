@@ -99,20 +99,22 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 // transaction state. Kafka refuses them the same way.
                 r.error = errors::INVALID_TOPIC_EXCEPTION;
                 r.message = Some(format!("cannot produce to the internal topic {}", t.name));
-            } else if let Some(partition) = topic.as_ref().and_then(|t| t.partition(p.partition)) {
-                match p.records.filter(|r| !r.is_empty()) {
-                    None => {
+            } else {
+                let partition = broker.leader_partition(&t.name, p.partition);
+                match (partition, p.records.filter(|r| !r.is_empty())) {
+                    (Err(code), _) => r.error = code,
+                    (Ok(_), None) => {
                         r.error = errors::CORRUPT_MESSAGE;
                         r.message = Some("no records".into());
                     }
-                    Some(records) if ctx.version >= 3 && several_batches(&records) => {
+                    (Ok(_), Some(records)) if ctx.version >= 3 && several_batches(&records) => {
                         r.error = invalid_record(ctx.version);
                         r.message = Some(
                             "produce requests v3 and above carry exactly one record batch per partition"
                                 .into(),
                         );
                     }
-                    Some(records) => {
+                    (Ok(partition), Some(records)) => {
                         // The log assigns offsets in place, so the batches need a buffer of
                         // their own; they are stored exactly as patched.
                         let mut buf = records.to_vec();
@@ -130,8 +132,6 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                         }
                     }
                 }
-            } else {
-                r.error = errors::UNKNOWN_TOPIC_OR_PARTITION;
             }
             results.push(r);
         }

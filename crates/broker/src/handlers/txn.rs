@@ -67,7 +67,7 @@ pub async fn add_partitions(
         .collect();
     let unknown: Vec<bool> = wanted
         .iter()
-        .map(|(t, p)| broker.partition(t, *p).is_none())
+        .map(|(t, p)| broker.image().partition(t, *p).is_none())
         .collect();
     // Kafka adds all or none: with one unknown partition, the others are not attempted.
     let codes: Vec<i16> = if unknown.iter().any(|u| *u) {
@@ -415,13 +415,13 @@ pub fn describe_producers(
             partitions: t
                 .partition_indexes
                 .iter()
-                .map(|&i| match broker.partition(&t.name, i) {
-                    None => PartitionResponse {
+                .map(|&i| match broker.leader_partition(&t.name, i) {
+                    Err(error_code) => PartitionResponse {
                         partition_index: i,
-                        error_code: errors::UNKNOWN_TOPIC_OR_PARTITION,
+                        error_code,
                         ..Default::default()
                     },
-                    Some(p) => PartitionResponse {
+                    Ok(p) => PartitionResponse {
                         partition_index: i,
                         error_code: errors::NONE,
                         active_producers: p

@@ -1,0 +1,321 @@
+//! Topic administration on this node: CreateTopics, DeleteTopics, CreatePartitions and
+//! config changes become metadata records, published through the image. Until the
+//! controller quorum keeps the metadata log, the single node stores each topic in
+//! `.topics/<name>.properties` and reads them back at start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strom_metadata::TopicPartition;
+use strom_metadata::image::{PartitionInfo, Record};
+
+use crate::broker::{
+    Broker, BrokerError, MAX_PARTITIONS, NewTopic, Topic, TopicId, io, parse_topic_id, random_id,
+    topic_id_hex, write_file_atomically,
+};
+use crate::config::parse_properties;
+use crate::topic_config::{TopicConfig, validate_topic_name};
+
+pub(crate) const TOPICS_DIR: &str = ".topics";
+
+/// A topic as stored in `.topics/<name>.properties`.
+struct Stored {
+    name: String,
+    id: TopicId,
+    partitions: i32,
+    overrides: BTreeMap<String, String>,
+}
+
+impl Broker {
+    fn topic_file(&self, name: &str) -> PathBuf {
+        self.config
+            .log_dir
+            .join(TOPICS_DIR)
+            .join(format!("{name}.properties"))
+    }
+
+    /// The records of this node's partition `index` of a topic it alone holds: led here,
+    /// from the leader epoch its log last wrote with.
+    fn led_here(&self, topic: &str, index: i32, leader_epoch: i32) -> Record {
+        let node = self.config.node_id;
+        Record::Partition {
+            topic: topic.to_string(),
+            partition: index,
+            info: PartitionInfo {
+                replicas: vec![node],
+                isr: vec![node],
+                leader: node,
+                leader_epoch,
+                partition_epoch: 0,
+            },
+        }
+    }
+
+    /// Reads the stored topics and opens (recovering) their partitions; returns the metadata
+    /// records they make.
+    pub(crate) fn load_topics(&self) -> Result<Vec<Record>, BrokerError> {
+        let dir = self.config.log_dir.clone();
+        for entry in std::fs::read_dir(&dir).map_err(io("listing the data directory"))? {
+            let entry = entry.map_err(io("listing the data directory"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with("-delete") {
+                // A deletion that did not finish before a crash.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(dir.join(TOPICS_DIR)).map_err(io("listing topics"))? {
+            let path = entry.map_err(io("listing topics"))?.path();
+            let Some(stored) = self.read_stored(&path)? else {
+                continue;
+            };
+            let config = TopicConfig::new(&self.config, stored.overrides.clone())
+                .map_err(|e| BrokerError::InvalidConfig(format!("topic {}: {e}", stored.name)))?;
+            records.push(Record::Topic {
+                name: stored.name.clone(),
+                id: stored.id,
+            });
+            records.push(Record::TopicConfigs {
+                topic: stored.name.clone(),
+                configs: stored.overrides,
+            });
+            for i in 0..stored.partitions {
+                let p = self
+                    .replicas
+                    .open(&TopicPartition::new(stored.name.clone(), i), &config)?;
+                records.push(self.led_here(&stored.name, i, p.leader_epoch()));
+            }
+        }
+        Ok(records)
+    }
+
+    fn read_stored(&self, path: &std::path::Path) -> Result<Option<Stored>, BrokerError> {
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".properties"))
+        else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+        let props = parse_properties(&text, &path.display().to_string())
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let id = props
+            .get("topic.id")
+            .and_then(|s| parse_topic_id(s))
+            .ok_or_else(|| {
+                BrokerError::InvalidConfig(format!("{}: missing or bad topic.id", path.display()))
+            })?;
+        Ok(Some(Stored {
+            name: name.to_string(),
+            id,
+            partitions: props
+                .get("partitions")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
+            overrides: props
+                .iter()
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("config.")
+                        .map(|k| (k.to_string(), v.clone()))
+                })
+                .collect(),
+        }))
+    }
+
+    fn save_topic(
+        &self,
+        name: &str,
+        id: &TopicId,
+        partitions: i32,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let mut text = format!(
+            "topic.id={}\npartitions={partitions}\nreplication.factor=1\n",
+            topic_id_hex(id),
+        );
+        for (k, v) in overrides {
+            text.push_str(&format!("config.{k}={v}\n"));
+        }
+        let path = self.topic_file(name);
+        write_file_atomically(&path, &text).map_err(io(format!("writing {}", path.display())))
+    }
+
+    fn check_assignments(
+        &self,
+        assignments: &[Vec<i32>],
+        replication_factor: usize,
+    ) -> Result<(), BrokerError> {
+        for (i, replicas) in assignments.iter().enumerate() {
+            if replicas.len() != replication_factor
+                || replicas.iter().any(|r| *r != self.config.node_id)
+            {
+                return Err(BrokerError::InvalidReplicaAssignment(format!(
+                    "partition {i} is assigned to brokers {replicas:?}, but this cluster has only broker {}",
+                    self.config.node_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a new topic and, unless `validate_only`, creates it.
+    pub fn create_topic(
+        &self,
+        new: NewTopic,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(&new.name).map_err(BrokerError::InvalidTopic)?;
+        let _admin = self.admin.lock().unwrap();
+        if self.topic(&new.name).is_some() {
+            return Err(BrokerError::TopicExists(new.name));
+        }
+        let collides = self
+            .topics()
+            .into_iter()
+            .find(|t| t.name.replace('.', "_") == new.name.replace('.', "_"));
+        if let Some(t) = collides {
+            return Err(BrokerError::InvalidTopic(format!(
+                "topic {} collides with existing topic {}: '.' and '_' are interchangeable in metric names",
+                new.name, t.name
+            )));
+        }
+        let partitions = if new.assignments.is_empty() {
+            new.partitions.unwrap_or(self.config.num_partitions)
+        } else {
+            new.assignments.len() as i32
+        };
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "number of partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+            )));
+        }
+        let rf = if new.assignments.is_empty() {
+            new.replication_factor
+                .unwrap_or(self.config.default_replication_factor)
+        } else {
+            new.assignments[0].len() as i16
+        };
+        if rf < 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "replication factor must be at least 1, got {rf}"
+            )));
+        }
+        if rf > 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "replication factor {rf} is larger than the number of brokers (1)"
+            )));
+        }
+        self.check_assignments(&new.assignments, rf as usize)?;
+        let config = TopicConfig::new(&self.config, new.configs.clone())
+            .map_err(BrokerError::InvalidConfig)?;
+        let id = random_id();
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: new.name,
+                id,
+                config: std::sync::RwLock::new(config),
+            }));
+        }
+        let mut records = vec![
+            Record::Topic {
+                name: new.name.clone(),
+                id,
+            },
+            Record::TopicConfigs {
+                topic: new.name.clone(),
+                configs: config.overrides.clone(),
+            },
+        ];
+        records.extend((0..partitions).map(|i| self.led_here(&new.name, i, 0)));
+        self.save_topic(&new.name, &id, partitions, &config.overrides)?;
+        self.publish(&records)?;
+        tracing::info!(topic = %new.name, partitions, "created topic");
+        self.topic(&new.name)
+            .ok_or_else(|| BrokerError::UnknownTopic(new.name.clone()))
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        let _admin = self.admin.lock().unwrap();
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let path = self.topic_file(name);
+        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+        self.publish(&[Record::RemoveTopic {
+            name: name.to_string(),
+        }])?;
+        tracing::info!(topic = %name, "deleted topic");
+        Ok(topic)
+    }
+
+    /// CreatePartitions: grows a topic to `count` partitions.
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().unwrap();
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let current = self.partition_count(name).unwrap_or(0);
+        if count > MAX_PARTITIONS {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} may have at most {MAX_PARTITIONS} partitions, not {count}"
+            )));
+        }
+        if count <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} has {current} partitions; the new count {count} must be larger"
+            )));
+        }
+        if let Some(a) = &assignments {
+            if a.len() as i32 != count - current {
+                return Err(BrokerError::InvalidReplicaAssignment(format!(
+                    "{} assignments given for {} new partitions",
+                    a.len(),
+                    count - current
+                )));
+            }
+            self.check_assignments(a, 1)?;
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let overrides = topic.config.read().unwrap().overrides.clone();
+        self.save_topic(name, &topic.id, count, &overrides)?;
+        let records: Vec<Record> = (current..count)
+            .map(|i| self.led_here(name, i, 0))
+            .collect();
+        self.publish(&records)
+    }
+
+    /// Replaces a topic's overrides (validated first), live on every partition.
+    pub fn set_topic_config(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let topic = self
+            .topic(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let config =
+            TopicConfig::new(&self.config, overrides).map_err(BrokerError::InvalidConfig)?;
+        if validate_only {
+            return Ok(());
+        }
+        let _admin = self.admin.lock().unwrap();
+        let count = self.partition_count(name).unwrap_or(0);
+        self.save_topic(name, &topic.id, count, &config.overrides)?;
+        self.publish(&[Record::TopicConfigs {
+            topic: name.to_string(),
+            configs: config.overrides,
+        }])
+    }
+}

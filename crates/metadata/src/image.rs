@@ -1,0 +1,308 @@
+//! The cluster metadata as every broker sees it: brokers, topics, and per partition its
+//! replicas, ISR, leader and epochs, plus topic configs. An image changes only by applying
+//! metadata records (Kafka's KRaft records, simplified): today the single node writes them
+//! itself; with the controller quorum they arrive from the Raft log. What a change means for
+//! one node (partitions to lead, to follow, to drop) is computed here, without I/O.
+
+use std::collections::BTreeMap;
+
+use crate::TopicPartition;
+
+pub type TopicId = [u8; 16];
+
+/// Kafka's "no leader".
+pub const NO_LEADER: i32 = -1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// Bumped by every change to the partition (Kafka's partition epoch): an ISR change
+    /// from a stale view is refused by it.
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub id: TopicId,
+    pub partitions: Vec<PartitionInfo>,
+    /// The topic's config overrides (the broker's defaults apply to the rest).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// One change to the metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    RegisterBroker(BrokerInfo),
+    Topic {
+        name: String,
+        id: TopicId,
+    },
+    /// A new partition, or a new state of one (leader, ISR, replicas).
+    Partition {
+        topic: String,
+        partition: i32,
+        info: PartitionInfo,
+    },
+    /// Replaces a topic's config overrides.
+    TopicConfigs {
+        topic: String,
+        configs: BTreeMap<String, String>,
+    },
+    RemoveTopic {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicInfo>,
+}
+
+/// What a metadata change means for one node's replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalChanges {
+    /// Partitions this node now leads (new, or with a new leader epoch or replica set).
+    pub leaders: Vec<(TopicPartition, PartitionInfo)>,
+    /// Partitions this node now follows.
+    pub followers: Vec<(TopicPartition, PartitionInfo)>,
+    /// Replicas this node no longer holds (topic deleted or replica moved away).
+    pub deleted: Vec<TopicPartition>,
+}
+
+impl LocalChanges {
+    pub fn is_empty(&self) -> bool {
+        self.leaders.is_empty() && self.followers.is_empty() && self.deleted.is_empty()
+    }
+}
+
+impl MetadataImage {
+    pub fn topic(&self, name: &str) -> Option<&TopicInfo> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &TopicId) -> Option<&TopicInfo> {
+        self.topics.values().find(|t| &t.id == id)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionInfo> {
+        self.topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)
+    }
+
+    /// The image after `records`. Records about unknown topics, or partitions that are
+    /// neither the next one nor an existing one, are ignored (and reported).
+    pub fn apply(&self, records: &[Record]) -> (MetadataImage, Vec<String>) {
+        let mut next = self.clone();
+        let mut ignored = Vec::new();
+        for r in records {
+            match r {
+                Record::RegisterBroker(b) => {
+                    next.brokers.insert(b.id, b.clone());
+                }
+                Record::Topic { name, id } => {
+                    next.topics
+                        .entry(name.clone())
+                        .or_insert_with(|| TopicInfo {
+                            name: name.clone(),
+                            id: *id,
+                            partitions: Vec::new(),
+                            configs: BTreeMap::new(),
+                        });
+                }
+                Record::Partition {
+                    topic,
+                    partition,
+                    info,
+                } => {
+                    let Some(t) = next.topics.get_mut(topic) else {
+                        ignored.push(format!("partition {partition} of unknown topic {topic}"));
+                        continue;
+                    };
+                    match usize::try_from(*partition) {
+                        Ok(i) if i < t.partitions.len() => t.partitions[i] = info.clone(),
+                        Ok(i) if i == t.partitions.len() => t.partitions.push(info.clone()),
+                        _ => ignored.push(format!("partition {partition} of {topic} out of order")),
+                    }
+                }
+                Record::TopicConfigs { topic, configs } => match next.topics.get_mut(topic) {
+                    Some(t) => t.configs = configs.clone(),
+                    None => ignored.push(format!("configs of unknown topic {topic}")),
+                },
+                Record::RemoveTopic { name } => {
+                    if next.topics.remove(name).is_none() {
+                        ignored.push(format!("removal of unknown topic {name}"));
+                    }
+                }
+            }
+        }
+        (next, ignored)
+    }
+
+    /// What changed for node `node` between `self` and `next`: Kafka's
+    /// `TopicsDelta.localChanges`.
+    pub fn local_changes(&self, next: &MetadataImage, node: i32) -> LocalChanges {
+        let mut changes = LocalChanges::default();
+        for (name, t) in &next.topics {
+            let before = self.topics.get(name).filter(|b| b.id == t.id);
+            for (i, info) in t.partitions.iter().enumerate() {
+                let tp = TopicPartition::new(name.clone(), i as i32);
+                let old = before.and_then(|b| b.partitions.get(i));
+                if old == Some(info) {
+                    continue;
+                }
+                let was_replica = old.is_some_and(|o| o.replicas.contains(&node));
+                if info.replicas.contains(&node) {
+                    if info.leader == node {
+                        changes.leaders.push((tp, info.clone()));
+                    } else {
+                        changes.followers.push((tp, info.clone()));
+                    }
+                } else if was_replica {
+                    changes.deleted.push(tp);
+                }
+            }
+        }
+        for (name, t) in &self.topics {
+            let gone = next.topics.get(name).is_none_or(|n| n.id != t.id);
+            for (i, info) in t.partitions.iter().enumerate() {
+                if gone && info.replicas.contains(&node) {
+                    changes
+                        .deleted
+                        .push(TopicPartition::new(name.clone(), i as i32));
+                }
+            }
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(replicas: &[i32], leader: i32, epoch: i32) -> PartitionInfo {
+        PartitionInfo {
+            replicas: replicas.to_vec(),
+            isr: replicas.to_vec(),
+            leader,
+            leader_epoch: epoch,
+            partition_epoch: epoch,
+        }
+    }
+
+    fn topic(name: &str, id: u8, parts: &[PartitionInfo]) -> Vec<Record> {
+        let mut r = vec![Record::Topic {
+            name: name.into(),
+            id: [id; 16],
+        }];
+        r.extend(parts.iter().enumerate().map(|(i, p)| Record::Partition {
+            topic: name.into(),
+            partition: i as i32,
+            info: p.clone(),
+        }));
+        r
+    }
+
+    #[test]
+    fn records_build_the_image_and_bad_ones_are_reported_not_applied() {
+        let (img, ignored) = MetadataImage::default().apply(&topic("t", 1, &[info(&[1], 1, 0)]));
+        assert!(ignored.is_empty());
+        assert_eq!(img.partition("t", 0).unwrap().leader, 1);
+        assert_eq!(img.topic_by_id(&[1; 16]).unwrap().name, "t");
+        let (same, ignored) = img.apply(&[
+            Record::Partition {
+                topic: "t".into(),
+                partition: 5,
+                info: info(&[1], 1, 0),
+            },
+            Record::Partition {
+                topic: "nope".into(),
+                partition: 0,
+                info: info(&[1], 1, 0),
+            },
+            Record::RemoveTopic {
+                name: "nope".into(),
+            },
+        ]);
+        assert_eq!(same, img);
+        assert_eq!(ignored.len(), 3);
+    }
+
+    #[test]
+    fn local_changes_name_what_this_node_leads_follows_and_drops() {
+        let (before, _) = MetadataImage::default().apply(
+            &[
+                topic("a", 1, &[info(&[1, 2], 1, 0), info(&[2, 3], 2, 0)]),
+                topic("gone", 2, &[info(&[1], 1, 0)]),
+            ]
+            .concat(),
+        );
+        let (after, _) = before.apply(&[
+            // a-0: leadership moves to 2 (epoch 1); a-1: 1 replaces 3; a-2: new, led by 1.
+            Record::Partition {
+                topic: "a".into(),
+                partition: 0,
+                info: info(&[1, 2], 2, 1),
+            },
+            Record::Partition {
+                topic: "a".into(),
+                partition: 1,
+                info: info(&[2, 1], 2, 1),
+            },
+            Record::Partition {
+                topic: "a".into(),
+                partition: 2,
+                info: info(&[1], 1, 0),
+            },
+            Record::RemoveTopic {
+                name: "gone".into(),
+            },
+        ]);
+        let c = before.local_changes(&after, 1);
+        let names = |v: &[(TopicPartition, PartitionInfo)]| -> Vec<String> {
+            v.iter().map(|(tp, _)| tp.to_string()).collect()
+        };
+        assert_eq!(names(&c.leaders), vec!["a-2"]);
+        assert_eq!(names(&c.followers), vec!["a-0", "a-1"]);
+        assert_eq!(c.deleted, vec![TopicPartition::new("gone", 0)]);
+        // Node 3 lost its replica of a-1; nothing changes for node 9.
+        assert_eq!(
+            before.local_changes(&after, 3).deleted,
+            vec![TopicPartition::new("a", 1)]
+        );
+        assert!(before.local_changes(&after, 9).is_empty());
+        // Unchanged partitions are not changes.
+        assert!(after.local_changes(&after, 1).is_empty());
+    }
+
+    #[test]
+    fn a_topic_recreated_under_the_same_name_is_a_new_topic() {
+        let (before, _) = MetadataImage::default().apply(&topic("t", 1, &[info(&[1], 1, 0)]));
+        let (after, _) = before.apply(
+            &[
+                vec![Record::RemoveTopic { name: "t".into() }],
+                topic("t", 2, &[info(&[1], 1, 0)]),
+            ]
+            .concat(),
+        );
+        let c = before.local_changes(&after, 1);
+        assert_eq!(c.deleted, vec![TopicPartition::new("t", 0)]);
+        assert_eq!(c.leaders.len(), 1);
+    }
+}
