@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use strom_metadata::TopicPartition;
 use strom_metadata::image::{MetadataImage, Record};
-use strom_storage::StorageError;
 
 use crate::config::{BrokerConfig, parse_properties};
 use crate::errors;
@@ -26,36 +25,7 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 /// directory with open files.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("{0}")]
-    InvalidTopic(String),
-    #[error("topic {0} already exists")]
-    TopicExists(String),
-    #[error("{0}")]
-    InvalidPartitions(String),
-    #[error("{0}")]
-    InvalidReplicationFactor(String),
-    #[error("{0}")]
-    InvalidReplicaAssignment(String),
-    #[error("{0}")]
-    InvalidConfig(String),
-    #[error("unknown topic {0}")]
-    UnknownTopic(String),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
-    let context = context.into();
-    move |source| BrokerError::Io { context, source }
-}
+pub use crate::errors::{BrokerError, io};
 
 pub use strom_metadata::image::TopicId;
 
@@ -151,8 +121,7 @@ impl Broker {
     /// publishes the metadata they make, which hands the coordinators their shards.
     pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let dir = config.log_dir.clone();
-        std::fs::create_dir_all(dir.join(crate::topics::TOPICS_DIR))
-            .map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, config.node_id)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;

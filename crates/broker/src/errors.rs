@@ -16,3 +16,35 @@ pub fn from_storage(e: &StorageError) -> i16 {
         StorageError::Io { .. } => KAFKA_STORAGE_ERROR,
     }
 }
+
+/// What the broker's own operations (topics, metadata, storage) fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    #[error("{0}")]
+    InvalidReplicaAssignment(String),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BrokerError {
+    let context = context.into();
+    move |source| BrokerError::Io { context, source }
+}

@@ -245,9 +245,8 @@ impl Partition {
     /// Appends a produce request's records (one or more batches), deduplicating retried
     /// batches of idempotent producers. `acks` is only checked against the ISR here; the
     /// caller waits for the high watermark with [`Partition::wait_for_high_watermark`].
-    /// Transactional batches go through [`Broker::append_records`] instead.
-    ///
-    /// [`Broker::append_records`]: crate::broker::Broker::append_records
+    /// A producer's first transactional batch here is verified with its transaction
+    /// coordinator first (the broker's `append_records`).
     pub fn append(&self, records: &mut [u8], acks: i16) -> Result<Appended, AppendError> {
         self.append_verified(records, acks, None)
     }

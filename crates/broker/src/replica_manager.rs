@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use strom_metadata::TopicPartition;
 use strom_metadata::image::{LocalChanges, PartitionInfo};
 
-use crate::broker::BrokerError;
+use crate::errors::BrokerError;
 use crate::partition::Partition;
 use crate::topic_config::TopicConfig;
 

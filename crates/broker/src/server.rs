@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -13,14 +13,7 @@ use crate::broker::Broker;
 use crate::handlers;
 use crate::protocol::{self, MIN_FRAME};
 
-/// What a handler hands to the connection's writer.
-pub enum Reply {
-    Frame(Bytes),
-    /// acks=0 produce: nothing goes back.
-    Nothing,
-    /// The request could not be decoded: close after the earlier responses.
-    Close,
-}
+pub use crate::handlers::Reply;
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(

@@ -17,7 +17,7 @@ use crate::broker::{
 use crate::config::parse_properties;
 use crate::topic_config::{TopicConfig, validate_topic_name};
 
-pub(crate) const TOPICS_DIR: &str = ".topics";
+const TOPICS_DIR: &str = ".topics";
 
 /// A topic as stored in `.topics/<name>.properties`.
 struct Stored {
@@ -65,7 +65,10 @@ impl Broker {
             }
         }
         let mut records = Vec::new();
-        for entry in std::fs::read_dir(dir.join(TOPICS_DIR)).map_err(io("listing topics"))? {
+        let topics_dir = dir.join(TOPICS_DIR);
+        std::fs::create_dir_all(&topics_dir)
+            .map_err(io(format!("creating {}", topics_dir.display())))?;
+        for entry in std::fs::read_dir(&topics_dir).map_err(io("listing topics"))? {
             let path = entry.map_err(io("listing topics"))?.path();
             let Some(stored) = self.read_stored(&path)? else {
                 continue;

@@ -6,6 +6,7 @@
 
 pub mod group;
 pub mod host;
+mod internal_topic;
 mod shards;
 pub mod txn;
 

@@ -21,7 +21,15 @@ use krabka_protocol::{Encode, ProtocolError};
 
 use crate::broker::Broker;
 use crate::protocol::{self, RequestContext};
-use crate::server::Reply;
+
+/// What a handler hands to the connection's writer.
+pub enum Reply {
+    Frame(Bytes),
+    /// acks=0 produce: nothing goes back.
+    Nothing,
+    /// The request could not be decoded: close after the earlier responses.
+    Close,
+}
 
 /// Decodes and serves one request frame (size prefix already removed).
 pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) -> Reply {

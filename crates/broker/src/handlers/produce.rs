@@ -6,12 +6,12 @@ use krabka_protocol::owned::produce_response::{
 };
 use krabka_protocol::records::produce_framing;
 
+use super::Reply;
 use super::{HandlerResult, respond};
 use crate::broker::Broker;
 use crate::errors;
 use crate::partition::{AppendError, Appended};
 use crate::protocol::{self, RequestContext};
-use crate::server::Reply;
 use strom_storage::batch::{self, BatchHeader};
 use strom_storage::producer_state::SequenceError;
 

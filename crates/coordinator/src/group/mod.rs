@@ -4,7 +4,7 @@
 pub mod coordinator;
 mod join;
 mod messages;
-pub(crate) mod offsets_topic;
+mod offsets_topic;
 pub mod records;
 pub mod state;
 pub mod txn_offsets;

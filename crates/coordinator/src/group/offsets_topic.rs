@@ -6,56 +6,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use strom_metadata::{TopicPartition, errors};
-use strom_storage::batch::{self, BatchBuilder};
+use strom_metadata::TopicPartition;
+use strom_storage::batch;
 use strom_storage::txn_index;
 
 use super::coordinator::{GroupCoordinator, GroupShard, OFFSETS_TOPIC, now_ms};
 use super::records::{CommittedOffset, GroupMetadata, Record, StoredMember};
 use super::state::{Group, State};
 use super::txn_offsets::PendingOffsets;
-use crate::host::{Host, WriteError};
-
-/// The error a client gets for a coordinator write that failed.
-pub(crate) fn write_error(e: &WriteError) -> i16 {
-    match e {
-        WriteError::NotLeader => errors::NOT_COORDINATOR,
-        WriteError::InvalidProducerEpoch => errors::INVALID_PRODUCER_EPOCH,
-        WriteError::InvalidTxnState(_) => errors::INVALID_TXN_STATE,
-        WriteError::Timeout | WriteError::Failed(_) => errors::COORDINATOR_NOT_AVAILABLE,
-    }
-}
-
-/// A batch of the coordinator's own records.
-pub(crate) fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> BatchBuilder {
-    let mut b = BatchBuilder::new();
-    for (key, value) in records {
-        b = b.record(batch::Record {
-            timestamp: now,
-            key: Some(key.clone()),
-            value: value.clone(),
-            headers: vec![],
-        });
-    }
-    b
-}
-
-/// Re-appends the live records (key, value) of `tp` and deletes everything before them: how
-/// an internal topic stays small until compaction exists. False if it could not be done.
-pub(crate) async fn rewrite_live(
-    host: &dyn Host,
-    tp: &TopicPartition,
-    live: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> bool {
-    let start = host.end_offset(tp);
-    for chunk in live.chunks(1000) {
-        let batch = build_batch(chunk, now_ms() as i64).build();
-        if host.append(tp, batch, None).await.is_err() {
-            return false;
-        }
-    }
-    host.delete_before(tp, start).await.is_ok()
-}
+use crate::host::Host;
+use crate::internal_topic::{build_batch, write_error};
 
 impl GroupCoordinator {
     /// Appends records for `group` to its partition of `__consumer_offsets`; returns once
@@ -308,7 +268,7 @@ impl GroupCoordinator {
         }
         let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             live.iter().map(|r| (r.key(), r.value())).collect();
-        if rewrite_live(host, &shard.tp, &live).await {
+        if crate::internal_topic::rewrite_live(host, &shard.tp, &live).await {
             tracing::info!(
                 partition = shard.tp.partition,
                 stored,

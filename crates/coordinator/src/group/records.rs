@@ -211,11 +211,7 @@ fn decode_group(v: &[u8]) -> Option<GroupMetadata> {
 }
 
 /// A bounds-checked reader: every read fails cleanly on short input.
-/// Java's `String.hashCode`, which Kafka uses to place a group in a partition.
-pub fn java_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
-}
+pub use crate::internal_topic::java_hash;
 
 /// The `__consumer_offsets` partition that holds `group`, as Kafka computes it.
 pub fn partition_for(group: &str, partitions: i32) -> i32 {

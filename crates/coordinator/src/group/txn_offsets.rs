@@ -10,9 +10,9 @@ use strom_storage::batch::BatchBuilder;
 use super::coordinator::{
     CommitRequest, GroupCoordinator, INVALID_GROUP_ID, Located, OFFSETS_TOPIC, now_ms, with_failure,
 };
-use super::offsets_topic::{build_batch, write_error};
 use super::records::CommittedOffset;
 use crate::host::{Host, WriteError};
+use crate::internal_topic::{build_batch, write_error};
 
 /// Offsets a producer's open transaction committed for one group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

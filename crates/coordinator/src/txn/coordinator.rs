@@ -22,9 +22,8 @@ use super::state::{
     Action, CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_ID_MAPPING, INVALID_TRANSACTION_TIMEOUT,
     TxnMetadata, TxnState,
 };
-use crate::group::offsets_topic::{build_batch, rewrite_live, write_error};
-use crate::group::records::java_hash;
 use crate::host::{Host, Markers};
+use crate::internal_topic::{build_batch, java_hash, rewrite_live, write_error};
 use crate::shards::Shards;
 
 pub const TXN_TOPIC: &str = "__transaction_state";

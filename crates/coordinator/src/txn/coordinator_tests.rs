@@ -198,7 +198,7 @@ async fn restart_between_prepare_and_complete(commit: bool) {
             TxnState::PrepareAbort
         };
         let tp = TopicPartition::new(TXN_TOPIC, partition_for("tx", 3));
-        let batch = crate::group::offsets_topic::build_batch(
+        let batch = crate::internal_topic::build_batch(
             &[(records::key("tx"), Some(records::value(&m)))],
             1,
         )

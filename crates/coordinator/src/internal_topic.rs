@@ -1,0 +1,55 @@
+//! What both coordinators do with their internal topics: build batches of their own
+//! records, place keys in partitions as Kafka does, map a failed write to the client's error,
+//! and keep a partition small until compaction exists.
+
+use strom_metadata::{TopicPartition, errors};
+use strom_storage::batch::{self, BatchBuilder};
+
+use crate::host::{Host, WriteError};
+
+/// Java's `String.hashCode`, which Kafka uses to place a group in a partition.
+pub fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+}
+
+/// The error a client gets for a coordinator write that failed.
+pub(crate) fn write_error(e: &WriteError) -> i16 {
+    match e {
+        WriteError::NotLeader => errors::NOT_COORDINATOR,
+        WriteError::InvalidProducerEpoch => errors::INVALID_PRODUCER_EPOCH,
+        WriteError::InvalidTxnState(_) => errors::INVALID_TXN_STATE,
+        WriteError::Timeout | WriteError::Failed(_) => errors::COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+/// A batch of the coordinator's own records.
+pub(crate) fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> BatchBuilder {
+    let mut b = BatchBuilder::new();
+    for (key, value) in records {
+        b = b.record(batch::Record {
+            timestamp: now,
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: vec![],
+        });
+    }
+    b
+}
+
+/// Re-appends the live records (key, value) of `tp` and deletes everything before them: how
+/// an internal topic stays small until compaction exists. False if it could not be done.
+pub(crate) async fn rewrite_live(
+    host: &dyn Host,
+    tp: &TopicPartition,
+    live: &[(Vec<u8>, Option<Vec<u8>>)],
+) -> bool {
+    let start = host.end_offset(tp);
+    for chunk in live.chunks(1000) {
+        let batch = build_batch(chunk, strom_storage::clock::now_ms()).build();
+        if host.append(tp, batch, None).await.is_err() {
+            return false;
+        }
+    }
+    host.delete_before(tp, start).await.is_ok()
+}
