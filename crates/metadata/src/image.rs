@@ -64,12 +64,26 @@ pub enum Record {
     RemoveTopic {
         name: String,
     },
+    /// A broker's heartbeats stopped (fenced: it leads nothing and is offered to no client)
+    /// or resumed.
+    BrokerFencing {
+        id: i32,
+        fenced: bool,
+    },
+    /// A block of producer ids went to `broker`: the next block starts at
+    /// `next_producer_id`, so no two brokers ever hand out the same id.
+    ProducerIds {
+        broker: i32,
+        next_producer_id: i64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, TopicInfo>,
+    /// The first producer id of the next block the controller hands out.
+    pub next_producer_id: i64,
 }
 
 /// What a metadata change means for one node's replicas.
@@ -147,6 +161,21 @@ impl MetadataImage {
                 Record::RemoveTopic { name } => {
                     if next.topics.remove(name).is_none() {
                         ignored.push(format!("removal of unknown topic {name}"));
+                    }
+                }
+                Record::BrokerFencing { id, fenced } => match next.brokers.get_mut(id) {
+                    Some(b) => b.fenced = *fenced,
+                    None => ignored.push(format!("fencing of unknown broker {id}")),
+                },
+                Record::ProducerIds {
+                    next_producer_id, ..
+                } => {
+                    if *next_producer_id <= next.next_producer_id {
+                        ignored.push(format!(
+                            "producer id block going back to {next_producer_id}"
+                        ));
+                    } else {
+                        next.next_producer_id = *next_producer_id;
                     }
                 }
             }

@@ -1,0 +1,462 @@
+//! The active controller's decisions, as a pure state machine over the metadata image:
+//! broker registration and heartbeats, fencing brokers whose heartbeats stopped and
+//! unfencing them when they come back, choosing partition leaders, placing new topics and
+//! partitions, deleting topics, and handing out producer-id blocks. Requests and the time go
+//! in; metadata records (to be committed through the quorum) and answers come out. The
+//! image moves only when committed records are replayed, as in Kafka's QuorumController.
+
+use std::collections::{BTreeMap, HashMap};
+
+use strom_metadata::errors;
+use strom_metadata::image::{BrokerInfo, MetadataImage, NO_LEADER, PartitionInfo, Record, TopicId};
+
+use crate::placement::{Candidate, PlacementError, place};
+
+#[derive(Debug, Clone, Copy)]
+pub struct ControllerConfig {
+    /// broker.session.timeout.ms
+    pub session_timeout_ms: i64,
+    /// Producer ids per block (Kafka: 1000).
+    pub producer_id_block: i64,
+    /// unclean.leader.election.enable, the cluster default.
+    pub unclean_leader_election: bool,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            session_timeout_ms: 9_000,
+            producer_id_block: 1_000,
+            unclean_leader_election: false,
+        }
+    }
+}
+
+/// A BrokerRegistration request.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub id: i32,
+    /// Changes with every start of the broker: a registration from an older incarnation
+    /// while the newer one's session lives is refused.
+    pub incarnation: [u8; 16],
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+struct Session {
+    incarnation: [u8; 16],
+    /// The broker epoch of this registration.
+    epoch: i64,
+    last_heartbeat_ms: i64,
+}
+
+/// A topic as CreateTopics asks for it, after request validation.
+#[derive(Debug, Clone)]
+pub struct TopicRequest {
+    pub name: String,
+    pub id: TopicId,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Explicit replica lists, when given (then `partitions` and the factor follow them).
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Why a request was refused: the Kafka error code and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: i16,
+    pub message: String,
+}
+
+fn refuse(code: i16, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+pub struct Controller {
+    pub config: ControllerConfig,
+    image: MetadataImage,
+    sessions: HashMap<i32, Session>,
+    next_broker_epoch: i64,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig) -> Self {
+        Controller {
+            config,
+            image: MetadataImage::default(),
+            sessions: HashMap::new(),
+            next_broker_epoch: 1,
+        }
+    }
+
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    /// Committed records, from the quorum's log: the image moves.
+    pub fn replay(&mut self, records: &[Record]) {
+        let (next, _) = self.image.apply(records);
+        self.image = next;
+    }
+
+    fn live(&self, id: i32) -> bool {
+        self.image.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
+    /// BrokerRegistration: the broker's epoch and the record that registers it, fenced until
+    /// its first heartbeat.
+    pub fn register(&mut self, r: Registration, now: i64) -> Result<(i64, Vec<Record>), Refusal> {
+        if let Some(s) = self.sessions.get(&r.id)
+            && s.incarnation != r.incarnation
+            && now - s.last_heartbeat_ms < self.config.session_timeout_ms
+        {
+            return Err(refuse(
+                errors::DUPLICATE_BROKER_REGISTRATION,
+                format!(
+                    "broker {} is registered by another process whose session is alive: is node.id {} used twice?",
+                    r.id, r.id
+                ),
+            ));
+        }
+        let epoch = self.next_broker_epoch;
+        self.next_broker_epoch += 1;
+        self.sessions.insert(
+            r.id,
+            Session {
+                incarnation: r.incarnation,
+                epoch,
+                last_heartbeat_ms: now,
+            },
+        );
+        let record = Record::RegisterBroker(BrokerInfo {
+            id: r.id,
+            host: r.host,
+            port: r.port,
+            rack: r.rack,
+            fenced: true,
+        });
+        Ok((epoch, vec![record]))
+    }
+
+    /// BrokerHeartbeat: keeps the session alive; the first one unfences the broker and gives
+    /// it back the leadership of partitions that had none.
+    pub fn heartbeat(&mut self, id: i32, epoch: i64, now: i64) -> Result<Vec<Record>, Refusal> {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(refuse(
+                errors::BROKER_ID_NOT_REGISTERED,
+                format!("broker {id} is not registered"),
+            ));
+        };
+        if s.epoch != epoch {
+            return Err(refuse(
+                errors::STALE_BROKER_EPOCH,
+                format!(
+                    "broker {id} heartbeats with epoch {epoch}, its registration has {}",
+                    s.epoch
+                ),
+            ));
+        }
+        s.last_heartbeat_ms = now;
+        if !self.image.brokers.get(&id).is_some_and(|b| b.fenced) {
+            return Ok(vec![]);
+        }
+        let mut records = vec![Record::BrokerFencing { id, fenced: false }];
+        records.extend(self.elect_where(
+            |_, info| info.leader == NO_LEADER,
+            |b| b == id || self.live(b),
+        ));
+        Ok(records)
+    }
+
+    /// The passing of time: brokers whose heartbeats stopped for the session timeout are
+    /// fenced, and the partitions they led get new leaders from their ISR.
+    pub fn tick(&mut self, now: i64) -> Vec<Record> {
+        let expired: Vec<i32> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                now - s.last_heartbeat_ms >= self.config.session_timeout_ms
+                    && self.image.brokers.get(id).is_some_and(|b| !b.fenced)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let mut records = Vec::new();
+        for id in expired {
+            records.extend(self.fence(id));
+        }
+        records
+    }
+
+    /// Fences `id` (its session expired, or a controlled shutdown): it leaves the ISR of
+    /// every partition where others remain, and every partition it led gets a new leader.
+    pub fn fence(&self, id: i32) -> Vec<Record> {
+        let mut records = vec![Record::BrokerFencing { id, fenced: true }];
+        for (name, t) in &self.image.topics {
+            for (i, info) in t.partitions.iter().enumerate() {
+                if !info.replicas.contains(&id) {
+                    continue;
+                }
+                let mut next = info.clone();
+                // The ISR never empties: its last member keeps the committed records.
+                if next.isr.len() > 1 {
+                    next.isr.retain(|r| *r != id);
+                }
+                if next.leader == id {
+                    next.leader = self.choose_leader(&next, |b| b != id && self.live(b));
+                    next.leader_epoch += 1;
+                    if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
+                        // Only an unclean election picks outside the ISR.
+                        next.isr = vec![next.leader];
+                    }
+                }
+                if next != *info {
+                    next.partition_epoch += 1;
+                    records.push(Record::Partition {
+                        topic: name.clone(),
+                        partition: i as i32,
+                        info: next,
+                    });
+                }
+            }
+        }
+        records
+    }
+
+    /// The first live replica in the ISR, in replica order (Kafka's preference); with
+    /// unclean election allowed, the first live replica at all; otherwise none.
+    fn choose_leader(&self, info: &PartitionInfo, live: impl Fn(i32) -> bool) -> i32 {
+        let clean = info
+            .replicas
+            .iter()
+            .find(|r| info.isr.contains(r) && live(**r));
+        match clean {
+            Some(r) => *r,
+            None if self.config.unclean_leader_election => info
+                .replicas
+                .iter()
+                .find(|r| live(**r))
+                .copied()
+                .unwrap_or(NO_LEADER),
+            None => NO_LEADER,
+        }
+    }
+
+    /// Leaders for the partitions `which` selects, among brokers `live` says are up.
+    fn elect_where(
+        &self,
+        which: impl Fn(&str, &PartitionInfo) -> bool,
+        live: impl Fn(i32) -> bool,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        for (name, t) in &self.image.topics {
+            for (i, info) in t.partitions.iter().enumerate() {
+                if !which(name, info) {
+                    continue;
+                }
+                let leader = self.choose_leader(info, &live);
+                if leader == NO_LEADER {
+                    continue;
+                }
+                let mut next = info.clone();
+                next.leader = leader;
+                next.leader_epoch += 1;
+                next.partition_epoch += 1;
+                if !next.isr.contains(&leader) {
+                    next.isr = vec![leader];
+                }
+                records.push(Record::Partition {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    info: next,
+                });
+            }
+        }
+        records
+    }
+
+    fn candidates(&self) -> Vec<Candidate> {
+        self.image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| Candidate {
+                id: b.id,
+                rack: b.rack.clone(),
+            })
+            .collect()
+    }
+
+    fn partition_records(topic: &str, first: i32, replicas: Vec<Vec<i32>>) -> Vec<Record> {
+        replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| Record::Partition {
+                topic: topic.to_string(),
+                partition: first + i as i32,
+                info: PartitionInfo {
+                    leader: r[0],
+                    isr: r.clone(),
+                    replicas: r,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                },
+            })
+            .collect()
+    }
+
+    fn placed(
+        &self,
+        first: i32,
+        count: i32,
+        rf: i16,
+        start: usize,
+    ) -> Result<Vec<Vec<i32>>, Refusal> {
+        place(&self.candidates(), first, count, rf, start).map_err(|e| {
+            let code = match e {
+                PlacementError::ReplicationFactorTooSmall(_)
+                | PlacementError::NotEnoughBrokers { .. } => errors::INVALID_REPLICATION_FACTOR,
+                PlacementError::PartialRacks => errors::INVALID_REPLICATION_FACTOR,
+            };
+            refuse(code, e.to_string())
+        })
+    }
+
+    fn check_assignments(&self, assignments: &[Vec<i32>]) -> Result<(), Refusal> {
+        let rf = assignments.first().map_or(0, Vec::len);
+        for (i, a) in assignments.iter().enumerate() {
+            let distinct: std::collections::BTreeSet<_> = a.iter().collect();
+            if a.is_empty() || a.len() != rf || distinct.len() != a.len() {
+                return Err(refuse(
+                    errors::INVALID_REPLICA_ASSIGNMENT,
+                    format!(
+                        "partition {i}: replicas {a:?} must be distinct and as many as every other partition's"
+                    ),
+                ));
+            }
+            if let Some(b) = a.iter().find(|b| !self.image.brokers.contains_key(b)) {
+                return Err(refuse(
+                    errors::INVALID_REPLICA_ASSIGNMENT,
+                    format!("partition {i} is assigned to broker {b}, which is not registered"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// CreateTopics for one topic: the records that create it, placed over the live
+    /// brokers (`start` picks where the striping begins).
+    pub fn create_topic(&self, t: &TopicRequest, start: usize) -> Result<Vec<Record>, Refusal> {
+        if self.image.topics.contains_key(&t.name) {
+            return Err(refuse(
+                errors::TOPIC_ALREADY_EXISTS,
+                format!("topic {} already exists", t.name),
+            ));
+        }
+        let replicas = if t.assignments.is_empty() {
+            if t.partitions < 1 {
+                return Err(refuse(
+                    errors::INVALID_PARTITIONS,
+                    format!(
+                        "number of partitions must be at least 1, got {}",
+                        t.partitions
+                    ),
+                ));
+            }
+            self.placed(0, t.partitions, t.replication_factor, start)?
+        } else {
+            self.check_assignments(&t.assignments)?;
+            t.assignments.clone()
+        };
+        let mut records = vec![
+            Record::Topic {
+                name: t.name.clone(),
+                id: t.id,
+            },
+            Record::TopicConfigs {
+                topic: t.name.clone(),
+                configs: t.configs.clone(),
+            },
+        ];
+        records.extend(Self::partition_records(&t.name, 0, replicas));
+        Ok(records)
+    }
+
+    /// CreatePartitions: new partitions placed with the topic's replication factor.
+    pub fn create_partitions(
+        &self,
+        topic: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        start: usize,
+    ) -> Result<Vec<Record>, Refusal> {
+        let Some(t) = self.image.topic(topic) else {
+            return Err(refuse(
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {topic}"),
+            ));
+        };
+        let current = t.partitions.len() as i32;
+        if count <= current {
+            return Err(refuse(
+                errors::INVALID_PARTITIONS,
+                format!(
+                    "topic {topic} has {current} partitions; the new count {count} must be larger"
+                ),
+            ));
+        }
+        let rf = t.partitions.first().map_or(1, |p| p.replicas.len()) as i16;
+        let replicas = match assignments {
+            Some(a) => {
+                if a.len() as i32 != count - current || a.iter().any(|r| r.len() != rf as usize) {
+                    return Err(refuse(
+                        errors::INVALID_REPLICA_ASSIGNMENT,
+                        format!(
+                            "{} new partitions need {} assignments of {rf} replicas",
+                            count - current,
+                            count - current
+                        ),
+                    ));
+                }
+                self.check_assignments(&a)?;
+                a
+            }
+            None => self.placed(current, count - current, rf, start)?,
+        };
+        Ok(Self::partition_records(topic, current, replicas))
+    }
+
+    pub fn delete_topic(&self, topic: &str) -> Result<Vec<Record>, Refusal> {
+        if !self.image.topics.contains_key(topic) {
+            return Err(refuse(
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {topic}"),
+            ));
+        }
+        Ok(vec![Record::RemoveTopic {
+            name: topic.to_string(),
+        }])
+    }
+
+    /// AllocateProducerIds: the next block for `broker`, and the record that moves the
+    /// cluster's next id past it.
+    pub fn allocate_producer_ids(&self, broker: i32) -> ((i64, i64), Vec<Record>) {
+        let start = self.image.next_producer_id;
+        let len = self.config.producer_id_block;
+        (
+            (start, len),
+            vec![Record::ProducerIds {
+                broker,
+                next_producer_id: start + len,
+            }],
+        )
+    }
+}
+
+#[cfg(test)]
+#[path = "controller_tests.rs"]
+mod tests;

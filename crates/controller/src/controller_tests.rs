@@ -1,0 +1,258 @@
+//! The controller's decisions, driven without I/O: registration, heartbeats, fencing and
+//! unfencing, leader choice, topics and producer-id blocks. Records are replayed as the
+//! quorum would commit them.
+
+use std::collections::BTreeSet;
+
+use strom_metadata::errors;
+use strom_metadata::image::{NO_LEADER, Record};
+
+use super::*;
+
+/// A controller with brokers 1..=n registered, unfenced by a first heartbeat at t=0.
+fn cluster(n: i32, racks: &[&str]) -> (Controller, Vec<i64>) {
+    let mut c = Controller::new(ControllerConfig::default());
+    let mut epochs = Vec::new();
+    for id in 1..=n {
+        let (epoch, records) = c
+            .register(
+                Registration {
+                    id,
+                    incarnation: [id as u8; 16],
+                    host: format!("h{id}"),
+                    port: 9092,
+                    rack: racks.get(id as usize - 1).map(|r| r.to_string()),
+                },
+                0,
+            )
+            .unwrap();
+        c.replay(&records);
+        assert!(
+            c.image().brokers[&id].fenced,
+            "fenced until its first heartbeat"
+        );
+        let records = c.heartbeat(id, epoch, 0).unwrap();
+        c.replay(&records);
+        assert!(!c.image().brokers[&id].fenced);
+        epochs.push(epoch);
+    }
+    (c, epochs)
+}
+
+fn topic(name: &str, partitions: i32, rf: i16) -> TopicRequest {
+    TopicRequest {
+        name: name.into(),
+        id: [name.len() as u8; 16],
+        partitions,
+        replication_factor: rf,
+        assignments: vec![],
+        configs: Default::default(),
+    }
+}
+
+fn create(c: &mut Controller, t: TopicRequest) {
+    let records = c.create_topic(&t, 0).unwrap();
+    c.replay(&records);
+}
+
+fn leaders(c: &Controller, name: &str) -> Vec<i32> {
+    c.image().topics[name]
+        .partitions
+        .iter()
+        .map(|p| p.leader)
+        .collect()
+}
+
+#[test]
+fn topics_are_placed_over_live_brokers_and_refused_when_they_cannot_be() {
+    let (mut c, _) = cluster(3, &[]);
+    create(&mut c, topic("t", 6, 2));
+    let parts = &c.image().topics["t"].partitions;
+    assert_eq!(parts.len(), 6);
+    for p in parts {
+        assert_eq!((p.replicas.len(), p.isr.clone()), (2, p.replicas.clone()));
+        assert_eq!(p.leader, p.replicas[0]);
+    }
+    let led: BTreeSet<i32> = leaders(&c, "t").into_iter().collect();
+    assert_eq!(led, [1, 2, 3].into_iter().collect());
+    let refused = c.create_topic(&topic("t", 1, 1), 0).unwrap_err();
+    assert_eq!(refused.code, errors::TOPIC_ALREADY_EXISTS);
+    let refused = c.create_topic(&topic("big", 1, 4), 0).unwrap_err();
+    assert_eq!(refused.code, errors::INVALID_REPLICATION_FACTOR);
+    assert!(refused.message.contains("3"), "{}", refused.message);
+    let mut bad = topic("bad", 0, 1);
+    bad.assignments = vec![vec![1, 9]];
+    assert_eq!(
+        c.create_topic(&bad, 0).unwrap_err().code,
+        errors::INVALID_REPLICA_ASSIGNMENT
+    );
+    // Explicit assignments are taken as given.
+    let mut given = topic("given", 0, 1);
+    given.assignments = vec![vec![3, 1], vec![2, 3]];
+    create(&mut c, given);
+    assert_eq!(leaders(&c, "given"), vec![3, 2]);
+    // CreatePartitions keeps the replication factor.
+    let records = c.create_partitions("t", 8, None, 0).unwrap();
+    c.replay(&records);
+    assert!(
+        c.image().topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.replicas.len() == 2)
+    );
+    assert_eq!(
+        c.create_partitions("t", 8, None, 0).unwrap_err().code,
+        errors::INVALID_PARTITIONS
+    );
+    let records = c.delete_topic("t").unwrap();
+    c.replay(&records);
+    assert!(!c.image().topics.contains_key("t"));
+    assert_eq!(
+        c.delete_topic("t").unwrap_err().code,
+        errors::UNKNOWN_TOPIC_OR_PARTITION
+    );
+}
+
+#[test]
+fn a_silent_broker_is_fenced_and_its_partitions_move_to_the_isr() {
+    let (mut c, epochs) = cluster(3, &[]);
+    create(&mut c, topic("t", 3, 2));
+    create(&mut c, topic("solo", 3, 1));
+    let before = c.image().clone();
+    // Brokers 1 and 3 heartbeat; 2 goes silent.
+    for now in [3_000, 6_000, 9_000] {
+        for id in [1, 3] {
+            let r = c.heartbeat(id, epochs[id as usize - 1], now).unwrap();
+            c.replay(&r);
+        }
+        let r = c.tick(now);
+        c.replay(&r);
+    }
+    assert!(c.image().brokers[&2].fenced);
+    for (i, p) in c.image().topics["t"].partitions.iter().enumerate() {
+        let old = &before.topics["t"].partitions[i];
+        assert!(!p.isr.contains(&2), "2 left the ISR of t-{i}");
+        if old.leader == 2 {
+            assert_ne!(p.leader, 2);
+            assert!(old.isr.contains(&p.leader), "the new leader was in the ISR");
+            assert_eq!(p.leader_epoch, old.leader_epoch + 1);
+            assert!(p.partition_epoch > old.partition_epoch);
+        } else {
+            assert_eq!((p.leader, p.leader_epoch), (old.leader, old.leader_epoch));
+        }
+    }
+    // A partition whose only replica was 2 has no leader (unclean election is off) and keeps
+    // 2 in its ISR: nothing committed is given up.
+    for p in &c.image().topics["solo"].partitions {
+        if p.replicas == vec![2] {
+            assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![2]));
+        }
+    }
+    // 2 comes back: unfenced by its heartbeat, it leads again what had no leader.
+    let r = c.heartbeat(2, epochs[1], 12_000).unwrap();
+    assert!(r.contains(&Record::BrokerFencing {
+        id: 2,
+        fenced: false
+    }));
+    c.replay(&r);
+    assert!(!c.image().brokers[&2].fenced);
+    for p in &c.image().topics["solo"].partitions {
+        assert_ne!(p.leader, NO_LEADER);
+    }
+    // A stale epoch or an unknown broker is refused.
+    assert_eq!(
+        c.heartbeat(2, 999, 12_000).unwrap_err().code,
+        errors::STALE_BROKER_EPOCH
+    );
+    assert_eq!(
+        c.heartbeat(7, 1, 12_000).unwrap_err().code,
+        errors::BROKER_ID_NOT_REGISTERED
+    );
+}
+
+#[test]
+fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
+    let (mut c, _) = cluster(2, &[]);
+    create(&mut c, topic("t", 1, 2));
+    // The ISR shrank to the leader alone (as replication will report), then it dies.
+    let mut info = c.image().topics["t"].partitions[0].clone();
+    let leader = info.leader;
+    let other = info
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != leader)
+        .unwrap();
+    info.isr = vec![leader];
+    c.replay(&[Record::Partition {
+        topic: "t".into(),
+        partition: 0,
+        info,
+    }]);
+    let fenced = c.fence(leader);
+    let p = fenced.iter().find_map(|r| match r {
+        Record::Partition { info, .. } => Some(info.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        p.unwrap().leader,
+        NO_LEADER,
+        "clean: offline rather than lose records"
+    );
+    c.config.unclean_leader_election = true;
+    let fenced = c.fence(leader);
+    let p = fenced
+        .iter()
+        .find_map(|r| match r {
+            Record::Partition { info, .. } => Some(info.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((p.leader, p.isr), (other, vec![other]));
+}
+
+#[test]
+fn a_second_process_with_the_same_node_id_is_refused_while_the_first_lives() {
+    let (mut c, _) = cluster(1, &[]);
+    let twin = Registration {
+        id: 1,
+        incarnation: [99; 16],
+        host: "h".into(),
+        port: 1,
+        rack: None,
+    };
+    assert_eq!(
+        c.register(twin.clone(), 1_000).unwrap_err().code,
+        errors::DUPLICATE_BROKER_REGISTRATION
+    );
+    // Once the first one's session has expired, the restart registers with a new epoch.
+    let (epoch, _) = c.register(twin, 20_000).unwrap();
+    assert!(epoch > 1);
+}
+
+#[test]
+fn producer_id_blocks_never_overlap() {
+    let (mut c, _) = cluster(3, &[]);
+    let mut blocks = Vec::new();
+    for round in 0..10 {
+        let ((start, len), records) = c.allocate_producer_ids(1 + round % 3);
+        c.replay(&records);
+        blocks.push(start..start + len);
+    }
+    for (i, a) in blocks.iter().enumerate() {
+        for b in &blocks[i + 1..] {
+            assert!(a.end <= b.start || b.end <= a.start, "{a:?} overlaps {b:?}");
+        }
+    }
+    assert_eq!(c.image().next_producer_id, 10 * 1_000);
+}
+
+#[test]
+fn racks_spread_replicas() {
+    let (mut c, _) = cluster(4, &["a", "a", "b", "b"]);
+    create(&mut c, topic("t", 8, 2));
+    for p in &c.image().topics["t"].partitions {
+        let racks: BTreeSet<bool> = p.replicas.iter().map(|r| *r <= 2).collect();
+        assert_eq!(racks.len(), 2, "one replica per rack: {:?}", p.replicas);
+    }
+}
