@@ -183,6 +183,44 @@ impl MetadataImage {
         (next, ignored)
     }
 
+    /// Records that rebuild this image from an empty one: what a snapshot of the metadata
+    /// log holds.
+    pub fn to_records(&self) -> Vec<Record> {
+        let mut out: Vec<Record> = self
+            .brokers
+            .values()
+            .cloned()
+            .map(Record::RegisterBroker)
+            .collect();
+        for t in self.topics.values() {
+            out.push(Record::Topic {
+                name: t.name.clone(),
+                id: t.id,
+            });
+            out.push(Record::TopicConfigs {
+                topic: t.name.clone(),
+                configs: t.configs.clone(),
+            });
+            out.extend(
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Record::Partition {
+                        topic: t.name.clone(),
+                        partition: i as i32,
+                        info: p.clone(),
+                    }),
+            );
+        }
+        if self.next_producer_id > 0 {
+            out.push(Record::ProducerIds {
+                broker: -1,
+                next_producer_id: self.next_producer_id,
+            });
+        }
+        out
+    }
+
     /// What changed for node `node` between `self` and `next`: Kafka's
     /// `TopicsDelta.localChanges`.
     pub fn local_changes(&self, next: &MetadataImage, node: i32) -> LocalChanges {
@@ -318,6 +356,36 @@ mod tests {
         assert!(before.local_changes(&after, 9).is_empty());
         // Unchanged partitions are not changes.
         assert!(after.local_changes(&after, 1).is_empty());
+    }
+
+    #[test]
+    fn an_image_rebuilds_from_its_own_records() {
+        let (img, _) = MetadataImage::default().apply(
+            &[
+                topic("a", 1, &[info(&[1, 2], 1, 3), info(&[2], 2, 0)]),
+                vec![
+                    Record::RegisterBroker(BrokerInfo {
+                        id: 1,
+                        host: "h".into(),
+                        port: 1,
+                        rack: None,
+                        fenced: true,
+                    }),
+                    Record::TopicConfigs {
+                        topic: "a".into(),
+                        configs: [("k".to_string(), "v".to_string())].into(),
+                    },
+                    Record::ProducerIds {
+                        broker: 1,
+                        next_producer_id: 2000,
+                    },
+                ],
+            ]
+            .concat(),
+        );
+        let (rebuilt, ignored) = MetadataImage::default().apply(&img.to_records());
+        assert!(ignored.is_empty());
+        assert_eq!(rebuilt, img);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! epochs, configs), the records that change it and what a change means for one node. No
 //! I/O.
 
+pub mod codec;
 pub mod errors;
 pub mod image;
 
