@@ -70,8 +70,10 @@ impl PartitionWriter for Broker {
         let p = self
             .partition(&tp.topic, tp.partition)
             .ok_or(WriteError::NotLeader)?;
-        p.for_each_batch(f);
-        Ok(())
+        p.for_each_batch(f).map_err(|e| {
+            tracing::error!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot read the partition back");
+            WriteError::Failed(e.to_string())
+        })
     }
 
     fn stored_records(&self, tp: &TopicPartition) -> u64 {

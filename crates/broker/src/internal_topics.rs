@@ -41,13 +41,15 @@ impl Broker {
 impl Partition {
     /// Every batch from the log start to the high watermark, in order, with its bytes. A read
     /// error ends the walk (it is logged by whoever notices the missing state).
-    pub fn for_each_batch(&self, mut f: impl FnMut(&BatchHeader, &[u8])) {
+    pub fn for_each_batch(
+        &self,
+        mut f: impl FnMut(&BatchHeader, &[u8]),
+    ) -> Result<(), strom_storage::StorageError> {
         let start = self.log().log_start_offset();
-        let _ = self
-            .log()
+        self.log()
             .for_each_batch(start, Some(self.high_watermark()), |h, b| {
                 f(h, b);
                 true
-            });
+            })
     }
 }

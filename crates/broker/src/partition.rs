@@ -22,6 +22,9 @@ pub enum AppendError {
     Sequence(SequenceError),
     #[error("the ISR has {isr} replicas, fewer than min.insync.replicas={min}")]
     NotEnoughReplicas { isr: usize, min: i32 },
+    /// The transaction coordinator could not be asked now (it moved, or is loading).
+    #[error("the transaction coordinator is not available to verify the batch; retry")]
+    CoordinatorUnavailable,
 }
 
 impl From<strom_storage::AppendError> for AppendError {

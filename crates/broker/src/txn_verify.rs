@@ -41,7 +41,7 @@ impl Broker {
                     .await
                 {
                     p.cancel_verification(h.producer_id, guard);
-                    return Err(AppendError::Sequence(e));
+                    return Err(e);
                 }
                 Some((h.producer_id, guard))
             }
@@ -83,7 +83,10 @@ impl Broker {
             if let Err(e) = verified {
                 p.cancel_verification(c.producer_id, g);
                 let code = match e {
-                    SequenceError::InvalidEpoch { .. } => errors::INVALID_PRODUCER_EPOCH,
+                    AppendError::Sequence(SequenceError::InvalidEpoch { .. }) => {
+                        errors::INVALID_PRODUCER_EPOCH
+                    }
+                    AppendError::CoordinatorUnavailable => errors::COORDINATOR_NOT_AVAILABLE,
                     _ => errors::INVALID_TXN_STATE,
                 };
                 return vec![code; offsets.len()];
@@ -106,11 +109,18 @@ impl Broker {
         producer_id: i64,
         producer_epoch: i16,
         transactional_id: Option<&str>,
-    ) -> Result<(), SequenceError> {
-        const NOT_IN_TXN: SequenceError =
-            SequenceError::TxnState("the batch is not part of an ongoing transaction");
+    ) -> Result<(), AppendError> {
+        const NOT_IN_TXN: AppendError = AppendError::Sequence(SequenceError::TxnState(
+            "the batch is not part of an ongoing transaction",
+        ));
         let m = match transactional_id {
-            Some(id) => self.txns.describe(self, id).await.ok().flatten(),
+            // A coordinator that moved or is loading is asked again by the client's retry
+            // (Kafka answers NOT_ENOUGH_REPLICAS for it), not refused for good.
+            Some(id) => self
+                .txns
+                .describe(self, id)
+                .await
+                .map_err(|_| AppendError::CoordinatorUnavailable)?,
             None => None,
         }
         .ok_or(NOT_IN_TXN)?;
@@ -118,9 +128,9 @@ impl Broker {
             return Err(NOT_IN_TXN);
         }
         if m.producer_epoch != producer_epoch {
-            return Err(SequenceError::InvalidEpoch {
+            return Err(AppendError::Sequence(SequenceError::InvalidEpoch {
                 current: m.producer_epoch,
-            });
+            }));
         }
         if m.state != TxnState::Ongoing || !m.partitions.contains(&(p.topic.clone(), p.index)) {
             return Err(NOT_IN_TXN);

@@ -56,6 +56,8 @@ pub struct Faults {
     pub markers: BTreeSet<TopicPartition>,
     /// Loading (replaying) a partition waits until this is false.
     pub hold_replay: bool,
+    /// Reading a partition back fails.
+    pub replay_fails: bool,
 }
 
 #[derive(Default)]
@@ -185,6 +187,9 @@ impl PartitionWriter for Node {
     ) -> Result<(), WriteError> {
         while self.faults.lock().unwrap().hold_replay {
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if self.faults.lock().unwrap().replay_fails {
+            return Err(WriteError::Failed("injected".into()));
         }
         let batches: Vec<Vec<u8>> = self.partition(tp, |p| {
             p.batches

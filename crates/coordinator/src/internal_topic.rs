@@ -37,14 +37,15 @@ pub(crate) fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> B
     b
 }
 
-/// Re-appends the live records (key, value) of `tp` and deletes everything before them: how
-/// an internal topic stays small until compaction exists. False if it could not be done.
+/// Re-appends the live records (key, value) of `tp` and deletes everything before `start`
+/// (the log end when the live records were taken): how an internal topic stays small until
+/// compaction exists. False if it could not be done.
 pub(crate) async fn rewrite_live(
     host: &dyn Host,
     tp: &TopicPartition,
+    start: u64,
     live: &[(Vec<u8>, Option<Vec<u8>>)],
 ) -> bool {
-    let start = host.end_offset(tp);
     for chunk in live.chunks(1000) {
         let batch = build_batch(chunk, strom_storage::clock::now_ms()).build();
         if host.append(tp, batch, None).await.is_err() {

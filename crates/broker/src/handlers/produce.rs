@@ -10,7 +10,7 @@ use super::Reply;
 use super::{HandlerResult, respond};
 use crate::broker::Broker;
 use crate::errors;
-use crate::partition::{AppendError, Appended};
+use crate::partition::{AppendError, Appended, Partition};
 use crate::protocol::{self, RequestContext};
 use strom_storage::batch::{self, BatchHeader};
 use strom_storage::producer_state::SequenceError;
@@ -20,6 +20,8 @@ struct PartitionResult {
     error: i16,
     message: Option<String>,
     appended: Option<Appended>,
+    /// The replica appended to: acks=all waits on it, not on whatever has its name later.
+    partition: Option<Arc<Partition>>,
 }
 
 fn append_error(e: &AppendError, version: i16) -> (i16, String) {
@@ -33,7 +35,10 @@ fn append_error(e: &AppendError, version: i16) -> (i16, String) {
         AppendError::Sequence(SequenceError::CoordinatorFenced { .. }) => {
             errors::TRANSACTION_COORDINATOR_FENCED
         }
-        AppendError::NotEnoughReplicas { .. } => errors::NOT_ENOUGH_REPLICAS,
+        // As Kafka answers a verification its coordinator could not make: retriable.
+        AppendError::NotEnoughReplicas { .. } | AppendError::CoordinatorUnavailable => {
+            errors::NOT_ENOUGH_REPLICAS
+        }
     };
     let code = if code == errors::INVALID_RECORD {
         invalid_record(version)
@@ -87,6 +92,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 error: errors::NONE,
                 message: None,
                 appended: None,
+                partition: None,
             };
             if !matches!(acks, -1..=1) {
                 r.error = errors::INVALID_REQUIRED_ACKS;
@@ -122,7 +128,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                             .append_records(&partition, &mut buf, acks, transactional_id)
                             .await
                         {
-                            Ok(a) => r.appended = Some(a),
+                            Ok(a) => {
+                                r.appended = Some(a);
+                                r.partition = Some(partition);
+                            }
                             Err(e) => {
                                 let (code, msg) = append_error(&e, ctx.version);
                                 tracing::debug!(topic = %t.name, partition = p.partition, error = %msg, "produce refused");
@@ -139,9 +148,9 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
     }
 
     if acks == -1 {
-        for (name, results) in &mut topics {
+        for (_, results) in &mut topics {
             for r in results.iter_mut() {
-                let (Some(a), Some(p)) = (r.appended, broker.partition(name, r.index)) else {
+                let (Some(a), Some(p)) = (r.appended, r.partition.clone()) else {
                     continue;
                 };
                 if !p.wait_for_high_watermark(a.last_offset + 1, deadline).await {

@@ -65,6 +65,8 @@ pub(super) type Slot = Arc<tokio::sync::Mutex<Entry>>;
 pub(super) struct GroupShard {
     pub(super) tp: TopicPartition,
     pub(super) groups: Mutex<HashMap<String, Slot>>,
+    /// Set by the resignation: requests that found the shard before it find no group now.
+    pub(super) resigned: std::sync::atomic::AtomicBool,
 }
 
 impl GroupShard {
@@ -82,7 +84,9 @@ enum Answer {
 pub struct GroupCoordinator {
     pub config: CoordinatorConfig,
     pub(super) shards: Shards<GroupShard>,
-    waiters: Mutex<HashMap<Token, oneshot::Sender<Answer>>>,
+    /// Parked JoinGroup/SyncGroup requests, with the `__consumer_offsets` partition of their
+    /// group: a resignation answers them without the group's lock.
+    waiters: Mutex<HashMap<Token, (i32, oneshot::Sender<Answer>)>>,
     next_token: AtomicU64,
     /// Wakes the timer task when a group's next deadline may have moved.
     pub wake: Notify,
@@ -194,6 +198,9 @@ impl GroupCoordinator {
         create: bool,
     ) -> Option<OwnedMutexGuard<Entry>> {
         loop {
+            if shard.resigned.load(Ordering::Acquire) {
+                return None;
+            }
             let slot = {
                 let mut groups = shard.groups.lock().unwrap();
                 match groups.get(group_id) {
@@ -236,12 +243,12 @@ impl GroupCoordinator {
             match o {
                 Output::Changed => {}
                 Output::Join(t, r) => {
-                    if let Some(tx) = waiters.remove(&t) {
+                    if let Some((_, tx)) = waiters.remove(&t) {
                         let _ = tx.send(Answer::Join(r));
                     }
                 }
                 Output::Sync(t, r) => {
-                    if let Some(tx) = waiters.remove(&t) {
+                    if let Some((_, tx)) = waiters.remove(&t) {
                         let _ = tx.send(Answer::Sync(r));
                     }
                 }
@@ -249,10 +256,13 @@ impl GroupCoordinator {
         }
     }
 
-    fn park(&self) -> (Token, oneshot::Receiver<Answer>) {
+    fn park(&self, shard: &GroupShard) -> (Token, oneshot::Receiver<Answer>) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(token, tx);
+        self.waiters
+            .lock()
+            .unwrap()
+            .insert(token, (shard.tp.partition, tx));
         (token, rx)
     }
 
@@ -276,9 +286,12 @@ impl GroupCoordinator {
             Ok(Located::NoTopic) => return fail(errors::COORDINATOR_NOT_AVAILABLE),
             Err(e) => return fail(e),
         };
-        let (token, rx) = self.park();
+        let (token, rx) = self.park(&shard);
         let outcome = {
-            let mut entry = self.entry(&shard, group_id, true).await.expect("created");
+            let Some(mut entry) = self.entry(&shard, group_id, true).await else {
+                self.unpark(token);
+                return fail(errors::NOT_COORDINATOR);
+            };
             if entry.group.state == State::Dead {
                 entry.group = Group::new(group_id, self.config.group);
             }
@@ -333,7 +346,7 @@ impl GroupCoordinator {
             Ok(Located::NoTopic) => return fail(super::state::UNKNOWN_MEMBER_ID),
             Err(e) => return fail(e),
         };
-        let (token, rx) = self.park();
+        let (token, rx) = self.park(&shard);
         let outcome = match self.entry(&shard, group_id, false).await {
             None => SyncOutcome::Now(fail(super::state::UNKNOWN_MEMBER_ID)),
             Some(mut entry) => {
@@ -721,7 +734,11 @@ impl GroupCoordinator {
         if !self.shards.begin_load(partition, epoch) {
             return;
         }
-        let shard = self.load(host, TopicPartition::new(OFFSETS_TOPIC, partition));
+        let Some(shard) = self.load(host, TopicPartition::new(OFFSETS_TOPIC, partition)) else {
+            // Serving part of the groups would let a trim delete the rest for good.
+            self.shards.resign(partition, Some(epoch));
+            return;
+        };
         if !self.shards.finish_load(partition, epoch, shard) {
             tracing::info!(
                 partition,
@@ -729,6 +746,8 @@ impl GroupCoordinator {
                 "{OFFSETS_TOPIC} shard resigned while loading"
             );
         }
+        // Restored members' sessions run from now: the timers look at them.
+        self.wake.notify_one();
     }
 
     /// This node no longer leads partition `partition` (from `epoch` or earlier; any when
@@ -738,26 +757,21 @@ impl GroupCoordinator {
         let Some(shard) = self.shards.resign(partition, epoch) else {
             return;
         };
-        let mut parked = Vec::new();
-        for (_, slot) in shard.slots() {
-            // A request holds a group's lock only across its own write, which fails with
-            // NOT_COORDINATOR now, and it looks at no parked member afterwards.
+        // Requests that found the shard before find no group in it now (NOT_COORDINATOR),
+        // and the groups go with it.
+        shard.resigned.store(true, Ordering::Release);
+        for (_, slot) in std::mem::take(&mut *shard.groups.lock().unwrap()) {
             if let Ok(mut e) = slot.try_lock() {
                 e.removed = true;
-                parked.extend(
-                    e.group
-                        .members()
-                        .flat_map(|m| [m.awaiting_join, m.awaiting_sync])
-                        .flatten(),
-                );
             }
         }
-        // Dropping their senders answers the parked JoinGroup and SyncGroup requests with
-        // NOT_COORDINATOR: their members look for the new coordinator.
-        let mut waiters = self.waiters.lock().unwrap();
-        for token in parked {
-            waiters.remove(&token);
-        }
+        // Dropping their senders answers the parked JoinGroup and SyncGroup requests of the
+        // shard with NOT_COORDINATOR, whoever holds their group's lock: their members look for
+        // the new coordinator.
+        self.waiters
+            .lock()
+            .unwrap()
+            .retain(|_, (p, _)| *p != partition);
         tracing::info!(
             partition,
             "resigned as coordinator of {OFFSETS_TOPIC} partition"

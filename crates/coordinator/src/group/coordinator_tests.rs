@@ -266,12 +266,29 @@ async fn resignation_hands_the_groups_over_and_a_new_election_reads_them_back() 
         );
         tokio::task::yield_now().await;
     }
+    // A request holds the group's lock through the resignation: the parked join is
+    // answered all the same.
+    let shard = b.groups.shards.get(partition).unwrap();
+    let held = b.groups.entry(&shard, "g", false).await.unwrap();
     b.groups.on_resignation(partition, None);
     let answer = tokio::time::timeout(std::time::Duration::from_secs(30), parked)
         .await
         .expect("the parked join is answered")
         .unwrap();
     assert_eq!(answer.error, NOT_COORDINATOR_CODE);
+    drop(held);
+    // A request that found the shard before the resignation finds no group in it (it
+    // used to loop for ever on the removed group).
+    let late = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        b.groups.entry(&shard, "g", true),
+    )
+    .await
+    .expect("no spin");
+    assert!(late.is_none());
+    tokio::time::timeout(std::time::Duration::from_secs(5), b.groups.maintain(&*b))
+        .await
+        .expect("the periodic check ends");
     assert_eq!(
         b.groups
             .heartbeat(&*b, "g", &first.member_id, None, 1)
@@ -319,3 +336,73 @@ async fn a_loading_shard_answers_coordinator_load_in_progress() {
 }
 
 const NOT_COORDINATOR_CODE: i16 = strom_metadata::errors::NOT_COORDINATOR;
+
+/// A partition that cannot be read back is not served: serving the groups read so far
+/// would let the next trim delete the rest for good.
+#[tokio::test]
+async fn an_unreadable_partition_is_not_served() {
+    let dir = store();
+    let b = broker(&dir);
+    assert_eq!(commit(&b, "g", 0, 5).await, NONE);
+    let partition = super::records::partition_for("g", 3);
+    b.groups.on_resignation(partition, None);
+    b.faults.lock().unwrap().replay_fails = true;
+    b.groups.on_election(&b, partition, 1);
+    assert_eq!(commit(&b, "g", 0, 6).await, NOT_COORDINATOR_CODE);
+    b.faults.lock().unwrap().replay_fails = false;
+    b.groups.on_election(&b, partition, 2);
+    assert_eq!(committed(&b, "g", 0).await, Some(5));
+}
+
+/// Offsets of a transaction whose marker is not applied yet are not live: a trim then
+/// would re-append the group without them and delete their records, losing them at the
+/// next load. The shard waits for the next round instead.
+#[tokio::test]
+async fn a_trim_leaves_a_shard_with_pending_transactional_offsets_alone() {
+    let dir = store();
+    let b = broker(&dir);
+    for i in 0..3000 {
+        assert_eq!(commit(&b, "g", 0, i).await, NONE);
+    }
+    let c = super::txn_offsets::TxnCommit {
+        group_id: "g",
+        producer_id: 7,
+        producer_epoch: 0,
+        member_id: "",
+        instance_id: None,
+        generation: -1,
+    };
+    let offsets = vec![CommitRequest {
+        topic: "t".into(),
+        partition: 1,
+        offset: 42,
+        leader_epoch: -1,
+        metadata: None,
+    }];
+    assert_eq!(b.groups.txn_commit(&b, &c, offsets, None).await, vec![NONE]);
+    let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for("g", 3));
+    // As if the commit marker were written and its completion waited for the group's lock.
+    b.store
+        .0
+        .lock()
+        .unwrap()
+        .partitions
+        .get_mut(&tp)
+        .unwrap()
+        .open
+        .clear();
+    let before = b.held(&tp);
+    b.groups.maintain(&b).await;
+    assert_eq!(b.held(&tp), before, "not trimmed");
+    b.groups.complete_txn(tp.partition, 7, true).await;
+    assert_eq!(
+        b.groups
+            .fetch(&b, "g", Some(&[("t".to_string(), vec![1])]))
+            .await
+            .unwrap()[0]
+            .2
+            .as_ref()
+            .map(|o| o.offset),
+        Some(42)
+    );
+}

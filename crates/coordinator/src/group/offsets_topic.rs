@@ -119,7 +119,8 @@ impl GroupCoordinator {
 
     /// Reads one partition of `__consumer_offsets` back: the shard of an election. Trimming
     /// is left to the periodic check ([`GroupCoordinator::maintain`]).
-    pub(super) fn load(&self, host: &dyn Host, tp: TopicPartition) -> GroupShard {
+    /// `None` when the partition cannot be read: its shard is not served.
+    pub(super) fn load(&self, host: &dyn Host, tp: TopicPartition) -> Option<GroupShard> {
         let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
         let mut metas: HashMap<String, GroupMetadata> = HashMap::new();
         // Transactional offsets by partition and producer, then group, until their marker is
@@ -185,7 +186,8 @@ impl GroupCoordinator {
             }
         });
         if let Err(e) = replayed {
-            tracing::error!(partition = index, error = %e, "cannot read {OFFSETS_TOPIC}; its groups start empty");
+            tracing::error!(partition = index, error = %e, "cannot read {OFFSETS_TOPIC}; its groups are not served");
+            return None;
         }
         let now = now_ms();
         let mut groups: HashMap<String, super::coordinator::Entry> = HashMap::new();
@@ -226,21 +228,25 @@ impl GroupCoordinator {
             groups = groups.len(),
             "loaded {OFFSETS_TOPIC}"
         );
-        GroupShard {
+        Some(GroupShard {
             tp,
+            resigned: std::sync::atomic::AtomicBool::new(false),
             groups: Mutex::new(
                 groups
                     .into_iter()
                     .map(|(id, e)| (id, Arc::new(tokio::sync::Mutex::new(e))))
                     .collect(),
             ),
-        }
+        })
     }
 
     /// Re-appends the live records of a shard whose partition holds more than twice as many
     /// records as live keys (plus slack), then deletes what came before them.
     async fn trim(&self, host: &dyn Host, shard: &GroupShard) {
         let stored = host.stored_records(&shard.tp);
+        // Records written from here on (a group created meanwhile) stay: only what lies
+        // before this offset is deleted.
+        let start = host.end_offset(&shard.tp);
         let mut live: Vec<Record> = Vec::new();
         // Every group of the shard stays locked until the rewrite is done: a commit between
         // two re-appended chunks would otherwise be overwritten by its older value.
@@ -258,6 +264,11 @@ impl GroupCoordinator {
             live.push(Self::group_record(&e.group));
             held.push(e);
         }
+        // Offsets of a transaction are not live until its marker is applied (a commit may be
+        // waiting for one of these locks): such a shard waits for the next round.
+        if held.iter().any(|e| !e.pending.is_empty()) {
+            return;
+        }
         if stored <= 2 * live.len() as u64 + 1000 {
             return;
         }
@@ -268,7 +279,7 @@ impl GroupCoordinator {
         }
         let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             live.iter().map(|r| (r.key(), r.value())).collect();
-        if crate::internal_topic::rewrite_live(host, &shard.tp, &live).await {
+        if crate::internal_topic::rewrite_live(host, &shard.tp, start, &live).await {
             tracing::info!(
                 partition = shard.tp.partition,
                 stored,

@@ -99,8 +99,16 @@ impl GroupCoordinator {
     /// `partition` of `__consumer_offsets`: its pending offsets there become committed or
     /// are dropped. Offsets pending on another partition wait for their own marker.
     pub async fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
-        let Ok(shard) = self.shards.get(partition) else {
-            return;
+        // A marker written while the shard loads waits for the load to finish, or its
+        // offsets would stay pending for good.
+        let shard = loop {
+            match self.shards.get(partition) {
+                Ok(shard) => break shard,
+                Err(errors::COORDINATOR_LOAD_IN_PROGRESS) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                }
+                Err(_) => return,
+            }
         };
         let slots: Vec<_> = shard.groups.lock().unwrap().values().cloned().collect();
         for slot in slots {

@@ -555,7 +555,9 @@ impl TxnCoordinator {
             }
         });
         if let Err(e) = replayed {
-            tracing::error!(partition, error = %e, "cannot read {TXN_TOPIC}; its ids start empty");
+            tracing::error!(partition, error = %e, "cannot read {TXN_TOPIC}; its ids are not served");
+            self.shards.resign(partition, Some(epoch));
+            return;
         }
         let prepared = latest
             .values()
@@ -608,7 +610,8 @@ impl TxnCoordinator {
         if log.written <= 2 * records.len() as u64 + 1000 {
             return;
         }
-        if rewrite_live(host, &shard.tp, &records).await {
+        let start = host.end_offset(&shard.tp);
+        if rewrite_live(host, &shard.tp, start, &records).await {
             log.written = records.len() as u64;
         }
     }
