@@ -1,0 +1,232 @@
+//! The quorum's state machine: committed metadata batches applied to a metadata image. A
+//! snapshot is the image's own records (`MetadataImage::to_records`) with openraft's
+//! metadata, kept on disk as `snapshot` so that a restart starts from it and the log before
+//! it can be purged.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StoredMembership,
+};
+use strom_metadata::codec;
+use strom_metadata::image::MetadataImage;
+use tokio::sync::{Mutex, watch};
+
+use super::{NodeId, StorageError, TypeConfig, io_error};
+
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+struct Inner {
+    dir: PathBuf,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    /// The snapshot kept on disk: its metadata and data.
+    snapshot: Option<(Meta, Vec<u8>)>,
+    snapshots_built: u64,
+}
+
+/// The state machine; clones share it. Readers watch the image.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<Inner>>,
+    image: Arc<watch::Sender<Arc<MetadataImage>>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: Meta,
+    /// `codec`-encoded records of the image.
+    data: Vec<u8>,
+}
+
+fn decode_image(data: &[u8]) -> Result<MetadataImage, StorageError> {
+    let records = codec::decode(data).ok_or_else(|| {
+        io_error(
+            ErrorVerb::Read,
+            ErrorSubject::StateMachine,
+            std::io::Error::other("a damaged metadata snapshot"),
+        )
+    })?;
+    Ok(MetadataImage::default().apply(&records).0)
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`, from its snapshot if there is one.
+    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_error(ErrorVerb::Write, ErrorSubject::StateMachine, e))?;
+        let stored: Option<StoredSnapshot> = match std::fs::read(dir.join("snapshot")) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e)),
+        };
+        let (image, inner) = match stored {
+            Some(s) => (
+                decode_image(&s.data)?,
+                Inner {
+                    dir: dir.to_path_buf(),
+                    last_applied: s.meta.last_log_id,
+                    membership: s.meta.last_membership.clone(),
+                    snapshot: Some((s.meta, s.data)),
+                    snapshots_built: 0,
+                },
+            ),
+            None => (
+                MetadataImage::default(),
+                Inner {
+                    dir: dir.to_path_buf(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                    snapshot: None,
+                    snapshots_built: 0,
+                },
+            ),
+        };
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(inner)),
+            image: Arc::new(watch::channel(Arc::new(image)).0),
+        })
+    }
+
+    /// The image as of the last applied entry.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    /// Follows the image as entries are applied.
+    pub fn watch(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.image.subscribe()
+    }
+
+    fn save(dir: &Path, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        })
+        .map_err(|e| io_error(ErrorVerb::Write, ErrorSubject::StateMachine, e))?;
+        let path = dir.join("snapshot");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| io_error(ErrorVerb::Write, ErrorSubject::StateMachine, e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let mut inner = self.inner.lock().await;
+        let data = codec::encode(&self.image.borrow().to_records());
+        inner.snapshots_built += 1;
+        let snapshot_id = match inner.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, inner.snapshots_built),
+            None => format!("--{}", inner.snapshots_built),
+        };
+        let meta = Meta {
+            last_log_id: inner.last_applied,
+            last_membership: inner.membership.clone(),
+            snapshot_id,
+        };
+        Self::save(&inner.dir, &meta, &data)?;
+        inner.snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        StorageError,
+    > {
+        let inner = self.inner.lock().await;
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.inner.lock().await;
+        let mut image = (*self.image.borrow().clone()).clone();
+        let mut answers = Vec::new();
+        for e in entries {
+            inner.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => match codec::decode(&batch.0) {
+                    Some(records) => {
+                        let (next, ignored) = image.apply(&records);
+                        for why in ignored {
+                            tracing::warn!(
+                                index = e.log_id.index,
+                                "metadata record ignored: {why}"
+                            );
+                        }
+                        image = next;
+                    }
+                    // Every node skips the same committed entry: the images stay equal.
+                    None => tracing::error!(
+                        index = e.log_id.index,
+                        "a metadata log entry cannot be read; skipped"
+                    ),
+                },
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembership::new(Some(e.log_id), m);
+                }
+            }
+            answers.push(());
+        }
+        self.image.send_replace(Arc::new(image));
+        Ok(answers)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let image = decode_image(&data)?;
+        let mut inner = self.inner.lock().await;
+        Self::save(&inner.dir, meta, &data)?;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), data));
+        self.image.send_replace(Arc::new(image));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let inner = self.inner.lock().await;
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
+    }
+}

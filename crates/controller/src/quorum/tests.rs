@@ -1,0 +1,321 @@
+//! The quorum in one process: openraft's own storage suite against our log store and state
+//! machine, then three Raft nodes on disk joined by an in-memory network that tests can cut,
+//! electing, committing metadata, failing over, restarting and catching up by snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{BasicNode, Config, RaftNetwork, RaftNetworkFactory, SnapshotPolicy};
+use strom_metadata::codec;
+use strom_metadata::image::{MetadataImage, Record};
+
+use super::*;
+
+struct DiskBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for DiskBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(&dir.path().join("log")).unwrap();
+        let sm = StateMachine::open(&dir.path().join("sm"))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    Suite::test_all(DiskBuilder).unwrap();
+}
+
+/// Nodes by id, and the ones cut off from everybody.
+#[derive(Clone, Default)]
+struct Router {
+    nodes: Arc<Mutex<HashMap<NodeId, Raft>>>,
+    cut: Arc<Mutex<HashSet<NodeId>>>,
+}
+
+struct Connection {
+    router: Router,
+    from: NodeId,
+    to: NodeId,
+}
+
+impl Connection {
+    fn target<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, BasicNode, E>> {
+        let cut = self.router.cut.lock().unwrap();
+        let unreachable =
+            || RPCError::Unreachable(Unreachable::new(&std::io::Error::other("cut off")));
+        if cut.contains(&self.from) || cut.contains(&self.to) {
+            return Err(unreachable());
+        }
+        self.router
+            .nodes
+            .lock()
+            .unwrap()
+            .get(&self.to)
+            .cloned()
+            .ok_or_else(unreachable)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.target()?
+            .append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.target()?
+            .install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.target()?
+            .vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}
+
+struct Factory {
+    router: Router,
+    from: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Factory {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Connection {
+        Connection {
+            router: self.router.clone(),
+            from: self.from,
+            to: target,
+        }
+    }
+}
+
+fn config() -> Arc<Config> {
+    Arc::new(
+        Config {
+            cluster_name: "strom-test".into(),
+            heartbeat_interval: 50,
+            election_timeout_min: 200,
+            election_timeout_max: 400,
+            // A snapshot every 20 entries: the log before it is purged.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    )
+}
+
+struct Node {
+    raft: Raft,
+    sm: StateMachine,
+}
+
+async fn start(router: &Router, dir: &std::path::Path, id: NodeId) -> Node {
+    let dir = dir.join(format!("node-{id}")).join("__cluster_metadata-0");
+    let log = LogStore::open(&dir).unwrap();
+    let sm = StateMachine::open(&dir).unwrap();
+    let network = Factory {
+        router: router.clone(),
+        from: id,
+    };
+    let raft = Raft::new(id, config(), network, log, sm.clone())
+        .await
+        .unwrap();
+    router.nodes.lock().unwrap().insert(id, raft.clone());
+    Node { raft, sm }
+}
+
+fn voters() -> BTreeMap<NodeId, BasicNode> {
+    (1..=3)
+        .map(|id| (id, BasicNode::new(format!("node-{id}"))))
+        .collect()
+}
+
+/// Polls `f` every 10 ms until it is some, or panics after 30 s saying what was awaited.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn topic_records(name: &str) -> MetadataBatch {
+    MetadataBatch(codec::encode(&[Record::Topic {
+        name: name.into(),
+        id: [name.len() as u8; 16],
+    }]))
+}
+
+fn topics(image: &MetadataImage) -> BTreeSet<String> {
+    image.topics.keys().cloned().collect()
+}
+
+async fn leader_of(nodes: &HashMap<NodeId, Node>) -> NodeId {
+    eventually("a leader", || {
+        let leaders: BTreeSet<NodeId> = nodes
+            .values()
+            .filter_map(|n| n.raft.metrics().borrow().current_leader)
+            .collect();
+        (leaders.len() == 1).then(|| *leaders.iter().next().unwrap())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_commit_fail_over_restart_and_catch_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::default();
+    let mut nodes = HashMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&router, dir.path(), id).await);
+    }
+    nodes[&1].raft.initialize(voters()).await.unwrap();
+    let leader = leader_of(&nodes).await;
+
+    // Committed records reach every node's image.
+    for i in 0..5 {
+        nodes[&leader]
+            .raft
+            .client_write(topic_records(&format!("t{i}")))
+            .await
+            .unwrap();
+    }
+    let want: BTreeSet<String> = (0..5).map(|i| format!("t{i}")).collect();
+    for n in nodes.values() {
+        let sm = n.sm.clone();
+        eventually("every image has the topics", || {
+            (topics(&sm.image()) == want).then_some(())
+        })
+        .await;
+    }
+
+    // The leader is cut off: the others elect a new one and go on; the old leader commits
+    // nothing alone.
+    router.cut.lock().unwrap().insert(leader);
+    let rest: HashMap<NodeId, Node> = nodes
+        .iter()
+        .filter(|(id, _)| **id != leader)
+        .map(|(id, n)| {
+            (
+                *id,
+                Node {
+                    raft: n.raft.clone(),
+                    sm: n.sm.clone(),
+                },
+            )
+        })
+        .collect();
+    let new_leader = eventually("a new leader", || {
+        let leaders: BTreeSet<NodeId> = rest
+            .values()
+            .filter_map(|n| n.raft.metrics().borrow().current_leader)
+            .filter(|l| *l != leader)
+            .collect();
+        (leaders.len() == 1).then(|| *leaders.iter().next().unwrap())
+    })
+    .await;
+    let stale = tokio::time::timeout(
+        Duration::from_secs(1),
+        nodes[&leader].raft.client_write(topic_records("lost")),
+    )
+    .await;
+    assert!(
+        !matches!(stale, Ok(Ok(_))),
+        "a leader cut off from the quorum cannot commit"
+    );
+    for i in 5..40 {
+        rest[&new_leader]
+            .raft
+            .client_write(topic_records(&format!("t{i}")))
+            .await
+            .unwrap();
+    }
+    let want: BTreeSet<String> = (0..40).map(|i| format!("t{i}")).collect();
+
+    // The old leader rejoins: it drops its uncommitted entry and catches up.
+    router.cut.lock().unwrap().clear();
+    for n in nodes.values() {
+        let sm = n.sm.clone();
+        eventually("every image after the failover", || {
+            (topics(&sm.image()) == want).then_some(())
+        })
+        .await;
+    }
+
+    // Snapshots were taken and the log before them purged.
+    let snap = eventually("a snapshot on the new leader", || {
+        rest[&new_leader].raft.metrics().borrow().snapshot
+    })
+    .await;
+    assert!(snap.index >= 20);
+    let purged = eventually("a purge", || {
+        rest[&new_leader].raft.metrics().borrow().purged
+    })
+    .await;
+    assert!(purged.index >= 20);
+
+    // A full restart of one node: it comes back with everything from its snapshot and log.
+    let restarted = if leader != 1 { 1 } else { 2 };
+    nodes[&restarted].raft.shutdown().await.unwrap();
+    router.nodes.lock().unwrap().remove(&restarted);
+    nodes.remove(&restarted);
+    let back = start(&router, dir.path(), restarted).await;
+    let sm = back.sm.clone();
+    eventually("the restarted node's image", || {
+        (topics(&sm.image()) == want).then_some(())
+    })
+    .await;
+
+    // A node whose whole state is gone (wiped directory) catches up by snapshot, the
+    // purged log being no longer there to send.
+    back.raft.shutdown().await.unwrap();
+    router.nodes.lock().unwrap().remove(&restarted);
+    std::fs::remove_dir_all(dir.path().join(format!("node-{restarted}"))).unwrap();
+    let fresh = start(&router, dir.path(), restarted).await;
+    let sm = fresh.sm.clone();
+    eventually("the wiped node's image, from a snapshot", || {
+        (topics(&sm.image()) == want).then_some(())
+    })
+    .await;
+    for n in nodes.values() {
+        n.raft.shutdown().await.unwrap();
+    }
+    fresh.raft.shutdown().await.unwrap();
+}
