@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+pub mod network;
 mod state_machine;
 
 use std::io::Cursor;

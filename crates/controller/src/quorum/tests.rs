@@ -319,3 +319,101 @@ async fn three_nodes_commit_fail_over_restart_and_catch_up_by_snapshot() {
     }
     fresh.raft.shutdown().await.unwrap();
 }
+
+/// Three nodes over real TCP on loopback: they elect and commit; the leader's process
+/// "dies" (its server stops and its Raft shuts down) and the other two elect a new leader
+/// that commits; a bad frame on the listener closes that connection and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_tcp_elect_commit_and_survive_a_dead_leader() {
+    use super::network::{TcpNetwork, serve};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut listeners = BTreeMap::new();
+    for id in 1..=3u64 {
+        listeners.insert(
+            id,
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        );
+    }
+    let members: BTreeMap<NodeId, BasicNode> = listeners
+        .iter()
+        .map(|(id, l)| (*id, BasicNode::new(l.local_addr().unwrap().to_string())))
+        .collect();
+    let mut nodes = HashMap::new();
+    let mut servers = HashMap::new();
+    for (id, listener) in listeners {
+        let dir = dir
+            .path()
+            .join(format!("node-{id}"))
+            .join("__cluster_metadata-0");
+        let sm = StateMachine::open(&dir).unwrap();
+        let raft = Raft::new(
+            id,
+            config(),
+            TcpNetwork,
+            LogStore::open(&dir).unwrap(),
+            sm.clone(),
+        )
+        .await
+        .unwrap();
+        servers.insert(id, tokio::spawn(serve(raft.clone(), listener)));
+        nodes.insert(id, Node { raft, sm });
+    }
+    nodes[&1].raft.initialize(members.clone()).await.unwrap();
+    let leader = leader_of(&nodes).await;
+    for i in 0..3 {
+        nodes[&leader]
+            .raft
+            .client_write(topic_records(&format!("t{i}")))
+            .await
+            .unwrap();
+    }
+
+    // Garbage on a node's listener: the connection closes, the node goes on.
+    let victim = members[&(if leader == 1 { 2 } else { 1 })].addr.clone();
+    let mut s = tokio::net::TcpStream::connect(&victim).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await
+    .expect("closed, not left hanging");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+
+    servers.remove(&leader).unwrap().abort();
+    nodes[&leader].raft.shutdown().await.unwrap();
+    let old = leader;
+    nodes.remove(&old);
+    let leader = eventually("a new leader", || {
+        let leaders: BTreeSet<NodeId> = nodes
+            .values()
+            .filter_map(|n| n.raft.metrics().borrow().current_leader)
+            .filter(|l| *l != old)
+            .collect();
+        (leaders.len() == 1).then(|| *leaders.iter().next().unwrap())
+    })
+    .await;
+    nodes[&leader]
+        .raft
+        .client_write(topic_records("after"))
+        .await
+        .unwrap();
+    let want: BTreeSet<String> = ["t0", "t1", "t2", "after"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for n in nodes.values() {
+        let sm = n.sm.clone();
+        eventually("both images", || {
+            (topics(&sm.image()) == want).then_some(())
+        })
+        .await;
+    }
+    for n in nodes.values() {
+        n.raft.shutdown().await.unwrap();
+    }
+}
