@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use strom_metadata::TopicPartition;
 use strom_metadata::image::{MetadataImage, Record};
 
-use crate::config::{BrokerConfig, parse_properties};
+use crate::config::BrokerConfig;
 use crate::errors;
 use crate::partition::Partition;
 use crate::replica_manager::ReplicaManager;
@@ -78,22 +78,6 @@ pub struct Broker {
 
 pub use strom_storage::clock::random_id;
 
-/// Kafka's cluster id form: 16 bytes in URL-safe base64 without padding (22 characters).
-fn base64url(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 pub(crate) fn write_file_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents)?;
@@ -123,7 +107,7 @@ impl Broker {
         let dir = config.log_dir.clone();
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
-        let cluster_id = Self::identity(&dir, config.node_id)?;
+        let cluster_id = Self::identity(&dir, &config)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
         let broker = Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
@@ -140,7 +124,7 @@ impl Broker {
             id: broker.config.node_id,
             host: broker.config.advertised_host.clone(),
             port: broker.config.advertised_port,
-            rack: None,
+            rack: broker.config.kraft.rack.clone(),
             fenced: false,
         })];
         records.extend(broker.load_topics()?);
@@ -148,30 +132,34 @@ impl Broker {
         Ok(broker)
     }
 
-    /// `meta.properties`: the cluster id made on first start, and the node id it belongs to.
-    fn identity(dir: &Path, node_id: i32) -> Result<String, BrokerError> {
-        let path = dir.join("meta.properties");
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .map_err(io(format!("reading {}", path.display())))?;
-            let props = parse_properties(&text, &path.display().to_string())
-                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-            let stored: Option<i32> = props.get("node.id").and_then(|v| v.parse().ok());
-            if stored.is_some_and(|n| n != node_id) {
+    /// `meta.properties`: the cluster id and the node it belongs to. A cluster node's
+    /// directories are formatted first (`strom storage format`); a node alone in its quorum
+    /// (the embedded default) formats its own on first start.
+    fn identity(dir: &Path, config: &BrokerConfig) -> Result<String, BrokerError> {
+        let node_id = config.node_id;
+        if let Some(m) = crate::meta_properties::read(dir)? {
+            if m.node_id != node_id {
                 return Err(BrokerError::InvalidConfig(format!(
                     "{} belongs to node {}, but this is node.id={node_id}; point log.dirs elsewhere or fix node.id",
-                    path.display(),
-                    stored.unwrap()
+                    dir.join(crate::meta_properties::FILE).display(),
+                    m.node_id
                 )));
             }
-            if let Some(id) = props.get("cluster.id") {
-                return Ok(id.clone());
-            }
+            return Ok(m.cluster_id);
         }
-        let id = base64url(&random_id());
-        let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
-        write_file_atomically(&path, &text).map_err(io(format!("writing {}", path.display())))?;
-        Ok(id)
+        if config.kraft.multi_node(node_id) {
+            return Err(BrokerError::InvalidConfig(format!(
+                "{} is not formatted, and this node's quorum has other voters: run `strom storage format -t <cluster id> -c <server.properties>` on every node with the same cluster id (make one with `strom storage random-uuid`)",
+                dir.display()
+            )));
+        }
+        let m = crate::meta_properties::MetaProperties {
+            cluster_id: strom_metadata::uuid::random(),
+            node_id,
+            directory_id: Some(strom_metadata::uuid::random()),
+        };
+        crate::meta_properties::write(dir, &m)?;
+        Ok(m.cluster_id)
     }
 
     /// Producer ids come in blocks recorded on disk before use, so none is handed out twice
@@ -313,13 +301,6 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64url_of_cluster_ids() {
-        assert_eq!(base64url(&[0; 16]), "AAAAAAAAAAAAAAAAAAAAAA");
-        assert_eq!(base64url(&[0xff; 16]).len(), 22);
-        assert_eq!(base64url(b"Man"), "TWFu");
-    }
 
     #[test]
     fn topic_ids_round_trip() {

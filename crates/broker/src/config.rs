@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use strom_storage::LogConfig;
 
+use crate::kraft_config as kraft;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid value {value:?} for {key}: {reason}")]
@@ -53,6 +55,8 @@ pub struct BrokerConfig {
     pub groups: crate::group::coordinator::CoordinatorConfig,
     /// Transactions and `__transaction_state`.
     pub txns: crate::txn::coordinator::TxnConfig,
+    /// Roles, the controller quorum, the controller listener, liveness timers.
+    pub kraft: crate::kraft_config::KraftConfig,
     /// The topic defaults that `log.*` keys set.
     pub log: LogConfig,
     /// Every key as given (after overrides), for DescribeConfigs on the broker.
@@ -81,6 +85,7 @@ impl Default for BrokerConfig {
             producer_id_expiration_check_interval_ms: 600_000,
             groups: Default::default(),
             txns: Default::default(),
+            kraft: Default::default(),
             log: LogConfig::default(),
             given: BTreeMap::new(),
         }
@@ -90,12 +95,8 @@ impl Default for BrokerConfig {
 /// Keys Kafka users put in server.properties that strom accepts without using them yet
 /// (they concern features that come later); no warning for those.
 const ACCEPTED: &[&str] = &[
-    "process.roles",
-    "controller.quorum.voters",
     "controller.quorum.bootstrap.servers",
-    "controller.listener.names",
     "inter.broker.listener.name",
-    "listener.security.protocol.map",
     "num.network.threads",
     "num.io.threads",
     "socket.send.buffer.bytes",
@@ -131,27 +132,6 @@ fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// `PLAINTEXT://host:port` (the first listener); an empty host means all interfaces.
-fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
-    let first = value.split(',').next().unwrap_or("").trim();
-    let rest = first
-        .split_once("://")
-        .ok_or_else(|| invalid(key, value, "expected NAME://host:port"))?;
-    if rest.0 != "PLAINTEXT" {
-        return Err(invalid(
-            key,
-            value,
-            "only PLAINTEXT listeners are supported so far",
-        ));
-    }
-    let (host, port) = rest
-        .1
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(key, value, "expected NAME://host:port"))?;
-    let port: u16 = port.parse().map_err(|_| invalid(key, value, "bad port"))?;
-    Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
 impl BrokerConfig {
     /// Builds the config from properties, returning it and the warnings for unknown keys.
     pub fn from_properties(
@@ -166,23 +146,21 @@ impl BrokerConfig {
             let v = value.as_str();
             match k {
                 "node.id" | "broker.id" => c.node_id = int(k, v)?,
-                "listeners" => {
-                    let (host, port) = parse_listener(k, v)?;
-                    let ip = if host.is_empty() {
-                        "0.0.0.0".to_string()
-                    } else {
-                        host
-                    };
-                    let addr = format!("{ip}:{port}");
-                    c.listener = match addr.parse() {
-                        Ok(a) => a,
-                        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&addr)
-                            .ok()
-                            .and_then(|mut a| a.next())
-                            .ok_or_else(|| invalid(k, v, "cannot resolve the host"))?,
-                    };
+                // Read after the loop: which listener is whose depends on other keys.
+                "listeners"
+                | "advertised.listeners"
+                | "listener.security.protocol.map"
+                | "controller.listener.names" => {}
+                "process.roles" => c.kraft.roles = kraft::parse_roles(k, v)?,
+                "controller.quorum.voters" => c.kraft.voters = kraft::parse_voters(k, v)?,
+                "metadata.log.dir" => c.kraft.metadata_log_dir = Some(PathBuf::from(v.trim())),
+                "broker.rack" => {
+                    c.kraft.rack = Some(v.trim().to_string()).filter(|r| !r.is_empty())
                 }
-                "advertised.listeners" => advertised = Some(parse_listener(k, v)?),
+                "broker.heartbeat.interval.ms" => c.kraft.heartbeat_interval_ms = int(k, v)?,
+                "broker.session.timeout.ms" => c.kraft.session_timeout_ms = int(k, v)?,
+                "controller.quorum.election.timeout.ms" => c.kraft.election_timeout_ms = int(k, v)?,
+                "controller.quorum.fetch.timeout.ms" => c.kraft.fetch_timeout_ms = int(k, v)?,
                 "log.dirs" | "log.dir" => {
                     let first = v.split(',').next().unwrap_or("").trim();
                     if first.is_empty() {
@@ -318,6 +296,38 @@ impl BrokerConfig {
                 _ => warnings.push(format!("unknown config {k} is ignored")),
             }
         }
+        let protocols = kraft::protocol_map(
+            props
+                .get("listener.security.protocol.map")
+                .map(String::as_str),
+        )?;
+        c.kraft.controller_listener_names = props
+            .get("controller.listener.names")
+            .map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let listeners = match props.get("listeners") {
+            Some(v) => kraft::parse_listeners("listeners", v, &protocols)?,
+            None => Vec::new(),
+        };
+        kraft::check(&c.kraft, c.node_id, &listeners)?;
+        let is_controller =
+            |l: &&kraft::Listener| c.kraft.controller_listener_names.contains(&l.name);
+        c.kraft.controller_listener = listeners.iter().find(is_controller).cloned();
+        if let Some(l) = listeners.iter().find(|l| !is_controller(l)) {
+            c.listener = resolve("listeners", &l.host, l.port)?;
+        }
+        if let Some(v) = props.get("advertised.listeners") {
+            let given = kraft::parse_listeners("advertised.listeners", v, &protocols)?;
+            advertised = given
+                .into_iter()
+                .find(|l| !c.kraft.controller_listener_names.contains(&l.name))
+                .map(|l| (l.host, l.port));
+        }
         let port = c.listener.port();
         let (host, port) = advertised.unwrap_or_else(|| {
             let ip = c.listener.ip();
@@ -332,6 +342,19 @@ impl BrokerConfig {
         c.advertised_port = port;
         c.given = props.clone();
         Ok((c, warnings))
+    }
+}
+
+/// The address to bind for `host` (empty: every interface) and `port`.
+fn resolve(key: &str, host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+    let ip = if host.is_empty() { "0.0.0.0" } else { host };
+    let addr = format!("{ip}:{port}");
+    match addr.parse() {
+        Ok(a) => Ok(a),
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| invalid(key, &addr, "cannot resolve the host")),
     }
 }
 

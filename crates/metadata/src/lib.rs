@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod errors;
 pub mod image;
+pub mod uuid;
 
 use std::fmt;
 

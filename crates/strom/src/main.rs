@@ -6,6 +6,7 @@ mod groups;
 mod output;
 mod perf;
 mod server;
+mod storage;
 mod transactions;
 
 use clap::{Parser, Subcommand};
@@ -61,6 +62,9 @@ enum Command {
     /// Describe the cluster: id, controller, brokers.
     #[command(subcommand)]
     Cluster(admin::ClusterCmd),
+    /// Prepare data directories for a cluster node: make a cluster id, format directories.
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
 }
 
 fn run_client<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
@@ -84,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::Topics(cmd) => run_client(admin::topics(cmd)),
         Command::Configs(cmd) => run_client(admin::configs(cmd)),
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
+        Command::Storage(cmd) => storage::storage(cmd),
         Command::Perf(cmd) => run_client(perf::perf(cmd)),
         Command::Groups(cmd) => run_client(groups::groups(cmd)),
         Command::Transactions(cmd) => run_client(transactions::transactions(cmd)),

@@ -62,6 +62,12 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the data directory {}", data.display()))?,
     );
     let c = &broker.config;
+    if c.kraft.multi_node(c.node_id) {
+        broker.shutdown();
+        bail!(
+            "controller.quorum.voters names other nodes, and this build of strom does not run a multi-node controller quorum yet: start it without controller.quorum.voters to run a single node"
+        );
+    }
     println!(
         "strom node {} listening on {} (advertised as {}:{}), cluster {}, data in {}",
         c.node_id,

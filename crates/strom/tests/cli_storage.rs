@@ -1,0 +1,197 @@
+//! `strom storage random-uuid | format`, as an operator preparing a cluster node runs them,
+//! and what `strom server` says about directories and quorums it cannot serve.
+
+use std::process::Command;
+
+fn strom() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = strom().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn random_uuids_are_kafka_cluster_ids() {
+    let (ok, a, _) = run(&["storage", "random-uuid"]);
+    let (_, b, _) = run(&["storage", "random-uuid"]);
+    assert!(ok);
+    let (a, b) = (a.trim(), b.trim());
+    assert_eq!(a.len(), 22, "{a}");
+    assert_ne!(a, b);
+    assert!(
+        a.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    );
+}
+
+#[test]
+fn format_writes_every_directory_once_and_the_server_keeps_to_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d1, d2, meta) = (
+        tmp.path().join("logs-a"),
+        tmp.path().join("logs-b"),
+        tmp.path().join("meta"),
+    );
+    let config = tmp.path().join("server.properties");
+    std::fs::write(
+        &config,
+        format!(
+            "node.id=4\nlog.dirs={},{}\nmetadata.log.dir={}\nlisteners=PLAINTEXT://127.0.0.1:0\n",
+            d1.display(),
+            d2.display(),
+            meta.display()
+        ),
+    )
+    .unwrap();
+    let id = "MkU3OEVBNTcwNTJENDM2Qk";
+    let cfg = config.to_str().unwrap();
+    let (ok, out, err) = run(&["storage", "format", "-t", id, "-c", cfg]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let mut dir_ids = Vec::new();
+    for d in [&d1, &d2, &meta] {
+        let text = std::fs::read_to_string(d.join("meta.properties")).unwrap();
+        assert!(text.contains(&format!("cluster.id={id}")), "{text}");
+        assert!(
+            text.contains("node.id=4") && text.contains("version=1"),
+            "{text}"
+        );
+        let dir_id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("directory.id="))
+            .unwrap()
+            .to_string();
+        dir_ids.push(dir_id);
+    }
+    dir_ids.dedup();
+    assert_eq!(dir_ids.len(), 3, "every directory has an id of its own");
+
+    // Formatting twice is refused, and names the way out.
+    let (ok, _, err) = run(&["storage", "format", "-t", id, "-c", cfg]);
+    assert!(!ok);
+    assert!(
+        err.contains("already formatted") && err.contains("--ignore-formatted"),
+        "{err}"
+    );
+    let (ok, out, _) = run(&[
+        "storage",
+        "format",
+        "-t",
+        id,
+        "-c",
+        cfg,
+        "--ignore-formatted",
+    ]);
+    assert!(ok);
+    assert_eq!(out.matches("skipped").count(), 3, "{out}");
+
+    // A bad cluster id is refused before anything is written.
+    let other = tmp.path().join("other.properties");
+    std::fs::write(
+        &other,
+        format!("log.dirs={}\n", tmp.path().join("x").display()),
+    )
+    .unwrap();
+    let (ok, _, err) = run(&[
+        "storage",
+        "format",
+        "-t",
+        "not-an-id",
+        "-c",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("random-uuid"), "{err}");
+    assert!(!tmp.path().join("x").exists());
+
+    // A server with another node.id on the formatted directory refuses to start.
+    let (ok, _, err) = run(&[
+        "server",
+        "--config",
+        cfg,
+        "--override",
+        "node.id=5",
+        "--override",
+        &format!("log.dirs={}", d1.display()),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("belongs to node 4"), "{err}");
+}
+
+#[test]
+fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ok, _, err) = run(&[
+        "server",
+        "--override",
+        "node.id=1",
+        "--override",
+        "process.roles=broker,controller",
+        "--override",
+        "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094,3@127.0.0.1:19095",
+        "--override",
+        "controller.listener.names=CONTROLLER",
+        "--override",
+        "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:19093",
+        "--override",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "--override",
+        &format!("log.dirs={}", data.display()),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("strom storage format"), "{err}");
+    // Formatted, it still refuses: no multi-node quorum runs yet, and a node that ran alone
+    // when its operator asked for a cluster would be worse than one that says so.
+    let config = tmp.path().join("node1.properties");
+    std::fs::write(&config, format!("node.id=1\nlog.dirs={}\n", data.display())).unwrap();
+    let (ok, _, err) = run(&[
+        "storage",
+        "format",
+        "-t",
+        "MkU3OEVBNTcwNTJENDM2Qk",
+        "-c",
+        config.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "server",
+        "--override",
+        "node.id=1",
+        "--override",
+        "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094,3@127.0.0.1:19095",
+        "--override",
+        "controller.listener.names=CONTROLLER",
+        "--override",
+        "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:19093",
+        "--override",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "--override",
+        &format!("log.dirs={}", data.display()),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("multi-node controller quorum yet"), "{err}");
+    // Kafka's rules between the keys: a controller must be one of the voters.
+    let (ok, _, err) = run(&[
+        "server",
+        "--override",
+        "node.id=9",
+        "--override",
+        "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094",
+        "--override",
+        "controller.listener.names=CONTROLLER",
+        "--override",
+        "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:19093",
+        "--override",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "--override",
+        &format!("log.dirs={}", data.display()),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("not a voter"), "{err}");
+}
