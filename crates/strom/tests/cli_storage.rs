@@ -123,16 +123,12 @@ fn format_writes_every_directory_once_and_the_server_keeps_to_it() {
     assert!(err.contains("belongs to node 4"), "{err}");
 }
 
-#[test]
-fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let (ok, _, err) = run(&[
+/// `strom server` as node `node` of a three-voter quorum with its data in `data`.
+fn quorum_node(node: &str, data: &std::path::Path) -> (bool, String, String) {
+    run(&[
         "server",
         "--override",
-        "node.id=1",
-        "--override",
-        "process.roles=broker,controller",
+        &format!("node.id={node}"),
         "--override",
         "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094,3@127.0.0.1:19095",
         "--override",
@@ -143,55 +139,35 @@ fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "--override",
         &format!("log.dirs={}", data.display()),
-    ]);
+    ])
+}
+
+#[test]
+fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (ok, _, err) = quorum_node("1", &data);
     assert!(!ok);
     assert!(err.contains("strom storage format"), "{err}");
     // Formatted, it still refuses: no multi-node quorum runs yet, and a node that ran alone
     // when its operator asked for a cluster would be worse than one that says so.
     let config = tmp.path().join("node1.properties");
     std::fs::write(&config, format!("node.id=1\nlog.dirs={}\n", data.display())).unwrap();
+    let cfg = config.to_str().unwrap();
     let (ok, _, err) = run(&[
         "storage",
         "format",
         "-t",
         "MkU3OEVBNTcwNTJENDM2Qk",
         "-c",
-        config.to_str().unwrap(),
+        cfg,
     ]);
     assert!(ok, "{err}");
-    let (ok, _, err) = run(&[
-        "server",
-        "--override",
-        "node.id=1",
-        "--override",
-        "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094,3@127.0.0.1:19095",
-        "--override",
-        "controller.listener.names=CONTROLLER",
-        "--override",
-        "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:19093",
-        "--override",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "--override",
-        &format!("log.dirs={}", data.display()),
-    ]);
+    let (ok, _, err) = quorum_node("1", &data);
     assert!(!ok);
     assert!(err.contains("multi-node controller quorum yet"), "{err}");
     // Kafka's rules between the keys: a controller must be one of the voters.
-    let (ok, _, err) = run(&[
-        "server",
-        "--override",
-        "node.id=9",
-        "--override",
-        "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19094",
-        "--override",
-        "controller.listener.names=CONTROLLER",
-        "--override",
-        "listeners=PLAINTEXT://127.0.0.1:0,CONTROLLER://127.0.0.1:19093",
-        "--override",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "--override",
-        &format!("log.dirs={}", data.display()),
-    ]);
+    let (ok, _, err) = quorum_node("9", &data);
     assert!(!ok);
     assert!(err.contains("not a voter"), "{err}");
 }
