@@ -69,8 +69,11 @@ pub struct Broker {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// This node's replicas.
     pub replicas: ReplicaManager,
-    /// Serializes metadata changes (topic creation, deletion, configs), not data traffic.
-    pub(crate) admin: Mutex<()>,
+    /// Serializes metadata changes (topic creation, deletion, configs), not data traffic:
+    /// held from a change's checks to its publication.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Where metadata changes are committed before they are applied.
+    metadata_log: Box<dyn crate::metadata_log::MetadataLog>,
     producer_ids: Mutex<(i64, i64)>,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
@@ -117,7 +120,11 @@ impl Broker {
             cluster_id,
             image: RwLock::new(Arc::new(MetadataImage::default())),
             topics: RwLock::new(BTreeMap::new()),
-            admin: Mutex::new(()),
+            admin: tokio::sync::Mutex::new(()),
+            metadata_log: Box::new(crate::metadata_log::TopicFiles::new(
+                dir.join(crate::topics::TOPICS_DIR),
+                Arc::default(),
+            )),
             producer_ids: Mutex::new(producer_ids),
         };
         let mut records = vec![Record::RegisterBroker(strom_metadata::image::BrokerInfo {
@@ -128,7 +135,17 @@ impl Broker {
             fenced: false,
         })];
         records.extend(broker.load_topics()?);
-        broker.publish(&records)?;
+        let (image, ignored) = MetadataImage::default().apply(&records);
+        for why in ignored {
+            tracing::warn!("metadata record ignored: {why}");
+        }
+        let image = Arc::new(image);
+        broker.publish_image(image.clone())?;
+        let mut broker = broker;
+        broker.metadata_log = Box::new(crate::metadata_log::TopicFiles::new(
+            dir.join(crate::topics::TOPICS_DIR),
+            image,
+        ));
         Ok(broker)
     }
 
@@ -196,15 +213,28 @@ impl Broker {
         self.image.read().unwrap().clone()
     }
 
-    /// Applies metadata records: the image, then this node's replicas, then the parsed
-    /// topic configs, then the coordinators (shards of internal partitions led here are
-    /// loaded; those no longer led are dropped before their logs go).
-    pub fn publish(&self, records: &[Record]) -> Result<(), BrokerError> {
+    /// Commits a metadata change and publishes it: the records go to the metadata log, and
+    /// the image that includes them is applied here.
+    pub async fn commit(&self, records: Vec<Record>) -> Result<(), BrokerError> {
+        let admin = self.admin.lock().await;
+        self.commit_locked(&admin, records).await
+    }
+
+    /// [`Broker::commit`] for a caller that holds the admin lock from its checks on.
+    pub(crate) async fn commit_locked(
+        &self,
+        _admin: &tokio::sync::MutexGuard<'_, ()>,
+        records: Vec<Record>,
+    ) -> Result<(), BrokerError> {
+        let next = self.metadata_log.commit(records).await?;
+        self.publish_image(next)
+    }
+
+    /// Applies a committed image: this node's replicas, then the parsed topic configs, then
+    /// the coordinators (shards of internal partitions led here are loaded; those no longer
+    /// led are dropped before their logs go).
+    fn publish_image(&self, next: Arc<MetadataImage>) -> Result<(), BrokerError> {
         let old = self.image();
-        let (next, ignored) = old.apply(records);
-        for why in ignored {
-            tracing::warn!("metadata record ignored: {why}");
-        }
         let changes = old.local_changes(&next, self.config.node_id);
         // Topic configs first: a new replica opens with its topic's config.
         let mut parsed = BTreeMap::new();
@@ -240,7 +270,7 @@ impl Broker {
             parsed.get(name).map(|t| t.config.read().unwrap().clone())
         })?;
         *self.topics.write().unwrap() = parsed;
-        *self.image.write().unwrap() = Arc::new(next);
+        *self.image.write().unwrap() = next;
         for (tp, info) in &changes.leaders {
             self.elect(tp, info.leader_epoch);
         }
@@ -309,8 +339,8 @@ mod tests {
         assert_ne!(random_id(), random_id());
     }
 
-    #[test]
-    fn topics_survive_a_restart_with_their_configs() {
+    #[tokio::test]
+    async fn topics_survive_a_restart_with_their_configs() {
         let dir = tempfile::tempdir().unwrap();
         let config = BrokerConfig {
             log_dir: dir.path().to_path_buf(),
@@ -330,6 +360,7 @@ mod tests {
                 },
                 false,
             )
+            .await
             .unwrap();
         let id = t.id;
         let cluster = b.cluster_id.clone();
@@ -344,10 +375,11 @@ mod tests {
                     configs: BTreeMap::new()
                 },
                 false
-            ),
+            )
+            .await,
             Err(BrokerError::TopicExists(_))
         ));
-        b.add_partitions("t", 4, None, false).unwrap();
+        b.add_partitions("t", 4, None, false).await.unwrap();
         b.shutdown();
         drop(b);
         let b = Broker::open(config).unwrap();
@@ -357,7 +389,7 @@ mod tests {
         assert_eq!(b.partition_count("t"), Some(4));
         assert_eq!(t.config.read().unwrap().log.retention_ms, 5000);
         assert!(b.allocate_producer_id().unwrap() > pid);
-        b.delete_topic("t").unwrap();
+        b.delete_topic("t").await.unwrap();
         assert!(b.topic("t").is_none());
         assert!(!dir.path().join("t-0").exists());
     }

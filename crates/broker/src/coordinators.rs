@@ -128,7 +128,7 @@ impl Topics for Broker {
         name: &'a str,
         partitions: i32,
     ) -> BoxFuture<'a, Result<i32, i16>> {
-        Box::pin(async move { Broker::ensure_internal_topic(self, name, partitions) })
+        Box::pin(Broker::ensure_internal_topic(self, name, partitions))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::partition::Partition;
 
 impl Broker {
     /// Creates an internal topic on first use, as Kafka does; returns its partition count.
-    pub fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<i32, i16> {
+    pub async fn ensure_internal_topic(&self, name: &str, partitions: i32) -> Result<i32, i16> {
         if let Some(n) = self.partition_count(name) {
             return Ok(n);
         }
@@ -27,7 +27,7 @@ impl Broker {
             assignments: vec![],
             configs,
         };
-        match self.create_topic(new, false) {
+        match self.create_topic(new, false).await {
             Ok(t) => Ok(self.partition_count(&t.name).unwrap_or(0)),
             Err(BrokerError::TopicExists(_)) => Ok(self.partition_count(name).unwrap_or(0)),
             Err(e) => {

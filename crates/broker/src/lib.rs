@@ -10,6 +10,7 @@ mod internal_topics;
 pub mod kraft_config;
 mod maintenance;
 pub mod meta_properties;
+pub mod metadata_log;
 pub mod partition;
 pub mod protocol;
 pub mod purgatory;

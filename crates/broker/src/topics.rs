@@ -4,7 +4,6 @@
 //! `.topics/<name>.properties` and reads them back at start.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use strom_metadata::TopicPartition;
@@ -12,12 +11,11 @@ use strom_metadata::image::{PartitionInfo, Record};
 
 use crate::broker::{
     Broker, BrokerError, MAX_PARTITIONS, NewTopic, Topic, TopicId, io, parse_topic_id, random_id,
-    topic_id_hex, write_file_atomically,
 };
 use crate::config::parse_properties;
 use crate::topic_config::{TopicConfig, validate_topic_name};
 
-const TOPICS_DIR: &str = ".topics";
+pub(crate) const TOPICS_DIR: &str = ".topics";
 
 /// A topic as stored in `.topics/<name>.properties`.
 struct Stored {
@@ -28,13 +26,6 @@ struct Stored {
 }
 
 impl Broker {
-    fn topic_file(&self, name: &str) -> PathBuf {
-        self.config
-            .log_dir
-            .join(TOPICS_DIR)
-            .join(format!("{name}.properties"))
-    }
-
     /// The records of this node's partition `index` of a topic it alone holds: led here,
     /// from the leader epoch its log last wrote with.
     fn led_here(&self, topic: &str, index: i32, leader_epoch: i32) -> Record {
@@ -128,24 +119,6 @@ impl Broker {
         }))
     }
 
-    fn save_topic(
-        &self,
-        name: &str,
-        id: &TopicId,
-        partitions: i32,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let mut text = format!(
-            "topic.id={}\npartitions={partitions}\nreplication.factor=1\n",
-            topic_id_hex(id),
-        );
-        for (k, v) in overrides {
-            text.push_str(&format!("config.{k}={v}\n"));
-        }
-        let path = self.topic_file(name);
-        write_file_atomically(&path, &text).map_err(io(format!("writing {}", path.display())))
-    }
-
     fn check_assignments(
         &self,
         assignments: &[Vec<i32>],
@@ -165,13 +138,13 @@ impl Broker {
     }
 
     /// Validates a new topic and, unless `validate_only`, creates it.
-    pub fn create_topic(
+    pub async fn create_topic(
         &self,
         new: NewTopic,
         validate_only: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
         validate_topic_name(&new.name).map_err(BrokerError::InvalidTopic)?;
-        let _admin = self.admin.lock().unwrap();
+        let admin = self.admin.lock().await;
         if self.topic(&new.name).is_some() {
             return Err(BrokerError::TopicExists(new.name));
         }
@@ -233,39 +206,40 @@ impl Broker {
             },
         ];
         records.extend((0..partitions).map(|i| self.led_here(&new.name, i, 0)));
-        self.save_topic(&new.name, &id, partitions, &config.overrides)?;
-        self.publish(&records)?;
+        self.commit_locked(&admin, records).await?;
         tracing::info!(topic = %new.name, partitions, "created topic");
         self.topic(&new.name)
             .ok_or_else(|| BrokerError::UnknownTopic(new.name.clone()))
     }
 
-    pub fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
-        let _admin = self.admin.lock().unwrap();
+    pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        let admin = self.admin.lock().await;
         let topic = self
             .topic(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
-        let path = self.topic_file(name);
-        std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
-        self.publish(&[Record::RemoveTopic {
-            name: name.to_string(),
-        }])?;
+        self.commit_locked(
+            &admin,
+            vec![Record::RemoveTopic {
+                name: name.to_string(),
+            }],
+        )
+        .await?;
         tracing::info!(topic = %name, "deleted topic");
         Ok(topic)
     }
 
     /// CreatePartitions: grows a topic to `count` partitions.
-    pub fn add_partitions(
+    pub async fn add_partitions(
         &self,
         name: &str,
         count: i32,
         assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
-        let _admin = self.admin.lock().unwrap();
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let admin = self.admin.lock().await;
+        if self.topic(name).is_none() {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        }
         let current = self.partition_count(name).unwrap_or(0);
         if count > MAX_PARTITIONS {
             return Err(BrokerError::InvalidPartitions(format!(
@@ -290,35 +264,35 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        let overrides = topic.config.read().unwrap().overrides.clone();
-        self.save_topic(name, &topic.id, count, &overrides)?;
         let records: Vec<Record> = (current..count)
             .map(|i| self.led_here(name, i, 0))
             .collect();
-        self.publish(&records)
+        self.commit_locked(&admin, records).await
     }
 
     /// Replaces a topic's overrides (validated first), live on every partition.
-    pub fn set_topic_config(
+    pub async fn set_topic_config(
         &self,
         name: &str,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
-        let topic = self
-            .topic(name)
-            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        if self.topic(name).is_none() {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        }
         let config =
             TopicConfig::new(&self.config, overrides).map_err(BrokerError::InvalidConfig)?;
         if validate_only {
             return Ok(());
         }
-        let _admin = self.admin.lock().unwrap();
-        let count = self.partition_count(name).unwrap_or(0);
-        self.save_topic(name, &topic.id, count, &config.overrides)?;
-        self.publish(&[Record::TopicConfigs {
-            topic: name.to_string(),
-            configs: config.overrides,
-        }])
+        let admin = self.admin.lock().await;
+        self.commit_locked(
+            &admin,
+            vec![Record::TopicConfigs {
+                topic: name.to_string(),
+                configs: config.overrides,
+            }],
+        )
+        .await
     }
 }

@@ -34,7 +34,7 @@ fn append_state(b: &Broker, id: &str, value: Option<Vec<u8>>) {
 #[tokio::test]
 async fn an_expired_transactional_id_recovers_with_the_producer_id_it_had() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     let idle = b
         .txns
@@ -67,7 +67,7 @@ async fn an_expired_transactional_id_recovers_with_the_producer_id_it_had() {
 #[tokio::test]
 async fn a_retried_epoch_bump_is_answered_again() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, _) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     let bump = b.txns.init_producer(&b, "tx", 60_000, Some((pid, 0))).await;
     assert_eq!(bump, Ok((pid, 1)));
@@ -90,7 +90,7 @@ async fn a_retried_epoch_bump_is_answered_again() {
 #[tokio::test]
 async fn empty_transactional_ids_are_invalid_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     assert_eq!(
         b.txns.init_producer(&b, "", 60_000, None).await,
         Err(INVALID_REQUEST)
@@ -107,7 +107,7 @@ async fn empty_transactional_ids_are_invalid_requests() {
 async fn an_unreadable_value_keeps_the_previous_state_and_a_null_one_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch) = {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let ids = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
         b.txns
             .init_producer(&b, "gone", 60_000, None)
@@ -118,7 +118,7 @@ async fn an_unreadable_value_keeps_the_previous_state_and_a_null_one_removes_it(
         append_state(&b, "gone", None);
         ids
     };
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let m = b.txns.describe(&b, "tx").await.unwrap().unwrap();
     assert_eq!(
         (m.producer_id, m.producer_epoch, m.state),
@@ -130,9 +130,9 @@ async fn an_unreadable_value_keeps_the_previous_state_and_a_null_one_removes_it(
 #[tokio::test]
 async fn the_state_partition_follows_the_topics_partition_count() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     // The topic was made with 2 partitions; the config says 3.
-    assert_eq!(b.ensure_internal_topic(TXN_TOPIC, 2), Ok(2));
+    assert_eq!(b.ensure_internal_topic(TXN_TOPIC, 2).await, Ok(2));
     let id = (0..100)
         .map(|i| format!("tx{i}"))
         .find(|id| partition_for(id, 3) == 2)
@@ -196,7 +196,7 @@ async fn unstable(b: &Broker, group: &str) -> bool {
 #[tokio::test]
 async fn txn_offset_commit_from_an_old_epoch_is_invalid_producer_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     let group = group_on(0, 3);
     let p = offsets_partition(&group, 3);
@@ -219,9 +219,9 @@ async fn txn_offset_commit_from_an_old_epoch_is_invalid_producer_epoch() {
 #[tokio::test]
 async fn markers_commit_group_offsets_on_the_topics_actual_partitions() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     // `__consumer_offsets` was made with 2 partitions; the config says 3.
-    assert_eq!(b.ensure_internal_topic(OFFSETS_TOPIC, 2), Ok(2));
+    assert_eq!(b.ensure_internal_topic(OFFSETS_TOPIC, 2).await, Ok(2));
     let group = (0..1000)
         .map(|i| format!("g{i}"))
         .find(|g| offsets_partition(g, 2) != offsets_partition(g, 3))
@@ -242,7 +242,7 @@ async fn markers_commit_group_offsets_on_the_topics_actual_partitions() {
 #[tokio::test]
 async fn a_marker_ends_only_the_offsets_pending_on_its_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (a, c) = (group_on(0, 3), group_on(2, 3));
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     let parts = [offsets_partition(&a, 3), offsets_partition(&c, 3)];
@@ -268,7 +268,7 @@ async fn reloaded_offsets_wait_for_a_marker_on_their_own_partition() {
     // Group `a` is on offsets partition 0, read back first; `c` on partition 2.
     let (a, c) = (group_on(0, 3), group_on(2, 3));
     let (pid, epoch) = {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
         // The first transaction commits offsets of `c`.
         let pc = offsets_partition(&c, 3);
@@ -287,7 +287,7 @@ async fn reloaded_offsets_wait_for_a_marker_on_their_own_partition() {
         assert_eq!(commit_offset(&b, &a, pid, epoch, 1).await, vec![NONE]);
         (pid, epoch)
     };
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     assert_eq!(
         (committed(&b, &a).await, committed(&b, &c).await),
         (None, Some(2))
@@ -302,7 +302,7 @@ async fn reloaded_offsets_wait_for_a_marker_on_their_own_partition() {
 #[tokio::test]
 async fn a_group_with_offsets_of_an_open_transaction_is_not_expired() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let group = group_on(1, 3);
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     let p = offsets_partition(&group, 3);
@@ -323,7 +323,7 @@ async fn a_group_with_offsets_of_an_open_transaction_is_not_expired() {
 #[tokio::test]
 async fn txn_offsets_outside_the_transaction_are_refused_not_held() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let group = group_on(1, 3);
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     // The transaction exists but AddOffsetsToTxn was never sent for the group.
@@ -333,7 +333,7 @@ async fn txn_offsets_outside_the_transaction_are_refused_not_held() {
             .await,
         NONE
     );
-    b.ensure_internal_topic(OFFSETS_TOPIC, 3).unwrap();
+    b.ensure_internal_topic(OFFSETS_TOPIC, 3).await.unwrap();
     assert_eq!(
         commit_offset(&b, &group, pid, epoch, 3).await,
         vec![INVALID_TXN_STATE]

@@ -12,7 +12,7 @@ use crate::txn::state::{PRODUCER_FENCED, TxnState};
 use strom_metadata::errors::NONE;
 
 /// A broker on `dir` with 3 partitions per internal topic and a topic `t` of 2.
-pub(crate) fn broker(dir: &std::path::Path) -> Broker {
+pub(crate) async fn broker(dir: &std::path::Path) -> Broker {
     let mut config = BrokerConfig {
         log_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
@@ -31,6 +31,7 @@ pub(crate) fn broker(dir: &std::path::Path) -> Broker {
             },
             false,
         )
+        .await
         .unwrap();
     }
     b
@@ -71,7 +72,7 @@ pub(crate) fn both() -> Vec<(String, i32)> {
 #[tokio::test]
 async fn commit_and_abort_write_markers_and_move_the_stable_offset() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     assert_eq!(
         b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
@@ -113,7 +114,7 @@ async fn commit_and_abort_write_markers_and_move_the_stable_offset() {
 #[tokio::test]
 async fn a_new_incarnation_fences_the_old_one_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, old) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
     assert_eq!(
         b.txns.add_partitions(&b, "tx", pid, old, &both()).await,
@@ -135,7 +136,7 @@ async fn a_new_incarnation_fences_the_old_one_everywhere() {
 #[tokio::test]
 async fn open_transactions_time_out() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let (pid, epoch) = b
         .txns
         .init_producer(&b, "slow", 60_000, None)
@@ -169,7 +170,7 @@ async fn open_transactions_time_out() {
 async fn restart_between_prepare_and_complete(commit: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch, first) = {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
         assert_eq!(
             b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
@@ -199,7 +200,7 @@ async fn restart_between_prepare_and_complete(commit: bool) {
         assert_eq!(p0.last_stable_offset(), 0, "open before the restart");
         (pid, epoch, first)
     };
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     // The restarted coordinator finishes prepared transactions in its timers' first pass.
     b.txns.tick(&b, now_ms()).await;
     let m = b.txns.describe(&b, "tx").await.unwrap().unwrap();
@@ -251,7 +252,7 @@ async fn a_restart_between_prepare_and_complete_finishes_the_abort() {
 async fn producer_state_survives_restarts_clean_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch) = {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let (pid, epoch) = b.txns.init_producer(&b, "tx", 60_000, None).await.unwrap();
         assert_eq!(
             b.txns.add_partitions(&b, "tx", pid, epoch, &both()).await,
@@ -262,7 +263,7 @@ async fn producer_state_survives_restarts_clean_or_not() {
         (pid, epoch)
     };
     for clean in [true, false] {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let p0 = b.partition("t", 0).unwrap();
         // Still open after the restart, and the retried batch is a duplicate.
         assert_eq!(p0.last_stable_offset(), 0, "clean: {clean}");
@@ -281,7 +282,7 @@ async fn producer_state_survives_restarts_clean_or_not() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let p0 = b.partition("t", 0).unwrap();
     assert_eq!(p0.last_stable_offset(), 0);
     assert_eq!(b.txns.end(&b, "tx", pid, epoch, false).await, NONE);
@@ -293,7 +294,7 @@ async fn producer_state_survives_restarts_clean_or_not() {
 async fn the_state_topic_is_trimmed_to_the_live_state() {
     let dir = tempfile::tempdir().unwrap();
     let (pid, epoch) = {
-        let b = broker(dir.path());
+        let b = broker(dir.path()).await;
         let (pid, epoch) = b
             .txns
             .init_producer(&b, "busy", 60_000, None)
@@ -314,7 +315,7 @@ async fn the_state_topic_is_trimmed_to_the_live_state() {
         (pid, epoch)
     };
     // What is left reads back as the same state.
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let m = b.txns.describe(&b, "busy").await.unwrap().unwrap();
     assert_eq!(
         (m.producer_id, m.producer_epoch, m.state),

@@ -580,7 +580,7 @@ fn mutate(rng: &mut StdRng, seed: &Bytes) -> Bytes {
 #[tokio::test]
 async fn half_a_million_mutated_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let seeds = seeds();
     assert!(seeds.len() > 100, "{} seeds", seeds.len());
     // The unmutated seeds are all served (or decoded) without closing the connection.

@@ -30,7 +30,7 @@ fn encode<T: Encode>(req: &T, version: i16) -> Vec<u8> {
 #[tokio::test]
 async fn authorized_operations_are_every_supported_one_when_asked() {
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     for asked in [true, false] {
         let req = MetadataRequest {
             topics: Some(vec![MetadataRequestTopic {
@@ -98,7 +98,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
     const PARTITIONS: i32 = 1000;
     const FETCHES: i32 = 200;
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     b.create_topic(
         NewTopic {
             name: "many".into(),
@@ -109,6 +109,7 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
         },
         false,
     )
+    .await
     .unwrap();
     let partition = |i: i32| b.partition("many", i).unwrap();
     let fetch = |partition: i32| {
@@ -231,7 +232,7 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
     use krabka_protocol::owned::find_coordinator_request::FindCoordinatorRequest;
     use krabka_protocol::owned::find_coordinator_response::FindCoordinatorResponse;
     let dir = tempfile::tempdir().unwrap();
-    let b = broker(dir.path());
+    let b = broker(dir.path()).await;
     let group = "readers";
     let commit = |partition: i32| {
         let req = OffsetCommitRequest {
@@ -268,7 +269,7 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
             strom_broker::group::records::partition_for(group, 2) == *p
         })
         .unwrap();
-    b.publish(&[
+    b.commit(vec![
         MetaRecord::RegisterBroker(BrokerInfo {
             id: 7,
             host: "elsewhere".into(),
@@ -287,6 +288,7 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
             info: elsewhere.clone(),
         },
     ])
+    .await
     .unwrap();
 
     let batch = BatchBuilder::new()

@@ -46,7 +46,11 @@ pub(crate) fn broker_error(e: &BrokerError) -> i16 {
     }
 }
 
-pub fn create_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn create_topics(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: CreateTopicsRequest = protocol::decode(&mut body, ctx.version)?;
     let mut results = Vec::new();
     for t in req.topics {
@@ -93,7 +97,7 @@ pub fn create_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
             assignments: assignments.into_iter().map(|a| a.1).collect(),
             configs,
         };
-        match broker.create_topic(new, req.validate_only) {
+        match broker.create_topic(new, req.validate_only).await {
             Ok(topic) => {
                 let config = topic.config.read().unwrap();
                 result.topic_id = if req.validate_only {
@@ -144,7 +148,11 @@ pub fn create_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
     )
 }
 
-pub fn delete_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn delete_topics(
+    broker: &Arc<Broker>,
+    ctx: &RequestContext,
+    mut body: Bytes,
+) -> HandlerResult {
     let req: DeleteTopicsRequest = protocol::decode(&mut body, ctx.version)?;
     // v6 names topics by name or id; earlier versions by name only.
     let wanted: Vec<(Option<String>, Uuid)> = if ctx.version >= 6 {
@@ -158,9 +166,9 @@ pub fn delete_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
             .map(|n| (Some(n), Uuid::ZERO))
             .collect()
     };
-    let responses = wanted
-        .into_iter()
-        .map(|(name, id)| {
+    let mut responses = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        responses.push({
             let mut r = DeletableTopicResult {
                 name: name.clone(),
                 topic_id: id,
@@ -175,7 +183,7 @@ pub fn delete_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
                     r.error_code = errors::UNKNOWN_TOPIC_ID;
                     r.error_message = Some("unknown topic id".into());
                 }
-                Some(n) => match broker.delete_topic(&n) {
+                Some(n) => match broker.delete_topic(&n).await {
                     Ok(t) => {
                         r.name = Some(n);
                         r.topic_id = Uuid(t.id);
@@ -187,8 +195,8 @@ pub fn delete_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
                 },
             }
             r
-        })
-        .collect();
+        });
+    }
     respond(
         ctx,
         &DeleteTopicsResponse {
@@ -198,31 +206,30 @@ pub fn delete_topics(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes
     )
 }
 
-pub fn create_partitions(
+pub async fn create_partitions(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
     mut body: Bytes,
 ) -> HandlerResult {
     let req: CreatePartitionsRequest = protocol::decode(&mut body, ctx.version)?;
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let assignments = t
-                .assignments
-                .map(|a| a.into_iter().map(|x| x.broker_ids).collect());
-            let mut r = CreatePartitionsTopicResult {
-                name: t.name.clone(),
-                ..Default::default()
-            };
-            if let Err(e) = broker.add_partitions(&t.name, t.count, assignments, req.validate_only)
-            {
-                r.error_code = broker_error(&e);
-                r.error_message = Some(e.to_string());
-            }
-            r
-        })
-        .collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let assignments = t
+            .assignments
+            .map(|a| a.into_iter().map(|x| x.broker_ids).collect());
+        let mut r = CreatePartitionsTopicResult {
+            name: t.name.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = broker
+            .add_partitions(&t.name, t.count, assignments, req.validate_only)
+            .await
+        {
+            r.error_code = broker_error(&e);
+            r.error_message = Some(e.to_string());
+        }
+        results.push(r);
+    }
     respond(
         ctx,
         &CreatePartitionsResponse {

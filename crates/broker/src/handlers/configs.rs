@@ -281,7 +281,7 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
 }
 
 /// Applies new topic overrides, or explains why not: (error code, message).
-fn alter_topic(
+async fn alter_topic(
     broker: &Broker,
     name: &str,
     overrides: Result<BTreeMap<String, String>, String>,
@@ -291,7 +291,10 @@ fn alter_topic(
         Ok(o) => o,
         Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
     };
-    match broker.set_topic_config(name, overrides, validate_only) {
+    match broker
+        .set_topic_config(name, overrides, validate_only)
+        .await
+    {
         Ok(()) => (errors::NONE, None),
         Err(e) => (broker_error(&e), Some(e.to_string())),
     }
@@ -313,12 +316,11 @@ fn broker_read_only(broker: &Broker, name: &str) -> (i16, Option<String>) {
     )
 }
 
-pub fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: AlterConfigsRequest = protocol::decode(&mut body, ctx.version)?;
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|res| {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        responses.push({
             let (code, msg) = match res.resource_type {
                 TOPIC => {
                     // AlterConfigs replaces the whole set of overrides.
@@ -330,7 +332,7 @@ pub fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Han
                             None => Err(format!("config {} has no value", c.name)),
                         })
                         .collect();
-                    alter_topic(broker, &res.resource_name, overrides, req.validate_only)
+                    alter_topic(broker, &res.resource_name, overrides, req.validate_only).await
                 }
                 BROKER => broker_read_only(broker, &res.resource_name),
                 other => (
@@ -345,8 +347,8 @@ pub fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Han
                 resource_name: res.resource_name,
                 ..Default::default()
             }
-        })
-        .collect();
+        });
+    }
     respond(
         ctx,
         &AlterConfigsResponse {
@@ -408,16 +410,15 @@ fn apply_incremental(
     Ok(next)
 }
 
-pub fn incremental_alter(
+pub async fn incremental_alter(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
     mut body: Bytes,
 ) -> HandlerResult {
     let req: IncrementalAlterConfigsRequest = protocol::decode(&mut body, ctx.version)?;
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|res| {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for res in req.resources {
+        responses.push({
             let (code, msg) = match res.resource_type {
                 TOPIC => match broker.topic(&res.resource_name) {
                     None => (
@@ -432,6 +433,7 @@ pub fn incremental_alter(
                             apply_incremental(&current, &res.configs),
                             req.validate_only,
                         )
+                        .await
                     }
                 },
                 BROKER => broker_read_only(broker, &res.resource_name),
@@ -447,8 +449,8 @@ pub fn incremental_alter(
                 resource_name: res.resource_name,
                 ..Default::default()
             }
-        })
-        .collect();
+        });
+    }
     respond(
         ctx,
         &incremental::IncrementalAlterConfigsResponse {

@@ -56,7 +56,7 @@ fn error_entry(name: Option<String>, id: Uuid, code: i16) -> MetadataResponseTop
     }
 }
 
-pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
     let req: MetadataRequest = protocol::decode(&mut body, ctx.version)?;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let all = match &req.topics {
@@ -76,7 +76,7 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
             let entry = match wanted.name {
                 Some(name) => match image.topic(&name) {
                     Some(t) => topic_entry(t, ops),
-                    None if may_create => auto_create(broker, name, ops),
+                    None if may_create => auto_create(broker, name, ops).await,
                     None => error_entry(Some(name), Uuid::ZERO, errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
                 None => match image.topic_by_id(&wanted.topic_id.0) {
@@ -117,7 +117,7 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
     )
 }
 
-fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopic {
+async fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopic {
     let new = NewTopic {
         name: name.clone(),
         partitions: None,
@@ -125,7 +125,7 @@ fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopi
         assignments: vec![],
         configs: Default::default(),
     };
-    match broker.create_topic(new, false) {
+    match broker.create_topic(new, false).await {
         // Created, or another request created it first.
         Ok(_) | Err(BrokerError::TopicExists(_)) => match broker.image().topic(&name) {
             Some(t) => topic_entry(t, ops),

@@ -58,19 +58,21 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
     };
     let result = match api_key {
         protocol::API_VERSIONS => api_versions::handle(&ctx, frame),
-        protocol::METADATA => metadata::handle(broker, &ctx, frame),
+        protocol::METADATA => metadata::handle(broker, &ctx, frame).await,
         protocol::PRODUCE => produce::handle(broker, &ctx, frame).await,
         protocol::FETCH => fetch::handle(broker, &ctx, frame).await,
         protocol::LIST_OFFSETS => list_offsets::handle(broker, &ctx, frame),
-        protocol::CREATE_TOPICS => admin::create_topics(broker, &ctx, frame),
-        protocol::DELETE_TOPICS => admin::delete_topics(broker, &ctx, frame),
-        protocol::CREATE_PARTITIONS => admin::create_partitions(broker, &ctx, frame),
+        protocol::CREATE_TOPICS => admin::create_topics(broker, &ctx, frame).await,
+        protocol::DELETE_TOPICS => admin::delete_topics(broker, &ctx, frame).await,
+        protocol::CREATE_PARTITIONS => admin::create_partitions(broker, &ctx, frame).await,
         protocol::DELETE_RECORDS => admin::delete_records(broker, &ctx, frame),
         protocol::DESCRIBE_CLUSTER => admin::describe_cluster(broker, &ctx, frame),
         protocol::DESCRIBE_LOG_DIRS => admin::describe_log_dirs(broker, &ctx, frame),
         protocol::DESCRIBE_CONFIGS => configs::describe(broker, &ctx, frame),
-        protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame),
-        protocol::INCREMENTAL_ALTER_CONFIGS => configs::incremental_alter(broker, &ctx, frame),
+        protocol::ALTER_CONFIGS => configs::alter(broker, &ctx, frame).await,
+        protocol::INCREMENTAL_ALTER_CONFIGS => {
+            configs::incremental_alter(broker, &ctx, frame).await
+        }
         protocol::FIND_COORDINATOR => coordinator::find(broker, &ctx, frame).await,
         protocol::JOIN_GROUP => groups::join(broker, &ctx, frame, peer).await,
         protocol::SYNC_GROUP => groups::sync(broker, &ctx, frame).await,

@@ -14,7 +14,7 @@ pub fn peer() -> SocketAddr {
 }
 
 /// A broker on a temporary directory with topic `t` (2 partitions), no auto-creation.
-pub fn broker(dir: &std::path::Path) -> Arc<Broker> {
+pub async fn broker(dir: &std::path::Path) -> Arc<Broker> {
     let mut config = BrokerConfig {
         log_dir: dir.to_path_buf(),
         auto_create_topics_enable: false,
@@ -33,6 +33,7 @@ pub fn broker(dir: &std::path::Path) -> Arc<Broker> {
         },
         false,
     )
+    .await
     .unwrap();
     Arc::new(b)
 }

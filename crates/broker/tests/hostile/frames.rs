@@ -204,7 +204,7 @@ fn truncation_cases() -> Vec<Case> {
 #[tokio::test]
 async fn over_declared_arrays_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let mut cases = Vec::new();
     for c in array_cases() {
         let f = |count: &[u8]| {
@@ -264,7 +264,7 @@ async fn over_declared_arrays_close_the_connection() {
 #[tokio::test]
 async fn bad_frames_headers_strings_and_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let cases = framing_cases();
     assert!(cases.len() >= 40, "{} cases", cases.len());
     run(&broker, cases).await;
@@ -274,7 +274,7 @@ async fn bad_frames_headers_strings_and_versions() {
 #[tokio::test]
 async fn truncated_requests_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     run(&broker, truncation_cases()).await;
     // The three whole produce requests went in, nothing else.
     let end: u64 = (0..2)
@@ -301,7 +301,7 @@ pub(crate) fn assert_logs_empty(broker: &Broker) {
 #[tokio::test]
 async fn a_negative_client_id_length_reads_as_null() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let f = bytes::Bytes::from_static(&[0, 18, 0, 0, 0, 0, 0, 42, 0xff, 0xf0]);
     let r: ApiVersionsResponse = decode(handle(&broker, f, peer()).await, 0, false);
     assert_eq!(r.error_code, 0);
@@ -310,7 +310,7 @@ async fn a_negative_client_id_length_reads_as_null() {
 #[tokio::test]
 async fn unsupported_api_versions_gets_the_list_in_v0() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let r: ApiVersionsResponse = decode(
         handle(&broker, frame(18, 77, true, &[]), peer()).await,
         0,
@@ -322,7 +322,7 @@ async fn unsupported_api_versions_gets_the_list_in_v0() {
 #[tokio::test]
 async fn metadata_null_topics_lists_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let r: MetadataResponse = decode(
         serve(&broker, frame(3, 4, false, &[0xff, 0xff, 0xff, 0xff, 0])).await,
         4,

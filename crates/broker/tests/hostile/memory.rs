@@ -18,7 +18,7 @@ async fn maximal_request_child() {
         .find(|c| name == c.name)
         .expect("a case name");
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let size = broker.config.socket_request_max_bytes;
     let header = frame(c.api, c.version, c.flexible, &[]).len();
     let rest = size - header - c.prefix.len() - c.suffix.len() - 5;

@@ -111,7 +111,7 @@ fn produce_cases() -> Vec<ProduceCase> {
 #[tokio::test]
 async fn bad_batches_get_error_codes_and_leave_the_log_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let cases = produce_cases();
     assert!(cases.len() >= 40, "{} cases", cases.len());
     let mut failures = Vec::new();
@@ -163,7 +163,7 @@ async fn bad_batches_get_error_codes_and_leave_the_log_untouched() {
 #[tokio::test]
 async fn absurd_partition_counts_are_refused_not_attempted() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let new = strom_broker::broker::NewTopic {
         name: "huge".into(),
         partitions: Some(i32::MAX),
@@ -172,11 +172,11 @@ async fn absurd_partition_counts_are_refused_not_attempted() {
         configs: Default::default(),
     };
     assert!(matches!(
-        broker.create_topic(new, false),
+        broker.create_topic(new, false).await,
         Err(strom_broker::broker::BrokerError::InvalidPartitions(_))
     ));
     assert!(matches!(
-        broker.add_partitions("t", i32::MAX, None, false),
+        broker.add_partitions("t", i32::MAX, None, false).await,
         Err(strom_broker::broker::BrokerError::InvalidPartitions(_))
     ));
 }
@@ -184,7 +184,7 @@ async fn absurd_partition_counts_are_refused_not_attempted() {
 #[tokio::test]
 async fn producers_cannot_write_transaction_markers() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let marker = strom_storage::txn_index::marker_batch(7, 0, true, 0, 1);
     let r = serve(&broker, produce_as(Some("tx"), 8, 1, "t", 0, Some(&marker))).await;
     assert_eq!(produce_errors(r, 8), [INVALID_RECORD], "INVALID_RECORD");
@@ -219,7 +219,7 @@ async fn transactional_batches_outside_a_known_transaction_are_refused() {
     const INVALID_TXN_STATE: i16 = 48;
     const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let txn = producer_batch(7, 0, true);
     for v in [3, 9, 11] {
         let r = serve(&broker, produce(v, 1, "t", 0, Some(&txn))).await;
@@ -279,9 +279,9 @@ async fn transactional_batches_outside_a_known_transaction_are_refused() {
 async fn clients_cannot_write_into_internal_topics() {
     const INVALID_TOPIC_EXCEPTION: i16 = 17;
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     for topic in ["__consumer_offsets", "__transaction_state"] {
-        broker.ensure_internal_topic(topic, 2).unwrap();
+        broker.ensure_internal_topic(topic, 2).await.unwrap();
         let before = broker.partition(topic, 0).unwrap().log().log_end_offset();
         for v in [2, 3, 11] {
             let r = serve(&broker, produce(v, 1, topic, 0, Some(&batch()))).await;
@@ -299,7 +299,7 @@ async fn clients_cannot_write_into_internal_topics() {
 #[tokio::test]
 async fn user_topics_named_with_two_underscores_are_ordinary() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path());
+    let broker = broker(dir.path()).await;
     let new = strom_broker::broker::NewTopic {
         name: "__debezium-heartbeat.db".into(),
         partitions: Some(1),
@@ -307,7 +307,7 @@ async fn user_topics_named_with_two_underscores_are_ordinary() {
         assignments: vec![],
         configs: Default::default(),
     };
-    broker.create_topic(new, false).unwrap();
+    broker.create_topic(new, false).await.unwrap();
     assert!(
         !broker
             .topic("__debezium-heartbeat.db")

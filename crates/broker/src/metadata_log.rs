@@ -1,0 +1,98 @@
+//! Where the broker's metadata changes are committed before it applies them. A change is
+//! a list of metadata records; committing resolves with the image that includes them, and
+//! only then does `Broker::commit` publish that image to the replicas and coordinators.
+//!
+//! Today the single node keeps its topics in `.topics/<name>.properties` (`TopicFiles`);
+//! the controller quorum's Raft log (crates/controller) takes this place next.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use strom_coordinator::host::BoxFuture;
+use strom_metadata::image::{MetadataImage, Record, TopicInfo};
+
+use crate::broker::{topic_id_hex, write_file_atomically};
+use crate::errors::{BrokerError, io};
+
+pub trait MetadataLog: Send + Sync {
+    /// Commits `records`; resolves with the committed image that includes them.
+    fn commit<'a>(
+        &'a self,
+        records: Vec<Record>,
+    ) -> BoxFuture<'a, Result<Arc<MetadataImage>, BrokerError>>;
+}
+
+/// The single node's topic store: one properties file per topic (id, partition count,
+/// config overrides), rewritten when a commit changes the topic.
+pub struct TopicFiles {
+    dir: PathBuf,
+    image: Mutex<Arc<MetadataImage>>,
+}
+
+impl TopicFiles {
+    /// The store in `dir` (`<log dir>/.topics`), whose files make `image`.
+    pub fn new(dir: PathBuf, image: Arc<MetadataImage>) -> Self {
+        TopicFiles {
+            dir,
+            image: Mutex::new(image),
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.properties"))
+    }
+
+    fn save(&self, t: &TopicInfo) -> Result<(), BrokerError> {
+        let mut text = format!(
+            "topic.id={}\npartitions={}\nreplication.factor=1\n",
+            topic_id_hex(&t.id),
+            t.partitions.len()
+        );
+        for (k, v) in &t.configs {
+            text.push_str(&format!("config.{k}={v}\n"));
+        }
+        let path = self.file(&t.name);
+        write_file_atomically(&path, &text).map_err(io(format!("writing {}", path.display())))
+    }
+
+    fn persist(&self, before: &MetadataImage, after: &MetadataImage) -> Result<(), BrokerError> {
+        let shape = |t: &TopicInfo| (t.id, t.partitions.len(), t.configs.clone());
+        for (name, t) in &after.topics {
+            if before.topics.get(name).map(shape) != Some(shape(t)) {
+                self.save(t)?;
+            }
+        }
+        let gone: Vec<&String> = before
+            .topics
+            .keys()
+            .filter(|n| !after.topics.contains_key(*n))
+            .collect();
+        for name in gone {
+            let path = self.file(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("removing {}", path.display()))(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MetadataLog for TopicFiles {
+    fn commit<'a>(
+        &'a self,
+        records: Vec<Record>,
+    ) -> BoxFuture<'a, Result<Arc<MetadataImage>, BrokerError>> {
+        Box::pin(async move {
+            let mut image = self.image.lock().unwrap();
+            let (next, ignored) = image.apply(&records);
+            for why in ignored {
+                tracing::warn!("metadata record ignored: {why}");
+            }
+            self.persist(&image, &next)?;
+            *image = Arc::new(next);
+            Ok(image.clone())
+        })
+    }
+}
