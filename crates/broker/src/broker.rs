@@ -108,11 +108,90 @@ impl Broker {
     /// publishes the metadata they make, which hands the coordinators their shards.
     pub fn open(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let dir = config.log_dir.clone();
+        let mut broker = Self::new(config)?;
+        let mut records = vec![broker.registration()];
+        records.extend(broker.load_topics()?);
+        let (image, ignored) = MetadataImage::default().apply(&records);
+        for why in ignored {
+            tracing::warn!("metadata record ignored: {why}");
+        }
+        let image = Arc::new(image);
+        broker.publish_image(image.clone())?;
+        broker.metadata_log = Box::new(crate::metadata_log::TopicFiles::new(
+            dir.join(crate::topics::TOPICS_DIR),
+            image,
+        ));
+        Ok(broker)
+    }
+
+    /// Opens the data directory with the controller quorum's log as the metadata: topics
+    /// stored by a strom from before the quorum (`.topics/`) move into it on first start;
+    /// this node registers itself; then the quorum's image is published here.
+    pub async fn open_with_quorum(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let mut broker = Self::new(config)?;
+        let c = &broker.config;
+        let dir = c
+            .kraft
+            .metadata_log_dir
+            .clone()
+            .unwrap_or_else(|| c.log_dir.clone())
+            .join("__cluster_metadata-0");
+        let quorum = strom_controller::quorum::Quorum::start_alone(
+            c.node_id as u64,
+            &dir,
+            strom_controller::quorum::QuorumConfig {
+                election_timeout_ms: c.kraft.election_timeout_ms,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BrokerError::MetadataLog(e.to_string()))?;
+        let log = crate::metadata_log::QuorumLog { quorum };
+        let image = log.quorum.state.image();
+        let mut records = Vec::new();
+        if image.topics.is_empty() {
+            let stored = broker.load_topics()?;
+            if !stored.is_empty() {
+                tracing::info!(
+                    topics = stored
+                        .iter()
+                        .filter(|r| matches!(r, Record::Topic { .. }))
+                        .count(),
+                    "moving the topics of .topics/ into the metadata log"
+                );
+            }
+            records.extend(stored);
+        }
+        let me = broker.registration();
+        if let Record::RegisterBroker(info) = &me
+            && image.brokers.get(&info.id) != Some(info)
+        {
+            records.push(me);
+        }
+        let migrated = records.iter().any(|r| matches!(r, Record::Topic { .. }));
+        if !records.is_empty() {
+            use crate::metadata_log::MetadataLog;
+            log.commit(records).await?;
+        }
+        if migrated {
+            // The metadata log holds them now: read again, the files would bring back
+            // topics deleted since.
+            crate::topics::retire_topic_files(&broker.config.log_dir)?;
+        }
+        broker.publish_image(log.quorum.state.image())?;
+        broker.metadata_log = Box::new(log);
+        Ok(broker)
+    }
+
+    /// Identity, producer ids and empty state: what both ways of opening share.
+    fn new(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let dir = config.log_dir.clone();
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, &config)?;
         let producer_ids = Self::next_producer_id_block(&dir, None)?;
-        let broker = Broker {
+        crate::topics::remove_unfinished_deletions(&dir)?;
+        Ok(Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
             groups: crate::group::coordinator::GroupCoordinator::new(config.groups),
             txns: crate::txn::coordinator::TxnCoordinator::new(config.txns),
@@ -126,27 +205,23 @@ impl Broker {
                 Arc::default(),
             )),
             producer_ids: Mutex::new(producer_ids),
-        };
-        let mut records = vec![Record::RegisterBroker(strom_metadata::image::BrokerInfo {
-            id: broker.config.node_id,
-            host: broker.config.advertised_host.clone(),
-            port: broker.config.advertised_port,
-            rack: broker.config.kraft.rack.clone(),
+        })
+    }
+
+    /// Stops the metadata log (the quorum's Raft node), after `shutdown`.
+    pub async fn close_metadata_log(&self) {
+        self.metadata_log.close().await
+    }
+
+    /// This node's registration record.
+    fn registration(&self) -> Record {
+        Record::RegisterBroker(strom_metadata::image::BrokerInfo {
+            id: self.config.node_id,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.kraft.rack.clone(),
             fenced: false,
-        })];
-        records.extend(broker.load_topics()?);
-        let (image, ignored) = MetadataImage::default().apply(&records);
-        for why in ignored {
-            tracing::warn!("metadata record ignored: {why}");
-        }
-        let image = Arc::new(image);
-        broker.publish_image(image.clone())?;
-        let mut broker = broker;
-        broker.metadata_log = Box::new(crate::metadata_log::TopicFiles::new(
-            dir.join(crate::topics::TOPICS_DIR),
-            image,
-        ));
-        Ok(broker)
+        })
     }
 
     /// `meta.properties`: the cluster id and the node it belongs to. A cluster node's

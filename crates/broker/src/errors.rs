@@ -36,6 +36,9 @@ pub enum BrokerError {
     UnknownTopic(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The metadata log could not commit the change (the client retries).
+    #[error("the metadata log: {0}")]
+    MetadataLog(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -2,8 +2,10 @@
 //! a list of metadata records; committing resolves with the image that includes them, and
 //! only then does `Broker::commit` publish that image to the replicas and coordinators.
 //!
-//! Today the single node keeps its topics in `.topics/<name>.properties` (`TopicFiles`);
-//! the controller quorum's Raft log (crates/controller) takes this place next.
+//! `QuorumLog` is the controller quorum's Raft log (crates/controller): what `strom server`
+//! runs. `TopicFiles`, one properties file per topic, is what data directories written
+//! before the quorum hold (read once, into the quorum, on first start) and what tests of the
+//! broker alone use.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,11 @@ pub trait MetadataLog: Send + Sync {
         &'a self,
         records: Vec<Record>,
     ) -> BoxFuture<'a, Result<Arc<MetadataImage>, BrokerError>>;
+
+    /// Stops whatever runs behind the log.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The single node's topic store: one properties file per topic (id, partition count,
@@ -94,5 +101,29 @@ impl MetadataLog for TopicFiles {
             *image = Arc::new(next);
             Ok(image.clone())
         })
+    }
+}
+
+/// The controller quorum's Raft log: a commit is a Raft entry, resolved once it is applied
+/// to the quorum's image.
+pub struct QuorumLog {
+    pub quorum: strom_controller::quorum::Quorum,
+}
+
+impl MetadataLog for QuorumLog {
+    fn commit<'a>(
+        &'a self,
+        records: Vec<Record>,
+    ) -> BoxFuture<'a, Result<Arc<MetadataImage>, BrokerError>> {
+        Box::pin(async move {
+            self.quorum
+                .commit(&records)
+                .await
+                .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.quorum.shutdown())
     }
 }

@@ -4,6 +4,7 @@
 //! `.topics/<name>.properties` and reads them back at start.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use strom_metadata::TopicPartition;
@@ -23,6 +24,25 @@ struct Stored {
     id: TopicId,
     partitions: i32,
     overrides: BTreeMap<String, String>,
+}
+
+/// Removes partition directories whose deletion did not finish before a crash.
+pub(crate) fn remove_unfinished_deletions(dir: &Path) -> Result<(), BrokerError> {
+    for entry in std::fs::read_dir(dir).map_err(io("listing the data directory"))? {
+        let entry = entry.map_err(io("listing the data directory"))?;
+        if entry.file_name().to_string_lossy().ends_with("-delete") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Moves `.topics/` aside once its topics are in the metadata log, so that they are never
+/// read again.
+pub(crate) fn retire_topic_files(dir: &Path) -> Result<(), BrokerError> {
+    let from = dir.join(TOPICS_DIR);
+    let to = dir.join(".topics-moved-to-metadata-log");
+    std::fs::rename(&from, &to).map_err(io(format!("renaming {}", from.display())))
 }
 
 impl Broker {
@@ -47,14 +67,6 @@ impl Broker {
     /// records they make.
     pub(crate) fn load_topics(&self) -> Result<Vec<Record>, BrokerError> {
         let dir = self.config.log_dir.clone();
-        for entry in std::fs::read_dir(&dir).map_err(io("listing the data directory"))? {
-            let entry = entry.map_err(io("listing the data directory"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with("-delete") {
-                // A deletion that did not finish before a crash.
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
         let mut records = Vec::new();
         let topics_dir = dir.join(TOPICS_DIR);
         std::fs::create_dir_all(&topics_dir)

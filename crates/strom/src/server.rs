@@ -56,18 +56,25 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             )
         })?;
     let data = config.log_dir.clone();
-    let broker = Arc::new(
-        tokio::task::spawn_blocking(move || Broker::open(config))
-            .await?
-            .with_context(|| format!("cannot open the data directory {}", data.display()))?,
-    );
-    let c = &broker.config;
-    if c.kraft.multi_node(c.node_id) {
-        broker.shutdown();
+    if config.kraft.multi_node(config.node_id) {
+        if strom_broker::meta_properties::read(&config.log_dir)?.is_none() {
+            bail!(
+                "{} is not formatted, and this node's quorum has other voters: run `strom storage format -t <cluster id> -c <server.properties>` on every node with the same cluster id (make one with `strom storage random-uuid`)",
+                config.log_dir.display()
+            );
+        }
         bail!(
             "controller.quorum.voters names other nodes, and this build of strom does not run a multi-node controller quorum yet: start it without controller.quorum.voters to run a single node"
         );
     }
+    // The node is its own controller quorum: the metadata log under
+    // <metadata.log.dir>/__cluster_metadata-0 holds its topics and configs.
+    let broker = Arc::new(
+        Broker::open_with_quorum(config)
+            .await
+            .with_context(|| format!("cannot open the data directory {}", data.display()))?,
+    );
+    let c = &broker.config;
     println!(
         "strom node {} listening on {} (advertised as {}:{}), cluster {}, data in {}",
         c.node_id,
@@ -95,7 +102,9 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = maintenance.await;
     let _ = group_timers.await;
     let _ = txn_timers.await;
-    tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.shutdown()).await?;
+    broker.close_metadata_log().await;
     tracing::info!("clean shutdown complete");
     Ok(())
 }

@@ -171,3 +171,95 @@ fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
     assert!(!ok);
     assert!(err.contains("not a voter"), "{err}");
 }
+
+/// A data directory written before the metadata quorum (topics in `.topics/`) opens with
+/// its topics, configs and records; they move into the metadata log on first start, and a
+/// topic deleted afterwards stays deleted across restarts.
+#[test]
+fn topics_of_a_data_directory_from_before_the_quorum_move_into_the_metadata_log() {
+    #[path = "common/mod.rs"]
+    mod common;
+    use common::{Server, ok};
+
+    let mut s = Server::start();
+    s.stop();
+    let data = s.data_dir().to_path_buf();
+    std::fs::remove_dir_all(&data).unwrap();
+    // The layout the single node wrote before: topic files and partition logs.
+    {
+        let config = strom_broker::BrokerConfig {
+            log_dir: data.clone(),
+            ..Default::default()
+        };
+        let b = strom_broker::Broker::open(config).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(b.create_topic(
+            strom_broker::broker::NewTopic {
+                name: "legacy".into(),
+                partitions: Some(3),
+                replication_factor: None,
+                assignments: vec![],
+                configs: [("retention.ms".to_string(), "5000".to_string())].into(),
+            },
+            false,
+        ))
+        .unwrap();
+        let mut batch = strom_storage::batch::BatchBuilder::new()
+            .record(strom_storage::batch::Record {
+                timestamp: 1,
+                key: Some(b"k".to_vec()),
+                value: Some(b"from before".to_vec()),
+                headers: vec![],
+            })
+            .build();
+        b.partition("legacy", 1)
+            .unwrap()
+            .append(&mut batch, 1)
+            .unwrap();
+        b.shutdown();
+    }
+    assert!(data.join(".topics/legacy.properties").exists());
+    assert!(!data.join("__cluster_metadata-0").exists());
+
+    s.restart();
+    let described = ok(&s, &["topics", "describe", "--topic", "legacy", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let text = v.to_string();
+    assert!(text.contains("\"partition\":2"), "{text}");
+    let configs = ok(&s, &["configs", "describe", "--topic", "legacy"]);
+    assert!(
+        configs.contains("retention.ms") && configs.contains("5000"),
+        "{configs}"
+    );
+    let read = ok(
+        &s,
+        &[
+            "consume",
+            "--topic",
+            "legacy",
+            "--partition",
+            "1",
+            "--offset",
+            "earliest",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ],
+    );
+    assert!(read.contains("from before"), "{read}");
+    assert!(data.join("__cluster_metadata-0").exists());
+    assert!(
+        !data.join(".topics/legacy.properties").exists(),
+        "read once, then retired"
+    );
+
+    // Deleted now, it stays deleted: nothing brings it back from the old files.
+    ok(&s, &["topics", "delete", "--topic", "legacy"]);
+    s.stop();
+    s.restart();
+    let listed = ok(&s, &["topics", "list"]);
+    assert!(!listed.contains("legacy"), "{listed}");
+}

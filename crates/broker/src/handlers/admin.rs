@@ -43,6 +43,7 @@ pub(crate) fn broker_error(e: &BrokerError) -> i16 {
         BrokerError::UnknownTopic(_) => errors::UNKNOWN_TOPIC_OR_PARTITION,
         BrokerError::Storage(s) => errors::from_storage(s),
         BrokerError::Io { .. } => errors::KAFKA_STORAGE_ERROR,
+        BrokerError::MetadataLog(_) => errors::REQUEST_TIMED_OUT,
     }
 }
 

@@ -55,3 +55,114 @@ pub(crate) fn io_error(
 
 #[cfg(test)]
 mod tests;
+
+/// A running member of the metadata quorum: its Raft node and its state machine.
+#[derive(Clone)]
+pub struct Quorum {
+    pub raft: Raft,
+    pub state: StateMachine,
+    pub node_id: NodeId,
+}
+
+/// Timers of the quorum, from Kafka's `controller.quorum.*` keys.
+#[derive(Debug, Clone, Copy)]
+pub struct QuorumConfig {
+    pub election_timeout_ms: u64,
+    /// Entries since the last snapshot before the next one (the log before it is purged).
+    pub snapshot_every: u64,
+}
+
+impl Default for QuorumConfig {
+    fn default() -> Self {
+        QuorumConfig {
+            election_timeout_ms: 1_000,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    #[error("the metadata log in {dir}: {source}")]
+    Storage {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the metadata quorum: {0}")]
+    Raft(String),
+}
+
+impl Quorum {
+    /// Starts this node's member of a quorum whose only voter it is (the embedded single
+    /// node): its log and snapshots in `dir` (`<metadata.log.dir>/__cluster_metadata-0`),
+    /// initialized on first start, and leader before this returns.
+    pub async fn start_alone(
+        node_id: NodeId,
+        dir: &std::path::Path,
+        config: QuorumConfig,
+    ) -> Result<Quorum, QuorumError> {
+        let storage = |source| QuorumError::Storage {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let log = LogStore::open(dir).map_err(storage)?;
+        let state =
+            StateMachine::open(dir).map_err(|e| storage(std::io::Error::other(e.to_string())))?;
+        let raft_config = openraft::Config {
+            cluster_name: "strom".into(),
+            heartbeat_interval: (config.election_timeout_ms / 4).max(10),
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            node_id,
+            std::sync::Arc::new(raft_config),
+            network::TcpNetwork,
+            log,
+            state.clone(),
+        )
+        .await
+        .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        let fail = |e: &dyn std::fmt::Display| QuorumError::Raft(e.to_string());
+        if !raft.is_initialized().await.map_err(|e| fail(&e))? {
+            let me = std::collections::BTreeMap::from([(node_id, openraft::BasicNode::default())]);
+            raft.initialize(me).await.map_err(|e| fail(&e))?;
+        }
+        // Alone in the quorum, no election timeout needs to pass.
+        raft.trigger().elect().await.map_err(|e| fail(&e))?;
+        raft.wait(Some(std::time::Duration::from_secs(30)))
+            .current_leader(node_id, "this node leads its own quorum")
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(Quorum {
+            raft,
+            state,
+            node_id,
+        })
+    }
+
+    /// Commits `records` through the quorum; resolves with the image that includes them.
+    pub async fn commit(
+        &self,
+        records: &[strom_metadata::image::Record],
+    ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
+        let batch = MetadataBatch(strom_metadata::codec::encode(records));
+        self.raft
+            .client_write(batch)
+            .await
+            .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        Ok(self.state.image())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "stopping the metadata quorum");
+        }
+    }
+}
