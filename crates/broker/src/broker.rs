@@ -213,6 +213,11 @@ impl Broker {
         self.metadata_log.close().await
     }
 
+    /// The metadata quorum as this node sees it; `None` without one.
+    pub fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
+        self.metadata_log.quorum_status()
+    }
+
     /// This node's registration record.
     fn registration(&self) -> Record {
         Record::RegisterBroker(strom_metadata::image::BrokerInfo {

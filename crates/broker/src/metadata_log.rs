@@ -27,6 +27,11 @@ pub trait MetadataLog: Send + Sync {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// The quorum behind the log, when there is one.
+    fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
+        None
+    }
 }
 
 /// The single node's topic store: one properties file per topic (id, partition count,
@@ -125,5 +130,9 @@ impl MetadataLog for QuorumLog {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.quorum.shutdown())
+    }
+
+    fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
+        Some(self.quorum.status())
     }
 }

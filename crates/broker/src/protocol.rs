@@ -54,6 +54,7 @@ pub const TXN_OFFSET_COMMIT: i16 = 28;
 pub const DESCRIBE_PRODUCERS: i16 = 61;
 pub const DESCRIBE_TRANSACTIONS: i16 = 65;
 pub const LIST_TRANSACTIONS: i16 = 66;
+pub const DESCRIBE_QUORUM: i16 = 55;
 
 /// Everything advertised in ApiVersions, and nothing else: each entry has a handler that
 /// serves every version in its range.
@@ -98,6 +99,7 @@ pub const APIS: &[Api] = &[
     Api { key: DESCRIBE_PRODUCERS, name: "DescribeProducers", min: 0, max: 0, flexible_min: 0 },
     Api { key: DESCRIBE_TRANSACTIONS, name: "DescribeTransactions", min: 0, max: 0, flexible_min: 0 },
     Api { key: LIST_TRANSACTIONS, name: "ListTransactions", min: 0, max: 1, flexible_min: 0 },
+    Api { key: DESCRIBE_QUORUM, name: "DescribeQuorum", min: 0, max: 1, flexible_min: 0 },
 ];
 
 pub fn api(key: i16) -> Option<&'static Api> {

@@ -494,6 +494,21 @@ fn seeds() -> Vec<Bytes> {
                         ..Default::default()
                     },
                 ),
+                55 => encode(
+                    55,
+                    v,
+                    &describe_quorum_request::DescribeQuorumRequest {
+                        topics: vec![describe_quorum_request::TopicData {
+                            topic_name: "__cluster_metadata".into(),
+                            partitions: vec![describe_quorum_request::PartitionData {
+                                partition_index: 0,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
                 other => panic!("no seed for api {other}: add one"),
             };
             out.push(f);

@@ -437,3 +437,94 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
         (0, 7, "elsewhere", 9097)
     );
 }
+
+/// DescribeQuorum on a node that is its own quorum: it leads, at some epoch, and its log end
+/// offset is the high watermark; the file-backed broker of these tests has no quorum
+/// (NOT_CONTROLLER); any other topic-partition is unknown.
+#[tokio::test]
+async fn describe_quorum_shows_the_node_alone_in_its_quorum() {
+    use krabka_protocol::owned::describe_quorum_request::{
+        DescribeQuorumRequest, PartitionData, TopicData,
+    };
+    use krabka_protocol::owned::describe_quorum_response::DescribeQuorumResponse;
+    const DESCRIBE_QUORUM: i16 = 55;
+    let req = |topic: &str| DescribeQuorumRequest {
+        topics: vec![TopicData {
+            topic_name: topic.into(),
+            partitions: vec![PartitionData {
+                partition_index: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = strom_broker::BrokerConfig {
+        node_id: 4,
+        log_dir: dir.path().join("data"),
+        ..Default::default()
+    };
+    let b = std::sync::Arc::new(
+        strom_broker::Broker::open_with_quorum(config)
+            .await
+            .unwrap(),
+    );
+    b.create_topic(
+        strom_broker::broker::NewTopic {
+            name: "x".into(),
+            partitions: Some(1),
+            replication_factor: None,
+            assignments: vec![],
+            configs: Default::default(),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let reply = handle(
+        &b,
+        frame(
+            DESCRIBE_QUORUM,
+            1,
+            true,
+            &encode(&req("__cluster_metadata"), 1),
+        ),
+        peer(),
+    )
+    .await;
+    let r: DescribeQuorumResponse = decode(reply, 1, true);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_id), (0, 4));
+    assert!(p.leader_epoch >= 1 && p.high_watermark >= 2, "{p:?}");
+    let voters: Vec<(i32, i64)> = p
+        .current_voters
+        .iter()
+        .map(|v| (v.replica_id, v.log_end_offset))
+        .collect();
+    assert_eq!(voters, vec![(4, p.high_watermark)]);
+    let reply = handle(
+        &b,
+        frame(DESCRIBE_QUORUM, 1, true, &encode(&req("other"), 1)),
+        peer(),
+    )
+    .await;
+    let r: DescribeQuorumResponse = decode(reply, 1, true);
+    assert_eq!(r.topics[0].partitions[0].error_code, 3);
+    b.close_metadata_log().await;
+
+    let files = broker(dir.path()).await;
+    let reply = handle(
+        &files,
+        frame(
+            DESCRIBE_QUORUM,
+            0,
+            true,
+            &encode(&req("__cluster_metadata"), 0),
+        ),
+        peer(),
+    )
+    .await;
+    let r: DescribeQuorumResponse = decode(reply, 0, true);
+    assert_eq!(r.topics[0].partitions[0].error_code, 41, "NOT_CONTROLLER");
+}

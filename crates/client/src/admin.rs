@@ -293,3 +293,57 @@ impl Client {
         Ok(out)
     }
 }
+
+/// The metadata quorum, as DescribeQuorum describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumDescription {
+    pub leader: i32,
+    pub epoch: i32,
+    pub high_watermark: i64,
+    /// (node id, log end offset; -1 when unknown).
+    pub voters: Vec<(i32, i64)>,
+    pub observers: Vec<(i32, i64)>,
+}
+
+impl Client {
+    /// DescribeQuorum for the metadata log `__cluster_metadata-0`.
+    pub async fn describe_quorum(&self) -> Result<QuorumDescription> {
+        use krabka_protocol::owned::describe_quorum_request::{
+            DescribeQuorumRequest, PartitionData, TopicData,
+        };
+        let req = DescribeQuorumRequest {
+            topics: vec![TopicData {
+                topic_name: "__cluster_metadata".into(),
+                partitions: vec![PartitionData {
+                    partition_index: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 1, "DescribeQuorum").await?;
+        check(resp.error_code, resp.error_message)?;
+        let p = resp
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .next()
+            .ok_or_else(|| ClientError::Protocol("empty DescribeQuorum answer".into()))?;
+        check(p.error_code, p.error_message)?;
+        let replicas = |v: Vec<
+            krabka_protocol::owned::common::describe_quorum_response::replica_state::ReplicaState,
+        >| {
+            v.into_iter()
+                .map(|r| (r.replica_id, r.log_end_offset))
+                .collect()
+        };
+        Ok(QuorumDescription {
+            leader: p.leader_id,
+            epoch: p.leader_epoch,
+            high_watermark: p.high_watermark,
+            voters: replicas(p.current_voters),
+            observers: replicas(p.observers),
+        })
+    }
+}

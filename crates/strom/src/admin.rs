@@ -345,7 +345,8 @@ pub fn human_bytes(n: i64) -> String {
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Show the cluster id, the controller and the brokers.
+    /// Show the cluster id, the controller, the brokers and the metadata quorum (leader,
+    /// epoch, voters with their log end offsets and lag).
     ///
     /// Example: strom cluster describe
     Describe {
@@ -358,12 +359,22 @@ pub enum ClusterCmd {
 
 pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     let ClusterCmd::Describe { conn, json } = cmd;
-    let meta = conn.client().await?.metadata(Some(&[])).await?;
+    let client = conn.client().await?;
+    let meta = client.metadata(Some(&[])).await?;
+    // A broker that is not Kafka 3.3+ (or strom) may not speak DescribeQuorum.
+    let quorum = client.describe_quorum().await.ok();
     if json {
         print_json(&json!({
             "cluster_id": meta.cluster_id,
             "controller": meta.controller,
             "brokers": meta.brokers.iter().map(|b| json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
+            "quorum": quorum.as_ref().map(|q| json!({
+                "leader": q.leader,
+                "epoch": q.epoch,
+                "high_watermark": q.high_watermark,
+                "voters": q.voters.iter().map(|(id, leo)| json!({"id": id, "log_end_offset": leo, "lag": lag(q.high_watermark, *leo)})).collect::<Vec<_>>(),
+                "observers": q.observers.iter().map(|(id, leo)| json!({"id": id, "log_end_offset": leo, "lag": lag(q.high_watermark, *leo)})).collect::<Vec<_>>(),
+            })),
         }));
         return Ok(());
     }
@@ -379,7 +390,38 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
         ]);
     }
     print!("{}", t.render());
+    if let Some(q) = quorum {
+        println!(
+            "\nMetadata quorum: leader {}, epoch {}, high watermark {}",
+            q.leader, q.epoch, q.high_watermark
+        );
+        let mut t = Table::new(&["NODE", "ROLE", "LOG-END-OFFSET", "LAG"]);
+        for (role, replicas) in [("voter", &q.voters), ("observer", &q.observers)] {
+            for (id, leo) in replicas {
+                let role = if *id == q.leader { "leader" } else { role };
+                let shown = |v: i64| {
+                    if v < 0 {
+                        "-".to_string()
+                    } else {
+                        v.to_string()
+                    }
+                };
+                t.row(vec![
+                    id.to_string(),
+                    role.to_string(),
+                    shown(*leo),
+                    lag(q.high_watermark, *leo).map_or("-".into(), |l| l.to_string()),
+                ]);
+            }
+        }
+        print!("{}", t.render());
+    }
     Ok(())
+}
+
+/// How far a replica's log is behind the high watermark; unknown offsets have no lag.
+fn lag(high_watermark: i64, log_end_offset: i64) -> Option<i64> {
+    (log_end_offset >= 0).then(|| (high_watermark - log_end_offset).max(0))
 }
 
 #[derive(clap::Args)]

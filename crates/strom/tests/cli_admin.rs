@@ -277,8 +277,24 @@ fn configs_and_cluster() {
     assert_eq!(lines[1], "Controller: 0");
     assert_eq!(lines[2], "BROKER  HOST       PORT   RACK");
     assert_eq!(lines[3], format!("0       127.0.0.1  {}  -", server.port));
+    // The node is its own metadata quorum: leader, one voter, no lag.
+    assert!(
+        lines[5].starts_with("Metadata quorum: leader 0, epoch "),
+        "{c}"
+    );
+    assert_eq!(lines[6], "NODE  ROLE    LOG-END-OFFSET  LAG");
+    assert!(
+        lines[7].starts_with("0     leader  ") && lines[7].ends_with("  0"),
+        "{c}"
+    );
     let j = json(&ok(&server, &["cluster", "describe", "--json"]));
     assert_eq!(j["brokers"][0]["port"], server.port);
+    assert_eq!(j["quorum"]["leader"], 0);
+    assert_eq!(j["quorum"]["voters"][0]["lag"], 0);
+    assert_eq!(
+        j["quorum"]["voters"][0]["log_end_offset"],
+        j["quorum"]["high_watermark"]
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_id;
+mod quorum;
 mod txn;
 
 use std::net::SocketAddr;
@@ -93,6 +94,7 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::DESCRIBE_PRODUCERS => txn::describe_producers(broker, &ctx, frame),
         protocol::DESCRIBE_TRANSACTIONS => txn::describe(broker, &ctx, frame).await,
         protocol::LIST_TRANSACTIONS => txn::list(broker, &ctx, frame).await,
+        protocol::DESCRIBE_QUORUM => quorum::describe(broker, &ctx, frame).await,
         _ => unreachable!("every api in the table has a handler"),
     };
     match result {

@@ -166,3 +166,67 @@ impl Quorum {
         }
     }
 }
+
+/// One replica of the metadata log, as DescribeQuorum shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub id: NodeId,
+    /// -1 when this node does not know (it is not the leader).
+    pub log_end_offset: i64,
+}
+
+/// The quorum as this node sees it, for DescribeQuorum and `strom cluster describe`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumStatus {
+    pub leader: Option<NodeId>,
+    /// The Raft term: Kafka's leader epoch of the metadata log.
+    pub epoch: u64,
+    /// The offset after the last committed entry.
+    pub high_watermark: i64,
+    pub voters: Vec<ReplicaStatus>,
+    pub observers: Vec<ReplicaStatus>,
+}
+
+impl Quorum {
+    pub fn status(&self) -> QuorumStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let end = |index: Option<u64>| index.map_or(0, |i| i as i64 + 1);
+        let known = |id: NodeId| -> i64 {
+            if id == m.id {
+                return end(m.last_log_index);
+            }
+            match &m.replication {
+                Some(r) => r
+                    .get(&id)
+                    .map_or(-1, |matched| end(matched.map(|l| l.index))),
+                None => -1,
+            }
+        };
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let observers: Vec<NodeId> = membership
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
+        QuorumStatus {
+            leader: m.current_leader,
+            epoch: m.current_term,
+            high_watermark: end(m.last_applied.map(|l| l.index)),
+            voters: voters
+                .into_iter()
+                .map(|id| ReplicaStatus {
+                    id,
+                    log_end_offset: known(id),
+                })
+                .collect(),
+            observers: observers
+                .into_iter()
+                .map(|id| ReplicaStatus {
+                    id,
+                    log_end_offset: known(id),
+                })
+                .collect(),
+        }
+    }
+}

@@ -456,3 +456,26 @@ async fn a_quorum_of_one_survives_restarts_and_a_torn_log_tail() {
     assert_eq!(topics(&image), ["b".to_string()].into_iter().collect());
     q.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_quorum_of_one_describes_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Quorum::start_alone(5, &dir.path().join("m"), QuorumConfig::default())
+        .await
+        .unwrap();
+    q.commit(&[Record::Topic {
+        name: "a".into(),
+        id: [1; 16],
+    }])
+    .await
+    .unwrap();
+    let s = q.status();
+    assert_eq!(s.leader, Some(5));
+    assert!(s.epoch >= 1);
+    assert_eq!(s.voters.len(), 1);
+    assert_eq!(s.voters[0].id, 5);
+    assert_eq!(s.voters[0].log_end_offset, s.high_watermark);
+    assert!(s.high_watermark >= 2, "the membership entry and the topic");
+    assert!(s.observers.is_empty());
+    q.shutdown().await;
+}
