@@ -136,15 +136,42 @@ impl Broker {
             .clone()
             .unwrap_or_else(|| c.log_dir.clone())
             .join("__cluster_metadata-0");
-        let quorum = strom_controller::quorum::Quorum::start_alone(
-            c.node_id as u64,
-            &dir,
-            strom_controller::quorum::QuorumConfig {
-                election_timeout_ms: c.kraft.election_timeout_ms,
-                ..Default::default()
-            },
-        )
-        .await
+        let qc = strom_controller::quorum::QuorumConfig {
+            election_timeout_ms: c.kraft.election_timeout_ms,
+            ..Default::default()
+        };
+        let quorum = if c.kraft.multi_node(c.node_id) {
+            // The voters and their CONTROLLER addresses; this node serves the quorum's RPCs
+            // on its own controller listener.
+            let voters = c
+                .kraft
+                .voters
+                .iter()
+                .map(|v| (v.id as u64, format!("{}:{}", v.host, v.port)))
+                .collect();
+            let listener = match &c.kraft.controller_listener {
+                Some(l) if c.kraft.roles.controller => {
+                    let host = if l.host.is_empty() {
+                        "0.0.0.0"
+                    } else {
+                        &l.host
+                    };
+                    Some(
+                        tokio::net::TcpListener::bind((host, l.port))
+                            .await
+                            .map_err(io(format!(
+                                "cannot listen on the controller listener {host}:{}",
+                                l.port
+                            )))?,
+                    )
+                }
+                _ => None,
+            };
+            strom_controller::quorum::Quorum::start(c.node_id as u64, &dir, voters, listener, qc)
+                .await
+        } else {
+            strom_controller::quorum::Quorum::start_alone(c.node_id as u64, &dir, qc).await
+        }
         .map_err(|e| BrokerError::MetadataLog(e.to_string()))?;
         let log = crate::metadata_log::QuorumLog { quorum };
         let image = log.quorum.state.image();
@@ -206,6 +233,30 @@ impl Broker {
             )),
             producer_ids: Mutex::new(producer_ids),
         })
+    }
+
+    /// Publishes the images other nodes commit (and this node's own, which it has already
+    /// applied: those are skipped) until `stop` fires.
+    pub async fn follow_metadata(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(mut images) = self.metadata_log.watch() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                changed = images.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            // Under the admin lock, and the newest image read there: a commit of this node
+            // may have published a newer one meanwhile.
+            let _admin = self.admin.lock().await;
+            let image = images.borrow_and_update().clone();
+            if Arc::ptr_eq(&image, &self.image()) {
+                continue;
+            }
+            if let Err(e) = self.publish_image(image) {
+                tracing::error!(error = %e, "cannot apply a metadata change");
+            }
+        }
     }
 
     /// Stops the metadata log (the quorum's Raft node), after `shutdown`.

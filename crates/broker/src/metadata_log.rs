@@ -32,6 +32,11 @@ pub trait MetadataLog: Send + Sync {
     fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
         None
     }
+
+    /// Follows the committed image, when others can commit too.
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {
+        None
+    }
 }
 
 /// The single node's topic store: one properties file per topic (id, partition count,
@@ -134,5 +139,9 @@ impl MetadataLog for QuorumLog {
 
     fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
         Some(self.quorum.status())
+    }
+
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {
+        Some(self.quorum.watch())
     }
 }

@@ -49,7 +49,12 @@ impl Broker {
     /// The records of this node's partition `index` of a topic it alone holds: led here,
     /// from the leader epoch its log last wrote with.
     fn led_here(&self, topic: &str, index: i32, leader_epoch: i32) -> Record {
-        let node = self.config.node_id;
+        self.led_by(self.config.node_id, topic, index, leader_epoch)
+    }
+
+    /// The record of partition `index` of `topic`, held and led by broker `node` alone
+    /// (partitions have one replica until replication exists).
+    fn led_by(&self, node: i32, topic: &str, index: i32, leader_epoch: i32) -> Record {
         Record::Partition {
             topic: topic.to_string(),
             partition: index,
@@ -136,17 +141,37 @@ impl Broker {
         assignments: &[Vec<i32>],
         replication_factor: usize,
     ) -> Result<(), BrokerError> {
+        let image = self.image();
         for (i, replicas) in assignments.iter().enumerate() {
             if replicas.len() != replication_factor
-                || replicas.iter().any(|r| *r != self.config.node_id)
+                || replicas.iter().any(|r| !image.brokers.contains_key(r))
             {
+                let known: Vec<i32> = image.brokers.keys().copied().collect();
                 return Err(BrokerError::InvalidReplicaAssignment(format!(
-                    "partition {i} is assigned to brokers {replicas:?}, but this cluster has only broker {}",
-                    self.config.node_id
+                    "partition {i} is assigned to brokers {replicas:?}; the registered brokers are {known:?}"
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Leaders for partitions `first..first + count`: spread over the unfenced brokers,
+    /// striped from a random start as Kafka places them.
+    fn place(&self, first: i32, count: i32) -> Result<Vec<i32>, BrokerError> {
+        let image = self.image();
+        let brokers: Vec<strom_controller::placement::Candidate> = image
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| strom_controller::placement::Candidate {
+                id: b.id,
+                rack: b.rack.clone(),
+            })
+            .collect();
+        let start = strom_storage::clock::random_id()[0] as usize;
+        strom_controller::placement::place(&brokers, first, count, 1, start)
+            .map(|p| p.into_iter().map(|r| r[0]).collect())
+            .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))
     }
 
     /// Validates a new topic and, unless `validate_only`, creates it.
@@ -192,9 +217,18 @@ impl Broker {
             )));
         }
         if rf > 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor {rf} is larger than the number of brokers (1)"
-            )));
+            let brokers = self.image().brokers.len();
+            return Err(BrokerError::InvalidReplicationFactor(
+                if rf as usize > brokers {
+                    format!(
+                        "replication factor {rf} is larger than the number of brokers ({brokers})"
+                    )
+                } else {
+                    format!(
+                        "replication factor {rf}: partitions have one replica until strom replicates them; create the topic with replication factor 1"
+                    )
+                },
+            ));
         }
         self.check_assignments(&new.assignments, rf as usize)?;
         let config = TopicConfig::new(&self.config, new.configs.clone())
@@ -217,7 +251,17 @@ impl Broker {
                 configs: config.overrides.clone(),
             },
         ];
-        records.extend((0..partitions).map(|i| self.led_here(&new.name, i, 0)));
+        let leaders = if new.assignments.is_empty() {
+            self.place(0, partitions)?
+        } else {
+            new.assignments.iter().map(|a| a[0]).collect()
+        };
+        records.extend(
+            leaders
+                .iter()
+                .enumerate()
+                .map(|(i, l)| self.led_by(*l, &new.name, i as i32, 0)),
+        );
         self.commit_locked(&admin, records).await?;
         tracing::info!(topic = %new.name, partitions, "created topic");
         self.topic(&new.name)
@@ -276,8 +320,14 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        let records: Vec<Record> = (current..count)
-            .map(|i| self.led_here(name, i, 0))
+        let leaders = match &assignments {
+            Some(a) => a.iter().map(|r| r[0]).collect(),
+            None => self.place(current, count - current)?,
+        };
+        let records: Vec<Record> = leaders
+            .iter()
+            .zip(current..count)
+            .map(|(l, i)| self.led_by(*l, name, i, 0))
             .collect();
         self.commit_locked(&admin, records).await
     }

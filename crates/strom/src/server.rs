@@ -56,19 +56,16 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             )
         })?;
     let data = config.log_dir.clone();
-    if config.kraft.multi_node(config.node_id) {
-        if strom_broker::meta_properties::read(&config.log_dir)?.is_none() {
-            bail!(
-                "{} is not formatted, and this node's quorum has other voters: run `strom storage format -t <cluster id> -c <server.properties>` on every node with the same cluster id (make one with `strom storage random-uuid`)",
-                config.log_dir.display()
-            );
-        }
+    if config.kraft.multi_node(config.node_id)
+        && strom_broker::meta_properties::read(&config.log_dir)?.is_none()
+    {
         bail!(
-            "controller.quorum.voters names other nodes, and this build of strom does not run a multi-node controller quorum yet: start it without controller.quorum.voters to run a single node"
+            "{} is not formatted, and this node's quorum has other voters: run `strom storage format -t <cluster id> -c <server.properties>` on every node with the same cluster id (make one with `strom storage random-uuid`)",
+            config.log_dir.display()
         );
     }
-    // The node is its own controller quorum: the metadata log under
-    // <metadata.log.dir>/__cluster_metadata-0 holds its topics and configs.
+    // The metadata log under <metadata.log.dir>/__cluster_metadata-0 holds the topics and
+    // configs: a quorum of this node alone, or of controller.quorum.voters.
     let broker = Arc::new(
         Broker::open_with_quorum(config)
             .await
@@ -88,6 +85,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
+    let follower = tokio::spawn(broker.clone().follow_metadata(stopped.clone()));
     let group_timers = tokio::spawn(broker.clone().run_group_timers(stopped.clone()));
     let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
     let server = tokio::spawn(strom_broker::server::serve(
@@ -100,6 +98,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = server.await;
     let _ = maintenance.await;
+    let _ = follower.await;
     let _ = group_timers.await;
     let _ = txn_timers.await;
     let b = broker.clone();

@@ -149,23 +149,6 @@ fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
     let (ok, _, err) = quorum_node("1", &data);
     assert!(!ok);
     assert!(err.contains("strom storage format"), "{err}");
-    // Formatted, it still refuses: no multi-node quorum runs yet, and a node that ran alone
-    // when its operator asked for a cluster would be worse than one that says so.
-    let config = tmp.path().join("node1.properties");
-    std::fs::write(&config, format!("node.id=1\nlog.dirs={}\n", data.display())).unwrap();
-    let cfg = config.to_str().unwrap();
-    let (ok, _, err) = run(&[
-        "storage",
-        "format",
-        "-t",
-        "MkU3OEVBNTcwNTJENDM2Qk",
-        "-c",
-        cfg,
-    ]);
-    assert!(ok, "{err}");
-    let (ok, _, err) = quorum_node("1", &data);
-    assert!(!ok);
-    assert!(err.contains("multi-node controller quorum yet"), "{err}");
     // Kafka's rules between the keys: a controller must be one of the voters.
     let (ok, _, err) = quorum_node("9", &data);
     assert!(!ok);

@@ -102,6 +102,21 @@ impl Quorum {
         dir: &std::path::Path,
         config: QuorumConfig,
     ) -> Result<Quorum, QuorumError> {
+        let voters = std::collections::BTreeMap::from([(node_id, String::new())]);
+        Self::start(node_id, dir, voters, None, config).await
+    }
+
+    /// Starts this node's member of the quorum of `voters` (node id -> CONTROLLER address),
+    /// serving the quorum's RPCs on `listener` when this node is a voter. Every voter
+    /// initializes the same voter set on first start (safe in openraft: the same config).
+    /// Returns once a leader is known: a node waits for its quorum to form.
+    pub async fn start(
+        node_id: NodeId,
+        dir: &std::path::Path,
+        voters: std::collections::BTreeMap<NodeId, String>,
+        listener: Option<tokio::net::TcpListener>,
+        config: QuorumConfig,
+    ) -> Result<Quorum, QuorumError> {
         let storage = |source| QuorumError::Storage {
             dir: dir.display().to_string(),
             source,
@@ -129,15 +144,32 @@ impl Quorum {
         )
         .await
         .map_err(|e| QuorumError::Raft(e.to_string()))?;
-        let fail = |e: &dyn std::fmt::Display| QuorumError::Raft(e.to_string());
-        if !raft.is_initialized().await.map_err(|e| fail(&e))? {
-            let me = std::collections::BTreeMap::from([(node_id, openraft::BasicNode::default())]);
-            raft.initialize(me).await.map_err(|e| fail(&e))?;
+        if let Some(l) = listener {
+            tokio::spawn(network::serve(raft.clone(), l));
         }
-        // Alone in the quorum, no election timeout needs to pass.
-        raft.trigger().elect().await.map_err(|e| fail(&e))?;
-        raft.wait(Some(std::time::Duration::from_secs(30)))
-            .current_leader(node_id, "this node leads its own quorum")
+        let fail = |e: &dyn std::fmt::Display| QuorumError::Raft(e.to_string());
+        let alone = voters.len() == 1 && voters.contains_key(&node_id);
+        if !raft.is_initialized().await.map_err(|e| fail(&e))? {
+            let members: std::collections::BTreeMap<NodeId, openraft::BasicNode> = voters
+                .iter()
+                .map(|(id, addr)| (*id, openraft::BasicNode::new(addr.clone())))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => {}
+                // Another voter's initialization reached this node first: the same config.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        if alone {
+            // Alone in the quorum, no election timeout needs to pass.
+            raft.trigger().elect().await.map_err(|e| fail(&e))?;
+        }
+        let wait = if alone { 30 } else { 120 };
+        raft.wait(Some(std::time::Duration::from_secs(wait)))
+            .metrics(|m| m.current_leader.is_some(), "the quorum elects a leader")
             .await
             .map_err(|e| fail(&e))?;
         Ok(Quorum {
@@ -153,8 +185,43 @@ impl Quorum {
         records: &[strom_metadata::image::Record],
     ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
         let batch = MetadataBatch(strom_metadata::codec::encode(records));
+        // Leadership may be changing: retry until a leader commits it, for up to 30 s.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let log_id = loop {
+            let attempt = match self.raft.client_write(batch.clone()).await {
+                Ok(r) => Ok(r.log_id),
+                // Not the leader: the leader commits it, and this node waits until it has
+                // applied it too, so that its own image shows the change.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::ClientWriteError::ForwardToLeader(f),
+                )) => match f.leader_node.map(|n| n.addr).filter(|a| !a.is_empty()) {
+                    Some(addr) => {
+                        network::forward_write(&addr, &batch, std::time::Duration::from_secs(10))
+                            .await
+                    }
+                    None => Err("no leader of the metadata quorum now".to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(id) => break id,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(QuorumError::Raft(e));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "metadata commit to retry");
+                    let _ = self
+                        .raft
+                        .wait(Some(std::time::Duration::from_millis(500)))
+                        .metrics(|m| m.current_leader.is_some(), "a leader")
+                        .await;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        };
         self.raft
-            .client_write(batch)
+            .wait(Some(std::time::Duration::from_secs(30)))
+            .applied_index_at_least(Some(log_id.index), "the change is applied here")
             .await
             .map_err(|e| QuorumError::Raft(e.to_string()))?;
         Ok(self.state.image())
@@ -228,5 +295,14 @@ impl Quorum {
                 })
                 .collect(),
         }
+    }
+}
+
+impl Quorum {
+    /// Follows the image as committed entries are applied here, whoever committed them.
+    pub fn watch(
+        &self,
+    ) -> tokio::sync::watch::Receiver<std::sync::Arc<strom_metadata::image::MetadataImage>> {
+        self.state.watch()
     }
 }

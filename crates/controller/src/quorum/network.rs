@@ -30,6 +30,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const APPEND: u8 = 1;
 const VOTE: u8 = 2;
 const SNAPSHOT: u8 = 3;
+/// A metadata batch a node that does not lead asks the leader to commit.
+const WRITE: u8 = 4;
 
 async fn write_frame(s: &mut TcpStream, kind: Option<u8>, body: &[u8]) -> std::io::Result<()> {
     let len = body.len() + usize::from(kind.is_some());
@@ -189,6 +191,15 @@ async fn connection(raft: Raft, mut s: TcpStream, peer: SocketAddr) {
                 })
                 .await
             }
+            WRITE => {
+                answer(body, async |batch: super::MetadataBatch| {
+                    raft.client_write(batch)
+                        .await
+                        .map(|r| r.log_id)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            }
             other => Err(std::io::Error::other(format!(
                 "unknown request kind {other}"
             ))),
@@ -220,4 +231,26 @@ pub async fn serve(raft: Raft, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Asks the leader at `addr` to commit `batch`; the log id it was committed at.
+pub async fn forward_write(
+    addr: &str,
+    batch: &super::MetadataBatch,
+    timeout: Duration,
+) -> Result<openraft::LogId<NodeId>, String> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+        write_frame(&mut s, Some(WRITE), &body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = read_frame(&mut s).await.map_err(|e| e.to_string())?;
+        let result: Result<openraft::LogId<NodeId>, String> =
+            serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
+        result
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("the leader at {addr} did not answer in {timeout:?}"))?
 }

@@ -1,0 +1,298 @@
+//! Three `strom server` processes in combined mode (broker and controller), formatted with
+//! one cluster id and joined into one metadata quorum over their CONTROLLER listeners:
+//! topics created through one broker are seen by all, partitions spread over the brokers,
+//! records produced through one broker are consumed through another, and a group's
+//! coordinator is wherever its `__consumer_offsets` partition is led.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strom(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Formats and starts three nodes at once (each waits for its quorum to form).
+fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
+    let brokers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let controllers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let voters = controllers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster = String::from_utf8(strom(&["storage", "random-uuid"]).stdout).unwrap();
+    let mut started = Vec::new();
+    for i in 0..3 {
+        let config = tmp.join(format!("node{}.properties", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "node.id={}\nprocess.roles=broker,controller\ncontroller.quorum.voters={voters}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
+                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n",
+                i + 1,
+                brokers[i],
+                controllers[i],
+                tmp.join(format!("data{}", i + 1)).display()
+            ),
+        )
+        .unwrap();
+        let c = config.to_str().unwrap().to_string();
+        ok(&["storage", "format", "-t", cluster.trim(), "-c", &c], "");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(["server", "--config", &c])
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        started.push((
+            Node {
+                child,
+                port: brokers[i],
+            },
+            rx,
+        ));
+    }
+    started
+        .into_iter()
+        .map(|(node, rx)| {
+            rx.recv_timeout(Duration::from_secs(120))
+                .expect("every node starts once its quorum forms");
+            node
+        })
+        .collect()
+}
+
+fn bootstrap(n: &Node) -> String {
+    format!("127.0.0.1:{}", n.port)
+}
+
+#[test]
+fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+
+    // Every broker sees the other two, and the same quorum with one leader.
+    for n in &nodes {
+        let d = ok(
+            &[
+                "cluster",
+                "describe",
+                "--json",
+                "--bootstrap-server",
+                &bootstrap(n),
+            ],
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(v["brokers"].as_array().unwrap().len(), 3, "{d}");
+        assert_eq!(v["quorum"]["voters"].as_array().unwrap().len(), 3, "{d}");
+        assert!(v["quorum"]["leader"].as_i64().unwrap() >= 1, "{d}");
+    }
+
+    // A topic created through node 1 is seen, with the same leaders, through 2 and 3.
+    ok(
+        &[
+            "topics",
+            "create",
+            "--topic",
+            "spread",
+            "--partitions",
+            "12",
+            "--bootstrap-server",
+            &bootstrap(&nodes[0]),
+        ],
+        "",
+    );
+    let leaders = |n: &Node| -> Option<Vec<i64>> {
+        let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args([
+                "topics",
+                "describe",
+                "--topic",
+                "spread",
+                "--json",
+                "--bootstrap-server",
+                &bootstrap(n),
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let parts = v.as_array()?.first()?["partitions"].as_array()?.clone();
+        let l: Vec<i64> = parts.iter().filter_map(|p| p["leader"].as_i64()).collect();
+        (l.len() == 12).then_some(l)
+    };
+    let first = wait_for(
+        "node 1 describes the topic",
+        Duration::from_secs(30),
+        || leaders(&nodes[0]),
+    );
+    for n in &nodes[1..] {
+        let same = wait_for(
+            "the others see the same leaders",
+            Duration::from_secs(30),
+            || leaders(n).filter(|l| *l == first),
+        );
+        assert_eq!(same, first);
+    }
+    let distinct: std::collections::BTreeSet<i64> = first.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "partitions spread over the three brokers: {first:?}"
+    );
+
+    // Records produced through node 3 are consumed, exactly, through node 2.
+    let input: String = (0..120).map(|i| format!("k{i}:v{i}\n")).collect();
+    ok(
+        &[
+            "produce",
+            "--topic",
+            "spread",
+            "--key-separator",
+            ":",
+            "--bootstrap-server",
+            &bootstrap(&nodes[2]),
+        ],
+        &input,
+    );
+    let out = ok(
+        &[
+            "consume",
+            "--topic",
+            "spread",
+            "--from-beginning",
+            "--max-messages",
+            "120",
+            "--timeout-ms",
+            "20000",
+            "--format",
+            "{key}:{value}",
+            "--bootstrap-server",
+            &bootstrap(&nodes[1]),
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    let mut want: Vec<String> = (0..120).map(|i| format!("k{i}:v{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // A consumer group through node 1: its coordinator may be any of the three; its
+    // committed offsets are seen through node 3.
+    let out = ok(
+        &[
+            "consume",
+            "--topic",
+            "spread",
+            "--from-beginning",
+            "--group",
+            "readers",
+            "--max-messages",
+            "120",
+            "--timeout-ms",
+            "20000",
+            "--bootstrap-server",
+            &bootstrap(&nodes[0]),
+        ],
+        "",
+    );
+    assert_eq!(out.lines().count(), 120);
+    let described = wait_for(
+        "the group's offsets through node 3",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+                .args([
+                    "groups",
+                    "describe",
+                    "--group",
+                    "readers",
+                    "--json",
+                    "--bootstrap-server",
+                    &bootstrap(&nodes[2]),
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && text.contains("spread")).then_some(text)
+        },
+    );
+    assert!(described.contains("spread"), "{described}");
+}
