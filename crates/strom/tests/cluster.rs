@@ -296,3 +296,100 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
     );
     assert!(described.contains("spread"), "{described}");
 }
+
+/// SIGKILL of the quorum's leader during a stream of topic creations: the other two elect
+/// a new leader, creations go on through them, and every creation that was acknowledged
+/// exists afterwards on both survivors.
+#[test]
+fn killing_the_quorum_leader_loses_no_acknowledged_creation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(tmp.path());
+    let describe = |n: &Node| -> Option<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args([
+                "cluster",
+                "describe",
+                "--json",
+                "--bootstrap-server",
+                &bootstrap(n),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let leader = wait_for("a quorum leader", Duration::from_secs(30), || {
+        describe(&nodes[0])?["quorum"]["leader"]
+            .as_i64()
+            .filter(|l| *l >= 1)
+    }) as usize;
+    let killed = leader - 1;
+    let through = (killed + 1) % 3;
+    let create = |n: &Node, name: &str| -> bool {
+        Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args([
+                "topics",
+                "create",
+                "--topic",
+                name,
+                "--partitions",
+                "1",
+                "--bootstrap-server",
+                &bootstrap(n),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("before-{i}");
+        assert!(create(&nodes[through], &name));
+        acknowledged.push(name);
+    }
+    let _ = nodes[killed].child.kill();
+    let _ = nodes[killed].child.wait();
+    let killed_at = Instant::now();
+    let mut first_after = None;
+    for i in 0..5 {
+        let name = format!("after-{i}");
+        wait_for(
+            "a creation through a survivor",
+            Duration::from_secs(60),
+            || create(&nodes[through], &name).then_some(()),
+        );
+        first_after.get_or_insert(killed_at.elapsed());
+        acknowledged.push(name);
+    }
+    eprintln!(
+        "SIGKILL of the quorum leader to the next committed creation: {:?}",
+        first_after.unwrap()
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        if i == killed {
+            continue;
+        }
+        let listed = wait_for(
+            "every acknowledged topic on a survivor",
+            Duration::from_secs(30),
+            || {
+                let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+                    .args(["topics", "list", "--bootstrap-server", &bootstrap(n)])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                acknowledged
+                    .iter()
+                    .all(|t| text.contains(t.as_str()))
+                    .then_some(text)
+            },
+        );
+        for t in &acknowledged {
+            assert!(
+                listed.contains(t.as_str()),
+                "{t} on node {}: {listed}",
+                i + 1
+            );
+        }
+    }
+}
