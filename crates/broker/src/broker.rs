@@ -21,6 +21,8 @@ use crate::topic_config::TopicConfig;
 
 const PRODUCER_IDS: &str = ".producer-id-block";
 const PRODUCER_ID_BLOCK: i64 = 1000;
+/// Bits of a node's own producer-id range (see `next_producer_id_block`).
+const PRODUCER_ID_RANGE_BITS: u32 = 40;
 /// More partitions than this in one topic is a mistake (or an attack), not a plan: each is a
 /// directory with open files.
 pub const MAX_PARTITIONS: i32 = 10_000;
@@ -216,7 +218,7 @@ impl Broker {
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, &config)?;
-        let producer_ids = Self::next_producer_id_block(&dir, None)?;
+        let producer_ids = Self::next_producer_id_block(&dir, config.node_id, None)?;
         crate::topics::remove_unfinished_deletions(&dir)?;
         Ok(Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
@@ -312,18 +314,25 @@ impl Broker {
 
     /// Producer ids come in blocks recorded on disk before use, so none is handed out twice
     /// across restarts.
+    ///
+    /// Each node hands out ids from a range of its own (`node.id` << 40, a trillion ids
+    /// each), so that brokers of a cluster never give two producers the same id; node 0's
+    /// range starts at 0, where a single node's ids always were.
     fn next_producer_id_block(
         dir: &Path,
+        node_id: i32,
         current_end: Option<i64>,
     ) -> Result<(i64, i64), BrokerError> {
         let path = dir.join(PRODUCER_IDS);
+        let range = (node_id.max(0) as i64) << PRODUCER_ID_RANGE_BITS;
         let start = match current_end {
             Some(end) => end,
             None => std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0),
-        };
+        }
+        .max(range);
         let end = start + PRODUCER_ID_BLOCK;
         write_file_atomically(&path, &format!("{end}\n"))
             .map_err(io("writing the producer id block"))?;
@@ -333,7 +342,11 @@ impl Broker {
     pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
         let mut ids = self.producer_ids.lock().unwrap();
         if ids.0 >= ids.1 {
-            *ids = Self::next_producer_id_block(&self.config.log_dir, Some(ids.1))?;
+            *ids = Self::next_producer_id_block(
+                &self.config.log_dir,
+                self.config.node_id,
+                Some(ids.1),
+            )?;
         }
         ids.0 += 1;
         Ok(ids.0 - 1)
@@ -520,6 +533,17 @@ mod tests {
         assert_eq!(b.partition_count("t"), Some(4));
         assert_eq!(t.config.read().unwrap().log.retention_ms, 5000);
         assert!(b.allocate_producer_id().unwrap() > pid);
+        // Another node hands out ids from a range of its own.
+        let other = tempfile::tempdir().unwrap();
+        let node7 = Broker::open(BrokerConfig {
+            node_id: 7,
+            log_dir: other.path().to_path_buf(),
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let id = node7.allocate_producer_id().unwrap();
+        assert_eq!(id, 7 << 40);
+        assert!(id > b.allocate_producer_id().unwrap() + 1_000_000);
         b.delete_topic("t").await.unwrap();
         assert!(b.topic("t").is_none());
         assert!(!dir.path().join("t-0").exists());
