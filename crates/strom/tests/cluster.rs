@@ -393,3 +393,130 @@ fn killing_the_quorum_leader_loses_no_acknowledged_creation() {
         }
     }
 }
+
+/// librdkafka against the cluster, knowing only node 1: it follows the metadata to every
+/// partition's leader, its idempotent `acks=all` records land on all three brokers, and a
+/// consumer bootstrapped from node 2 reads back exactly what was acknowledged, partition
+/// by partition and in order.
+#[test]
+fn librdkafka_produces_and_consumes_across_the_brokers() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::collections::BTreeMap;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    ok(
+        &[
+            "topics",
+            "create",
+            "--topic",
+            "rd",
+            "--partitions",
+            "6",
+            "--bootstrap-server",
+            &bootstrap(&nodes[0]),
+        ],
+        "",
+    );
+
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64, String)>>> = Default::default();
+    struct Ctx(std::sync::Arc<std::sync::Mutex<Vec<(i32, i64, String)>>>);
+    impl rdkafka::ClientContext for Ctx {}
+    impl rdkafka::producer::ProducerContext for Ctx {
+        type DeliveryOpaque = ();
+        fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+            let m = r.as_ref().expect("every record is acknowledged");
+            let v = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            self.0.lock().unwrap().push((m.partition(), m.offset(), v));
+        }
+    }
+    let producer: ThreadedProducer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(&nodes[0]))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(Ctx(acked.clone()))
+        .expect("producer");
+    for i in 0..600 {
+        let key = format!("key{}", i % 37);
+        let value = format!("value{i}");
+        producer
+            .send(
+                BaseRecord::<String, String>::to("rd")
+                    .key(&key)
+                    .payload(&value),
+            )
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(60)).expect("flushed");
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 600);
+
+    let mut want: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for (p, o, v) in &acked {
+        want.entry(*p).or_default().push((*o, v.clone()));
+    }
+    for records in want.values_mut() {
+        records.sort();
+    }
+    let leaders: std::collections::BTreeSet<i64> = {
+        let out = ok(
+            &[
+                "topics",
+                "describe",
+                "--topic",
+                "rd",
+                "--json",
+                "--bootstrap-server",
+                &bootstrap(&nodes[0]),
+            ],
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| want.contains_key(&(p["partition"].as_i64().unwrap() as i32)))
+            .map(|p| p["leader"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(leaders.len(), 3, "records landed on all three brokers");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(&nodes[1]))
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..6 {
+        tpl.add_partition_offset("rd", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    while n < 600 {
+        assert!(Instant::now() < deadline, "consumed only {n} of 600");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("no consume error");
+            let v = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
+            got.entry(m.partition()).or_default().push((m.offset(), v));
+            n += 1;
+        }
+    }
+    assert_eq!(
+        got, want,
+        "each partition holds exactly the acknowledged records, in order"
+    );
+    for records in got.values() {
+        let offsets: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
+    }
+}
