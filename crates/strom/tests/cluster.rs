@@ -520,3 +520,123 @@ fn librdkafka_produces_and_consumes_across_the_brokers() {
         assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
     }
 }
+
+/// SIGSTOP of the quorum's leader: the other two elect a new leader and creations go on
+/// through them; after SIGCONT the paused node gives up its stale leadership, catches up
+/// with every creation made while it slept, and commits again through the new leader.
+#[test]
+fn a_paused_quorum_leader_catches_up_after_it_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    let leader_seen_by = |n: &Node| -> Option<i64> {
+        let out = strom(&[
+            "cluster",
+            "describe",
+            "--json",
+            "--bootstrap-server",
+            &bootstrap(n),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["quorum"]["leader"].as_i64().filter(|l| *l >= 1)
+    };
+    let leader = wait_for("a quorum leader", Duration::from_secs(30), || {
+        leader_seen_by(&nodes[0])
+    }) as usize;
+    let paused = leader - 1;
+    let through = (paused + 1) % 3;
+    let create = |n: &Node, name: &str| -> bool {
+        strom(&[
+            "topics",
+            "create",
+            "--topic",
+            name,
+            "--partitions",
+            "1",
+            "--bootstrap-server",
+            &bootstrap(n),
+        ])
+        .status
+        .success()
+    };
+    let signal = |n: &Node, sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &n.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    let mut acknowledged = vec!["before".to_string()];
+    assert!(create(&nodes[through], "before"));
+
+    signal(&nodes[paused], "-STOP");
+    let paused_at = Instant::now();
+    for i in 0..5 {
+        let name = format!("while-paused-{i}");
+        wait_for(
+            "a creation through a survivor",
+            Duration::from_secs(60),
+            || create(&nodes[through], &name).then_some(()),
+        );
+        acknowledged.push(name);
+    }
+    eprintln!(
+        "SIGSTOP of the quorum leader to five committed creations: {:?}",
+        paused_at.elapsed()
+    );
+    let new_leader = wait_for("a new leader", Duration::from_secs(30), || {
+        leader_seen_by(&nodes[through])
+    });
+    assert_ne!(
+        new_leader as usize, leader,
+        "a paused node cannot stay leader"
+    );
+
+    signal(&nodes[paused], "-CONT");
+    let resumed_at = Instant::now();
+    wait_for(
+        "the resumed node follows the new leader",
+        Duration::from_secs(30),
+        || (leader_seen_by(&nodes[paused]) == Some(new_leader)).then_some(()),
+    );
+    wait_for(
+        "a creation through the resumed node",
+        Duration::from_secs(60),
+        || create(&nodes[paused], "after-resume").then_some(()),
+    );
+    acknowledged.push("after-resume".to_string());
+    eprintln!(
+        "SIGCONT to a creation through the resumed node: {:?}",
+        resumed_at.elapsed()
+    );
+    let names = |n: &Node| -> Vec<String> {
+        let out = strom(&[
+            "topics",
+            "list",
+            "--json",
+            "--bootstrap-server",
+            &bootstrap(n),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (i, n) in nodes.iter().enumerate() {
+        let mut listed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            listed = names(n);
+            if acknowledged.iter().all(|t| listed.contains(t)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for t in &acknowledged {
+            assert!(listed.contains(t), "{t} on node {}: {listed:?}", i + 1);
+        }
+    }
+}

@@ -196,8 +196,20 @@ impl Quorum {
                     openraft::error::ClientWriteError::ForwardToLeader(f),
                 )) => match f.leader_node.map(|n| n.addr).filter(|a| !a.is_empty()) {
                     Some(addr) => {
-                        network::forward_write(&addr, &batch, std::time::Duration::from_secs(10))
-                            .await
+                        // A paused or partitioned leader never answers: give up on it as
+                        // soon as this node learns of another leader, not after the timeout.
+                        let leader = f.leader_id;
+                        let waiter = self.raft.wait(Some(std::time::Duration::from_secs(10)));
+                        let deposed =
+                            waiter.metrics(|m| m.current_leader != leader, "another leader");
+                        tokio::select! {
+                            r = network::forward_write(
+                                &addr,
+                                &batch,
+                                std::time::Duration::from_secs(10),
+                            ) => r,
+                            Ok(_) = deposed => Err(format!("the leader at {addr} was replaced")),
+                        }
                     }
                     None => Err("no leader of the metadata quorum now".to_string()),
                 },
