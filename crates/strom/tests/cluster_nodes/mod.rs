@@ -1,0 +1,141 @@
+//! Three `strom server` processes in combined mode (broker and controller), formatted with
+//! one cluster id and joined into one metadata quorum over their CONTROLLER listeners.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Node {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn strom(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn ok(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Formats and starts three nodes at once (each waits for its quorum to form).
+pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
+    let brokers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let controllers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let voters = controllers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster = String::from_utf8(strom(&["storage", "random-uuid"]).stdout).unwrap();
+    let mut started = Vec::new();
+    for i in 0..3 {
+        let config = tmp.join(format!("node{}.properties", i + 1));
+        std::fs::write(
+            &config,
+            format!(
+                "node.id={}\nprocess.roles=broker,controller\ncontroller.quorum.voters={voters}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
+                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n",
+                i + 1,
+                brokers[i],
+                controllers[i],
+                tmp.join(format!("data{}", i + 1)).display()
+            ),
+        )
+        .unwrap();
+        let c = config.to_str().unwrap().to_string();
+        ok(&["storage", "format", "-t", cluster.trim(), "-c", &c], "");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(["server", "--config", &c])
+            .env("STROM_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        started.push((
+            Node {
+                child,
+                port: brokers[i],
+            },
+            rx,
+        ));
+    }
+    started
+        .into_iter()
+        .map(|(node, rx)| {
+            rx.recv_timeout(Duration::from_secs(120))
+                .expect("every node starts once its quorum forms");
+            node
+        })
+        .collect()
+}
+
+pub fn bootstrap(n: &Node) -> String {
+    format!("127.0.0.1:{}", n.port)
+}
