@@ -20,12 +20,15 @@ struct Entry<S> {
 
 pub struct Shards<S> {
     map: RwLock<HashMap<i32, Entry<S>>>,
+    /// Woken whenever a load ends (finished, superseded or resigned).
+    settled: tokio::sync::Notify,
 }
 
 impl<S> Default for Shards<S> {
     fn default() -> Self {
         Shards {
             map: RwLock::new(HashMap::new()),
+            settled: tokio::sync::Notify::new(),
         }
     }
 }
@@ -43,6 +46,21 @@ impl<S> Shards<S> {
                 slot: Slot::Active(s),
                 ..
             }) => Ok(s.clone()),
+        }
+    }
+
+    /// The shard of `partition` once any load in progress has ended, or the error a
+    /// request for it gets then (for work that must not be refused while a shard loads).
+    pub async fn get_settled(&self, partition: i32) -> Result<Arc<S>, i16> {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before the check, so a load ending in between is not missed.
+            settled.as_mut().enable();
+            match self.get(partition) {
+                Err(errors::COORDINATOR_LOAD_IN_PROGRESS) => settled.await,
+                other => return other,
+            }
         }
     }
 
@@ -69,6 +87,7 @@ impl<S> Shards<S> {
         match map.get_mut(&partition) {
             Some(e) if e.epoch == epoch && matches!(e.slot, Slot::Loading) => {
                 e.slot = Slot::Active(Arc::new(shard));
+                self.settled.notify_waiters();
                 true
             }
             _ => false,
@@ -82,7 +101,9 @@ impl<S> Shards<S> {
         if epoch.is_some_and(|epoch| map.get(&partition).is_some_and(|e| e.epoch > epoch)) {
             return None;
         }
-        match map.remove(&partition)?.slot {
+        let removed = map.remove(&partition);
+        self.settled.notify_waiters();
+        match removed?.slot {
             Slot::Active(s) => Some(s),
             Slot::Loading => None,
         }
@@ -126,5 +147,26 @@ mod tests {
         assert!(s.resign(3, None).is_none());
         assert!(!s.finish_load(3, 6, "late"));
         assert_eq!(s.get(3).unwrap_err(), errors::NOT_COORDINATOR);
+    }
+
+    #[tokio::test]
+    async fn a_settled_lookup_waits_for_the_load_to_end() {
+        let s = Arc::new(Shards::<u8>::default());
+        assert!(s.begin_load(1, 0));
+        assert!(s.begin_load(2, 0));
+        let loaded = tokio::spawn({
+            let s = s.clone();
+            async move { s.get_settled(1).await }
+        });
+        let failed = tokio::spawn({
+            let s = s.clone();
+            async move { s.get_settled(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!loaded.is_finished() && !failed.is_finished());
+        assert!(s.finish_load(1, 0, 7));
+        s.resign(2, Some(0));
+        assert_eq!(*loaded.await.unwrap().unwrap(), 7);
+        assert_eq!(failed.await.unwrap().unwrap_err(), errors::NOT_COORDINATOR);
     }
 }

@@ -4,11 +4,13 @@
 //! coordinator is wherever its `__consumer_offsets` partition is led.
 
 mod cluster_nodes;
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_nodes::{Node, bootstrap, ok, three_nodes, wait_for};
+use cluster_nodes::{Node, bootstrap, ok, three_nodes};
+use common::wait_for;
 
 #[test]
 fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {

@@ -2,11 +2,13 @@
 //! SIGSTOPped while topics are being created.
 
 mod cluster_nodes;
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster_nodes::{Node, bootstrap, strom, three_nodes, wait_for};
+use cluster_nodes::{Node, bootstrap, strom, three_nodes};
+use common::wait_for;
 
 /// SIGKILL of the quorum's leader during a stream of topic creations: the other two elect
 /// a new leader, creations go on through them, and every creation that was acknowledged

@@ -101,14 +101,8 @@ impl GroupCoordinator {
     pub async fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
         // A marker written while the shard loads waits for the load to finish, or its
         // offsets would stay pending for good.
-        let shard = loop {
-            match self.shards.get(partition) {
-                Ok(shard) => break shard,
-                Err(errors::COORDINATOR_LOAD_IN_PROGRESS) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
-                }
-                Err(_) => return,
-            }
+        let Ok(shard) = self.shards.get_settled(partition).await else {
+            return;
         };
         let slots: Vec<_> = shard.groups.lock().unwrap().values().cloned().collect();
         for slot in slots {
