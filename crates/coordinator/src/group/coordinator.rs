@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use strom_metadata::{TopicPartition, errors};
 use tokio::sync::{Notify, OwnedMutexGuard, oneshot};
 
-use super::records::{CommittedOffset, Record, partition_for};
+use super::records::{CommittedOffset, partition_for};
 use super::state::{
     Group, GroupConfig, JoinOutcome, JoinRequest, JoinResponse, Output, State, SyncOutcome,
     SyncRequest, SyncResponse, Token,
@@ -22,6 +22,7 @@ use crate::host::Host;
 use crate::shards::Shards;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use super::admin::{DescribedMember, Description};
 pub use strom_metadata::errors::{
     GROUP_ID_NOT_FOUND, GROUP_SUBSCRIBED_TO_TOPIC, INVALID_GROUP_ID, NON_EMPTY_GROUP,
     OFFSET_METADATA_TOO_LARGE,
@@ -55,7 +56,7 @@ pub struct Entry {
     /// Offsets of open transactions, by producer id (TxnOffsetCommit).
     pub pending: HashMap<i64, super::txn_offsets::PendingOffsets>,
     /// Removed from its shard (deleted or expired): whoever waited for its lock looks again.
-    removed: bool,
+    pub(super) removed: bool,
 }
 
 /// One group's state behind its own async lock.
@@ -70,7 +71,7 @@ pub(super) struct GroupShard {
 }
 
 impl GroupShard {
-    fn slots(&self) -> Vec<(String, Slot)> {
+    pub(super) fn slots(&self) -> Vec<(String, Slot)> {
         let groups = self.groups.lock().unwrap();
         groups.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
@@ -103,40 +104,6 @@ pub struct CommitRequest {
     pub offset: i64,
     pub leader_epoch: i32,
     pub metadata: Option<String>,
-}
-
-/// A group as DescribeGroups shows it.
-pub struct Description {
-    pub state: State,
-    pub protocol_type: String,
-    pub protocol: String,
-    pub members: Vec<DescribedMember>,
-}
-
-pub struct DescribedMember {
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub metadata: Vec<u8>,
-    pub assignment: Vec<u8>,
-}
-
-/// The topics a consumer-protocol subscription names (ConsumerProtocolSubscription: version,
-/// then an array of topic names).
-fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
-    let mut r = strom_storage::reader::Reader::new(metadata.get(2..).unwrap_or(&[]));
-    let mut out = Vec::new();
-    let Some(n) = r.count(2) else {
-        return out;
-    };
-    for _ in 0..n {
-        match r.string() {
-            Some(name) => out.push(name),
-            None => break,
-        }
-    }
-    out
 }
 
 /// Where a request for a group goes.
@@ -415,281 +382,6 @@ impl GroupCoordinator {
         Ok(errors)
     }
 
-    /// The records for offsets that pass the checks, the offsets they commit, and an error
-    /// per offset.
-    pub(super) fn offset_records(
-        &self,
-        host: &dyn Host,
-        group_id: &str,
-        offsets: &[CommitRequest],
-    ) -> (Vec<Record>, Offsets, Vec<i16>) {
-        let now = now_ms() as i64;
-        let mut records = Vec::new();
-        let mut committed = Offsets::new();
-        let results = offsets
-            .iter()
-            .map(|o| {
-                if !host.partition_exists(&o.topic, o.partition) {
-                    errors::UNKNOWN_TOPIC_OR_PARTITION
-                } else if o
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes)
-                {
-                    OFFSET_METADATA_TOO_LARGE
-                } else {
-                    let value = CommittedOffset {
-                        offset: o.offset,
-                        leader_epoch: o.leader_epoch,
-                        metadata: o.metadata.clone().unwrap_or_default(),
-                        commit_timestamp: now,
-                    };
-                    records.push(Record::Offset {
-                        group: group_id.to_string(),
-                        topic: o.topic.clone(),
-                        partition: o.partition,
-                        value: Some(value.clone()),
-                    });
-                    committed.insert((o.topic.clone(), o.partition), value);
-                    errors::NONE
-                }
-            })
-            .collect();
-        (records, committed, results)
-    }
-
-    /// OffsetCommit: checks membership and generation, persists, then remembers. Returns an
-    /// error per partition.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn commit(
-        &self,
-        host: &dyn Host,
-        group_id: &str,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
-        offsets: Vec<CommitRequest>,
-    ) -> Vec<i16> {
-        let n = offsets.len();
-        if group_id.is_empty() {
-            return vec![INVALID_GROUP_ID; n];
-        }
-        let shard = match self.locate(host, group_id, true).await {
-            Ok(Located::Shard(s)) => s,
-            Ok(Located::NoTopic) => return vec![errors::COORDINATOR_NOT_AVAILABLE; n],
-            Err(e) => return vec![e; n],
-        };
-        // A group nobody joined: only simple (generation -1) commits create it.
-        let mut entry = match self.entry(&shard, group_id, generation < 0).await {
-            Some(e) => e,
-            None => return vec![super::state::ILLEGAL_GENERATION; n],
-        };
-        let check = entry
-            .group
-            .check_commit(member_id, instance_id, generation, false);
-        if check != errors::NONE {
-            return vec![check; n];
-        }
-        let (records, committed, results) = self.offset_records(host, group_id, &offsets);
-        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
-            return with_failure(results, e);
-        }
-        entry.offsets.extend(committed);
-        results
-    }
-
-    /// OffsetFetch: the committed offsets of `topics` (all when `None`).
-    pub async fn fetch(
-        &self,
-        host: &dyn Host,
-        group_id: &str,
-        topics: Option<&[(String, Vec<i32>)]>,
-    ) -> Result<Vec<(String, i32, Option<CommittedOffset>)>, i16> {
-        let entry = match self.locate(host, group_id, false).await? {
-            Located::Shard(shard) => self.entry(&shard, group_id, false).await,
-            Located::NoTopic => None,
-        };
-        let entry = entry.as_deref();
-        Ok(match topics {
-            None => entry
-                .map(|e| {
-                    e.offsets
-                        .iter()
-                        .map(|((t, p), o)| (t.clone(), *p, Some(o.clone())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Some(topics) => topics
-                .iter()
-                .flat_map(|(t, ps)| {
-                    ps.iter().map(move |p| {
-                        let o = entry.and_then(|e| e.offsets.get(&(t.clone(), *p))).cloned();
-                        (t.clone(), *p, o)
-                    })
-                })
-                .collect(),
-        })
-    }
-
-    /// ListGroups: (group id, protocol type, state) of every group this node coordinates.
-    pub async fn list(&self) -> Vec<(String, String, State)> {
-        let mut out = Vec::new();
-        for (_, shard) in self.shards.active() {
-            for (_, slot) in shard.slots() {
-                let e = slot.lock().await;
-                if e.group.state != State::Dead && !e.removed {
-                    out.push((
-                        e.group.id.clone(),
-                        e.group.protocol_type.clone().unwrap_or_default(),
-                        e.group.state,
-                    ));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// DescribeGroups: `Ok(None)` for a group this coordinator does not know.
-    pub async fn describe(
-        &self,
-        host: &dyn Host,
-        group_id: &str,
-    ) -> Result<Option<Description>, i16> {
-        let entry = match self.locate(host, group_id, false).await? {
-            Located::Shard(shard) => self.entry(&shard, group_id, false).await,
-            Located::NoTopic => None,
-        };
-        let Some(entry) = entry else {
-            return Ok(None);
-        };
-        let g = &entry.group;
-        // As in Kafka: subscriptions and assignments only once the group is stable.
-        let stable = g.state == State::Stable;
-        let protocol = g.protocol.clone().unwrap_or_default();
-        Ok(Some(Description {
-            state: g.state,
-            protocol_type: g.protocol_type.clone().unwrap_or_default(),
-            protocol: if stable {
-                protocol.clone()
-            } else {
-                String::new()
-            },
-            members: g
-                .members()
-                .map(|m| {
-                    let (meta, assignment) = if stable {
-                        (m.metadata(&protocol), m.assignment.clone())
-                    } else {
-                        (vec![], vec![])
-                    };
-                    DescribedMember {
-                        member_id: m.member_id.clone(),
-                        instance_id: m.instance_id.clone(),
-                        client_id: m.client_id.clone(),
-                        client_host: m.client_host.clone(),
-                        metadata: meta,
-                        assignment,
-                    }
-                })
-                .collect(),
-        }))
-    }
-
-    /// DeleteGroups: only groups without members; their offsets go too.
-    pub async fn delete(&self, host: &dyn Host, group_id: &str) -> i16 {
-        let shard = match self.locate(host, group_id, false).await {
-            Ok(Located::Shard(s)) => s,
-            Ok(Located::NoTopic) => return GROUP_ID_NOT_FOUND,
-            Err(e) => return e,
-        };
-        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
-            return GROUP_ID_NOT_FOUND;
-        };
-        if entry.group.state == State::Dead {
-            return GROUP_ID_NOT_FOUND;
-        }
-        if !entry.group.is_empty() {
-            return NON_EMPTY_GROUP;
-        }
-        let mut records: Vec<Record> = entry
-            .offsets
-            .keys()
-            .map(|(t, p)| Record::Offset {
-                group: group_id.to_string(),
-                topic: t.clone(),
-                partition: *p,
-                value: None,
-            })
-            .collect();
-        records.push(Record::Group {
-            group: group_id.to_string(),
-            value: None,
-        });
-        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
-            return e;
-        }
-        entry.group.mark_dead(now_ms());
-        Self::remove(&shard, &mut entry);
-        errors::NONE
-    }
-
-    /// OffsetDelete: (group error, per-partition errors).
-    pub async fn delete_offsets(
-        &self,
-        host: &dyn Host,
-        group_id: &str,
-        partitions: &[(String, i32)],
-    ) -> (i16, Vec<i16>) {
-        let shard = match self.locate(host, group_id, false).await {
-            Ok(Located::Shard(s)) => s,
-            Ok(Located::NoTopic) => return (GROUP_ID_NOT_FOUND, vec![]),
-            Err(e) => return (e, vec![]),
-        };
-        let Some(mut entry) = self.entry(&shard, group_id, false).await else {
-            return (GROUP_ID_NOT_FOUND, vec![]);
-        };
-        let subscribed: Vec<String> = if entry.group.state == State::Empty {
-            vec![]
-        } else {
-            let protocol = entry.group.protocol.clone().unwrap_or_default();
-            entry
-                .group
-                .members()
-                .flat_map(|m| subscribed_topics(&m.metadata(&protocol)))
-                .collect()
-        };
-        let mut results = Vec::new();
-        let mut records = Vec::new();
-        for (t, p) in partitions {
-            if subscribed.contains(t) {
-                results.push(GROUP_SUBSCRIBED_TO_TOPIC);
-            } else {
-                results.push(errors::NONE);
-                if entry.offsets.contains_key(&(t.clone(), *p)) {
-                    records.push(Record::Offset {
-                        group: group_id.to_string(),
-                        topic: t.clone(),
-                        partition: *p,
-                        value: None,
-                    });
-                }
-            }
-        }
-        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
-            return (e, vec![]);
-        }
-        for r in records {
-            if let Record::Offset {
-                topic, partition, ..
-            } = r
-            {
-                entry.offsets.remove(&(topic, partition));
-            }
-        }
-        (errors::NONE, results)
-    }
-
     /// Applies time to every group; returns the next deadline.
     pub async fn tick(&self, host: &dyn Host, now: u64) -> Option<u64> {
         let mut next: Option<u64> = None;
@@ -785,22 +477,4 @@ pub(super) fn with_failure(results: Vec<i16>, e: i16) -> Vec<i16> {
         .into_iter()
         .map(|r| if r == errors::NONE { e } else { r })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscriptions_name_their_topics() {
-        let mut m = vec![0, 1, 0, 0, 0, 2];
-        for t in ["orders", "payments"] {
-            m.extend_from_slice(&(t.len() as i16).to_be_bytes());
-            m.extend_from_slice(t.as_bytes());
-        }
-        m.extend_from_slice(&[0, 0, 0, 0]);
-        assert_eq!(subscribed_topics(&m), vec!["orders", "payments"]);
-        assert!(subscribed_topics(&[1, 2]).is_empty());
-        assert!(subscribed_topics(&[0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 9]).is_empty());
-    }
 }
