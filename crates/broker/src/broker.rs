@@ -75,8 +75,12 @@ pub struct Broker {
     /// held from a change's checks to its publication.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// Where metadata changes are committed before they are applied.
-    metadata_log: Box<dyn crate::metadata_log::MetadataLog>,
+    pub(crate) metadata_log: Box<dyn crate::metadata_log::MetadataLog>,
     producer_ids: Mutex<(i64, i64)>,
+    /// This process's registration with the controller: its incarnation, and the broker
+    /// epoch the controller gave it.
+    pub(crate) incarnation: [u8; 16],
+    pub(crate) broker_epoch: std::sync::atomic::AtomicI64,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }
@@ -140,6 +144,10 @@ impl Broker {
             .join("__cluster_metadata-0");
         let qc = strom_controller::quorum::QuorumConfig {
             election_timeout_ms: c.kraft.election_timeout_ms,
+            controller: strom_controller::ControllerConfig {
+                session_timeout_ms: c.kraft.session_timeout_ms as i64,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let quorum = if c.kraft.multi_node(c.node_id) {
@@ -191,12 +199,6 @@ impl Broker {
             }
             records.extend(stored);
         }
-        let me = broker.registration();
-        if let Record::RegisterBroker(info) = &me
-            && image.brokers.get(&info.id) != Some(info)
-        {
-            records.push(me);
-        }
         let migrated = records.iter().any(|r| matches!(r, Record::Topic { .. }));
         if !records.is_empty() {
             use crate::metadata_log::MetadataLog;
@@ -207,8 +209,17 @@ impl Broker {
             // topics deleted since.
             crate::topics::retire_topic_files(&broker.config.log_dir)?;
         }
-        broker.publish_image(log.quorum.state.image())?;
         broker.metadata_log = Box::new(log);
+        // Registered and unfenced by the active controller before this node serves: the
+        // image published here shows what it leads.
+        broker.join_cluster().await?;
+        let image = broker
+            .metadata_log
+            .quorum()
+            .expect("the quorum's log")
+            .state
+            .image();
+        broker.publish_image(image)?;
         Ok(broker)
     }
 
@@ -234,6 +245,8 @@ impl Broker {
                 Arc::default(),
             )),
             producer_ids: Mutex::new(producer_ids),
+            incarnation: random_id(),
+            broker_epoch: std::sync::atomic::AtomicI64::new(crate::lifecycle::UNREGISTERED),
         })
     }
 
@@ -279,6 +292,8 @@ impl Broker {
             port: self.config.advertised_port,
             rack: self.config.kraft.rack.clone(),
             fenced: false,
+            incarnation: self.incarnation,
+            epoch: 0,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod errors;
 pub mod handlers;
 mod internal_topics;
 pub mod kraft_config;
+mod lifecycle;
 mod maintenance;
 pub mod meta_properties;
 pub mod metadata_log;

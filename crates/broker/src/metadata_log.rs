@@ -33,6 +33,11 @@ pub trait MetadataLog: Send + Sync {
         None
     }
 
+    /// The controller quorum behind the log, when there is one.
+    fn quorum(&self) -> Option<&strom_controller::quorum::Quorum> {
+        None
+    }
+
     /// Follows the committed image, when others can commit too.
     fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {
         None
@@ -139,6 +144,10 @@ impl MetadataLog for QuorumLog {
 
     fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
         Some(self.quorum.status())
+    }
+
+    fn quorum(&self) -> Option<&strom_controller::quorum::Quorum> {
+        Some(&self.quorum)
     }
 
     fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {

@@ -88,7 +88,7 @@ pub const APIS: &[Api] = &[
     Api { key: INCREMENTAL_ALTER_CONFIGS, name: "IncrementalAlterConfigs", min: 0, max: 1, flexible_min: 1 },
     Api { key: DELETE_GROUPS, name: "DeleteGroups", min: 0, max: 2, flexible_min: 2 },
     Api { key: OFFSET_DELETE, name: "OffsetDelete", min: 0, max: 0, flexible_min: i16::MAX },
-    Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 1, flexible_min: 0 },
+    Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 2, flexible_min: 0 },
     // Transactions. Later versions are KIP-890's (server-side partition verification, epoch
     // bumps on every EndTxn), which this coordinator does not do.
     Api { key: ADD_PARTITIONS_TO_TXN, name: "AddPartitionsToTxn", min: 0, max: 3, flexible_min: 3 },

@@ -263,9 +263,16 @@ impl Broker {
                 .map(|(i, l)| self.led_by(*l, &new.name, i as i32, 0)),
         );
         self.commit_locked(&admin, records).await?;
-        tracing::info!(topic = %new.name, partitions, "created topic");
-        self.topic(&new.name)
-            .ok_or_else(|| BrokerError::UnknownTopic(new.name.clone()))
+        // Another broker's creation of the name may have reached the log first: then the
+        // log ignored this one whole.
+        match self.topic(&new.name) {
+            Some(t) if t.id == id => {
+                tracing::info!(topic = %new.name, partitions, "created topic");
+                Ok(t)
+            }
+            Some(_) => Err(BrokerError::TopicExists(new.name)),
+            None => Err(BrokerError::UnknownTopic(new.name)),
+        }
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {

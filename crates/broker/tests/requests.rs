@@ -276,6 +276,7 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
             port: 9097,
             rack: None,
             fenced: false,
+            ..BrokerInfo::default()
         }),
         MetaRecord::Partition {
             topic: "t".into(),

@@ -305,7 +305,40 @@ pub struct QuorumDescription {
     pub observers: Vec<(i32, i64)>,
 }
 
+/// A broker as DescribeCluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterBroker {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    /// Its heartbeats stopped, or it is shutting down: it leads nothing.
+    pub fenced: bool,
+}
+
 impl Client {
+    /// DescribeCluster v2: every registered broker, fenced ones included.
+    pub async fn describe_cluster(&self) -> Result<Vec<ClusterBroker>> {
+        use krabka_protocol::owned::describe_cluster_request::DescribeClusterRequest;
+        let req = DescribeClusterRequest {
+            include_fenced_brokers: true,
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 2, "DescribeCluster").await?;
+        check(resp.error_code, resp.error_message)?;
+        Ok(resp
+            .brokers
+            .into_iter()
+            .map(|b| ClusterBroker {
+                id: b.broker_id,
+                host: b.host,
+                port: b.port,
+                rack: b.rack,
+                fenced: b.is_fenced,
+            })
+            .collect())
+    }
+
     /// DescribeQuorum for the metadata log `__cluster_metadata-0`.
     pub async fn describe_quorum(&self) -> Result<QuorumDescription> {
         use krabka_protocol::owned::describe_quorum_request::{

@@ -6,6 +6,7 @@
 //! image moves only when committed records are replayed, as in Kafka's QuorumController.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use strom_metadata::errors;
 use strom_metadata::image::{BrokerInfo, MetadataImage, NO_LEADER, PartitionInfo, Record, TopicId};
@@ -49,8 +50,23 @@ struct Session {
     /// The broker epoch of this registration.
     epoch: i64,
     last_heartbeat_ms: i64,
+    /// This controller has heard from the broker since it took over: a session inherited
+    /// from the image at activation is only assumed alive.
+    confirmed: bool,
+    /// The broker asked for a controlled shutdown: it stays fenced until it registers again.
+    shutting_down: bool,
 }
 
+/// What a heartbeat changes, and what the broker is told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    pub records: Vec<Record>,
+    /// The broker is fenced once `records` are committed.
+    pub fenced: bool,
+    /// A controlled shutdown may proceed: the broker leads nothing once `records` are
+    /// committed.
+    pub shutdown_ready: bool,
+}
 /// A topic as CreateTopics asks for it, after request validation.
 #[derive(Debug, Clone)]
 pub struct TopicRequest {
@@ -79,18 +95,16 @@ fn refuse(code: i16, message: impl Into<String>) -> Refusal {
 
 pub struct Controller {
     pub config: ControllerConfig,
-    image: MetadataImage,
+    image: Arc<MetadataImage>,
     sessions: HashMap<i32, Session>,
-    next_broker_epoch: i64,
 }
 
 impl Controller {
     pub fn new(config: ControllerConfig) -> Self {
         Controller {
             config,
-            image: MetadataImage::default(),
+            image: Arc::default(),
             sessions: HashMap::new(),
-            next_broker_epoch: 1,
         }
     }
 
@@ -101,18 +115,58 @@ impl Controller {
     /// Committed records, from the quorum's log: the image moves.
     pub fn replay(&mut self, records: &[Record]) {
         let (next, _) = self.image.apply(records);
-        self.image = next;
+        self.image = Arc::new(next);
+    }
+
+    /// The committed image, as the quorum applied it.
+    pub fn sync(&mut self, image: Arc<MetadataImage>) {
+        self.image = image;
+    }
+
+    /// This controller becomes the active one: the brokers' sessions are rebuilt from the
+    /// image, every one given a full session timeout from `now` to be heard from (the
+    /// previous controller's clock is not ours to trust).
+    pub fn activate(&mut self, now: i64) {
+        self.sessions = self
+            .image
+            .brokers
+            .values()
+            .map(|b| {
+                (
+                    b.id,
+                    Session {
+                        incarnation: b.incarnation,
+                        epoch: b.epoch,
+                        last_heartbeat_ms: now,
+                        confirmed: false,
+                        shutting_down: false,
+                    },
+                )
+            })
+            .collect();
+    }
+
+    /// Every session is treated as heard from at `now`: after this controller itself was
+    /// paused, silence it did not witness proves nothing about the brokers.
+    pub fn refresh_sessions(&mut self, now: i64) {
+        for s in self.sessions.values_mut() {
+            s.last_heartbeat_ms = now;
+        }
     }
 
     fn live(&self, id: i32) -> bool {
         self.image.brokers.get(&id).is_some_and(|b| !b.fenced)
     }
 
-    /// BrokerRegistration: the broker's epoch and the record that registers it, fenced until
-    /// its first heartbeat.
+    /// BrokerRegistration: the broker's epoch and the records that register it, fenced until
+    /// its first heartbeat. A broker registering again (it restarted) first loses what it
+    /// led: its new process starts from a new leader epoch.
     pub fn register(&mut self, r: Registration, now: i64) -> Result<(i64, Vec<Record>), Refusal> {
+        let current = self.image.brokers.get(&r.id);
         if let Some(s) = self.sessions.get(&r.id)
+            && s.confirmed
             && s.incarnation != r.incarnation
+            && current.is_some_and(|b| !b.fenced)
             && now - s.last_heartbeat_ms < self.config.session_timeout_ms
         {
             return Err(refuse(
@@ -123,29 +177,54 @@ impl Controller {
                 ),
             ));
         }
-        let epoch = self.next_broker_epoch;
-        self.next_broker_epoch += 1;
+        let epoch = self
+            .image
+            .brokers
+            .values()
+            .map(|b| b.epoch)
+            .chain(self.sessions.values().map(|s| s.epoch))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut records = Vec::new();
+        if current.is_some_and(|b| !b.fenced) {
+            records.extend(self.fence(r.id).into_iter().skip(1));
+        }
+        records.insert(
+            0,
+            Record::RegisterBroker(BrokerInfo {
+                id: r.id,
+                host: r.host,
+                port: r.port,
+                rack: r.rack,
+                fenced: true,
+                incarnation: r.incarnation,
+                epoch,
+            }),
+        );
         self.sessions.insert(
             r.id,
             Session {
                 incarnation: r.incarnation,
                 epoch,
                 last_heartbeat_ms: now,
+                confirmed: true,
+                shutting_down: false,
             },
         );
-        let record = Record::RegisterBroker(BrokerInfo {
-            id: r.id,
-            host: r.host,
-            port: r.port,
-            rack: r.rack,
-            fenced: true,
-        });
-        Ok((epoch, vec![record]))
+        Ok((epoch, records))
     }
 
     /// BrokerHeartbeat: keeps the session alive; the first one unfences the broker and gives
-    /// it back the leadership of partitions that had none.
-    pub fn heartbeat(&mut self, id: i32, epoch: i64, now: i64) -> Result<Vec<Record>, Refusal> {
+    /// it back the leadership of partitions that had none. With `want_shutdown`, the broker
+    /// is fenced at once and leadership moves away (Kafka's controlled shutdown).
+    pub fn heartbeat(
+        &mut self,
+        id: i32,
+        epoch: i64,
+        want_shutdown: bool,
+        now: i64,
+    ) -> Result<HeartbeatOutcome, Refusal> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Err(refuse(
                 errors::BROKER_ID_NOT_REGISTERED,
@@ -162,21 +241,36 @@ impl Controller {
             ));
         }
         s.last_heartbeat_ms = now;
-        if !self.image.brokers.get(&id).is_some_and(|b| b.fenced) {
-            return Ok(vec![]);
+        s.confirmed = true;
+        s.shutting_down |= want_shutdown;
+        let shutting_down = s.shutting_down;
+        let fenced = self.image.brokers.get(&id).is_none_or(|b| b.fenced);
+        if shutting_down {
+            return Ok(HeartbeatOutcome {
+                records: if fenced { vec![] } else { self.fence(id) },
+                fenced: true,
+                shutdown_ready: true,
+            });
+        }
+        if !fenced {
+            return Ok(HeartbeatOutcome::default());
         }
         let mut records = vec![Record::BrokerFencing { id, fenced: false }];
         records.extend(self.elect_where(
             |_, info| info.leader == NO_LEADER,
             |b| b == id || self.live(b),
         ));
-        Ok(records)
+        Ok(HeartbeatOutcome {
+            records,
+            fenced: false,
+            shutdown_ready: false,
+        })
     }
 
     /// The passing of time: brokers whose heartbeats stopped for the session timeout are
     /// fenced, and the partitions they led get new leaders from their ISR.
     pub fn tick(&mut self, now: i64) -> Vec<Record> {
-        let expired: Vec<i32> = self
+        let mut expired: Vec<i32> = self
             .sessions
             .iter()
             .filter(|(id, s)| {
@@ -185,29 +279,43 @@ impl Controller {
             })
             .map(|(id, _)| *id)
             .collect();
-        let mut records = Vec::new();
-        for id in expired {
-            records.extend(self.fence(id));
-        }
-        records
+        expired.sort_unstable();
+        self.fence_all(&expired)
     }
 
     /// Fences `id` (its session expired, or a controlled shutdown): it leaves the ISR of
     /// every partition where others remain, and every partition it led gets a new leader.
     pub fn fence(&self, id: i32) -> Vec<Record> {
-        let mut records = vec![Record::BrokerFencing { id, fenced: true }];
+        self.fence_all(&[id])
+    }
+
+    /// Fences several brokers at once: none of them is chosen to lead what another led.
+    fn fence_all(&self, ids: &[i32]) -> Vec<Record> {
+        let mut records: Vec<Record> = ids
+            .iter()
+            .map(|id| Record::BrokerFencing {
+                id: *id,
+                fenced: true,
+            })
+            .collect();
+        if ids.is_empty() {
+            return records;
+        }
+        let gone = |b: &i32| ids.contains(b);
         for (name, t) in &self.image.topics {
             for (i, info) in t.partitions.iter().enumerate() {
-                if !info.replicas.contains(&id) {
+                if !info.replicas.iter().any(gone) {
                     continue;
                 }
                 let mut next = info.clone();
                 // The ISR never empties: its last member keeps the committed records.
-                if next.isr.len() > 1 {
-                    next.isr.retain(|r| *r != id);
+                for id in ids {
+                    if next.isr.len() > 1 {
+                        next.isr.retain(|r| r != id);
+                    }
                 }
-                if next.leader == id {
-                    next.leader = self.choose_leader(&next, |b| b != id && self.live(b));
+                if gone(&next.leader) {
+                    next.leader = self.choose_leader(&next, |b| !gone(&b) && self.live(b));
                     next.leader_epoch += 1;
                     if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
                         // Only an unclean election picks outside the ISR.

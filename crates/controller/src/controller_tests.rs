@@ -31,7 +31,7 @@ fn cluster(n: i32, racks: &[&str]) -> (Controller, Vec<i64>) {
             c.image().brokers[&id].fenced,
             "fenced until its first heartbeat"
         );
-        let records = c.heartbeat(id, epoch, 0).unwrap();
+        let records = c.heartbeat(id, epoch, false, 0).unwrap().records;
         c.replay(&records);
         assert!(!c.image().brokers[&id].fenced);
         epochs.push(epoch);
@@ -122,7 +122,10 @@ fn a_silent_broker_is_fenced_and_its_partitions_move_to_the_isr() {
     // Brokers 1 and 3 heartbeat; 2 goes silent.
     for now in [3_000, 6_000, 9_000] {
         for id in [1, 3] {
-            let r = c.heartbeat(id, epochs[id as usize - 1], now).unwrap();
+            let r = c
+                .heartbeat(id, epochs[id as usize - 1], false, now)
+                .unwrap()
+                .records;
             c.replay(&r);
         }
         let r = c.tick(now);
@@ -149,7 +152,7 @@ fn a_silent_broker_is_fenced_and_its_partitions_move_to_the_isr() {
         }
     }
     // 2 comes back: unfenced by its heartbeat, it leads again what had no leader.
-    let r = c.heartbeat(2, epochs[1], 12_000).unwrap();
+    let r = c.heartbeat(2, epochs[1], false, 12_000).unwrap().records;
     assert!(r.contains(&Record::BrokerFencing {
         id: 2,
         fenced: false
@@ -161,11 +164,11 @@ fn a_silent_broker_is_fenced_and_its_partitions_move_to_the_isr() {
     }
     // A stale epoch or an unknown broker is refused.
     assert_eq!(
-        c.heartbeat(2, 999, 12_000).unwrap_err().code,
+        c.heartbeat(2, 999, false, 12_000).unwrap_err().code,
         errors::STALE_BROKER_EPOCH
     );
     assert_eq!(
-        c.heartbeat(7, 1, 12_000).unwrap_err().code,
+        c.heartbeat(7, 1, false, 12_000).unwrap_err().code,
         errors::BROKER_ID_NOT_REGISTERED
     );
 }
@@ -255,4 +258,117 @@ fn racks_spread_replicas() {
         let racks: BTreeSet<bool> = p.replicas.iter().map(|r| *r <= 2).collect();
         assert_eq!(racks.len(), 2, "one replica per rack: {:?}", p.replicas);
     }
+}
+
+#[test]
+fn a_controlled_shutdown_moves_leadership_at_once_and_the_restart_takes_it_back() {
+    let (mut c, epochs) = cluster(2, &[]);
+    create(&mut c, topic("t", 4, 2));
+    create(&mut c, topic("solo", 4, 1));
+    let out = c.heartbeat(1, epochs[0], true, 1_000).unwrap();
+    assert!(out.fenced && out.shutdown_ready);
+    c.replay(&out.records);
+    assert!(c.image().brokers[&1].fenced);
+    for p in &c.image().topics["t"].partitions {
+        assert_eq!(p.leader, 2, "2 leads every replicated partition");
+        assert_eq!(p.isr, vec![2]);
+    }
+    for p in &c.image().topics["solo"].partitions {
+        if p.replicas == vec![1] {
+            assert_eq!(p.leader, NO_LEADER);
+        }
+    }
+    // Heartbeats while it stops do not unfence it.
+    let out = c.heartbeat(1, epochs[0], false, 1_500).unwrap();
+    assert!(out.records.is_empty() && out.fenced);
+    // Its next process registers at once (no session to wait out) and is unfenced by its
+    // first heartbeat, leading again what had no leader.
+    let (epoch, records) = c
+        .register(
+            Registration {
+                id: 1,
+                incarnation: [42; 16],
+                host: "h1".into(),
+                port: 9092,
+                rack: None,
+            },
+            2_000,
+        )
+        .unwrap();
+    c.replay(&records);
+    let out = c.heartbeat(1, epoch, false, 2_000).unwrap();
+    c.replay(&out.records);
+    assert!(!c.image().brokers[&1].fenced);
+    for p in &c.image().topics["solo"].partitions {
+        assert_ne!(p.leader, NO_LEADER);
+    }
+}
+
+#[test]
+fn a_restarted_broker_loses_its_leadership_before_its_new_process_gets_it_back() {
+    let (mut c, _) = cluster(1, &[]);
+    create(&mut c, topic("t", 2, 1));
+    let before = c.image().topics["t"].partitions.clone();
+    // A new controller takes over: the sessions it inherits are only assumed alive, so the
+    // broker's quick restart (a new incarnation) is not mistaken for a twin.
+    let mut next = Controller::new(ControllerConfig::default());
+    next.sync(Arc::new(c.image().clone()));
+    next.activate(5_000);
+    let (epoch, records) = next
+        .register(
+            Registration {
+                id: 1,
+                incarnation: [77; 16],
+                host: "h1".into(),
+                port: 9092,
+                rack: None,
+            },
+            5_100,
+        )
+        .unwrap();
+    assert!(epoch > c.image().brokers[&1].epoch);
+    next.replay(&records);
+    for (i, p) in next.image().topics["t"].partitions.iter().enumerate() {
+        assert_eq!(p.leader, NO_LEADER, "the old process's leadership ended");
+        assert_eq!(p.leader_epoch, before[i].leader_epoch + 1);
+    }
+    let out = next.heartbeat(1, epoch, false, 5_200).unwrap();
+    next.replay(&out.records);
+    for (i, p) in next.image().topics["t"].partitions.iter().enumerate() {
+        assert_eq!((p.leader, p.leader_epoch), (1, before[i].leader_epoch + 2));
+    }
+    // The old process, still heartbeating with its epoch, is told it is stale.
+    assert_eq!(
+        next.heartbeat(1, 1, false, 5_300).unwrap_err().code,
+        errors::STALE_BROKER_EPOCH
+    );
+}
+
+#[test]
+fn brokers_silent_together_are_fenced_together_and_none_inherits_the_others() {
+    let (mut c, epochs) = cluster(3, &[]);
+    create(&mut c, topic("t", 6, 3));
+    for now in [4_000, 8_000, 9_500] {
+        let r = c.heartbeat(3, epochs[2], false, now).unwrap().records;
+        c.replay(&r);
+    }
+    let r = c.tick(9_500);
+    c.replay(&r);
+    assert!(c.image().brokers[&1].fenced && c.image().brokers[&2].fenced);
+    for p in &c.image().topics["t"].partitions {
+        assert_eq!((p.leader, p.isr.clone()), (3, vec![3]));
+    }
+}
+
+#[test]
+fn silence_the_controller_did_not_witness_fences_nobody() {
+    let (mut c, _) = cluster(2, &[]);
+    // The controller itself was paused from t=0 to t=60 s.
+    c.refresh_sessions(60_000);
+    assert!(c.tick(60_001).is_empty());
+    assert_eq!(
+        c.tick(69_000).len(),
+        2,
+        "silence after the pause still counts"
+    );
 }

@@ -46,12 +46,16 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
     for r in records {
         match r {
             Record::RegisterBroker(b) => {
-                out.push(0);
+                // Type 0, without incarnation and epoch, is still read: logs written before
+                // brokers had epochs hold it.
+                out.push(7);
                 out.extend_from_slice(&b.id.to_be_bytes());
                 put_string(&mut out, &b.host);
                 out.extend_from_slice(&b.port.to_be_bytes());
                 put_opt_string(&mut out, b.rack.as_deref());
                 out.push(b.fenced as u8);
+                out.extend_from_slice(&b.incarnation);
+                out.extend_from_slice(&b.epoch.to_be_bytes());
             }
             Record::Topic { name, id } => {
                 out.push(1);
@@ -116,6 +120,16 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                 port: u16::from_be_bytes(r.take(2)?.try_into().ok()?),
                 rack: r.opt_string()?,
                 fenced: r.u8()? != 0,
+                ..BrokerInfo::default()
+            }),
+            7 => Record::RegisterBroker(BrokerInfo {
+                id: r.i32()?,
+                host: r.string()?,
+                port: u16::from_be_bytes(r.take(2)?.try_into().ok()?),
+                rack: r.opt_string()?,
+                fenced: r.u8()? != 0,
+                incarnation: r.take(16)?.try_into().ok()?,
+                epoch: r.i64()?,
             }),
             1 => Record::Topic {
                 name: r.string()?,
@@ -165,6 +179,8 @@ mod tests {
                 port: 9092,
                 rack: Some("r1".into()),
                 fenced: true,
+                incarnation: [9; 16],
+                epoch: 12,
             }),
             Record::RegisterBroker(BrokerInfo {
                 id: 4,
@@ -172,6 +188,8 @@ mod tests {
                 port: 1,
                 rack: None,
                 fenced: false,
+                incarnation: [0; 16],
+                epoch: 0,
             }),
             Record::Topic {
                 name: "orders".into(),
@@ -209,6 +227,23 @@ mod tests {
         let records = every_kind();
         assert_eq!(decode(&encode(&records)), Some(records));
         assert_eq!(decode(&encode(&[])), Some(vec![]));
+    }
+
+    #[test]
+    fn registrations_written_before_broker_epochs_are_still_read() {
+        let mut old = vec![VERSION, 0, 0, 0, 1, 0];
+        old.extend_from_slice(&5i32.to_be_bytes());
+        put_string(&mut old, "h");
+        old.extend_from_slice(&9092u16.to_be_bytes());
+        put_opt_string(&mut old, None);
+        old.push(0);
+        let expected = BrokerInfo {
+            id: 5,
+            host: "h".into(),
+            port: 9092,
+            ..BrokerInfo::default()
+        };
+        assert_eq!(decode(&old), Some(vec![Record::RegisterBroker(expected)]));
     }
 
     #[test]

@@ -13,13 +13,18 @@ pub type TopicId = [u8; 16];
 /// Kafka's "no leader".
 pub const NO_LEADER: i32 = -1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BrokerInfo {
     pub id: i32,
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
     pub fenced: bool,
+    /// Changes with every start of the broker's process (Kafka's incarnation id).
+    pub incarnation: [u8; 16],
+    /// The epoch of this registration (Kafka's broker epoch): heartbeats carry it, and one
+    /// from an older registration is refused.
+    pub epoch: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +125,9 @@ impl MetadataImage {
     }
 
     /// The image after `records`. Records about unknown topics, or partitions that are
-    /// neither the next one nor an existing one, are ignored (and reported).
+    /// neither the next one nor an existing one, are ignored (and reported). A batch that
+    /// creates a topic whose name is taken is ignored whole: of two creations of one name
+    /// racing through the log, exactly the first one happens, wherever each came from.
     pub fn apply(&self, records: &[Record]) -> (MetadataImage, Vec<String>) {
         let mut next = self.clone();
         let mut ignored = Vec::new();
@@ -129,15 +136,22 @@ impl MetadataImage {
                 Record::RegisterBroker(b) => {
                     next.brokers.insert(b.id, b.clone());
                 }
+                Record::Topic { name, .. } if next.topics.contains_key(name) => {
+                    return (
+                        self.clone(),
+                        vec![format!("a creation of topic {name}, which exists")],
+                    );
+                }
                 Record::Topic { name, id } => {
-                    next.topics
-                        .entry(name.clone())
-                        .or_insert_with(|| TopicInfo {
+                    next.topics.insert(
+                        name.clone(),
+                        TopicInfo {
                             name: name.clone(),
                             id: *id,
                             partitions: Vec::new(),
                             configs: BTreeMap::new(),
-                        });
+                        },
+                    );
                 }
                 Record::Partition {
                     topic,
@@ -287,6 +301,17 @@ mod tests {
     }
 
     #[test]
+    fn a_second_creation_of_a_topic_is_ignored_whole() {
+        let (first, _) = MetadataImage::default().apply(&topic("t", 1, &[info(&[1], 1, 0)]));
+        // Another broker's creation of the same name, committed after the first: none of
+        // its records apply, not even its partitions.
+        let (after, ignored) = first.apply(&topic("t", 2, &[info(&[2], 2, 0), info(&[2], 2, 0)]));
+        assert_eq!(after, first);
+        assert_eq!(ignored.len(), 1);
+        assert_eq!(after.topic("t").unwrap().id, [1; 16]);
+    }
+
+    #[test]
     fn records_build_the_image_and_bad_ones_are_reported_not_applied() {
         let (img, ignored) = MetadataImage::default().apply(&topic("t", 1, &[info(&[1], 1, 0)]));
         assert!(ignored.is_empty());
@@ -370,6 +395,8 @@ mod tests {
                         port: 1,
                         rack: None,
                         fenced: true,
+                        incarnation: [5; 16],
+                        epoch: 3,
                     }),
                     Record::TopicConfigs {
                         topic: "a".into(),

@@ -361,13 +361,29 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     let ClusterCmd::Describe { conn, json } = cmd;
     let client = conn.client().await?;
     let meta = client.metadata(Some(&[])).await?;
+    // Fenced brokers too, where DescribeCluster v2 exists (Kafka 4.0+, strom); else the
+    // live ones Metadata lists.
+    let brokers = match client.describe_cluster().await {
+        Ok(b) => b,
+        Err(_) => meta
+            .brokers
+            .iter()
+            .map(|b| strom_client::admin::ClusterBroker {
+                id: b.id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                fenced: false,
+            })
+            .collect(),
+    };
     // A broker that is not Kafka 3.3+ (or strom) may not speak DescribeQuorum.
     let quorum = client.describe_quorum().await.ok();
     if json {
         print_json(&json!({
             "cluster_id": meta.cluster_id,
             "controller": meta.controller,
-            "brokers": meta.brokers.iter().map(|b| json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack})).collect::<Vec<_>>(),
+            "brokers": brokers.iter().map(|b| json!({"id": b.id, "host": b.host, "port": b.port, "rack": b.rack, "fenced": b.fenced})).collect::<Vec<_>>(),
             "quorum": quorum.as_ref().map(|q| json!({
                 "leader": q.leader,
                 "epoch": q.epoch,
@@ -380,13 +396,14 @@ pub async fn cluster(cmd: ClusterCmd) -> anyhow::Result<()> {
     }
     println!("Cluster id: {}", meta.cluster_id.unwrap_or_default());
     println!("Controller: {}", meta.controller);
-    let mut t = Table::new(&["BROKER", "HOST", "PORT", "RACK"]);
-    for b in &meta.brokers {
+    let mut t = Table::new(&["BROKER", "HOST", "PORT", "RACK", "STATE"]);
+    for b in &brokers {
         t.row(vec![
             b.id.to_string(),
             b.host.clone(),
             b.port.to_string(),
             b.rack.clone().unwrap_or_else(|| "-".into()),
+            if b.fenced { "fenced" } else { "live" }.to_string(),
         ]);
     }
     print!("{}", t.render());

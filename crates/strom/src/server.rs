@@ -88,6 +88,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let follower = tokio::spawn(broker.clone().follow_metadata(stopped.clone()));
     let group_timers = tokio::spawn(broker.clone().run_group_timers(stopped.clone()));
     let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
+    let heartbeats = tokio::spawn(broker.clone().run_heartbeats(stopped.clone()));
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -95,12 +96,19 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     ));
     shutdown_signal().await;
     tracing::info!("shutting down");
+    // Leadership moves away while this node still serves: clients follow it at once.
+    broker
+        .controlled_shutdown(Duration::from_millis(
+            broker.config.kraft.session_timeout_ms.max(1_000),
+        ))
+        .await;
     let _ = stop.send(true);
     let _ = server.await;
     let _ = maintenance.await;
     let _ = follower.await;
     let _ = group_timers.await;
     let _ = txn_timers.await;
+    let _ = heartbeats.await;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown()).await?;
     broker.close_metadata_log().await;

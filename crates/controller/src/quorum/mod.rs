@@ -13,6 +13,7 @@
 // return the same type.
 #![allow(clippy::result_large_err)]
 
+pub mod active;
 mod log_store;
 pub mod network;
 mod state_machine;
@@ -56,12 +57,15 @@ pub(crate) fn io_error(
 #[cfg(test)]
 mod tests;
 
-/// A running member of the metadata quorum: its Raft node and its state machine.
+/// A running member of the metadata quorum: its Raft node, its state machine, and the
+/// controller that decides while this node leads.
 #[derive(Clone)]
 pub struct Quorum {
     pub raft: Raft,
     pub state: StateMachine,
     pub node_id: NodeId,
+    pub controller: std::sync::Arc<active::ActiveController>,
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Timers of the quorum, from Kafka's `controller.quorum.*` keys.
@@ -70,6 +74,8 @@ pub struct QuorumConfig {
     pub election_timeout_ms: u64,
     /// Entries since the last snapshot before the next one (the log before it is purged).
     pub snapshot_every: u64,
+    /// The active controller's settings (broker.session.timeout.ms, ...).
+    pub controller: crate::ControllerConfig,
 }
 
 impl Default for QuorumConfig {
@@ -77,6 +83,7 @@ impl Default for QuorumConfig {
         QuorumConfig {
             election_timeout_ms: 1_000,
             snapshot_every: 10_000,
+            controller: crate::ControllerConfig::default(),
         }
     }
 }
@@ -144,9 +151,22 @@ impl Quorum {
         )
         .await
         .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        let controller = std::sync::Arc::new(active::ActiveController::new(
+            raft.clone(),
+            state.clone(),
+            node_id,
+            config.controller,
+        ));
         if let Some(l) = listener {
-            tokio::spawn(network::serve(raft.clone(), l));
+            tokio::spawn(network::serve(raft.clone(), controller.clone(), l));
         }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // Sessions are checked several times per timeout, so a fence comes at most a
+        // quarter of a timeout late.
+        let every = std::time::Duration::from_millis(
+            (config.controller.session_timeout_ms as u64 / 4).clamp(10, 1_000),
+        );
+        tokio::spawn(controller.clone().run_timers(stopped, every));
         let fail = |e: &dyn std::fmt::Display| QuorumError::Raft(e.to_string());
         let alone = voters.len() == 1 && voters.contains_key(&node_id);
         if !raft.is_initialized().await.map_err(|e| fail(&e))? {
@@ -176,7 +196,53 @@ impl Quorum {
             raft,
             state,
             node_id,
+            controller,
+            stop: std::sync::Arc::new(stop),
         })
+    }
+
+    /// Asks the active controller, wherever it runs, retrying through leader changes for up
+    /// to `timeout`.
+    pub async fn call_controller(
+        &self,
+        req: active::BrokerRequest,
+        timeout: std::time::Duration,
+    ) -> Result<active::BrokerAnswer, QuorumError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = self.raft.metrics().borrow().clone();
+            let attempt = match m.current_leader {
+                Some(leader) if leader == self.node_id => {
+                    Ok(self.controller.handle(req.clone()).await)
+                }
+                Some(leader) => match m.membership_config.membership().get_node(&leader) {
+                    Some(node) if !node.addr.is_empty() => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        network::call_controller(
+                            &node.addr,
+                            &req,
+                            left.min(std::time::Duration::from_secs(5)),
+                        )
+                        .await
+                    }
+                    _ => Err(format!("no address for the quorum leader {leader}")),
+                },
+                None => Err("no leader of the metadata quorum now".to_string()),
+            };
+            match attempt {
+                Ok(active::BrokerAnswer::NotController { .. }) | Err(_)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    let _ = self
+                        .raft
+                        .wait(Some(std::time::Duration::from_millis(200)))
+                        .metrics(|x| x.current_leader != m.current_leader, "another leader")
+                        .await;
+                }
+                Ok(answer) => return Ok(answer),
+                Err(e) => return Err(QuorumError::Raft(e)),
+            }
+        }
     }
 
     /// Commits `records` through the quorum; resolves with the image that includes them.
@@ -184,62 +250,11 @@ impl Quorum {
         &self,
         records: &[strom_metadata::image::Record],
     ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
-        let batch = MetadataBatch(strom_metadata::codec::encode(records));
-        // Leadership may be changing: retry until a leader commits it, for up to 30 s.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-        let log_id = loop {
-            let attempt = match self.raft.client_write(batch.clone()).await {
-                Ok(r) => Ok(r.log_id),
-                // Not the leader: the leader commits it, and this node waits until it has
-                // applied it too, so that its own image shows the change.
-                Err(openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(f),
-                )) => match f.leader_node.map(|n| n.addr).filter(|a| !a.is_empty()) {
-                    Some(addr) => {
-                        // A paused or partitioned leader never answers: give up on it as
-                        // soon as this node learns of another leader, not after the timeout.
-                        let leader = f.leader_id;
-                        let waiter = self.raft.wait(Some(std::time::Duration::from_secs(10)));
-                        let deposed =
-                            waiter.metrics(|m| m.current_leader != leader, "another leader");
-                        tokio::select! {
-                            r = network::forward_write(
-                                &addr,
-                                &batch,
-                                std::time::Duration::from_secs(10),
-                            ) => r,
-                            Ok(_) = deposed => Err(format!("the leader at {addr} was replaced")),
-                        }
-                    }
-                    None => Err("no leader of the metadata quorum now".to_string()),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            match attempt {
-                Ok(id) => break id,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(QuorumError::Raft(e));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "metadata commit to retry");
-                    let _ = self
-                        .raft
-                        .wait(Some(std::time::Duration::from_millis(500)))
-                        .metrics(|m| m.current_leader.is_some(), "a leader")
-                        .await;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        };
-        self.raft
-            .wait(Some(std::time::Duration::from_secs(30)))
-            .applied_index_at_least(Some(log_id.index), "the change is applied here")
-            .await
-            .map_err(|e| QuorumError::Raft(e.to_string()))?;
-        Ok(self.state.image())
+        commit_records(&self.raft, &self.state, records).await
     }
 
     pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping the metadata quorum");
         }
@@ -317,4 +332,63 @@ impl Quorum {
     ) -> tokio::sync::watch::Receiver<std::sync::Arc<strom_metadata::image::MetadataImage>> {
         self.state.watch()
     }
+}
+
+/// Commits `records` through the quorum from this node; resolves with the image that
+/// includes them, once this node has applied them.
+async fn commit_records(
+    raft: &Raft,
+    state: &StateMachine,
+    records: &[strom_metadata::image::Record],
+) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
+    let batch = MetadataBatch(strom_metadata::codec::encode(records));
+    // Leadership may be changing: retry until a leader commits it, for up to 30 s.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let log_id = loop {
+        let attempt = match raft.client_write(batch.clone()).await {
+            Ok(r) => Ok(r.log_id),
+            // Not the leader: the leader commits it, and this node waits until it has
+            // applied it too, so that its own image shows the change.
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            )) => match f.leader_node.map(|n| n.addr).filter(|a| !a.is_empty()) {
+                Some(addr) => {
+                    // A paused or partitioned leader never answers: give up on it as
+                    // soon as this node learns of another leader, not after the timeout.
+                    let leader = f.leader_id;
+                    let waiter = raft.wait(Some(std::time::Duration::from_secs(10)));
+                    let deposed = waiter.metrics(|m| m.current_leader != leader, "another leader");
+                    tokio::select! {
+                        r = network::forward_write(
+                            &addr,
+                            &batch,
+                            std::time::Duration::from_secs(10),
+                        ) => r,
+                        Ok(_) = deposed => Err(format!("the leader at {addr} was replaced")),
+                    }
+                }
+                None => Err("no leader of the metadata quorum now".to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match attempt {
+            Ok(id) => break id,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(QuorumError::Raft(e));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "metadata commit to retry");
+                let _ = raft
+                    .wait(Some(std::time::Duration::from_millis(500)))
+                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    raft.wait(Some(std::time::Duration::from_secs(30)))
+        .applied_index_at_least(Some(log_id.index), "the change is applied here")
+        .await
+        .map_err(|e| QuorumError::Raft(e.to_string()))?;
+    Ok(state.image())
 }

@@ -21,7 +21,9 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::active::{ActiveController, BrokerAnswer, BrokerRequest};
 use super::{NodeId, Raft, TypeConfig};
+use std::sync::Arc;
 
 /// Snapshots travel in chunks far below this; entries are metadata records.
 const MAX_FRAME: usize = 64 << 20;
@@ -32,6 +34,8 @@ const VOTE: u8 = 2;
 const SNAPSHOT: u8 = 3;
 /// A metadata batch a node that does not lead asks the leader to commit.
 const WRITE: u8 = 4;
+/// A broker's registration or heartbeat, for the active controller.
+const CONTROLLER: u8 = 5;
 
 async fn write_frame(s: &mut TcpStream, kind: Option<u8>, body: &[u8]) -> std::io::Result<()> {
     let len = body.len() + usize::from(kind.is_some());
@@ -162,7 +166,12 @@ async fn answer<Req: DeserializeOwned, Resp: Serialize, E: Serialize>(
     serde_json::to_vec(&result).map_err(std::io::Error::other)
 }
 
-async fn connection(raft: Raft, mut s: TcpStream, peer: SocketAddr) {
+async fn connection(
+    raft: Raft,
+    controller: Arc<ActiveController>,
+    mut s: TcpStream,
+    peer: SocketAddr,
+) {
     loop {
         let frame = match read_frame(&mut s).await {
             Ok(f) => f,
@@ -200,6 +209,12 @@ async fn connection(raft: Raft, mut s: TcpStream, peer: SocketAddr) {
                 })
                 .await
             }
+            CONTROLLER => {
+                answer(body, async |r: BrokerRequest| {
+                    Ok::<_, ()>(controller.handle(r).await)
+                })
+                .await
+            }
             other => Err(std::io::Error::other(format!(
                 "unknown request kind {other}"
             ))),
@@ -218,12 +233,12 @@ async fn connection(raft: Raft, mut s: TcpStream, peer: SocketAddr) {
 }
 
 /// Serves the quorum's RPCs to the other voters until the task is dropped.
-pub async fn serve(raft: Raft, listener: TcpListener) {
+pub async fn serve(raft: Raft, controller: Arc<ActiveController>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(connection(raft.clone(), s, peer));
+                tokio::spawn(connection(raft.clone(), controller.clone(), s, peer));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "quorum accept failed");
@@ -239,18 +254,41 @@ pub async fn forward_write(
     batch: &super::MetadataBatch,
     timeout: Duration,
 ) -> Result<openraft::LogId<NodeId>, String> {
+    let answer: Result<openraft::LogId<NodeId>, String> =
+        exchange(addr, WRITE, batch, timeout).await?;
+    answer
+}
+
+/// One request to the active controller at `addr`.
+async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+    addr: &str,
+    kind: u8,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, String> {
     let exchange = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
-        write_frame(&mut s, Some(WRITE), &body)
+        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        write_frame(&mut s, Some(kind), &body)
             .await
             .map_err(|e| e.to_string())?;
         let answer = read_frame(&mut s).await.map_err(|e| e.to_string())?;
-        let result: Result<openraft::LogId<NodeId>, String> =
-            serde_json::from_slice(&answer).map_err(|e| e.to_string())?;
-        result
+        serde_json::from_slice(&answer).map_err(|e| e.to_string())
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("the leader at {addr} did not answer in {timeout:?}"))?
+        .map_err(|_| format!("{addr} did not answer in {timeout:?}"))?
+}
+
+/// Asks the active controller at `addr` (a CONTROLLER address).
+pub async fn call_controller(
+    addr: &str,
+    req: &BrokerRequest,
+    timeout: Duration,
+) -> Result<BrokerAnswer, String> {
+    let answer: Result<BrokerAnswer, ()> = exchange(addr, CONTROLLER, req, timeout).await?;
+    answer.map_err(|()| "refused".to_string())
 }

@@ -356,7 +356,13 @@ async fn three_nodes_over_tcp_elect_commit_and_survive_a_dead_leader() {
         )
         .await
         .unwrap();
-        servers.insert(id, tokio::spawn(serve(raft.clone(), listener)));
+        let controller = std::sync::Arc::new(super::active::ActiveController::new(
+            raft.clone(),
+            sm.clone(),
+            id,
+            crate::ControllerConfig::default(),
+        ));
+        servers.insert(id, tokio::spawn(serve(raft.clone(), controller, listener)));
         nodes.insert(id, Node { raft, sm });
     }
     nodes[&1].raft.initialize(members.clone()).await.unwrap();

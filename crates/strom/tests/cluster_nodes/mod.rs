@@ -18,6 +18,7 @@ pub fn free_port() -> u16 {
 pub struct Node {
     pub child: Child,
     pub port: u16,
+    pub config: std::path::PathBuf,
 }
 
 impl Drop for Node {
@@ -60,6 +61,40 @@ pub fn ok(args: &[&str], stdin: &str) -> String {
 
 /// Formats and starts three nodes at once (each waits for its quorum to form).
 pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
+    three_nodes_with(tmp, "")
+}
+
+/// Starts `strom server --config config`; the receiver gets a message once it listens.
+fn spawn(config: &std::path::Path) -> (Child, mpsc::Receiver<()>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(["server", "--config", config.to_str().unwrap()])
+        .env("STROM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Starts a stopped node again, with its config and data, and waits until it serves.
+pub fn restart(n: &mut Node) {
+    let (child, rx) = spawn(&n.config);
+    n.child = child;
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the node starts again");
+}
+
+/// [`three_nodes`], with `extra` lines in every node's config.
+pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
     let brokers: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let controllers: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let voters = controllers
@@ -80,7 +115,7 @@ pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
                  listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\n\
                  listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
                  log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
-                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n",
+                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n{extra}\n",
                 i + 1,
                 brokers[i],
                 controllers[i],
@@ -90,26 +125,12 @@ pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
         .unwrap();
         let c = config.to_str().unwrap().to_string();
         ok(&["storage", "format", "-t", cluster.trim(), "-c", &c], "");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-            .args(["server", "--config", &c])
-            .env("STROM_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        let (child, rx) = spawn(&config);
         started.push((
             Node {
                 child,
                 port: brokers[i],
+                config: config.clone(),
             },
             rx,
         ));

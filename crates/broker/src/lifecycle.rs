@@ -1,0 +1,198 @@
+//! The broker's life in the cluster, as Kafka's BrokerLifecycleManager: it registers with
+//! the active controller at start and is fenced until its first heartbeat; it heartbeats
+//! every `broker.heartbeat.interval.ms`, and registers again when the controller no longer
+//! knows its epoch (it was restarted, or a new controller lost track); on shutdown it asks
+//! the controller to move its leadership away first (controlled shutdown).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use strom_controller::quorum::Quorum;
+use strom_controller::quorum::active::{BrokerAnswer, BrokerRequest};
+use strom_metadata::errors;
+
+use crate::broker::Broker;
+use crate::errors::BrokerError;
+
+/// The broker epoch before a registration succeeded.
+pub(crate) const UNREGISTERED: i64 = -1;
+
+impl Broker {
+    fn quorum(&self) -> Option<&Quorum> {
+        self.metadata_log.quorum()
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.config.kraft.heartbeat_interval_ms.max(10))
+    }
+
+    async fn ask_controller(
+        &self,
+        quorum: &Quorum,
+        req: BrokerRequest,
+    ) -> Result<BrokerAnswer, BrokerError> {
+        let timeout = Duration::from_millis(self.config.kraft.session_timeout_ms.max(100)) / 2;
+        quorum
+            .call_controller(req, timeout)
+            .await
+            .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+    }
+
+    /// Registers this broker (this process: a new incarnation) and heartbeats until the
+    /// controller unfences it, then waits for this node's image to show it. Another live
+    /// process registered under this node id is waited out for one session timeout, then
+    /// refused.
+    pub(crate) async fn join_cluster(&self) -> Result<(), BrokerError> {
+        let Some(quorum) = self.quorum() else {
+            return Ok(());
+        };
+        let session = Duration::from_millis(self.config.kraft.session_timeout_ms);
+        let deadline = tokio::time::Instant::now() + session + Duration::from_secs(30);
+        loop {
+            let last_refusal;
+            match self.register(quorum).await {
+                Ok(epoch) => match self.heartbeat(quorum, false).await {
+                    Ok(BrokerAnswer::Heartbeat { fenced: false, .. }) => {
+                        return self.await_unfenced(quorum, epoch).await;
+                    }
+                    Ok(other) => last_refusal = Some(format!("{other:?}")),
+                    Err(e) => last_refusal = Some(e.to_string()),
+                },
+                Err(e) => last_refusal = Some(e.to_string()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::MetadataLog(format!(
+                    "the controller did not admit broker {} into the cluster: {}",
+                    self.config.node_id,
+                    last_refusal.unwrap_or_default()
+                )));
+            }
+            tracing::warn!(
+                reason = last_refusal.as_deref().unwrap_or(""),
+                "registration with the controller to retry"
+            );
+            // A backoff between attempts (another process's session has to expire first).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn register(&self, quorum: &Quorum) -> Result<i64, BrokerError> {
+        let c = &self.config;
+        let req = BrokerRequest::Register {
+            id: c.node_id,
+            incarnation: self.incarnation,
+            host: c.advertised_host.clone(),
+            port: c.advertised_port,
+            rack: c.kraft.rack.clone(),
+        };
+        match self.ask_controller(quorum, req).await? {
+            BrokerAnswer::Registered { epoch } => {
+                self.broker_epoch.store(epoch, Ordering::SeqCst);
+                tracing::info!(epoch, "registered with the controller");
+                Ok(epoch)
+            }
+            BrokerAnswer::Refused { code, message } => Err(BrokerError::MetadataLog(format!(
+                "the controller refused the registration (error {code}): {message}"
+            ))),
+            other => Err(BrokerError::MetadataLog(format!(
+                "no controller took the registration: {other:?}"
+            ))),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        quorum: &Quorum,
+        want_shutdown: bool,
+    ) -> Result<BrokerAnswer, BrokerError> {
+        let req = BrokerRequest::Heartbeat {
+            id: self.config.node_id,
+            epoch: self.broker_epoch.load(Ordering::SeqCst),
+            want_shutdown,
+        };
+        self.ask_controller(quorum, req).await
+    }
+
+    /// Waits until this node has applied its own unfencing (its image shows this broker,
+    /// with this epoch, unfenced).
+    async fn await_unfenced(&self, quorum: &Quorum, epoch: i64) -> Result<(), BrokerError> {
+        let me = self.config.node_id;
+        let mut images = quorum.watch();
+        let shown = images.wait_for(|image| {
+            image
+                .brokers
+                .get(&me)
+                .is_some_and(|b| b.epoch == epoch && !b.fenced)
+        });
+        tokio::time::timeout(Duration::from_secs(30), shown)
+            .await
+            .map_err(|_| {
+                BrokerError::MetadataLog(format!(
+                    "broker {me} was unfenced, but this node's metadata did not show it within 30 s"
+                ))
+            })?
+            .map_err(|_| BrokerError::MetadataLog("the metadata quorum stopped".into()))?;
+        Ok(())
+    }
+
+    /// Heartbeats until `stop` fires, registering again when the controller asks for it.
+    pub async fn run_heartbeats(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(quorum) = self.quorum() else {
+            return;
+        };
+        let mut interval = tokio::time::interval(self.heartbeat_interval());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match self.heartbeat(quorum, false).await {
+                Ok(BrokerAnswer::Refused { code, message })
+                    if code == errors::STALE_BROKER_EPOCH
+                        || code == errors::BROKER_ID_NOT_REGISTERED =>
+                {
+                    tracing::warn!(%message, "the controller lost this broker's registration: registering again");
+                    if let Err(e) = self.register(quorum).await {
+                        tracing::warn!(error = %e, "registering again");
+                    }
+                }
+                Ok(BrokerAnswer::Heartbeat { .. }) => {}
+                Ok(other) => tracing::warn!(answer = ?other, "heartbeat not taken"),
+                Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
+            }
+        }
+    }
+
+    /// Controlled shutdown: the controller fences this broker and moves the leadership of
+    /// its partitions to other replicas before it stops, so clients move on at once instead
+    /// of after a session timeout. Gives up after `timeout` (the controller may be gone).
+    pub async fn controlled_shutdown(&self, timeout: Duration) {
+        let Some(quorum) = self.quorum() else {
+            return;
+        };
+        if self.broker_epoch.load(Ordering::SeqCst) == UNREGISTERED {
+            return;
+        }
+        let asked = async {
+            loop {
+                match self.heartbeat(quorum, true).await {
+                    Ok(BrokerAnswer::Heartbeat {
+                        shutdown_ready: true,
+                        ..
+                    }) => return true,
+                    Ok(BrokerAnswer::Refused { code, message }) => {
+                        tracing::warn!(code, %message, "controlled shutdown refused");
+                        return false;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(true) => tracing::info!("controlled shutdown: leadership moved away"),
+            _ => tracing::warn!("controlled shutdown did not complete: stopping anyway"),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The active controller: the quorum leader runs the [`Controller`] state machine over the
+//! committed image. Brokers' registrations and heartbeats reach it (in process, or over the
+//! quorum's transport from another node); a timer fences brokers whose heartbeats stopped.
+//! Every decision is committed through the Raft log before it is answered, and decisions are
+//! taken one at a time, each on the image that includes the previous one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use strom_metadata::errors;
+use strom_metadata::image::Record;
+
+use super::{NodeId, QuorumError, Raft, StateMachine};
+use crate::controller::{Controller, ControllerConfig, Registration};
+
+/// What a broker asks of the active controller (Kafka's BrokerRegistration and
+/// BrokerHeartbeat, with the heartbeat's `want_shut_down`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRequest {
+    Register {
+        id: i32,
+        incarnation: [u8; 16],
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    Heartbeat {
+        id: i32,
+        epoch: i64,
+        want_shutdown: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerAnswer {
+    Registered {
+        epoch: i64,
+    },
+    Heartbeat {
+        fenced: bool,
+        shutdown_ready: bool,
+    },
+    /// A Kafka error code and why.
+    Refused {
+        code: i16,
+        message: String,
+    },
+    /// This node does not lead the quorum (any more): ask `leader`.
+    NotController {
+        leader: Option<NodeId>,
+    },
+}
+
+struct Inner {
+    controller: Controller,
+    /// The quorum term this controller was activated in.
+    active_term: Option<u64>,
+    last_tick_ms: i64,
+}
+
+pub struct ActiveController {
+    raft: Raft,
+    state: StateMachine,
+    node_id: NodeId,
+    started: Instant,
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+impl ActiveController {
+    pub(crate) fn new(
+        raft: Raft,
+        state: StateMachine,
+        node_id: NodeId,
+        config: ControllerConfig,
+    ) -> Self {
+        ActiveController {
+            raft,
+            state,
+            node_id,
+            started: Instant::now(),
+            inner: tokio::sync::Mutex::new(Inner {
+                controller: Controller::new(config),
+                active_term: None,
+                last_tick_ms: 0,
+            }),
+        }
+    }
+
+    /// Monotonic milliseconds: sessions measure silence, which a wall clock step would fake.
+    fn now(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    /// The term this node leads in, if it leads.
+    fn leading(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_leader == Some(self.node_id) && m.state.is_leader()).then_some(m.current_term)
+    }
+
+    /// Before a decision: this node still leads, its image is the committed one, and on the
+    /// first decision of a term the sessions are rebuilt. `None` when it does not lead.
+    async fn prepare(&self, inner: &mut Inner) -> Option<()> {
+        let term = self.leading()?;
+        if inner.active_term != Some(term) {
+            // Everything committed before this term is applied here before deciding on it.
+            if let Err(e) = self.raft.ensure_linearizable().await {
+                tracing::debug!(error = %e, "not the active controller after all");
+                return None;
+            }
+            inner.controller.sync(self.state.image());
+            let now = self.now();
+            inner.controller.activate(now);
+            inner.last_tick_ms = now;
+            inner.active_term = Some(term);
+            tracing::info!(
+                node = self.node_id,
+                term,
+                "this node is the active controller"
+            );
+        }
+        inner.controller.sync(self.state.image());
+        Some(())
+    }
+
+    async fn commit(&self, records: &[Record]) -> Result<(), QuorumError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Only as the leader: a deposed controller's decision, taken on an image that may be
+        // stale, must not be forwarded to the next one.
+        let batch = super::MetadataBatch(strom_metadata::codec::encode(records));
+        let written = self
+            .raft
+            .client_write(batch)
+            .await
+            .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        self.raft
+            .wait(Some(Duration::from_secs(30)))
+            .applied_index_at_least(Some(written.log_id.index), "the change is applied here")
+            .await
+            .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Answers one broker request, once its consequences are committed.
+    pub async fn handle(&self, req: BrokerRequest) -> BrokerAnswer {
+        let mut inner = self.inner.lock().await;
+        if self.prepare(&mut inner).await.is_none() {
+            return BrokerAnswer::NotController {
+                leader: self.raft.metrics().borrow().current_leader,
+            };
+        }
+        let now = self.now();
+        let decided = match req {
+            BrokerRequest::Register {
+                id,
+                incarnation,
+                host,
+                port,
+                rack,
+            } => {
+                let r = Registration {
+                    id,
+                    incarnation,
+                    host,
+                    port,
+                    rack,
+                };
+                inner
+                    .controller
+                    .register(r, now)
+                    .map(|(epoch, records)| (records, BrokerAnswer::Registered { epoch }))
+            }
+            BrokerRequest::Heartbeat {
+                id,
+                epoch,
+                want_shutdown,
+            } => inner
+                .controller
+                .heartbeat(id, epoch, want_shutdown, now)
+                .map(|o| {
+                    let answer = BrokerAnswer::Heartbeat {
+                        fenced: o.fenced,
+                        shutdown_ready: o.shutdown_ready,
+                    };
+                    (o.records, answer)
+                }),
+        };
+        match decided {
+            Ok((records, answer)) => match self.commit(&records).await {
+                Ok(()) => {
+                    log_changes(&records);
+                    answer
+                }
+                Err(e) => BrokerAnswer::Refused {
+                    code: errors::REQUEST_TIMED_OUT,
+                    message: format!("the metadata change was not committed: {e}"),
+                },
+            },
+            Err(r) => BrokerAnswer::Refused {
+                code: r.code,
+                message: r.message,
+            },
+        }
+    }
+
+    /// Fences brokers whose sessions expired, while this node leads, until `stop` fires.
+    pub(crate) async fn run_timers(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        every: Duration,
+    ) {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if self.leading().is_none() {
+                continue;
+            }
+            let mut inner = self.inner.lock().await;
+            if self.prepare(&mut inner).await.is_none() {
+                continue;
+            }
+            let now = self.now();
+            let session = inner.controller.config.session_timeout_ms;
+            if now - inner.last_tick_ms > session / 2 {
+                // This controller was not running (paused, starved): the silence it did not
+                // witness fences nobody.
+                tracing::warn!(
+                    ms = now - inner.last_tick_ms,
+                    "the controller's timer ran late: broker sessions restart from now"
+                );
+                inner.controller.refresh_sessions(now);
+            }
+            inner.last_tick_ms = now;
+            let records = inner.controller.tick(now);
+            if records.is_empty() {
+                continue;
+            }
+            match self.commit(&records).await {
+                Ok(()) => log_changes(&records),
+                Err(e) => tracing::warn!(error = %e, "fencing brokers: not committed"),
+            }
+        }
+    }
+}
+
+fn log_changes(records: &[Record]) {
+    for r in records {
+        match r {
+            Record::BrokerFencing { id, fenced: true } => {
+                tracing::info!(broker = id, "broker fenced")
+            }
+            Record::BrokerFencing { id, fenced: false } => {
+                tracing::info!(broker = id, "broker unfenced")
+            }
+            Record::RegisterBroker(b) => {
+                tracing::info!(broker = b.id, epoch = b.epoch, "broker registered")
+            }
+            _ => {}
+        }
+    }
+}
