@@ -227,8 +227,9 @@ impl Client {
             message: None,
         })?;
         check(t.error, Some(format!("topic {topic}")))?;
+        // A partition without a leader (offline) has no offsets to give: it is left out.
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for p in &t.partitions {
+        for p in t.partitions.iter().filter(|p| p.leader >= 0) {
             by_leader.entry(p.leader).or_default().push(p.index);
         }
         let mut out = Vec::new();

@@ -79,8 +79,12 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
-                // openraft narrates every election at info.
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                // openraft narrates every election at info, and repeats an unreachable
+                // voter several times a second: the quorum's transport says it once.
+                .unwrap_or_else(|_| {
+                    "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+                        .into()
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

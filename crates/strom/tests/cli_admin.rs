@@ -275,8 +275,11 @@ fn configs_and_cluster() {
         "{c}"
     );
     assert_eq!(lines[1], "Controller: 0");
-    assert_eq!(lines[2], "BROKER  HOST       PORT   RACK");
-    assert_eq!(lines[3], format!("0       127.0.0.1  {}  -", server.port));
+    assert_eq!(lines[2], "BROKER  HOST       PORT   RACK  STATE");
+    assert_eq!(
+        lines[3],
+        format!("0       127.0.0.1  {}  -     live", server.port)
+    );
     // The node is its own metadata quorum: leader, one voter, no lag.
     assert!(
         lines[5].starts_with("Metadata quorum: leader 0, epoch "),

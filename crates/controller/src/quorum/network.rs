@@ -66,6 +66,8 @@ pub struct TcpConnection {
     target: NodeId,
     addr: String,
     stream: Option<TcpStream>,
+    /// The last exchange failed: said once in the log, and once when it works again.
+    unreachable: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
@@ -76,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
             target,
             addr: node.addr.clone(),
             stream: None,
+            unreachable: false,
         }
     }
 }
@@ -109,16 +112,22 @@ impl TcpConnection {
         };
         let answer = match tokio::time::timeout(option.hard_ttl(), exchange).await {
             Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => {
+            failed => {
                 self.stream = None;
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
-            }
-            Err(_) => {
-                self.stream = None;
-                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "rpc timed out");
+                let e = match failed {
+                    Ok(Err(e)) => e,
+                    _ => std::io::Error::new(std::io::ErrorKind::TimedOut, "rpc timed out"),
+                };
+                if !self.unreachable {
+                    self.unreachable = true;
+                    tracing::warn!(node = self.target, addr = %self.addr, error = %e, "quorum voter unreachable");
+                }
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
+        if std::mem::take(&mut self.unreachable) {
+            tracing::info!(node = self.target, addr = %self.addr, "quorum voter reachable again");
+        }
         let result: Result<Resp, RaftError<NodeId, E>> =
             serde_json::from_slice(&answer).map_err(|e| {
                 self.stream = None;
