@@ -148,6 +148,7 @@ impl Broker {
                 session_timeout_ms: c.kraft.session_timeout_ms as i64,
                 ..Default::default()
             },
+            cluster_id: broker.cluster_id.clone(),
             ..Default::default()
         };
         let quorum = if c.kraft.multi_node(c.node_id) {

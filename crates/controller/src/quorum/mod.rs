@@ -66,16 +66,19 @@ pub struct Quorum {
     pub node_id: NodeId,
     pub controller: std::sync::Arc<active::ActiveController>,
     stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    cluster_id: std::sync::Arc<str>,
 }
 
 /// Timers of the quorum, from Kafka's `controller.quorum.*` keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QuorumConfig {
     pub election_timeout_ms: u64,
     /// Entries since the last snapshot before the next one (the log before it is purged).
     pub snapshot_every: u64,
     /// The active controller's settings (broker.session.timeout.ms, ...).
     pub controller: crate::ControllerConfig,
+    /// The cluster id of `meta.properties`: voters of another cluster are refused.
+    pub cluster_id: String,
 }
 
 impl Default for QuorumConfig {
@@ -84,6 +87,7 @@ impl Default for QuorumConfig {
             election_timeout_ms: 1_000,
             snapshot_every: 10_000,
             controller: crate::ControllerConfig::default(),
+            cluster_id: String::new(),
         }
     }
 }
@@ -145,7 +149,10 @@ impl Quorum {
         let raft = Raft::new(
             node_id,
             std::sync::Arc::new(raft_config),
-            network::TcpNetwork,
+            network::TcpNetwork {
+                cluster_id: config.cluster_id.as_str().into(),
+                ..Default::default()
+            },
             log,
             state.clone(),
         )
@@ -158,7 +165,12 @@ impl Quorum {
             config.controller,
         ));
         if let Some(l) = listener {
-            tokio::spawn(network::serve(raft.clone(), controller.clone(), l));
+            tokio::spawn(network::serve(
+                raft.clone(),
+                controller.clone(),
+                config.cluster_id.as_str().into(),
+                l,
+            ));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // Sessions are checked several times per timeout, so a fence comes at most a
@@ -188,16 +200,28 @@ impl Quorum {
             raft.trigger().elect().await.map_err(|e| fail(&e))?;
         }
         let wait = if alone { 30 } else { 120 };
-        raft.wait(Some(std::time::Duration::from_secs(wait)))
-            .metrics(|m| m.current_leader.is_some(), "the quorum elects a leader")
-            .await
-            .map_err(|e| fail(&e))?;
+        let waiter = raft.wait(Some(std::time::Duration::from_secs(wait)));
+        let elected = waiter.metrics(|m| m.current_leader.is_some(), "the quorum elects a leader");
+        let others: Vec<String> = voters
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        tokio::select! {
+            r = elected => { r.map_err(|e| fail(&e))?; }
+            // A voter of another cluster refuses this node: say so now, not after the wait.
+            why = other_cluster(&others, &config.cluster_id) => {
+                let _ = raft.shutdown().await;
+                return Err(QuorumError::Raft(why));
+            }
+        }
         Ok(Quorum {
             raft,
             state,
             node_id,
             controller,
             stop: std::sync::Arc::new(stop),
+            cluster_id: config.cluster_id.as_str().into(),
         })
     }
 
@@ -220,6 +244,7 @@ impl Quorum {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                         network::call_controller(
                             &node.addr,
+                            &self.cluster_id,
                             &req,
                             left.min(std::time::Duration::from_secs(5)),
                         )
@@ -250,7 +275,7 @@ impl Quorum {
         &self,
         records: &[strom_metadata::image::Record],
     ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
-        commit_records(&self.raft, &self.state, records).await
+        commit_records(&self.raft, &self.state, &self.cluster_id, records).await
     }
 
     pub async fn shutdown(&self) {
@@ -339,6 +364,7 @@ impl Quorum {
 async fn commit_records(
     raft: &Raft,
     state: &StateMachine,
+    cluster_id: &str,
     records: &[strom_metadata::image::Record],
 ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
     let batch = MetadataBatch(strom_metadata::codec::encode(records));
@@ -361,6 +387,7 @@ async fn commit_records(
                     tokio::select! {
                         r = network::forward_write(
                             &addr,
+                            cluster_id,
                             &batch,
                             std::time::Duration::from_secs(10),
                         ) => r,
@@ -391,4 +418,25 @@ async fn commit_records(
         .await
         .map_err(|e| QuorumError::Raft(e.to_string()))?;
     Ok(state.image())
+}
+
+/// Resolves, with why, once one of the voters at `addrs` says it belongs to another
+/// cluster; pends forever otherwise (unreachable voters are asked again).
+async fn other_cluster(addrs: &[String], cluster_id: &str) -> String {
+    let mut asked: Vec<&String> = addrs.iter().collect();
+    loop {
+        let mut still = Vec::new();
+        for addr in asked {
+            match network::hello(addr, cluster_id).await {
+                network::Hello::Welcome => {}
+                network::Hello::OtherCluster(why) => return why,
+                network::Hello::Unreachable(_) => still.push(addr),
+            }
+        }
+        if still.is_empty() {
+            return std::future::pending().await;
+        }
+        asked = still;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

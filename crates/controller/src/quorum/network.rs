@@ -3,6 +3,10 @@
 //! answer `[length u32][json of Result<response, RaftError>]`; one request at a time per
 //! connection, reconnected after any failure. Frames above `MAX_FRAME` close the
 //! connection: a peer (or anything else that connects) cannot make us allocate more.
+//!
+//! Every connection opens with a HELLO naming the cluster id: a node formatted for another
+//! cluster is refused before anything else is exchanged (Kafka's INCONSISTENT_CLUSTER_ID),
+//! so it can neither vote nor be written to here.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +33,7 @@ use std::sync::Arc;
 const MAX_FRAME: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+const HELLO: u8 = 0;
 const APPEND: u8 = 1;
 const VOTE: u8 = 2;
 const SNAPSHOT: u8 = 3;
@@ -58,16 +63,57 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(body)
 }
 
+/// Opens a connection to `addr` and introduces this node as a member of `cluster_id`. A
+/// peer of another cluster answers with why; that is a `PermissionDenied` error.
+async fn connect(addr: &str, cluster_id: &str) -> std::io::Result<TcpStream> {
+    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = s.set_nodelay(true);
+    let hello = serde_json::to_vec(cluster_id).map_err(std::io::Error::other)?;
+    write_frame(&mut s, Some(HELLO), &hello).await?;
+    let answer = read_frame(&mut s).await?;
+    let welcome: Result<(), String> =
+        serde_json::from_slice(&answer).map_err(std::io::Error::other)?;
+    welcome.map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))?;
+    Ok(s)
+}
+
+/// How a voter answered a HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hello {
+    Welcome,
+    /// It belongs to another cluster: why, in its words.
+    OtherCluster(String),
+    Unreachable(String),
+}
+
+/// Introduces this node to the voter at `addr`: is it of the same cluster?
+pub async fn hello(addr: &str, cluster_id: &str) -> Hello {
+    match connect(addr, cluster_id).await {
+        Ok(_) => Hello::Welcome,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Hello::OtherCluster(e.to_string())
+        }
+        Err(e) => Hello::Unreachable(e.to_string()),
+    }
+}
+
 /// Connects to the quorum's other voters by their CONTROLLER address (the node's `addr`).
 #[derive(Clone, Default)]
-pub struct TcpNetwork;
+pub struct TcpNetwork {
+    pub cluster_id: Arc<str>,
+    /// Voters the last exchange with failed (openraft makes new connections as it retries:
+    /// the log says it once per voter, not once per connection).
+    pub unreachable: Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
+}
 
 pub struct TcpConnection {
     target: NodeId,
     addr: String,
+    cluster_id: Arc<str>,
     stream: Option<TcpStream>,
-    /// The last exchange failed: said once in the log, and once when it works again.
-    unreachable: bool,
+    unreachable: Arc<std::sync::Mutex<std::collections::HashSet<NodeId>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
@@ -77,8 +123,9 @@ impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
         TcpConnection {
             target,
             addr: node.addr.clone(),
+            cluster_id: self.cluster_id.clone(),
             stream: None,
-            unreachable: false,
+            unreachable: self.unreachable.clone(),
         }
     }
 }
@@ -98,13 +145,7 @@ impl TcpConnection {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let exchange = async {
             if self.stream.is_none() {
-                let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                    })??;
-                let _ = s.set_nodelay(true);
-                self.stream = Some(s);
+                self.stream = Some(connect(&self.addr, &self.cluster_id).await?);
             }
             let s = self.stream.as_mut().expect("connected");
             write_frame(s, Some(kind), &body).await?;
@@ -118,14 +159,13 @@ impl TcpConnection {
                     Ok(Err(e)) => e,
                     _ => std::io::Error::new(std::io::ErrorKind::TimedOut, "rpc timed out"),
                 };
-                if !self.unreachable {
-                    self.unreachable = true;
+                if self.unreachable.lock().unwrap().insert(self.target) {
                     tracing::warn!(node = self.target, addr = %self.addr, error = %e, "quorum voter unreachable");
                 }
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
-        if std::mem::take(&mut self.unreachable) {
+        if self.unreachable.lock().unwrap().remove(&self.target) {
             tracing::info!(node = self.target, addr = %self.addr, "quorum voter reachable again");
         }
         let result: Result<Resp, RaftError<NodeId, E>> =
@@ -178,9 +218,36 @@ async fn answer<Req: DeserializeOwned, Resp: Serialize, E: Serialize>(
 async fn connection(
     raft: Raft,
     controller: Arc<ActiveController>,
+    cluster_id: Arc<str>,
     mut s: TcpStream,
     peer: SocketAddr,
 ) {
+    // The first frame introduces the peer; one of another cluster goes no further.
+    let introduced = match read_frame(&mut s).await {
+        Ok(f) if f.first() == Some(&HELLO) => serde_json::from_slice::<String>(&f[1..]).ok(),
+        _ => None,
+    };
+    let welcome = match introduced {
+        Some(theirs) if *theirs == *cluster_id => Ok(()),
+        Some(theirs) => {
+            tracing::error!(%peer, theirs, ours = %cluster_id, "a node of another cluster tried to join the metadata quorum: refused");
+            Err(format!(
+                "the node at {} belongs to cluster {cluster_id}, not {theirs}: this node's directories were formatted for another cluster (check log.dirs and the cluster id given to `strom storage format`)",
+                s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            ))
+        }
+        None => {
+            tracing::warn!(%peer, "closing a quorum connection: it did not open with a HELLO");
+            return;
+        }
+    };
+    let refused = welcome.is_err();
+    let Ok(bytes) = serde_json::to_vec(&welcome) else {
+        return;
+    };
+    if write_frame(&mut s, None, &bytes).await.is_err() || refused {
+        return;
+    }
     loop {
         let frame = match read_frame(&mut s).await {
             Ok(f) => f,
@@ -242,12 +309,23 @@ async fn connection(
 }
 
 /// Serves the quorum's RPCs to the other voters until the task is dropped.
-pub async fn serve(raft: Raft, controller: Arc<ActiveController>, listener: TcpListener) {
+pub async fn serve(
+    raft: Raft,
+    controller: Arc<ActiveController>,
+    cluster_id: Arc<str>,
+    listener: TcpListener,
+) {
     loop {
         match listener.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                tokio::spawn(connection(raft.clone(), controller.clone(), s, peer));
+                tokio::spawn(connection(
+                    raft.clone(),
+                    controller.clone(),
+                    cluster_id.clone(),
+                    s,
+                    peer,
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "quorum accept failed");
@@ -260,26 +338,27 @@ pub async fn serve(raft: Raft, controller: Arc<ActiveController>, listener: TcpL
 /// Asks the leader at `addr` to commit `batch`; the log id it was committed at.
 pub async fn forward_write(
     addr: &str,
+    cluster_id: &str,
     batch: &super::MetadataBatch,
     timeout: Duration,
 ) -> Result<openraft::LogId<NodeId>, String> {
     let answer: Result<openraft::LogId<NodeId>, String> =
-        exchange(addr, WRITE, batch, timeout).await?;
+        exchange(addr, cluster_id, WRITE, batch, timeout).await?;
     answer
 }
 
 /// One request to the active controller at `addr`.
 async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
     addr: &str,
+    cluster_id: &str,
     kind: u8,
     req: &Req,
     timeout: Duration,
 ) -> Result<Resp, String> {
     let exchange = async {
-        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let mut s = connect(addr, cluster_id)
             .await
-            .map_err(|_| format!("connecting to {addr} timed out"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{addr}: {e}"))?;
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         write_frame(&mut s, Some(kind), &body)
             .await
@@ -295,9 +374,11 @@ async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
 /// Asks the active controller at `addr` (a CONTROLLER address).
 pub async fn call_controller(
     addr: &str,
+    cluster_id: &str,
     req: &BrokerRequest,
     timeout: Duration,
 ) -> Result<BrokerAnswer, String> {
-    let answer: Result<BrokerAnswer, ()> = exchange(addr, CONTROLLER, req, timeout).await?;
+    let answer: Result<BrokerAnswer, ()> =
+        exchange(addr, cluster_id, CONTROLLER, req, timeout).await?;
     answer.map_err(|()| "refused".to_string())
 }

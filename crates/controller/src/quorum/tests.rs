@@ -350,7 +350,7 @@ async fn three_nodes_over_tcp_elect_commit_and_survive_a_dead_leader() {
         let raft = Raft::new(
             id,
             config(),
-            TcpNetwork,
+            TcpNetwork::default(),
             LogStore::open(&dir).unwrap(),
             sm.clone(),
         )
@@ -362,7 +362,10 @@ async fn three_nodes_over_tcp_elect_commit_and_survive_a_dead_leader() {
             id,
             crate::ControllerConfig::default(),
         ));
-        servers.insert(id, tokio::spawn(serve(raft.clone(), controller, listener)));
+        servers.insert(
+            id,
+            tokio::spawn(serve(raft.clone(), controller, "".into(), listener)),
+        );
         nodes.insert(id, Node { raft, sm });
     }
     nodes[&1].raft.initialize(members.clone()).await.unwrap();

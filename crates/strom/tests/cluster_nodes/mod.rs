@@ -93,6 +93,22 @@ pub fn restart(n: &mut Node) {
         .expect("the node starts again");
 }
 
+/// Starts stopped nodes again, all at once (each waits for its quorum to form).
+pub fn restart_all(nodes: &mut [Node]) {
+    let waits: Vec<_> = nodes
+        .iter_mut()
+        .map(|n| {
+            let (child, rx) = spawn(&n.config);
+            n.child = child;
+            rx
+        })
+        .collect();
+    for rx in waits {
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("every node starts again");
+    }
+}
+
 /// [`three_nodes`], with `extra` lines in every node's config.
 pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
     let brokers: Vec<u16> = (0..3).map(|_| free_port()).collect();
