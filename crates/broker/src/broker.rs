@@ -132,96 +132,70 @@ impl Broker {
 
     /// Opens the data directory with the controller quorum's log as the metadata: topics
     /// stored by a strom from before the quorum (`.topics/`) move into it on first start;
-    /// this node registers itself; then the quorum's image is published here.
+    /// this node registers itself; then the quorum's image is published here. A broker
+    /// without the controller role follows the quorum as an observer.
     pub async fn open_with_quorum(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let mut broker = Self::new(config)?;
         let c = &broker.config;
-        let dir = c
-            .kraft
-            .metadata_log_dir
-            .clone()
-            .unwrap_or_else(|| c.log_dir.clone())
-            .join("__cluster_metadata-0");
-        let qc = strom_controller::quorum::QuorumConfig {
-            election_timeout_ms: c.kraft.election_timeout_ms,
-            controller: strom_controller::ControllerConfig {
-                session_timeout_ms: c.kraft.session_timeout_ms as i64,
-                ..Default::default()
-            },
-            cluster_id: broker.cluster_id.clone(),
-            ..Default::default()
-        };
-        let quorum = if c.kraft.multi_node(c.node_id) {
-            // The voters and their CONTROLLER addresses; this node serves the quorum's RPCs
-            // on its own controller listener.
-            let voters = c
-                .kraft
-                .voters
-                .iter()
-                .map(|v| (v.id as u64, format!("{}:{}", v.host, v.port)))
-                .collect();
-            let listener = match &c.kraft.controller_listener {
-                Some(l) if c.kraft.roles.controller => {
-                    let host = if l.host.is_empty() {
-                        "0.0.0.0"
-                    } else {
-                        &l.host
-                    };
-                    Some(
-                        tokio::net::TcpListener::bind((host, l.port))
-                            .await
-                            .map_err(io(format!(
-                                "cannot listen on the controller listener {host}:{}",
-                                l.port
-                            )))?,
-                    )
-                }
-                _ => None,
-            };
-            strom_controller::quorum::Quorum::start(c.node_id as u64, &dir, voters, listener, qc)
-                .await
+        let log: Box<dyn crate::metadata_log::MetadataLog> = if c.kraft.roles.controller {
+            let quorum = crate::quorum_node::start_quorum(c, &broker.cluster_id).await?;
+            let log = crate::metadata_log::QuorumLog { quorum };
+            broker.move_stored_topics(&log).await?;
+            Box::new(log)
         } else {
-            strom_controller::quorum::Quorum::start_alone(c.node_id as u64, &dir, qc).await
-        }
-        .map_err(|e| BrokerError::MetadataLog(e.to_string()))?;
-        let log = crate::metadata_log::QuorumLog { quorum };
-        let image = log.quorum.state.image();
-        let mut records = Vec::new();
-        if image.topics.is_empty() {
-            let stored = broker.load_topics()?;
-            if !stored.is_empty() {
-                tracing::info!(
-                    topics = stored
-                        .iter()
-                        .filter(|r| matches!(r, Record::Topic { .. }))
-                        .count(),
-                    "moving the topics of .topics/ into the metadata log"
-                );
+            let voters = crate::quorum_node::voters(c);
+            if voters.is_empty() {
+                return Err(BrokerError::InvalidConfig(
+                    "process.roles=broker needs controller.quorum.voters: the controllers it follows".into(),
+                ));
             }
-            records.extend(stored);
-        }
-        let migrated = records.iter().any(|r| matches!(r, Record::Topic { .. }));
-        if !records.is_empty() {
-            use crate::metadata_log::MetadataLog;
-            log.commit(records).await?;
-        }
-        if migrated {
-            // The metadata log holds them now: read again, the files would bring back
-            // topics deleted since.
-            crate::topics::retire_topic_files(&broker.config.log_dir)?;
-        }
-        broker.metadata_log = Box::new(log);
+            let observer = strom_controller::quorum::observer::Observer::start(
+                c.node_id as u64,
+                voters,
+                &broker.cluster_id,
+            )
+            .await
+            .map_err(|e| BrokerError::MetadataLog(e.to_string()))?;
+            Box::new(crate::metadata_log::ObserverLog { observer })
+        };
+        broker.metadata_log = log;
         // Registered and unfenced by the active controller before this node serves: the
         // image published here shows what it leads.
         broker.join_cluster().await?;
         let image = broker
             .metadata_log
-            .quorum()
-            .expect("the quorum's log")
-            .state
-            .image();
+            .watch()
+            .map(|w| w.borrow().clone())
+            .unwrap_or_default();
         broker.publish_image(image)?;
         Ok(broker)
+    }
+
+    /// Topics stored by a strom from before the quorum (`.topics/`) move into the metadata
+    /// log, once: when the log has no topics yet.
+    async fn move_stored_topics(
+        &self,
+        log: &crate::metadata_log::QuorumLog,
+    ) -> Result<(), BrokerError> {
+        use crate::metadata_log::MetadataLog;
+        if !log.quorum.state.image().topics.is_empty() {
+            return Ok(());
+        }
+        let stored = self.load_topics()?;
+        if !stored.iter().any(|r| matches!(r, Record::Topic { .. })) {
+            return Ok(());
+        }
+        tracing::info!(
+            topics = stored
+                .iter()
+                .filter(|r| matches!(r, Record::Topic { .. }))
+                .count(),
+            "moving the topics of .topics/ into the metadata log"
+        );
+        log.commit(stored).await?;
+        // The metadata log holds them now: read again, the files would bring back topics
+        // deleted since.
+        crate::topics::retire_topic_files(&self.config.log_dir)
     }
 
     /// Identity, producer ids and empty state: what both ways of opening share.
@@ -301,7 +275,7 @@ impl Broker {
     /// `meta.properties`: the cluster id and the node it belongs to. A cluster node's
     /// directories are formatted first (`strom storage format`); a node alone in its quorum
     /// (the embedded default) formats its own on first start.
-    fn identity(dir: &Path, config: &BrokerConfig) -> Result<String, BrokerError> {
+    pub(crate) fn identity(dir: &Path, config: &BrokerConfig) -> Result<String, BrokerError> {
         let node_id = config.node_id;
         if let Some(m) = crate::meta_properties::read(dir)? {
             if m.node_id != node_id {

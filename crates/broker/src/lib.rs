@@ -15,6 +15,7 @@ pub mod metadata_log;
 pub mod partition;
 pub mod protocol;
 pub mod purgatory;
+pub mod quorum_node;
 pub mod replica_manager;
 pub mod server;
 pub mod storage_errors;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use strom_controller::quorum::Quorum;
 use strom_controller::quorum::active::{BrokerAnswer, BrokerRequest};
 use strom_metadata::errors;
 
@@ -19,24 +18,21 @@ use crate::errors::BrokerError;
 pub(crate) const UNREGISTERED: i64 = -1;
 
 impl Broker {
-    fn quorum(&self) -> Option<&Quorum> {
-        self.metadata_log.quorum()
-    }
-
     fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.config.kraft.heartbeat_interval_ms.max(10))
     }
 
-    async fn ask_controller(
-        &self,
-        quorum: &Quorum,
-        req: BrokerRequest,
-    ) -> Result<BrokerAnswer, BrokerError> {
+    /// Whether a controller admits this broker (not so for a broker on its own).
+    fn has_controller(&self) -> bool {
+        self.metadata_log.has_controller()
+    }
+
+    async fn ask_controller(&self, req: BrokerRequest) -> Result<BrokerAnswer, BrokerError> {
         let timeout = Duration::from_millis(self.config.kraft.session_timeout_ms.max(100)) / 2;
-        quorum
-            .call_controller(req, timeout)
-            .await
-            .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+        match self.metadata_log.call_controller(req, timeout) {
+            Some(answer) => answer.await,
+            None => Err(BrokerError::MetadataLog("no controller".into())),
+        }
     }
 
     /// Registers this broker (this process: a new incarnation) and heartbeats until the
@@ -44,17 +40,17 @@ impl Broker {
     /// process registered under this node id is waited out for one session timeout, then
     /// refused.
     pub(crate) async fn join_cluster(&self) -> Result<(), BrokerError> {
-        let Some(quorum) = self.quorum() else {
+        if !self.has_controller() {
             return Ok(());
-        };
+        }
         let session = Duration::from_millis(self.config.kraft.session_timeout_ms);
         let deadline = tokio::time::Instant::now() + session + Duration::from_secs(30);
         loop {
             let last_refusal;
-            match self.register(quorum).await {
-                Ok(epoch) => match self.heartbeat(quorum, false).await {
+            match self.register().await {
+                Ok(epoch) => match self.heartbeat(false).await {
                     Ok(BrokerAnswer::Heartbeat { fenced: false, .. }) => {
-                        return self.await_unfenced(quorum, epoch).await;
+                        return self.await_unfenced(epoch).await;
                     }
                     Ok(other) => last_refusal = Some(format!("{other:?}")),
                     Err(e) => last_refusal = Some(e.to_string()),
@@ -77,7 +73,7 @@ impl Broker {
         }
     }
 
-    async fn register(&self, quorum: &Quorum) -> Result<i64, BrokerError> {
+    async fn register(&self) -> Result<i64, BrokerError> {
         let c = &self.config;
         let req = BrokerRequest::Register {
             id: c.node_id,
@@ -86,7 +82,7 @@ impl Broker {
             port: c.advertised_port,
             rack: c.kraft.rack.clone(),
         };
-        match self.ask_controller(quorum, req).await? {
+        match self.ask_controller(req).await? {
             BrokerAnswer::Registered { epoch } => {
                 self.broker_epoch.store(epoch, Ordering::SeqCst);
                 tracing::info!(epoch, "registered with the controller");
@@ -101,24 +97,22 @@ impl Broker {
         }
     }
 
-    async fn heartbeat(
-        &self,
-        quorum: &Quorum,
-        want_shutdown: bool,
-    ) -> Result<BrokerAnswer, BrokerError> {
+    async fn heartbeat(&self, want_shutdown: bool) -> Result<BrokerAnswer, BrokerError> {
         let req = BrokerRequest::Heartbeat {
             id: self.config.node_id,
             epoch: self.broker_epoch.load(Ordering::SeqCst),
             want_shutdown,
         };
-        self.ask_controller(quorum, req).await
+        self.ask_controller(req).await
     }
 
     /// Waits until this node has applied its own unfencing (its image shows this broker,
     /// with this epoch, unfenced).
-    async fn await_unfenced(&self, quorum: &Quorum, epoch: i64) -> Result<(), BrokerError> {
+    async fn await_unfenced(&self, epoch: i64) -> Result<(), BrokerError> {
         let me = self.config.node_id;
-        let mut images = quorum.watch();
+        let Some(mut images) = self.metadata_log.watch() else {
+            return Ok(());
+        };
         let shown = images.wait_for(|image| {
             image
                 .brokers
@@ -138,9 +132,9 @@ impl Broker {
 
     /// Heartbeats until `stop` fires, registering again when the controller asks for it.
     pub async fn run_heartbeats(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(quorum) = self.quorum() else {
+        if !self.has_controller() {
             return;
-        };
+        }
         let mut interval = tokio::time::interval(self.heartbeat_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -148,13 +142,13 @@ impl Broker {
                 _ = interval.tick() => {}
                 _ = stop.changed() => return,
             }
-            match self.heartbeat(quorum, false).await {
+            match self.heartbeat(false).await {
                 Ok(BrokerAnswer::Refused { code, message })
                     if code == errors::STALE_BROKER_EPOCH
                         || code == errors::BROKER_ID_NOT_REGISTERED =>
                 {
                     tracing::warn!(%message, "the controller lost this broker's registration: registering again");
-                    if let Err(e) = self.register(quorum).await {
+                    if let Err(e) = self.register().await {
                         tracing::warn!(error = %e, "registering again");
                     }
                 }
@@ -169,15 +163,15 @@ impl Broker {
     /// its partitions to other replicas before it stops, so clients move on at once instead
     /// of after a session timeout. Gives up after `timeout` (the controller may be gone).
     pub async fn controlled_shutdown(&self, timeout: Duration) {
-        let Some(quorum) = self.quorum() else {
+        if !self.has_controller() {
             return;
-        };
+        }
         if self.broker_epoch.load(Ordering::SeqCst) == UNREGISTERED {
             return;
         }
         let asked = async {
             loop {
-                match self.heartbeat(quorum, true).await {
+                match self.heartbeat(true).await {
                     Ok(BrokerAnswer::Heartbeat {
                         shutdown_ready: true,
                         ..

@@ -3,12 +3,17 @@
 //! only then does `Broker::commit` publish that image to the replicas and coordinators.
 //!
 //! `QuorumLog` is the controller quorum's Raft log (crates/controller): what `strom server`
-//! runs. `TopicFiles`, one properties file per topic, is what data directories written
+//! runs on a controller. `ObserverLog` follows that log from a broker without the
+//! controller role. `TopicFiles`, one properties file per topic, is what data directories written
 //! before the quorum hold (read once, into the quorum, on first start) and what tests of the
 //! broker alone use.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strom_controller::quorum::active::{BrokerAnswer, BrokerRequest};
+use strom_controller::quorum::observer::Observer;
 
 use strom_coordinator::host::BoxFuture;
 use strom_metadata::image::{MetadataImage, Record, TopicInfo};
@@ -33,8 +38,17 @@ pub trait MetadataLog: Send + Sync {
         None
     }
 
-    /// The controller quorum behind the log, when there is one.
-    fn quorum(&self) -> Option<&strom_controller::quorum::Quorum> {
+    /// Whether there is a controller to register with.
+    fn has_controller(&self) -> bool {
+        false
+    }
+
+    /// Asks the active controller (broker registration and heartbeats), when there is one.
+    fn call_controller(
+        &self,
+        _req: BrokerRequest,
+        _timeout: Duration,
+    ) -> Option<BoxFuture<'_, Result<BrokerAnswer, BrokerError>>> {
         None
     }
 
@@ -146,11 +160,73 @@ impl MetadataLog for QuorumLog {
         Some(self.quorum.status())
     }
 
-    fn quorum(&self) -> Option<&strom_controller::quorum::Quorum> {
-        Some(&self.quorum)
+    fn has_controller(&self) -> bool {
+        true
+    }
+
+    fn call_controller(
+        &self,
+        req: BrokerRequest,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'_, Result<BrokerAnswer, BrokerError>>> {
+        Some(Box::pin(async move {
+            self.quorum
+                .call_controller(req, timeout)
+                .await
+                .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+        }))
     }
 
     fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {
         Some(self.quorum.watch())
+    }
+}
+
+/// A broker outside the quorum: it follows the voters' image, and commits through them.
+pub struct ObserverLog {
+    pub observer: Arc<Observer>,
+}
+
+impl MetadataLog for ObserverLog {
+    fn commit<'a>(
+        &'a self,
+        records: Vec<Record>,
+    ) -> BoxFuture<'a, Result<Arc<MetadataImage>, BrokerError>> {
+        Box::pin(async move {
+            self.observer
+                .commit(&records)
+                .await
+                .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.observer.shutdown();
+        Box::pin(async {})
+    }
+
+    fn quorum_status(&self) -> Option<strom_controller::quorum::QuorumStatus> {
+        Some(self.observer.status())
+    }
+
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<Arc<MetadataImage>>> {
+        Some(self.observer.watch())
+    }
+
+    fn has_controller(&self) -> bool {
+        true
+    }
+
+    fn call_controller(
+        &self,
+        req: BrokerRequest,
+        timeout: Duration,
+    ) -> Option<BoxFuture<'_, Result<BrokerAnswer, BrokerError>>> {
+        Some(Box::pin(async move {
+            self.observer
+                .call_controller(req, timeout)
+                .await
+                .map_err(|e| BrokerError::MetadataLog(e.to_string()))
+        }))
     }
 }

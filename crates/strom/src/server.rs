@@ -46,7 +46,41 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// `process.roles=controller`: the quorum and the active controller, no broker listener.
+async fn serve_controller(config: BrokerConfig) -> anyhow::Result<()> {
+    let node = strom_broker::quorum_node::ControllerNode::start(&config)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the controller in {}",
+                config.log_dir.display()
+            )
+        })?;
+    let l = config
+        .kraft
+        .controller_listener
+        .as_ref()
+        .map(|l| format!("{}:{}", l.host, l.port))
+        .unwrap_or_default();
+    println!(
+        "strom controller {} listening on {l}, cluster {}, data in {}",
+        config.node_id,
+        node.cluster_id,
+        std::fs::canonicalize(&config.log_dir)
+            .unwrap_or(config.log_dir.clone())
+            .display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.quorum.shutdown().await;
+    tracing::info!("clean shutdown complete");
+    Ok(())
+}
+
 async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
+    if !config.kraft.roles.broker {
+        return serve_controller(config).await;
+    }
     let listener = tokio::net::TcpListener::bind(config.listener)
         .await
         .with_context(|| {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use strom_metadata::errors;
 use strom_metadata::image::Record;
 
+use super::observer::{FetchAnswer, FetchRequest};
 use super::{NodeId, QuorumError, Raft, StateMachine};
 use crate::controller::{Controller, ControllerConfig, Registration};
 
@@ -65,6 +66,8 @@ pub struct ActiveController {
     node_id: NodeId,
     started: Instant,
     inner: tokio::sync::Mutex<Inner>,
+    /// Observers that fetched the image from this node: how far they had it.
+    observers: std::sync::Mutex<std::collections::BTreeMap<NodeId, u64>>,
 }
 
 impl ActiveController {
@@ -84,6 +87,42 @@ impl ActiveController {
                 active_term: None,
                 last_tick_ms: 0,
             }),
+            observers: Default::default(),
+        }
+    }
+
+    /// The quorum as this node sees it, with the observers that fetched from it (the
+    /// leader, mostly: observers prefer it) and how far they had the log.
+    pub fn status(&self) -> super::QuorumStatus {
+        let mut status = super::status_of(&self.raft);
+        for (id, offset) in self.observers.lock().unwrap().iter() {
+            if !status.observers.iter().any(|o| o.id == *id) {
+                status.observers.push(super::ReplicaStatus {
+                    id: *id,
+                    log_end_offset: *offset as i64,
+                });
+            }
+        }
+        status
+    }
+
+    /// An observer's fetch: this node's image once it is past what the observer has, or
+    /// after `max_wait_ms` without a change (then without the image).
+    pub async fn serve_fetch(&self, req: FetchRequest) -> FetchAnswer {
+        self.observers.lock().unwrap().insert(req.node, req.after);
+        let wait = Duration::from_millis(req.max_wait_ms.min(10_000));
+        // Past `after`: the entry at index `after` applied.
+        let _ = self
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(req.after), "a change for the observer")
+            .await;
+        let (offset, image) = self.state.applied().await;
+        let changed = offset > req.after;
+        FetchAnswer {
+            offset,
+            image: changed.then(|| strom_metadata::codec::encode(&image.to_records())),
+            status: self.status(),
         }
     }
 

@@ -16,6 +16,7 @@
 pub mod active;
 mod log_store;
 pub mod network;
+pub mod observer;
 mod state_machine;
 
 use std::io::Cursor;
@@ -287,7 +288,7 @@ impl Quorum {
 }
 
 /// One replica of the metadata log, as DescribeQuorum shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaStatus {
     pub id: NodeId,
     /// -1 when this node does not know (it is not the leader).
@@ -295,7 +296,7 @@ pub struct ReplicaStatus {
 }
 
 /// The quorum as this node sees it, for DescribeQuorum and `strom cluster describe`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QuorumStatus {
     pub leader: Option<NodeId>,
     /// The Raft term: Kafka's leader epoch of the metadata log.
@@ -308,7 +309,14 @@ pub struct QuorumStatus {
 
 impl Quorum {
     pub fn status(&self) -> QuorumStatus {
-        let m = self.raft.metrics().borrow().clone();
+        self.controller.status()
+    }
+}
+
+/// The quorum as `raft` sees it.
+pub(crate) fn status_of(raft: &Raft) -> QuorumStatus {
+    {
+        let m = raft.metrics().borrow().clone();
         let end = |index: Option<u64>| index.map_or(0, |i| i as i64 + 1);
         let known = |id: NodeId| -> i64 {
             if id == m.id {
@@ -368,9 +376,24 @@ async fn commit_records(
     records: &[strom_metadata::image::Record],
 ) -> Result<std::sync::Arc<strom_metadata::image::MetadataImage>, QuorumError> {
     let batch = MetadataBatch(strom_metadata::codec::encode(records));
+    let log_id = commit_batch(raft, cluster_id, &batch).await?;
+    raft.wait(Some(std::time::Duration::from_secs(30)))
+        .applied_index_at_least(Some(log_id.index), "the change is applied here")
+        .await
+        .map_err(|e| QuorumError::Raft(e.to_string()))?;
+    Ok(state.image())
+}
+
+/// Has the leader commit `batch`, from this voter: directly when it leads, else forwarded
+/// to the leader. The log id it was committed at.
+pub(crate) async fn commit_batch(
+    raft: &Raft,
+    cluster_id: &str,
+    batch: &MetadataBatch,
+) -> Result<openraft::LogId<NodeId>, QuorumError> {
     // Leadership may be changing: retry until a leader commits it, for up to 30 s.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let log_id = loop {
+    loop {
         let attempt = match raft.client_write(batch.clone()).await {
             Ok(r) => Ok(r.log_id),
             // Not the leader: the leader commits it, and this node waits until it has
@@ -388,7 +411,7 @@ async fn commit_records(
                         r = network::forward_write(
                             &addr,
                             cluster_id,
-                            &batch,
+                            batch,
                             std::time::Duration::from_secs(10),
                         ) => r,
                         Ok(_) = deposed => Err(format!("the leader at {addr} was replaced")),
@@ -399,7 +422,7 @@ async fn commit_records(
             Err(e) => Err(e.to_string()),
         };
         match attempt {
-            Ok(id) => break id,
+            Ok(id) => return Ok(id),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(QuorumError::Raft(e));
             }
@@ -412,12 +435,7 @@ async fn commit_records(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
-    };
-    raft.wait(Some(std::time::Duration::from_secs(30)))
-        .applied_index_at_least(Some(log_id.index), "the change is applied here")
-        .await
-        .map_err(|e| QuorumError::Raft(e.to_string()))?;
-    Ok(state.image())
+    }
 }
 
 /// Resolves, with why, once one of the voters at `addrs` says it belongs to another

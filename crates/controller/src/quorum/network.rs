@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::active::{ActiveController, BrokerAnswer, BrokerRequest};
+use super::observer::{FetchAnswer, FetchRequest};
 use super::{NodeId, Raft, TypeConfig};
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ const SNAPSHOT: u8 = 3;
 const WRITE: u8 = 4;
 /// A broker's registration or heartbeat, for the active controller.
 const CONTROLLER: u8 = 5;
+/// An observer's fetch of the metadata image.
+const FETCH: u8 = 6;
 
 async fn write_frame(s: &mut TcpStream, kind: Option<u8>, body: &[u8]) -> std::io::Result<()> {
     let len = body.len() + usize::from(kind.is_some());
@@ -277,11 +280,18 @@ async fn connection(
                 .await
             }
             WRITE => {
+                // From a voter that does not lead, or from an observer: this voter has the
+                // leader commit it.
                 answer(body, async |batch: super::MetadataBatch| {
-                    raft.client_write(batch)
+                    super::commit_batch(&raft, &cluster_id, &batch)
                         .await
-                        .map(|r| r.log_id)
                         .map_err(|e| e.to_string())
+                })
+                .await
+            }
+            FETCH => {
+                answer(body, async |r: FetchRequest| {
+                    Ok::<_, ()>(controller.serve_fetch(r).await)
                 })
                 .await
             }
@@ -380,5 +390,16 @@ pub async fn call_controller(
 ) -> Result<BrokerAnswer, String> {
     let answer: Result<BrokerAnswer, ()> =
         exchange(addr, cluster_id, CONTROLLER, req, timeout).await?;
+    answer.map_err(|()| "refused".to_string())
+}
+
+/// Fetches the metadata image from the voter at `addr` (see `observer`).
+pub async fn fetch_image(
+    addr: &str,
+    cluster_id: &str,
+    req: &FetchRequest,
+    timeout: Duration,
+) -> Result<FetchAnswer, String> {
+    let answer: Result<FetchAnswer, ()> = exchange(addr, cluster_id, FETCH, req, timeout).await?;
     answer.map_err(|()| "refused".to_string())
 }

@@ -100,6 +100,14 @@ impl StateMachine {
         self.image.borrow().clone()
     }
 
+    /// The image with the offset after the last entry it includes (0: none yet), read
+    /// together.
+    pub async fn applied(&self) -> (u64, Arc<MetadataImage>) {
+        let inner = self.inner.lock().await;
+        let offset = inner.last_applied.map_or(0, |l| l.index + 1);
+        (offset, self.image())
+    }
+
     /// Follows the image as entries are applied.
     pub fn watch(&self) -> watch::Receiver<Arc<MetadataImage>> {
         self.image.subscribe()

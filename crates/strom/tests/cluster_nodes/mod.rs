@@ -111,30 +111,55 @@ pub fn restart_all(nodes: &mut [Node]) {
 
 /// [`three_nodes`], with `extra` lines in every node's config.
 pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
-    let brokers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let controllers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let roles = ["broker,controller"; 3];
+    start_cluster(tmp, &roles, extra)
+}
+
+/// Split mode: three controllers (nodes 1-3, no broker listener; their `port` is the
+/// CONTROLLER one) and two brokers (nodes 4 and 5) that follow the quorum as observers.
+pub fn split_nodes(tmp: &std::path::Path, extra: &str) -> (Vec<Node>, Vec<Node>) {
+    let roles = ["controller", "controller", "controller", "broker", "broker"];
+    let mut nodes = start_cluster(tmp, &roles, extra);
+    let brokers = nodes.split_off(3);
+    (nodes, brokers)
+}
+
+/// Formats and starts one node per entry of `roles` (node ids from 1), the nodes with the
+/// controller role making the quorum; returns once all serve.
+fn start_cluster(tmp: &std::path::Path, roles: &[&str], extra: &str) -> Vec<Node> {
+    let n = roles.len();
+    let brokers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let controllers: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let voters = controllers
         .iter()
         .enumerate()
+        .filter(|(i, _)| roles[*i].contains("controller"))
         .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
     let cluster = String::from_utf8(strom(&["storage", "random-uuid"]).stdout).unwrap();
     let mut started = Vec::new();
-    for i in 0..3 {
+    for (i, role) in roles.iter().enumerate() {
         let config = tmp.join(format!("node{}.properties", i + 1));
+        let mut listeners = Vec::new();
+        if role.contains("broker") {
+            listeners.push(format!("PLAINTEXT://127.0.0.1:{}", brokers[i]));
+        }
+        if role.contains("controller") {
+            listeners.push(format!("CONTROLLER://127.0.0.1:{}", controllers[i]));
+        }
         std::fs::write(
             &config,
             format!(
-                "node.id={}\nprocess.roles=broker,controller\ncontroller.quorum.voters={voters}\n\
+                "node.id={}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\n\
                  controller.listener.names=CONTROLLER\n\
-                 listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\n\
+                 listeners={}\n\
                  listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
                  log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
-                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n{extra}\n",
+                 offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n\
+                 transaction.state.log.num.partitions=4\n{extra}\n",
                 i + 1,
-                brokers[i],
-                controllers[i],
+                listeners.join(","),
                 tmp.join(format!("data{}", i + 1)).display()
             ),
         )
@@ -142,10 +167,15 @@ pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
         let c = config.to_str().unwrap().to_string();
         ok(&["storage", "format", "-t", cluster.trim(), "-c", &c], "");
         let (child, rx) = spawn(&config);
+        let port = if role.contains("broker") {
+            brokers[i]
+        } else {
+            controllers[i]
+        };
         started.push((
             Node {
                 child,
-                port: brokers[i],
+                port,
                 config: config.clone(),
             },
             rx,
