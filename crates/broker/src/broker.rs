@@ -81,6 +81,8 @@ pub struct Broker {
     /// epoch the controller gave it.
     pub(crate) incarnation: [u8; 16],
     pub(crate) broker_epoch: std::sync::atomic::AtomicI64,
+    /// Connections to the other brokers.
+    pub(crate) peers: crate::peers::Peers,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }
@@ -222,6 +224,7 @@ impl Broker {
             producer_ids: Mutex::new(producer_ids),
             incarnation: random_id(),
             broker_epoch: std::sync::atomic::AtomicI64::new(crate::lifecycle::UNREGISTERED),
+            peers: Default::default(),
         })
     }
 

@@ -133,20 +133,40 @@ impl Topics for Broker {
 }
 
 impl MarkerWriter for Broker {
+    /// Markers for partitions led here are written here; the others go to their leaders
+    /// in one WriteTxnMarkers request per broker. What failed is returned to be retried.
     fn write_markers<'a>(&'a self, m: &'a Markers) -> BoxFuture<'a, Vec<(TopicPartition, i16)>> {
         Box::pin(async move {
+            let image = self.image();
+            let me = self.config.node_id;
             let mut failed = Vec::new();
+            let mut remote: std::collections::BTreeMap<i32, Vec<TopicPartition>> =
+                Default::default();
+            let mut results = Vec::new();
             for tp in &m.partitions {
-                let code = self
-                    .write_marker(
-                        &tp.topic,
-                        tp.partition,
-                        m.producer_id,
-                        m.producer_epoch,
-                        m.commit,
-                        m.coordinator_epoch,
-                    )
-                    .await;
+                match image.partition(&tp.topic, tp.partition).map(|p| p.leader) {
+                    Some(l) if l != me && l >= 0 => remote.entry(l).or_default().push(tp.clone()),
+                    // No leader now: retried once there is one.
+                    Some(l) if l < 0 => failed.push((tp.clone(), errors::NOT_LEADER_OR_FOLLOWER)),
+                    _ => {
+                        let code = self
+                            .write_marker(
+                                &tp.topic,
+                                tp.partition,
+                                m.producer_id,
+                                m.producer_epoch,
+                                m.commit,
+                                m.coordinator_epoch,
+                            )
+                            .await;
+                        results.push((tp.clone(), code));
+                    }
+                }
+            }
+            for (leader, tps) in remote {
+                results.extend(self.send_markers(leader, m, tps).await);
+            }
+            for (tp, code) in results {
                 match code {
                     errors::NONE => {}
                     // A deleted partition has nothing left to end; a newer epoch already
@@ -157,11 +177,79 @@ impl MarkerWriter for Broker {
                     | errors::TRANSACTION_COORDINATOR_FENCED => {
                         tracing::warn!(topic = %tp.topic, partition = tp.partition, code, "transaction marker skipped");
                     }
-                    _ => failed.push((tp.clone(), code)),
+                    _ => failed.push((tp, code)),
                 }
             }
             failed
         })
+    }
+}
+
+impl Broker {
+    /// WriteTxnMarkers to broker `leader` for `tps`: a code per partition.
+    async fn send_markers(
+        &self,
+        leader: i32,
+        m: &Markers,
+        tps: Vec<TopicPartition>,
+    ) -> Vec<(TopicPartition, i16)> {
+        use krabka_protocol::owned::write_txn_markers_request::{
+            WritableTxnMarker, WritableTxnMarkerTopic, WriteTxnMarkersRequest,
+        };
+        let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+        for tp in &tps {
+            match topics.last_mut() {
+                Some(t) if t.name == tp.topic => t.partition_indexes.push(tp.partition),
+                _ => topics.push(WritableTxnMarkerTopic {
+                    name: tp.topic.clone(),
+                    partition_indexes: vec![tp.partition],
+                    ..Default::default()
+                }),
+            }
+        }
+        let req = WriteTxnMarkersRequest {
+            markers: vec![WritableTxnMarker {
+                producer_id: m.producer_id,
+                producer_epoch: m.producer_epoch,
+                transaction_result: m.commit,
+                topics,
+                coordinator_epoch: m.coordinator_epoch,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match self
+            .send_to_broker(leader, &req, 1, "WriteTxnMarkers")
+            .await
+        {
+            Ok(resp) => {
+                let codes: std::collections::HashMap<(String, i32), i16> = resp
+                    .markers
+                    .iter()
+                    .flat_map(|r| &r.topics)
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .map(|p| ((t.name.clone(), p.partition_index), p.error_code))
+                    })
+                    .collect();
+                tps.into_iter()
+                    .map(|tp| {
+                        let code = codes
+                            .get(&(tp.topic.clone(), tp.partition))
+                            .copied()
+                            .unwrap_or(errors::UNKNOWN_SERVER_ERROR);
+                        (tp, code)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(leader, error = %e, "transaction markers not delivered; will retry");
+                tps.into_iter()
+                    .map(|tp| (tp, errors::NOT_LEADER_OR_FOLLOWER))
+                    .collect()
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod maintenance;
 pub mod meta_properties;
 pub mod metadata_log;
 pub mod partition;
+mod peers;
 pub mod protocol;
 pub mod purgatory;
 pub mod quorum_node;

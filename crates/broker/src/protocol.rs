@@ -91,7 +91,7 @@ pub const APIS: &[Api] = &[
     Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 2, flexible_min: 0 },
     // Transactions. Later versions are KIP-890's (server-side partition verification, epoch
     // bumps on every EndTxn), which this coordinator does not do.
-    Api { key: ADD_PARTITIONS_TO_TXN, name: "AddPartitionsToTxn", min: 0, max: 3, flexible_min: 3 },
+    Api { key: ADD_PARTITIONS_TO_TXN, name: "AddPartitionsToTxn", min: 0, max: 4, flexible_min: 3 },
     Api { key: ADD_OFFSETS_TO_TXN, name: "AddOffsetsToTxn", min: 0, max: 3, flexible_min: 3 },
     Api { key: END_TXN, name: "EndTxn", min: 0, max: 3, flexible_min: 3 },
     Api { key: WRITE_TXN_MARKERS, name: "WriteTxnMarkers", min: 1, max: 1, flexible_min: 1 },

@@ -101,8 +101,8 @@ impl Broker {
     }
 
     /// Whether the coordinator has this producer's transaction open with the partition in
-    /// it. On one node the coordinator is local; in a cluster this becomes an
-    /// AddPartitionsToTxn request with verify_only.
+    /// it: asked in process when this broker is the coordinator, else with an
+    /// AddPartitionsToTxn request with verify_only (KIP-890) to the broker that is.
     async fn verify_in_transaction(
         &self,
         p: &Partition,
@@ -113,28 +113,120 @@ impl Broker {
         const NOT_IN_TXN: AppendError = AppendError::Sequence(SequenceError::TxnState(
             "the batch is not part of an ongoing transaction",
         ));
-        let m = match transactional_id {
+        let Some(id) = transactional_id else {
+            return Err(NOT_IN_TXN);
+        };
+        let code = match self.txn_coordinator_node(id) {
+            Some(node) if node != self.config.node_id => {
+                self.verify_remotely(node, id, producer_id, producer_epoch, p)
+                    .await
+            }
+            _ => {
+                self.verify_locally(id, producer_id, producer_epoch, &p.topic, p.index)
+                    .await
+            }
+        };
+        match code {
+            errors::NONE => Ok(()),
+            errors::INVALID_PRODUCER_EPOCH | errors::PRODUCER_FENCED => {
+                Err(AppendError::Sequence(SequenceError::InvalidEpoch {
+                    current: producer_epoch,
+                }))
+            }
             // A coordinator that moved or is loading is asked again by the client's retry
             // (Kafka answers NOT_ENOUGH_REPLICAS for it), not refused for good.
-            Some(id) => self
-                .txns
-                .describe(self, id)
-                .await
-                .map_err(|_| AppendError::CoordinatorUnavailable)?,
-            None => None,
+            errors::COORDINATOR_NOT_AVAILABLE
+            | errors::NOT_COORDINATOR
+            | errors::COORDINATOR_LOAD_IN_PROGRESS => Err(AppendError::CoordinatorUnavailable),
+            _ => Err(NOT_IN_TXN),
         }
-        .ok_or(NOT_IN_TXN)?;
+    }
+
+    /// The broker that coordinates `transactional_id` now, as the image says.
+    fn txn_coordinator_node(&self, transactional_id: &str) -> Option<i32> {
+        let image = self.image();
+        let partitions = image
+            .topic(crate::txn::coordinator::TXN_TOPIC)?
+            .partitions
+            .len();
+        let index = crate::txn::coordinator::partition_for(transactional_id, partitions as i32);
+        let leader = image
+            .partition(crate::txn::coordinator::TXN_TOPIC, index)?
+            .leader;
+        (leader >= 0).then_some(leader)
+    }
+
+    /// The verification, by this broker's transaction coordinator: a Kafka error code.
+    pub(crate) async fn verify_locally(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> i16 {
+        let m = match self.txns.describe(self, transactional_id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return errors::INVALID_PRODUCER_ID_MAPPING,
+            Err(code) => return code,
+        };
         if m.producer_id != producer_id {
-            return Err(NOT_IN_TXN);
+            return errors::INVALID_PRODUCER_ID_MAPPING;
         }
         if m.producer_epoch != producer_epoch {
-            return Err(AppendError::Sequence(SequenceError::InvalidEpoch {
-                current: m.producer_epoch,
-            }));
+            return errors::INVALID_PRODUCER_EPOCH;
         }
-        if m.state != TxnState::Ongoing || !m.partitions.contains(&(p.topic.clone(), p.index)) {
-            return Err(NOT_IN_TXN);
+        if m.state != TxnState::Ongoing || !m.partitions.contains(&(topic.to_string(), partition)) {
+            return errors::INVALID_TXN_STATE;
         }
-        Ok(())
+        errors::NONE
+    }
+
+    /// The verification, by the coordinator on broker `node`.
+    async fn verify_remotely(
+        &self,
+        node: i32,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        p: &Partition,
+    ) -> i16 {
+        use krabka_protocol::owned::add_partitions_to_txn_request::{
+            AddPartitionsToTxnRequest, AddPartitionsToTxnTransaction,
+        };
+        use krabka_protocol::owned::common::add_partitions_to_txn_request::add_partitions_to_txn_topic::AddPartitionsToTxnTopic;
+        let req = AddPartitionsToTxnRequest {
+            transactions: vec![AddPartitionsToTxnTransaction {
+                transactional_id: transactional_id.to_string(),
+                producer_id,
+                producer_epoch,
+                verify_only: true,
+                topics: vec![AddPartitionsToTxnTopic {
+                    name: p.topic.clone(),
+                    partitions: vec![p.index],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match self
+            .send_to_broker(node, &req, 4, "AddPartitionsToTxn")
+            .await
+        {
+            Ok(resp) if resp.error_code != errors::NONE => resp.error_code,
+            Ok(resp) => resp
+                .results_by_transaction
+                .iter()
+                .flat_map(|t| &t.topic_results)
+                .flat_map(|t| &t.results_by_partition)
+                .map(|r| r.partition_error_code)
+                .next()
+                .unwrap_or(errors::INVALID_TXN_STATE),
+            Err(e) => {
+                tracing::warn!(node, error = %e, "transaction verification not delivered");
+                errors::COORDINATOR_NOT_AVAILABLE
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 pub mod admin;
 pub mod assignor;
-mod connection;
+pub mod connection;
 pub mod consumer;
 mod error;
 pub mod group;

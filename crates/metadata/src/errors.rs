@@ -1,6 +1,7 @@
 //! Kafka error codes, as the protocol guide numbers them: the one table every crate above
 //! storage answers with. Each crate maps its own error types onto these at its edge.
 
+pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 pub const NONE: i16 = 0;
 pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub const CORRUPT_MESSAGE: i16 = 2;

@@ -8,7 +8,10 @@ use bytes::Bytes;
 use krabka_protocol::owned::add_offsets_to_txn_request::AddOffsetsToTxnRequest;
 use krabka_protocol::owned::add_offsets_to_txn_response::AddOffsetsToTxnResponse;
 use krabka_protocol::owned::add_partitions_to_txn_request::AddPartitionsToTxnRequest;
-use krabka_protocol::owned::add_partitions_to_txn_response::AddPartitionsToTxnResponse;
+use krabka_protocol::owned::add_partitions_to_txn_response::{
+    AddPartitionsToTxnResponse, AddPartitionsToTxnResult,
+};
+use krabka_protocol::owned::common::add_partitions_to_txn_request::add_partitions_to_txn_topic::AddPartitionsToTxnTopic;
 use krabka_protocol::owned::common::add_partitions_to_txn_response::add_partitions_to_txn_partition_result::AddPartitionsToTxnPartitionResult;
 use krabka_protocol::owned::common::add_partitions_to_txn_response::add_partitions_to_txn_topic_result::AddPartitionsToTxnTopicResult;
 use krabka_protocol::owned::describe_producers_request::DescribeProducersRequest;
@@ -54,24 +57,97 @@ fn fenced_for(version: i16, code: i16) -> i16 {
     }
 }
 
+/// AddPartitionsToTxn. Up to v3, one transaction from a client; from v4 (KIP-890), a batch
+/// of them, which brokers send to verify that a partition is in a transaction before they
+/// write a producer's batch there (`verify_only`).
 pub async fn add_partitions(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
     mut body: Bytes,
 ) -> HandlerResult {
     let req: AddPartitionsToTxnRequest = protocol::decode(&mut body, ctx.version)?;
-    let wanted: Vec<(String, i32)> = req
-        .v3_and_below_topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), *p)))
-        .collect();
+    let b: &Broker = broker;
+    let flat = |topics: &[AddPartitionsToTxnTopic]| -> Vec<(String, i32)> {
+        topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), *p)))
+            .collect()
+    };
+    if ctx.version <= 3 {
+        let wanted = flat(&req.v3_and_below_topics);
+        let codes = add_or_verify(
+            b,
+            ctx.version,
+            &req.v3_and_below_transactional_id,
+            req.v3_and_below_producer_id,
+            req.v3_and_below_producer_epoch,
+            false,
+            &wanted,
+        )
+        .await;
+        return respond(
+            ctx,
+            &AddPartitionsToTxnResponse {
+                results_by_topic_v3_and_below: topic_results(wanted, codes),
+                ..Default::default()
+            },
+        );
+    }
+    let mut results = Vec::with_capacity(req.transactions.len());
+    for t in &req.transactions {
+        let wanted = flat(&t.topics);
+        let codes = add_or_verify(
+            b,
+            ctx.version,
+            &t.transactional_id,
+            t.producer_id,
+            t.producer_epoch,
+            t.verify_only,
+            &wanted,
+        )
+        .await;
+        results.push(AddPartitionsToTxnResult {
+            transactional_id: t.transactional_id.clone(),
+            topic_results: topic_results(wanted, codes),
+            ..Default::default()
+        });
+    }
+    respond(
+        ctx,
+        &AddPartitionsToTxnResponse {
+            results_by_transaction: results,
+            ..Default::default()
+        },
+    )
+}
+
+/// One transaction's partitions: verified one by one, or added all or none (as Kafka adds
+/// them: with one unknown partition, the others are not attempted). A code per partition.
+async fn add_or_verify(
+    b: &Broker,
+    version: i16,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    verify_only: bool,
+    wanted: &[(String, i32)],
+) -> Vec<i16> {
+    if verify_only {
+        let mut codes = Vec::with_capacity(wanted.len());
+        for (t, p) in wanted {
+            codes.push(
+                b.verify_locally(transactional_id, producer_id, producer_epoch, t, *p)
+                    .await,
+            );
+        }
+        return codes;
+    }
     let unknown: Vec<bool> = wanted
         .iter()
-        .map(|(t, p)| broker.image().partition(t, *p).is_none())
+        .map(|(t, p)| b.image().partition(t, *p).is_none())
         .collect();
-    // Kafka adds all or none: with one unknown partition, the others are not attempted.
-    let codes: Vec<i16> = if unknown.iter().any(|u| *u) {
-        unknown
+    if unknown.iter().any(|u| *u) {
+        return unknown
             .iter()
             .map(|u| {
                 if *u {
@@ -80,21 +156,19 @@ pub async fn add_partitions(
                     OPERATION_NOT_ATTEMPTED
                 }
             })
-            .collect()
-    } else {
-        let b: &Broker = broker;
-        let code = b
-            .txns
-            .add_partitions(
-                b,
-                &req.v3_and_below_transactional_id,
-                req.v3_and_below_producer_id,
-                req.v3_and_below_producer_epoch,
-                &wanted,
-            )
-            .await;
-        vec![fenced_for(ctx.version, code); wanted.len()]
-    };
+            .collect();
+    }
+    let code = b
+        .txns
+        .add_partitions(b, transactional_id, producer_id, producer_epoch, wanted)
+        .await;
+    vec![fenced_for(version, code); wanted.len()]
+}
+
+fn topic_results(
+    wanted: Vec<(String, i32)>,
+    codes: Vec<i16>,
+) -> Vec<AddPartitionsToTxnTopicResult> {
     let mut results: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
     for ((topic, partition), code) in wanted.into_iter().zip(codes) {
         let r = AddPartitionsToTxnPartitionResult {
@@ -111,13 +185,7 @@ pub async fn add_partitions(
             }),
         }
     }
-    respond(
-        ctx,
-        &AddPartitionsToTxnResponse {
-            results_by_topic_v3_and_below: results,
-            ..Default::default()
-        },
-    )
+    results
 }
 
 pub async fn add_offsets(

@@ -1,0 +1,67 @@
+//! Requests this broker sends to the other brokers of the cluster: transaction markers to
+//! the leaders of a transaction's partitions, and the verification of a transactional
+//! batch with its transaction coordinator. One connection per broker, found by its
+//! registration in the metadata image, opened on first use and again after a failure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use krabka_protocol::ProtocolRequest;
+use strom_client::connection::Connection;
+
+use crate::broker::Broker;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Peers {
+    connections: tokio::sync::Mutex<HashMap<i32, Arc<Connection>>>,
+}
+
+impl Broker {
+    /// Sends `req` to broker `id` (at most version `cap`) and returns its answer.
+    pub(crate) async fn send_to_broker<R: ProtocolRequest>(
+        &self,
+        id: i32,
+        req: &R,
+        cap: i16,
+        api: &'static str,
+    ) -> Result<R::Response, String> {
+        let conn = self.peer(id).await?;
+        match conn.send(req, cap, api).await {
+            Ok((resp, _)) => Ok(resp),
+            Err(e) => {
+                // The next request opens a fresh connection.
+                self.peers.connections.lock().await.remove(&id);
+                Err(format!("broker {id}: {e}"))
+            }
+        }
+    }
+
+    async fn peer(&self, id: i32) -> Result<Arc<Connection>, String> {
+        let addr = {
+            let image = self.image();
+            let b = image
+                .brokers
+                .get(&id)
+                .ok_or_else(|| format!("broker {id} is not registered"))?;
+            format!("{}:{}", b.host, b.port)
+        };
+        let mut conns = self.peers.connections.lock().await;
+        if let Some(c) = conns.get(&id)
+            && c.is_open()
+            && c.addr() == addr
+        {
+            return Ok(c.clone());
+        }
+        let client_id = format!("strom-broker-{}", self.config.node_id);
+        let c = Arc::new(
+            Connection::connect(&addr, &client_id, TIMEOUT)
+                .await
+                .map_err(|e| format!("broker {id} at {addr}: {e}"))?,
+        );
+        conns.insert(id, c.clone());
+        Ok(c)
+    }
+}
