@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use strom_metadata::TopicPartition;
 use strom_metadata::image::{MetadataImage, Record};
@@ -19,10 +19,6 @@ use crate::partition::Partition;
 use crate::replica_manager::ReplicaManager;
 use crate::topic_config::TopicConfig;
 
-const PRODUCER_IDS: &str = ".producer-id-block";
-const PRODUCER_ID_BLOCK: i64 = 1000;
-/// Bits of a node's own producer-id range (see `next_producer_id_block`).
-const PRODUCER_ID_RANGE_BITS: u32 = 40;
 /// More partitions than this in one topic is a mistake (or an attack), not a plan: each is a
 /// directory with open files.
 pub const MAX_PARTITIONS: i32 = 10_000;
@@ -76,7 +72,7 @@ pub struct Broker {
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// Where metadata changes are committed before they are applied.
     pub(crate) metadata_log: Box<dyn crate::metadata_log::MetadataLog>,
-    producer_ids: Mutex<(i64, i64)>,
+    pub(crate) producer_ids: crate::producer_ids::ProducerIds,
     /// This process's registration with the controller: its incarnation, and the broker
     /// epoch the controller gave it.
     pub(crate) incarnation: [u8; 16],
@@ -206,7 +202,7 @@ impl Broker {
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);
         let cluster_id = Self::identity(&dir, &config)?;
-        let producer_ids = Self::next_producer_id_block(&dir, config.node_id, None)?;
+        let producer_ids = crate::producer_ids::ProducerIds::open(&dir, config.node_id)?;
         crate::topics::remove_unfinished_deletions(&dir)?;
         Ok(Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
@@ -221,7 +217,7 @@ impl Broker {
                 dir.join(crate::topics::TOPICS_DIR),
                 Arc::default(),
             )),
-            producer_ids: Mutex::new(producer_ids),
+            producer_ids,
             incarnation: random_id(),
             broker_epoch: std::sync::atomic::AtomicI64::new(crate::lifecycle::UNREGISTERED),
             peers: Default::default(),
@@ -303,46 +299,6 @@ impl Broker {
         };
         crate::meta_properties::write(dir, &m)?;
         Ok(m.cluster_id)
-    }
-
-    /// Producer ids come in blocks recorded on disk before use, so none is handed out twice
-    /// across restarts.
-    ///
-    /// Each node hands out ids from a range of its own (`node.id` << 40, a trillion ids
-    /// each), so that brokers of a cluster never give two producers the same id; node 0's
-    /// range starts at 0, where a single node's ids always were.
-    fn next_producer_id_block(
-        dir: &Path,
-        node_id: i32,
-        current_end: Option<i64>,
-    ) -> Result<(i64, i64), BrokerError> {
-        let path = dir.join(PRODUCER_IDS);
-        let range = (node_id.max(0) as i64) << PRODUCER_ID_RANGE_BITS;
-        let start = match current_end {
-            Some(end) => end,
-            None => std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0),
-        }
-        .max(range);
-        let end = start + PRODUCER_ID_BLOCK;
-        write_file_atomically(&path, &format!("{end}\n"))
-            .map_err(io("writing the producer id block"))?;
-        Ok((start, end))
-    }
-
-    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
-        let mut ids = self.producer_ids.lock().unwrap();
-        if ids.0 >= ids.1 {
-            *ids = Self::next_producer_id_block(
-                &self.config.log_dir,
-                self.config.node_id,
-                Some(ids.1),
-            )?;
-        }
-        ids.0 += 1;
-        Ok(ids.0 - 1)
     }
 
     /// The metadata image now.

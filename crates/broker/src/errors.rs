@@ -39,6 +39,10 @@ pub enum BrokerError {
     /// The metadata log could not commit the change (the client retries).
     #[error("the metadata log: {0}")]
     MetadataLog(String),
+    /// The controller's next block of producer ids has not arrived yet (the client
+    /// retries).
+    #[error("no producer id block yet")]
+    ProducerIdsNotReady,
     #[error("{context}: {source}")]
     Io {
         context: String,

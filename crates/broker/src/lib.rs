@@ -14,6 +14,7 @@ pub mod meta_properties;
 pub mod metadata_log;
 pub mod partition;
 mod peers;
+mod producer_ids;
 pub mod protocol;
 pub mod purgatory;
 pub mod quorum_node;

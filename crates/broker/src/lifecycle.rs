@@ -2,7 +2,8 @@
 //! the active controller at start and is fenced until its first heartbeat; it heartbeats
 //! every `broker.heartbeat.interval.ms`, and registers again when the controller no longer
 //! knows its epoch (it was restarted, or a new controller lost track); on shutdown it asks
-//! the controller to move its leadership away first (controlled shutdown).
+//! the controller to move its leadership away first (controlled shutdown). The same task
+//! asks the controller for producer-id blocks.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,10 @@ impl Broker {
         self.metadata_log.has_controller()
     }
 
-    async fn ask_controller(&self, req: BrokerRequest) -> Result<BrokerAnswer, BrokerError> {
+    pub(crate) async fn ask_controller(
+        &self,
+        req: BrokerRequest,
+    ) -> Result<BrokerAnswer, BrokerError> {
         let timeout = Duration::from_millis(self.config.kraft.session_timeout_ms.max(100)) / 2;
         match self.metadata_log.call_controller(req, timeout) {
             Some(answer) => answer.await,
@@ -50,7 +54,8 @@ impl Broker {
             match self.register().await {
                 Ok(epoch) => match self.heartbeat(false).await {
                     Ok(BrokerAnswer::Heartbeat { fenced: false, .. }) => {
-                        return self.await_unfenced(epoch).await;
+                        self.await_unfenced(epoch).await?;
+                        return self.fetch_producer_id_block().await;
                     }
                     Ok(other) => last_refusal = Some(format!("{other:?}")),
                     Err(e) => last_refusal = Some(e.to_string()),
@@ -140,6 +145,12 @@ impl Broker {
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
+                _ = self.producer_ids.wanted.notified() => {
+                    if let Err(e) = self.fetch_producer_id_block().await {
+                        tracing::warn!(error = %e, "no producer id block from the controller");
+                    }
+                    continue;
+                }
                 _ = stop.changed() => return,
             }
             match self.heartbeat(false).await {

@@ -550,18 +550,39 @@ impl Controller {
         }])
     }
 
-    /// AllocateProducerIds: the next block for `broker`, and the record that moves the
-    /// cluster's next id past it.
-    pub fn allocate_producer_ids(&self, broker: i32) -> ((i64, i64), Vec<Record>) {
-        let start = self.image.next_producer_id;
+    /// AllocateProducerIds: the next block for `broker` (registered with `epoch`), starting
+    /// at `at_least` or later (ids a broker handed out before the quorum existed), and the
+    /// record that moves the cluster's next id past it.
+    pub fn allocate_producer_ids(
+        &self,
+        broker: i32,
+        epoch: i64,
+        at_least: i64,
+    ) -> Result<((i64, i64), Vec<Record>), Refusal> {
+        match self.sessions.get(&broker) {
+            Some(s) if s.epoch == epoch => {}
+            Some(_) => {
+                return Err(refuse(
+                    errors::STALE_BROKER_EPOCH,
+                    format!("broker {broker} asks with epoch {epoch}, not its registration's"),
+                ));
+            }
+            None => {
+                return Err(refuse(
+                    errors::BROKER_ID_NOT_REGISTERED,
+                    format!("broker {broker} is not registered"),
+                ));
+            }
+        }
+        let start = self.image.next_producer_id.max(at_least);
         let len = self.config.producer_id_block;
-        (
+        Ok((
             (start, len),
             vec![Record::ProducerIds {
                 broker,
                 next_producer_id: start + len,
             }],
-        )
+        ))
     }
 }
 

@@ -235,19 +235,28 @@ fn a_second_process_with_the_same_node_id_is_refused_while_the_first_lives() {
 
 #[test]
 fn producer_id_blocks_never_overlap() {
-    let (mut c, _) = cluster(3, &[]);
+    let (mut c, epochs) = cluster(3, &[]);
     let mut blocks = Vec::new();
     for round in 0..10 {
-        let ((start, len), records) = c.allocate_producer_ids(1 + round % 3);
+        let b = 1 + round % 3;
+        // A broker's ids from before the quorum are skipped: here, below 500.
+        let ((start, len), records) = c
+            .allocate_producer_ids(b, epochs[b as usize - 1], 500)
+            .unwrap();
         c.replay(&records);
         blocks.push(start..start + len);
     }
+    assert_eq!(blocks[0].start, 500);
     for (i, a) in blocks.iter().enumerate() {
         for b in &blocks[i + 1..] {
             assert!(a.end <= b.start || b.end <= a.start, "{a:?} overlaps {b:?}");
         }
     }
-    assert_eq!(c.image().next_producer_id, 10 * 1_000);
+    assert_eq!(c.image().next_producer_id, 500 + 10 * 1_000);
+    assert_eq!(
+        c.allocate_producer_ids(1, 999, 0).unwrap_err().code,
+        errors::STALE_BROKER_EPOCH
+    );
 }
 
 #[test]

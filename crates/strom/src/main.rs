@@ -76,6 +76,15 @@ fn run_client<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyh
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        // A client command piped into `head` stops quietly when the reader goes away, as
+        // Kafka's shell tools do; the server keeps ignoring SIGPIPE (a client's closed
+        // socket is an error to handle, not a reason to exit).
+        // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")

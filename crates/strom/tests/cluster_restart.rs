@@ -41,8 +41,37 @@ fn consume(n: &Node, topic: &str, group: Option<&str>, count: usize) -> Vec<Stri
     got
 }
 
+/// A producer id from broker `n` (InitProducerId without a transactional id).
+fn producer_id(n: &Node) -> i64 {
+    use krabka_protocol::owned::init_producer_id_request::InitProducerIdRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = strom_client::connection::Connection::connect(
+            &bootstrap(n),
+            "test",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let req = InitProducerIdRequest {
+            transactional_id: None,
+            transaction_timeout_ms: 60_000,
+            producer_id: -1,
+            producer_epoch: -1,
+            ..Default::default()
+        };
+        let (resp, _) = c.send(&req, 4, "InitProducerId").await.unwrap();
+        assert_eq!(resp.error_code, 0);
+        resp.producer_id
+    })
+}
+
 /// SIGTERM to every node, then all started again: topics, records and a group's committed
-/// offsets are all there, through every node.
+/// offsets are all there, through every node; producer ids from the controller's blocks
+/// are never handed out twice, across brokers and restarts.
 #[test]
 fn the_whole_cluster_restarts_with_its_topics_records_and_offsets() {
     let tmp = tempfile::tempdir().unwrap();
@@ -81,6 +110,8 @@ fn the_whole_cluster_restarts_with_its_topics_records_and_offsets() {
     want.sort();
     assert_eq!(consume(&nodes[2], "kept", Some("g"), 90), want);
 
+    let mut ids: Vec<i64> = nodes.iter().map(producer_id).collect();
+
     for n in &nodes {
         signal(n, "-TERM");
     }
@@ -112,6 +143,11 @@ fn the_whole_cluster_restarts_with_its_topics_records_and_offsets() {
         );
     }
     assert_eq!(consume(&nodes[0], "kept", None, 90), want);
+    ids.extend(nodes.iter().map(producer_id));
+    let distinct: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 6, "{ids:?}");
+    // From the controller's blocks of 1000 (not a node's own range of file-made ids).
+    assert!(ids.iter().all(|id| *id < 10_000), "{ids:?}");
     // The group's offsets survived: nothing left to read, no lag.
     let g = wait_for("the group's offsets", Duration::from_secs(30), || {
         let out = strom(&[

@@ -44,6 +44,7 @@ pub(crate) fn broker_error(e: &BrokerError) -> i16 {
         BrokerError::Storage(s) => errors::from_storage(s),
         BrokerError::Io { .. } => errors::KAFKA_STORAGE_ERROR,
         BrokerError::MetadataLog(_) => errors::REQUEST_TIMED_OUT,
+        BrokerError::ProducerIdsNotReady => errors::COORDINATOR_LOAD_IN_PROGRESS,
     }
 }
 

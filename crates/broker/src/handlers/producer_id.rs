@@ -52,6 +52,9 @@ pub(crate) async fn init_producer_id(
     let Some(id) = transactional_id else {
         return match broker.allocate_producer_id() {
             Ok(id) => (errors::NONE, id, 0),
+            Err(crate::errors::BrokerError::ProducerIdsNotReady) => {
+                (errors::COORDINATOR_LOAD_IN_PROGRESS, -1, -1)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not allocate a producer id");
                 (errors::COORDINATOR_NOT_AVAILABLE, -1, -1)

@@ -31,6 +31,13 @@ pub enum BrokerRequest {
         epoch: i64,
         want_shutdown: bool,
     },
+    /// Kafka's AllocateProducerIds: a block of ids no other broker is given.
+    AllocateProducerIds {
+        id: i32,
+        epoch: i64,
+        /// The block starts here or later.
+        at_least: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,10 @@ pub enum BrokerAnswer {
     Heartbeat {
         fenced: bool,
         shutdown_ready: bool,
+    },
+    ProducerIds {
+        start: i64,
+        len: i64,
     },
     /// A Kafka error code and why.
     Refused {
@@ -225,6 +236,14 @@ impl ActiveController {
                     };
                     (o.records, answer)
                 }),
+            BrokerRequest::AllocateProducerIds {
+                id,
+                epoch,
+                at_least,
+            } => inner
+                .controller
+                .allocate_producer_ids(id, epoch, at_least)
+                .map(|((start, len), records)| (records, BrokerAnswer::ProducerIds { start, len })),
         };
         match decided {
             Ok((records, answer)) => match self.commit(&records).await {
