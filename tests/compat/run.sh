@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The client compatibility suite: confluent-kafka, kafka-python, aiokafka and kcat against a
-# real `strom server` (each pytest session starts its own; see conftest.py).
+# real `strom server` (each pytest session starts its own; see conftest.py), then again
+# against a three-node cluster that the clients know by one node's address
+# (STROM_COMPAT_CLUSTER=3; set it yourself to run only that).
 #
 # Installs what it needs, as root on Debian 12: kcat, python3 and python3-venv from Debian
 # when missing; the pinned Python clients (requirements.txt) in a venv at target/compat-venv,
@@ -49,4 +51,11 @@ fi
 
 export STROM_BIN="$PWD/$bin"
 export PYTHONDONTWRITEBYTECODE=1
-exec "$venv/bin/python" -m pytest tests/compat -q -p no:cacheprovider -W ignore::DeprecationWarning "$@"
+pytest=("$venv/bin/python" -m pytest tests/compat -q -p no:cacheprovider -W ignore::DeprecationWarning "$@")
+if [ -n "${STROM_COMPAT_CLUSTER:-}" ]; then
+  exec "${pytest[@]}"
+fi
+echo "compat: one node"
+"${pytest[@]}"
+echo "compat: a three-node cluster"
+STROM_COMPAT_CLUSTER=3 "${pytest[@]}"

@@ -48,8 +48,11 @@ _HEADER = struct.Struct(">qiibIhiqqqhii")
 
 
 def stored_batches(data_dir, topic, partition):
-    """The record batch headers of every segment of `topic`-`partition`, in offset order."""
-    directory = os.path.join(data_dir, f"{topic}-{partition}")
+    """The record batch headers of every segment of `topic`-`partition`, in offset order.
+    `data_dir` may be a list (a cluster's brokers): the partition is in the one that leads it."""
+    dirs = data_dir if isinstance(data_dir, list) else [data_dir]
+    held = [os.path.join(d, f"{topic}-{partition}") for d in dirs]
+    directory = next((d for d in held if os.path.isdir(d)), held[0])
     batches = []
     for name in sorted(n for n in os.listdir(directory) if n.endswith(".log")):
         with open(os.path.join(directory, name), "rb") as f:

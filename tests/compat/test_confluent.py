@@ -92,7 +92,9 @@ def test_admin_create_describe_alter_partitions_and_delete(bootstrap, topic):
     create(a, topic, 3, {"retention.ms": "3600000"})
     md = a.list_topics(topic, timeout=10)
     assert sorted(md.topics[topic].partitions) == [0, 1, 2]
-    assert all(p.leader == 0 and p.replicas == [0] and p.isrs == [0] for p in md.topics[topic].partitions.values())
+    # One replica each, on whichever broker leads it (node 0 alone, or one of a cluster).
+    assert all(p.leader >= 0 and p.replicas == [p.leader] and p.isrs == [p.leader]
+               for p in md.topics[topic].partitions.values())
 
     res = ConfigResource(ConfigResource.Type.TOPIC, topic)
     configs = a.describe_configs([res])[res].result(10)
@@ -136,6 +138,7 @@ def test_admin_create_describe_alter_partitions_and_delete(bootstrap, topic):
     wait_until("the topic to go", lambda: topic not in a.list_topics(timeout=10).topics)
 
 
+@pytest.mark.single_node
 def test_describe_cluster(bootstrap):
     a = admin(bootstrap)  # the client must outlive its futures
     d = a.describe_cluster().result(10)
@@ -184,6 +187,15 @@ def test_keyed_produce_with_headers_acks_all(bootstrap, topic):
 def test_produce_acks_0_and_1(bootstrap, topic, acks):
     a = admin(bootstrap)
     create(a, topic, 1)
+    if acks == "0":
+        # Nothing comes back to an acks=0 producer, not even "unknown topic" from a leader
+        # that has not heard of the topic yet: make sure the leader knows it first.
+        def known():
+            try:
+                return watermarks(bootstrap, topic, 0) == (0, 0)
+            except KafkaException:
+                return False
+        wait_until("the leader to know the topic", known)
     produce(bootstrap, topic, [{"key": f"k{i}", "value": f"v{i}"} for i in range(100)], acks=acks)
     if acks == "0":
         # Nothing tells an acks=0 producer that its records arrived: wait for them to be readable.
