@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Produce and consume throughput of a librdkafka-based client (kcat) against a release
-# `strom server`, beside the loopback TCP bandwidth measured in the same run, then the same
+# `strom server` (or $STROM), beside the loopback TCP bandwidth measured in the same run, then the same
 # with `strom perf`: 1,000,000 records of 100 bytes, acks=1, 6 partitions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000000}
 command -v kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat >/dev/null; }
-cargo build --release --ignore-rust-version -p strom >/dev/null 2>&1
+# STROM=/path/to/strom measures that binary (an older commit's, to compare) instead.
+if [ -z "${STROM:-}" ]; then
+  cargo build --release --ignore-rust-version -p strom >/dev/null 2>&1
+  STROM=$PWD/target/release/strom
+fi
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/strom server --override "listeners=PLAINTEXT://127.0.0.1:$port" \
+"$STROM" server --override "listeners=PLAINTEXT://127.0.0.1:$port" \
   --override "log.dirs=$work/data" --override num.partitions=6 >"$work/server.out" 2>"$work/server.err" &
 pid=$!
 until grep -q "listening on" "$work/server.out" 2>/dev/null; do sleep 0.05; done
@@ -64,5 +68,5 @@ print(f"consume: {n/c:,.0f} msgs/s, {mb/c:.1f} MB/s payload = {mb/c/loop:.3f} of
 print(f"server CPU: produce {(c1-c0)/tick/p:.2f} cores, consume {(c2-c1)/tick/c:.2f} cores busy on average")
 PY
 echo "strom perf (same server, same run):"
-./target/release/strom perf produce --bootstrap-server "127.0.0.1:$port" --topic perf-strom --num-records "$N" --record-size 100 --acks 1
-./target/release/strom perf consume --bootstrap-server "127.0.0.1:$port" --topic perf-strom --messages "$N"
+"$STROM" perf produce --bootstrap-server "127.0.0.1:$port" --topic perf-strom --num-records "$N" --record-size 100 --acks 1
+"$STROM" perf consume --bootstrap-server "127.0.0.1:$port" --topic perf-strom --messages "$N"
