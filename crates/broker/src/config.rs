@@ -40,6 +40,10 @@ pub struct BrokerConfig {
     pub log_dir: PathBuf,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
+    /// offsets.topic.replication.factor and transaction.state.log.replication.factor
+    /// (Kafka's default 3): wanted for the internal topics, which have one replica until
+    /// partitions are replicated.
+    pub internal_replication_factor: (i16, i16),
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
@@ -73,6 +77,7 @@ impl Default for BrokerConfig {
             log_dir: PathBuf::from("strom-data"),
             num_partitions: 1,
             default_replication_factor: 1,
+            internal_replication_factor: (3, 3),
             auto_create_topics_enable: true,
             message_max_bytes: 1024 * 1024 + 12,
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -102,8 +107,6 @@ const ACCEPTED: &[&str] = &[
     "socket.send.buffer.bytes",
     "socket.receive.buffer.bytes",
     "num.recovery.threads.per.data.dir",
-    "offsets.topic.replication.factor",
-    "transaction.state.log.replication.factor",
     "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
@@ -178,6 +181,17 @@ impl BrokerConfig {
                     c.default_replication_factor = int(k, v)?;
                     if c.default_replication_factor < 1 {
                         return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "offsets.topic.replication.factor" | "transaction.state.log.replication.factor" => {
+                    let rf: i16 = int(k, v)?;
+                    if rf < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                    if k.starts_with("offsets") {
+                        c.internal_replication_factor.0 = rf;
+                    } else {
+                        c.internal_replication_factor.1 = rf;
                     }
                 }
                 "auto.create.topics.enable" => c.auto_create_topics_enable = boolean(k, v)?,
@@ -449,9 +463,11 @@ mod tests {
             ("log.segment.bytes", "1048576"),
             ("auto.create.topics.enable", "false"),
             ("process.roles", "broker,controller"),
+            ("offsets.topic.replication.factor", "1"),
             ("made.up.key", "1"),
         ]))
         .unwrap();
+        assert_eq!(c.internal_replication_factor, (1, 3));
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.advertised_host, "broker1");
         assert_eq!(c.log_dir, PathBuf::from("/tmp/a"));
@@ -481,6 +497,7 @@ mod tests {
             ("auto.create.topics.enable", "yes"),
             ("log.segment.bytes", "-5"),
             ("log.retention.hours", "-7"),
+            ("transaction.state.log.replication.factor", "0"),
         ] {
             let err = BrokerConfig::from_properties(&props(&[(k, v)])).unwrap_err();
             assert!(err.to_string().contains(k), "{err}");

@@ -20,6 +20,23 @@ impl Broker {
         // Kept whole until compaction exists: the coordinators trim them themselves.
         configs.insert("retention.ms".to_string(), "-1".to_string());
         configs.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+        let (offsets, txns) = self.config.internal_replication_factor;
+        let wanted = if name == crate::group::coordinator::OFFSETS_TOPIC {
+            ("offsets.topic.replication.factor", offsets)
+        } else {
+            ("transaction.state.log.replication.factor", txns)
+        };
+        // A single node caps it at its one broker quietly, as Kafka's embedded default would.
+        let cluster = self.config.kraft.multi_node(self.config.node_id)
+            || !self.config.kraft.roles.controller;
+        if wanted.1 > 1 && cluster {
+            tracing::warn!(
+                topic = name,
+                "{} is {}, but partitions have one replica until strom replicates them: {name} is created with one",
+                wanted.0,
+                wanted.1
+            );
+        }
         let new = NewTopic {
             name: name.to_string(),
             partitions: Some(partitions),
