@@ -143,6 +143,7 @@ fn brokers_follow_a_quorum_of_controllers_and_serve_clients() {
 
     librdkafka_round_trip(b4, b5);
     transactions_across_brokers(b5, b4);
+    offsets_committed_in_a_transaction(b4, b5);
 
     // A group through broker 5, its offsets seen through broker 4.
     let input: String = (0..60).map(|i| format!("k{i}:v{i}\n")).collect();
@@ -324,4 +325,87 @@ fn transactions_across_brokers(via: &Node, back: &Node) {
         !values.iter().any(|v| v.starts_with("aborted-")),
         "{values:?}"
     );
+}
+
+/// A copier's transaction: what it read of "a" (through one broker) and the group offsets
+/// of that read go in one transaction (through the other broker). The group coordinator,
+/// the transaction coordinator and the data may each be on either broker: the offsets
+/// count only once the transaction commits, and an aborted one leaves none.
+fn offsets_committed_in_a_transaction(read_via: &Node, write_via: &Node) {
+    let t = Duration::from_secs(30);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(read_via))
+        .set("group.id", "split-copier-group")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..12 {
+        tpl.add_partition_offset("a", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(write_via))
+        .set("transactional.id", "split-copier-2")
+        .create()
+        .expect("transactional producer");
+    producer.init_transactions(t).expect("init");
+    let committed = |c: &BaseConsumer| -> i64 {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..12 {
+            tpl.add_partition("a", p);
+        }
+        c.committed_offsets(tpl, t)
+            .unwrap()
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum()
+    };
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut copied = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while copied < 600 {
+        assert!(Instant::now() < deadline, "copied only {copied} of 600");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("no consume error");
+            positions.insert(m.partition(), m.offset() + 1);
+            copied += 1;
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (p, o) in &positions {
+        offsets
+            .add_partition_offset("a", *p, Offset::Offset(*o))
+            .unwrap();
+    }
+    let metadata = consumer.group_metadata().expect("group metadata");
+    // Aborted: the offsets do not count.
+    producer.begin_transaction().unwrap();
+    producer
+        .send(BaseRecord::to("b").key("copy").payload("aborted copy"))
+        .expect("queued");
+    producer
+        .send_offsets_to_transaction(&offsets, &metadata, t)
+        .expect("offsets in the transaction");
+    producer.abort_transaction(t).expect("aborted");
+    assert_eq!(
+        committed(&consumer),
+        0,
+        "an aborted transaction commits no offsets"
+    );
+    // Committed: they count, all of them.
+    producer.begin_transaction().unwrap();
+    producer
+        .send(BaseRecord::to("b").key("copy").payload("copied"))
+        .expect("queued");
+    producer
+        .send_offsets_to_transaction(&offsets, &metadata, t)
+        .expect("offsets in the transaction");
+    producer.commit_transaction(t).expect("committed");
+    assert_eq!(committed(&consumer), 600);
 }
