@@ -39,9 +39,9 @@ test('createTopics with partitions and configs, fetchTopicMetadata, listTopics, 
   assert.deepEqual(parts.map(p => p.partitionId), [0, 1, 2])
   for (const p of parts) {
     assert.equal(p.partitionErrorCode, 0)
-    assert.equal(p.leader, 0)
-    assert.deepEqual(p.replicas, [0])
-    assert.deepEqual(p.isr, [0])
+    // One replica, on whichever broker leads it (node 0 alone, or one of a cluster).
+    assert.deepEqual(p.replicas, [p.leader])
+    assert.deepEqual(p.isr, [p.leader])
   }
   assert.deepEqual(byName[b].partitions.map(p => p.partitionId), [0])
 
@@ -79,12 +79,12 @@ test('createTopics with partitions and configs, fetchTopicMetadata, listTopics, 
 test('describeConfigs of the broker: a value from the server config and a default', T, () => withAdmin(async admin => {
   const { resources } = await admin.describeConfigs({
     includeSynonyms: false,
-    resources: [{ type: ConfigResourceTypes.BROKER, name: '0', configNames: ['num.partitions', 'log.segment.bytes'] }],
+    resources: [{ type: ConfigResourceTypes.BROKER, name: String(server.brokerId), configNames: ['num.partitions', 'log.segment.bytes'] }],
   })
   assert.equal(resources.length, 1)
   assert.equal(resources[0].errorCode, 0)
   assert.equal(resources[0].resourceType, ConfigResourceTypes.BROKER)
-  assert.equal(resources[0].resourceName, '0')
+  assert.equal(resources[0].resourceName, String(server.brokerId))
   const entries = Object.fromEntries(resources[0].configEntries.map(e => [e.configName, e]))
   assert.deepEqual(Object.keys(entries).sort(), ['log.segment.bytes', 'num.partitions'])
   // num.partitions=1 is set on the command line (helper.js): STATIC_BROKER_CONFIG (4).

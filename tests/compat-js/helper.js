@@ -6,6 +6,11 @@
 // The server gets a free port on 127.0.0.1 and a fresh data directory; its stderr goes to
 // server.log beside the data (STROM_LOG=debug in the environment gives more). Both are removed
 // when the server stopped cleanly after SIGTERM, and kept (their place printed) otherwise.
+//
+// With STROM_COMPAT_CLUSTER=3, "the server" is three nodes in combined mode (each a broker
+// and a voter of the metadata quorum), formatted with one cluster id; the clients get the
+// address of node 2 only and must follow the metadata to the other leaders. `dataDir` is then
+// the list of the nodes' directories.
 
 const { spawn, execFile } = require('node:child_process')
 const fs = require('node:fs')
@@ -44,17 +49,22 @@ function tail(file, lines = 40) {
 // Starts one server; resolves with { proc, port } once it printed "listening on", or with
 // { proc, code } when it exited before that (the port may have been taken meanwhile).
 function startOnce(work) {
-  return freePort().then(port => new Promise((resolve, reject) => {
+  return freePort().then(port => {
     const data = path.join(work, 'data')
-    const logPath = path.join(work, 'server.log')
-    const log = fs.openSync(logPath, 'a')
-    const proc = spawn(STROM_BIN, [
+    return spawnServer([
       'server',
       '--override', `listeners=PLAINTEXT://127.0.0.1:${port}`,
       '--override', `log.dirs=${data}`,
       '--override', 'num.partitions=1',
       '--override', 'group.initial.rebalance.delay.ms=0',
-    ], { stdio: ['ignore', 'pipe', log] })
+    ], path.join(work, 'server.log'), port)
+  })
+}
+
+function spawnServer(args, logPath, port) {
+  return new Promise((resolve, reject) => {
+    const log = fs.openSync(logPath, 'a')
+    const proc = spawn(STROM_BIN, args, { stdio: ['ignore', 'pipe', log] })
     fs.closeSync(log)
     let out = ''
     let settled = false
@@ -87,7 +97,49 @@ function startOnce(work) {
       clearTimeout(timer)
       resolve({ proc, code })
     })
-  }))
+  })
+}
+
+const CLUSTER = Number(process.env.STROM_COMPAT_CLUSTER || '1')
+
+function run(args) {
+  return new Promise((resolve, reject) => {
+    execFile(STROM_BIN, args, (e, stdout, stderr) => e ? reject(new Error(`${args.join(' ')}: ${stderr}`)) : resolve(stdout))
+  })
+}
+
+// Formats and starts `n` nodes in combined mode; resolves with their processes once all
+// listen (or with { code } of the first that exited before).
+async function startClusterOnce(work, n) {
+  const brokers = []
+  const controllers = []
+  for (let i = 0; i < n; i++) {
+    brokers.push(await freePort())
+    controllers.push(await freePort())
+  }
+  const voters = controllers.map((p, i) => `${i + 1}@127.0.0.1:${p}`).join(',')
+  const clusterId = (await run(['storage', 'random-uuid'])).trim()
+  const nodes = []
+  for (let i = 0; i < n; i++) {
+    const config = path.join(work, `node${i + 1}.properties`)
+    fs.writeFileSync(config, [
+      `node.id=${i + 1}`, 'process.roles=broker,controller', `controller.quorum.voters=${voters}`,
+      'controller.listener.names=CONTROLLER',
+      `listeners=PLAINTEXT://127.0.0.1:${brokers[i]},CONTROLLER://127.0.0.1:${controllers[i]}`,
+      'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      `log.dirs=${path.join(work, `data${i + 1}`)}`, 'num.partitions=1',
+      'group.initial.rebalance.delay.ms=0', 'controller.quorum.election.timeout.ms=300', '',
+    ].join('\n'))
+    await run(['storage', 'format', '-t', clusterId, '-c', config])
+    nodes.push(spawnServer(['server', '--config', config], path.join(work, `server${i + 1}.log`), brokers[i]))
+  }
+  const started = await Promise.all(nodes)
+  const failed = started.find(s => !s.port)
+  if (failed) {
+    for (const s of started) if (s.port) s.proc.kill('SIGKILL')
+    return failed
+  }
+  return { procs: started.map(s => s.proc), port: brokers[1], dirs: started.map((_, i) => path.join(work, `data${i + 1}`)) }
 }
 
 async function startServer() {
@@ -97,56 +149,60 @@ async function startServer() {
     throw new Error(`no strom binary at ${STROM_BIN}: cargo build --ignore-rust-version -p strom`)
   }
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'strom-compat-js-'))
-  const logPath = path.join(work, 'server.log')
+  const logPath = path.join(work, CLUSTER > 1 ? 'server2.log' : 'server.log')
   let started
   for (let attempt = 0; attempt < 3; attempt++) {
-    started = await startOnce(work)
+    started = CLUSTER > 1 ? await startClusterOnce(work, CLUSTER) : await startOnce(work)
     if (started.port) break
   }
   if (!started.port) {
     throw new Error(`strom server exited with ${started.code} before listening (kept in ${work}):\n${tail(logPath)}`)
   }
-  const { proc, port } = started
+  const procs = started.procs || [started.proc]
+  const { port } = started
   let stopping = false
-  let exited = null
-  const exit = new Promise(resolve => proc.on('exit', (code, signal) => {
-    exited = { code, signal }
+  const exits = procs.map(proc => new Promise(resolve => proc.on('exit', (code, signal) => {
+    proc.exitedWith = { code, signal }
     if (!stopping) {
       process.stderr.write(`strom server exited early (code ${code}, signal ${signal}); log in ${work}:\n${tail(logPath)}\n`)
     }
-    resolve(exited)
-  }))
-  // A crashed test process must not leave the server running.
-  const reaper = () => { if (!exited) proc.kill('SIGKILL') }
+    resolve(proc.exitedWith)
+  })))
+  const exited = () => procs.map(p => p.exitedWith).find(Boolean) || null
+  // A crashed test process must not leave the servers running.
+  const reaper = () => { for (const p of procs) if (!p.exitedWith) p.kill('SIGKILL') }
   process.on('exit', reaper)
 
   return {
     bootstrap: `127.0.0.1:${port}`,
     port,
-    dataDir: path.join(work, 'data'),
+    // The node.id of the broker the clients are given.
+    brokerId: CLUSTER > 1 ? 2 : 0,
+    dataDir: started.dirs || path.join(work, 'data'),
     logPath,
-    exited: () => exited,
+    exited,
     async stop() {
       process.removeListener('exit', reaper)
-      const early = exited
+      const early = exited()
       stopping = true
-      if (!exited) proc.kill('SIGTERM')
+      for (const p of procs) if (!p.exitedWith) p.kill('SIGTERM')
       let timer
       const result = await Promise.race([
-        exit,
+        Promise.all(exits),
         new Promise(resolve => { timer = setTimeout(() => resolve(null), STOP_TIMEOUT_MS) }),
       ])
       clearTimeout(timer)
       if (result === null) {
-        proc.kill('SIGKILL')
-        await exit
+        reaper()
+        await Promise.all(exits)
         throw new Error(`strom server still running ${STOP_TIMEOUT_MS} ms after SIGTERM (kept in ${work}):\n${tail(logPath)}`)
       }
       if (early) {
         throw new Error(`strom server exited during the tests (code ${early.code}, signal ${early.signal}); kept in ${work}:\n${tail(logPath)}`)
       }
-      if (result.code !== 0) {
-        throw new Error(`strom server exited with ${result.code} (signal ${result.signal}) after SIGTERM; kept in ${work}:\n${tail(logPath)}`)
+      const bad = result.find(r => r.code !== 0)
+      if (bad) {
+        throw new Error(`strom server exited with ${bad.code} (signal ${bad.signal}) after SIGTERM; kept in ${work}:\n${tail(logPath)}`)
       }
       fs.rmSync(work, { recursive: true, force: true })
     },
@@ -280,7 +336,9 @@ function byPartition(records) {
 // strom stores batches byte-identical to what the producer sent, so these tell which codec,
 // producer id and sequences the client really used.
 function storedBatches(dataDir, topic, partition) {
-  const dir = path.join(dataDir, `${topic}-${partition}`)
+  // A cluster's list of directories: the partition is in its leader's.
+  const held = (Array.isArray(dataDir) ? dataDir : [dataDir]).map(d => path.join(d, `${topic}-${partition}`))
+  const dir = held.find(d => fs.existsSync(d)) || held[0]
   const batches = []
   for (const name of fs.readdirSync(dir).filter(n => n.endsWith('.log')).sort()) {
     const buf = fs.readFileSync(path.join(dir, name))
