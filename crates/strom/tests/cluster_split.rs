@@ -409,3 +409,90 @@ fn offsets_committed_in_a_transaction(read_via: &Node, write_via: &Node) {
     producer.commit_transaction(t).expect("committed");
     assert_eq!(committed(&consumer), 600);
 }
+
+/// SIGKILL of the controller that leads the quorum: the brokers follow the new one (their
+/// fetches and heartbeats go to the other voters), stay unfenced, and go on serving: a topic
+/// created through a broker afterwards is placed on both and takes records through both.
+#[test]
+fn brokers_ride_out_the_loss_of_the_active_controller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut controllers, brokers) = split_nodes(
+        tmp.path(),
+        "broker.session.timeout.ms=3000\nbroker.heartbeat.interval.ms=300",
+    );
+    let (b4, b5) = (&brokers[0], &brokers[1]);
+    let leader = wait_for("a quorum leader", Duration::from_secs(30), || {
+        describe(b4)?["quorum"]["leader"]
+            .as_i64()
+            .filter(|l| (1..=3).contains(l))
+    });
+    let victim = &mut controllers[leader as usize - 1];
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+
+    let d = wait_for("a new quorum leader", Duration::from_secs(30), || {
+        describe(b5).filter(|d| {
+            d["quorum"]["leader"]
+                .as_i64()
+                .is_some_and(|l| l != leader && l >= 1)
+        })
+    });
+    assert_eq!(ids(&d["brokers"], "id"), vec![4, 5], "{d}");
+    // Watched for twice the session timeout: had their heartbeats not reached the new
+    // controller, it would have fenced them by then.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(6) {
+        if let Some(d) = describe(b4) {
+            let fenced: Vec<&serde_json::Value> = d["brokers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|b| b["fenced"].as_bool() == Some(true))
+                .collect();
+            assert!(fenced.is_empty(), "fenced after the failover: {d}");
+        }
+    }
+    assert!(create(b5, "after", 12).status.success());
+    let placed = wait_for("after on both brokers", Duration::from_secs(30), || {
+        leaders(b4, "after").filter(|l| l.len() == 12)
+    });
+    let mut spread = placed.clone();
+    spread.sort();
+    spread.dedup();
+    assert_eq!(spread, vec![4, 5], "both brokers are live: {placed:?}");
+    let input: String = (0..48).map(|i| format!("k{i}:v{i}\n")).collect();
+    ok(
+        &[
+            "produce",
+            "--topic",
+            "after",
+            "--key-separator",
+            ":",
+            "--bootstrap-server",
+            &bootstrap(b4),
+        ],
+        &input,
+    );
+    let out = ok(
+        &[
+            "consume",
+            "--topic",
+            "after",
+            "--from-beginning",
+            "--max-messages",
+            "48",
+            "--timeout-ms",
+            "20000",
+            "--format",
+            "{key}:{value}",
+            "--bootstrap-server",
+            &bootstrap(b5),
+        ],
+        "",
+    );
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    let mut want: Vec<String> = (0..48).map(|i| format!("k{i}:v{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
