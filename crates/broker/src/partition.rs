@@ -179,6 +179,10 @@ impl Partition {
     /// ISR. Alone in the ISR, everything in the log is committed.
     pub fn make_leader(&self, info: &PartitionInfo) {
         self.set_role(info);
+        // The new epoch starts at the log end, written or not, for OffsetForLeaderEpoch.
+        if let Err(e) = self.log().assign_epoch_start(info.leader_epoch) {
+            tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot record the leader epoch's start");
+        }
         self.advance_high_watermark();
     }
 

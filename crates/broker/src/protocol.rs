@@ -23,6 +23,7 @@ pub struct Api {
 pub const PRODUCE: i16 = 0;
 pub const FETCH: i16 = 1;
 pub const LIST_OFFSETS: i16 = 2;
+pub const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
 pub const METADATA: i16 = 3;
 pub const OFFSET_COMMIT: i16 = 8;
 pub const OFFSET_FETCH: i16 = 9;
@@ -65,6 +66,7 @@ pub const APIS: &[Api] = &[
     Api { key: PRODUCE, name: "Produce", min: 0, max: 11, flexible_min: 9 },
     Api { key: FETCH, name: "Fetch", min: 4, max: 16, flexible_min: 12 },
     Api { key: LIST_OFFSETS, name: "ListOffsets", min: 1, max: 8, flexible_min: 6 },
+    Api { key: OFFSET_FOR_LEADER_EPOCH, name: "OffsetForLeaderEpoch", min: 2, max: 4, flexible_min: 4 },
     Api { key: METADATA, name: "Metadata", min: 0, max: 12, flexible_min: 9 },
     Api { key: OFFSET_COMMIT, name: "OffsetCommit", min: 2, max: 9, flexible_min: 8 },
     Api { key: OFFSET_FETCH, name: "OffsetFetch", min: 1, max: 9, flexible_min: 6 },

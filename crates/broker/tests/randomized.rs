@@ -118,6 +118,24 @@ fn seeds() -> Vec<Bytes> {
                         ..Default::default()
                     },
                 ),
+                23 => encode(
+                    23,
+                    v,
+                    &krabka_protocol::owned::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest {
+                        replica_id: -1,
+                        topics: vec![krabka_protocol::owned::offset_for_leader_epoch_request::OffsetForLeaderTopic {
+                            topic: "t".into(),
+                            partitions: vec![krabka_protocol::owned::offset_for_leader_epoch_request::OffsetForLeaderPartition {
+                                partition: 0,
+                                current_leader_epoch: -1,
+                                leader_epoch: 0,
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
                 3 => encode(
                     3,
                     v,

@@ -529,3 +529,145 @@ async fn describe_quorum_shows_the_node_alone_in_its_quorum() {
     let r: DescribeQuorumResponse = decode(reply, 0, true);
     assert_eq!(r.topics[0].partitions[0].error_code, 41, "NOT_CONTROLLER");
 }
+
+/// OffsetForLeaderEpoch: epoch 0 ends where epoch 2 began (when this node became leader at
+/// epoch 2, before anything was written in it); epoch 1, never used, answers for epoch 0;
+/// the current epoch ends at the log end; a newer one is undefined; a stale or future
+/// current_leader_epoch is FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH, as in Kafka.
+#[tokio::test]
+async fn offset_for_leader_epoch_answers_where_each_epoch_ended() {
+    use krabka_protocol::owned::offset_for_leader_epoch_request::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use krabka_protocol::owned::offset_for_leader_epoch_response::OffsetForLeaderEpochResponse;
+    use krabka_protocol::owned::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
+    use krabka_protocol::owned::produce_response::ProduceResponse;
+    use krabka_protocol::records::RecordsPayload;
+    use strom_metadata::image::{PartitionInfo, Record as MetaRecord};
+    use strom_storage::batch::{BatchBuilder, Record};
+    const PRODUCE: i16 = 0;
+    const OFFSET_FOR_LEADER_EPOCH: i16 = 23;
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let produce = |n: usize| {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..n {
+            builder = builder.record(Record {
+                timestamp: 1,
+                key: None,
+                value: Some(b"v".to_vec()),
+                headers: vec![],
+            });
+        }
+        let req = ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topic_data: vec![TopicProduceData {
+                name: "t".into(),
+                partition_data: vec![PartitionProduceData {
+                    index: 0,
+                    records: Some(RecordsPayload::Raw(bytes::Bytes::from(builder.build()))),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        frame(PRODUCE, 9, true, &encode(&req, 9))
+    };
+    let r: ProduceResponse = decode(handle(&b, produce(3), peer()).await, 9, true);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    // Leader again at epoch 2 (as after a failover), then more records.
+    b.commit(vec![MetaRecord::Partition {
+        topic: "t".into(),
+        partition: 0,
+        info: PartitionInfo {
+            replicas: vec![0],
+            isr: vec![0],
+            leader: 0,
+            leader_epoch: 2,
+            partition_epoch: 2,
+        },
+    }])
+    .await
+    .unwrap();
+    let ask = |epochs: &[(i32, i32, i32)], version: i16| {
+        let req = OffsetForLeaderEpochRequest {
+            replica_id: -1,
+            topics: vec![OffsetForLeaderTopic {
+                topic: "t".into(),
+                partitions: epochs
+                    .iter()
+                    .map(|(partition, current, epoch)| OffsetForLeaderPartition {
+                        partition: *partition,
+                        current_leader_epoch: *current,
+                        leader_epoch: *epoch,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        frame(
+            OFFSET_FOR_LEADER_EPOCH,
+            version,
+            version >= 4,
+            &encode(&req, version),
+        )
+    };
+    let answers = |r: OffsetForLeaderEpochResponse| -> Vec<(i16, i32, i64)> {
+        r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+            .collect()
+    };
+    let r = decode(
+        handle(&b, ask(&[(0, -1, 2), (0, 2, 0)], 4), peer()).await,
+        4,
+        true,
+    );
+    assert_eq!(answers(r), vec![(0, 2, 3), (0, 0, 3)]);
+    let r: ProduceResponse = decode(handle(&b, produce(2), peer()).await, 9, true);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    for version in [2, 3, 4] {
+        let r = decode(
+            handle(
+                &b,
+                ask(
+                    &[
+                        (0, 2, 0),
+                        (0, 2, 1),
+                        (0, 2, 2),
+                        (0, 2, 7),
+                        (0, 1, 2),
+                        (0, 3, 2),
+                        (9, -1, 0),
+                    ],
+                    version,
+                ),
+                peer(),
+            )
+            .await,
+            version,
+            version >= 4,
+        );
+        assert_eq!(
+            answers(r),
+            vec![
+                (0, 0, 3),
+                (0, 0, 3),
+                (0, 2, 5),
+                (0, -1, -1),
+                (74, -1, -1), // FENCED_LEADER_EPOCH
+                (76, -1, -1), // UNKNOWN_LEADER_EPOCH
+                (3, -1, -1),  // UNKNOWN_TOPIC_OR_PARTITION
+            ],
+            "v{version}"
+        );
+    }
+}

@@ -120,16 +120,28 @@ impl EpochCache {
         self.save(dir)
     }
 
-    /// Kafka's OffsetForLeaderEpoch answer: the largest epoch <= `epoch` and the offset where
-    /// the next epoch starts (or `log_end` for the latest), or `None` if `epoch` is older than
-    /// anything known.
-    pub fn end_offset_for(&self, epoch: i32, log_end: u64) -> Option<(i32, u64)> {
-        let i = self.entries.partition_point(|e| e.0 <= epoch);
-        if i == 0 {
-            return None;
+    /// Kafka's OffsetForLeaderEpoch answer (`LeaderEpochFileCache.endOffsetFor`): for the
+    /// latest epoch, the log end; for an older one, the largest epoch at or below it and
+    /// the offset where the next epoch starts; for one older than anything known (its
+    /// records were deleted), that epoch and where the first known epoch starts; `(-1, -1)`
+    /// (undefined) for a negative epoch, one newer than the latest, or an empty cache.
+    pub fn end_offset_for(&self, epoch: i32, log_end: u64) -> (i32, i64) {
+        const UNDEFINED: (i32, i64) = (-1, -1);
+        if epoch < 0 {
+            return UNDEFINED;
         }
-        let end = self.entries.get(i).map(|e| e.1).unwrap_or(log_end);
-        Some((self.entries[i - 1].0, end))
+        if self.latest_epoch() == Some(epoch) {
+            return (epoch, log_end as i64);
+        }
+        let i = self.entries.partition_point(|e| e.0 <= epoch);
+        match (
+            i.checked_sub(1).map(|f| self.entries[f]),
+            self.entries.get(i),
+        ) {
+            (_, None) => UNDEFINED,
+            (None, Some(higher)) => (epoch, higher.1 as i64),
+            (Some(floor), Some(higher)) => (floor.0, higher.1 as i64),
+        }
     }
 }
 
@@ -147,16 +159,22 @@ mod tests {
         c.assign(d, 2, 10).unwrap();
         c.assign(d, 5, 30).unwrap();
         assert_eq!(EpochCache::load(d), c);
-        assert_eq!(c.end_offset_for(0, 50), Some((0, 10)));
-        assert_eq!(c.end_offset_for(1, 50), Some((0, 10)));
-        assert_eq!(c.end_offset_for(3, 50), Some((2, 30)));
-        assert_eq!(c.end_offset_for(9, 50), Some((5, 50)));
-        assert_eq!(c.end_offset_for(-1, 50), None);
+        // An older epoch ends where the next one starts; one in a gap answers the epoch
+        // below it; the latest ends at the log end; newer or negative: undefined.
+        assert_eq!(c.end_offset_for(0, 50), (0, 10));
+        assert_eq!(c.end_offset_for(1, 50), (0, 10));
+        assert_eq!(c.end_offset_for(3, 50), (2, 30));
+        assert_eq!(c.end_offset_for(5, 50), (5, 50));
+        assert_eq!(c.end_offset_for(9, 50), (-1, -1));
+        assert_eq!(c.end_offset_for(-1, 50), (-1, -1));
+        assert_eq!(EpochCache::default().end_offset_for(0, 50), (-1, -1));
         c.truncate_from_end(d, 30).unwrap();
         assert_eq!(c.entries(), &[(0, 0), (2, 10)]);
         c.truncate_from_start(d, 15).unwrap();
         assert_eq!(c.entries(), &[(2, 15)]);
         assert_eq!(EpochCache::load(d), c);
+        // Epoch 0's records are gone: it is answered with where the first known epoch starts.
+        assert_eq!(c.end_offset_for(0, 50), (0, 15));
     }
 
     #[test]

@@ -213,6 +213,21 @@ impl Log {
         self.writer().epochs.clone()
     }
 
+    /// A new leader epoch starts at the log end (Kafka's `maybeAssignEpochStartOffset`, when
+    /// this replica becomes the leader): OffsetForLeaderEpoch then answers for it before
+    /// anything is written in it. Older or equal epochs change nothing.
+    pub fn assign_epoch_start(&self, epoch: i32) -> Result<()> {
+        let mut w = self.open_writer()?;
+        let end = self.log_end_offset();
+        w.epochs.assign(&self.shared.dir, epoch, end)
+    }
+
+    /// OffsetForLeaderEpoch for `epoch` against this log (see [`EpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let w = self.writer();
+        w.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.shared.writer.lock().unwrap()
     }

@@ -7,6 +7,7 @@ mod configs;
 mod coordinator;
 mod fetch;
 mod groups;
+mod leader_epoch;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -63,6 +64,7 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::PRODUCE => produce::handle(broker, &ctx, frame).await,
         protocol::FETCH => fetch::handle(broker, &ctx, frame).await,
         protocol::LIST_OFFSETS => list_offsets::handle(broker, &ctx, frame),
+        protocol::OFFSET_FOR_LEADER_EPOCH => leader_epoch::handle(broker, &ctx, frame),
         protocol::CREATE_TOPICS => admin::create_topics(broker, &ctx, frame).await,
         protocol::DELETE_TOPICS => admin::delete_topics(broker, &ctx, frame).await,
         protocol::CREATE_PARTITIONS => admin::create_partitions(broker, &ctx, frame).await,

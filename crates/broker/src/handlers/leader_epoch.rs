@@ -1,0 +1,71 @@
+//! OffsetForLeaderEpoch (KIP-101, KIP-320): where a leader epoch ended in the leader's log.
+//! A consumer asks it after a leader change to learn whether its position is still in the
+//! log (else the log was truncated under it); a follower will ask it to find where its log
+//! diverges from the new leader's.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use krabka_protocol::owned::offset_for_leader_epoch_request::OffsetForLeaderEpochRequest;
+use krabka_protocol::owned::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+
+use super::{HandlerResult, respond};
+use crate::broker::Broker;
+use crate::errors;
+use crate::protocol::{self, RequestContext};
+
+pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
+    let req: OffsetForLeaderEpochRequest = protocol::decode(&mut body, ctx.version)?;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut r = EpochEndOffset {
+                        partition: p.partition,
+                        error_code: errors::NONE,
+                        leader_epoch: -1,
+                        end_offset: -1,
+                        ..Default::default()
+                    };
+                    // Consumers and followers alike ask the leader.
+                    match broker.leader_partition(&t.topic, p.partition) {
+                        Err(code) => r.error_code = code,
+                        Ok(part) => {
+                            let epoch = part.leader_epoch();
+                            if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch {
+                                r.error_code = if p.current_leader_epoch < epoch {
+                                    errors::FENCED_LEADER_EPOCH
+                                } else {
+                                    errors::UNKNOWN_LEADER_EPOCH
+                                };
+                            } else {
+                                let (e, end) = part.log().end_offset_for_epoch(p.leader_epoch);
+                                r.leader_epoch = e;
+                                r.end_offset = end;
+                            }
+                        }
+                    }
+                    r
+                })
+                .collect();
+            OffsetForLeaderTopicResult {
+                topic: t.topic,
+                partitions,
+                ..Default::default()
+            }
+        })
+        .collect();
+    respond(
+        ctx,
+        &OffsetForLeaderEpochResponse {
+            topics,
+            ..Default::default()
+        },
+    )
+}
