@@ -78,6 +78,13 @@ impl EpochCache {
         write_atomically(dir, LEADER_EPOCHS, &s)
     }
 
+    /// A cache of these `(epoch, start offset)` entries, in memory (a copy to decide on, as
+    /// replication's state machines do).
+    pub fn from_entries(mut entries: Vec<(i32, u64)>) -> EpochCache {
+        entries.sort_unstable();
+        EpochCache { entries }
+    }
+
     pub fn entries(&self) -> &[(i32, u64)] {
         &self.entries
     }
