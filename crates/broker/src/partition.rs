@@ -11,6 +11,8 @@ use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
 use strom_storage::{LeaderAppend, Log, PartitionLog, ReadResult, StorageError};
 
+use strom_replication::leader::{LeaderConfig, LeaderState};
+
 use crate::purgatory::{Waiter, Watchers};
 use crate::topic_config::TopicConfig;
 
@@ -61,7 +63,12 @@ pub struct Partition {
     isr: RwLock<Vec<i32>>,
     high_watermark: AtomicU64,
     min_insync_replicas: AtomicI32,
-    /// Waiting fetches and acks=all produces, woken whenever the high watermark moves.
+    /// While this node leads: the followers' progress, from which the high watermark and
+    /// the ISR follow.
+    leader_state: std::sync::Mutex<Option<LeaderState>>,
+    node_id: i32,
+    /// Waiting fetches and acks=all produces, woken whenever the high watermark moves (and,
+    /// with followers, at every append: they read up to the log end).
     watchers: Watchers,
 }
 
@@ -88,6 +95,8 @@ impl Partition {
             // Alone in the ISR, everything in the log is committed.
             high_watermark: AtomicU64::new(log.log().log_end_offset()),
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
+            leader_state: std::sync::Mutex::new(None),
+            node_id,
             watchers: Watchers::default(),
             log,
         })
@@ -183,12 +192,50 @@ impl Partition {
         if let Err(e) = self.log().assign_epoch_start(info.leader_epoch) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot record the leader epoch's start");
         }
+        let config = LeaderConfig {
+            min_insync_replicas: self.min_insync_replicas.load(Ordering::Acquire).max(1) as usize,
+            ..LeaderConfig::default()
+        };
+        let state = LeaderState::new(
+            self.node_id,
+            info,
+            self.log().log_end_offset(),
+            self.high_watermark(),
+            strom_storage::clock::now_ms(),
+            config,
+        );
+        self.publish_high_watermark(state.high_watermark());
+        *self.leader_state.lock().unwrap() = Some(state);
         self.advance_high_watermark();
     }
 
     /// Another node leads the partition: this replica serves no produce or consumer fetch.
     pub fn make_follower(&self, info: &PartitionInfo) {
         self.set_role(info);
+        *self.leader_state.lock().unwrap() = None;
+    }
+
+    /// Follower `replica` fetches from `fetch_offset` (it has everything below): the leader
+    /// state learns its progress and the high watermark may move. Refused for a replica
+    /// that is not one of this partition's, or when this node does not lead it.
+    pub fn on_follower_fetch(&self, replica: i32, fetch_offset: u64) -> Result<(), i16> {
+        let mut state = self.leader_state.lock().unwrap();
+        let Some(state) = state.as_mut() else {
+            return Err(crate::errors::NOT_LEADER_OR_FOLLOWER);
+        };
+        let outcome = state.on_fetch(replica, fetch_offset, strom_storage::clock::now_ms())?;
+        if let Some(hw) = outcome.high_watermark {
+            self.publish_high_watermark(hw);
+        }
+        // An ISR expansion (`outcome.expand`) goes to the controller with AlterPartition,
+        // which replication's next step adds; until then the ISR is the metadata's.
+        Ok(())
+    }
+
+    fn publish_high_watermark(&self, hw: u64) {
+        if self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw {
+            self.watchers.notify();
+        }
     }
 
     fn set_role(&self, info: &PartitionInfo) {
@@ -302,15 +349,22 @@ impl Partition {
         }
     }
 
-    /// The high watermark is the smallest log end offset in the ISR; alone, our own.
+    /// The high watermark is the smallest log end offset in the ISR (the leader state's
+    /// rule); alone, our own log end.
     fn advance_high_watermark(&self) {
-        if self.isr.read().unwrap().len() > 1 {
-            // With followers in the ISR, their fetches move it (replication, to come).
-            return;
-        }
         let leo = self.log().log_end_offset();
-        if self.high_watermark.fetch_max(leo, Ordering::AcqRel) < leo {
-            self.watchers.notify();
+        let moved = match self.leader_state.lock().unwrap().as_mut() {
+            Some(state) => state.on_append(leo, strom_storage::clock::now_ms()),
+            None if self.isr.read().unwrap().len() <= 1 => Some(leo),
+            None => None,
+        };
+        match moved {
+            Some(hw) => self.publish_high_watermark(hw),
+            // Followers read up to the log end: they are woken by every append.
+            None if self.replicas().len() > 1 => {
+                self.watchers.notify();
+            }
+            None => {}
         }
     }
 

@@ -84,9 +84,37 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             p.watch(&waiter);
         }
     }
+    // A follower (replica id >= 0; from v15 in the replica state) reads up to the log end,
+    // and its fetch offsets tell the leader how far it has the log.
+    let replica = if ctx.version >= 15 {
+        req.replica_state.replica_id
+    } else {
+        req.replica_id
+    };
+    let follower = (replica >= 0).then_some(replica);
+    let mut refused = std::collections::HashMap::new();
+    if let Some(id) = follower {
+        for (t, ps) in &topics {
+            for (fp, p) in t.partitions.iter().zip(ps) {
+                if let Ok(p) = p
+                    && fp.fetch_offset >= 0
+                    && let Err(code) = p.on_follower_fetch(id, fp.fetch_offset as u64)
+                {
+                    refused.insert((p.topic.clone(), p.index), code);
+                }
+            }
+        }
+    }
     loop {
         let read_committed = ctx.version >= 4 && req.isolation_level == READ_COMMITTED;
-        let (responses, bytes) = read_all(&topics, max_bytes, ctx.version, read_committed);
+        let (responses, bytes) = read_all(
+            &topics,
+            max_bytes,
+            ctx.version,
+            read_committed,
+            follower.is_some(),
+            &refused,
+        );
         let has_error = responses
             .iter()
             .flat_map(|t| &t.partitions)
@@ -118,6 +146,8 @@ fn read_all(
     max_bytes: usize,
     version: i16,
     read_committed: bool,
+    follower: bool,
+    refused: &std::collections::HashMap<(String, i32), i16>,
 ) -> (Vec<FetchableTopicResponse>, usize) {
     let mut total = 0usize;
     let mut responses = Vec::with_capacity(topics.len());
@@ -144,6 +174,11 @@ fn read_all(
                     continue;
                 }
             };
+            if let Some(code) = refused.get(&(p.topic.clone(), p.index)) {
+                data.error_code = *code;
+                partitions.push(data);
+                continue;
+            }
             // Read once: the records returned stop where the response says they do.
             let hw = p.high_watermark();
             let lso = p.last_stable_offset().min(hw);
@@ -188,6 +223,13 @@ fn read_all(
                         );
                         r
                     })
+            } else if follower {
+                // A follower copies the log as it is, committed or not.
+                p.read_below(
+                    fp.fetch_offset as u64,
+                    limit.max(1),
+                    p.log().log_end_offset(),
+                )
             } else {
                 p.read_below(fp.fetch_offset as u64, limit.max(1), hw)
             };
