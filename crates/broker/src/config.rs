@@ -44,6 +44,8 @@ pub struct BrokerConfig {
     /// (Kafka's default 3): wanted for the internal topics, which have one replica until
     /// partitions are replicated.
     pub internal_replication_factor: (i16, i16),
+    /// replica.lag.time.max.ms: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
@@ -78,6 +80,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             internal_replication_factor: (3, 3),
+            replica_lag_time_max_ms: 30_000,
             auto_create_topics_enable: true,
             message_max_bytes: 1024 * 1024 + 12,
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -192,6 +195,12 @@ impl BrokerConfig {
                         c.internal_replication_factor.0 = rf;
                     } else {
                         c.internal_replication_factor.1 = rf;
+                    }
+                }
+                "replica.lag.time.max.ms" => {
+                    c.replica_lag_time_max_ms = int(k, v)?;
+                    if c.replica_lag_time_max_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
                 "auto.create.topics.enable" => c.auto_create_topics_enable = boolean(k, v)?,

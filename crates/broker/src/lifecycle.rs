@@ -170,6 +170,57 @@ impl Broker {
         }
     }
 
+    /// Sends the ISR changes of the partitions led here to the controller (AlterPartition),
+    /// checking for laggards several times per `replica.lag.time.max.ms`, until `stop`
+    /// fires. A committed change reaches the partitions through the metadata.
+    pub async fn run_isr_changes(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        if !self.has_controller() {
+            return;
+        }
+        let every = Duration::from_millis(
+            (self.config.replica_lag_time_max_ms as u64 / 4).clamp(10, 1_000),
+        );
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let now = strom_storage::clock::now_ms();
+            for p in self.replicas.all() {
+                let Some((change, leader_epoch)) = p.isr_change(now) else {
+                    continue;
+                };
+                let req = BrokerRequest::AlterPartition {
+                    id: self.config.node_id,
+                    epoch: self.broker_epoch.load(Ordering::SeqCst),
+                    topic: p.topic.clone(),
+                    partition: p.index,
+                    leader_epoch,
+                    partition_epoch: change.partition_epoch,
+                    isr: change.isr.clone(),
+                };
+                match self.ask_controller(req).await {
+                    Ok(BrokerAnswer::PartitionChanged {
+                        isr,
+                        partition_epoch,
+                    }) => {
+                        tracing::info!(topic = %p.topic, partition = p.index, ?isr, partition_epoch, "ISR changed");
+                    }
+                    Ok(other) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, answer = ?other, "ISR change refused");
+                        p.isr_change_refused();
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change not delivered");
+                        p.isr_change_refused();
+                    }
+                }
+            }
+        }
+    }
+
     /// Controlled shutdown: the controller fences this broker and moves the leadership of
     /// its partitions to other replicas before it stops, so clients move on at once instead
     /// of after a session timeout. Gives up after `timeout` (the controller may be gone).

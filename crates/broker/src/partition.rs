@@ -11,7 +11,7 @@ use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
 use strom_storage::{LeaderAppend, Log, PartitionLog, ReadResult, StorageError};
 
-use strom_replication::leader::{LeaderConfig, LeaderState};
+use strom_replication::leader::{IsrChange, LeaderConfig, LeaderState};
 
 use crate::purgatory::{Waiter, Watchers};
 use crate::topic_config::TopicConfig;
@@ -66,6 +66,9 @@ pub struct Partition {
     /// While this node leads: the followers' progress, from which the high watermark and
     /// the ISR follow.
     leader_state: std::sync::Mutex<Option<LeaderState>>,
+    /// An ISR expansion a follower's fetch called for, to send to the controller.
+    expansion: std::sync::Mutex<Option<IsrChange>>,
+    replica_lag_time_max_ms: std::sync::atomic::AtomicI64,
     node_id: i32,
     /// Waiting fetches and acks=all produces, woken whenever the high watermark moves (and,
     /// with followers, at every append: they read up to the log end).
@@ -96,6 +99,10 @@ impl Partition {
             high_watermark: AtomicU64::new(log.log().log_end_offset()),
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
             leader_state: std::sync::Mutex::new(None),
+            expansion: std::sync::Mutex::new(None),
+            replica_lag_time_max_ms: std::sync::atomic::AtomicI64::new(
+                config.replica_lag_time_max_ms,
+            ),
             node_id,
             watchers: Watchers::default(),
             log,
@@ -192,16 +199,32 @@ impl Partition {
         if let Err(e) = self.log().assign_epoch_start(info.leader_epoch) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot record the leader epoch's start");
         }
+        let now = strom_storage::clock::now_ms();
+        {
+            // The same leadership, a new ISR or replica set (an AlterPartition committed):
+            // the followers' progress stays.
+            let mut state = self.leader_state.lock().unwrap();
+            if let Some(s) = state.as_mut()
+                && s.leader_epoch() == info.leader_epoch
+            {
+                let moved = s.on_partition_change(info, now);
+                drop(state);
+                if let Some(hw) = moved {
+                    self.publish_high_watermark(hw);
+                }
+                return;
+            }
+        }
         let config = LeaderConfig {
             min_insync_replicas: self.min_insync_replicas.load(Ordering::Acquire).max(1) as usize,
-            ..LeaderConfig::default()
+            replica_lag_time_max_ms: self.replica_lag_time_max_ms.load(Ordering::Acquire),
         };
         let state = LeaderState::new(
             self.node_id,
             info,
             self.log().log_end_offset(),
             self.high_watermark(),
-            strom_storage::clock::now_ms(),
+            now,
             config,
         );
         self.publish_high_watermark(state.high_watermark());
@@ -227,9 +250,32 @@ impl Partition {
         if let Some(hw) = outcome.high_watermark {
             self.publish_high_watermark(hw);
         }
-        // An ISR expansion (`outcome.expand`) goes to the controller with AlterPartition,
-        // which replication's next step adds; until then the ISR is the metadata's.
+        if let Some(change) = outcome.expand {
+            *self.expansion.lock().unwrap() = Some(change);
+        }
         Ok(())
+    }
+
+    /// An ISR change to ask the controller for now, with the leader epoch it is made in:
+    /// a follower that caught up joins; one that lagged past replica.lag.time.max.ms leaves.
+    pub fn isr_change(&self, now: i64) -> Option<(IsrChange, i32)> {
+        let mut state = self.leader_state.lock().unwrap();
+        let state = state.as_mut()?;
+        let change = self
+            .expansion
+            .lock()
+            .unwrap()
+            .take()
+            .or_else(|| state.tick(now))?;
+        Some((change, state.leader_epoch()))
+    }
+
+    /// The controller refused the change (made on a stale view): the next one is made on
+    /// the metadata it will publish.
+    pub fn isr_change_refused(&self) {
+        if let Some(s) = self.leader_state.lock().unwrap().as_mut() {
+            s.on_proposal_refused();
+        }
     }
 
     fn publish_high_watermark(&self, hw: u64) {
@@ -292,6 +338,8 @@ impl Partition {
 
     pub fn set_config(&self, config: &TopicConfig) {
         self.log().set_config(config.log);
+        self.replica_lag_time_max_ms
+            .store(config.replica_lag_time_max_ms, Ordering::Release);
         self.min_insync_replicas
             .store(config.min_insync_replicas, Ordering::Release);
     }

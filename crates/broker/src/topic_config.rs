@@ -27,6 +27,8 @@ pub enum Source {
 pub struct TopicConfig {
     pub log: LogConfig,
     pub min_insync_replicas: i32,
+    /// The broker's replica.lag.time.max.ms (not a topic key).
+    pub replica_lag_time_max_ms: i64,
     /// The topic's own overrides, as given (validated).
     pub overrides: BTreeMap<String, String>,
 }
@@ -65,6 +67,7 @@ impl TopicConfig {
         let mut c = TopicConfig {
             log: broker.log,
             min_insync_replicas: broker.min_insync_replicas,
+            replica_lag_time_max_ms: broker.replica_lag_time_max_ms,
             overrides: BTreeMap::new(),
         };
         for (k, v) in &overrides {

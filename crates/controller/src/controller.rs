@@ -67,6 +67,20 @@ pub struct HeartbeatOutcome {
     /// committed.
     pub shutdown_ready: bool,
 }
+/// An AlterPartition request: partition `topic`-`partition`'s leader `broker` (registered
+/// with `broker_epoch`) asks for the ISR `isr`, from its view at `leader_epoch` and
+/// `partition_epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterPartition {
+    pub broker: i32,
+    pub broker_epoch: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
 /// A topic as CreateTopics asks for it, after request validation.
 #[derive(Debug, Clone)]
 pub struct TopicRequest {
@@ -548,6 +562,91 @@ impl Controller {
         Ok(vec![Record::RemoveTopic {
             name: topic.to_string(),
         }])
+    }
+
+    /// AlterPartition (Kafka's, from a partition's leader): the ISR becomes `isr`, if the
+    /// request comes from the leader's current registration and leadership, and from the
+    /// partition's current state (`partition_epoch`: a change made on a stale view is
+    /// refused with INVALID_UPDATE_VERSION). The ISR keeps the leader, holds only replicas,
+    /// and takes in no fenced broker (INELIGIBLE_REPLICA). The partition's new state, and
+    /// the record that makes it.
+    pub fn alter_partition(
+        &self,
+        a: &AlterPartition,
+    ) -> Result<(PartitionInfo, Vec<Record>), Refusal> {
+        match self.sessions.get(&a.broker) {
+            Some(s) if s.epoch == a.broker_epoch => {}
+            _ => {
+                return Err(refuse(
+                    errors::STALE_BROKER_EPOCH,
+                    format!(
+                        "broker {} asks with epoch {}, not its registration's",
+                        a.broker, a.broker_epoch
+                    ),
+                ));
+            }
+        }
+        let Some(info) = self.image.partition(&a.topic, a.partition) else {
+            return Err(refuse(
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown partition {}-{}", a.topic, a.partition),
+            ));
+        };
+        if info.leader != a.broker {
+            return Err(refuse(
+                errors::NOT_LEADER_OR_FOLLOWER,
+                format!(
+                    "broker {} does not lead {}-{} (broker {} does)",
+                    a.broker, a.topic, a.partition, info.leader
+                ),
+            ));
+        }
+        if info.leader_epoch != a.leader_epoch {
+            return Err(refuse(
+                errors::FENCED_LEADER_EPOCH,
+                format!(
+                    "leader epoch {} is not the partition's {}",
+                    a.leader_epoch, info.leader_epoch
+                ),
+            ));
+        }
+        if info.partition_epoch != a.partition_epoch {
+            return Err(refuse(
+                errors::INVALID_UPDATE_VERSION,
+                format!(
+                    "partition epoch {} is not the partition's {}: the change was made on a stale view",
+                    a.partition_epoch, info.partition_epoch
+                ),
+            ));
+        }
+        if !a.isr.contains(&a.broker) || a.isr.iter().any(|r| !info.replicas.contains(r)) {
+            return Err(refuse(
+                errors::INVALID_REQUEST,
+                format!(
+                    "ISR {:?} must hold the leader and replicas of {:?} only",
+                    a.isr, info.replicas
+                ),
+            ));
+        }
+        if let Some(r) = a
+            .isr
+            .iter()
+            .find(|r| !info.isr.contains(r) && !self.live(**r))
+        {
+            return Err(refuse(
+                errors::INELIGIBLE_REPLICA,
+                format!("broker {r} is fenced: it cannot join the ISR"),
+            ));
+        }
+        let mut next = info.clone();
+        next.isr = a.isr.clone();
+        next.partition_epoch += 1;
+        let record = Record::Partition {
+            topic: a.topic.clone(),
+            partition: a.partition,
+            info: next.clone(),
+        };
+        Ok((next, vec![record]))
     }
 
     /// AllocateProducerIds: the next block for `broker` (registered with `epoch`), starting

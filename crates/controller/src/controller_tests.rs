@@ -381,3 +381,86 @@ fn silence_the_controller_did_not_witness_fences_nobody() {
         "silence after the pause still counts"
     );
 }
+
+#[test]
+fn alter_partition_takes_the_leaders_current_view_only() {
+    let (mut c, epochs) = cluster(3, &[]);
+    create(&mut c, topic("t", 1, 3));
+    let p = c.image().topics["t"].partitions[0].clone();
+    let leader = p.leader;
+    let follower = *p.replicas.iter().find(|r| **r != leader).unwrap();
+    let ask = |isr: Vec<i32>, partition_epoch: i32| AlterPartition {
+        broker: leader,
+        broker_epoch: epochs[leader as usize - 1],
+        topic: "t".into(),
+        partition: 0,
+        leader_epoch: p.leader_epoch,
+        partition_epoch,
+        isr,
+    };
+    // Shrink: the follower leaves; the partition epoch moves on.
+    let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != follower).collect();
+    let (next, records) = c
+        .alter_partition(&ask(shrunk.clone(), p.partition_epoch))
+        .unwrap();
+    assert_eq!(next.isr, shrunk);
+    assert_eq!(next.partition_epoch, p.partition_epoch + 1);
+    c.replay(&records);
+    // The same change again, from the old view: refused.
+    assert_eq!(
+        c.alter_partition(&ask(shrunk, p.partition_epoch))
+            .unwrap_err()
+            .code,
+        errors::INVALID_UPDATE_VERSION
+    );
+    // Not the leader, an old leader epoch, a stale broker epoch, a leaderless ISR, a
+    // stranger: refused with Kafka's codes.
+    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    a.broker = follower;
+    a.broker_epoch = epochs[follower as usize - 1];
+    assert_eq!(
+        c.alter_partition(&a).unwrap_err().code,
+        errors::NOT_LEADER_OR_FOLLOWER
+    );
+    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    a.leader_epoch -= 1;
+    assert_eq!(
+        c.alter_partition(&a).unwrap_err().code,
+        errors::FENCED_LEADER_EPOCH
+    );
+    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    a.broker_epoch += 100;
+    assert_eq!(
+        c.alter_partition(&a).unwrap_err().code,
+        errors::STALE_BROKER_EPOCH
+    );
+    assert_eq!(
+        c.alter_partition(&ask(vec![follower], next.partition_epoch))
+            .unwrap_err()
+            .code,
+        errors::INVALID_REQUEST
+    );
+    assert_eq!(
+        c.alter_partition(&ask(vec![leader, 9], next.partition_epoch))
+            .unwrap_err()
+            .code,
+        errors::INVALID_REQUEST
+    );
+    // A fenced follower cannot come back in; once unfenced it can.
+    let r = c.fence(follower);
+    c.replay(&r);
+    let epoch_now = c.image().topics["t"].partitions[0].partition_epoch;
+    assert_eq!(
+        c.alter_partition(&ask(p.isr.clone(), epoch_now))
+            .unwrap_err()
+            .code,
+        errors::INELIGIBLE_REPLICA
+    );
+    let out = c
+        .heartbeat(follower, epochs[follower as usize - 1], false, 1)
+        .unwrap();
+    c.replay(&out.records);
+    let epoch_now = c.image().topics["t"].partitions[0].partition_epoch;
+    let (grown, _) = c.alter_partition(&ask(p.isr.clone(), epoch_now)).unwrap();
+    assert_eq!(grown.isr.len(), 3);
+}

@@ -7,4 +7,6 @@ pub mod controller;
 pub mod placement;
 pub mod quorum;
 
-pub use controller::{Controller, ControllerConfig, Refusal, Registration, TopicRequest};
+pub use controller::{
+    AlterPartition, Controller, ControllerConfig, Refusal, Registration, TopicRequest,
+};

@@ -123,6 +123,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let group_timers = tokio::spawn(broker.clone().run_group_timers(stopped.clone()));
     let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
     let heartbeats = tokio::spawn(broker.clone().run_heartbeats(stopped.clone()));
+    let isr_changes = tokio::spawn(broker.clone().run_isr_changes(stopped.clone()));
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -143,6 +144,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let _ = group_timers.await;
     let _ = txn_timers.await;
     let _ = heartbeats.await;
+    let _ = isr_changes.await;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || b.shutdown()).await?;
     broker.close_metadata_log().await;

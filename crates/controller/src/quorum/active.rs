@@ -31,6 +31,16 @@ pub enum BrokerRequest {
         epoch: i64,
         want_shutdown: bool,
     },
+    /// Kafka's AlterPartition: a partition's leader asks for a new ISR.
+    AlterPartition {
+        id: i32,
+        epoch: i64,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
     /// Kafka's AllocateProducerIds: a block of ids no other broker is given.
     AllocateProducerIds {
         id: i32,
@@ -52,6 +62,11 @@ pub enum BrokerAnswer {
     ProducerIds {
         start: i64,
         len: i64,
+    },
+    /// The partition's state once an AlterPartition is committed.
+    PartitionChanged {
+        isr: Vec<i32>,
+        partition_epoch: i32,
     },
     /// A Kafka error code and why.
     Refused {
@@ -235,6 +250,32 @@ impl ActiveController {
                         shutdown_ready: o.shutdown_ready,
                     };
                     (o.records, answer)
+                }),
+            BrokerRequest::AlterPartition {
+                id,
+                epoch,
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => inner
+                .controller
+                .alter_partition(&crate::AlterPartition {
+                    broker: id,
+                    broker_epoch: epoch,
+                    topic,
+                    partition,
+                    leader_epoch,
+                    partition_epoch,
+                    isr,
+                })
+                .map(|(info, records)| {
+                    let answer = BrokerAnswer::PartitionChanged {
+                        isr: info.isr,
+                        partition_epoch: info.partition_epoch,
+                    };
+                    (records, answer)
                 }),
             BrokerRequest::AllocateProducerIds {
                 id,
