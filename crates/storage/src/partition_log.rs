@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::batch::{self, BatchHeader};
+use crate::log::AppendInfo;
 use crate::producer_state::{BatchMeta, Check, ProducerInfo, ProducerStates, SequenceError};
 use crate::txn_index::{self, AbortedTxn};
 use crate::{Log, LogConfig, StorageError};
@@ -309,6 +310,27 @@ impl PartitionLog {
         self.track(&mut states, &h, &marker)?;
         self.maybe_snapshot(&states);
         Ok(info.base_offset)
+    }
+
+    /// A follower's append of the leader's batches (see [`Log::append_replicated`]): the
+    /// producer state and the aborted-transaction index follow them as they follow the
+    /// leader's own appends, so that a follower that becomes leader dedupes retries and
+    /// answers read_committed as the old leader would have.
+    pub fn append_replicated(&self, records: &[u8]) -> Result<AppendInfo, StorageError> {
+        let mut states = self.states();
+        let info = self.log.append_replicated(records)?;
+        let mut failed = None;
+        let mut pos = 0;
+        while pos < records.len() {
+            let (h, size) = batch::check_framing(&records[pos..])?;
+            if let Err(e) = self.track(&mut states, &h, &records[pos..pos + size]) {
+                failed = Some(e);
+                break;
+            }
+            pos += size;
+        }
+        self.maybe_snapshot(&states);
+        failed.map_or(Ok(info), Err)
     }
 
     /// Removes every record at `offset` and after (a follower's divergent tail), and

@@ -119,3 +119,80 @@ fn truncation_takes_the_producer_state_back_with_the_records() {
     assert_eq!(described, vec![(1, 5)]);
     assert_eq!(log.first_unstable_offset(), None);
 }
+
+/// A follower's copy: the leader's batches, read from its log in chunks, appended as they
+/// are. The follower ends with the same bytes, offsets and epochs, the same producers (a
+/// retry is a duplicate there too, so a failover loses no dedup), the same open and aborted
+/// transactions; a batch before its log end or with a bad CRC is refused.
+#[test]
+fn a_follower_copies_the_leaders_log_with_its_producer_state() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = PartitionLog::open(ld.path(), small_segments(300)).unwrap();
+    for seq in [0, 2] {
+        written(leader.append_as_leader(&mut producer_batch(1, seq, 2, false), 3, None));
+    }
+    assert_eq!(begin(&leader, 2, 0), (4, 5));
+    assert_eq!(leader.write_marker(2, 0, false, 0, 3, 1).unwrap(), 6);
+    // A new leader epoch, and a transaction left open.
+    written(leader.append_as_leader(&mut producer_batch(1, 4, 2, false), 5, None));
+    assert_eq!(begin(&leader, 2, 2), (9, 10));
+
+    let follower = PartitionLog::open(fd.path(), small_segments(300)).unwrap();
+    let end = leader.log().log_end_offset();
+    while follower.log().log_end_offset() < end {
+        let at = follower.log().log_end_offset();
+        let r = leader.log().read(at, 150, None).unwrap();
+        let bytes = r.region.unwrap().read_all().unwrap();
+        follower.append_replicated(&bytes).unwrap();
+    }
+    let all = |log: &PartitionLog| {
+        let r = log.log().read(0, 1 << 20, None).unwrap();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < log.log().log_end_offset() {
+            let r = log.log().read(at, 1 << 20, None).unwrap();
+            let region = r.region.unwrap();
+            at = region.next_offset;
+            out.extend(region.read_all().unwrap());
+        }
+        drop(r);
+        out
+    };
+    assert_eq!(all(&follower), all(&leader), "byte for byte");
+    assert_eq!(
+        follower.log().epoch_cache().entries(),
+        leader.log().epoch_cache().entries()
+    );
+    assert_eq!(follower.log().epoch_cache().entries(), &[(3, 0), (5, 7)]);
+    let producers = |log: &PartitionLog| -> Vec<(i64, i32)> {
+        log.producers()
+            .iter()
+            .map(|p| (p.producer_id, p.last_sequence))
+            .collect()
+    };
+    assert_eq!(producers(&follower), producers(&leader));
+    assert_eq!(follower.first_unstable_offset(), Some(9));
+    let aborted = follower.log().aborted_txns(0, end).unwrap();
+    assert_eq!(
+        aborted
+            .iter()
+            .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+            .collect::<Vec<_>>(),
+        vec![(2, 4, 6)]
+    );
+    // Promoted, the follower answers a producer's retry as the leader would have.
+    let r = follower.append_as_leader(&mut producer_batch(1, 4, 2, false), 6, None);
+    assert!(matches!(r, Ok(LeaderAppend::Duplicate(m)) if m.first_offset == 7));
+
+    // Refused: a batch before the log end; a damaged one.
+    let first = leader.log().read(0, 1, None).unwrap().region.unwrap();
+    let bytes = first.read_all().unwrap();
+    assert!(follower.append_replicated(&bytes).is_err());
+    let (d2, _) = (tempfile::tempdir().unwrap(), ());
+    let fresh = PartitionLog::open(d2.path(), small_segments(300)).unwrap();
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    assert!(fresh.append_replicated(&damaged).is_err());
+    assert_eq!(fresh.log().log_end_offset(), 0);
+}
