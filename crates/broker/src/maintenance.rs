@@ -42,6 +42,9 @@ impl Broker {
             if let Err(e) = p.log().checkpoint() {
                 tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "checkpoint failed");
             }
+            if let Err(e) = p.log().checkpoint_high_watermark(p.high_watermark()) {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "high watermark checkpoint failed");
+            }
         }
     }
 

@@ -95,8 +95,14 @@ impl Partition {
             }),
             leader_epoch: AtomicI32::new(epoch),
             isr: RwLock::new(vec![node_id]),
-            // Alone in the ISR, everything in the log is committed.
-            high_watermark: AtomicU64::new(log.log().log_end_offset()),
+            // What the checkpoint says was committed; a log from before the checkpoint
+            // existed had only this replica: all of it. Becoming leader alone moves it to
+            // the log end anyway.
+            high_watermark: AtomicU64::new(
+                log.log()
+                    .checkpointed_high_watermark()
+                    .unwrap_or(log.log().log_end_offset()),
+            ),
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
             leader_state: std::sync::Mutex::new(None),
             expansion: std::sync::Mutex::new(None),
@@ -116,6 +122,8 @@ impl Partition {
 
     /// Clean shutdown: a last producer-state snapshot, then the log's own close.
     pub fn close(&self) -> Result<(), StorageError> {
+        self.log()
+            .checkpoint_high_watermark(self.high_watermark())?;
         self.log.close()
     }
 

@@ -225,3 +225,42 @@ fn a_storage_failure_is_logged_with_partition_path_and_os_error() {
     );
     assert!(logged.contains("No such file"), "{logged}");
 }
+
+/// The high watermark survives a restart as it was, not as the log end: with a follower
+/// that never fetched, records above it were never committed and stay hidden after the
+/// restart; alone, the leader's log end is committed.
+#[test]
+fn the_high_watermark_is_checkpointed_not_guessed_at_restart() {
+    use strom_metadata::image::PartitionInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), &[]);
+    let info = |replicas: Vec<i32>| PartitionInfo {
+        isr: replicas.clone(),
+        replicas,
+        leader: 0,
+        leader_epoch: 1,
+        partition_epoch: 1,
+    };
+    p.make_leader(&info(vec![0]));
+    p.append(&mut records(-1, -1, 2, false), 1).unwrap();
+    assert_eq!(p.high_watermark(), 2);
+    // A follower joins the replicas and the ISR; it never fetches.
+    p.make_leader(&PartitionInfo {
+        leader_epoch: 2,
+        ..info(vec![0, 7])
+    });
+    p.append(&mut records(-1, -1, 3, false), 1).unwrap();
+    assert_eq!(p.high_watermark(), 2, "the follower has nothing of them");
+    p.close().unwrap();
+    drop(p);
+
+    let p = open(dir.path(), &[]);
+    assert_eq!(p.log().log_end_offset(), 5);
+    assert_eq!(p.high_watermark(), 2);
+    // Leading alone again, everything is committed.
+    p.make_leader(&PartitionInfo {
+        leader_epoch: 3,
+        ..info(vec![0])
+    });
+    assert_eq!(p.high_watermark(), 5);
+}

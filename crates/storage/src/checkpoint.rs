@@ -8,6 +8,9 @@ use std::path::Path;
 use crate::error::{IoContext, Result};
 
 pub(crate) const RECOVERY_POINT: &str = "recovery-point-checkpoint";
+/// The replica's high watermark, as the broker last saw it (Kafka's
+/// replication-offset-checkpoint, one per partition here).
+pub(crate) const HIGH_WATERMARK: &str = "high-watermark-checkpoint";
 pub(crate) const LOG_START_OFFSET: &str = "log-start-offset-checkpoint";
 pub(crate) const LEADER_EPOCHS: &str = "leader-epoch-checkpoint";
 pub(crate) const CLEAN_SHUTDOWN: &str = ".clean-shutdown";

@@ -647,6 +647,25 @@ impl Log {
         Ok(())
     }
 
+    /// Records the replica's high watermark (the broker calls this with the recovery point
+    /// checkpoint, and before closing): after a restart, what is above it is not known to
+    /// be committed. Nothing once the log is closed.
+    pub fn checkpoint_high_watermark(&self, high_watermark: u64) -> Result<()> {
+        let w = self.writer();
+        if w.closed {
+            return Ok(());
+        }
+        let hw = high_watermark.min(self.log_end_offset());
+        checkpoint::write_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK, hw)
+    }
+
+    /// The high watermark last checkpointed, capped by the log end (recovery may have
+    /// truncated below it); `None` when none was ever written.
+    pub fn checkpointed_high_watermark(&self) -> Option<u64> {
+        checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK)
+            .map(|hw| hw.min(self.log_end_offset()))
+    }
+
     /// Writes the recovery point checkpoint (the broker calls this periodically). Nothing
     /// once the log is closed: closing wrote the last one, and a deleted log's directory
     /// may already be gone. The writer's lock orders this with close and delete.
