@@ -89,6 +89,12 @@ pub enum TopicsCmd {
         topic: Option<String>,
         #[arg(long)]
         include_internal: bool,
+        /// Only partitions whose ISR is smaller than their replica set.
+        #[arg(long)]
+        under_replicated_partitions: bool,
+        /// Only partitions without a leader (their replicas' brokers are fenced or gone).
+        #[arg(long)]
+        unavailable_partitions: bool,
         #[arg(long)]
         json: bool,
     },
@@ -215,16 +221,43 @@ pub async fn topics(cmd: TopicsCmd) -> anyhow::Result<()> {
             conn,
             topic,
             include_internal,
+            under_replicated_partitions,
+            unavailable_partitions,
             json,
-        } => describe_topics(conn, topic, include_internal, json).await?,
+        } => {
+            let only = PartitionFilter {
+                under_replicated: under_replicated_partitions,
+                unavailable: unavailable_partitions,
+            };
+            describe_topics(conn, topic, include_internal, only, json).await?
+        }
     }
     Ok(())
+}
+
+/// Which partitions `topics describe` shows: all, or those Kafka's flags of the same names
+/// select (either one matching is enough).
+#[derive(Clone, Copy)]
+struct PartitionFilter {
+    under_replicated: bool,
+    unavailable: bool,
+}
+
+impl PartitionFilter {
+    fn shows(&self, p: &strom_client::PartitionMeta) -> bool {
+        if !self.under_replicated && !self.unavailable {
+            return true;
+        }
+        (self.under_replicated && p.isr.len() < p.replicas.len())
+            || (self.unavailable && p.leader < 0)
+    }
 }
 
 async fn describe_topics(
     conn: Conn,
     topic: Option<String>,
     include_internal: bool,
+    only: PartitionFilter,
     json: bool,
 ) -> anyhow::Result<()> {
     let client = conn.client().await?;
@@ -242,6 +275,8 @@ async fn describe_topics(
         .topics
         .iter()
         .filter(|t| topic.is_some() || include_internal || !t.internal)
+        // With a filter, a topic none of whose partitions it selects is left out.
+        .filter(|t| t.error != 0 || t.partitions.iter().any(|p| only.shows(p)))
     {
         if t.error != 0 {
             bail!(
@@ -285,7 +320,7 @@ async fn describe_topics(
             "SIZE",
         ]);
         let mut parts = Vec::new();
-        for p in &t.partitions {
+        for p in t.partitions.iter().filter(|p| only.shows(p)) {
             let size = sizes.get(&(t.name.clone(), p.index)).copied();
             let (start, end) = (
                 starts.get(&p.index).copied().unwrap_or(-1),

@@ -180,6 +180,44 @@ fn a_paused_broker_is_fenced_and_unfenced_when_it_resumes() {
         },
     );
     assert!(!offline.contains(&victim));
+    // `--unavailable-partitions` lists exactly those, as kafka-topics.sh does.
+    let listed = ok(
+        &[
+            "topics",
+            "describe",
+            "--unavailable-partitions",
+            "--json",
+            "--bootstrap-server",
+            &bootstrap(o),
+        ],
+        "",
+    );
+    let described: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let unavailable: Vec<(String, i64)> = described
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            t["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        t["name"].as_str().unwrap().to_string(),
+                        p["partition"].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = before
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l == victim)
+        .map(|(i, _)| ("t".to_string(), i as i64))
+        .collect();
+    assert_eq!(unavailable, expected, "{listed}");
     // New partitions go to the live brokers only.
     create(o, "fresh", 6);
     let placed = wait_for("fresh is placed", Duration::from_secs(30), || {
