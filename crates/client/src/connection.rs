@@ -211,6 +211,30 @@ impl Connection {
         Ok((R::Response::decode(&mut body, v)?, v))
     }
 
+    /// Sends `req` at the negotiated version (at most `cap`) and returns the answer's body
+    /// undecoded (after the response header), with the version: for a caller that reads
+    /// it itself, as a follower reads a Fetch response's records verbatim
+    /// ([`crate::fetch_records`]).
+    pub async fn send_raw<R: ProtocolRequest>(
+        &self,
+        req: &R,
+        cap: i16,
+        api: &'static str,
+    ) -> Result<(Bytes, i16)> {
+        let v = self.version_for::<R>(cap, api)?;
+        let flexible = v >= R::FLEXIBLE_MIN;
+        let body = self
+            .roundtrip(
+                R::API_KEY,
+                v,
+                if flexible { 2 } else { 1 },
+                if flexible { 1 } else { 0 },
+                req,
+            )
+            .await?;
+        Ok((body, v))
+    }
+
     /// Queues `req` on the connection now (requests leave in the order they are queued) and
     /// returns the wait for its answer.
     pub async fn enqueue<R: ProtocolRequest>(

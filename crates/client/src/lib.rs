@@ -7,6 +7,7 @@ pub mod assignor;
 pub mod connection;
 pub mod consumer;
 mod error;
+pub mod fetch_records;
 pub mod group;
 mod metadata;
 pub mod partitioner;
