@@ -79,6 +79,8 @@ pub struct Broker {
     pub(crate) broker_epoch: std::sync::atomic::AtomicI64,
     /// Connections to the other brokers.
     pub(crate) peers: crate::peers::Peers,
+    /// The replica fetchers of the partitions followed here.
+    pub(crate) fetchers: crate::fetcher::Fetchers,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
 }
@@ -221,6 +223,7 @@ impl Broker {
             incarnation: random_id(),
             broker_epoch: std::sync::atomic::AtomicI64::new(crate::lifecycle::UNREGISTERED),
             peers: Default::default(),
+            fetchers: Default::default(),
         })
     }
 
@@ -365,10 +368,21 @@ impl Broker {
         *self.topics.write().unwrap() = parsed;
         *self.image.write().unwrap() = next;
         for (tp, info) in &changes.leaders {
+            self.unfollow(tp);
             self.elect(tp, info.leader_epoch);
         }
-        for (tp, _) in &changes.followers {
+        for (tp, info) in &changes.followers {
             self.resign(tp);
+            if let Some(p) = self.replicas.get(tp)
+                && info.leader >= 0
+            {
+                self.follow(tp, p, info.leader, info.leader_epoch);
+            } else {
+                self.unfollow(tp);
+            }
+        }
+        for tp in &changes.deleted {
+            self.unfollow(tp);
         }
         Ok(())
     }

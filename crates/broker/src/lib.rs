@@ -5,6 +5,7 @@ pub mod broker;
 pub mod config;
 mod coordinators;
 pub mod errors;
+mod fetcher;
 pub mod handlers;
 mod internal_topics;
 pub mod kraft_config;

@@ -50,6 +50,8 @@ impl Broker {
 
     /// Clean shutdown of every log: flush, checkpoints, clean-shutdown markers.
     pub fn shutdown(&self) {
+        // No replicated batch lands in a log being closed.
+        self.fetchers.stop_all();
         for p in self.all_partitions() {
             if let Err(e) = p.close() {
                 tracing::error!(topic = %p.topic, partition = p.index, error = %e, "closing the log failed");

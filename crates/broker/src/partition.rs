@@ -286,6 +286,39 @@ impl Partition {
         }
     }
 
+    /// A follower's copy of the leader's batches, stored as they are.
+    pub fn append_replicated(&self, records: &[u8]) -> Result<(), StorageError> {
+        self.log
+            .append_replicated(records)
+            .map(|_| ())
+            .inspect_err(|e| {
+                crate::storage_errors::report(
+                    &self.topic,
+                    self.index,
+                    "appending replicated batches",
+                    e,
+                )
+            })
+    }
+
+    /// A follower drops its divergent tail; its high watermark cannot stay above the end.
+    pub fn truncate_to(&self, offset: u64) -> Result<u64, StorageError> {
+        let end = self.log.truncate_to(offset).inspect_err(|e| {
+            crate::storage_errors::report(&self.topic, self.index, "truncating", e)
+        })?;
+        self.high_watermark.fetch_min(end, Ordering::AcqRel);
+        Ok(end)
+    }
+
+    /// A follower's high watermark, as its leader's fetch responses say (capped by its
+    /// log): it may go down after a truncation, unlike a leader's.
+    pub fn set_follower_high_watermark(&self, hw: u64) {
+        let hw = hw.min(self.log().log_end_offset());
+        if self.high_watermark.swap(hw, Ordering::AcqRel) != hw {
+            self.watchers.notify();
+        }
+    }
+
     fn publish_high_watermark(&self, hw: u64) {
         if self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw {
             self.watchers.notify();

@@ -39,6 +39,28 @@ impl Broker {
         }
     }
 
+    /// A follower's Fetch to broker `id`: the partitions with their records verbatim.
+    pub(crate) async fn fetch_from_broker(
+        &self,
+        id: i32,
+        req: &krabka_protocol::owned::fetch_request::FetchRequest,
+    ) -> Result<Vec<strom_client::fetch_records::FetchedPartition>, String> {
+        let conn = self.peer(id).await?;
+        let answer = match conn.send_raw(req, 12, "Fetch").await {
+            Ok(a) => a,
+            Err(e) => {
+                self.peers.connections.lock().await.remove(&id);
+                return Err(format!("broker {id}: {e}"));
+            }
+        };
+        let (error, parts) = strom_client::fetch_records::fetched_partitions(answer.0, answer.1)
+            .map_err(|e| format!("broker {id}: an unreadable Fetch response: {e}"))?;
+        if error != crate::errors::NONE {
+            return Err(format!("broker {id}: Fetch error {error}"));
+        }
+        Ok(parts)
+    }
+
     async fn peer(&self, id: i32) -> Result<Arc<Connection>, String> {
         let addr = {
             let image = self.image();

@@ -52,16 +52,21 @@ impl Broker {
         self.led_by(self.config.node_id, topic, index, leader_epoch)
     }
 
-    /// The record of partition `index` of `topic`, held and led by broker `node` alone
-    /// (partitions have one replica until replication exists).
+    /// The record of partition `index` of `topic`, held and led by broker `node` alone.
     fn led_by(&self, node: i32, topic: &str, index: i32, leader_epoch: i32) -> Record {
+        Self::held_by(vec![node], topic, index, leader_epoch)
+    }
+
+    /// The record of a new partition `index` of `topic` on `replicas`, all in the ISR, the
+    /// first leading (Kafka's preferred leader).
+    fn held_by(replicas: Vec<i32>, topic: &str, index: i32, leader_epoch: i32) -> Record {
         Record::Partition {
             topic: topic.to_string(),
             partition: index,
             info: PartitionInfo {
-                replicas: vec![node],
-                isr: vec![node],
-                leader: node,
+                leader: replicas[0],
+                isr: replicas.clone(),
+                replicas,
                 leader_epoch,
                 partition_epoch: 0,
             },
@@ -155,9 +160,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Leaders for partitions `first..first + count`: spread over the unfenced brokers,
-    /// striped from a random start as Kafka places them.
-    fn place(&self, first: i32, count: i32) -> Result<Vec<i32>, BrokerError> {
+    /// Replicas for partitions `first..first + count`: spread over the unfenced brokers
+    /// (rack-aware when racks are set), striped from a random start as Kafka places them,
+    /// leaders balanced.
+    fn place(&self, first: i32, count: i32, rf: i16) -> Result<Vec<Vec<i32>>, BrokerError> {
         let image = self.image();
         let brokers: Vec<strom_controller::placement::Candidate> = image
             .brokers
@@ -169,8 +175,7 @@ impl Broker {
             })
             .collect();
         let start = strom_storage::clock::random_id()[0] as usize;
-        strom_controller::placement::place(&brokers, first, count, 1, start)
-            .map(|p| p.into_iter().map(|r| r[0]).collect())
+        strom_controller::placement::place(&brokers, first, count, rf, start)
             .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))
     }
 
@@ -216,20 +221,6 @@ impl Broker {
                 "replication factor must be at least 1, got {rf}"
             )));
         }
-        if rf > 1 {
-            let brokers = self.image().brokers.len();
-            return Err(BrokerError::InvalidReplicationFactor(
-                if rf as usize > brokers {
-                    format!(
-                        "replication factor {rf} is larger than the number of brokers ({brokers})"
-                    )
-                } else {
-                    format!(
-                        "replication factor {rf}: partitions have one replica until strom replicates them; create the topic with replication factor 1"
-                    )
-                },
-            ));
-        }
         self.check_assignments(&new.assignments, rf as usize)?;
         let config = TopicConfig::new(&self.config, new.configs.clone())
             .map_err(BrokerError::InvalidConfig)?;
@@ -251,16 +242,16 @@ impl Broker {
                 configs: config.overrides.clone(),
             },
         ];
-        let leaders = if new.assignments.is_empty() {
-            self.place(0, partitions)?
+        let replicas = if new.assignments.is_empty() {
+            self.place(0, partitions, rf)?
         } else {
-            new.assignments.iter().map(|a| a[0]).collect()
+            new.assignments.clone()
         };
         records.extend(
-            leaders
-                .iter()
+            replicas
+                .into_iter()
                 .enumerate()
-                .map(|(i, l)| self.led_by(*l, &new.name, i as i32, 0)),
+                .map(|(i, r)| Self::held_by(r, &new.name, i as i32, 0)),
         );
         self.commit_locked(&admin, records).await?;
         // Another broker's creation of the name may have reached the log first: then the
@@ -304,6 +295,11 @@ impl Broker {
             return Err(BrokerError::UnknownTopic(name.to_string()));
         }
         let current = self.partition_count(name).unwrap_or(0);
+        // New partitions get as many replicas as the topic's first.
+        let rf = self
+            .image()
+            .partition(name, 0)
+            .map_or(1, |p| p.replicas.len().max(1));
         if count > MAX_PARTITIONS {
             return Err(BrokerError::InvalidPartitions(format!(
                 "topic {name} may have at most {MAX_PARTITIONS} partitions, not {count}"
@@ -322,19 +318,19 @@ impl Broker {
                     count - current
                 )));
             }
-            self.check_assignments(a, 1)?;
+            self.check_assignments(a, rf)?;
         }
         if validate_only {
             return Ok(());
         }
-        let leaders = match &assignments {
-            Some(a) => a.iter().map(|r| r[0]).collect(),
-            None => self.place(current, count - current)?,
+        let replicas = match assignments {
+            Some(a) => a,
+            None => self.place(current, count - current, rf as i16)?,
         };
-        let records: Vec<Record> = leaders
-            .iter()
+        let records: Vec<Record> = replicas
+            .into_iter()
             .zip(current..count)
-            .map(|(l, i)| self.led_by(*l, name, i, 0))
+            .map(|(r, i)| Self::held_by(r, name, i, 0))
             .collect();
         self.commit_locked(&admin, records).await
     }

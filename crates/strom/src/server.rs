@@ -117,6 +117,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             .unwrap_or(c.log_dir.clone())
             .display()
     );
+    broker.start_replication();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
     let follower = tokio::spawn(broker.clone().follow_metadata(stopped.clone()));

@@ -1,0 +1,365 @@
+//! Replica fetchers: this broker's copies of partitions led elsewhere. One task per leader
+//! broker fetches every partition followed from it in one Fetch request (replica id set,
+//! long-polled), after truncating each partition where its log diverges from the leader's
+//! (`strom_replication::follower`: OffsetForLeaderEpoch, KIP-101/279). Records are stored
+//! as the leader sent them (`Partition::append_replicated`); the follower's high watermark
+//! is the leader's, capped by its own log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use krabka_protocol::owned::offset_for_leader_epoch_request::{
+    OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use strom_metadata::TopicPartition;
+use strom_replication::follower::{FollowerState, Step};
+
+use crate::broker::Broker;
+use crate::errors;
+use crate::partition::Partition;
+
+/// How long a follower's fetch waits at the leader for new records.
+const MAX_WAIT_MS: i32 = 500;
+/// replica.fetch.max.bytes (Kafka's default).
+const PARTITION_MAX_BYTES: i32 = 1 << 20;
+const BACKOFF: Duration = Duration::from_millis(200);
+
+struct Followed {
+    partition: Arc<Partition>,
+    state: FollowerState,
+    step: Step,
+}
+
+/// The partitions followed from one leader, and its task (once replication started).
+struct Source {
+    partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct Fetchers {
+    sources: Mutex<HashMap<i32, Source>>,
+    /// The broker the tasks fetch for, from `Broker::start_replication` on.
+    broker: std::sync::OnceLock<Weak<Broker>>,
+}
+
+impl Fetchers {
+    /// Stops every fetcher.
+    pub fn stop_all(&self) {
+        for (_, s) in self.sources.lock().unwrap().drain() {
+            if let Some(t) = s.task {
+                t.abort();
+            }
+        }
+    }
+
+    fn spawn(&self, leader: i32, source: &mut Source) {
+        if source.task.is_none()
+            && let Some(b) = self.broker.get()
+        {
+            source.task = Some(tokio::spawn(run(
+                b.clone(),
+                leader,
+                source.partitions.clone(),
+            )));
+        }
+    }
+}
+
+impl Broker {
+    /// This broker follows `partition`, led by `leader` at `leader_epoch`: its fetcher for
+    /// that leader takes it (started when needed), from a truncation check. The same
+    /// leadership again (an ISR change) changes nothing.
+    pub(crate) fn follow(
+        &self,
+        tp: &TopicPartition,
+        partition: Arc<Partition>,
+        leader: i32,
+        leader_epoch: i32,
+    ) {
+        let mut sources = self.fetchers.sources.lock().unwrap();
+        for (l, s) in sources.iter() {
+            let mut ps = s.partitions.lock().unwrap();
+            if let Some(f) = ps.get(tp) {
+                if *l == leader && f.state.leader_epoch() == leader_epoch {
+                    return;
+                }
+                ps.remove(tp);
+            }
+        }
+        let epochs = partition.log().epoch_cache();
+        let (state, step) = FollowerState::new(
+            leader,
+            leader_epoch,
+            &epochs,
+            partition.log().log_end_offset(),
+            partition.high_watermark(),
+        );
+        let source = sources.entry(leader).or_insert_with(|| Source {
+            partitions: Arc::default(),
+            task: None,
+        });
+        self.fetchers.spawn(leader, source);
+        source.partitions.lock().unwrap().insert(
+            tp.clone(),
+            Followed {
+                partition,
+                state,
+                step,
+            },
+        );
+    }
+
+    /// Starts the fetchers: of the partitions followed so far, and of those to come.
+    pub fn start_replication(self: &Arc<Self>) {
+        let _ = self.fetchers.broker.set(Arc::downgrade(self));
+        let mut sources = self.fetchers.sources.lock().unwrap();
+        for (leader, source) in sources.iter_mut() {
+            self.fetchers.spawn(*leader, source);
+        }
+    }
+
+    /// This broker no longer follows `tp` (it leads it now, or the replica is gone).
+    pub(crate) fn unfollow(&self, tp: &TopicPartition) {
+        for s in self.fetchers.sources.lock().unwrap().values() {
+            s.partitions.lock().unwrap().remove(tp);
+        }
+    }
+}
+
+/// The fetcher of leader `leader`, until the broker goes away.
+async fn run(
+    broker: Weak<Broker>,
+    leader: i32,
+    partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+) {
+    loop {
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        let busy = round(&b, leader, &partitions).await;
+        drop(b);
+        if !busy {
+            tokio::time::sleep(BACKOFF).await;
+        }
+    }
+}
+
+/// One round: truncation checks, then one fetch. False when there was nothing to do or
+/// the leader could not be reached (the caller backs off).
+async fn round(
+    b: &Broker,
+    leader: i32,
+    partitions: &Mutex<BTreeMap<TopicPartition, Followed>>,
+) -> bool {
+    // Truncations first: the fetch offset is where the logs agree.
+    let asks: Vec<(TopicPartition, i32, i32)> = {
+        let mut ps = partitions.lock().unwrap();
+        let mut asks = Vec::new();
+        for (tp, f) in ps.iter_mut() {
+            if let Step::AskEpochEnd { truncate_to, epoch } = f.step.clone() {
+                if let Some(to) = truncate_to
+                    && let Err(e) = f.partition.truncate_to(to)
+                {
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "truncation failed");
+                    continue;
+                }
+                f.step = Step::AskEpochEnd {
+                    truncate_to: None,
+                    epoch,
+                };
+                asks.push((tp.clone(), epoch, f.state.leader_epoch()));
+            }
+        }
+        asks
+    };
+    if !asks.is_empty() {
+        let Some(answers) = ask_epoch_ends(b, leader, &asks).await else {
+            return false;
+        };
+        let mut ps = partitions.lock().unwrap();
+        for (tp, answer) in answers {
+            if let Some(f) = ps.get_mut(&tp) {
+                let log = f.partition.log();
+                f.step = f
+                    .state
+                    .on_epoch_end(answer, &log.epoch_cache(), log.log_end_offset());
+            }
+        }
+        return true;
+    }
+    // Then the fetch, from each partition's log end.
+    let wanted: Vec<(TopicPartition, i64, i32)> = {
+        let mut ps = partitions.lock().unwrap();
+        let mut wanted = Vec::new();
+        for (tp, f) in ps.iter_mut() {
+            if let Step::Fetch { truncate_to, .. } = f.step.clone() {
+                if let Some(to) = truncate_to {
+                    if let Err(e) = f.partition.truncate_to(to) {
+                        tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "truncation failed");
+                        continue;
+                    }
+                    f.step = Step::Fetch {
+                        truncate_to: None,
+                        offset: to,
+                    };
+                }
+                let end = f.partition.log().log_end_offset();
+                wanted.push((tp.clone(), end as i64, f.state.leader_epoch()));
+            }
+        }
+        wanted
+    };
+    if wanted.is_empty() {
+        return false;
+    }
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, offset, epoch) in &wanted {
+        let p = FetchPartition {
+            partition: tp.partition,
+            fetch_offset: *offset,
+            current_leader_epoch: *epoch,
+            partition_max_bytes: PARTITION_MAX_BYTES,
+            log_start_offset: -1,
+            ..Default::default()
+        };
+        match topics.last_mut() {
+            Some(t) if t.topic == tp.topic => t.partitions.push(p),
+            _ => topics.push(FetchTopic {
+                topic: tp.topic.clone(),
+                partitions: vec![p],
+                ..Default::default()
+            }),
+        }
+    }
+    let req = FetchRequest {
+        replica_id: b.config.node_id,
+        max_wait_ms: MAX_WAIT_MS,
+        min_bytes: 1,
+        max_bytes: 10 << 20,
+        topics,
+        ..Default::default()
+    };
+    let fetched = match b.fetch_from_broker(leader, &req).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(leader, error = %e, "replica fetch failed");
+            return false;
+        }
+    };
+    let mut ps = partitions.lock().unwrap();
+    for f in fetched {
+        let tp = TopicPartition::new(f.topic.clone(), f.partition);
+        let Some(followed) = ps.get_mut(&tp) else {
+            continue;
+        };
+        match f.error_code {
+            errors::NONE => {}
+            // The leader moved on or is not there yet: the metadata will say.
+            errors::FENCED_LEADER_EPOCH
+            | errors::UNKNOWN_LEADER_EPOCH
+            | errors::NOT_LEADER_OR_FOLLOWER
+            | errors::UNKNOWN_TOPIC_OR_PARTITION => continue,
+            // This replica's log is past the leader's: check where they diverge again.
+            errors::OFFSET_OUT_OF_RANGE => {
+                let log = followed.partition.log();
+                let (state, step) = FollowerState::new(
+                    followed.state.leader(),
+                    followed.state.leader_epoch(),
+                    &log.epoch_cache(),
+                    log.log_end_offset(),
+                    followed.partition.high_watermark(),
+                );
+                followed.state = state;
+                followed.step = step;
+                continue;
+            }
+            code => {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, code, "replica fetch refused");
+                continue;
+            }
+        }
+        let whole = whole_batches(&f.records);
+        if !whole.is_empty()
+            && let Err(e) = followed.partition.append_replicated(whole)
+        {
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, error = %e, "cannot store replicated batches");
+            continue;
+        }
+        let end = followed.partition.log().log_end_offset();
+        let hw = followed
+            .state
+            .on_fetched(end, f.high_watermark.max(0) as u64);
+        followed.partition.set_follower_high_watermark(hw);
+    }
+    true
+}
+
+/// The complete batches at the start of `records`: a leader may cut the last one at the
+/// size limit, and the next fetch starts at it again.
+fn whole_batches(records: &[u8]) -> &[u8] {
+    let mut pos = 0;
+    while let Ok((_, size)) = strom_storage::batch::check_framing(&records[pos..]) {
+        if pos + size > records.len() {
+            break;
+        }
+        pos += size;
+    }
+    &records[..pos]
+}
+
+/// OffsetForLeaderEpoch to `leader` for each (partition, epoch asked, current leader
+/// epoch); `None` when it could not be asked.
+async fn ask_epoch_ends(
+    b: &Broker,
+    leader: i32,
+    asks: &[(TopicPartition, i32, i32)],
+) -> Option<Vec<(TopicPartition, (i32, i64))>> {
+    let mut topics: Vec<OffsetForLeaderTopic> = Vec::new();
+    for (tp, epoch, current) in asks {
+        let p = OffsetForLeaderPartition {
+            partition: tp.partition,
+            current_leader_epoch: *current,
+            leader_epoch: *epoch,
+            ..Default::default()
+        };
+        match topics.last_mut() {
+            Some(t) if t.topic == tp.topic => t.partitions.push(p),
+            _ => topics.push(OffsetForLeaderTopic {
+                topic: tp.topic.clone(),
+                partitions: vec![p],
+                ..Default::default()
+            }),
+        }
+    }
+    let req = OffsetForLeaderEpochRequest {
+        replica_id: b.config.node_id,
+        topics,
+        ..Default::default()
+    };
+    let resp = match b
+        .send_to_broker(leader, &req, 4, "OffsetForLeaderEpoch")
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(leader, error = %e, "OffsetForLeaderEpoch failed");
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    for t in resp.topics {
+        for p in t.partitions {
+            // A refused partition is asked again next round.
+            if p.error_code == errors::NONE {
+                out.push((
+                    TopicPartition::new(t.topic.clone(), p.partition),
+                    (p.leader_epoch, p.end_offset),
+                ));
+            }
+        }
+    }
+    Some(out)
+}
