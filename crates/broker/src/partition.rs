@@ -339,6 +339,18 @@ impl Partition {
         self.leader_epoch.load(Ordering::Acquire)
     }
 
+    /// A client's `current_leader_epoch` against this replica's (KIP-320; -1 skips the
+    /// check): an older one is FENCED_LEADER_EPOCH, a newer one (metadata this broker has
+    /// not seen yet) UNKNOWN_LEADER_EPOCH.
+    pub fn check_leader_epoch(&self, current: i32) -> Result<(), i16> {
+        let epoch = self.leader_epoch();
+        match current {
+            c if c < 0 || c == epoch => Ok(()),
+            c if c < epoch => Err(crate::errors::FENCED_LEADER_EPOCH),
+            _ => Err(crate::errors::UNKNOWN_LEADER_EPOCH),
+        }
+    }
+
     pub fn isr(&self) -> Vec<i32> {
         self.isr.read().unwrap().clone()
     }

@@ -212,15 +212,13 @@ fn a_paused_quorum_leader_catches_up_after_it_resumes() {
             .unwrap_or_default()
     };
     for (i, n) in nodes.iter().enumerate() {
-        let mut listed = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            listed = names(n);
-            if acknowledged.iter().all(|t| listed.contains(t)) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let listed = wait_for("every acknowledged topic", Duration::from_secs(30), || {
+            let listed = names(n);
+            acknowledged
+                .iter()
+                .all(|t| listed.contains(t))
+                .then_some(listed)
+        });
         for t in &acknowledged {
             assert!(listed.contains(t), "{t} on node {}: {listed:?}", i + 1);
         }

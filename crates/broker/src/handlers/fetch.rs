@@ -185,13 +185,10 @@ fn read_all(
             data.high_watermark = hw as i64;
             data.last_stable_offset = lso as i64;
             data.log_start_offset = p.log().log_start_offset() as i64;
-            let epoch = p.leader_epoch();
-            if version >= 9 && fp.current_leader_epoch >= 0 && fp.current_leader_epoch != epoch {
-                data.error_code = if fp.current_leader_epoch < epoch {
-                    errors::FENCED_LEADER_EPOCH
-                } else {
-                    errors::UNKNOWN_LEADER_EPOCH
-                };
+            if version >= 9
+                && let Err(code) = p.check_leader_epoch(fp.current_leader_epoch)
+            {
+                data.error_code = code;
                 partitions.push(data);
                 continue;
             }

@@ -36,20 +36,14 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
                     // Consumers and followers alike ask the leader.
                     match broker.leader_partition(&t.topic, p.partition) {
                         Err(code) => r.error_code = code,
-                        Ok(part) => {
-                            let epoch = part.leader_epoch();
-                            if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch {
-                                r.error_code = if p.current_leader_epoch < epoch {
-                                    errors::FENCED_LEADER_EPOCH
-                                } else {
-                                    errors::UNKNOWN_LEADER_EPOCH
-                                };
-                            } else {
+                        Ok(part) => match part.check_leader_epoch(p.current_leader_epoch) {
+                            Err(code) => r.error_code = code,
+                            Ok(()) => {
                                 let (e, end) = part.log().end_offset_for_epoch(p.leader_epoch);
                                 r.leader_epoch = e;
                                 r.end_offset = end;
                             }
-                        }
+                        },
                     }
                     r
                 })

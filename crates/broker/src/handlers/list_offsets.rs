@@ -63,23 +63,21 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
                     match broker.leader_partition(&t.name, lp.partition_index) {
                         Err(code) => r.error_code = code,
                         Ok(p) => {
-                            let epoch = p.leader_epoch();
-                            if ctx.version >= 4
-                                && lp.current_leader_epoch >= 0
-                                && lp.current_leader_epoch != epoch
-                            {
-                                r.error_code = if lp.current_leader_epoch < epoch {
-                                    errors::FENCED_LEADER_EPOCH
-                                } else {
-                                    errors::UNKNOWN_LEADER_EPOCH
-                                };
+                            let checked = if ctx.version >= 4 {
+                                p.check_leader_epoch(lp.current_leader_epoch)
                             } else {
-                                let (error, ts, offset) =
-                                    lookup(&p, lp.timestamp, ctx.version, read_committed);
-                                r.error_code = error;
-                                r.timestamp = ts;
-                                r.offset = offset;
-                                r.leader_epoch = epoch;
+                                Ok(())
+                            };
+                            match checked {
+                                Err(code) => r.error_code = code,
+                                Ok(()) => {
+                                    let (error, ts, offset) =
+                                        lookup(&p, lp.timestamp, ctx.version, read_committed);
+                                    r.error_code = error;
+                                    r.timestamp = ts;
+                                    r.offset = offset;
+                                    r.leader_epoch = p.leader_epoch();
+                                }
                             }
                         }
                     }
