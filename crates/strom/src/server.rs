@@ -48,6 +48,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 /// `process.roles=controller`: the quorum and the active controller, no broker listener.
 async fn serve_controller(config: BrokerConfig) -> anyhow::Result<()> {
+    let signal = ShutdownSignal::install()?;
     let node = strom_broker::quorum_node::ControllerNode::start(&config)
         .await
         .with_context(|| {
@@ -70,7 +71,7 @@ async fn serve_controller(config: BrokerConfig) -> anyhow::Result<()> {
             .unwrap_or(config.log_dir.clone())
             .display()
     );
-    shutdown_signal().await;
+    signal.wait().await;
     tracing::info!("shutting down");
     node.quorum.shutdown().await;
     tracing::info!("clean shutdown complete");
@@ -81,6 +82,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     if !config.kraft.roles.broker {
         return serve_controller(config).await;
     }
+    let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(config.listener)
         .await
         .with_context(|| {
@@ -130,7 +132,7 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         listener,
         stopped,
     ));
-    shutdown_signal().await;
+    signal.wait().await;
     tracing::info!("shutting down");
     // Leadership moves away while this node still serves: clients follow it at once.
     broker
@@ -153,12 +155,27 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made: a signal sent as soon as the
+/// "listening" line is printed must still run the clean shutdown, not kill the process.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
