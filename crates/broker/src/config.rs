@@ -41,9 +41,11 @@ pub struct BrokerConfig {
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     /// offsets.topic.replication.factor and transaction.state.log.replication.factor
-    /// (Kafka's default 3): wanted for the internal topics, which have one replica until
-    /// partitions are replicated.
+    /// (Kafka's default 3), capped at 1 in the embedded single-node default only.
     pub internal_replication_factor: (i16, i16),
+    /// transaction.state.log.min.isr (Kafka's default 2): `__transaction_state`'s
+    /// min.insync.replicas, capped at its replication factor.
+    pub txn_state_min_isr: i32,
     /// replica.lag.time.max.ms: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: i64,
     pub auto_create_topics_enable: bool,
@@ -80,6 +82,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             internal_replication_factor: (3, 3),
+            txn_state_min_isr: 2,
             replica_lag_time_max_ms: 30_000,
             auto_create_topics_enable: true,
             message_max_bytes: 1024 * 1024 + 12,
@@ -110,7 +113,6 @@ const ACCEPTED: &[&str] = &[
     "socket.send.buffer.bytes",
     "socket.receive.buffer.bytes",
     "num.recovery.threads.per.data.dir",
-    "transaction.state.log.min.isr",
     "share.coordinator.state.topic.replication.factor",
     "share.coordinator.state.topic.min.isr",
 ];
@@ -195,6 +197,12 @@ impl BrokerConfig {
                         c.internal_replication_factor.0 = rf;
                     } else {
                         c.internal_replication_factor.1 = rf;
+                    }
+                }
+                "transaction.state.log.min.isr" => {
+                    c.txn_state_min_isr = int(k, v)?;
+                    if c.txn_state_min_isr < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
                 "replica.lag.time.max.ms" => {
@@ -473,10 +481,12 @@ mod tests {
             ("auto.create.topics.enable", "false"),
             ("process.roles", "broker,controller"),
             ("offsets.topic.replication.factor", "1"),
+            ("transaction.state.log.min.isr", "3"),
             ("made.up.key", "1"),
         ]))
         .unwrap();
         assert_eq!(c.internal_replication_factor, (1, 3));
+        assert_eq!(c.txn_state_min_isr, 3);
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.advertised_host, "broker1");
         assert_eq!(c.log_dir, PathBuf::from("/tmp/a"));

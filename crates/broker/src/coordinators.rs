@@ -16,7 +16,7 @@ use strom_storage::producer_state::SequenceError;
 
 use crate::broker::Broker;
 use crate::errors;
-use crate::partition::AppendError;
+use crate::partition::{AppendError, HighWatermarkWait};
 
 /// How long a coordinator write may wait to be committed (Kafka's
 /// `offsets.commit.timeout.ms`).
@@ -30,6 +30,7 @@ fn write_error(e: AppendError) -> WriteError {
         AppendError::Sequence(SequenceError::TxnState(why)) => {
             WriteError::InvalidTxnState(why.to_string())
         }
+        e @ AppendError::NotEnoughReplicas { .. } => WriteError::NotEnoughReplicas(e.to_string()),
         e => WriteError::Failed(e.to_string()),
     }
 }
@@ -46,6 +47,9 @@ impl PartitionWriter for Broker {
                 .leader_partition(&tp.topic, tp.partition)
                 .map_err(|_| WriteError::NotLeader)?;
             let transactional = BatchHeader::parse(&batch).is_some_and(|h| h.is_transactional());
+            // Kafka's coordinators append with acks=all.
+            p.check_min_isr().map_err(write_error)?;
+            let epoch = p.leader_epoch();
             let base = if transactional {
                 p.append_transactional(&mut batch, verification)
             } else {
@@ -55,10 +59,11 @@ impl PartitionWriter for Broker {
             // The batch was patched in place: its header now holds the offsets it got.
             let last = BatchHeader::parse(&batch).map_or(base, |h| h.last_offset() as u64);
             let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
-            if !p.wait_for_high_watermark(last + 1, deadline).await {
-                return Err(WriteError::Timeout);
+            match p.wait_for_high_watermark(last + 1, epoch, deadline).await {
+                HighWatermarkWait::Reached => Ok(base),
+                HighWatermarkWait::TimedOut => Err(WriteError::Timeout),
+                HighWatermarkWait::NotLeader => Err(WriteError::NotLeader),
             }
-            Ok(base)
         })
     }
 

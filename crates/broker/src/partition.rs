@@ -44,6 +44,17 @@ struct Role {
     replicas: Vec<i32>,
 }
 
+/// How a wait for the high watermark ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HighWatermarkWait {
+    Reached,
+    TimedOut,
+    /// This node no longer leads in the epoch the records were written in: whether they
+    /// are committed is the new leader's to say (NOT_LEADER_OR_FOLLOWER, and the client
+    /// retries).
+    NotLeader,
+}
+
 /// What a produce to this partition got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -244,6 +255,8 @@ impl Partition {
     pub fn make_follower(&self, info: &PartitionInfo) {
         self.set_role(info);
         *self.leader_state.lock().unwrap() = None;
+        // Writes waiting to be committed here learn that they will not be, from this node.
+        self.watchers.notify();
     }
 
     /// Follower `replica` fetches from `fetch_offset` (it has everything below): the leader
@@ -415,11 +428,7 @@ impl Partition {
         guard: Option<u64>,
     ) -> Result<Appended, AppendError> {
         if acks == -1 {
-            let isr = self.isr.read().unwrap().len();
-            let min = self.min_insync_replicas.load(Ordering::Acquire);
-            if (isr as i32) < min {
-                return Err(AppendError::NotEnoughReplicas { isr, min });
-            }
+            self.check_min_isr()?;
         }
         let appended = self.logged(
             "appending",
@@ -479,22 +488,52 @@ impl Partition {
         &self.watchers
     }
 
-    /// Waits until the high watermark reaches `offset` or the deadline passes.
+    /// Whether this node leads the partition in `leader_epoch`.
+    pub fn leads_in(&self, leader_epoch: i32) -> bool {
+        self.leader() == self.node_id && self.leader_epoch() == leader_epoch
+    }
+
+    /// Waits until the high watermark reaches `offset`, written while this node led in
+    /// `leader_epoch`. Leadership lost meanwhile ends the wait: a follower's high watermark
+    /// may pass the offset over the new leader's records after truncating ours, so only
+    /// the leader of the epoch the records were written in can say they are committed.
     pub async fn wait_for_high_watermark(
         &self,
         offset: u64,
+        leader_epoch: i32,
         deadline: tokio::time::Instant,
-    ) -> bool {
+    ) -> HighWatermarkWait {
         let waiter = Waiter::new();
         self.watch(&waiter);
         loop {
-            if self.high_watermark() >= offset {
-                return true;
+            let reached = self.leads_in(leader_epoch) && self.high_watermark() >= offset;
+            // Read again after the high watermark: it was then still the leader's.
+            if !self.leads_in(leader_epoch) {
+                return HighWatermarkWait::NotLeader;
+            }
+            if reached {
+                return HighWatermarkWait::Reached;
             }
             if !waiter.wait(deadline).await {
-                return self.high_watermark() >= offset;
+                let reached = self.high_watermark() >= offset;
+                return match self.leads_in(leader_epoch) {
+                    false => HighWatermarkWait::NotLeader,
+                    true if reached => HighWatermarkWait::Reached,
+                    true => HighWatermarkWait::TimedOut,
+                };
             }
         }
+    }
+
+    /// Fewer in-sync replicas than `min.insync.replicas`: an acks=all write is refused
+    /// before it is appended.
+    pub fn check_min_isr(&self) -> Result<(), AppendError> {
+        let isr = self.isr.read().unwrap().len();
+        let min = self.min_insync_replicas.load(Ordering::Acquire);
+        if (isr as i32) < min {
+            return Err(AppendError::NotEnoughReplicas { isr, min });
+        }
+        Ok(())
     }
 
     /// A consumer's read: only below the high watermark.

@@ -264,3 +264,58 @@ fn the_high_watermark_is_checkpointed_not_guessed_at_restart() {
     });
     assert_eq!(p.high_watermark(), 5);
 }
+
+/// An acks=all write waits for the leader of the epoch it was written in: when leadership
+/// moves, the wait ends with NotLeader at once, and the follower's high watermark passing
+/// the offset later (over the new leader's records) does not turn it into an ack.
+#[tokio::test]
+async fn a_write_waiting_for_the_isr_ends_when_leadership_moves() {
+    use crate::partition::HighWatermarkWait;
+    use strom_metadata::image::PartitionInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(open(dir.path(), &[]));
+    let info = PartitionInfo {
+        isr: vec![0, 7],
+        replicas: vec![0, 7],
+        leader: 0,
+        leader_epoch: 1,
+        partition_epoch: 1,
+    };
+    p.make_leader(&info);
+    let a = p.append(&mut records(-1, -1, 3, false), -1).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.wait_for_high_watermark(a.last_offset + 1, 1, deadline)
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "the follower has not fetched");
+    p.make_follower(&PartitionInfo {
+        leader: 7,
+        leader_epoch: 2,
+        ..info.clone()
+    });
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the change of leader")
+        .unwrap();
+    assert_eq!(ended, HighWatermarkWait::NotLeader);
+    p.set_follower_high_watermark(3);
+    assert_eq!(
+        p.wait_for_high_watermark(3, 1, deadline).await,
+        HighWatermarkWait::NotLeader
+    );
+    // Leading again in a later epoch does not make the old write acknowledged either.
+    p.make_leader(&PartitionInfo {
+        leader_epoch: 3,
+        isr: vec![0],
+        ..info
+    });
+    assert_eq!(
+        p.wait_for_high_watermark(3, 1, deadline).await,
+        HighWatermarkWait::NotLeader
+    );
+}

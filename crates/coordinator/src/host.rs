@@ -28,6 +28,9 @@ pub enum WriteError {
     /// Written but not committed (the in-sync replicas did not confirm it in time).
     #[error("the write was not committed in time")]
     Timeout,
+    /// Not written: fewer in-sync replicas than the partition's `min.insync.replicas`.
+    #[error("{0}")]
+    NotEnoughReplicas(String),
     #[error("{0}")]
     Failed(String),
 }

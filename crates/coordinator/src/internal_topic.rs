@@ -19,7 +19,10 @@ pub(crate) fn write_error(e: &WriteError) -> i16 {
         WriteError::NotLeader => errors::NOT_COORDINATOR,
         WriteError::InvalidProducerEpoch => errors::INVALID_PRODUCER_EPOCH,
         WriteError::InvalidTxnState(_) => errors::INVALID_TXN_STATE,
-        WriteError::Timeout | WriteError::Failed(_) => errors::COORDINATOR_NOT_AVAILABLE,
+        // As Kafka maps NOT_ENOUGH_REPLICAS(_AFTER_APPEND) and timeouts of its own appends.
+        WriteError::Timeout | WriteError::NotEnoughReplicas(_) | WriteError::Failed(_) => {
+            errors::COORDINATOR_NOT_AVAILABLE
+        }
     }
 }
 

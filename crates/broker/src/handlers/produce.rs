@@ -10,7 +10,7 @@ use super::Reply;
 use super::{HandlerResult, respond};
 use crate::broker::Broker;
 use crate::errors;
-use crate::partition::{AppendError, Appended, Partition};
+use crate::partition::{AppendError, Appended, HighWatermarkWait, Partition};
 use crate::protocol::{self, RequestContext};
 use strom_storage::batch::{self, BatchHeader};
 use strom_storage::producer_state::SequenceError;
@@ -22,6 +22,8 @@ struct PartitionResult {
     appended: Option<Appended>,
     /// The replica appended to: acks=all waits on it, not on whatever has its name later.
     partition: Option<Arc<Partition>>,
+    /// The leader epoch read before the append: acks=all is answered by this leadership.
+    leader_epoch: i32,
 }
 
 fn append_error(e: &AppendError, version: i16) -> (i16, String) {
@@ -93,6 +95,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 message: None,
                 appended: None,
                 partition: None,
+                leader_epoch: -1,
             };
             if !matches!(acks, -1..=1) {
                 r.error = errors::INVALID_REQUIRED_ACKS;
@@ -124,6 +127,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                         // The log assigns offsets in place, so the batches need a buffer of
                         // their own; they are stored exactly as patched.
                         let mut buf = records.to_vec();
+                        r.leader_epoch = partition.leader_epoch();
                         match broker
                             .append_records(&partition, &mut buf, acks, transactional_id)
                             .await
@@ -153,9 +157,21 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 let (Some(a), Some(p)) = (r.appended, r.partition.clone()) else {
                     continue;
                 };
-                if !p.wait_for_high_watermark(a.last_offset + 1, deadline).await {
-                    r.error = errors::REQUEST_TIMED_OUT;
-                    r.message = Some("the in-sync replicas did not acknowledge in time".into());
+                match p
+                    .wait_for_high_watermark(a.last_offset + 1, r.leader_epoch, deadline)
+                    .await
+                {
+                    HighWatermarkWait::Reached => {}
+                    HighWatermarkWait::TimedOut => {
+                        r.error = errors::REQUEST_TIMED_OUT;
+                        r.message = Some("the in-sync replicas did not acknowledge in time".into());
+                    }
+                    HighWatermarkWait::NotLeader => {
+                        r.error = errors::NOT_LEADER_OR_FOLLOWER;
+                        r.message = Some(
+                            "leadership moved before the in-sync replicas acknowledged".into(),
+                        );
+                    }
                 }
             }
         }

@@ -7,13 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Shared with `common`, which some test files load beside this module.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub struct Node {
     pub child: Child,
@@ -117,9 +115,13 @@ pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
 
 /// Split mode: three controllers (nodes 1-3, no broker listener; their `port` is the
 /// CONTROLLER one) and two brokers (nodes 4 and 5) that follow the quorum as observers.
+/// Two brokers hold the internal topics' two replicas, as a Kafka operator would set them.
 pub fn split_nodes(tmp: &std::path::Path, extra: &str) -> (Vec<Node>, Vec<Node>) {
     let roles = ["controller", "controller", "controller", "broker", "broker"];
-    let mut nodes = start_cluster(tmp, &roles, extra);
+    let extra = format!(
+        "offsets.topic.replication.factor=2\ntransaction.state.log.replication.factor=2\n{extra}"
+    );
+    let mut nodes = start_cluster(tmp, &roles, &extra);
     let brokers = nodes.split_off(3);
     (nodes, brokers)
 }

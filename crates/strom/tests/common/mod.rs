@@ -24,13 +24,8 @@ enum Failed {
     Other(String),
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub mod ports;
+use ports::free_port;
 
 impl Server {
     /// A fresh single-node server with its own data directory.
