@@ -275,8 +275,22 @@ impl Broker {
             Ok(p) => p,
             Err(code) => return code,
         };
+        // Kafka writes markers with acks=all: a marker the ISR has not confirmed could be
+        // lost to a failover after the coordinator counted it written, leaving the
+        // transaction open here for good. A marker that times out is retried (a second
+        // marker for an ended transaction changes nothing).
+        if p.check_min_isr().is_err() {
+            return errors::NOT_ENOUGH_REPLICAS;
+        }
+        let epoch = p.leader_epoch();
         match p.write_marker(producer_id, producer_epoch, commit, coordinator_epoch) {
-            Ok(_) => {
+            Ok(offset) => {
+                let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+                match p.wait_for_high_watermark(offset + 1, epoch, deadline).await {
+                    HighWatermarkWait::Reached => {}
+                    HighWatermarkWait::TimedOut => return errors::REQUEST_TIMED_OUT,
+                    HighWatermarkWait::NotLeader => return errors::NOT_LEADER_OR_FOLLOWER,
+                }
                 if topic == OFFSETS_TOPIC {
                     self.groups
                         .complete_txn(partition, producer_id, commit)

@@ -64,13 +64,25 @@ pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
 
 /// Starts `strom server --config config`; the receiver gets a message once it listens.
 fn spawn(config: &std::path::Path) -> (Child, mpsc::Receiver<()>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(["server", "--config", config.to_str().unwrap()])
-        .env("STROM_LOG", "warn")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strom"));
+    cmd.args(["server", "--config", config.to_str().unwrap()])
+        .env(
+            "STROM_LOG",
+            std::env::var("STROM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
+    // A test killed by its harness (a timeout) runs no destructor: its nodes die with it
+    // instead of running on, holding ports and cores.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -110,7 +122,19 @@ pub fn restart_all(nodes: &mut [Node]) {
 /// [`three_nodes`], with `extra` lines in every node's config.
 pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
     let roles = ["broker,controller"; 3];
-    start_cluster(tmp, &roles, extra)
+    start_cluster(tmp, &roles, extra, None)
+}
+
+/// [`three_nodes_with`], every listener behind a port that `via(node id, real port)`
+/// gives (a proxy the test controls): the nodes advertise it and the voters name it, so
+/// every connection, between nodes too, passes through it. `Node::port` is the proxy's.
+pub fn three_nodes_via(
+    tmp: &std::path::Path,
+    extra: &str,
+    via: &dyn Fn(i32, u16) -> u16,
+) -> Vec<Node> {
+    let roles = ["broker,controller"; 3];
+    start_cluster(tmp, &roles, extra, Some(via))
 }
 
 /// Split mode: three controllers (nodes 1-3, no broker listener; their `port` is the
@@ -121,22 +145,33 @@ pub fn split_nodes(tmp: &std::path::Path, extra: &str) -> (Vec<Node>, Vec<Node>)
     let extra = format!(
         "offsets.topic.replication.factor=2\ntransaction.state.log.replication.factor=2\n{extra}"
     );
-    let mut nodes = start_cluster(tmp, &roles, &extra);
+    let mut nodes = start_cluster(tmp, &roles, &extra, None);
     let brokers = nodes.split_off(3);
     (nodes, brokers)
 }
 
 /// Formats and starts one node per entry of `roles` (node ids from 1), the nodes with the
 /// controller role making the quorum; returns once all serve.
-fn start_cluster(tmp: &std::path::Path, roles: &[&str], extra: &str) -> Vec<Node> {
+fn start_cluster(
+    tmp: &std::path::Path,
+    roles: &[&str],
+    extra: &str,
+    via: Option<&dyn Fn(i32, u16) -> u16>,
+) -> Vec<Node> {
     let n = roles.len();
     let brokers: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let controllers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let seen = |i: usize, port: u16| via.map_or(port, |f| f(i as i32 + 1, port));
+    let advertised: Vec<u16> = brokers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| seen(i, *p))
+        .collect();
     let voters = controllers
         .iter()
         .enumerate()
         .filter(|(i, _)| roles[*i].contains("controller"))
-        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, seen(i, *p)))
         .collect::<Vec<_>>()
         .join(",");
     let cluster = String::from_utf8(strom(&["storage", "random-uuid"]).stdout).unwrap();
@@ -144,8 +179,13 @@ fn start_cluster(tmp: &std::path::Path, roles: &[&str], extra: &str) -> Vec<Node
     for (i, role) in roles.iter().enumerate() {
         let config = tmp.join(format!("node{}.properties", i + 1));
         let mut listeners = Vec::new();
+        let mut advertise = String::new();
         if role.contains("broker") {
             listeners.push(format!("PLAINTEXT://127.0.0.1:{}", brokers[i]));
+            advertise = format!(
+                "advertised.listeners=PLAINTEXT://127.0.0.1:{}\n",
+                advertised[i]
+            );
         }
         if role.contains("controller") {
             listeners.push(format!("CONTROLLER://127.0.0.1:{}", controllers[i]));
@@ -159,7 +199,7 @@ fn start_cluster(tmp: &std::path::Path, roles: &[&str], extra: &str) -> Vec<Node
                  listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
                  log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
                  offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n\
-                 transaction.state.log.num.partitions=4\n{extra}\n",
+                 transaction.state.log.num.partitions=4\n{advertise}{extra}\n",
                 i + 1,
                 listeners.join(","),
                 tmp.join(format!("data{}", i + 1)).display()
@@ -170,7 +210,7 @@ fn start_cluster(tmp: &std::path::Path, roles: &[&str], extra: &str) -> Vec<Node
         ok(&["storage", "format", "-t", cluster.trim(), "-c", &c], "");
         let (child, rx) = spawn(&config);
         let port = if role.contains("broker") {
-            brokers[i]
+            advertised[i]
         } else {
             controllers[i]
         };

@@ -1,0 +1,225 @@
+//! A nemesis for three combined nodes behind proxies: seeded faults (SIGKILL of a
+//! partition's leader, SIGSTOP past the session timeout, a network partition, SIGKILL of
+//! the active controller), each healed before the next, printed as they happen.
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod workload;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster_nodes::{Node, restart, three_nodes_via};
+use proxy::Proxies;
+
+/// xorshift64*: the faults a seed gives are the same on every run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+
+    /// A duration between `lo` and `hi` milliseconds.
+    pub fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+pub const SESSION_MS: u64 = 2000;
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub proxies: Proxies,
+    pub tmp: tempfile::TempDir,
+    start: Instant,
+    /// Every fault injected, as printed.
+    pub log: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let proxies = Proxies::default();
+        let nodes = three_nodes_via(
+            tmp.path(),
+            &format!(
+                "broker.session.timeout.ms={SESSION_MS}\nbroker.heartbeat.interval.ms=200\n\
+                 replica.lag.time.max.ms=2000\nmin.insync.replicas=2\n\
+                 transaction.abort.timed.out.transaction.cleanup.interval.ms=500"
+            ),
+            &|node, port| proxies.front(node, port),
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            proxies.set_pid(i as i32 + 1, n.child.id());
+        }
+        Cluster {
+            nodes,
+            proxies,
+            tmp,
+            start: Instant::now(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Every node's proxied address, for clients that must survive any one node's loss.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(crate::cluster_nodes::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("t={:6.1}s {what}", self.start.elapsed().as_secs_f64());
+        println!("nemesis: {line}");
+        self.log.push(line);
+    }
+
+    /// `strom <args> --json --bootstrap-server <every node>`, parsed; None on failure.
+    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let bootstrap = self.bootstrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+            .args(args)
+            .args([
+                "--json",
+                "--request-timeout-ms",
+                "5000",
+                "--bootstrap-server",
+            ])
+            .arg(&bootstrap)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The leader of partition `p` of `topic`, if one is known.
+    pub fn leader_of(&self, topic: &str, p: i32) -> Option<i32> {
+        let v = self.json(&["topics", "describe", "--topic", topic])?;
+        let leader =
+            v.as_array()?.first()?["partitions"].as_array()?[p as usize]["leader"].as_i64()? as i32;
+        (1..=3).contains(&leader).then_some(leader)
+    }
+
+    /// The active controller (the metadata quorum's leader).
+    pub fn controller(&self) -> Option<i32> {
+        let v = self.json(&["cluster", "describe"])?;
+        let leader = v["quorum"]["leader"].as_i64()? as i32;
+        (1..=3).contains(&leader).then_some(leader)
+    }
+
+    fn node(&mut self, id: i32) -> &mut Node {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    fn kill(&mut self, id: i32) {
+        let n = self.node(id);
+        n.child.kill().unwrap();
+        n.child.wait().unwrap();
+    }
+
+    fn restart(&mut self, id: i32) {
+        restart(self.node(id));
+        let pid = self.node(id).child.id();
+        self.proxies.set_pid(id, pid);
+    }
+
+    fn signal(&mut self, id: i32, sig: &str) {
+        let pid = self.node(id).child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// One fault chosen by `rng`, held, then healed.
+    pub fn fault(&mut self, rng: &mut Rng, topic: &str, partitions: i32) {
+        match rng.below(4) {
+            0 => {
+                let p = rng.below(partitions as u64) as i32;
+                let Some(id) = self.leader_of(topic, p) else {
+                    self.note(format!("no leader known for {topic}-{p}: fault skipped"));
+                    return;
+                };
+                let down = rng.ms(500, 3000);
+                self.note(format!(
+                    "SIGKILL node {id} (leader of {topic}-{p}), restart after {down:?}"
+                ));
+                self.kill(id);
+                std::thread::sleep(down);
+                self.restart(id);
+            }
+            1 => {
+                let id = 1 + rng.below(3) as i32;
+                let pause = Duration::from_millis(SESSION_MS) + rng.ms(500, 2500);
+                self.note(format!("SIGSTOP node {id} for {pause:?}"));
+                self.signal(id, "-STOP");
+                std::thread::sleep(pause);
+                self.signal(id, "-CONT");
+            }
+            2 => {
+                let id = 1 + rng.below(3) as i32;
+                let cut = rng.ms(1000, 5000);
+                self.note(format!(
+                    "network partition: node {id} cut off from the others and clients for {cut:?}"
+                ));
+                self.proxies.isolate(id);
+                std::thread::sleep(cut);
+                self.proxies.heal(id);
+            }
+            _ => {
+                let Some(id) = self.controller() else {
+                    self.note("no active controller known: fault skipped".into());
+                    return;
+                };
+                let down = rng.ms(500, 3000);
+                self.note(format!(
+                    "SIGKILL node {id} (the active controller), restart after {down:?}"
+                ));
+                self.kill(id);
+                std::thread::sleep(down);
+                self.restart(id);
+            }
+        }
+    }
+
+    /// Faults one after another, `gap` apart, for `duration`.
+    pub fn run(&mut self, rng: &mut Rng, duration: Duration, topic: &str, partitions: i32) {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            self.fault(rng, topic, partitions);
+            // The cluster gets a moment between faults: this is fault pacing, not a wait
+            // for a condition.
+            std::thread::sleep(rng.ms(1000, 3000));
+        }
+    }
+
+    /// The bytes of partition `p` of `topic` in node `id`'s data directory (every segment,
+    /// in order).
+    pub fn stored(&self, id: i32, topic: &str, p: i32) -> Vec<u8> {
+        let dir = self
+            .tmp
+            .path()
+            .join(format!("data{id}"))
+            .join(format!("{topic}-{p}"));
+        let mut logs: Vec<_> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        logs.iter()
+            .flat_map(|l| std::fs::read(l).unwrap_or_default())
+            .collect()
+    }
+}

@@ -1,0 +1,313 @@
+//! What runs against the cluster while the nemesis injects faults: an idempotent acks=all
+//! producer that books every acknowledgement, a consumer that commits its positions while
+//! a checker watches the committed offsets never go back, and a transactional copier.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub const INPUT: &str = "nem";
+pub const OUTPUT: &str = "nem-out";
+pub const PARTITIONS: i32 = 3;
+const T: Duration = Duration::from_secs(20);
+
+/// Everything the workloads report.
+#[derive(Default)]
+pub struct Book {
+    pub stop: AtomicBool,
+    /// (partition, offset, send sequence) of every acknowledged record.
+    pub acked: Mutex<Vec<(i32, i64, u64)>>,
+    /// Delivery failures (records that may or may not be stored), by error.
+    pub failed: Mutex<BTreeMap<String, usize>>,
+    /// Fatal producer errors (idempotence broken): none expected.
+    pub fatal: Mutex<Vec<String>>,
+    /// Committed offsets seen going backwards: none expected.
+    pub regressions: Mutex<Vec<String>>,
+    pub commits: AtomicUsize,
+    pub copier_incarnations: AtomicUsize,
+    pub copied_transactions: AtomicUsize,
+}
+
+pub fn value(seq: u64) -> String {
+    format!("record-{seq:08}")
+}
+
+pub fn seq_of(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .strip_prefix("record-")?
+        .parse()
+        .ok()
+}
+
+struct Acks(Arc<Book>);
+impl rdkafka::ClientContext for Acks {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::Fatal)
+        ) {
+            self.0
+                .fatal
+                .lock()
+                .unwrap()
+                .push(format!("{error}: {reason}"));
+        }
+    }
+}
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = Box<u64>;
+    fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, seq: Box<u64>) {
+        match r {
+            Ok(m) => self
+                .0
+                .acked
+                .lock()
+                .unwrap()
+                .push((m.partition(), m.offset(), *seq)),
+            Err((e, _)) => {
+                *self
+                    .0
+                    .failed
+                    .lock()
+                    .unwrap()
+                    .entry(e.to_string())
+                    .or_default() += 1
+            }
+        }
+    }
+}
+
+/// Produces keyed records at about `rate` per second until told to stop, then flushes.
+pub fn produce(bootstrap: String, book: Arc<Book>, rate: u64) {
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create_with_context(Acks(book.clone()))
+        .expect("producer");
+    let start = Instant::now();
+    let mut seq = 0u64;
+    while !book.stop.load(Ordering::Acquire) {
+        let due = start.elapsed().as_millis() as u64 * rate / 1000;
+        while seq < due {
+            let (key, v) = (format!("key{}", seq % 31), value(seq));
+            match producer.send(
+                BaseRecord::with_opaque_to(INPUT, Box::new(seq))
+                    .key(&key)
+                    .payload(&v),
+            ) {
+                Ok(()) => seq += 1,
+                // The queue is full while the cluster recovers: the record waits its turn.
+                Err(_) => break,
+            }
+        }
+        // Pacing to the rate, not synchronisation.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = producer.flush(Duration::from_secs(180));
+}
+
+fn input_partitions(offsets: &[(i32, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        let offset = if *o >= 0 {
+            Offset::Offset(*o)
+        } else {
+            Offset::Beginning
+        };
+        tpl.add_partition_offset(INPUT, *p, offset).unwrap();
+    }
+    tpl
+}
+
+/// The committed offsets of `group` on the input, -1 where none.
+pub fn committed(bootstrap: &str, group: &str, isolation: &str) -> KafkaResult<Vec<(i32, i64)>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", isolation)
+        .create()?;
+    let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
+    let got = c.committed_offsets(input_partitions(&all), Duration::from_secs(5))?;
+    Ok((0..PARTITIONS)
+        .map(|p| {
+            let o = match got.find_partition(INPUT, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            };
+            (p, o)
+        })
+        .collect())
+}
+
+/// Reads the input as a consumer of group `nem-reader` and commits its position every
+/// 200 ms; a second client reads the committed offsets back and books any that went back.
+pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
+    let group = "nem-reader";
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
+    consumer.assign(&input_partitions(&all)).unwrap();
+    let mut seen = vec![-1i64; PARTITIONS as usize];
+    let mut last_commit = Instant::now();
+    while !book.stop.load(Ordering::Acquire) {
+        let _ = consumer.poll(Duration::from_millis(50));
+        if last_commit.elapsed() < Duration::from_millis(200) {
+            continue;
+        }
+        last_commit = Instant::now();
+        if let Ok(position) = consumer.position()
+            && consumer.commit(&position, CommitMode::Sync).is_ok()
+        {
+            book.commits.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Ok(now) = committed(&bootstrap, group, "read_uncommitted") {
+            for (p, o) in now {
+                let before = seen[p as usize];
+                if o < before {
+                    book.regressions.lock().unwrap().push(format!(
+                        "partition {p}: committed offset {o} after {before}"
+                    ));
+                }
+                seen[p as usize] = seen[p as usize].max(o);
+            }
+        }
+    }
+}
+
+/// One copier incarnation: a transactional producer (init_transactions fences the previous
+/// one and ends its transaction) and a read_committed consumer from the committed offsets.
+struct Copier {
+    producer: BaseProducer,
+    consumer: BaseConsumer,
+}
+
+pub const COPIER_GROUP: &str = "nem-copier";
+
+impl Copier {
+    fn start(bootstrap: &str) -> KafkaResult<Copier> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", "nem-copier")
+            .set("transaction.timeout.ms", "10000")
+            .set("linger.ms", "5")
+            .create()?;
+        producer.init_transactions(T)?;
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", COPIER_GROUP)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let start = committed(bootstrap, COPIER_GROUP, "read_committed")?;
+        println!("nemesis: copier resumes from {start:?}");
+        consumer.assign(&input_partitions(&start))?;
+        Ok(Copier { producer, consumer })
+    }
+
+    /// Copies what one poll round brings in one transaction; returns how many records.
+    fn cycle(&self) -> KafkaResult<usize> {
+        let mut batch = Vec::new();
+        let until = Instant::now() + Duration::from_millis(200);
+        while batch.len() < 1000 && Instant::now() < until {
+            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
+                batch.push((
+                    m.partition(),
+                    m.offset(),
+                    m.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        self.producer.begin_transaction()?;
+        let mut next = BTreeMap::new();
+        for (partition, offset, value) in &batch {
+            loop {
+                match self.producer.send(
+                    BaseRecord::<(), [u8]>::to(OUTPUT)
+                        .partition(*partition)
+                        .payload(value),
+                ) {
+                    Ok(()) => break,
+                    Err((e, _)) => {
+                        if !matches!(
+                            e.rdkafka_error_code(),
+                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ) {
+                            return Err(e);
+                        }
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            next.insert(*partition, offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (p, o) in next {
+            offsets.add_partition_offset(INPUT, p, Offset::Offset(o))?;
+        }
+        let metadata = self.consumer.group_metadata().expect("group metadata");
+        self.producer
+            .send_offsets_to_transaction(&offsets, &metadata, T)?;
+        self.producer.commit_transaction(T)?;
+        Ok(batch.len())
+    }
+}
+
+/// Copies the input to the output exactly once until told to stop and caught up with
+/// `caught_up` (the input's end offsets, set by the test once it stopped producing).
+pub fn copy(bootstrap: String, book: Arc<Book>, caught_up: Arc<Mutex<Option<Vec<i64>>>>) {
+    let mut copier: Option<Copier> = None;
+    loop {
+        if let Some(ends) = caught_up.lock().unwrap().as_ref()
+            && let Ok(c) = committed(&bootstrap, COPIER_GROUP, "read_committed")
+            && c.iter().all(|(p, o)| *o >= ends[*p as usize])
+        {
+            return;
+        }
+        let c = match copier.take() {
+            Some(c) => c,
+            None => match Copier::start(&bootstrap) {
+                Ok(c) => {
+                    book.copier_incarnations.fetch_add(1, Ordering::AcqRel);
+                    c
+                }
+                Err(e) => {
+                    println!("nemesis: copier cannot start: {e}");
+                    continue;
+                }
+            },
+        };
+        match c.cycle() {
+            Ok(n) => {
+                if n > 0 {
+                    book.copied_transactions.fetch_add(1, Ordering::AcqRel);
+                }
+                copier = Some(c);
+            }
+            // The next incarnation aborts what this one left open and resumes from the
+            // committed offsets.
+            Err(e) => {
+                println!("nemesis: copier transaction failed: {e}");
+                let _ = c.producer.abort_transaction(Duration::from_secs(5));
+            }
+        }
+    }
+}
