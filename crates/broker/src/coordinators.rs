@@ -128,6 +128,10 @@ impl Topics for Broker {
         Broker::partition_count(self, topic)
     }
 
+    fn leadership_current(&self) -> bool {
+        Broker::leadership_current(self)
+    }
+
     fn ensure_internal_topic<'a>(
         &'a self,
         name: &'a str,

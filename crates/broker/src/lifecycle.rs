@@ -52,10 +52,16 @@ impl Broker {
         loop {
             let last_refusal;
             match self.register().await {
-                Ok(epoch) => match self.heartbeat(false).await {
+                Ok(epoch) => match self.heartbeat_renewing(false).await {
                     Ok(BrokerAnswer::Heartbeat { fenced: false, .. }) => {
                         self.await_unfenced(epoch).await?;
-                        return self.fetch_producer_id_block().await;
+                        // Not fatal: a controller change right now refuses it, and the
+                        // heartbeat task fetches a block whenever one is wanted.
+                        self.producer_ids.expect_controller_blocks();
+                        if let Err(e) = self.fetch_producer_id_block().await {
+                            tracing::warn!(error = %e, "no producer id block yet; will retry");
+                        }
+                        return Ok(());
                     }
                     Ok(other) => last_refusal = Some(format!("{other:?}")),
                     Err(e) => last_refusal = Some(e.to_string()),
@@ -111,6 +117,22 @@ impl Broker {
         self.ask_controller(req).await
     }
 
+    /// A heartbeat whose answer renews or ends this node's lease (see
+    /// [`Broker::leadership_current`]).
+    async fn heartbeat_renewing(&self, want_shutdown: bool) -> Result<BrokerAnswer, BrokerError> {
+        let sent = std::time::Instant::now();
+        let answer = self.heartbeat(want_shutdown).await;
+        if let Ok(BrokerAnswer::Heartbeat {
+            fenced,
+            metadata_offset,
+            ..
+        }) = &answer
+        {
+            *self.lease.lock().unwrap() = (!fenced).then_some((sent, *metadata_offset));
+        }
+        answer
+    }
+
     /// Waits until this node has applied its own unfencing (its image shows this broker,
     /// with this epoch, unfenced).
     async fn await_unfenced(&self, epoch: i64) -> Result<(), BrokerError> {
@@ -153,7 +175,7 @@ impl Broker {
                 }
                 _ = stop.changed() => return,
             }
-            match self.heartbeat(false).await {
+            match self.heartbeat_renewing(false).await {
                 Ok(BrokerAnswer::Refused { code, message })
                     if code == errors::STALE_BROKER_EPOCH
                         || code == errors::BROKER_ID_NOT_REGISTERED =>
@@ -168,6 +190,27 @@ impl Broker {
                 Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
             }
         }
+    }
+
+    /// Whether what this node's metadata says it leads can be trusted now, for the
+    /// coordinators' answers from memory (committed offsets, transaction states). In a
+    /// cluster, only while a lease holds: a heartbeat the active controller confirmed, sent
+    /// less than `broker.session.timeout.ms` ago (before the controller can have fenced this
+    /// broker and moved its leadership), and this node's metadata at least as new as the
+    /// controller's when it answered. A node paused or cut off past its session serves
+    /// none of it until it has heard from the controller and caught up: a client is sent
+    /// to the new coordinator instead of reading the old one's stale state.
+    pub fn leadership_current(&self) -> bool {
+        let cluster = self.config.kraft.multi_node(self.config.node_id)
+            || !self.config.kraft.roles.controller;
+        if !cluster {
+            return true;
+        }
+        let session = Duration::from_millis(self.config.kraft.session_timeout_ms.max(0) as u64);
+        self.lease
+            .lock()
+            .unwrap()
+            .is_some_and(|(sent, offset)| sent.elapsed() < session && self.image().offset >= offset)
     }
 
     /// Sends the ISR changes of the partitions led here to the controller (AlterPartition),

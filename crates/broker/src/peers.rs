@@ -1,7 +1,11 @@
 //! Requests this broker sends to the other brokers of the cluster: transaction markers to
 //! the leaders of a transaction's partitions, and the verification of a transactional
-//! batch with its transaction coordinator. One connection per broker, found by its
-//! registration in the metadata image, opened on first use and again after a failure.
+//! batch with its transaction coordinator, and the replica fetchers' Fetch. Two connections
+//! per broker, found by its registration in the metadata image, opened on first use and
+//! again after a failure: one for the replica fetcher and one for everything else, as
+//! Kafka keeps its fetcher threads' connections apart. Sharing one would queue a marker
+//! behind a long-polling fetch, and a fetch behind a marker that waits for that very
+//! fetch to commit it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +18,16 @@ use crate::broker::Broker;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which of a broker's two connections a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Channel {
+    Control,
+    Replication,
+}
+
 #[derive(Default)]
 pub struct Peers {
-    connections: tokio::sync::Mutex<HashMap<i32, Arc<Connection>>>,
+    connections: tokio::sync::Mutex<HashMap<(i32, Channel), Arc<Connection>>>,
 }
 
 impl Broker {
@@ -28,12 +39,16 @@ impl Broker {
         cap: i16,
         api: &'static str,
     ) -> Result<R::Response, String> {
-        let conn = self.peer(id).await?;
+        let conn = self.peer(id, Channel::Control).await?;
         match conn.send(req, cap, api).await {
             Ok((resp, _)) => Ok(resp),
             Err(e) => {
                 // The next request opens a fresh connection.
-                self.peers.connections.lock().await.remove(&id);
+                self.peers
+                    .connections
+                    .lock()
+                    .await
+                    .remove(&(id, Channel::Control));
                 Err(format!("broker {id}: {e}"))
             }
         }
@@ -45,11 +60,15 @@ impl Broker {
         id: i32,
         req: &krabka_protocol::owned::fetch_request::FetchRequest,
     ) -> Result<Vec<strom_client::fetch_records::FetchedPartition>, String> {
-        let conn = self.peer(id).await?;
+        let conn = self.peer(id, Channel::Replication).await?;
         let answer = match conn.send_raw(req, 12, "Fetch").await {
             Ok(a) => a,
             Err(e) => {
-                self.peers.connections.lock().await.remove(&id);
+                self.peers
+                    .connections
+                    .lock()
+                    .await
+                    .remove(&(id, Channel::Replication));
                 return Err(format!("broker {id}: {e}"));
             }
         };
@@ -61,7 +80,7 @@ impl Broker {
         Ok(parts)
     }
 
-    async fn peer(&self, id: i32) -> Result<Arc<Connection>, String> {
+    async fn peer(&self, id: i32, channel: Channel) -> Result<Arc<Connection>, String> {
         let addr = {
             let image = self.image();
             let b = image
@@ -71,7 +90,7 @@ impl Broker {
             format!("{}:{}", b.host, b.port)
         };
         let mut conns = self.peers.connections.lock().await;
-        if let Some(c) = conns.get(&id)
+        if let Some(c) = conns.get(&(id, channel))
             && c.is_open()
             && c.addr() == addr
         {
@@ -83,7 +102,7 @@ impl Broker {
                 .await
                 .map_err(|e| format!("broker {id} at {addr}: {e}"))?,
         );
-        conns.insert(id, c.clone());
+        conns.insert((id, channel), c.clone());
         Ok(c)
     }
 }

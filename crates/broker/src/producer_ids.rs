@@ -61,6 +61,14 @@ impl ProducerIds {
     }
 }
 
+impl ProducerIds {
+    /// In a cluster every block comes from the controller, the first one included: until
+    /// it arrives, InitProducerId is told to retry rather than given an id from the file.
+    pub(crate) fn expect_controller_blocks(&self) {
+        self.from_controller.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The block after `after`, recorded in the file first.
 fn file_block(path: &Path, node_id: i32, after: i64) -> Result<(i64, i64), BrokerError> {
     let range = (node_id.max(0) as i64) << RANGE_BITS;

@@ -112,6 +112,13 @@ pub trait Topics: Send + Sync {
         name: &'a str,
         partitions: i32,
     ) -> BoxFuture<'a, Result<i32, i16>>;
+
+    /// Whether this broker's view of which internal partitions it leads is known to be
+    /// current; when not, the coordinators answer NOT_COORDINATOR rather than from state
+    /// a new leader may have moved past.
+    fn leadership_current(&self) -> bool {
+        true
+    }
 }
 
 /// Everything a coordinator call may need.

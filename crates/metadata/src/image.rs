@@ -89,6 +89,9 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicInfo>,
     /// The first producer id of the next block the controller hands out.
     pub next_producer_id: i64,
+    /// The metadata log offset after the last record this image includes (0 when not
+    /// known): how current a node's view is, against the offset a controller answered at.
+    pub offset: u64,
 }
 
 /// What a metadata change means for one node's replicas.

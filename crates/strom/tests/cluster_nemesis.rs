@@ -159,6 +159,19 @@ fn run(seed: u64) {
     println!("nemesis: the producer flushed");
     reader.join().unwrap();
     println!("nemesis: checking the replicas");
+    // Healed: every replica of every partition, internal ones too, back in the ISR.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let under = cluster.under_replicated();
+        if under.as_ref().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions still short of their replicas 90 s after healing: {under:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Healed: every replica back in sync, and identical.
     for topic in [INPUT, OUTPUT] {

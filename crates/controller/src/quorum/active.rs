@@ -58,6 +58,10 @@ pub enum BrokerAnswer {
     Heartbeat {
         fenced: bool,
         shutdown_ready: bool,
+        /// The metadata offset this controller had applied once it had confirmed, with a
+        /// quorum, that it still leads: the broker's view is current once it has this much.
+        #[serde(default)]
+        metadata_offset: u64,
     },
     ProducerIds {
         start: i64,
@@ -208,6 +212,28 @@ impl ActiveController {
         Ok(())
     }
 
+    /// A heartbeat's answer renews the broker's lease on what it leads (see the broker's
+    /// `leadership_current`): only a controller that a quorum still follows may give it,
+    /// with the offset the broker's metadata must reach before the lease counts.
+    async fn confirmed_heartbeat(&self, fenced: bool, shutdown_ready: bool) -> BrokerAnswer {
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return BrokerAnswer::NotController {
+                leader: match e {
+                    openraft::error::RaftError::APIError(
+                        openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                    ) => f.leader_id,
+                    _ => None,
+                },
+            };
+        }
+        let (metadata_offset, _) = self.state.applied().await;
+        BrokerAnswer::Heartbeat {
+            fenced,
+            shutdown_ready,
+            metadata_offset,
+        }
+    }
+
     /// Answers one broker request, once its consequences are committed.
     pub async fn handle(&self, req: BrokerRequest) -> BrokerAnswer {
         let mut inner = self.inner.lock().await;
@@ -248,6 +274,7 @@ impl ActiveController {
                     let answer = BrokerAnswer::Heartbeat {
                         fenced: o.fenced,
                         shutdown_ready: o.shutdown_ready,
+                        metadata_offset: 0,
                     };
                     (o.records, answer)
                 }),
@@ -290,7 +317,14 @@ impl ActiveController {
             Ok((records, answer)) => match self.commit(&records).await {
                 Ok(()) => {
                     log_changes(&records);
-                    answer
+                    match answer {
+                        BrokerAnswer::Heartbeat {
+                            fenced,
+                            shutdown_ready,
+                            ..
+                        } => self.confirmed_heartbeat(fenced, shutdown_ready).await,
+                        answer => answer,
+                    }
                 }
                 Err(e) => BrokerAnswer::Refused {
                     code: errors::REQUEST_TIMED_OUT,

@@ -113,7 +113,8 @@ impl Observer {
         {
             let records = strom_metadata::codec::decode(&bytes)
                 .ok_or_else(|| format!("{addr} sent a damaged metadata image"))?;
-            let (image, _) = MetadataImage::default().apply(&records);
+            let (mut image, _) = MetadataImage::default().apply(&records);
+            image.offset = answer.offset;
             self.offset.store(answer.offset, Ordering::SeqCst);
             self.image.send_replace(Arc::new(image));
         }

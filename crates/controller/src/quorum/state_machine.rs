@@ -69,7 +69,10 @@ impl StateMachine {
         };
         let (image, inner) = match stored {
             Some(s) => (
-                decode_image(&s.data)?,
+                MetadataImage {
+                    offset: s.meta.last_log_id.map_or(0, |l| l.index + 1),
+                    ..decode_image(&s.data)?
+                },
                 Inner {
                     dir: dir.to_path_buf(),
                     last_applied: s.meta.last_log_id,
@@ -202,6 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             answers.push(());
         }
+        image.offset = inner.last_applied.map_or(0, |l| l.index + 1);
         self.image.send_replace(Arc::new(image));
         Ok(answers)
     }
@@ -220,7 +224,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let image = decode_image(&data)?;
+        let image = MetadataImage {
+            offset: meta.last_log_id.map_or(0, |l| l.index + 1),
+            ..decode_image(&data)?
+        };
         let mut inner = self.inner.lock().await;
         Self::save(&inner.dir, meta, &data)?;
         inner.last_applied = meta.last_log_id;

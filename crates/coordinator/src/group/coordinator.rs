@@ -146,6 +146,9 @@ impl GroupCoordinator {
         group_id: &str,
         create: bool,
     ) -> Result<Located, i16> {
+        if !host.leadership_current() {
+            return Err(errors::NOT_COORDINATOR);
+        }
         let partitions = match host.partition_count(OFFSETS_TOPIC) {
             Some(n) if n > 0 => n,
             _ if create => self.ensure_offsets_topic(host).await?,

@@ -148,6 +148,9 @@ impl TxnCoordinator {
         id: &str,
         create: bool,
     ) -> Result<Option<Arc<TxnShard>>, i16> {
+        if !host.leadership_current() {
+            return Err(errors::NOT_COORDINATOR);
+        }
         let partitions = match host.partition_count(TXN_TOPIC) {
             Some(n) if n > 0 => n,
             _ if create => self.ensure_topic(host).await?,

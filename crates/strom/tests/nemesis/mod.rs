@@ -109,6 +109,22 @@ impl Cluster {
         (1..=3).contains(&leader).then_some(leader)
     }
 
+    /// Partitions of any topic, internal ones included, whose ISR is not all three
+    /// replicas, as "topic-partition isr"; None when the cluster did not answer.
+    pub fn under_replicated(&self) -> Option<Vec<String>> {
+        let v = self.json(&["topics", "describe", "--include-internal"])?;
+        let mut out = Vec::new();
+        for t in v.as_array()? {
+            for p in t["partitions"].as_array()? {
+                let isr = p["isr"].as_array()?.len();
+                if isr < 3 {
+                    out.push(format!("{}-{} isr {}", t["name"], p["partition"], p["isr"]));
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// The active controller (the metadata quorum's leader).
     pub fn controller(&self) -> Option<i32> {
         let v = self.json(&["cluster", "describe"])?;
@@ -190,6 +206,32 @@ impl Cluster {
                 self.kill(id);
                 std::thread::sleep(down);
                 self.restart(id);
+            }
+        }
+    }
+
+    /// SIGTERM (a controlled shutdown: leadership moves first) of each node in turn, its
+    /// restart, and a wait for every partition's ISR to be whole again before the next.
+    pub fn rolling_restart(&mut self) {
+        for id in 1..=3 {
+            self.note(format!(
+                "SIGTERM node {id} (controlled shutdown), then restart"
+            ));
+            self.signal(id, "-TERM");
+            let status = self.node(id).child.wait().unwrap();
+            assert!(status.success(), "node {id} stopped with {status}");
+            self.restart(id);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let under = self.under_replicated();
+                if under.as_ref().is_some_and(Vec::is_empty) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} restarted, but partitions are still short of replicas: {under:?}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
     }

@@ -31,6 +31,8 @@ pub struct Book {
     pub fatal: Mutex<Vec<String>>,
     /// Committed offsets seen going backwards: none expected.
     pub regressions: Mutex<Vec<String>>,
+    /// The last acknowledgement's time and the longest gap between two, while producing.
+    pub gaps: Mutex<(Option<Instant>, Duration)>,
     pub commits: AtomicUsize,
     pub copier_incarnations: AtomicUsize,
     pub copied_transactions: AtomicUsize,
@@ -67,12 +69,19 @@ impl rdkafka::producer::ProducerContext for Acks {
     type DeliveryOpaque = Box<u64>;
     fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, seq: Box<u64>) {
         match r {
-            Ok(m) => self
-                .0
-                .acked
-                .lock()
-                .unwrap()
-                .push((m.partition(), m.offset(), *seq)),
+            Ok(m) => {
+                self.0
+                    .acked
+                    .lock()
+                    .unwrap()
+                    .push((m.partition(), m.offset(), *seq));
+                let mut gaps = self.0.gaps.lock().unwrap();
+                let now = Instant::now();
+                if let Some(last) = gaps.0 {
+                    gaps.1 = gaps.1.max(now - last);
+                }
+                gaps.0 = Some(now);
+            }
             Err((e, _)) => {
                 *self
                     .0
