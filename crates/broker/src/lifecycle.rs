@@ -206,7 +206,7 @@ impl Broker {
         if !cluster {
             return true;
         }
-        let session = Duration::from_millis(self.config.kraft.session_timeout_ms.max(0) as u64);
+        let session = Duration::from_millis(self.config.kraft.session_timeout_ms);
         self.lease
             .lock()
             .unwrap()
