@@ -7,7 +7,11 @@ each node), all on this machine, in one run (see measure-cluster.sh, which runs 
   node is acknowledged (median of 5; the killed node is restarted between rounds);
 - broker fencing: SIGSTOP of a broker that does not lead the quorum, until the others'
   Metadata no longer offers it to clients (default broker.session.timeout.ms, 9 s);
-- idle RSS of each node after start-up and one topic.
+- idle RSS of each node after start-up and one topic;
+- replication (a topic with replication factor 3): produce latency p50/p99 with acks=all at
+  10,000 records/s (librdkafka defaults, linger.ms 5), and the time from SIGKILL of a
+  partition's leader to the first write acknowledged (acks=all) by its new leader (median
+  of 5; the killed node is restarted and back in the ISR between rounds).
 """
 
 import json
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 STROM = os.environ["STROM"]
@@ -105,6 +110,70 @@ def wait(what, predicate, timeout=60, interval=0.001):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def partition_state(admin, topic):
+    """(leader, isr) of partition 0 of `topic`, as `admin`'s cluster says."""
+    try:
+        p = admin.list_topics(topic, timeout=5).topics[topic].partitions[0]
+        return p.leader, list(p.isrs)
+    except Exception:  # noqa: BLE001 - a node may be down: the caller asks again
+        return None, []
+
+
+def replication(nodes, admins):
+    bootstrap = ",".join(n.bootstrap for n in nodes)
+    admins[0].create_topics([NewTopic("rep", 1, 3)])["rep"].result(30)
+    wait("rep in sync", lambda: len(partition_state(admins[0], "rep")[1]) == 3, interval=0.05)
+
+    # Latency at 10,000 records/s for 5 s, acks=all.
+    sent = {}
+    latencies = []
+
+    def delivered(err, msg):
+        if err is None:
+            latencies.append(time.monotonic() - sent[msg.value()])
+
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    start = time.monotonic()
+    for i in range(50_000):
+        due = start + i / 10_000
+        while time.monotonic() < due:
+            p.poll(0)
+        v = b"%08d" % i
+        sent[v] = time.monotonic()
+        p.produce("rep", v, partition=0, on_delivery=delivered)
+    p.flush(60)
+    latencies.sort()
+    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+
+    # SIGKILL of the leader -> the first write acknowledged by the new one.
+    failovers = []
+    for k in range(5):
+        leader = wait("a leader for rep", lambda: partition_state(admins[0], "rep")[0] or None)
+        victim = nodes[leader - 1]
+        others = [a for i, a in enumerate(admins) if i != leader - 1]
+        p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                      "linger.ms": 0})
+        p.produce("rep", b"warm-up", partition=0)
+        p.flush(30)
+        acked = []
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        killed = time.monotonic()
+        p.produce("rep", b"after-%d" % k, partition=0,
+                  on_delivery=lambda err, msg: acked.append((err, time.monotonic())))
+        p.flush(60)
+        if not acked or acked[0][0] is not None:
+            raise SystemExit(f"the write after the kill failed: {acked}")
+        failovers.append(acked[0][1] - killed)
+        open(victim.log + ".out", "w").close()
+        victim.start()
+        victim.wait_listening()
+        admins[victim.i - 1] = AdminClient({"bootstrap.servers": victim.bootstrap})
+        wait("the restarted node back in the ISR",
+             lambda: len(partition_state(others[0], "rep")[1]) == 3, timeout=120, interval=0.05)
+    return pct(0.5), pct(0.99), len(latencies), failovers
+
+
 def main():
     work = tempfile.mkdtemp(prefix="strom-measure-cluster-")
     nodes = cluster(work)
@@ -160,6 +229,8 @@ def main():
              lambda: victim.i in watcher.list_topics(timeout=5).brokers, interval=0.05)
         back = time.monotonic() - stopped - fenced
 
+        p50, p99, count, leader_failovers = replication(nodes, admins)
+
         ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
         print("three nodes in combined mode, release build, this machine, one run:")
         print(f"metadata propagation (CreateTopics acked by node 1 -> in Metadata of nodes 2 and 3): "
@@ -170,6 +241,11 @@ def main():
         print(f"broker fencing (SIGSTOP -> gone from the others' Metadata, session timeout 9 s): "
               f"{ms(fenced)}; after SIGCONT it is back in {ms(back)}")
         print(f"idle RSS per node: {', '.join(f'{r / 1024:.1f} MiB' for r in rss)}")
+        print(f"replication factor 3, acks=all, 10,000 records/s: latency p50 {p50 * 1000:.1f} ms, "
+              f"p99 {p99 * 1000:.1f} ms over {count} records")
+        print(f"leader failover (SIGKILL of a partition's leader -> first acks=all write acknowledged, "
+              f"session timeout 9 s): median {ms(statistics.median(leader_failovers))} of "
+              f"{len(leader_failovers)}: {', '.join(ms(f) for f in leader_failovers)}")
     finally:
         for n in nodes:
             if n.proc and n.proc.poll() is None:
