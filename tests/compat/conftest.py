@@ -7,7 +7,8 @@ and their place printed, when a test failed or the server did not stop cleanly.
 With STROM_COMPAT_CLUSTER=3 the session runs against three nodes in combined mode
 (broker and controller each, formatted with one cluster id), and the clients are given the
 address of node 2 only: they must follow the metadata to the partitions' leaders on the
-other two. Tests marked `single_node` (they check what only one node can answer) are
+other two. Topics get replication factor 3 by default there (`default.replication.factor`),
+and the internal topics Kafka's default of 3. Tests marked `single_node` (they check what only one node can answer) are
 skipped there.
 """
 
@@ -134,7 +135,10 @@ def start_cluster(binary, work, n):
                     f"listeners=PLAINTEXT://127.0.0.1:{brokers[i]},CONTROLLER://127.0.0.1:{controllers[i]}\n"
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
                     f"log.dirs={data}\nnum.partitions=1\ngroup.initial.rebalance.delay.ms=0\n"
-                    "controller.quorum.election.timeout.ms=300\n")
+                    "controller.quorum.election.timeout.ms=300\n"
+                    # Every topic a client creates without a factor, or auto-creates, has a
+                    # replica on every node: the clients meet replication, not one copy.
+                    f"default.replication.factor={min(n, 3)}\n")
         subprocess.run([binary, "storage", "format", "-t", cluster_id, "-c", config], check=True,
                        capture_output=True)
         log_path = os.path.join(work, f"server{i + 1}.log")

@@ -48,6 +48,10 @@ pub struct BrokerConfig {
     pub txn_state_min_isr: i32,
     /// replica.lag.time.max.ms: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: i64,
+    /// How this broker's followers fetch: num.replica.fetchers tasks (and connections) per
+    /// source broker, replica.fetch.wait.max.ms, replica.fetch.max.bytes and
+    /// replica.fetch.response.max.bytes, with Kafka's defaults.
+    pub replica_fetch: ReplicaFetchConfig,
     pub auto_create_topics_enable: bool,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
@@ -84,6 +88,7 @@ impl Default for BrokerConfig {
             internal_replication_factor: (3, 3),
             txn_state_min_isr: 2,
             replica_lag_time_max_ms: 30_000,
+            replica_fetch: ReplicaFetchConfig::default(),
             auto_create_topics_enable: true,
             message_max_bytes: 1024 * 1024 + 12,
             socket_request_max_bytes: 100 * 1024 * 1024,
@@ -99,6 +104,25 @@ impl Default for BrokerConfig {
             kraft: Default::default(),
             log: LogConfig::default(),
             given: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaFetchConfig {
+    pub fetchers: u32,
+    pub wait_max_ms: i32,
+    pub max_bytes: i32,
+    pub response_max_bytes: i32,
+}
+
+impl Default for ReplicaFetchConfig {
+    fn default() -> Self {
+        ReplicaFetchConfig {
+            fetchers: 1,
+            wait_max_ms: 500,
+            max_bytes: 1 << 20,
+            response_max_bytes: 10 << 20,
         }
     }
 }
@@ -208,6 +232,30 @@ impl BrokerConfig {
                 "replica.lag.time.max.ms" => {
                     c.replica_lag_time_max_ms = int(k, v)?;
                     if c.replica_lag_time_max_ms < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "num.replica.fetchers" => {
+                    c.replica_fetch.fetchers = int(k, v)?;
+                    if !(1..=64).contains(&c.replica_fetch.fetchers) {
+                        return Err(invalid(k, v, "must be between 1 and 64"));
+                    }
+                }
+                "replica.fetch.wait.max.ms" => {
+                    c.replica_fetch.wait_max_ms = int(k, v)?;
+                    if c.replica_fetch.wait_max_ms < 0 {
+                        return Err(invalid(k, v, "must not be negative"));
+                    }
+                }
+                "replica.fetch.max.bytes" => {
+                    c.replica_fetch.max_bytes = int(k, v)?;
+                    if c.replica_fetch.max_bytes < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
+                "replica.fetch.response.max.bytes" => {
+                    c.replica_fetch.response_max_bytes = int(k, v)?;
+                    if c.replica_fetch.response_max_bytes < 1 {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
@@ -326,6 +374,17 @@ impl BrokerConfig {
                 _ if ACCEPTED.contains(&k) => {}
                 _ => warnings.push(format!("unknown config {k} is ignored")),
             }
+        }
+        // Kafka's rule: a follower's fetch must come back before it would count as lagging.
+        if c.replica_fetch.wait_max_ms as i64 >= c.replica_lag_time_max_ms {
+            return Err(invalid(
+                "replica.fetch.wait.max.ms",
+                &c.replica_fetch.wait_max_ms.to_string(),
+                format!(
+                    "must be less than replica.lag.time.max.ms ({}), or followers would drop out of the ISR while they wait",
+                    c.replica_lag_time_max_ms
+                ),
+            ));
         }
         let protocols = kraft::protocol_map(
             props
@@ -482,11 +541,15 @@ mod tests {
             ("process.roles", "broker,controller"),
             ("offsets.topic.replication.factor", "1"),
             ("transaction.state.log.min.isr", "3"),
+            ("num.replica.fetchers", "4"),
+            ("replica.fetch.wait.max.ms", "250"),
             ("made.up.key", "1"),
         ]))
         .unwrap();
         assert_eq!(c.internal_replication_factor, (1, 3));
         assert_eq!(c.txn_state_min_isr, 3);
+        assert_eq!(c.replica_fetch.fetchers, 4);
+        assert_eq!(c.replica_fetch.wait_max_ms, 250);
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.advertised_host, "broker1");
         assert_eq!(c.log_dir, PathBuf::from("/tmp/a"));
@@ -517,6 +580,8 @@ mod tests {
             ("log.segment.bytes", "-5"),
             ("log.retention.hours", "-7"),
             ("transaction.state.log.replication.factor", "0"),
+            ("num.replica.fetchers", "0"),
+            ("replica.fetch.wait.max.ms", "30000"),
         ] {
             let err = BrokerConfig::from_properties(&props(&[(k, v)])).unwrap_err();
             assert!(err.to_string().contains(k), "{err}");

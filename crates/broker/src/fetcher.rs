@@ -1,6 +1,7 @@
-//! Replica fetchers: this broker's copies of partitions led elsewhere. One task per leader
-//! broker fetches every partition followed from it in one Fetch request (replica id set,
-//! long-polled), after truncating each partition where its log diverges from the leader's
+//! Replica fetchers: this broker's copies of partitions led elsewhere. `num.replica.fetchers`
+//! tasks per leader broker (a partition's is chosen as Kafka chooses it), each with its own
+//! connection, fetch the partitions followed from it in one Fetch request (replica id set,
+//! long-polled for `replica.fetch.wait.max.ms`), after truncating each partition where its log diverges from the leader's
 //! (`strom_replication::follower`: OffsetForLeaderEpoch, KIP-101/279). Records are stored
 //! as the leader sent them (`Partition::append_replicated`); the follower's high watermark
 //! is the leader's, capped by its own log.
@@ -20,10 +21,6 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::partition::Partition;
 
-/// How long a follower's fetch waits at the leader for new records.
-const MAX_WAIT_MS: i32 = 500;
-/// replica.fetch.max.bytes (Kafka's default).
-const PARTITION_MAX_BYTES: i32 = 1 << 20;
 const BACKOFF: Duration = Duration::from_millis(200);
 
 struct Followed {
@@ -38,9 +35,12 @@ struct Source {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A fetcher: the leader broker it fetches from, and which of that broker's fetchers.
+type FetcherId = (i32, u32);
+
 #[derive(Default)]
 pub struct Fetchers {
-    sources: Mutex<HashMap<i32, Source>>,
+    sources: Mutex<HashMap<FetcherId, Source>>,
     /// The broker the tasks fetch for, from `Broker::start_replication` on.
     broker: std::sync::OnceLock<Weak<Broker>>,
 }
@@ -55,17 +55,24 @@ impl Fetchers {
         }
     }
 
-    fn spawn(&self, leader: i32, source: &mut Source) {
+    fn spawn(&self, id: FetcherId, source: &mut Source) {
         if source.task.is_none()
             && let Some(b) = self.broker.get()
         {
-            source.task = Some(tokio::spawn(run(
-                b.clone(),
-                leader,
-                source.partitions.clone(),
-            )));
+            source.task = Some(tokio::spawn(run(b.clone(), id, source.partitions.clone())));
         }
     }
+}
+
+/// Which of a source broker's `fetchers` follows `tp`: Kafka's
+/// `abs(31 * topic.hashCode() + partition) % num.replica.fetchers`.
+fn fetcher_for(tp: &TopicPartition, fetchers: u32) -> u32 {
+    let hash = tp
+        .topic
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+    let n = hash.wrapping_mul(31).wrapping_add(tp.partition) & 0x7fff_ffff;
+    (n as u32) % fetchers.max(1)
 }
 
 impl Broker {
@@ -80,7 +87,7 @@ impl Broker {
         leader_epoch: i32,
     ) {
         let mut sources = self.fetchers.sources.lock().unwrap();
-        for (l, s) in sources.iter() {
+        for ((l, _), s) in sources.iter() {
             let mut ps = s.partitions.lock().unwrap();
             if let Some(f) = ps.get(tp) {
                 if *l == leader && f.state.leader_epoch() == leader_epoch {
@@ -97,11 +104,12 @@ impl Broker {
             partition.log().log_end_offset(),
             partition.high_watermark(),
         );
-        let source = sources.entry(leader).or_insert_with(|| Source {
+        let id = (leader, fetcher_for(tp, self.config.replica_fetch.fetchers));
+        let source = sources.entry(id).or_insert_with(|| Source {
             partitions: Arc::default(),
             task: None,
         });
-        self.fetchers.spawn(leader, source);
+        self.fetchers.spawn(id, source);
         source.partitions.lock().unwrap().insert(
             tp.clone(),
             Followed {
@@ -116,8 +124,8 @@ impl Broker {
     pub fn start_replication(self: &Arc<Self>) {
         let _ = self.fetchers.broker.set(Arc::downgrade(self));
         let mut sources = self.fetchers.sources.lock().unwrap();
-        for (leader, source) in sources.iter_mut() {
-            self.fetchers.spawn(*leader, source);
+        for (id, source) in sources.iter_mut() {
+            self.fetchers.spawn(*id, source);
         }
     }
 
@@ -129,17 +137,17 @@ impl Broker {
     }
 }
 
-/// The fetcher of leader `leader`, until the broker goes away.
+/// Fetcher `id`, until the broker goes away.
 async fn run(
     broker: Weak<Broker>,
-    leader: i32,
+    id: FetcherId,
     partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
 ) {
     loop {
         let Some(b) = broker.upgrade() else {
             return;
         };
-        let busy = round(&b, leader, &partitions).await;
+        let busy = round(&b, id, &partitions).await;
         drop(b);
         if !busy {
             tokio::time::sleep(BACKOFF).await;
@@ -151,9 +159,10 @@ async fn run(
 /// the leader could not be reached (the caller backs off).
 async fn round(
     b: &Broker,
-    leader: i32,
+    (leader, fetcher): FetcherId,
     partitions: &Mutex<BTreeMap<TopicPartition, Followed>>,
 ) -> bool {
+    let config = b.config.replica_fetch;
     // Truncations first: the fetch offset is where the logs agree.
     let asks: Vec<(TopicPartition, i32, i32)> = {
         let mut ps = partitions.lock().unwrap();
@@ -221,7 +230,7 @@ async fn round(
             partition: tp.partition,
             fetch_offset: *offset,
             current_leader_epoch: *epoch,
-            partition_max_bytes: PARTITION_MAX_BYTES,
+            partition_max_bytes: config.max_bytes,
             log_start_offset: -1,
             ..Default::default()
         };
@@ -236,13 +245,13 @@ async fn round(
     }
     let req = FetchRequest {
         replica_id: b.config.node_id,
-        max_wait_ms: MAX_WAIT_MS,
+        max_wait_ms: config.wait_max_ms,
         min_bytes: 1,
-        max_bytes: 10 << 20,
+        max_bytes: config.response_max_bytes,
         topics,
         ..Default::default()
     };
-    let fetched = match b.fetch_from_broker(leader, &req).await {
+    let fetched = match b.fetch_from_broker(leader, fetcher, &req).await {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(leader, error = %e, "replica fetch failed");

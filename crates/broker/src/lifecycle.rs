@@ -52,9 +52,8 @@ impl Broker {
         loop {
             let last_refusal;
             match self.register().await {
-                Ok(epoch) => match self.heartbeat_renewing(false).await {
+                Ok(epoch) => match self.heartbeat_until_unfenced(epoch).await {
                     Ok(BrokerAnswer::Heartbeat { fenced: false, .. }) => {
-                        self.await_unfenced(epoch).await?;
                         // Not fatal: a controller change right now refuses it, and the
                         // heartbeat task fetches a block whenever one is wanted.
                         self.producer_ids.expect_controller_blocks();
@@ -133,28 +132,44 @@ impl Broker {
         answer
     }
 
-    /// Waits until this node has applied its own unfencing (its image shows this broker,
-    /// with this epoch, unfenced).
-    async fn await_unfenced(&self, epoch: i64) -> Result<(), BrokerError> {
+    /// Heartbeats until the controller unfences this broker and this node has applied its
+    /// own unfencing (its image shows this broker, with this epoch, unfenced). It keeps
+    /// heartbeating while it catches up: a node slow to apply the metadata log (a restart
+    /// under load) would otherwise be fenced again by the session timeout, and the image
+    /// that showed it unfenced passed by unseen. The last answer is returned; an unfenced
+    /// one means it is shown here.
+    async fn heartbeat_until_unfenced(&self, epoch: i64) -> Result<BrokerAnswer, BrokerError> {
         let me = self.config.node_id;
-        let Some(mut images) = self.metadata_log.watch() else {
-            return Ok(());
-        };
-        let shown = images.wait_for(|image| {
-            image
-                .brokers
-                .get(&me)
-                .is_some_and(|b| b.epoch == epoch && !b.fenced)
-        });
-        tokio::time::timeout(Duration::from_secs(30), shown)
-            .await
-            .map_err(|_| {
-                BrokerError::MetadataLog(format!(
-                    "broker {me} was unfenced, but this node's metadata did not show it within 30 s"
-                ))
-            })?
-            .map_err(|_| BrokerError::MetadataLog("the metadata quorum stopped".into()))?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.heartbeat_renewing(false).await?;
+            if !matches!(answer, BrokerAnswer::Heartbeat { fenced: false, .. }) {
+                return Ok(answer);
+            }
+            let Some(mut images) = self.metadata_log.watch() else {
+                return Ok(answer);
+            };
+            let shown = images.wait_for(|image| {
+                image
+                    .brokers
+                    .get(&me)
+                    .is_some_and(|b| b.epoch == epoch && !b.fenced)
+            });
+            match tokio::time::timeout(self.heartbeat_interval(), shown).await {
+                Ok(Ok(_)) => return Ok(answer),
+                Ok(Err(_)) => {
+                    return Err(BrokerError::MetadataLog(
+                        "the metadata quorum stopped".into(),
+                    ));
+                }
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(BrokerError::MetadataLog(format!(
+                        "broker {me} was unfenced, but this node's metadata did not show it within 30 s"
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Heartbeats until `stop` fires, registering again when the controller asks for it.

@@ -22,7 +22,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Channel {
     Control,
-    Replication,
+    /// One per replica fetcher (num.replica.fetchers).
+    Replication(u32),
 }
 
 #[derive(Default)]
@@ -58,9 +59,10 @@ impl Broker {
     pub(crate) async fn fetch_from_broker(
         &self,
         id: i32,
+        fetcher: u32,
         req: &krabka_protocol::owned::fetch_request::FetchRequest,
     ) -> Result<Vec<strom_client::fetch_records::FetchedPartition>, String> {
-        let conn = self.peer(id, Channel::Replication).await?;
+        let conn = self.peer(id, Channel::Replication(fetcher)).await?;
         let answer = match conn.send_raw(req, 12, "Fetch").await {
             Ok(a) => a,
             Err(e) => {
@@ -68,7 +70,7 @@ impl Broker {
                     .connections
                     .lock()
                     .await
-                    .remove(&(id, Channel::Replication));
+                    .remove(&(id, Channel::Replication(fetcher)));
                 return Err(format!("broker {id}: {e}"));
             }
         };

@@ -41,8 +41,22 @@ fn consume(n: &Node, topic: &str, group: Option<&str>, count: usize) -> Vec<Stri
     got
 }
 
-/// A producer id from broker `n` (InitProducerId without a transactional id).
+/// A producer id from broker `n` (InitProducerId without a transactional id), asked again
+/// while the broker answers COORDINATOR_LOAD_IN_PROGRESS (its first block of ids from the
+/// controller is on its way), as clients do.
 fn producer_id(n: &Node) -> i64 {
+    wait_for("a producer id", Duration::from_secs(30), || {
+        let (code, id) = init_producer_id(n);
+        match code {
+            0 => Some(id),
+            14 => None,
+            code => panic!("InitProducerId answered {code}"),
+        }
+    })
+}
+
+/// One InitProducerId to broker `n`: (error code, producer id).
+fn init_producer_id(n: &Node) -> (i16, i64) {
     use krabka_protocol::owned::init_producer_id_request::InitProducerIdRequest;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,8 +78,7 @@ fn producer_id(n: &Node) -> i64 {
             ..Default::default()
         };
         let (resp, _) = c.send(&req, 4, "InitProducerId").await.unwrap();
-        assert_eq!(resp.error_code, 0);
-        resp.producer_id
+        (resp.error_code, resp.producer_id)
     })
 }
 
