@@ -1,6 +1,7 @@
 """kcat (Debian 12's, on librdkafka 2.0.2: an old client on purpose) against strom."""
 
 import json
+import os
 import re
 import subprocess
 
@@ -27,8 +28,13 @@ def test_keyed_produce_and_consume(bootstrap, data_dir, topic, codec):
     assert_stored_with_codec(data_dir, topic, 1, codec, n)
 
     meta = kcat(bootstrap, "-L", "-t", topic)
-    # One replica, on the broker that leads it (node 0 alone, or one of a cluster).
-    assert re.search(rf'  topic "{topic}" with 1 partitions:\n    partition 0, leader (\d+), replicas: \1, isrs: \1\n', meta), meta
+    # One replica alone; on a cluster, one per node (default.replication.factor), all in sync
+    # and the leader among them.
+    m = re.search(rf'  topic "{topic}" with 1 partitions:\n    partition 0, leader (\d+), replicas: ([\d,]+), isrs: ([\d,]+)\n', meta)
+    assert m, meta
+    leader, replicas, isrs = m.group(1), m.group(2).split(","), m.group(3).split(",")
+    assert len(replicas) == min(int(os.environ.get("STROM_COMPAT_CLUSTER", "1")), 3), meta
+    assert leader in replicas and sorted(isrs) == sorted(replicas), meta
     assert re.search(rf"  broker \d+ at {bootstrap}( \(controller\))?\n", meta), meta
 
 

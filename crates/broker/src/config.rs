@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
     pub min_insync_replicas: i32,
+    /// unclean.leader.election.enable: the cluster default, a topic may override it.
+    pub unclean_leader_election: bool,
     pub log_retention_check_interval_ms: u64,
     pub log_flush_scheduler_interval_ms: u64,
     pub log_flush_offset_checkpoint_interval_ms: u64,
@@ -93,6 +95,7 @@ impl Default for BrokerConfig {
             message_max_bytes: 1024 * 1024 + 12,
             socket_request_max_bytes: 100 * 1024 * 1024,
             min_insync_replicas: 1,
+            unclean_leader_election: false,
             log_retention_check_interval_ms: 300_000,
             log_flush_scheduler_interval_ms: 1000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
@@ -259,6 +262,7 @@ impl BrokerConfig {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
+                "unclean.leader.election.enable" => c.unclean_leader_election = boolean(k, v)?,
                 "auto.create.topics.enable" => c.auto_create_topics_enable = boolean(k, v)?,
                 "message.max.bytes" => {
                     c.message_max_bytes = int::<i32>(k, v)?.max(0) as usize;
@@ -542,6 +546,7 @@ mod tests {
             ("offsets.topic.replication.factor", "1"),
             ("transaction.state.log.min.isr", "3"),
             ("num.replica.fetchers", "4"),
+            ("unclean.leader.election.enable", "true"),
             ("replica.fetch.wait.max.ms", "250"),
             ("made.up.key", "1"),
         ]))
@@ -549,6 +554,7 @@ mod tests {
         assert_eq!(c.internal_replication_factor, (1, 3));
         assert_eq!(c.txn_state_min_isr, 3);
         assert_eq!(c.replica_fetch.fetchers, 4);
+        assert!(c.unclean_leader_election);
         assert_eq!(c.replica_fetch.wait_max_ms, 250);
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.advertised_host, "broker1");

@@ -34,6 +34,7 @@ pub(crate) async fn start_quorum(
         election_timeout_ms: c.kraft.election_timeout_ms,
         controller: strom_controller::ControllerConfig {
             session_timeout_ms: c.kraft.session_timeout_ms as i64,
+            unclean_leader_election: c.unclean_leader_election,
             ..Default::default()
         },
         cluster_id: cluster_id.to_string(),

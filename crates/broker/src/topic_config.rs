@@ -125,7 +125,7 @@ impl TopicConfig {
             "cleanup.policy" => "delete".to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
             "compression.type" => "producer".to_string(),
-            "unclean.leader.election.enable" => "false".to_string(),
+            "unclean.leader.election.enable" => broker.unclean_leader_election.to_string(),
             _ => self.log.get(key)?,
         };
         let from_broker = broker_synonym(key).is_some_and(|b| broker.given.contains_key(b));

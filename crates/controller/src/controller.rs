@@ -329,7 +329,7 @@ impl Controller {
                     }
                 }
                 if gone(&next.leader) {
-                    next.leader = self.choose_leader(&next, |b| !gone(&b) && self.live(b));
+                    next.leader = self.choose_leader(name, i, &next, |b| !gone(&b) && self.live(b));
                     next.leader_epoch += 1;
                     if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
                         // Only an unclean election picks outside the ISR.
@@ -349,21 +349,50 @@ impl Controller {
         records
     }
 
+    /// Whether `topic` allows electing a replica outside the ISR: its
+    /// `unclean.leader.election.enable`, or the cluster's.
+    fn unclean_allowed(&self, topic: &str) -> bool {
+        self.image
+            .topics
+            .get(topic)
+            .and_then(|t| t.configs.get("unclean.leader.election.enable"))
+            .map_or(self.config.unclean_leader_election, |v| v.trim() == "true")
+    }
+
     /// The first live replica in the ISR, in replica order (Kafka's preference); with
-    /// unclean election allowed, the first live replica at all; otherwise none.
-    fn choose_leader(&self, info: &PartitionInfo, live: impl Fn(i32) -> bool) -> i32 {
+    /// unclean election allowed for the topic, the first live replica at all (said loudly:
+    /// records it lacks are lost); otherwise none, and the partition stays offline.
+    fn choose_leader(
+        &self,
+        topic: &str,
+        partition: usize,
+        info: &PartitionInfo,
+        live: impl Fn(i32) -> bool,
+    ) -> i32 {
         let clean = info
             .replicas
             .iter()
             .find(|r| info.isr.contains(r) && live(**r));
         match clean {
             Some(r) => *r,
-            None if self.config.unclean_leader_election => info
-                .replicas
-                .iter()
-                .find(|r| live(**r))
-                .copied()
-                .unwrap_or(NO_LEADER),
+            None if self.unclean_allowed(topic) => {
+                let leader = info
+                    .replicas
+                    .iter()
+                    .find(|r| live(**r))
+                    .copied()
+                    .unwrap_or(NO_LEADER);
+                if leader != NO_LEADER {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        leader,
+                        isr = ?info.isr,
+                        "unclean leader election: no replica of the ISR is live, so broker {leader}, outside it, leads; records it lacks are lost (unclean.leader.election.enable=true)"
+                    );
+                }
+                leader
+            }
             None => NO_LEADER,
         }
     }
@@ -380,7 +409,7 @@ impl Controller {
                 if !which(name, info) {
                     continue;
                 }
-                let leader = self.choose_leader(info, &live);
+                let leader = self.choose_leader(name, i, info, &live);
                 if leader == NO_LEADER {
                     continue;
                 }

@@ -202,16 +202,43 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
         NO_LEADER,
         "clean: offline rather than lose records"
     );
-    c.config.unclean_leader_election = true;
-    let fenced = c.fence(leader);
-    let p = fenced
-        .iter()
-        .find_map(|r| match r {
-            Record::Partition { info, .. } => Some(info.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let unclean = |c: &Controller| {
+        c.fence(leader)
+            .iter()
+            .find_map(|r| match r {
+                Record::Partition { info, .. } => Some(info.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // The topic's own unclean.leader.election.enable, over the cluster's default.
+    c.replay(&[Record::TopicConfigs {
+        topic: "t".into(),
+        configs: [(
+            "unclean.leader.election.enable".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    }]);
+    let p = unclean(&c);
     assert_eq!((p.leader, p.isr), (other, vec![other]));
+    c.replay(&[Record::TopicConfigs {
+        topic: "t".into(),
+        configs: Default::default(),
+    }]);
+    assert_eq!(unclean(&c).leader, NO_LEADER, "back to the cluster default");
+    c.config.unclean_leader_election = true;
+    let p = unclean(&c);
+    assert_eq!((p.leader, p.isr), (other, vec![other]));
+    c.replay(&[Record::TopicConfigs {
+        topic: "t".into(),
+        configs: [(
+            "unclean.leader.election.enable".to_string(),
+            "false".to_string(),
+        )]
+        .into(),
+    }]);
+    assert_eq!(unclean(&c).leader, NO_LEADER, "the topic says no");
 }
 
 #[test]
