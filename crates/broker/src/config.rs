@@ -58,6 +58,11 @@ pub struct BrokerConfig {
     pub min_insync_replicas: i32,
     /// unclean.leader.election.enable: the cluster default, a topic may override it.
     pub unclean_leader_election: bool,
+    /// auto.leader.rebalance.enable, leader.imbalance.check.interval.seconds (as ms),
+    /// leader.imbalance.per.broker.percentage: Kafka's defaults true, 300, 10.
+    pub auto_leader_rebalance: bool,
+    pub leader_imbalance_check_interval_ms: i64,
+    pub leader_imbalance_percent: u32,
     pub log_retention_check_interval_ms: u64,
     pub log_flush_scheduler_interval_ms: u64,
     pub log_flush_offset_checkpoint_interval_ms: u64,
@@ -96,6 +101,9 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 * 1024 * 1024,
             min_insync_replicas: 1,
             unclean_leader_election: false,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_percent: 10,
             log_retention_check_interval_ms: 300_000,
             log_flush_scheduler_interval_ms: 1000,
             log_flush_offset_checkpoint_interval_ms: 60_000,
@@ -263,6 +271,20 @@ impl BrokerConfig {
                     }
                 }
                 "unclean.leader.election.enable" => c.unclean_leader_election = boolean(k, v)?,
+                "auto.leader.rebalance.enable" => c.auto_leader_rebalance = boolean(k, v)?,
+                "leader.imbalance.check.interval.seconds" => {
+                    let secs: i64 = int(k, v)?;
+                    if secs < 1 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                    c.leader_imbalance_check_interval_ms = secs * 1000;
+                }
+                "leader.imbalance.per.broker.percentage" => {
+                    c.leader_imbalance_percent = int(k, v)?;
+                    if c.leader_imbalance_percent > 100 {
+                        return Err(invalid(k, v, "must be between 0 and 100"));
+                    }
+                }
                 "auto.create.topics.enable" => c.auto_create_topics_enable = boolean(k, v)?,
                 "message.max.bytes" => {
                     c.message_max_bytes = int::<i32>(k, v)?.max(0) as usize;

@@ -124,10 +124,16 @@ impl Broker {
         if let Ok(BrokerAnswer::Heartbeat {
             fenced,
             metadata_offset,
+            confirmed_ago_ms,
             ..
         }) = &answer
         {
-            *self.lease.lock().unwrap() = (!fenced).then_some((sent, *metadata_offset));
+            // The lease counts from the send, less the age of the controller's
+            // confirmation that it leads.
+            let start = sent.checked_sub(Duration::from_millis(*confirmed_ago_ms));
+            *self.lease.lock().unwrap() = start
+                .filter(|_| !fenced)
+                .map(|start| (start, *metadata_offset));
         }
         answer
     }
@@ -209,9 +215,10 @@ impl Broker {
 
     /// Whether what this node's metadata says it leads can be trusted now, for the
     /// coordinators' answers from memory (committed offsets, transaction states). In a
-    /// cluster, only while a lease holds: a heartbeat the active controller confirmed, sent
-    /// less than `broker.session.timeout.ms` ago (before the controller can have fenced this
-    /// broker and moved its leadership), and this node's metadata at least as new as the
+    /// cluster, only while a lease holds: a heartbeat answered by a controller that a
+    /// quorum confirmed as leader, sent less than `broker.session.timeout.ms` (less the
+    /// confirmation's age) ago, before any controller can have fenced this broker and
+    /// moved its leadership, and this node's metadata at least as new as the
     /// controller's when it answered. A node paused or cut off past its session serves
     /// none of it until it has heard from the controller and caught up: a client is sent
     /// to the new coordinator instead of reading the old one's stale state.

@@ -35,6 +35,9 @@ pub(crate) async fn start_quorum(
         controller: strom_controller::ControllerConfig {
             session_timeout_ms: c.kraft.session_timeout_ms as i64,
             unclean_leader_election: c.unclean_leader_election,
+            auto_leader_rebalance: c.auto_leader_rebalance,
+            leader_imbalance_check_interval_ms: c.leader_imbalance_check_interval_ms,
+            leader_imbalance_percent: c.leader_imbalance_percent,
             ..Default::default()
         },
         cluster_id: cluster_id.to_string(),

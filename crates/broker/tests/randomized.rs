@@ -407,6 +407,18 @@ fn seeds() -> Vec<Bytes> {
                     v,
                     &describe_cluster_request::DescribeClusterRequest::default(),
                 ),
+                43 => encode(
+                    43,
+                    v,
+                    &elect_leaders_request::ElectLeadersRequest {
+                        topic_partitions: Some(vec![elect_leaders_request::TopicPartitions {
+                            topic: "t".into(),
+                            partitions: vec![0],
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    },
+                ),
                 24 => encode(
                     24,
                     v,

@@ -340,6 +340,48 @@ impl Client {
             .collect())
     }
 
+    /// ElectLeaders: preferred (or unclean) elections on `partitions` (every partition when
+    /// `None`), sent to any broker (it asks the controller). The outcome per partition:
+    /// topic, partition, error code, message.
+    pub async fn elect_leaders(
+        &self,
+        preferred: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, i16, Option<String>)>> {
+        use krabka_protocol::owned::elect_leaders_request::{ElectLeadersRequest, TopicPartitions};
+        let mut topics: Vec<TopicPartitions> = Vec::new();
+        for (t, p) in partitions.iter().flatten() {
+            match topics.iter_mut().find(|x| &x.topic == t) {
+                Some(x) => x.partitions.push(*p),
+                None => topics.push(TopicPartitions {
+                    topic: t.clone(),
+                    partitions: vec![*p],
+                    ..Default::default()
+                }),
+            }
+        }
+        let req = ElectLeadersRequest {
+            election_type: if preferred { 0 } else { 1 },
+            topic_partitions: partitions.is_some().then_some(topics),
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
+        let (resp, _) = self.any().await?.send(&req, 2, "ElectLeaders").await?;
+        if resp.replica_election_results.is_empty() {
+            check(resp.error_code, None)?;
+        }
+        Ok(resp
+            .replica_election_results
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.topic;
+                t.partition_result
+                    .into_iter()
+                    .map(move |p| (topic.clone(), p.partition_id, p.error_code, p.error_message))
+            })
+            .collect())
+    }
+
     /// DescribeQuorum for the metadata log `__cluster_metadata-0`.
     pub async fn describe_quorum(&self) -> Result<QuorumDescription> {
         use krabka_protocol::owned::describe_quorum_request::{

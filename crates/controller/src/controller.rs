@@ -21,6 +21,11 @@ pub struct ControllerConfig {
     pub producer_id_block: i64,
     /// unclean.leader.election.enable, the cluster default.
     pub unclean_leader_election: bool,
+    /// auto.leader.rebalance.enable, leader.imbalance.check.interval.seconds (in ms here)
+    /// and leader.imbalance.per.broker.percentage.
+    pub auto_leader_rebalance: bool,
+    pub leader_imbalance_check_interval_ms: i64,
+    pub leader_imbalance_percent: u32,
 }
 
 impl Default for ControllerConfig {
@@ -29,6 +34,9 @@ impl Default for ControllerConfig {
             session_timeout_ms: 9_000,
             producer_id_block: 1_000,
             unclean_leader_election: false,
+            auto_leader_rebalance: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_percent: 10,
         }
     }
 }
@@ -166,6 +174,10 @@ impl Controller {
         for s in self.sessions.values_mut() {
             s.last_heartbeat_ms = now;
         }
+    }
+
+    pub(crate) fn is_live(&self, id: i32) -> bool {
+        self.live(id)
     }
 
     fn live(&self, id: i32) -> bool {

@@ -491,3 +491,60 @@ fn alter_partition_takes_the_leaders_current_view_only() {
     let (grown, _) = c.alter_partition(&ask(p.isr.clone(), epoch_now)).unwrap();
     assert_eq!(grown.isr.len(), 3);
 }
+
+#[test]
+fn preferred_elections_give_leadership_back_to_the_first_replica() {
+    let (mut c, epochs) = cluster(3, &[]);
+    create(&mut c, topic("t", 3, 3));
+    let preferred = |c: &Controller, p: usize| c.image().topics["t"].partitions[p].replicas[0];
+    // Every partition led by its first replica: nothing to do.
+    let (records, results) = c.elect_leaders(true, None);
+    assert!(records.is_empty() && results.is_empty(), "{results:?}");
+    // Partition 0's preferred replica goes away and comes back: another leads it.
+    let first = preferred(&c, 0);
+    let fenced = c.fence(first);
+    c.replay(&fenced);
+    assert_ne!(c.image().topics["t"].partitions[0].leader, first);
+    let (records, results) = c.elect_leaders(true, Some(&[("t".into(), 0)]));
+    assert!(records.is_empty());
+    assert_eq!(
+        results[0].2,
+        errors::PREFERRED_LEADER_NOT_AVAILABLE,
+        "not live"
+    );
+    let back = c
+        .heartbeat(first, epochs[first as usize - 1], false, 1)
+        .unwrap()
+        .records;
+    c.replay(&back);
+    // Live but not in the ISR yet: still not available.
+    let (_, results) = c.elect_leaders(true, Some(&[("t".into(), 0)]));
+    assert_eq!(results[0].2, errors::PREFERRED_LEADER_NOT_AVAILABLE);
+    let mut info = c.image().topics["t"].partitions[0].clone();
+    info.isr.push(first);
+    c.replay(&[Record::Partition {
+        topic: "t".into(),
+        partition: 0,
+        info: info.clone(),
+    }]);
+    // The automatic rebalance takes it back (one of its partitions of three is elsewhere).
+    let records = c.rebalance_leaders(10);
+    c.replay(&records);
+    let now = &c.image().topics["t"].partitions[0];
+    assert_eq!(now.leader, first);
+    assert_eq!(now.leader_epoch, info.leader_epoch + 1);
+    let (records, results) = c.elect_leaders(
+        true,
+        Some(&[("t".into(), 0), ("t".into(), 9), ("u".into(), 0)]),
+    );
+    assert!(records.is_empty());
+    let codes: Vec<i16> = results.iter().map(|r| r.2).collect();
+    assert_eq!(
+        codes,
+        vec![
+            errors::ELECTION_NOT_NEEDED,
+            errors::UNKNOWN_TOPIC_OR_PARTITION,
+            errors::UNKNOWN_TOPIC_OR_PARTITION
+        ]
+    );
+}

@@ -4,6 +4,7 @@
 //! produces through a Raft log on openraft and applies them to every node's image.
 
 pub mod controller;
+pub mod election;
 pub mod placement;
 pub mod quorum;
 

@@ -119,6 +119,14 @@ pub enum TopicsCmd {
         #[arg(long)]
         partitions: i32,
     },
+    /// Move leadership back to preferred replicas (the first of each partition's replicas),
+    /// or elect a leader outside the ISR for partitions that have none (unclean: records
+    /// the new leader lacks are lost). What kafka-leader-election.sh does.
+    ///
+    /// Examples:
+    ///   strom topics elect-leaders --election-type preferred --all-topic-partitions
+    ///   strom topics elect-leaders --election-type unclean --topic orders --partition 3
+    ElectLeaders(crate::elect::ElectArgs),
 }
 
 fn hex(id: &[u8; 16]) -> String {
@@ -197,6 +205,7 @@ pub async fn topics(cmd: TopicsCmd) -> anyhow::Result<()> {
                 Err(e) => return Err(e).with_context(|| format!("cannot create topic {topic}")),
             }
         }
+        TopicsCmd::ElectLeaders(args) => crate::elect::run(args).await?,
         TopicsCmd::Delete { conn, topic } => {
             conn.client()
                 .await?

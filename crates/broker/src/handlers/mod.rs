@@ -5,6 +5,7 @@ mod admin;
 mod api_versions;
 mod configs;
 mod coordinator;
+mod elect;
 mod fetch;
 mod groups;
 mod leader_epoch;
@@ -97,6 +98,7 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::DESCRIBE_TRANSACTIONS => txn::describe(broker, &ctx, frame).await,
         protocol::LIST_TRANSACTIONS => txn::list(broker, &ctx, frame).await,
         protocol::DESCRIBE_QUORUM => quorum::describe(broker, &ctx, frame).await,
+        protocol::ELECT_LEADERS => elect::handle(broker, &ctx, frame).await,
         _ => unreachable!("every api in the table has a handler"),
     };
     match result {

@@ -41,6 +41,12 @@ pub enum BrokerRequest {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// Kafka's ElectLeaders (preferred, or unclean), on the partitions named (all when
+    /// `None`).
+    ElectLeaders {
+        preferred: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
     /// Kafka's AllocateProducerIds: a block of ids no other broker is given.
     AllocateProducerIds {
         id: i32,
@@ -62,10 +68,18 @@ pub enum BrokerAnswer {
         /// quorum, that it still leads: the broker's view is current once it has this much.
         #[serde(default)]
         metadata_offset: u64,
+        /// How long before this answer that confirmation was had (confirmations are
+        /// reused for a while): the broker's lease counts from that much before its send.
+        #[serde(default)]
+        confirmed_ago_ms: u64,
     },
     ProducerIds {
         start: i64,
         len: i64,
+    },
+    /// ElectLeaders' outcome per partition: topic, partition, error code, message.
+    Elected {
+        results: Vec<crate::election::ElectionResult>,
     },
     /// The partition's state once an AlterPartition is committed.
     PartitionChanged {
@@ -88,6 +102,8 @@ struct Inner {
     /// The quorum term this controller was activated in.
     active_term: Option<u64>,
     last_tick_ms: i64,
+    /// When leadership was last rebalanced to the preferred replicas.
+    last_rebalance_ms: i64,
 }
 
 pub struct ActiveController {
@@ -95,6 +111,11 @@ pub struct ActiveController {
     state: StateMachine,
     node_id: NodeId,
     started: Instant,
+    /// When a quorum last confirmed this node's leadership (taken before the confirmation
+    /// was asked), and how long such a confirmation is reused (a quarter of the session
+    /// timeout; see `confirmed_heartbeat`).
+    confirmed: std::sync::Mutex<Option<Instant>>,
+    confirmation_reuse: Duration,
     inner: tokio::sync::Mutex<Inner>,
     /// Observers that fetched the image from this node: how far they had it.
     observers: std::sync::Mutex<std::collections::BTreeMap<NodeId, u64>>,
@@ -106,16 +127,20 @@ impl ActiveController {
         state: StateMachine,
         node_id: NodeId,
         config: ControllerConfig,
+        confirmation_reuse: Duration,
     ) -> Self {
         ActiveController {
             raft,
             state,
             node_id,
+            confirmed: std::sync::Mutex::new(None),
+            confirmation_reuse,
             started: Instant::now(),
             inner: tokio::sync::Mutex::new(Inner {
                 controller: Controller::new(config),
                 active_term: None,
                 last_tick_ms: 0,
+                last_rebalance_ms: 0,
             }),
             observers: Default::default(),
         }
@@ -181,6 +206,8 @@ impl ActiveController {
             let now = self.now();
             inner.controller.activate(now);
             inner.last_tick_ms = now;
+            // A new controller waits a whole interval before its first rebalance.
+            inner.last_rebalance_ms = now;
             inner.active_term = Some(term);
             tracing::info!(
                 node = self.node_id,
@@ -215,22 +242,43 @@ impl ActiveController {
     /// A heartbeat's answer renews the broker's lease on what it leads (see the broker's
     /// `leadership_current`): only a controller that a quorum still follows may give it,
     /// with the offset the broker's metadata must reach before the lease counts.
+    ///
+    /// A confirmation is reused for a while rather than asked of the quorum for every
+    /// heartbeat of every broker; the answer says how old it is. That stays safe: a
+    /// successor is elected no sooner than an election timeout after the confirmation, and
+    /// gives every broker a whole session from then, while the broker's lease ends one
+    /// session after its send less the confirmation's age, which is before.
     async fn confirmed_heartbeat(&self, fenced: bool, shutdown_ready: bool) -> BrokerAnswer {
-        if let Err(e) = self.raft.ensure_linearizable().await {
-            return BrokerAnswer::NotController {
-                leader: match e {
-                    openraft::error::RaftError::APIError(
-                        openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-                    ) => f.leader_id,
-                    _ => None,
-                },
-            };
-        }
+        let cached = *self.confirmed.lock().unwrap();
+        let confirmed_at = match cached.filter(|at| at.elapsed() < self.confirmation_reuse) {
+            Some(at) => Ok(at),
+            None => {
+                let asked = Instant::now();
+                self.raft.ensure_linearizable().await.map(|_| asked)
+            }
+        };
+        let confirmed_at = match confirmed_at {
+            Ok(at) => {
+                *self.confirmed.lock().unwrap() = Some(at);
+                at
+            }
+            Err(e) => {
+                return BrokerAnswer::NotController {
+                    leader: match e {
+                        openraft::error::RaftError::APIError(
+                            openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                        ) => f.leader_id,
+                        _ => None,
+                    },
+                };
+            }
+        };
         let (metadata_offset, _) = self.state.applied().await;
         BrokerAnswer::Heartbeat {
             fenced,
             shutdown_ready,
             metadata_offset,
+            confirmed_ago_ms: confirmed_at.elapsed().as_millis() as u64,
         }
     }
 
@@ -275,6 +323,7 @@ impl ActiveController {
                         fenced: o.fenced,
                         shutdown_ready: o.shutdown_ready,
                         metadata_offset: 0,
+                        confirmed_ago_ms: 0,
                     };
                     (o.records, answer)
                 }),
@@ -304,6 +353,15 @@ impl ActiveController {
                     };
                     (records, answer)
                 }),
+            BrokerRequest::ElectLeaders {
+                preferred,
+                partitions,
+            } => {
+                let (records, results) = inner
+                    .controller
+                    .elect_leaders(preferred, partitions.as_deref());
+                Ok((records, BrokerAnswer::Elected { results }))
+            }
             BrokerRequest::AllocateProducerIds {
                 id,
                 epoch,
@@ -370,7 +428,23 @@ impl ActiveController {
                 inner.controller.refresh_sessions(now);
             }
             inner.last_tick_ms = now;
-            let records = inner.controller.tick(now);
+            let mut records = inner.controller.tick(now);
+            let config = inner.controller.config;
+            if records.is_empty()
+                && config.auto_leader_rebalance
+                && now - inner.last_rebalance_ms >= config.leader_imbalance_check_interval_ms
+            {
+                inner.last_rebalance_ms = now;
+                records = inner
+                    .controller
+                    .rebalance_leaders(config.leader_imbalance_percent);
+                if !records.is_empty() {
+                    tracing::info!(
+                        partitions = records.len(),
+                        "leadership goes back to preferred replicas (auto.leader.rebalance.enable)"
+                    );
+                }
+            }
             if records.is_empty() {
                 continue;
             }

@@ -20,6 +20,7 @@ pub mod observer;
 mod state_machine;
 
 use std::io::Cursor;
+use std::time::Duration;
 
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;
@@ -164,6 +165,7 @@ impl Quorum {
             state.clone(),
             node_id,
             config.controller,
+            Duration::from_millis(config.controller.session_timeout_ms.max(0) as u64 / 4),
         ));
         if let Some(l) = listener {
             tokio::spawn(network::serve(

@@ -146,16 +146,26 @@ impl TcpConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let exchange = async {
-            if self.stream.is_none() {
-                self.stream = Some(connect(&self.addr, &self.cluster_id).await?);
-            }
-            let s = self.stream.as_mut().expect("connected");
-            write_frame(s, Some(kind), &body).await?;
-            read_frame(s).await
+        // The connection is owned by the exchange until its answer is read: openraft may
+        // drop this future half way (a heartbeat it no longer waits for), and a connection
+        // left with an unread answer would hand that answer to the next request, a success
+        // for entries the follower never got. A dropped exchange drops its connection.
+        let existing = self.stream.take();
+        let (addr, cluster_id) = (&self.addr, &self.cluster_id);
+        let exchange = async move {
+            let mut s = match existing {
+                Some(s) => s,
+                None => connect(addr, cluster_id).await?,
+            };
+            write_frame(&mut s, Some(kind), &body).await?;
+            let bytes = read_frame(&mut s).await?;
+            Ok::<_, std::io::Error>((s, bytes))
         };
         let answer = match tokio::time::timeout(option.hard_ttl(), exchange).await {
-            Ok(Ok(bytes)) => bytes,
+            Ok(Ok((s, bytes))) => {
+                self.stream = Some(s);
+                bytes
+            }
             failed => {
                 self.stream = None;
                 let e = match failed {
@@ -402,4 +412,63 @@ pub async fn fetch_image(
 ) -> Result<FetchAnswer, String> {
     let answer: Result<FetchAnswer, ()> = exchange(addr, cluster_id, FETCH, req, timeout).await?;
     answer.map_err(|()| "refused".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A voter that answers each request with the number it carries, the first one late.
+    async fn slow_first_voter() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _hello = read_frame(&mut s).await?;
+                    write_frame(&mut s, None, br#"{"Ok":null}"#).await?;
+                    loop {
+                        let req = read_frame(&mut s).await?;
+                        let n: u64 = serde_json::from_slice(&req[1..]).unwrap();
+                        if n == 1 {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        write_frame(&mut s, None, format!(r#"{{"Ok":{n}}}"#).as_bytes()).await?;
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), std::io::Error>(())
+                });
+            }
+        });
+        addr
+    }
+
+    /// A call openraft stops waiting for must not leave its answer to the next call (the
+    /// nemesis found a leader that counted a follower's entries as matched from a stale
+    /// answer, then saw the follower's log "revert").
+    #[tokio::test]
+    async fn an_abandoned_call_does_not_answer_the_next_one() {
+        let mut c = TcpConnection {
+            target: 2,
+            addr: slow_first_voter().await,
+            cluster_id: Arc::from("c"),
+            stream: None,
+            unreachable: Arc::default(),
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            c.call::<u64, u64, openraft::error::InstallSnapshotError>(APPEND, &1, &option),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the first answer is late");
+        let answer = c
+            .call::<u64, u64, openraft::error::InstallSnapshotError>(APPEND, &2, &option)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer, 2,
+            "the answer to the abandoned call was taken for this one"
+        );
+    }
 }

@@ -361,6 +361,7 @@ async fn three_nodes_over_tcp_elect_commit_and_survive_a_dead_leader() {
             sm.clone(),
             id,
             crate::ControllerConfig::default(),
+            std::time::Duration::from_millis(50),
         ));
         servers.insert(
             id,
