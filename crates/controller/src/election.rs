@@ -1,10 +1,11 @@
-//! Kafka's ElectLeaders, decided over the image: a preferred election gives each partition
-//! back to its first replica when that replica is live and in the ISR (what a restart or a
-//! failover took away); an unclean one gives a partition without a leader any live
-//! replica, in or out of the ISR, and says so.
+//! Choosing leaders over the image: from the ISR (or outside it, when the topic allows an
+//! unclean election) when brokers are fenced or come back; and Kafka's ElectLeaders, where
+//! a preferred election gives each partition back to its first replica when that replica
+//! is live and in the ISR (what a restart or a failover took away), and an unclean one
+//! gives a partition without a leader any live replica, in or out of the ISR, and says so.
 
 use strom_metadata::errors;
-use strom_metadata::image::{NO_LEADER, Record};
+use strom_metadata::image::{NO_LEADER, PartitionInfo, Record};
 
 use crate::controller::Controller;
 
@@ -12,6 +13,87 @@ use crate::controller::Controller;
 pub type ElectionResult = (String, i32, i16, Option<String>);
 
 impl Controller {
+    /// Whether `topic` allows electing a replica outside the ISR: its
+    /// `unclean.leader.election.enable`, or the cluster's.
+    pub(crate) fn unclean_allowed(&self, topic: &str) -> bool {
+        self.image()
+            .topics
+            .get(topic)
+            .and_then(|t| t.configs.get("unclean.leader.election.enable"))
+            .map_or(self.config.unclean_leader_election, |v| v.trim() == "true")
+    }
+
+    /// The first live replica in the ISR, in replica order (Kafka's preference); with
+    /// unclean election allowed for the topic, the first live replica at all (said loudly:
+    /// records it lacks are lost); otherwise none, and the partition stays offline.
+    pub(crate) fn choose_leader(
+        &self,
+        topic: &str,
+        partition: usize,
+        info: &PartitionInfo,
+        live: impl Fn(i32) -> bool,
+    ) -> i32 {
+        let clean = info
+            .replicas
+            .iter()
+            .find(|r| info.isr.contains(r) && live(**r));
+        match clean {
+            Some(r) => *r,
+            None if self.unclean_allowed(topic) => {
+                let leader = info
+                    .replicas
+                    .iter()
+                    .find(|r| live(**r))
+                    .copied()
+                    .unwrap_or(NO_LEADER);
+                if leader != NO_LEADER {
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        leader,
+                        isr = ?info.isr,
+                        "unclean leader election: no replica of the ISR is live, so broker {leader}, outside it, leads; records it lacks are lost (unclean.leader.election.enable=true)"
+                    );
+                }
+                leader
+            }
+            None => NO_LEADER,
+        }
+    }
+
+    /// Leaders for the partitions `which` selects, among brokers `live` says are up.
+    pub(crate) fn elect_where(
+        &self,
+        which: impl Fn(&str, &PartitionInfo) -> bool,
+        live: impl Fn(i32) -> bool,
+    ) -> Vec<Record> {
+        let mut records = Vec::new();
+        for (name, t) in &self.image().topics {
+            for (i, info) in t.partitions.iter().enumerate() {
+                if !which(name, info) {
+                    continue;
+                }
+                let leader = self.choose_leader(name, i, info, &live);
+                if leader == NO_LEADER {
+                    continue;
+                }
+                let mut next = info.clone();
+                next.leader = leader;
+                next.leader_epoch += 1;
+                next.partition_epoch += 1;
+                if !next.isr.contains(&leader) {
+                    next.isr = vec![leader];
+                }
+                records.push(Record::Partition {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    info: next,
+                });
+            }
+        }
+        records
+    }
+
     /// The elections `preferred` (or unclean) asks for, on `which` partitions (every one
     /// when `None`; then the partitions that needed nothing are left out of the results,
     /// as Kafka leaves them out). The records to commit, and a result per partition.

@@ -5,7 +5,6 @@
 mod cluster_nodes;
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use cluster_nodes::{Node, bootstrap, ok, restart, three_nodes_with};
@@ -13,32 +12,16 @@ use common::wait_for;
 
 /// (leader, first replica, ISR size) of every partition of `t`.
 fn partitions(n: &Node) -> Option<Vec<(i64, i64, usize)>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args([
-            "topics",
-            "describe",
-            "--topic",
-            "t",
-            "--json",
-            "--bootstrap-server",
-        ])
-        .arg(bootstrap(n))
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let parts = v.as_array()?.first()?["partitions"].as_array()?.clone();
-    Some(
-        parts
-            .iter()
-            .map(|p| {
-                (
-                    p["leader"].as_i64().unwrap(),
-                    p["replicas"][0].as_i64().unwrap(),
-                    p["isr"].as_array().unwrap().len(),
-                )
-            })
-            .collect(),
-    )
+    cluster_nodes::describe_partitions(&bootstrap(n), "t")?
+        .iter()
+        .map(|p| {
+            Some((
+                p["leader"].as_i64()?,
+                p["replicas"][0].as_i64()?,
+                p["isr"].as_array()?.len(),
+            ))
+        })
+        .collect()
 }
 
 /// Three nodes with `extra`, topic `t` (3 partitions, factor 3); node `victim`, the

@@ -7,7 +7,6 @@
 mod cluster_nodes;
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use cluster_nodes::{Node, bootstrap, ok, three_nodes_with};
@@ -22,39 +21,19 @@ type Placement = (i32, Vec<i64>, Vec<i64>);
 
 /// Every partition of `topic`, as `n` describes them.
 fn partitions(n: &Node, topic: &str) -> Option<Vec<Placement>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args([
-            "topics",
-            "describe",
-            "--topic",
-            topic,
-            "--json",
-            "--bootstrap-server",
-            &bootstrap(n),
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let parts = v.as_array()?.first()?["partitions"].as_array()?.clone();
-    let ids = |v: &serde_json::Value| -> Vec<i64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect()
+    let ids = |v: &serde_json::Value| -> Option<Vec<i64>> {
+        v.as_array()?.iter().map(|x| x.as_i64()).collect()
     };
-    Some(
-        parts
-            .iter()
-            .map(|p| {
-                (
-                    p["leader"].as_i64().unwrap() as i32,
-                    ids(&p["replicas"]),
-                    ids(&p["isr"]),
-                )
-            })
-            .collect(),
-    )
+    cluster_nodes::describe_partitions(&bootstrap(n), topic)?
+        .iter()
+        .map(|p| {
+            Some((
+                p["leader"].as_i64()? as i32,
+                ids(&p["replicas"])?,
+                ids(&p["isr"])?,
+            ))
+        })
+        .collect()
 }
 
 fn consumer(via: &Node, group: &str) -> BaseConsumer {

@@ -160,19 +160,7 @@ fn run(seed: u64) {
     reader.join().unwrap();
     println!("nemesis: checking the replicas");
     // Healed: every replica of every partition, internal ones too, back in the ISR.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let under = cluster.under_replicated();
-        if under.as_ref().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partitions still short of their replicas 90 s after healing: {under:?}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-
+    cluster.await_whole_isrs("every partition back to three replicas in its ISR after healing");
     // Healed: every replica back in sync, and identical.
     for topic in [INPUT, OUTPUT] {
         for p in 0..PARTITIONS {

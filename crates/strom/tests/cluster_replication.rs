@@ -1,7 +1,8 @@
 //! Replication across three nodes (see `cluster_nodes`): a topic with replication factor 3,
 //! written with librdkafka's idempotent acks=all producer, is copied byte for byte to every
 //! replica; SIGKILL of a partition's leader moves leadership to another replica of the
-//! ISR, and every acknowledged record is read back exactly once, in order.
+//! ISR, and every acknowledged record is read back exactly once, in order. Each node runs two
+//! replica fetchers per leader (`num.replica.fetchers=2`).
 
 mod cluster_nodes;
 mod common;
@@ -97,7 +98,8 @@ fn replicas_copy_the_leader_byte_for_byte_and_a_killed_leader_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = three_nodes_with(
         tmp.path(),
-        "broker.session.timeout.ms=2000\nbroker.heartbeat.interval.ms=200\nreplica.lag.time.max.ms=2000",
+        "broker.session.timeout.ms=2000\nbroker.heartbeat.interval.ms=200\nreplica.lag.time.max.ms=2000\n\
+         num.replica.fetchers=2",
     );
     ok(
         &[

@@ -375,6 +375,9 @@ impl ActiveController {
             Ok((records, answer)) => match self.commit(&records).await {
                 Ok(()) => {
                     log_changes(&records);
+                    // The decision is committed: the quorum round of a heartbeat's
+                    // confirmation need not hold up the other brokers' requests.
+                    drop(inner);
                     match answer {
                         BrokerAnswer::Heartbeat {
                             fenced,

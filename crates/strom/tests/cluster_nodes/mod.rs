@@ -233,6 +233,22 @@ fn start_cluster(
         .collect()
 }
 
+/// The partitions of `topic` as `strom topics describe --json` through `bootstrap` shows
+/// them (leader, replicas, isr, ...); None when it did not answer.
+pub fn describe_partitions(bootstrap: &str, topic: &str) -> Option<Vec<serde_json::Value>> {
+    let out = strom(&[
+        "topics",
+        "describe",
+        "--topic",
+        topic,
+        "--json",
+        "--bootstrap-server",
+        bootstrap,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.first()?["partitions"].as_array().cloned()
+}
+
 pub fn bootstrap(n: &Node) -> String {
     format!("127.0.0.1:{}", n.port)
 }

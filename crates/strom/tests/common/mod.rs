@@ -225,6 +225,25 @@ impl Drop for Server {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+/// [`wait_for`], where a miss says why (`Err`): the last one is in the panic message.
+pub fn wait_until<T, W: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<T, W>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let why = match f() {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last: {why:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {

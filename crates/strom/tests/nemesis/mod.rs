@@ -221,19 +221,19 @@ impl Cluster {
             let status = self.node(id).child.wait().unwrap();
             assert!(status.success(), "node {id} stopped with {status}");
             self.restart(id);
-            let deadline = Instant::now() + Duration::from_secs(90);
-            loop {
-                let under = self.under_replicated();
-                if under.as_ref().is_some_and(Vec::is_empty) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {id} restarted, but partitions are still short of replicas: {under:?}"
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            self.await_whole_isrs(&format!("node {id} back in every ISR"));
         }
+    }
+
+    /// Waits (90 s at most) until every partition, internal ones too, has all three
+    /// replicas in its ISR; the panic names the partitions still short.
+    pub fn await_whole_isrs(&self, what: &str) {
+        crate::common::wait_until(what, Duration::from_secs(90), || {
+            match self.under_replicated() {
+                Some(under) if under.is_empty() => Ok(()),
+                other => Err(other),
+            }
+        });
     }
 
     /// Faults one after another, `gap` apart, for `duration`.
