@@ -232,6 +232,9 @@ pub fn wait_until<T, W: std::fmt::Debug>(
     mut f: impl FnMut() -> Result<T, W>,
 ) -> T {
     let deadline = Instant::now() + timeout;
+    // Checks here may start processes (a CLI describe): the interval grows to 200 ms so
+    // that polling does not starve the servers it waits for.
+    let mut interval = Duration::from_millis(10);
     loop {
         let why = match f() {
             Ok(v) => return v,
@@ -240,7 +243,8 @@ pub fn wait_until<T, W: std::fmt::Debug>(
         if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting for {what}; last: {why:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(interval);
+        interval = (interval * 2).min(Duration::from_millis(200));
     }
 }
 
