@@ -263,12 +263,18 @@ impl Partition {
     /// state learns its progress and the high watermark may move. Refused for a replica
     /// that is not one of this partition's, or when this node does not lead it.
     pub fn on_follower_fetch(&self, replica: i32, fetch_offset: u64) -> Result<(), i16> {
+        // The log end first: an append the follower already read may not have reached the
+        // leader state yet (its writer is between the two), and the fetch offset past the
+        // state's log end would be refused as out of range.
+        let leo = self.log().log_end_offset();
+        let now = strom_storage::clock::now_ms();
         let mut state = self.leader_state.lock().unwrap();
         let Some(state) = state.as_mut() else {
             return Err(crate::errors::NOT_LEADER_OR_FOLLOWER);
         };
-        let outcome = state.on_fetch(replica, fetch_offset, strom_storage::clock::now_ms())?;
-        if let Some(hw) = outcome.high_watermark {
+        let appended = state.on_append(leo, now);
+        let outcome = state.on_fetch(replica, fetch_offset, now)?;
+        if let Some(hw) = outcome.high_watermark.or(appended) {
             self.publish_high_watermark(hw);
         }
         if let Some(change) = outcome.expand {

@@ -319,3 +319,24 @@ async fn a_write_waiting_for_the_isr_ends_when_leadership_moves() {
         HighWatermarkWait::NotLeader
     );
 }
+
+/// A follower may read an append before its writer has told the leader state (the writer
+/// is between the log and the state): its next fetch, from past what the state knows, is
+/// taken, not refused as out of range (a follower would truncate on that answer).
+#[test]
+fn a_fetch_past_an_append_the_leader_state_has_not_seen_is_taken() {
+    use strom_metadata::image::PartitionInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), &[]);
+    p.make_leader(&PartitionInfo {
+        isr: vec![0, 7],
+        replicas: vec![0, 7],
+        leader: 0,
+        leader_epoch: 1,
+        partition_epoch: 1,
+    });
+    // Straight to the log: the leader state has not seen these two records.
+    p.log().append(&mut records(-1, -1, 2, false), 1).unwrap();
+    assert_eq!(p.on_follower_fetch(7, 2), Ok(()));
+    assert_eq!(p.high_watermark(), 2, "the follower has both: committed");
+}

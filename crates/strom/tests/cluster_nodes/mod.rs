@@ -72,7 +72,7 @@ fn spawn(config: &std::path::Path) -> (Child, mpsc::Receiver<()>) {
             std::env::var("STROM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     // A test killed by its harness (a timeout) runs no destructor: its nodes die with it
     // instead of running on, holding ports and cores.
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -83,6 +83,18 @@ fn spawn(config: &std::path::Path) -> (Child, mpsc::Receiver<()>) {
         });
     }
     let mut child = cmd.spawn().unwrap();
+    // Each node's log lines carry its name: three nodes' logs interleave in a failure's
+    // output.
+    let name = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+        }
+    });
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -1,24 +1,33 @@
 //! Network partitions on loopback: a TCP proxy in front of every listener of every node.
 //! The nodes advertise the proxies' ports and name them as voters, so every connection, a
-//! node's to another node as well as a client's, passes through one. Each accepted
-//! connection is traced to the process that opened it (its socket's inode, from
-//! `/proc/net/tcp`, among the nodes' open files), so that cutting node X off drops both
-//! what reaches X and what X opens towards the others, and refuses both from then on.
+//! node's to another node as well as a client's, passes through one. Cutting node X off
+//! drops both what reaches X and what X opens towards the others, and refuses both until
+//! healed: a connection is traced to the process that opened it (its socket's inode, from
+//! `/proc/net/tcp`, among the node's open files). The trace is costly under load, so it is
+//! made only while some node is cut off, never on the way of a healthy connection: the
+//! quorum's RPCs time out quickly, and a proxy slow to accept kept a restarted node out
+//! of the quorum for good.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
-type Conn = (Option<i32>, i32, TcpStream, TcpStream);
+/// An open proxied connection: the node it goes to, the client's port and the proxy's
+/// (which name its socket in `/proc/net/tcp`), and both sockets.
+struct Conn {
+    to: i32,
+    client_port: u16,
+    proxy_port: u16,
+    sockets: (TcpStream, TcpStream),
+}
 
 #[derive(Default)]
 struct Shared {
     /// Node id to the pid of its current process.
     pids: Mutex<HashMap<i32, u32>>,
     isolated: Mutex<HashSet<i32>>,
-    /// Open proxied connections by number: (from node, if a node opened it; to node; both
-    /// sockets).
+    /// Open proxied connections by number.
     conns: Mutex<HashMap<u64, Conn>>,
     next: std::sync::atomic::AtomicU64,
 }
@@ -59,11 +68,17 @@ impl Proxies {
     pub fn isolate(&self, node: i32) {
         self.shared.isolated.lock().unwrap().insert(node);
         let mut conns = self.shared.conns.lock().unwrap();
-        conns.retain(|_, (from, to, a, b)| {
-            let cut = *to == node || *from == Some(node);
+        let sockets = ports_to_inodes();
+        let pid = self.shared.pids.lock().unwrap().get(&node).copied();
+        let owned = pid.map(socket_inodes).unwrap_or_default();
+        conns.retain(|_, c| {
+            let opened = sockets
+                .get(&(c.client_port, c.proxy_port))
+                .is_some_and(|inode| owned.contains(inode));
+            let cut = c.to == node || opened;
             if cut {
-                let _ = a.shutdown(Shutdown::Both);
-                let _ = b.shutdown(Shutdown::Both);
+                let _ = c.sockets.0.shutdown(Shutdown::Both);
+                let _ = c.sockets.1.shutdown(Shutdown::Both);
             }
             !cut
         });
@@ -74,16 +89,25 @@ impl Proxies {
     }
 }
 
+/// Whether a connection from `client_port` to node `to` is refused: only while a node is
+/// cut off is it traced to the node that opened it.
+fn refused(shared: &Shared, client_port: Option<u16>, to: i32, proxy_port: u16) -> bool {
+    let isolated = shared.isolated.lock().unwrap().clone();
+    if isolated.is_empty() {
+        return false;
+    }
+    if isolated.contains(&to) {
+        return true;
+    }
+    client_port
+        .and_then(|p| opened_by(shared, p, proxy_port))
+        .is_some_and(|from| isolated.contains(&from))
+}
+
 fn relay(shared: &Shared, client: TcpStream, to: i32, proxy_port: u16, target: u16) {
-    let from = client
-        .peer_addr()
-        .ok()
-        .and_then(|peer| opened_by(shared, peer.port(), proxy_port));
-    {
-        let isolated = shared.isolated.lock().unwrap();
-        if isolated.contains(&to) || from.is_some_and(|f| isolated.contains(&f)) {
-            return;
-        }
+    let client_port = client.peer_addr().ok().map(|a| a.port());
+    if refused(shared, client_port, to, proxy_port) {
+        return;
     }
     let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else {
         return;
@@ -99,11 +123,18 @@ fn relay(shared: &Shared, client: TcpStream, to: i32, proxy_port: u16, target: u
     {
         // Checked again under the list's lock: an isolation in between closes it.
         let mut conns = shared.conns.lock().unwrap();
-        let isolated = shared.isolated.lock().unwrap();
-        if isolated.contains(&to) || from.is_some_and(|f| isolated.contains(&f)) {
+        if refused(shared, client_port, to, proxy_port) {
             return;
         }
-        conns.insert(id, (from, to, c2, u2));
+        conns.insert(
+            id,
+            Conn {
+                to,
+                client_port: client_port.unwrap_or(0),
+                proxy_port,
+                sockets: (c2, u2),
+            },
+        );
     }
     let (Ok(mut c_read), Ok(mut u_write)) = (client.try_clone(), upstream.try_clone()) else {
         return;
@@ -120,26 +151,50 @@ fn relay(shared: &Shared, client: TcpStream, to: i32, proxy_port: u16, target: u
     shared.conns.lock().unwrap().remove(&id);
 }
 
-/// The node whose process holds the socket 127.0.0.1:`port` -> 127.0.0.1:`proxy_port`.
-fn opened_by(shared: &Shared, port: u16, proxy_port: u16) -> Option<i32> {
-    let local = format!("0100007F:{port:04X}");
-    let remote = format!("0100007F:{proxy_port:04X}");
-    let tcp = std::fs::File::open("/proc/net/tcp").ok()?;
-    let inode = BufReader::new(tcp)
+/// Every loopback TCP socket's inode by (local port, remote port), from `/proc/net/tcp`.
+fn ports_to_inodes() -> HashMap<(u16, u16), u64> {
+    let Ok(tcp) = std::fs::File::open("/proc/net/tcp") else {
+        return HashMap::new();
+    };
+    let port = |addr: &str| {
+        addr.strip_prefix("0100007F:")
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    BufReader::new(tcp)
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| {
+        .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 9 && f[1] == local && f[2] == remote).then(|| f[9].to_string())
-        })?;
-    let wanted = format!("socket:[{inode}]");
+            if f.len() <= 9 {
+                return None;
+            }
+            Some(((port(f[1])?, port(f[2])?), f[9].parse().ok()?))
+        })
+        .collect()
+}
+
+/// The inodes of the sockets process `pid` holds open.
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The node whose process holds the socket 127.0.0.1:`port` -> 127.0.0.1:`proxy_port`.
+fn opened_by(shared: &Shared, port: u16, proxy_port: u16) -> Option<i32> {
+    let inode = *ports_to_inodes().get(&(port, proxy_port))?;
     let pids = shared.pids.lock().unwrap().clone();
-    pids.into_iter().find_map(|(node, pid)| {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-        fds.filter_map(Result::ok)
-            .any(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_str() == Some(wanted.as_str()))
-            })
-            .then_some(node)
-    })
+    pids.into_iter()
+        .find_map(|(node, pid)| socket_inodes(pid).contains(&inode).then_some(node))
 }
