@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use strom_metadata::image::PartitionInfo;
+use strom_metadata::image::{NO_LEADER, PartitionInfo};
 use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
 use strom_storage::{LeaderAppend, Log, PartitionLog, ReadResult, StorageError};
@@ -256,6 +256,15 @@ impl Partition {
         self.set_role(info);
         *self.leader_state.lock().unwrap() = None;
         // Writes waiting to be committed here learn that they will not be, from this node.
+        self.watchers.notify();
+    }
+
+    /// This node no longer holds the partition (moved away by a reassignment, or its topic
+    /// deleted): it leads nothing, and writes waiting for the ISR learn at once that they
+    /// will not be acknowledged here, instead of at their timeout.
+    pub fn drop_replica(&self) {
+        self.role.write().unwrap().leader = NO_LEADER;
+        *self.leader_state.lock().unwrap() = None;
         self.watchers.notify();
     }
 

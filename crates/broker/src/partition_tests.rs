@@ -240,6 +240,7 @@ fn the_high_watermark_is_checkpointed_not_guessed_at_restart() {
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
+        ..PartitionInfo::default()
     };
     p.make_leader(&info(vec![0]));
     p.append(&mut records(-1, -1, 2, false), 1).unwrap();
@@ -280,6 +281,7 @@ async fn a_write_waiting_for_the_isr_ends_when_leadership_moves() {
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
+        ..PartitionInfo::default()
     };
     p.make_leader(&info);
     let a = p.append(&mut records(-1, -1, 3, false), -1).unwrap();
@@ -334,9 +336,46 @@ fn a_fetch_past_an_append_the_leader_state_has_not_seen_is_taken() {
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
+        ..PartitionInfo::default()
     });
     // Straight to the log: the leader state has not seen these two records.
     p.log().append(&mut records(-1, -1, 2, false), 1).unwrap();
     assert_eq!(p.on_follower_fetch(7, 2), Ok(()));
     assert_eq!(p.high_watermark(), 2, "the follower has both: committed");
+}
+
+/// A replica dropped from this node (a reassignment moved it away) ends the acks=all
+/// writes waiting on it at once: they are not acknowledged here, and the client retries
+/// at the new leader instead of waiting out its request timeout.
+#[tokio::test]
+async fn a_dropped_replica_ends_the_writes_waiting_for_its_isr() {
+    use crate::partition::HighWatermarkWait;
+    use strom_metadata::image::PartitionInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Arc::new(open(dir.path(), &[]));
+    p.make_leader(&PartitionInfo {
+        isr: vec![0, 7],
+        replicas: vec![0, 7],
+        leader: 0,
+        leader_epoch: 1,
+        partition_epoch: 1,
+        ..PartitionInfo::default()
+    });
+    let a = p.append(&mut records(-1, -1, 3, false), -1).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = tokio::spawn({
+        let p = p.clone();
+        async move {
+            p.wait_for_high_watermark(a.last_offset + 1, 1, deadline)
+                .await
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "the follower has not fetched");
+    p.drop_replica();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("woken when the replica is dropped")
+        .unwrap();
+    assert_eq!(ended, HighWatermarkWait::NotLeader);
 }

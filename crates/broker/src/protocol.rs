@@ -48,6 +48,8 @@ pub const CREATE_PARTITIONS: i16 = 37;
 pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const DESCRIBE_CLUSTER: i16 = 60;
 pub const ELECT_LEADERS: i16 = 43;
+pub const ALTER_PARTITION_REASSIGNMENTS: i16 = 45;
+pub const LIST_PARTITION_REASSIGNMENTS: i16 = 46;
 pub const ADD_PARTITIONS_TO_TXN: i16 = 24;
 pub const ADD_OFFSETS_TO_TXN: i16 = 25;
 pub const END_TXN: i16 = 26;
@@ -93,6 +95,8 @@ pub const APIS: &[Api] = &[
     Api { key: OFFSET_DELETE, name: "OffsetDelete", min: 0, max: 0, flexible_min: i16::MAX },
     Api { key: DESCRIBE_CLUSTER, name: "DescribeCluster", min: 0, max: 2, flexible_min: 0 },
     Api { key: ELECT_LEADERS, name: "ElectLeaders", min: 0, max: 2, flexible_min: 2 },
+    Api { key: ALTER_PARTITION_REASSIGNMENTS, name: "AlterPartitionReassignments", min: 0, max: 1, flexible_min: 0 },
+    Api { key: LIST_PARTITION_REASSIGNMENTS, name: "ListPartitionReassignments", min: 0, max: 0, flexible_min: 0 },
     // Transactions. Later versions are KIP-890's (server-side partition verification, epoch
     // bumps on every EndTxn), which this coordinator does not do.
     Api { key: ADD_PARTITIONS_TO_TXN, name: "AddPartitionsToTxn", min: 0, max: 4, flexible_min: 3 },

@@ -98,6 +98,7 @@ impl ReplicaManager {
             let Some(p) = self.partitions.write().unwrap().remove(tp) else {
                 continue;
             };
+            p.drop_replica();
             // Rename first so that a crash leaves a "-delete" directory that the next start
             // removes, never a live-looking partition of a deleted topic.
             let dir = p.log().dir().to_path_buf();

@@ -69,6 +69,7 @@ impl Broker {
                 replicas,
                 leader_epoch,
                 partition_epoch: 0,
+                ..PartitionInfo::default()
             },
         }
     }

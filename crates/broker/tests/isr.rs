@@ -84,6 +84,7 @@ async fn a_lagging_follower_leaves_the_isr_and_comes_back_once_caught_up() {
                 leader: 4,
                 leader_epoch: 1,
                 partition_epoch: 1,
+                ..PartitionInfo::default()
             },
         },
     ])

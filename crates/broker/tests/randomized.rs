@@ -539,6 +539,32 @@ fn seeds() -> Vec<Bytes> {
                         ..Default::default()
                     },
                 ),
+                45 => encode(
+                    45,
+                    v,
+                    &alter_partition_reassignments_request::AlterPartitionReassignmentsRequest {
+                        topics: vec![alter_partition_reassignments_request::ReassignableTopic {
+                            name: "t".into(),
+                            partitions: vec![
+                                alter_partition_reassignments_request::ReassignablePartition {
+                                    partition_index: 0,
+                                    replicas: Some(vec![0]),
+                                    ..Default::default()
+                                },
+                            ],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                46 => encode(
+                    46,
+                    v,
+                    &list_partition_reassignments_request::ListPartitionReassignmentsRequest {
+                        topics: None,
+                        ..Default::default()
+                    },
+                ),
                 other => panic!("no seed for api {other}: add one"),
             };
             out.push(f);

@@ -74,6 +74,7 @@ async fn offset_for_leader_epoch_answers_where_each_epoch_ended() {
             leader: 0,
             leader_epoch: 2,
             partition_epoch: 2,
+            ..PartitionInfo::default()
         },
     }])
     .await
@@ -193,6 +194,7 @@ async fn a_followers_fetches_move_the_high_watermark() {
                 leader: 0,
                 leader_epoch: 1,
                 partition_epoch: 1,
+                ..PartitionInfo::default()
             },
         },
     ])

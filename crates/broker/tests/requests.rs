@@ -262,6 +262,7 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
         leader: 7,
         leader_epoch: 3,
         partition_epoch: 1,
+        ..PartitionInfo::default()
     };
     let offsets_partition = (0..2)
         .find(|p| {

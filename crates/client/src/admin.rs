@@ -295,6 +295,16 @@ impl Client {
     }
 }
 
+/// A reassignment in progress, as ListPartitionReassignments describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OngoingReassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
 /// The metadata quorum, as DescribeQuorum describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumDescription {
@@ -378,6 +388,100 @@ impl Client {
                 t.partition_result
                     .into_iter()
                     .map(move |p| (topic.clone(), p.partition_id, p.error_code, p.error_message))
+            })
+            .collect())
+    }
+
+    /// AlterPartitionReassignments: moves each partition to its new replicas (`None`
+    /// cancels its reassignment in progress), sent to any broker (it asks the controller).
+    /// The outcome per partition: topic, partition, error code, message.
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> Result<Vec<(String, i32, i16, Option<String>)>> {
+        use krabka_protocol::owned::alter_partition_reassignments_request::{
+            AlterPartitionReassignmentsRequest, ReassignablePartition, ReassignableTopic,
+        };
+        let mut topics: Vec<ReassignableTopic> = Vec::new();
+        for (t, p, replicas) in reassignments {
+            let partition = ReassignablePartition {
+                partition_index: p,
+                replicas,
+                ..Default::default()
+            };
+            match topics.iter_mut().find(|x| x.name == t) {
+                Some(x) => x.partitions.push(partition),
+                None => topics.push(ReassignableTopic {
+                    name: t,
+                    partitions: vec![partition],
+                    ..Default::default()
+                }),
+            }
+        }
+        let req = AlterPartitionReassignmentsRequest {
+            timeout_ms: 30_000,
+            allow_replication_factor_change: true,
+            topics,
+            ..Default::default()
+        };
+        let (resp, _) = self
+            .any()
+            .await?
+            .send(&req, 0, "AlterPartitionReassignments")
+            .await?;
+        if resp.responses.is_empty() {
+            check(resp.error_code, resp.error_message)?;
+        }
+        Ok(resp
+            .responses
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name;
+                t.partitions.into_iter().map(move |p| {
+                    (
+                        topic.clone(),
+                        p.partition_index,
+                        p.error_code,
+                        p.error_message,
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// ListPartitionReassignments: the reassignments in progress (of `topics` only, when
+    /// given), by partition.
+    pub async fn list_partition_reassignments(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<Vec<OngoingReassignment>> {
+        use krabka_protocol::owned::list_partition_reassignments_request::ListPartitionReassignmentsRequest;
+        // Every topic's, filtered here: the request names partitions one by one, which
+        // would need each topic's partition count first.
+        let req = ListPartitionReassignmentsRequest {
+            timeout_ms: 30_000,
+            topics: None,
+            ..Default::default()
+        };
+        let (resp, _) = self
+            .any()
+            .await?
+            .send(&req, 0, "ListPartitionReassignments")
+            .await?;
+        check(resp.error_code, resp.error_message)?;
+        Ok(resp
+            .topics
+            .into_iter()
+            .filter(|t| topics.is_none_or(|ts| ts.contains(&t.name)))
+            .flat_map(|t| {
+                let topic = t.name;
+                t.partitions.into_iter().map(move |p| OngoingReassignment {
+                    topic: topic.clone(),
+                    partition: p.partition_index,
+                    replicas: p.replicas,
+                    adding: p.adding_replicas,
+                    removing: p.removing_replicas,
+                })
             })
             .collect())
     }

@@ -384,8 +384,7 @@ impl Controller {
                     leader: r[0],
                     isr: r.clone(),
                     replicas: r,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
+                    ..PartitionInfo::default()
                 },
             })
             .collect()
@@ -600,6 +599,8 @@ impl Controller {
         }
         let mut next = info.clone();
         next.isr = a.isr.clone();
+        // A replica a reassignment waits for may just have joined: the old ones leave.
+        let mut next = self.complete(next);
         next.partition_epoch += 1;
         let record = Record::Partition {
             topic: a.topic.clone(),

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod election;
 pub mod placement;
 pub mod quorum;
+pub mod reassignment;
 
 pub use controller::{
     AlterPartition, Controller, ControllerConfig, Refusal, Registration, TopicRequest,

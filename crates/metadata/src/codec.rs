@@ -37,6 +37,7 @@ fn partition(r: &mut Reader<'_>) -> Option<PartitionInfo> {
         leader: r.i32()?,
         leader_epoch: r.i32()?,
         partition_epoch: r.i32()?,
+        ..PartitionInfo::default()
     })
 }
 
@@ -67,10 +68,15 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
                 partition,
                 info,
             } => {
-                out.push(2);
+                // Type 8 adds a reassignment in progress; without one, type 2 as before.
+                out.push(if info.reassigning() { 8 } else { 2 });
                 put_string(&mut out, topic);
                 out.extend_from_slice(&partition.to_be_bytes());
                 put_partition(&mut out, info);
+                if info.reassigning() {
+                    put_ids(&mut out, &info.adding);
+                    put_ids(&mut out, &info.removing);
+                }
             }
             Record::TopicConfigs { topic, configs } => {
                 out.push(3);
@@ -140,6 +146,18 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                 partition: r.i32()?,
                 info: partition(&mut r)?,
             },
+            8 => {
+                let topic = r.string()?;
+                let index = r.i32()?;
+                let mut info = partition(&mut r)?;
+                info.adding = ids(&mut r)?;
+                info.removing = ids(&mut r)?;
+                Record::Partition {
+                    topic,
+                    partition: index,
+                    info,
+                }
+            }
             3 => {
                 let topic = r.string()?;
                 let n = r.count(6)?;
@@ -204,6 +222,20 @@ mod tests {
                     leader: 4,
                     leader_epoch: 9,
                     partition_epoch: 11,
+                    ..PartitionInfo::default()
+                },
+            },
+            Record::Partition {
+                topic: "orders".into(),
+                partition: 3,
+                info: PartitionInfo {
+                    replicas: vec![5, 3, 4],
+                    isr: vec![3, 4],
+                    leader: 3,
+                    leader_epoch: 2,
+                    partition_epoch: 4,
+                    adding: vec![5],
+                    removing: vec![4],
                 },
             },
             Record::TopicConfigs {

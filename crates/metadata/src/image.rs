@@ -27,8 +27,9 @@ pub struct BrokerInfo {
     pub epoch: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionInfo {
+    /// Every replica; during a reassignment, the target ones first, then those leaving.
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
     pub leader: i32,
@@ -36,6 +37,26 @@ pub struct PartitionInfo {
     /// Bumped by every change to the partition (Kafka's partition epoch): an ISR change
     /// from a stale view is refused by it.
     pub partition_epoch: i32,
+    /// A reassignment in progress (Kafka's addingReplicas and removingReplicas): replicas
+    /// that join once they caught up, and replicas that leave then. Empty otherwise.
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+impl PartitionInfo {
+    /// The replicas a reassignment in progress moves the partition to (all of them when
+    /// none is).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .filter(|r| !self.removing.contains(r))
+            .copied()
+            .collect()
+    }
+
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +308,7 @@ mod tests {
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,
+            ..PartitionInfo::default()
         }
     }
 

@@ -12,6 +12,7 @@ fn info(replicas: &[i32], isr: &[i32], partition_epoch: i32) -> PartitionInfo {
         leader: 1,
         leader_epoch: 5,
         partition_epoch,
+        ..PartitionInfo::default()
     }
 }
 

@@ -127,13 +127,24 @@ pub enum TopicsCmd {
     ///   strom topics elect-leaders --election-type preferred --all-topic-partitions
     ///   strom topics elect-leaders --election-type unclean --topic orders --partition 3
     ElectLeaders(crate::elect::ElectArgs),
+    /// Move partitions' replicas to other brokers without taking them offline: the new
+    /// replicas copy the log, then the old ones leave. What kafka-reassign-partitions.sh
+    /// does, with its JSON plans.
+    ///
+    /// Examples:
+    ///   strom topics reassign --topic orders --broker-list 4,5,6 --generate
+    ///   strom topics reassign --topic orders --broker-list 4,5,6 --execute --wait
+    ///   strom topics reassign --reassignment-json-file plan.json --execute
+    ///   strom topics reassign --reassignment-json-file plan.json --verify
+    ///   strom topics reassign --list
+    Reassign(crate::reassign::ReassignArgs),
 }
 
 fn hex(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn list_nodes(nodes: &[i32]) -> String {
+pub(crate) fn list_nodes(nodes: &[i32]) -> String {
     nodes
         .iter()
         .map(|n| n.to_string())
@@ -206,6 +217,7 @@ pub async fn topics(cmd: TopicsCmd) -> anyhow::Result<()> {
             }
         }
         TopicsCmd::ElectLeaders(args) => crate::elect::run(args).await?,
+        TopicsCmd::Reassign(args) => crate::reassign::run(args).await?,
         TopicsCmd::Delete { conn, topic } => {
             conn.client()
                 .await?
@@ -273,8 +285,13 @@ async fn describe_topics(
     let wanted = topic.clone().map(|t| vec![t]);
     let meta = client.metadata(wanted.as_deref()).await?;
     let mut sizes = BTreeMap::new();
+    // Each replica's size, by broker: how far a reassignment's new replicas have copied.
+    let mut replica_sizes = BTreeMap::new();
     for b in &meta.brokers {
         if let Ok(s) = client.log_dir_sizes(b.id).await {
+            for ((t, p), size) in &s {
+                replica_sizes.insert((b.id, t.clone(), *p), *size);
+            }
             sizes.extend(s);
         }
     }
@@ -318,8 +335,13 @@ async fn describe_topics(
                     .collect()
             })
             .unwrap_or_default();
+        // A server without reassignments (older, or another Kafka) shows none.
+        let ongoing = client
+            .list_partition_reassignments(Some(std::slice::from_ref(&t.name)))
+            .await
+            .unwrap_or_default();
         let rf = t.partitions.first().map(|p| p.replicas.len()).unwrap_or(0);
-        let mut table = Table::new(&[
+        let mut columns = vec![
             "PARTITION",
             "LEADER",
             "REPLICAS",
@@ -327,7 +349,11 @@ async fn describe_topics(
             "LOG-START",
             "LOG-END",
             "SIZE",
-        ]);
+        ];
+        if !ongoing.is_empty() {
+            columns.push("REASSIGNING");
+        }
+        let mut table = Table::new(&columns);
         let mut parts = Vec::new();
         for p in t.partitions.iter().filter(|p| only.shows(p)) {
             let size = sizes.get(&(t.name.clone(), p.index)).copied();
@@ -335,7 +361,27 @@ async fn describe_topics(
                 starts.get(&p.index).copied().unwrap_or(-1),
                 ends.get(&p.index).copied().unwrap_or(-1),
             );
-            table.row(vec![
+            let reassignment = ongoing.iter().find(|o| o.partition == p.index);
+            let (adding, removing) = reassignment
+                .map(|o| (o.adding.clone(), o.removing.clone()))
+                .unwrap_or_default();
+            // A new replica's progress: its size against the leader's.
+            let leader_size = replica_sizes.get(&(p.leader, t.name.clone(), p.index));
+            let progress: Vec<(i32, Option<f64>)> = adding
+                .iter()
+                .map(|r| {
+                    let copied = replica_sizes.get(&(*r, t.name.clone(), p.index));
+                    let pct = match (copied, leader_size) {
+                        (Some(c), Some(l)) if *l > 0 => {
+                            Some((*c as f64 / *l as f64 * 100.0).min(100.0))
+                        }
+                        (Some(_), Some(_)) => Some(100.0),
+                        _ => None,
+                    };
+                    (*r, pct)
+                })
+                .collect();
+            let mut row = vec![
                 p.index.to_string(),
                 p.leader.to_string(),
                 list_nodes(&p.replicas),
@@ -343,10 +389,30 @@ async fn describe_topics(
                 start.to_string(),
                 end.to_string(),
                 size.map(human_bytes).unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if !ongoing.is_empty() {
+                row.push(match reassignment {
+                    None => "-".into(),
+                    Some(_) => format!(
+                        "adding {} removing {}",
+                        progress
+                            .iter()
+                            .map(|(r, pct)| match pct {
+                                Some(pct) => format!("{r} ({pct:.0}%)"),
+                                None => r.to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        list_nodes(&removing)
+                    ),
+                });
+            }
+            table.row(row);
             parts.push(json!({
                 "partition": p.index, "leader": p.leader, "leader_epoch": p.leader_epoch,
                 "replicas": p.replicas, "isr": p.isr, "log_start_offset": start, "log_end_offset": end, "size_bytes": size,
+                "adding_replicas": adding, "removing_replicas": removing,
+                "adding_progress_pct": progress.iter().map(|(_, pct)| pct).collect::<Vec<_>>(),
             }));
         }
         text.push_str(&format!(

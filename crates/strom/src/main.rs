@@ -6,6 +6,7 @@ mod elect;
 mod groups;
 mod output;
 mod perf;
+mod reassign;
 mod server;
 mod storage;
 mod transactions;

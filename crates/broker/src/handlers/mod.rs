@@ -14,6 +14,7 @@ mod metadata;
 mod produce;
 mod producer_id;
 mod quorum;
+mod reassign;
 mod txn;
 
 use std::net::SocketAddr;
@@ -99,6 +100,8 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         protocol::LIST_TRANSACTIONS => txn::list(broker, &ctx, frame).await,
         protocol::DESCRIBE_QUORUM => quorum::describe(broker, &ctx, frame).await,
         protocol::ELECT_LEADERS => elect::handle(broker, &ctx, frame).await,
+        protocol::ALTER_PARTITION_REASSIGNMENTS => reassign::alter(broker, &ctx, frame).await,
+        protocol::LIST_PARTITION_REASSIGNMENTS => reassign::list(broker, &ctx, frame).await,
         _ => unreachable!("every api in the table has a handler"),
     };
     match result {

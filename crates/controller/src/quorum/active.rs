@@ -47,6 +47,11 @@ pub enum BrokerRequest {
         preferred: bool,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// Kafka's AlterPartitionReassignments: start, replace or cancel (no replicas) each.
+    AlterReassignments {
+        reassignments: Vec<crate::reassignment::Reassignment>,
+        allow_rf_change: bool,
+    },
     /// Kafka's AllocateProducerIds: a block of ids no other broker is given.
     AllocateProducerIds {
         id: i32,
@@ -80,6 +85,11 @@ pub enum BrokerAnswer {
     /// ElectLeaders' outcome per partition: topic, partition, error code, message.
     Elected {
         results: Vec<crate::election::ElectionResult>,
+    },
+    /// AlterPartitionReassignments' outcome per partition: topic, partition, error code,
+    /// message.
+    Reassigned {
+        results: Vec<crate::reassignment::ReassignmentResult>,
     },
     /// The partition's state once an AlterPartition is committed.
     PartitionChanged {
@@ -361,6 +371,15 @@ impl ActiveController {
                     .controller
                     .elect_leaders(preferred, partitions.as_deref());
                 Ok((records, BrokerAnswer::Elected { results }))
+            }
+            BrokerRequest::AlterReassignments {
+                reassignments,
+                allow_rf_change,
+            } => {
+                let (records, results) = inner
+                    .controller
+                    .alter_reassignments(&reassignments, allow_rf_change);
+                Ok((records, BrokerAnswer::Reassigned { results }))
             }
             BrokerRequest::AllocateProducerIds {
                 id,
