@@ -223,3 +223,31 @@ test('deleteTopics removes topics from listTopics and metadata', T, () => withAd
     await once.disconnect()
   }
 }))
+
+test('alterPartitionReassignments and listPartitionReassignments: replicas kept, a broker that does not exist refused', T, () => withAdmin(async admin => {
+  const t = h.unique('reassign')
+  await admin.createTopics({ topics: [{ topic: t, numPartitions: 2 }] })
+  const meta = await admin.fetchTopicMetadata({ topics: [t] })
+  const parts = meta.topics[0].partitions
+  // Each partition onto the replicas it has: accepted, nothing to move.
+  await admin.alterPartitionReassignments({
+    topics: [{ topic: t, partitionAssignment: parts.map(p => ({ partition: p.partitionId, replicas: p.replicas })) }],
+  })
+  const listed = await admin.listPartitionReassignments({ topics: [{ topic: t, partitions: [0, 1] }] })
+  assert.deepEqual(listed.topics, [])
+
+  // A broker that is not registered: INVALID_REPLICA_ASSIGNMENT for that partition only.
+  await assert.rejects(
+    admin.alterPartitionReassignments({ topics: [{ topic: t, partitionAssignment: [{ partition: 0, replicas: [999] }] }] }),
+    e => {
+      assert.equal(e.name, 'KafkaJSAggregateError')
+      assert.equal(e.errors.length, 1)
+      assert.equal(e.errors[0].type, 'INVALID_REPLICA_ASSIGNMENT')
+      assert.equal(e.errors[0].topic, t)
+      assert.equal(e.errors[0].partition, 0)
+      return true
+    },
+  )
+  const after = await admin.fetchTopicMetadata({ topics: [t] })
+  assert.deepEqual(after.topics[0].partitions.map(p => p.replicas), parts.map(p => p.replicas))
+}))

@@ -2,6 +2,7 @@
 
 mod admin;
 mod console;
+mod describe;
 mod elect;
 mod groups;
 mod output;
