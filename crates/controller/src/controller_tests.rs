@@ -241,6 +241,42 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
     assert_eq!(unclean(&c).leader, NO_LEADER, "the topic says no");
 }
 
+/// An offline partition (its last ISR member fenced while unclean election was off) is
+/// elected by the controller's timer once its topic allows unclean election at run time,
+/// not only at the next fence or unfence.
+#[test]
+fn turning_unclean_election_on_elects_the_partitions_left_offline() {
+    let (mut c, _) = cluster(2, &[]);
+    create(&mut c, topic("t", 1, 2));
+    let mut info = c.image().topics["t"].partitions[0].clone();
+    let leader = info.leader;
+    info.isr = vec![leader];
+    c.replay(&[Record::Partition {
+        topic: "t".into(),
+        partition: 0,
+        info,
+    }]);
+    let fenced = c.fence(leader);
+    c.replay(&fenced);
+    assert_eq!(c.image().topics["t"].partitions[0].leader, NO_LEADER);
+    assert_eq!(c.elect_offline(), vec![], "unclean election is off");
+
+    c.replay(&[Record::TopicConfigs {
+        topic: "t".into(),
+        configs: [(
+            "unclean.leader.election.enable".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    }]);
+    let elected = c.elect_offline();
+    c.replay(&elected);
+    let p = &c.image().topics["t"].partitions[0];
+    let other = if leader == 1 { 2 } else { 1 };
+    assert_eq!((p.leader, p.isr.clone()), (other, vec![other]));
+    assert_eq!(c.elect_offline(), vec![], "nothing left offline");
+}
+
 #[test]
 fn a_second_process_with_the_same_node_id_is_refused_while_the_first_lives() {
     let (mut c, _) = cluster(1, &[]);

@@ -33,32 +33,29 @@ impl Controller {
         info: &PartitionInfo,
         live: impl Fn(i32) -> bool,
     ) -> i32 {
-        let clean = info
-            .replicas
-            .iter()
-            .find(|r| info.isr.contains(r) && live(**r));
-        match clean {
-            Some(r) => *r,
-            None if self.unclean_allowed(topic) => {
-                let leader = info
-                    .replicas
-                    .iter()
-                    .find(|r| live(**r))
-                    .copied()
-                    .unwrap_or(NO_LEADER);
-                if leader != NO_LEADER {
-                    tracing::warn!(
-                        topic,
-                        partition,
-                        leader,
-                        isr = ?info.isr,
-                        "unclean leader election: no replica of the ISR is live, so broker {leader}, outside it, leads; records it lacks are lost (unclean.leader.election.enable=true)"
-                    );
-                }
-                leader
-            }
-            None => NO_LEADER,
+        let Some(leader) = pick(info, &live, self.unclean_allowed(topic)) else {
+            return NO_LEADER;
+        };
+        if !info.isr.contains(&leader) {
+            tracing::warn!(
+                topic,
+                partition,
+                leader,
+                isr = ?info.isr,
+                "unclean leader election: no replica of the ISR is live, so broker {leader}, outside it, leads; records it lacks are lost (unclean.leader.election.enable=true)"
+            );
         }
+        leader
+    }
+
+    /// Partitions without a leader whose topic allows an unclean election get a live
+    /// replica: what the fencing of their last ISR member could not do when the setting
+    /// was off, once it is turned on at run time (Kafka's controller checks the same).
+    pub fn elect_offline(&self) -> Vec<Record> {
+        self.elect_where(
+            |name, info| info.leader == NO_LEADER && self.unclean_allowed(name),
+            |b| self.is_live(b),
+        )
     }
 
     /// Leaders for the partitions `which` selects, among brokers `live` says are up.
@@ -147,15 +144,10 @@ impl Controller {
             } else if info.leader != NO_LEADER {
                 Err((errors::ELECTION_NOT_NEEDED, None))
             } else {
-                info.replicas
-                    .iter()
-                    .copied()
-                    .find(|r| info.isr.contains(r) && self.is_live(*r))
-                    .or_else(|| info.replicas.iter().copied().find(|r| self.is_live(*r)))
-                    .ok_or((
-                        errors::ELIGIBLE_LEADERS_NOT_AVAILABLE,
-                        Some("no replica of the partition is live".into()),
-                    ))
+                pick(info, |r| self.is_live(r), true).ok_or((
+                    errors::ELIGIBLE_LEADERS_NOT_AVAILABLE,
+                    Some("no replica of the partition is live".into()),
+                ))
             };
             match choice {
                 Ok(leader) => {
@@ -216,4 +208,19 @@ impl Controller {
         }
         self.elect_leaders(true, Some(&wanted)).0
     }
+}
+
+/// The first replica `live` says is up that is in the ISR, in replica order; with
+/// `unclean`, failing that, the first live replica at all.
+fn pick(info: &PartitionInfo, live: impl Fn(i32) -> bool, unclean: bool) -> Option<i32> {
+    let clean = info
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| info.isr.contains(r) && live(*r));
+    clean.or_else(|| {
+        unclean
+            .then(|| info.replicas.iter().copied().find(|r| live(*r)))
+            .flatten()
+    })
 }

@@ -451,6 +451,9 @@ impl ActiveController {
             }
             inner.last_tick_ms = now;
             let mut records = inner.controller.tick(now);
+            if records.is_empty() {
+                records = inner.controller.elect_offline();
+            }
             let config = inner.controller.config;
             if records.is_empty()
                 && config.auto_leader_rebalance
