@@ -125,6 +125,8 @@ pub struct ReplicaFetchConfig {
     pub wait_max_ms: i32,
     pub max_bytes: i32,
     pub response_max_bytes: i32,
+    /// replica.fetch.backoff.ms: after a refusal or an unreachable leader.
+    pub backoff_ms: u64,
 }
 
 impl Default for ReplicaFetchConfig {
@@ -134,6 +136,7 @@ impl Default for ReplicaFetchConfig {
             wait_max_ms: 500,
             max_bytes: 1 << 20,
             response_max_bytes: 10 << 20,
+            backoff_ms: 1_000,
         }
     }
 }
@@ -264,6 +267,7 @@ impl BrokerConfig {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
+                "replica.fetch.backoff.ms" => c.replica_fetch.backoff_ms = int(k, v)?,
                 "replica.fetch.response.max.bytes" => {
                     c.replica_fetch.response_max_bytes = int(k, v)?;
                     if c.replica_fetch.response_max_bytes < 1 {
@@ -570,6 +574,7 @@ mod tests {
             ("num.replica.fetchers", "4"),
             ("unclean.leader.election.enable", "true"),
             ("replica.fetch.wait.max.ms", "250"),
+            ("replica.fetch.backoff.ms", "300"),
             ("made.up.key", "1"),
         ]))
         .unwrap();
@@ -578,6 +583,7 @@ mod tests {
         assert_eq!(c.replica_fetch.fetchers, 4);
         assert!(c.unclean_leader_election);
         assert_eq!(c.replica_fetch.wait_max_ms, 250);
+        assert_eq!(c.replica_fetch.backoff_ms, 300);
         assert_eq!(c.listener.port(), 19092);
         assert_eq!(c.advertised_host, "broker1");
         assert_eq!(c.log_dir, PathBuf::from("/tmp/a"));
@@ -610,6 +616,7 @@ mod tests {
             ("transaction.state.log.replication.factor", "0"),
             ("num.replica.fetchers", "0"),
             ("replica.fetch.wait.max.ms", "30000"),
+            ("replica.fetch.backoff.ms", "-1"),
         ] {
             let err = BrokerConfig::from_properties(&props(&[(k, v)])).unwrap_err();
             assert!(err.to_string().contains(k), "{err}");

@@ -4,7 +4,9 @@
 //! long-polled for `replica.fetch.wait.max.ms`), after truncating each partition where its log diverges from the leader's
 //! (`strom_replication::follower`: OffsetForLeaderEpoch, KIP-101/279). Records are stored
 //! as the leader sent them (`Partition::append_replicated`); the follower's high watermark
-//! is the leader's, capped by its own log.
+//! is the leader's, capped by its own log. A partition the leader refuses waits
+//! `replica.fetch.backoff.ms` before it is asked again (the metadata that explains the
+//! refusal resets it sooner), and so does a fetcher whose leader cannot be reached.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
@@ -21,12 +23,26 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::partition::Partition;
 
-const BACKOFF: Duration = Duration::from_millis(200);
+/// How long a fetcher with nothing to fetch waits before looking again.
+const IDLE: Duration = Duration::from_millis(200);
 
 struct Followed {
     partition: Arc<Partition>,
     state: FollowerState,
     step: Step,
+    /// After the leader refused it: not asked again before this.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// What one round of a fetcher did.
+#[derive(Debug, PartialEq, Eq)]
+enum Round {
+    /// Fetched or checked epochs: the next round at once.
+    Busy,
+    /// Nothing to ask for now.
+    Idle,
+    /// The leader could not be reached.
+    Failed,
 }
 
 /// The partitions followed from one leader, and its task (once replication started).
@@ -116,6 +132,7 @@ impl Broker {
                 partition,
                 state,
                 step,
+                retry_at: None,
             },
         );
     }
@@ -147,22 +164,25 @@ async fn run(
         let Some(b) = broker.upgrade() else {
             return;
         };
-        let busy = round(&b, id, &partitions).await;
+        let backoff = Duration::from_millis(b.config.replica_fetch.backoff_ms);
+        let done = round(&b, id, &partitions).await;
         drop(b);
-        if !busy {
-            tokio::time::sleep(BACKOFF).await;
+        match done {
+            Round::Busy => {}
+            Round::Idle => tokio::time::sleep(IDLE.min(backoff)).await,
+            Round::Failed => tokio::time::sleep(backoff).await,
         }
     }
 }
 
-/// One round: truncation checks, then one fetch. False when there was nothing to do or
-/// the leader could not be reached (the caller backs off).
+/// One round: truncation checks, then one fetch.
 async fn round(
     b: &Broker,
     (leader, fetcher): FetcherId,
     partitions: &Mutex<BTreeMap<TopicPartition, Followed>>,
-) -> bool {
+) -> Round {
     let config = b.config.replica_fetch;
+    let now = tokio::time::Instant::now();
     // Truncations first: the fetch offset is where the logs agree.
     let asks: Vec<(TopicPartition, i32, i32)> = {
         let mut ps = partitions.lock().unwrap();
@@ -186,7 +206,7 @@ async fn round(
     };
     if !asks.is_empty() {
         let Some(answers) = ask_epoch_ends(b, leader, &asks).await else {
-            return false;
+            return Round::Failed;
         };
         let mut ps = partitions.lock().unwrap();
         for (tp, answer) in answers {
@@ -197,13 +217,16 @@ async fn round(
                     .on_epoch_end(answer, &log.epoch_cache(), log.log_end_offset());
             }
         }
-        return true;
+        return Round::Busy;
     }
     // Then the fetch, from each partition's log end.
     let wanted: Vec<(TopicPartition, i64, i32)> = {
         let mut ps = partitions.lock().unwrap();
         let mut wanted = Vec::new();
         for (tp, f) in ps.iter_mut() {
+            if f.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
             if let Step::Fetch { truncate_to, .. } = f.step.clone() {
                 if let Some(to) = truncate_to {
                     if let Err(e) = f.partition.truncate_to(to) {
@@ -222,7 +245,7 @@ async fn round(
         wanted
     };
     if wanted.is_empty() {
-        return false;
+        return Round::Idle;
     }
     let mut topics: Vec<FetchTopic> = Vec::new();
     for (tp, offset, epoch) in &wanted {
@@ -255,9 +278,10 @@ async fn round(
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(leader, error = %e, "replica fetch failed");
-            return false;
+            return Round::Failed;
         }
     };
+    let retry_at = tokio::time::Instant::now() + Duration::from_millis(config.backoff_ms);
     let mut ps = partitions.lock().unwrap();
     for f in fetched {
         let tp = TopicPartition::new(f.topic.clone(), f.partition);
@@ -265,12 +289,16 @@ async fn round(
             continue;
         };
         match f.error_code {
-            errors::NONE => {}
-            // The leader moved on or is not there yet: the metadata will say.
+            errors::NONE => followed.retry_at = None,
+            // The leader moved on or is not there yet: the metadata will say (and reset the
+            // partition); until then it is not asked again at every round.
             errors::FENCED_LEADER_EPOCH
             | errors::UNKNOWN_LEADER_EPOCH
             | errors::NOT_LEADER_OR_FOLLOWER
-            | errors::UNKNOWN_TOPIC_OR_PARTITION => continue,
+            | errors::UNKNOWN_TOPIC_OR_PARTITION => {
+                followed.retry_at = Some(retry_at);
+                continue;
+            }
             // This replica's log is past the leader's: check where they diverge again.
             errors::OFFSET_OUT_OF_RANGE => {
                 let log = followed.partition.log();
@@ -287,6 +315,7 @@ async fn round(
             }
             code => {
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, code, "replica fetch refused");
+                followed.retry_at = Some(retry_at);
                 continue;
             }
         }
@@ -303,7 +332,7 @@ async fn round(
             .on_fetched(end, f.high_watermark.max(0) as u64);
         followed.partition.set_follower_high_watermark(hw);
     }
-    true
+    Round::Busy
 }
 
 /// The complete batches at the start of `records`: a leader may cut the last one at the
