@@ -77,9 +77,8 @@ pub struct Broker {
     /// epoch the controller gave it.
     pub(crate) incarnation: [u8; 16],
     pub(crate) broker_epoch: std::sync::atomic::AtomicI64,
-    /// When the last heartbeat the controller confirmed unfenced was sent, and the
-    /// metadata offset this node's view must reach: see [`Broker::leadership_current`].
-    pub(crate) lease: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// This node's lease on what it leads: see [`Broker::leadership_current`].
+    pub(crate) lease: std::sync::Mutex<crate::lease::Lease>,
     /// Connections to the other brokers.
     pub(crate) peers: crate::peers::Peers,
     /// The replica fetchers of the partitions followed here.
@@ -225,7 +224,7 @@ impl Broker {
             producer_ids,
             incarnation: random_id(),
             broker_epoch: std::sync::atomic::AtomicI64::new(crate::lifecycle::UNREGISTERED),
-            lease: std::sync::Mutex::new(None),
+            lease: std::sync::Mutex::default(),
             peers: Default::default(),
             fetchers: Default::default(),
         })

@@ -9,6 +9,7 @@ mod fetcher;
 pub mod handlers;
 mod internal_topics;
 pub mod kraft_config;
+mod lease;
 mod lifecycle;
 mod maintenance;
 pub mod meta_properties;

@@ -128,12 +128,12 @@ impl Broker {
             ..
         }) = &answer
         {
-            // The lease counts from the send, less the age of the controller's
-            // confirmation that it leads.
-            let start = sent.checked_sub(Duration::from_millis(*confirmed_ago_ms));
-            *self.lease.lock().unwrap() = start
-                .filter(|_| !fenced)
-                .map(|start| (start, *metadata_offset));
+            self.lease.lock().unwrap().on_answer(
+                sent,
+                *fenced,
+                *metadata_offset,
+                Duration::from_millis(*confirmed_ago_ms),
+            );
         }
         answer
     }
@@ -229,10 +229,11 @@ impl Broker {
             return true;
         }
         let session = Duration::from_millis(self.config.kraft.session_timeout_ms);
+        let image_offset = self.image().offset;
         self.lease
             .lock()
             .unwrap()
-            .is_some_and(|(sent, offset)| sent.elapsed() < session && self.image().offset >= offset)
+            .holds(std::time::Instant::now(), session, image_offset)
     }
 
     /// Sends the ISR changes of the partitions led here to the controller (AlterPartition),
