@@ -48,7 +48,19 @@ enum Round {
 /// The partitions followed from one leader, and its task (once replication started).
 struct Source {
     partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+    added: Arc<Added>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Partitions newly given to a fetcher: its fetch in flight (long-polled for up to
+/// `replica.fetch.wait.max.ms`) does not ask for them, so it is abandoned for one that
+/// does. A new topic's or a new leader's first records are otherwise committed only after
+/// that wait.
+#[derive(Default)]
+struct Added {
+    /// Bumped with every partition added.
+    generation: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
 }
 
 /// A fetcher: the leader broker it fetches from, and which of that broker's fetchers.
@@ -75,7 +87,12 @@ impl Fetchers {
         if source.task.is_none()
             && let Some(b) = self.broker.get()
         {
-            source.task = Some(tokio::spawn(run(b.clone(), id, source.partitions.clone())));
+            source.task = Some(tokio::spawn(run(
+                b.clone(),
+                id,
+                source.partitions.clone(),
+                source.added.clone(),
+            )));
         }
     }
 }
@@ -123,6 +140,7 @@ impl Broker {
         let id = (leader, fetcher_for(tp, self.config.replica_fetch.fetchers));
         let source = sources.entry(id).or_insert_with(|| Source {
             partitions: Arc::default(),
+            added: Arc::default(),
             task: None,
         });
         self.fetchers.spawn(id, source);
@@ -135,6 +153,11 @@ impl Broker {
                 retry_at: None,
             },
         );
+        source
+            .added
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        source.added.notify.notify_one();
     }
 
     /// Starts the fetchers: of the partitions followed so far, and of those to come.
@@ -159,13 +182,14 @@ async fn run(
     broker: Weak<Broker>,
     id: FetcherId,
     partitions: Arc<Mutex<BTreeMap<TopicPartition, Followed>>>,
+    added: Arc<Added>,
 ) {
     loop {
         let Some(b) = broker.upgrade() else {
             return;
         };
         let backoff = Duration::from_millis(b.config.replica_fetch.backoff_ms);
-        let done = round(&b, id, &partitions).await;
+        let done = round(&b, id, &partitions, &added).await;
         drop(b);
         match done {
             Round::Busy => {}
@@ -180,9 +204,12 @@ async fn round(
     b: &Broker,
     (leader, fetcher): FetcherId,
     partitions: &Mutex<BTreeMap<TopicPartition, Followed>>,
+    added: &Added,
 ) -> Round {
     let config = b.config.replica_fetch;
     let now = tokio::time::Instant::now();
+    // Read before the request is made: a partition added later interrupts it.
+    let generation = added.generation.load(std::sync::atomic::Ordering::Acquire);
     // Truncations first: the fetch offset is where the logs agree.
     let asks: Vec<(TopicPartition, i32, i32)> = {
         let mut ps = partitions.lock().unwrap();
@@ -274,7 +301,22 @@ async fn round(
         topics,
         ..Default::default()
     };
-    let fetched = match b.fetch_from_broker(leader, fetcher, &req).await {
+    let fetch = b.fetch_from_broker(leader, fetcher, &req);
+    tokio::pin!(fetch);
+    let fetched = loop {
+        tokio::select! {
+            r = &mut fetch => break r,
+            _ = added.notify.notified() => {
+                if added.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+                    // The leader answers a connection's requests in order: the next fetch
+                    // goes on a new one rather than wait behind this one's long poll.
+                    b.reset_fetch_connection(leader, fetcher).await;
+                    return Round::Busy;
+                }
+            }
+        }
+    };
+    let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(leader, error = %e, "replica fetch failed");

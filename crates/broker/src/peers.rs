@@ -82,6 +82,15 @@ impl Broker {
         Ok(parts)
     }
 
+    /// The next fetch of fetcher `fetcher` from broker `id` opens a new connection.
+    pub(crate) async fn reset_fetch_connection(&self, id: i32, fetcher: u32) {
+        self.peers
+            .connections
+            .lock()
+            .await
+            .remove(&(id, Channel::Replication(fetcher)));
+    }
+
     async fn peer(&self, id: i32, channel: Channel) -> Result<Arc<Connection>, String> {
         let addr = {
             let image = self.image();

@@ -191,3 +191,71 @@ fn replicas_copy_the_leader_byte_for_byte_and_a_killed_leader_loses_nothing() {
     }
     assert_eq!(got, want, "every acknowledged record once, at its offset");
 }
+
+/// Followers long-poll their leaders (here for 25 s): a partition new to a follower does
+/// not wait for the poll in flight to end. An acks=all write to a new topic, created while
+/// every follower's fetch is parked on an idle topic, is acknowledged within the client's
+/// 10 s delivery timeout (it waited out the poll before, and failed).
+#[test]
+fn a_new_topic_is_replicated_without_waiting_out_the_followers_long_poll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes_with(
+        tmp.path(),
+        "replica.fetch.wait.max.ms=25000\nreplica.lag.time.max.ms=30000\nmin.insync.replicas=3",
+    );
+    let create = |topic: &str, partitions: &str| {
+        ok(
+            &[
+                "topics",
+                "create",
+                "--topic",
+                topic,
+                "--partitions",
+                partitions,
+                "--replication-factor",
+                "3",
+                "--bootstrap-server",
+                &bootstrap(&nodes[0]),
+            ],
+            "",
+        )
+    };
+    // Every broker leads a partition of the idle topic: every follower polls every leader.
+    create("idle", "3");
+    wait_for("idle everywhere", Duration::from_secs(30), || {
+        cluster_nodes::describe_partitions(&bootstrap(&nodes[1]), "idle").filter(|ps| {
+            ps.len() == 3
+                && ps
+                    .iter()
+                    .all(|p| p["isr"].as_array().is_some_and(|i| i.len() == 3))
+        })
+    });
+    create("fresh", "1");
+    struct Outcome(Arc<Mutex<Option<Result<i64, String>>>>);
+    impl rdkafka::ClientContext for Outcome {}
+    impl rdkafka::producer::ProducerContext for Outcome {
+        type DeliveryOpaque = ();
+        fn delivery(&self, r: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+            *self.0.lock().unwrap() = Some(match r {
+                Ok(m) => Ok(m.offset()),
+                Err((e, _)) => Err(e.to_string()),
+            });
+        }
+    }
+    let outcome = Arc::new(Mutex::new(None));
+    let producer: rdkafka::producer::BaseProducer<Outcome> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(&nodes[0]))
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000")
+        .create_with_context(Outcome(outcome.clone()))
+        .unwrap();
+    producer
+        .send(BaseRecord::<(), str>::to("fresh").payload("first"))
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        outcome.lock().unwrap().clone(),
+        Some(Ok(0)),
+        "acknowledged by all three replicas within the delivery timeout"
+    );
+}
