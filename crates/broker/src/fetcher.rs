@@ -301,20 +301,27 @@ async fn round(
         topics,
         ..Default::default()
     };
-    let fetch = b.fetch_from_broker(leader, fetcher, &req);
-    tokio::pin!(fetch);
-    let fetched = loop {
-        tokio::select! {
-            r = &mut fetch => break r,
-            _ = added.notify.notified() => {
-                if added.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
-                    // The leader answers a connection's requests in order: the next fetch
-                    // goes on a new one rather than wait behind this one's long poll.
-                    b.reset_fetch_connection(leader, fetcher).await;
-                    return Round::Busy;
+    let fetched = {
+        let fetch = b.fetch_from_broker(leader, fetcher, &req);
+        tokio::pin!(fetch);
+        loop {
+            tokio::select! {
+                r = &mut fetch => break Some(r),
+                _ = added.notify.notified() => {
+                    if added.generation.load(std::sync::atomic::Ordering::Acquire) != generation {
+                        break None;
+                    }
                 }
             }
         }
+        // The abandoned fetch is dropped here, before the connections are touched: it may
+        // be holding them (it was connecting), and waiting for it would wait forever.
+    };
+    let Some(fetched) = fetched else {
+        // The leader answers a connection's requests in order: the next fetch goes on a
+        // new connection rather than wait behind this one's long poll.
+        b.reset_fetch_connection(leader, fetcher).await;
+        return Round::Busy;
     };
     let fetched = match fetched {
         Ok(f) => f,

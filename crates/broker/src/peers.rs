@@ -100,20 +100,28 @@ impl Broker {
                 .ok_or_else(|| format!("broker {id} is not registered"))?;
             format!("{}:{}", b.host, b.port)
         };
-        let mut conns = self.peers.connections.lock().await;
-        if let Some(c) = conns.get(&(id, channel))
-            && c.is_open()
-            && c.addr() == addr
+        let usable = |c: &Arc<Connection>| c.is_open() && c.addr() == addr;
+        if let Some(c) = self.peers.connections.lock().await.get(&(id, channel))
+            && usable(c)
         {
             return Ok(c.clone());
         }
+        // Connected without the lock: a broker slow to answer (paused, or cut off) would
+        // otherwise hold up every request to every other broker for the whole timeout.
         let client_id = format!("strom-broker-{}", self.config.node_id);
         let c = Arc::new(
             Connection::connect(&addr, &client_id, TIMEOUT)
                 .await
                 .map_err(|e| format!("broker {id} at {addr}: {e}"))?,
         );
-        conns.insert((id, channel), c.clone());
-        Ok(c)
+        let mut conns = self.peers.connections.lock().await;
+        match conns.get(&(id, channel)) {
+            // Another request connected meanwhile: one connection per channel.
+            Some(other) if usable(other) => Ok(other.clone()),
+            _ => {
+                conns.insert((id, channel), c.clone());
+                Ok(c)
+            }
+        }
     }
 }

@@ -231,7 +231,9 @@ impl Cluster {
         crate::common::wait_until(what, Duration::from_secs(90), || {
             match self.under_replicated() {
                 Some(under) if under.is_empty() => Ok(()),
-                other => Err(other),
+                // The quorum's view too (each voter's log end and lag): a node whose
+                // metadata stopped moving shows there.
+                other => Err((other, self.json(&["cluster", "describe"]))),
             }
         });
     }
