@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: usize,
     pub min_insync_replicas: i32,
+    /// compression.type and its levels: the topics' default.
+    pub compression: crate::compression::Compression,
     /// unclean.leader.election.enable: the cluster default, a topic may override it.
     pub unclean_leader_election: bool,
     /// auto.leader.rebalance.enable, leader.imbalance.check.interval.seconds (as ms),
@@ -100,6 +102,7 @@ impl Default for BrokerConfig {
             message_max_bytes: 1024 * 1024 + 12,
             socket_request_max_bytes: 100 * 1024 * 1024,
             min_insync_replicas: 1,
+            compression: Default::default(),
             unclean_leader_election: false,
             auto_leader_rebalance: true,
             leader_imbalance_check_interval_ms: 300_000,
@@ -273,6 +276,9 @@ impl BrokerConfig {
                     if c.replica_fetch.response_max_bytes < 1 {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
+                }
+                k if crate::compression::KEYS.contains(&k) => {
+                    c.compression.set(k, v).map_err(|why| invalid(k, v, why))?
                 }
                 "unclean.leader.election.enable" => c.unclean_leader_election = boolean(k, v)?,
                 "auto.leader.rebalance.enable" => c.auto_leader_rebalance = boolean(k, v)?,

@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod broker;
+pub mod compression;
 pub mod config;
 mod coordinators;
 pub mod errors;

@@ -12,6 +12,9 @@ const BROKER_KEYS: &[&str] = &[
     "cleanup.policy",
     "min.insync.replicas",
     "compression.type",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.zstd.level",
     "unclean.leader.election.enable",
 ];
 
@@ -27,6 +30,8 @@ pub enum Source {
 pub struct TopicConfig {
     pub log: LogConfig,
     pub min_insync_replicas: i32,
+    /// compression.type and its levels: how batches are stored.
+    pub compression: crate::compression::Compression,
     /// The broker's replica.lag.time.max.ms (not a topic key).
     pub replica_lag_time_max_ms: i64,
     /// The topic's own overrides, as given (validated).
@@ -49,6 +54,9 @@ fn broker_synonym(topic_key: &str) -> Option<&'static str> {
         "min.insync.replicas" => "min.insync.replicas",
         "cleanup.policy" => "log.cleanup.policy",
         "compression.type" => "compression.type",
+        "compression.gzip.level" => "compression.gzip.level",
+        "compression.lz4.level" => "compression.lz4.level",
+        "compression.zstd.level" => "compression.zstd.level",
         "unclean.leader.election.enable" => "unclean.leader.election.enable",
         _ => return None,
     })
@@ -67,6 +75,7 @@ impl TopicConfig {
         let mut c = TopicConfig {
             log: broker.log,
             min_insync_replicas: broker.min_insync_replicas,
+            compression: broker.compression,
             replica_lag_time_max_ms: broker.replica_lag_time_max_ms,
             overrides: BTreeMap::new(),
         };
@@ -94,12 +103,8 @@ impl TopicConfig {
                 }
                 self.min_insync_replicas = n;
             }
-            "compression.type" => {
-                if value.trim() != "producer" {
-                    return Err(bad(
-                        "only compression.type=producer is supported: batches are stored as the producer compressed them",
-                    ));
-                }
+            k if crate::compression::KEYS.contains(&k) => {
+                self.compression.set(k, value).map_err(|why| bad(&why))?
             }
             "unclean.leader.election.enable" => {
                 if !matches!(value.trim(), "true" | "false") {
@@ -124,7 +129,7 @@ impl TopicConfig {
         let value = match key {
             "cleanup.policy" => "delete".to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
-            "compression.type" => "producer".to_string(),
+            k if crate::compression::KEYS.contains(&k) => self.compression.get(k)?,
             "unclean.leader.election.enable" => broker.unclean_leader_election.to_string(),
             _ => self.log.get(key)?,
         };
@@ -213,7 +218,8 @@ mod tests {
             ("cleanup.policy", "compact"),
             ("min.insync.replicas", "0"),
             ("no.such.key", "1"),
-            ("compression.type", "gzip"),
+            ("compression.type", "brotli"),
+            ("compression.zstd.level", "99"),
         ] {
             let e = TopicConfig::new(&b, over(&[(k, v)])).unwrap_err();
             assert!(e.contains(k), "{e}");

@@ -125,8 +125,24 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                     }
                     (Ok(partition), Some(records)) => {
                         // The log assigns offsets in place, so the batches need a buffer of
-                        // their own; they are stored exactly as patched.
-                        let mut buf = records.to_vec();
+                        // their own; they are stored exactly as patched, in the topic's codec
+                        // when it has one (compression.type).
+                        let compression = topic
+                            .as_ref()
+                            .map(|t| t.config.read().unwrap().compression)
+                            .unwrap_or_default();
+                        let mut buf = match compression.recompress(&records) {
+                            Ok(Some(recompressed)) => recompressed,
+                            Ok(None) => records.to_vec(),
+                            Err(e) => {
+                                r.error = errors::CORRUPT_MESSAGE;
+                                r.message = Some(format!(
+                                    "the batch cannot be recompressed to the topic's compression.type: {e}"
+                                ));
+                                results.push(r);
+                                continue;
+                            }
+                        };
                         r.leader_epoch = partition.leader_epoch();
                         match broker
                             .append_records(&partition, &mut buf, acks, transactional_id)
