@@ -13,7 +13,7 @@ from confluent_kafka.admin import (
     NewTopic, OffsetSpec,
 )
 
-from strom_compat import assert_stored_with_codec, stored_batches, wait_until
+from strom_compat import CODEC_IDS, assert_stored_with_codec, stored_batches, wait_until
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
@@ -227,6 +227,28 @@ def test_compression_round_trips(bootstrap, data_dir, topic, codec):
     tail = consume_assigned(bootstrap, topic, 2, start=start)[p]
     indexes = [i for i in range(n) if reports[i][0] == p and reports[i][1] >= start]
     assert [(m.offset(), m.value()) for m in tail] == [(reports[i][1], records[i]["value"].encode()) for i in indexes]
+
+
+@pytest.mark.parametrize("producer_codec", ["none", "zstd"])
+@pytest.mark.parametrize("topic_codec", ["uncompressed", "gzip", "snappy", "lz4", "zstd"])
+def test_topic_compression_type_recompresses(bootstrap, data_dir, topic, topic_codec, producer_codec):
+    """A topic's compression.type: whatever the producer's codec, the stored batches are in the
+    topic's, and the records read back exactly."""
+    a = admin(bootstrap)
+    create(a, topic, 1, {"compression.type": topic_codec})
+    n = 150
+    records = [{"key": f"k{i}", "value": f"{topic_codec}-{producer_codec}-{i}-" + "z" * (40 + i % 90),
+                "headers": [("i", str(i))]} for i in range(n)]
+    reports = produce(bootstrap, topic, records, **{"compression.type": producer_codec, "linger.ms": 50})
+    assert [r[1] for r in reports] == list(range(n))
+    got = consume_assigned(bootstrap, topic, 1)[0]
+    assert [(m.offset(), m.key(), m.value(), m.headers()) for m in got] == [
+        (i, records[i]["key"].encode(), records[i]["value"].encode(), [("i", str(i).encode())]) for i in range(n)
+    ]
+    want = "none" if topic_codec == "uncompressed" else topic_codec
+    batches = stored_batches(data_dir, topic, 0)
+    assert batches and all(b.codec == CODEC_IDS[want] for b in batches), \
+        f"stored codecs {[b.codec for b in batches]}, want {want}"
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip"])

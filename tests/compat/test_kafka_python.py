@@ -5,7 +5,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from strom_compat import assert_stored_with_codec, stored_batches, wait_until
+from strom_compat import CODEC_IDS, assert_stored_with_codec, stored_batches, wait_until
 
 
 def create(bootstrap, topic, partitions, configs=None):
@@ -70,6 +70,24 @@ def test_keys_headers_and_codecs(bootstrap, data_dir, topic, codec):
             (topic, part, sent[i].offset, key(i), value(i), headers(i)) for i in indexes
         ], f"partition {part}"
     assert_stored_with_codec(data_dir, topic, 2, codec, n)
+
+
+@pytest.mark.parametrize("producer_codec", [None, "gzip"])
+@pytest.mark.parametrize("topic_codec", ["uncompressed", "snappy", "lz4", "zstd"])
+def test_topic_compression_type_recompresses(bootstrap, data_dir, topic, topic_codec, producer_codec):
+    """A topic's compression.type: kafka-python's batches are stored in the topic's codec and
+    read back exactly."""
+    create(bootstrap, topic, 1, {"compression.type": topic_codec})
+    n = 80
+    p = KafkaProducer(bootstrap_servers=bootstrap, compression_type=producer_codec, acks="all", linger_ms=20)
+    futures = [p.send(topic, key=f"k{i}".encode(), value=f"v{i}-".encode() + b"q" * (i % 120)) for i in range(n)]
+    p.flush(30)
+    assert [f.get(30).offset for f in futures] == list(range(n))
+    p.close()
+    got = read_all(bootstrap, topic, 1)[0]
+    assert [(r.offset, r.key, r.value) for r in got] == [(i, f"k{i}".encode(), f"v{i}-".encode() + b"q" * (i % 120)) for i in range(n)]
+    want = 0 if topic_codec == "uncompressed" else CODEC_IDS[topic_codec]
+    assert all(b.codec == want for b in stored_batches(data_dir, topic, 0))
 
 
 @pytest.mark.parametrize("api_version", [(0, 11), (1, 0), (2, 1), (3, 0)], ids=lambda v: ".".join(map(str, v)))
