@@ -247,11 +247,16 @@ async fn round(
         return Round::Busy;
     }
     // Then the fetch, from each partition's log end.
+    // The earliest time a refused partition may be asked again: the long poll must not
+    // outlast it, or that partition waits for the whole poll (a follower that learned of a
+    // new partition before its leader did was refused once, then waited out the poll).
+    let mut next_retry: Option<tokio::time::Instant> = None;
     let wanted: Vec<(TopicPartition, i64, i32)> = {
         let mut ps = partitions.lock().unwrap();
         let mut wanted = Vec::new();
         for (tp, f) in ps.iter_mut() {
-            if f.retry_at.is_some_and(|at| at > now) {
+            if let Some(at) = f.retry_at.filter(|at| *at > now) {
+                next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
                 continue;
             }
             if let Step::Fetch { truncate_to, .. } = f.step.clone() {
@@ -293,9 +298,16 @@ async fn round(
             }),
         }
     }
+    let max_wait_ms = match next_retry {
+        Some(at) => {
+            let until = at.saturating_duration_since(now).as_millis() as i32;
+            config.wait_max_ms.min(until.max(1))
+        }
+        None => config.wait_max_ms,
+    };
     let req = FetchRequest {
         replica_id: b.config.node_id,
-        max_wait_ms: config.wait_max_ms,
+        max_wait_ms,
         min_bytes: 1,
         max_bytes: config.response_max_bytes,
         topics,

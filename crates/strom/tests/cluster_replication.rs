@@ -192,16 +192,16 @@ fn replicas_copy_the_leader_byte_for_byte_and_a_killed_leader_loses_nothing() {
     assert_eq!(got, want, "every acknowledged record once, at its offset");
 }
 
-/// Followers long-poll their leaders (here for 25 s): a partition new to a follower does
+/// Followers long-poll their leaders (here for 110 s): a partition new to a follower does
 /// not wait for the poll in flight to end. An acks=all write to a new topic, created while
 /// every follower's fetch is parked on an idle topic, is acknowledged within the client's
-/// 10 s delivery timeout (it waited out the poll before, and failed).
+/// 60 s delivery timeout (it waited out the poll before, and failed).
 #[test]
 fn a_new_topic_is_replicated_without_waiting_out_the_followers_long_poll() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = three_nodes_with(
         tmp.path(),
-        "replica.fetch.wait.max.ms=25000\nreplica.lag.time.max.ms=30000\nmin.insync.replicas=3",
+        "replica.fetch.wait.max.ms=110000\nreplica.lag.time.max.ms=120000\nmin.insync.replicas=3",
     );
     let create = |topic: &str, partitions: &str| {
         ok(
@@ -246,13 +246,13 @@ fn a_new_topic_is_replicated_without_waiting_out_the_followers_long_poll() {
     let producer: rdkafka::producer::BaseProducer<Outcome> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap(&nodes[0]))
         .set("acks", "all")
-        .set("message.timeout.ms", "10000")
+        .set("message.timeout.ms", "60000")
         .create_with_context(Outcome(outcome.clone()))
         .unwrap();
     producer
         .send(BaseRecord::<(), str>::to("fresh").payload("first"))
         .expect("queued");
-    producer.flush(Duration::from_secs(30)).unwrap();
+    producer.flush(Duration::from_secs(90)).unwrap();
     assert_eq!(
         outcome.lock().unwrap().clone(),
         Some(Ok(0)),
