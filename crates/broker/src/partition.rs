@@ -84,6 +84,8 @@ pub struct Partition {
     /// Waiting fetches and acks=all produces, woken whenever the high watermark moves (and,
     /// with followers, at every append: they read up to the log end).
     watchers: Watchers,
+    /// Fetch reads served, for tests and metrics.
+    reads: AtomicU64,
 }
 
 impl Partition {
@@ -122,6 +124,7 @@ impl Partition {
             ),
             node_id,
             watchers: Watchers::default(),
+            reads: AtomicU64::new(0),
             log,
         })
     }
@@ -564,7 +567,13 @@ impl Partition {
         max_bytes: usize,
         upper: u64,
     ) -> Result<ReadResult, StorageError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.log().read(offset, max_bytes, Some(upper))
+    }
+
+    /// How many fetch reads this replica served.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// A read_committed consumer's read: only below the last stable offset, with the
@@ -584,6 +593,7 @@ impl Partition {
         max_bytes: usize,
         lso: u64,
     ) -> Result<(ReadResult, Vec<AbortedTxn>), StorageError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.log().read(offset, max_bytes, Some(lso))?;
         let aborted = match &r.region {
             Some(region) => self

@@ -198,6 +198,102 @@ async fn an_append_wakes_only_the_fetches_waiting_on_its_partition() {
     }
 }
 
+/// One long-polling fetch over 100 partitions, with min_bytes above what one append
+/// brings: each append wakes it, and it re-reads only the partition that moved, not the 99
+/// others (reads counted, not timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_fetch_rereads_only_the_partitions_that_moved() {
+    use krabka_protocol::owned::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use strom_broker::broker::NewTopic;
+    use strom_storage::batch::{BatchBuilder, Record};
+
+    const FETCH: i16 = 1;
+    const PARTITIONS: i32 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    b.create_topic(
+        NewTopic {
+            name: "wide".into(),
+            partitions: Some(PARTITIONS),
+            replication_factor: None,
+            assignments: vec![],
+            configs: Default::default(),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    let partition = |i: i32| b.partition("wide", i).unwrap();
+    let req = FetchRequest {
+        replica_id: -1,
+        max_wait_ms: 60_000,
+        // More than one small batch: the first append does not end the wait.
+        min_bytes: 10_000,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: "wide".into(),
+            partitions: (0..PARTITIONS)
+                .map(|partition| FetchPartition {
+                    partition,
+                    current_leader_epoch: -1,
+                    fetch_offset: 0,
+                    log_start_offset: -1,
+                    partition_max_bytes: 1 << 20,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let task = {
+        let (b, f) = (b.clone(), frame(FETCH, 12, true, &encode(&req, 12)));
+        tokio::spawn(async move { handle(&b, f, peer()).await })
+    };
+    let reads = || {
+        (0..PARTITIONS)
+            .map(|i| partition(i).reads())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reads().contains(&0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first read of every partition"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(reads(), vec![1; PARTITIONS as usize]);
+
+    // A small append to partition 42 wakes the fetch, which re-reads it alone and waits on.
+    let mut records = BatchBuilder::new()
+        .record(Record {
+            timestamp: 1,
+            key: None,
+            value: Some(b"small".to_vec()),
+            headers: vec![],
+        })
+        .build();
+    partition(42).append(&mut records, 1).unwrap();
+    while partition(42).reads() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-read of partition 42"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let again: Vec<i32> = (0..PARTITIONS)
+        .filter(|i| partition(*i).reads() > 1)
+        .collect();
+    assert_eq!(
+        again,
+        vec![42],
+        "only the partition that moved is read again"
+    );
+    assert!(!task.is_finished(), "below min_bytes: still waiting");
+    task.abort();
+}
+
 /// Leadership is data: once the metadata makes another node the leader of t-1 (this node a
 /// follower), Produce, Fetch and ListOffsets for it answer NOT_LEADER_OR_FOLLOWER while t-0
 /// is served as before, Metadata shows the new leader and epoch, and the group coordinator

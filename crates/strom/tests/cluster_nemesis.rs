@@ -147,7 +147,7 @@ fn run(seed: u64) {
     };
     let copier = {
         let (b, book, c) = (bootstrap.clone(), book.clone(), caught_up.clone());
-        std::thread::spawn(move || workload::copy(b, book, c))
+        std::thread::spawn(move || workload::supervise_copier(b, book, c))
     };
 
     println!("nemesis: seed {seed}, {secs} s of faults");

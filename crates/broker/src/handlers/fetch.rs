@@ -105,16 +105,18 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             }
         }
     }
+    let read_committed = ctx.version >= 4 && req.isolation_level == READ_COMMITTED;
+    let mut previous: Option<Vec<FetchableTopicResponse>> = None;
+    let mut stamps: Vec<Vec<Option<Stamp>>> = Vec::new();
     loop {
-        let read_committed = ctx.version >= 4 && req.isolation_level == READ_COMMITTED;
-        let (responses, bytes) = read_all(
-            &topics,
+        let read = Read {
             max_bytes,
-            ctx.version,
+            version: ctx.version,
             read_committed,
-            follower.is_some(),
-            &refused,
-        );
+            follower: follower.is_some(),
+            refused: &refused,
+        };
+        let (responses, bytes) = read_all(&topics, &read, previous.as_ref(), &mut stamps);
         let has_error = responses
             .iter()
             .flat_map(|t| &t.partitions)
@@ -130,9 +132,41 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                 },
             );
         }
-        // Woken by a high watermark move of one of its partitions; re-read and decide again.
+        // Woken by a high watermark move of one of its partitions; re-read what moved and
+        // decide again.
+        previous = Some(responses);
         waiter.wait(deadline).await;
     }
+}
+
+/// What a partition's read and its answer depended on: the high watermark, the last stable
+/// offset, the log end for a follower (it reads up to it), the log start and the leader
+/// epoch. While none moved, a read that returned nothing returns the same again.
+type Stamp = (u64, u64, u64, u64, i32);
+
+fn stamp(p: &Partition, follower: bool) -> Stamp {
+    let hw = p.high_watermark();
+    let leo = if follower {
+        p.log().log_end_offset()
+    } else {
+        0
+    };
+    (
+        hw,
+        p.last_stable_offset().min(hw),
+        leo,
+        p.log().log_start_offset(),
+        p.leader_epoch(),
+    )
+}
+
+/// How a fetch reads its partitions.
+struct Read<'a> {
+    max_bytes: usize,
+    version: i16,
+    read_committed: bool,
+    follower: bool,
+    refused: &'a std::collections::HashMap<(String, i32), i16>,
 }
 
 /// A topic of the request, with this node's partitions (or the error for each).
@@ -141,19 +175,44 @@ type Wanted<'a> = (
     Vec<Result<Arc<Partition>, i16>>,
 );
 
+/// Reads every partition of the request. After a wake (`previous`, with the `stamps` of its
+/// reads), a partition whose previous read returned nothing and whose stamp has not moved
+/// is not read again: a long poll over many partitions re-reads only those that changed.
 fn read_all(
     topics: &[Wanted<'_>],
-    max_bytes: usize,
-    version: i16,
-    read_committed: bool,
-    follower: bool,
-    refused: &std::collections::HashMap<(String, i32), i16>,
+    how: &Read<'_>,
+    previous: Option<&Vec<FetchableTopicResponse>>,
+    stamps: &mut Vec<Vec<Option<Stamp>>>,
 ) -> (Vec<FetchableTopicResponse>, usize) {
+    let Read {
+        max_bytes,
+        version,
+        read_committed,
+        follower,
+        refused,
+    } = *how;
+    stamps.resize_with(topics.len(), Vec::new);
     let mut total = 0usize;
     let mut responses = Vec::with_capacity(topics.len());
-    for (wanted, resolved) in topics {
+    for (ti, (wanted, resolved)) in topics.iter().enumerate() {
         let mut partitions = Vec::with_capacity(wanted.partitions.len());
-        for (fp, p) in wanted.partitions.iter().zip(resolved) {
+        stamps[ti].resize(wanted.partitions.len(), None);
+        for (pi, (fp, p)) in wanted.partitions.iter().zip(resolved).enumerate() {
+            if let Ok(p) = p {
+                let now = stamp(p, follower);
+                let before = stamps[ti][pi].replace(now);
+                let unchanged = previous
+                    .and_then(|prev| prev.get(ti)?.partitions.get(pi))
+                    .filter(|d| {
+                        before == Some(now)
+                            && d.error_code == errors::NONE
+                            && matches!(&d.records, Some(RecordsPayload::Raw(b)) if b.is_empty())
+                    });
+                if let Some(d) = unchanged {
+                    partitions.push(d.clone());
+                    continue;
+                }
+            }
             let mut data = PartitionData {
                 partition_index: fp.partition,
                 error_code: errors::NONE,

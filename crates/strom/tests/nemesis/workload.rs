@@ -36,6 +36,18 @@ pub struct Book {
     pub commits: AtomicUsize,
     pub copier_incarnations: AtomicUsize,
     pub copied_transactions: AtomicUsize,
+    /// The copier thread that should run (see [`supervise_copier`]), and when a copier
+    /// last finished a step (ms since the book was made).
+    pub copier_generation: AtomicUsize,
+    pub copier_step_ms: std::sync::atomic::AtomicU64,
+    pub copier_done: AtomicBool,
+    pub born: std::sync::OnceLock<Instant>,
+}
+
+impl Book {
+    fn now_ms(&self) -> u64 {
+        self.born.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
 }
 
 pub fn value(seq: u64) -> String {
@@ -285,15 +297,58 @@ impl Copier {
     }
 }
 
+/// Runs the copier in a thread, and another in its place whenever one has not finished a
+/// step for two minutes (a step's calls take 70 s at most): librdkafka's send_offsets_to_transaction can block past its timeout,
+/// for good, when the group coordinator moves (librdkafka #5456 and #5511, open). The new
+/// incarnation's init_transactions fences the stuck one, whose thread is left behind;
+/// exactly-once is the brokers' to keep either way. Returns once the copy caught up with
+/// `caught_up`.
+pub fn supervise_copier(
+    bootstrap: String,
+    book: Arc<Book>,
+    caught_up: Arc<Mutex<Option<Vec<i64>>>>,
+) {
+    let spawn = |generation: usize| {
+        let (b, book, c) = (bootstrap.clone(), book.clone(), caught_up.clone());
+        std::thread::spawn(move || copy(b, book, c, generation))
+    };
+    book.copier_step_ms.store(book.now_ms(), Ordering::Release);
+    let mut generation = 0;
+    let _ = spawn(generation);
+    while !book.copier_done.load(Ordering::Acquire) {
+        let silent = book.now_ms() - book.copier_step_ms.load(Ordering::Acquire);
+        if silent > 120_000 {
+            generation += 1;
+            println!("nemesis: the copier made no step for {silent} ms; a new one takes over");
+            book.copier_generation.store(generation, Ordering::Release);
+            book.copier_step_ms.store(book.now_ms(), Ordering::Release);
+            let _ = spawn(generation);
+        }
+        // Watching the copier's progress, not synchronisation.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Copies the input to the output exactly once until told to stop and caught up with
-/// `caught_up` (the input's end offsets, set by the test once it stopped producing).
-pub fn copy(bootstrap: String, book: Arc<Book>, caught_up: Arc<Mutex<Option<Vec<i64>>>>) {
+/// `caught_up` (the input's end offsets, set by the test once it stopped producing), or
+/// until a newer copier thread replaces this one.
+fn copy(
+    bootstrap: String,
+    book: Arc<Book>,
+    caught_up: Arc<Mutex<Option<Vec<i64>>>>,
+    generation: usize,
+) {
     let mut copier: Option<Copier> = None;
     loop {
+        if book.copier_generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        book.copier_step_ms.store(book.now_ms(), Ordering::Release);
         if let Some(ends) = caught_up.lock().unwrap().as_ref()
             && let Ok(c) = committed(&bootstrap, COPIER_GROUP, "read_committed")
             && c.iter().all(|(p, o)| *o >= ends[*p as usize])
         {
+            book.copier_done.store(true, Ordering::Release);
             return;
         }
         let c = match copier.take() {
