@@ -182,3 +182,135 @@ fn bad_targets_are_refused_with_kafkas_codes() {
     );
     assert_eq!(code(&mut c, &[1, 2, 3]), errors::NONE, "allowed by default");
 }
+
+/// xorshift64*: the same steps for a seed on every run.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// What must hold of a partition whatever happened to it.
+fn check(p: &PartitionInfo, step: &str) {
+    let distinct: std::collections::BTreeSet<_> = p.replicas.iter().collect();
+    assert_eq!(distinct.len(), p.replicas.len(), "{step}: replicas {p:?}");
+    for r in p.adding.iter().chain(&p.removing).chain(&p.isr) {
+        assert!(
+            p.replicas.contains(r),
+            "{step}: {r} is not a replica: {p:?}"
+        );
+    }
+    assert!(
+        p.adding.iter().all(|r| !p.removing.contains(r)),
+        "{step}: adding and removing overlap: {p:?}"
+    );
+    assert!(!p.isr.is_empty(), "{step}: empty ISR: {p:?}");
+    assert!(
+        p.leader == strom_metadata::image::NO_LEADER || p.isr.contains(&p.leader),
+        "{step}: a leader outside the ISR: {p:?}"
+    );
+    if p.reassigning() {
+        let target = p.target_replicas();
+        assert!(!target.is_empty(), "{step}: {p:?}");
+        assert!(
+            !target.iter().all(|r| p.isr.contains(r)),
+            "{step}: every target replica in the ISR, yet still reassigning: {p:?}"
+        );
+        // The target first, then the replicas leaving.
+        assert_eq!(
+            p.replicas[..target.len()],
+            target[..],
+            "{step}: replica order {p:?}"
+        );
+    }
+}
+
+/// Random reassignments, cancellations, ISR changes by the leader, fencings and returns,
+/// 200 seeds of 40 steps: after every step the partition keeps its invariants, and its
+/// partition epoch and leader epoch never go back.
+#[test]
+fn random_steps_keep_the_reassignment_invariants() {
+    for seed in 1..=200u64 {
+        let (mut c, epochs) = cluster(&[1, 2]);
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut before = partition(&c);
+        for step in 0..40 {
+            let p = partition(&c);
+            let what = match next(&mut rng) % 5 {
+                0 => {
+                    let n = 1 + (next(&mut rng) % 3) as usize;
+                    let mut target: Vec<i32> = Vec::new();
+                    while target.len() < n {
+                        let b = 1 + (next(&mut rng) % 4) as i32;
+                        if !target.contains(&b) {
+                            target.push(b);
+                        }
+                    }
+                    let code = reassign(&mut c, Some(&target));
+                    assert!(
+                        code == errors::NONE || code == errors::INVALID_REPLICA_ASSIGNMENT,
+                        "seed {seed} step {step}: reassign to {target:?} gave {code}"
+                    );
+                    format!("reassign to {target:?}")
+                }
+                1 => {
+                    let code = reassign(&mut c, None);
+                    assert!(
+                        code == errors::NONE
+                            || code == errors::NO_REASSIGNMENT_IN_PROGRESS
+                            || code == errors::INVALID_REPLICA_ASSIGNMENT,
+                        "seed {seed} step {step}: cancel gave {code}"
+                    );
+                    "cancel".into()
+                }
+                2 | 3 if p.leader != strom_metadata::image::NO_LEADER => {
+                    // The leader takes in a replica that caught up, or drops a laggard.
+                    let r = p.replicas[(next(&mut rng) % p.replicas.len() as u64) as usize];
+                    let mut asked = p.isr.clone();
+                    if asked.contains(&r) {
+                        if r != p.leader && asked.len() > 1 {
+                            asked.retain(|x| *x != r);
+                        }
+                    } else {
+                        asked.push(r);
+                    }
+                    let a = AlterPartition {
+                        broker: p.leader,
+                        broker_epoch: epochs[p.leader as usize - 1],
+                        topic: "t".into(),
+                        partition: 0,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                        isr: asked.clone(),
+                    };
+                    if let Ok((_, records)) = c.alter_partition(&a) {
+                        c.replay(&records);
+                    }
+                    format!("ISR {asked:?} asked by {}", p.leader)
+                }
+                _ => {
+                    let b = 1 + (next(&mut rng) % 4) as i32;
+                    if c.image().brokers[&b].fenced {
+                        let records = c
+                            .heartbeat(b, epochs[b as usize - 1], false, 0)
+                            .unwrap()
+                            .records;
+                        c.replay(&records);
+                        format!("broker {b} back")
+                    } else {
+                        let records = c.fence(b);
+                        c.replay(&records);
+                        format!("broker {b} fenced")
+                    }
+                }
+            };
+            let after = partition(&c);
+            let at = format!("seed {seed} step {step} ({what})");
+            check(&after, &at);
+            assert!(after.partition_epoch >= before.partition_epoch, "{at}");
+            assert!(after.leader_epoch >= before.leader_epoch, "{at}");
+            before = after;
+        }
+    }
+}
