@@ -9,6 +9,7 @@
 
 use krabka_compression::{CompressionType, RecordDecompressionPolicy};
 use krabka_protocol::records::{RecordBatch, RecordsError};
+use strom_storage::batch::BatchHeader;
 
 /// What a topic does with the batches it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,11 @@ impl Compression {
         let Some(target) = self.codec else {
             return Ok(None);
         };
+        if batches(records).map(<[u8]>::len).sum::<usize>() != records.len() {
+            return Err(RecordsError::RecordParse(
+                "the records end in a torn batch".into(),
+            ));
+        }
         if batches(records).all(|b| codec_of(b) == Some(target)) {
             return Ok(None);
         }
@@ -122,21 +128,20 @@ impl Compression {
     }
 }
 
-/// The codec bits of a batch's attributes.
+/// The codec of a batch, from its header's attributes.
 fn codec_of(batch: &[u8]) -> Option<CompressionType> {
-    let attributes = batch.get(21..23)?;
-    CompressionType::from_attribute_bits(attributes[1])
+    let h = BatchHeader::parse(batch)?;
+    CompressionType::from_attribute_bits((h.attributes & 0x07) as u8)
 }
 
-/// The batches of `records` by their declared lengths (framing is checked on append).
+/// The batches of `records` by their declared sizes (framing is checked on append).
 fn batches(records: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = records;
     std::iter::from_fn(move || {
-        let len = rest.get(8..12)?;
-        let len = 12 + i32::from_be_bytes(len.try_into().ok()?).max(0) as usize;
-        let (b, r) = rest.split_at(len.min(rest.len()));
+        let size = BatchHeader::parse(rest)?.total_size().min(rest.len());
+        let (b, r) = rest.split_at(size);
         rest = r;
-        (!b.is_empty()).then_some(b)
+        Some(b)
     })
 }
 

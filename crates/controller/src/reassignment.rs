@@ -100,20 +100,18 @@ impl Controller {
                 start(&original, target)
             }
         };
-        let mut next = self.complete(next);
-        if next.replicas == current.replicas
-            && next.isr == current.isr
-            && next.leader == current.leader
-            && next.adding == current.adding
-            && next.removing == current.removing
-        {
+        // The epochs follow from what changed, whatever revert and complete did to them.
+        let mut next = PartitionInfo {
+            leader_epoch: current.leader_epoch,
+            partition_epoch: current.partition_epoch,
+            ..self.complete(next)
+        };
+        if next == *current {
             return Ok(None);
         }
-        next.partition_epoch = current.partition_epoch + 1;
+        next.partition_epoch += 1;
         if next.leader != current.leader {
-            next.leader_epoch = current.leader_epoch + 1;
-        } else {
-            next.leader_epoch = current.leader_epoch;
+            next.leader_epoch += 1;
         }
         Ok(Some(next))
     }

@@ -1,164 +1,22 @@
 //! Real Kafka clients (librdkafka through the rdkafka crate) against a real `strom server`.
 
 mod common;
+mod rdkafka_clients;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Server, wait_for};
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
-    ResourceSpecifier, TopicReplication,
+    AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-
-const T: Duration = Duration::from_secs(60);
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-/// (partition, offset, value) of every acknowledged record, as delivery reports say.
-#[derive(Default, Clone)]
-struct Acks(Arc<Mutex<Vec<Delivery>>>);
-
-/// A delivery report: (partition, offset, value), or the error.
-type Delivery = Result<(i32, i64, Vec<u8>), String>;
-
-impl ClientContext for Acks {}
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let r = match result {
-            Ok(m) => Ok((
-                m.partition(),
-                m.offset(),
-                m.payload().unwrap_or_default().to_vec(),
-            )),
-            Err((e, _)) => Err(e.to_string()),
-        };
-        self.0.lock().unwrap().push(r);
-    }
-}
-
-fn producer(server: &Server, extra: &[(&str, &str)]) -> (BaseProducer<Acks>, Acks) {
-    let acks = Acks::default();
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", server.bootstrap())
-        .set("linger.ms", "5");
-    for (k, v) in extra {
-        c.set(*k, *v);
-    }
-    (c.create_with_context(acks.clone()).expect("producer"), acks)
-}
-
-fn consumer(server: &Server, extra: &[(&str, &str)]) -> BaseConsumer {
-    let mut c = ClientConfig::new();
-    // librdkafka needs a group id even to assign partitions by hand; no offsets are committed.
-    c.set("bootstrap.servers", server.bootstrap())
-        .set("group.id", "strom-tests")
-        .set("enable.auto.commit", "false");
-    for (k, v) in extra {
-        c.set(*k, *v);
-    }
-    c.create().expect("consumer")
-}
-
-fn admin(server: &Server) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", server.bootstrap())
-        .create()
-        .expect("admin")
-}
-
-fn create_topic(server: &Server, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    let r = block_on(admin(server).create_topics([&t], &AdminOptions::new())).unwrap();
-    assert!(r[0].is_ok(), "{r:?}");
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Got {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    timestamp: Option<i64>,
-}
-
-fn got(m: &BorrowedMessage<'_>) -> Got {
-    Got {
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(|k| k.to_vec()),
-        value: m.payload().unwrap_or_default().to_vec(),
-        headers: m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timestamp: m.timestamp().to_millis(),
-    }
-}
-
-/// Reads `count` records of `topic` from the beginning of every partition.
-fn consume_all(server: &Server, topic: &str, partitions: i32, count: usize) -> Vec<Got> {
-    let c = consumer(server, &[]);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + T;
-    while out.len() < count {
-        if let Some(r) = c.poll(Duration::from_millis(100)) {
-            out.push(got(&r.expect("consume")));
-        }
-        if std::time::Instant::now() > deadline {
-            let per: BTreeMap<i32, usize> = out.iter().fold(BTreeMap::new(), |mut m, g| {
-                *m.entry(g.partition).or_default() += 1;
-                m
-            });
-            let marks: Vec<_> = (0..partitions)
-                .map(|p| c.fetch_watermarks(topic, p, T))
-                .collect();
-            panic!(
-                "got {} of {count} records from {topic}: per partition {per:?}, watermarks {marks:?}",
-                out.len()
-            );
-        }
-    }
-    // Nothing more than expected arrives.
-    assert!(
-        c.poll(Duration::from_millis(300)).is_none(),
-        "more records than produced"
-    );
-    out
-}
-
-fn flush<C: ProducerContext>(p: &BaseProducer<C>) {
-    p.flush(T).expect("flush");
-}
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use rdkafka_clients::*;
 
 #[test]
 fn keyed_records_with_headers_keep_order_per_partition() {
@@ -240,117 +98,6 @@ fn keyed_records_with_headers_keep_order_per_partition() {
     let mut seen: Vec<(i32, i64)> = records.iter().map(|r| (r.partition, r.offset)).collect();
     seen.sort();
     assert_eq!(reported, seen);
-}
-
-#[test]
-fn every_compression_codec_is_stored_as_received() {
-    let server = Server::start();
-    for (i, codec) in ["none", "gzip", "snappy", "lz4", "zstd"].iter().enumerate() {
-        let topic = format!("codec-{codec}");
-        create_topic(&server, &topic, 1, &[]);
-        let (p, _) = producer(&server, &[("compression.type", codec), ("linger.ms", "50")]);
-        for n in 0..100 {
-            let v = format!("{codec} record {n} {}", "x".repeat(100));
-            p.send(BaseRecord::<(), _>::to(&topic).payload(&v)).unwrap();
-        }
-        flush(&p);
-        let records = consume_all(&server, &topic, 1, 100);
-        for (n, r) in records.iter().enumerate() {
-            assert_eq!(r.offset, n as i64);
-            assert_eq!(
-                r.value,
-                format!("{codec} record {n} {}", "x".repeat(100)).into_bytes()
-            );
-        }
-        // On disk, the batches carry the producer's codec (attributes bits 0-2), and are
-        // valid as stored.
-        let codecs = stored_codecs(&server, &topic);
-        assert!(
-            codecs.contains(&(i as i16)),
-            "{codec}: stored codecs {codecs:?}"
-        );
-    }
-}
-
-/// The codec (attribute bits 0-2) of every batch in partition 0 of `topic` on disk, each
-/// batch checked valid as stored.
-fn stored_codecs(server: &Server, topic: &str) -> Vec<i16> {
-    let seg = server
-        .data_dir()
-        .join(format!("{topic}-0"))
-        .join("00000000000000000000.log");
-    let bytes = std::fs::read(&seg).unwrap();
-    let mut pos = 0;
-    let mut codecs = Vec::new();
-    while pos < bytes.len() {
-        let h = strom_storage::batch::validate(
-            &bytes[pos..pos
-                + strom_storage::batch::BatchHeader::parse(&bytes[pos..])
-                    .unwrap()
-                    .total_size()],
-        )
-        .unwrap();
-        codecs.push(h.attributes & 7);
-        pos += h.total_size();
-    }
-    codecs
-}
-
-/// A topic's compression.type other than `producer`: whatever codec the producer used,
-/// the batches are stored in the topic's and read back exactly (Kafka's broker-side
-/// recompression).
-#[test]
-fn a_topic_codec_recompresses_whatever_the_producer_sent() {
-    let server = Server::start();
-    let topic_codecs = [
-        ("uncompressed", 0),
-        ("gzip", 1),
-        ("snappy", 2),
-        ("lz4", 3),
-        ("zstd", 4),
-    ];
-    for (topic_codec, bits) in topic_codecs {
-        for producer_codec in ["none", "lz4", "zstd"] {
-            let topic = format!("recompressed-{topic_codec}-{producer_codec}");
-            create_topic(&server, &topic, 1, &[("compression.type", topic_codec)]);
-            let (p, _) = producer(
-                &server,
-                &[("compression.type", producer_codec), ("linger.ms", "20")],
-            );
-            for n in 0..40 {
-                let v = format!("{topic_codec}/{producer_codec} {n} {}", "y".repeat(50));
-                p.send(
-                    BaseRecord::to(&topic)
-                        .key(&format!("k{n}"))
-                        .payload(&v)
-                        .headers(OwnedHeaders::new().insert(Header {
-                            key: "h",
-                            value: Some(&format!("{n}")),
-                        })),
-                )
-                .unwrap();
-            }
-            flush(&p);
-            let records = consume_all(&server, &topic, 1, 40);
-            for (n, r) in records.iter().enumerate() {
-                assert_eq!(r.offset, n as i64);
-                assert_eq!(r.key, Some(format!("k{n}").into_bytes()));
-                assert_eq!(
-                    r.value,
-                    format!("{topic_codec}/{producer_codec} {n} {}", "y".repeat(50)).into_bytes()
-                );
-                assert_eq!(
-                    r.headers,
-                    vec![("h".to_string(), format!("{n}").into_bytes())]
-                );
-            }
-            let codecs = stored_codecs(&server, &topic);
-            assert!(
-                !codecs.is_empty() && codecs.iter().all(|c| *c == bits),
-                "{topic_codec} topic, {producer_codec} producer: stored {codecs:?}"
-            );
-        }
-    }
 }
 
 #[test]

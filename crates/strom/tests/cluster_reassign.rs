@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_nodes::{Node, bootstrap, ok, three_nodes_with};
+use cluster_nodes::{Node, bootstrap, create_topic, ok, three_nodes_with};
 use common::wait_for;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -93,24 +93,6 @@ fn partitions(n: &Node, topic: &str) -> Option<Vec<Part>> {
         .collect()
 }
 
-fn create(n: &Node, topic: &str, partitions: &str, rf: &str) {
-    ok(
-        &[
-            "topics",
-            "create",
-            "--topic",
-            topic,
-            "--partitions",
-            partitions,
-            "--replication-factor",
-            rf,
-            "--bootstrap-server",
-            &bootstrap(n),
-        ],
-        "",
-    );
-}
-
 /// `strom topics reassign <args> --bootstrap-server <n>`.
 fn reassign(n: &Node, args: &[&str]) -> String {
     let mut all = vec!["topics", "reassign"];
@@ -148,7 +130,7 @@ fn stored(tmp: &std::path::Path, id: i64, topic: &str, p: i32) -> Option<Vec<u8>
 fn replicas_move_to_another_broker_while_a_producer_writes() {
     let tmp = tempfile::tempdir().unwrap();
     let nodes = three_nodes_with(tmp.path(), CONFIG);
-    create(&nodes[0], "mv", "2", "2");
+    create_topic(&nodes[0], "mv", 2, 2);
     let before = wait_for("mv in sync", Duration::from_secs(30), || {
         partitions(&nodes[0], "mv").filter(|ps| ps.iter().all(|p| p.1.len() == 2))
     });
@@ -301,7 +283,7 @@ fn replicas_move_to_another_broker_while_a_producer_writes() {
 fn a_reassignment_waiting_for_a_dead_broker_is_listed_and_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = three_nodes_with(tmp.path(), CONFIG);
-    create(&nodes[0], "c", "1", "2");
+    create_topic(&nodes[0], "c", 1, 2);
     let (replicas, _, _) = wait_for("c in sync", Duration::from_secs(30), || {
         partitions(&nodes[0], "c").and_then(|ps| ps.into_iter().next().filter(|p| p.1.len() == 2))
     });

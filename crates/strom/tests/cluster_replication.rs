@@ -203,25 +203,8 @@ fn a_new_topic_is_replicated_without_waiting_out_the_followers_long_poll() {
         tmp.path(),
         "replica.fetch.wait.max.ms=110000\nreplica.lag.time.max.ms=120000\nmin.insync.replicas=3",
     );
-    let create = |topic: &str, partitions: &str| {
-        ok(
-            &[
-                "topics",
-                "create",
-                "--topic",
-                topic,
-                "--partitions",
-                partitions,
-                "--replication-factor",
-                "3",
-                "--bootstrap-server",
-                &bootstrap(&nodes[0]),
-            ],
-            "",
-        )
-    };
     // Every broker leads a partition of the idle topic: every follower polls every leader.
-    create("idle", "3");
+    cluster_nodes::create_topic(&nodes[0], "idle", 3, 3);
     wait_for("idle everywhere", Duration::from_secs(30), || {
         cluster_nodes::describe_partitions(&bootstrap(&nodes[1]), "idle").filter(|ps| {
             ps.len() == 3
@@ -230,7 +213,7 @@ fn a_new_topic_is_replicated_without_waiting_out_the_followers_long_poll() {
                     .all(|p| p["isr"].as_array().is_some_and(|i| i.len() == 3))
         })
     });
-    create("fresh", "1");
+    cluster_nodes::create_topic(&nodes[0], "fresh", 1, 3);
     struct Outcome(Arc<Mutex<Option<Result<i64, String>>>>);
     impl rdkafka::ClientContext for Outcome {}
     impl rdkafka::producer::ProducerContext for Outcome {

@@ -261,6 +261,26 @@ pub fn describe_partitions(bootstrap: &str, topic: &str) -> Option<Vec<serde_jso
     v.as_array()?.first()?["partitions"].as_array().cloned()
 }
 
+/// `strom topics create` of `topic` with `partitions` and replication factor `rf`, through
+/// node `n`.
+pub fn create_topic(n: &Node, topic: &str, partitions: u32, rf: u32) {
+    ok(
+        &[
+            "topics",
+            "create",
+            "--topic",
+            topic,
+            "--partitions",
+            &partitions.to_string(),
+            "--replication-factor",
+            &rf.to_string(),
+            "--bootstrap-server",
+            &bootstrap(n),
+        ],
+        "",
+    );
+}
+
 pub fn bootstrap(n: &Node) -> String {
     format!("127.0.0.1:{}", n.port)
 }

@@ -36,18 +36,8 @@ pub struct Book {
     pub commits: AtomicUsize,
     pub copier_incarnations: AtomicUsize,
     pub copied_transactions: AtomicUsize,
-    /// The copier thread that should run (see [`supervise_copier`]), and when a copier
-    /// last finished a step (ms since the book was made).
+    /// The copier thread that should run (see [`supervise_copier`]).
     pub copier_generation: AtomicUsize,
-    pub copier_step_ms: std::sync::atomic::AtomicU64,
-    pub copier_done: AtomicBool,
-    pub born: std::sync::OnceLock<Instant>,
-}
-
-impl Book {
-    fn now_ms(&self) -> u64 {
-        self.born.get_or_init(Instant::now).elapsed().as_millis() as u64
-    }
 }
 
 pub fn value(seq: u64) -> String {
@@ -308,24 +298,30 @@ pub fn supervise_copier(
     book: Arc<Book>,
     caught_up: Arc<Mutex<Option<Vec<i64>>>>,
 ) {
+    // Each copier says when it finished a step (false) and when the copy caught up (true).
+    let (steps, heard) = std::sync::mpsc::channel();
     let spawn = |generation: usize| {
-        let (b, book, c) = (bootstrap.clone(), book.clone(), caught_up.clone());
-        std::thread::spawn(move || copy(b, book, c, generation))
+        let (b, book, c, steps) = (
+            bootstrap.clone(),
+            book.clone(),
+            caught_up.clone(),
+            steps.clone(),
+        );
+        std::thread::spawn(move || copy(b, book, c, generation, steps))
     };
-    book.copier_step_ms.store(book.now_ms(), Ordering::Release);
     let mut generation = 0;
     let _ = spawn(generation);
-    while !book.copier_done.load(Ordering::Acquire) {
-        let silent = book.now_ms() - book.copier_step_ms.load(Ordering::Acquire);
-        if silent > 120_000 {
-            generation += 1;
-            println!("nemesis: the copier made no step for {silent} ms; a new one takes over");
-            book.copier_generation.store(generation, Ordering::Release);
-            book.copier_step_ms.store(book.now_ms(), Ordering::Release);
-            let _ = spawn(generation);
+    loop {
+        match heard.recv_timeout(Duration::from_secs(120)) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => {
+                generation += 1;
+                println!("nemesis: the copier made no step for 120 s; a new one takes over");
+                book.copier_generation.store(generation, Ordering::Release);
+                let _ = spawn(generation);
+            }
         }
-        // Watching the copier's progress, not synchronisation.
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -337,18 +333,19 @@ fn copy(
     book: Arc<Book>,
     caught_up: Arc<Mutex<Option<Vec<i64>>>>,
     generation: usize,
+    steps: std::sync::mpsc::Sender<bool>,
 ) {
     let mut copier: Option<Copier> = None;
     loop {
         if book.copier_generation.load(Ordering::Acquire) != generation {
             return;
         }
-        book.copier_step_ms.store(book.now_ms(), Ordering::Release);
+        let _ = steps.send(false);
         if let Some(ends) = caught_up.lock().unwrap().as_ref()
             && let Ok(c) = committed(&bootstrap, COPIER_GROUP, "read_committed")
             && c.iter().all(|(p, o)| *o >= ends[*p as usize])
         {
-            book.copier_done.store(true, Ordering::Release);
+            let _ = steps.send(true);
             return;
         }
         let c = match copier.take() {
