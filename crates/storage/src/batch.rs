@@ -182,6 +182,17 @@ pub fn check_framing(buf: &[u8]) -> Result<(BatchHeader, usize)> {
 /// counts, and for uncompressed batches that the records region holds exactly `recordsCount`
 /// length-prefixed records.
 pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
+    validate_as(batch, true)
+}
+
+/// [`validate`] for a batch as a log may hold it: compaction leaves batches with fewer
+/// records than offsets, or none (a replica copies them so from its leader, recovery reads
+/// them so from the disk).
+pub fn validate_stored(batch: &[u8]) -> Result<BatchHeader> {
+    validate_as(batch, false)
+}
+
+fn validate_as(batch: &[u8], fresh: bool) -> Result<BatchHeader> {
     let (header, size) = check_framing(batch)?;
     if size != batch.len() {
         return Err(StorageError::CorruptMessage(format!(
@@ -208,13 +219,23 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader> {
             header.attributes & COMPRESSION_MASK
         ))
     })?;
-    if header.records_count <= 0 || header.last_offset_delta < 0 {
+    let records_ok = if fresh {
+        header.records_count > 0
+            && header.last_offset_delta as i64 + 1 == header.records_count as i64
+    } else {
+        header.records_count >= 0
+            && header.records_count as i64 <= header.last_offset_delta as i64 + 1
+    };
+    if header.records_count < 0
+        || header.last_offset_delta < 0
+        || (fresh && header.records_count == 0)
+    {
         return Err(StorageError::InvalidRecord(format!(
             "batch holds {} records with last offset delta {}",
             header.records_count, header.last_offset_delta
         )));
     }
-    if header.last_offset_delta as i64 + 1 != header.records_count as i64 {
+    if !records_ok {
         return Err(StorageError::InvalidRecord(format!(
             "inconsistent batch offset range: last offset delta {} for {} records",
             header.last_offset_delta, header.records_count

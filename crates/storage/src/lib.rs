@@ -8,6 +8,7 @@
 pub mod batch;
 mod checkpoint;
 pub mod clock;
+mod compact;
 pub mod config;
 mod error;
 mod index;
@@ -22,6 +23,7 @@ mod txn_files;
 pub mod txn_index;
 
 pub use checkpoint::EpochCache;
+pub use compact::{CleanOptions, CleanStats, Cleanable};
 pub use config::{LogConfig, TimestampType};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, FileRegion, Log, ReadResult, TimestampOffset};

@@ -79,6 +79,9 @@ pub(crate) struct Shared {
     writer: Mutex<Writer>,
     recovery: Mutex<Recovery>,
     recovered_from: Option<u64>,
+    /// The earliest delete horizon the cleaner left in the log: once passed, a cleaning is
+    /// due even when nothing is dirty. Not kept across restarts.
+    pub(crate) cleaner_horizon: Mutex<Option<i64>>,
 }
 
 struct Writer {
@@ -129,6 +132,7 @@ impl Log {
                 truncations: 0,
             }),
             recovered_from: opened.recovered_from,
+            cleaner_horizon: Mutex::new(None),
         };
         let log = Log {
             shared: Arc::new(shared),
@@ -377,6 +381,7 @@ impl Log {
             checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, new_start)?;
             w.epochs.truncate_from_end(dir, offset)?;
             self.delete_snapshots_after(offset)?;
+            crate::compact::truncate_checkpoint(dir, offset)?;
             return Ok(offset);
         }
         let target = self
@@ -396,7 +401,8 @@ impl Log {
         let new_end = match target.find_batch(offset, target.size())? {
             Some((pos, h)) => {
                 target.truncate_to(pos, h.base_offset as u64)?;
-                h.base_offset as u64
+                // In a compacted log `offset` may fall in a gap before the batch.
+                (h.base_offset as u64).min(offset)
             }
             None => target.next_offset()?,
         };
@@ -411,6 +417,7 @@ impl Log {
         }
         w.epochs.truncate_from_end(dir, new_end)?;
         self.delete_snapshots_after(new_end)?;
+        crate::compact::truncate_checkpoint(dir, new_end)?;
         Ok(new_end)
     }
 
@@ -598,6 +605,19 @@ impl Log {
         checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, point)
     }
 
+    /// Runs `f` holding the writer's lock, unless the log is closed: the cleaner swaps
+    /// segments this way, so that appends, truncations and retention see the segments before
+    /// or after a swap, never in between.
+    pub(crate) fn under_writer<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let w = self.writer();
+        if w.closed {
+            return None;
+        }
+        let r = f();
+        drop(w);
+        Some(r)
+    }
+
     /// Whether the log was closed (shut down or deleted): periodic work leaves it alone.
     pub fn is_closed(&self) -> bool {
         self.writer().closed
@@ -625,6 +645,11 @@ impl Drop for Log {
 }
 
 impl Shared {
+    /// Bumped by every truncation: work started before one must not record its result.
+    pub(crate) fn truncations(&self) -> u64 {
+        self.recovery.lock().unwrap().truncations
+    }
+
     fn advance_recovery_point(&self, to: u64, truncations_seen: u64, write_checkpoint: bool) {
         let mut r = self.recovery.lock().unwrap();
         if r.truncations != truncations_seen || to <= r.point {

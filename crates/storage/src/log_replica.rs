@@ -39,7 +39,7 @@ impl Log {
         let mut pos = 0;
         while pos < batches.len() {
             let (_, size) = batch::check_framing(&batches[pos..])?;
-            let h = batch::validate(&batches[pos..pos + size])?;
+            let h = batch::validate_stored(&batches[pos..pos + size])?;
             headers.push((pos, h));
             pos += size;
         }

@@ -14,7 +14,7 @@ use crate::batch::{self, BatchHeader};
 use crate::log::AppendInfo;
 use crate::producer_state::{BatchMeta, Check, ProducerInfo, ProducerStates, SequenceError};
 use crate::txn_index::{self, AbortedTxn};
-use crate::{Log, LogConfig, StorageError};
+use crate::{CleanOptions, CleanStats, Cleanable, Log, LogConfig, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -371,6 +371,35 @@ impl PartitionLog {
 
     pub fn cancel_verification(&self, pid: i64, guard: u64) {
         self.states().cancel_verification(pid, guard)
+    }
+
+    /// One cleaning pass (see [`Log::clean`]) below `opts.upper` (the high watermark) and
+    /// the first unstable offset, keeping every producer's last batch.
+    pub fn clean(
+        &self,
+        opts: &CleanOptions,
+        throttle: &mut dyn FnMut(u64),
+    ) -> Result<Option<CleanStats>, StorageError> {
+        let (upper, producer_last) = {
+            let states = self.states();
+            let upper = states
+                .first_unstable_offset()
+                .map_or(opts.upper, |o| o.min(opts.upper));
+            (upper, states.last_data_offsets())
+        };
+        let opts = CleanOptions { upper, ..*opts };
+        self.log.clean(&opts, &producer_last, throttle)
+    }
+
+    /// What the cleaner could do now below `upper` (the high watermark).
+    pub fn cleanable(
+        &self,
+        upper: u64,
+        now_ms: i64,
+        min_lag_ms: i64,
+    ) -> Result<Cleanable, StorageError> {
+        let upper = self.first_unstable_offset().map_or(upper, |o| o.min(upper));
+        self.log.cleanable(upper, now_ms, min_lag_ms)
     }
 
     /// Forgets producers idle longer than `expiration_ms` with no transaction open here.

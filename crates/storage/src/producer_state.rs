@@ -260,12 +260,22 @@ impl ProducerStates {
         }
         entry.batches.push_back(BatchMeta {
             first_seq: h.base_sequence,
-            last_seq: last_seq_of(h.base_sequence, h.records_count),
+            // By the offsets the batch spans, not its record count: a compacted batch keeps
+            // its last offset delta but may hold fewer records, or none.
+            last_seq: last_seq_of(h.base_sequence, h.last_offset_delta.saturating_add(1)),
             first_offset: h.base_offset as u64,
             last_offset: h.last_offset() as u64,
             timestamp: h.max_timestamp,
         });
         None
+    }
+
+    /// Each producer's last data batch, by its last offset: the cleaner keeps those.
+    pub fn last_data_offsets(&self) -> HashMap<i64, u64> {
+        self.producers
+            .iter()
+            .filter_map(|(pid, e)| Some((*pid, e.batches.back()?.last_offset)))
+            .collect()
     }
 
     /// Whether producer `pid` has a transaction open in this partition.

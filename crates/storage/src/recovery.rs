@@ -32,6 +32,7 @@ fn parse_base(name: &str, ext: &str) -> Option<u64> {
 
 pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
     fs::create_dir_all(dir).at(dir)?;
+    crate::compact::recover_swaps(dir)?;
     let mut logs = BTreeMap::new();
     let mut index_files = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
