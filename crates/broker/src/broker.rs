@@ -85,6 +85,8 @@ pub struct Broker {
     pub(crate) fetchers: crate::fetcher::Fetchers,
     pub groups: crate::group::coordinator::GroupCoordinator,
     pub txns: crate::txn::coordinator::TxnCoordinator,
+    /// What the log cleaner's threads share.
+    pub(crate) cleaner: crate::cleaner::CleanerState,
 }
 
 pub use strom_storage::clock::random_id;
@@ -212,6 +214,7 @@ impl Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
             groups: crate::group::coordinator::GroupCoordinator::new(config.groups),
             txns: crate::txn::coordinator::TxnCoordinator::new(config.txns),
+            cleaner: crate::cleaner::CleanerState::new(&config.cleaner),
             config,
             cluster_id,
             image: RwLock::new(Arc::new(MetadataImage::default())),

@@ -80,6 +80,8 @@ pub struct BrokerConfig {
     pub kraft: crate::kraft_config::KraftConfig,
     /// The topic defaults that `log.*` keys set.
     pub log: LogConfig,
+    /// `log.cleaner.*`: the background compaction of `cleanup.policy=compact` logs.
+    pub cleaner: crate::cleaner::CleanerConfig,
     /// Every key as given (after overrides), for DescribeConfigs on the broker.
     pub given: BTreeMap<String, String>,
 }
@@ -117,6 +119,7 @@ impl Default for BrokerConfig {
             txns: Default::default(),
             kraft: Default::default(),
             log: LogConfig::default(),
+            cleaner: Default::default(),
             given: BTreeMap::new(),
         }
     }
@@ -339,6 +342,22 @@ impl BrokerConfig {
                 "log.index.size.max.bytes" => set_log(&mut c.log, "segment.index.bytes", k, v)?,
                 "log.flush.interval.messages" => set_log(&mut c.log, "flush.messages", k, v)?,
                 "log.flush.interval.ms" => set_log(&mut c.log, "flush.ms", k, v)?,
+                "log.cleanup.policy" => set_log(&mut c.log, "cleanup.policy", k, v)?,
+                "log.cleaner.min.cleanable.ratio" => {
+                    set_log(&mut c.log, "min.cleanable.dirty.ratio", k, v)?
+                }
+                "log.cleaner.min.compaction.lag.ms" => {
+                    set_log(&mut c.log, "min.compaction.lag.ms", k, v)?
+                }
+                "log.cleaner.max.compaction.lag.ms" => {
+                    set_log(&mut c.log, "max.compaction.lag.ms", k, v)?
+                }
+                "log.cleaner.delete.retention.ms" => {
+                    set_log(&mut c.log, "delete.retention.ms", k, v)?
+                }
+                k if crate::cleaner::KEYS.contains(&k) => {
+                    c.cleaner.set(k, v).map_err(|why| invalid(k, v, why))?
+                }
                 "log.message.timestamp.type" => {
                     set_log(&mut c.log, "message.timestamp.type", k, v)?
                 }

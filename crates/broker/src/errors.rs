@@ -9,7 +9,7 @@ pub use strom_metadata::errors::*;
 pub fn from_storage(e: &StorageError) -> i16 {
     match e {
         StorageError::CorruptMessage(_) => CORRUPT_MESSAGE,
-        StorageError::InvalidRecord(_) => INVALID_RECORD,
+        StorageError::InvalidRecord(_) | StorageError::RecordErrors { .. } => INVALID_RECORD,
         StorageError::MessageTooLarge { .. } => MESSAGE_TOO_LARGE,
         StorageError::OffsetOutOfRange { .. } => OFFSET_OUT_OF_RANGE,
         StorageError::InvalidConfig { .. } | StorageError::UnknownConfig(_) => INVALID_CONFIG,

@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod broker;
+pub mod cleaner;
 pub mod compression;
 pub mod config;
 mod coordinators;

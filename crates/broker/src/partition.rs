@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 use strom_metadata::image::{NO_LEADER, PartitionInfo};
 use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
-use strom_storage::{LeaderAppend, Log, PartitionLog, ReadResult, StorageError};
+use strom_storage::{
+    CleanOptions, CleanStats, Cleanable, LeaderAppend, Log, PartitionLog, ReadResult, StorageError,
+};
 
 use strom_replication::leader::{IsrChange, LeaderConfig, LeaderState};
 
@@ -418,6 +420,25 @@ impl Partition {
     /// Forgets producers idle longer than `expiration_ms` with no transaction open here.
     pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
         self.log.expire_producers(now, expiration_ms)
+    }
+
+    /// One cleaning pass below the high watermark (and the last stable offset).
+    pub fn clean(
+        &self,
+        opts: &CleanOptions,
+        throttle: &mut dyn FnMut(u64),
+    ) -> Result<Option<CleanStats>, StorageError> {
+        let opts = CleanOptions {
+            upper: self.high_watermark(),
+            ..*opts
+        };
+        self.log.clean(&opts, throttle)
+    }
+
+    /// What the cleaner could do now.
+    pub fn cleanable(&self, now_ms: i64, min_lag_ms: i64) -> Result<Cleanable, StorageError> {
+        self.log
+            .cleanable(self.high_watermark(), now_ms, min_lag_ms)
     }
 
     pub fn set_config(&self, config: &TopicConfig) {

@@ -9,7 +9,6 @@ use crate::config::BrokerConfig;
 
 /// Topic keys the broker itself (not the log) understands.
 const BROKER_KEYS: &[&str] = &[
-    "cleanup.policy",
     "min.insync.replicas",
     "compression.type",
     "compression.gzip.level",
@@ -53,6 +52,10 @@ fn broker_synonym(topic_key: &str) -> Option<&'static str> {
         "max.message.bytes" => "message.max.bytes",
         "min.insync.replicas" => "min.insync.replicas",
         "cleanup.policy" => "log.cleanup.policy",
+        "min.cleanable.dirty.ratio" => "log.cleaner.min.cleanable.ratio",
+        "min.compaction.lag.ms" => "log.cleaner.min.compaction.lag.ms",
+        "max.compaction.lag.ms" => "log.cleaner.max.compaction.lag.ms",
+        "delete.retention.ms" => "log.cleaner.delete.retention.ms",
         "compression.type" => "compression.type",
         "compression.gzip.level" => "compression.gzip.level",
         "compression.lz4.level" => "compression.lz4.level",
@@ -89,13 +92,6 @@ impl TopicConfig {
     fn apply(&mut self, key: &str, value: &str) -> Result<(), String> {
         let bad = |why: &str| format!("invalid value {value:?} for {key}: {why}");
         match key {
-            "cleanup.policy" => {
-                if value.split(',').map(str::trim).any(|p| p != "delete") {
-                    return Err(bad(
-                        "only cleanup.policy=delete is supported so far (compaction is not implemented yet)",
-                    ));
-                }
-            }
             "min.insync.replicas" => {
                 let n: i32 = value.trim().parse().map_err(|_| bad("not a number"))?;
                 if n < 1 {
@@ -127,7 +123,6 @@ impl TopicConfig {
             return Some((v.clone(), Source::DynamicTopic));
         }
         let value = match key {
-            "cleanup.policy" => "delete".to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
             k if crate::compression::KEYS.contains(&k) => self.compression.get(k)?,
             "unclean.leader.election.enable" => broker.unclean_leader_election.to_string(),
@@ -215,7 +210,7 @@ mod tests {
         let b = BrokerConfig::default();
         for (k, v) in [
             ("retention.ms", "soon"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "shred"),
             ("min.insync.replicas", "0"),
             ("no.such.key", "1"),
             ("compression.type", "brotli"),

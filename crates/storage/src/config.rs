@@ -9,7 +9,7 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll the active segment before it would grow past this.
     pub segment_bytes: u64,
@@ -31,6 +31,19 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// `max.message.bytes`: the largest batch accepted, framing included.
     pub max_message_bytes: usize,
+    /// `cleanup.policy` has `delete`: retention by time and size applies.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` has `compact`: the cleaner keeps the last record of every key, and
+    /// records without a key are refused.
+    pub cleanup_compact: bool,
+    /// `min.cleanable.dirty.ratio`: the share of dirty bytes that makes a log worth cleaning.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records younger than this are not compacted.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a dirty record older than this makes the log due.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`: how long tombstones and markers outlive their first cleaning.
+    pub delete_retention_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -46,6 +59,12 @@ impl Default for LogConfig {
             flush_ms: i64::MAX,
             timestamp_type: TimestampType::CreateTime,
             max_message_bytes: 1024 * 1024 + 12,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -62,6 +81,11 @@ pub const KEYS: &[&str] = &[
     "flush.ms",
     "message.timestamp.type",
     "max.message.bytes",
+    "cleanup.policy",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
+    "delete.retention.ms",
 ];
 
 fn invalid(key: &str, value: &str, reason: &str) -> StorageError {
@@ -110,6 +134,37 @@ impl LogConfig {
             "max.message.bytes" => {
                 self.max_message_bytes = parse_i64(key, value, 0)?.min(i32::MAX as i64) as usize;
             }
+            "cleanup.policy" => {
+                let (mut delete, mut compact) = (false, false);
+                for p in value.split(',').map(str::trim) {
+                    match p {
+                        "delete" => delete = true,
+                        "compact" => compact = true,
+                        _ => {
+                            return Err(invalid(
+                                key,
+                                value,
+                                "must be delete, compact or compact,delete",
+                            ));
+                        }
+                    }
+                }
+                self.cleanup_delete = delete;
+                self.cleanup_compact = compact;
+            }
+            "min.cleanable.dirty.ratio" => {
+                let r: f64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(key, value, "not a number"))?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(invalid(key, value, "must be between 0 and 1"));
+                }
+                self.min_cleanable_dirty_ratio = r;
+            }
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms = parse_i64(key, value, 0)?,
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms = parse_i64(key, value, 1)?,
+            "delete.retention.ms" => self.delete_retention_ms = parse_i64(key, value, 0)?,
             _ => return Err(StorageError::UnknownConfig(key.to_string())),
         }
         Ok(())
@@ -131,6 +186,16 @@ impl LogConfig {
                 TimestampType::LogAppendTime => "LogAppendTime".into(),
             },
             "max.message.bytes" => self.max_message_bytes.to_string(),
+            "cleanup.policy" => match (self.cleanup_compact, self.cleanup_delete) {
+                (true, true) => "compact,delete".into(),
+                (true, false) => "compact".into(),
+                (false, true) => "delete".into(),
+                (false, false) => "".into(),
+            },
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
             _ => return None,
         })
     }
@@ -154,6 +219,13 @@ mod tests {
         assert_eq!(c.get("max.message.bytes").unwrap(), "1048588");
         assert_eq!(c.get("flush.messages").unwrap(), i64::MAX.to_string());
         assert_eq!(c.get("message.timestamp.type").unwrap(), "CreateTime");
+        assert_eq!(c.get("cleanup.policy").unwrap(), "delete");
+        assert_eq!(c.get("min.cleanable.dirty.ratio").unwrap(), "0.5");
+        assert_eq!(c.get("delete.retention.ms").unwrap(), "86400000");
+        assert_eq!(
+            c.get("max.compaction.lag.ms").unwrap(),
+            i64::MAX.to_string()
+        );
         for k in KEYS {
             assert!(c.get(k).is_some(), "{k}");
         }
@@ -166,6 +238,11 @@ mod tests {
         assert_eq!(c.retention_ms, 1000);
         c.set("message.timestamp.type", "LogAppendTime").unwrap();
         assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
+        c.set("cleanup.policy", "compact, delete").unwrap();
+        assert!(c.cleanup_compact && c.cleanup_delete);
+        assert_eq!(c.get("cleanup.policy").unwrap(), "compact,delete");
+        assert!(c.set("cleanup.policy", "shred").is_err());
+        assert!(c.set("min.cleanable.dirty.ratio", "1.5").is_err());
         let err = c.set("segment.bytes", "lots").unwrap_err().to_string();
         assert!(err.contains("segment.bytes"), "{err}");
         assert!(matches!(

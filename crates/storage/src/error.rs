@@ -11,6 +11,13 @@ pub enum StorageError {
     /// A well-formed batch whose contents break a rule: record count, magic, empty input.
     #[error("invalid record batch: {0}")]
     InvalidRecord(String),
+    /// Records a batch cannot take (KIP-467): the batch is refused, each bad record named by
+    /// its index in the batch.
+    #[error("{message}")]
+    RecordErrors {
+        message: String,
+        errors: Vec<(i32, String)>,
+    },
     #[error("record batch of {size} bytes exceeds max.message.bytes ({max})")]
     MessageTooLarge { size: usize, max: usize },
     #[error("offset {offset} is out of range: the log holds [{start}, {end})")]

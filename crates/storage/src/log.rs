@@ -471,13 +471,15 @@ impl Log {
         }
         let mut total = self.size_bytes() as i64;
         self.delete_prefix(&mut w, |seg, _| {
-            let by_time = config.retention_ms >= 0 && {
+            // Without `delete` in cleanup.policy only the log start offset deletes.
+            let by_time = config.cleanup_delete && config.retention_ms >= 0 && {
                 let (ts, _) = seg.max_timestamp()?;
                 let ts = if ts < 0 { seg.modified_ms() } else { ts };
                 now.saturating_sub(ts) > config.retention_ms
             };
-            let by_size =
-                config.retention_bytes >= 0 && total - seg.size() as i64 >= config.retention_bytes;
+            let by_size = config.cleanup_delete
+                && config.retention_bytes >= 0
+                && total - seg.size() as i64 >= config.retention_bytes;
             if by_time || by_size {
                 total -= seg.size() as i64;
             }

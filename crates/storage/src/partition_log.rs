@@ -207,6 +207,15 @@ impl PartitionLog {
         leader_epoch: i32,
         guard: Option<u64>,
     ) -> Result<LeaderAppend, AppendError> {
+        if self.log.config().cleanup_compact {
+            let name = self
+                .log
+                .dir()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            crate::compact::check_keys(records, &name)?;
+        }
         let mut states = self.states();
         let mut batches = Vec::new();
         let mut pos = 0;

@@ -127,6 +127,12 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
     let heartbeats = tokio::spawn(broker.clone().run_heartbeats(stopped.clone()));
     let isr_changes = tokio::spawn(broker.clone().run_isr_changes(stopped.clone()));
+    // Not awaited at shutdown: a pass in progress sees its log closed and stops there.
+    if broker.config.cleaner.enable {
+        for _ in 0..broker.config.cleaner.threads {
+            tokio::spawn(cleaner(broker.clone(), stopped.clone()));
+        }
+    }
     let server = tokio::spawn(strom_broker::server::serve(
         broker.clone(),
         listener,
@@ -175,6 +181,28 @@ impl ShutdownSignal {
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// One log cleaner thread: cleans the filthiest log, again and again, and sleeps
+/// `log.cleaner.backoff.ms` when none is due.
+async fn cleaner(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let backoff = Duration::from_millis(broker.config.cleaner.backoff_ms.max(1));
+    loop {
+        let b = broker.clone();
+        let worked = tokio::task::spawn_blocking(move || b.clean_filthiest_log(now_ms()))
+            .await
+            .unwrap_or(false);
+        if *stop.borrow() {
+            return;
+        }
+        if worked {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
         }
     }
 }

@@ -37,6 +37,7 @@ fn config_type(key: &str) -> i8 {
     const STRING: i8 = 2;
     const INT: i8 = 3;
     const LONG: i8 = 5;
+    const DOUBLE: i8 = 6;
     const LIST: i8 = 7;
     match key {
         "segment.bytes"
@@ -44,7 +45,15 @@ fn config_type(key: &str) -> i8 {
         | "segment.index.bytes"
         | "max.message.bytes"
         | "min.insync.replicas" => INT,
-        "segment.ms" | "retention.ms" | "retention.bytes" | "flush.messages" | "flush.ms" => LONG,
+        "segment.ms"
+        | "retention.ms"
+        | "retention.bytes"
+        | "flush.messages"
+        | "flush.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "delete.retention.ms" => LONG,
+        "min.cleanable.dirty.ratio" => DOUBLE,
         "cleanup.policy" => LIST,
         "unclean.leader.election.enable" => BOOLEAN,
         _ => STRING,
@@ -221,6 +230,11 @@ fn describe_broker(
         ),
     ] {
         values.push((key.to_string(), value));
+    }
+    for key in crate::cleaner::KEYS {
+        if let Some(v) = c.cleaner.get(key) {
+            values.push((key.to_string(), v));
+        }
     }
     for key in all_keys() {
         if let (Some(broker_key), Some((v, _))) =

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use krabka_protocol::owned::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
 use krabka_protocol::records::produce_framing;
 
@@ -12,6 +12,7 @@ use crate::broker::Broker;
 use crate::errors;
 use crate::partition::{AppendError, Appended, HighWatermarkWait, Partition};
 use crate::protocol::{self, RequestContext};
+use strom_storage::StorageError;
 use strom_storage::batch::{self, BatchHeader};
 use strom_storage::producer_state::SequenceError;
 
@@ -19,6 +20,8 @@ struct PartitionResult {
     index: i32,
     error: i16,
     message: Option<String>,
+    /// KIP-467: the records at fault, by index in the batch.
+    record_errors: Vec<(i32, String)>,
     appended: Option<Appended>,
     /// The replica appended to: acks=all waits on it, not on whatever has its name later.
     partition: Option<Arc<Partition>>,
@@ -93,6 +96,7 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                 index: p.partition,
                 error: errors::NONE,
                 message: None,
+                record_errors: Vec::new(),
                 appended: None,
                 partition: None,
                 leader_epoch: -1,
@@ -157,6 +161,13 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                                 tracing::debug!(topic = %t.name, partition = p.partition, error = %msg, "produce refused");
                                 r.error = code;
                                 r.message = Some(msg);
+                                if let AppendError::Storage(StorageError::RecordErrors {
+                                    errors,
+                                    ..
+                                }) = e
+                                {
+                                    r.record_errors = errors;
+                                }
                             }
                         }
                     }
@@ -226,6 +237,15 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, body: Bytes) -> 
                                 .unwrap_or(-1),
                             log_start_offset: r.appended.map_or(-1, |a| a.log_start_offset as i64),
                             error_message: r.message.filter(|_| r.error != errors::NONE),
+                            record_errors: r
+                                .record_errors
+                                .into_iter()
+                                .map(|(i, m)| BatchIndexAndErrorMessage {
+                                    batch_index: i,
+                                    batch_index_error_message: Some(m),
+                                    ..Default::default()
+                                })
+                                .collect(),
                             ..Default::default()
                         })
                         .collect(),

@@ -97,6 +97,43 @@ impl Cleanable {
     }
 }
 
+/// A compacted topic's rule for what producers send: every record has a key. The whole
+/// produce is refused with each keyless record named, as Kafka's LogValidator does.
+pub(crate) fn check_keys(records: &[u8], partition: &str) -> Result<()> {
+    let mut errors = Vec::new();
+    let mut pos = 0;
+    while pos < records.len() {
+        let (h, size) = crate::batch::check_framing(&records[pos..])?;
+        let bytes = &records[pos..pos + size];
+        let section = filter::records_section(&h, bytes)?;
+        for (i, r) in filter::parse(&h, &section)?.iter().enumerate() {
+            if r.key.is_none() {
+                errors.push((
+                    i as i32,
+                    format!("Compacted topic cannot accept message without key in topic partition {partition}."),
+                ));
+            }
+        }
+        pos += size;
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = errors
+        .iter()
+        .take(3)
+        .map(|(i, m)| format!("record {i}: {m}"))
+        .collect();
+    Err(crate::StorageError::RecordErrors {
+        message: format!(
+            "One or more records have been rejected due to {} record errors in total, and only showing the first three errors at most: [{}]",
+            errors.len(),
+            shown.join(", ")
+        ),
+        errors,
+    })
+}
+
 /// A truncation below the cleaner checkpoint makes what is rewritten there dirty again.
 pub(crate) fn truncate_checkpoint(dir: &std::path::Path, end: u64) -> Result<()> {
     match checkpoint::read_offset(dir, CLEANER_CHECKPOINT) {
@@ -229,6 +266,9 @@ impl Log {
             min_horizon: None,
         };
         for group in groups(&segs, end, self.config().segment_bytes) {
+            if self.is_closed() {
+                return Ok(None);
+            }
             if !pass.clean_group(self, &group, throttle)? {
                 tracing::info!(dir = %self.dir().display(),
                     "the log changed during cleaning (truncation, retention or deletion); the pass stops");
@@ -478,10 +518,7 @@ pub(crate) fn each_batch(
         buf.resize(want as usize, 0);
         file.read_exact_at(&mut buf, pos).at(seg.log_path())?;
         let mut at = 0usize;
-        loop {
-            let Some(h) = buf.get(at..).and_then(BatchHeader::parse) else {
-                break;
-            };
+        while let Some(h) = buf.get(at..).and_then(BatchHeader::parse) {
             let total = h.total_size();
             if at + total > buf.len() {
                 if at == 0 {
