@@ -112,6 +112,8 @@ def start(binary, work):
         "--override", f"log.dirs={data}",
         "--override", "num.partitions=1",
         "--override", "group.initial.rebalance.delay.ms=0",
+        # The compaction tests should not wait the default 15 s for the cleaner to look.
+        "--override", "log.cleaner.backoff.ms=100",
     ], log_path)
     if not await_listening(proc, log_path):
         return [proc], None
@@ -136,6 +138,7 @@ def start_cluster(binary, work, n):
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
                     f"log.dirs={data}\nnum.partitions=1\ngroup.initial.rebalance.delay.ms=0\n"
                     "controller.quorum.election.timeout.ms=300\n"
+                    "log.cleaner.backoff.ms=100\n"
                     # Every topic a client creates without a factor, or auto-creates, has a
                     # replica on every node: the clients meet replication, not one copy.
                     f"default.replication.factor={min(n, 3)}\n")

@@ -412,3 +412,70 @@ def test_group_join_commit_resume_and_inspection(bootstrap, topic):
     c2.close()
     seen = sorted((m.partition(), m.offset(), int(m.value())) for m in first + rest)
     assert seen == sorted((p, o, i) for i, (p, o) in enumerate(reports)), "every record exactly once over the two members"
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
+def test_compacted_topic_shows_one_value_per_key(bootstrap, data_dir, topic, codec):
+    """cleanup.policy=compact: once the cleaner ran, a consumer reading from the beginning sees
+    the latest value of every key at the offset it was written at, deleted keys (tombstones)
+    gone after delete.retention.ms, and the batches still in the producer's codec."""
+    a = admin(bootstrap)
+    # Every batch its own segment (segment.ms=1): all but the last may be cleaned.
+    create(a, topic, 1, {"cleanup.policy": "compact", "segment.ms": "1",
+                         "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "100"})
+    expected = {}
+    offset = 0
+    for rnd in range(10):
+        records = []
+        for k in range(30):
+            tombstone = rnd == 9 and k < 5
+            records.append({"key": f"k{k}", "value": None if tombstone else f"{codec}-{rnd}-{k}" * 3})
+            if tombstone:
+                expected.pop(f"k{k}", None)
+            else:
+                expected[f"k{k}"] = (offset, f"{codec}-{rnd}-{k}" * 3)
+            offset += 1
+        reports = produce(bootstrap, topic, records, **{"compression.type": codec, "linger.ms": 20})
+        assert [r[1] for r in reports] == list(range(offset - 30, offset))
+    produce(bootstrap, topic, [{"key": "end", "value": "end"}])
+    expected["end"] = (offset, "end")
+
+    def compacted():
+        got = consume_assigned(bootstrap, topic, 1)[0]
+        view = {m.key().decode(): (m.offset(), m.value() and m.value().decode()) for m in got}
+        return len(got) == len(expected) and view == expected
+
+    wait_until("the topic compacted to one record per key", compacted, timeout=60)
+    if codec != "none":
+        batches = [b for b in stored_batches(data_dir, topic, 0) if b.record_count > 1]
+        assert batches and all(b.codec == CODEC_IDS[codec] for b in batches), \
+            f"stored codecs {[b.codec for b in batches]}"
+    described = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    entries = list(described.values())[0].result(10)
+    assert entries["cleanup.policy"].value == "compact"
+
+
+def test_compacted_topic_refuses_records_without_a_key(bootstrap, topic):
+    """KIP-467: the batch is refused, the keyless records with INVALID_RECORD and the others
+    with librdkafka's _INVALID_DIFFERENT_RECORD; nothing is written."""
+    a = admin(bootstrap)
+    create(a, topic, 1, {"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 200})
+    errors = {}
+
+    def reporter(i):
+        def report(err, msg):
+            errors[i] = err
+        return report
+
+    for i in range(6):
+        p.produce(topic, key=None if i % 3 == 1 else f"k{i}", value=f"v{i}", on_delivery=reporter(i))
+    assert p.flush(30) == 0
+    assert sorted(errors) == list(range(6))
+    for i, err in errors.items():
+        assert err is not None, f"record {i} was acknowledged"
+        if i % 3 == 1:
+            assert err.code() == KafkaError.INVALID_RECORD, f"record {i}: {err}"
+        else:
+            assert err.code() == KafkaError._INVALID_DIFFERENT_RECORD, f"record {i}: {err}"
+    assert watermarks(bootstrap, topic, 0) == (0, 0)

@@ -3,7 +3,7 @@
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import InvalidRecordError, KafkaError, TopicAlreadyExistsError
 
 from strom_compat import CODEC_IDS, assert_stored_with_codec, stored_batches, wait_until
 
@@ -270,3 +270,41 @@ def test_group_commit_and_resume(bootstrap, topic):
     finally:
         c.close()
         a.close()
+
+
+def test_compacted_topic_read_back_and_keyless_records_refused(bootstrap, topic):
+    """cleanup.policy=compact with kafka-python: after the cleaner ran, reading from the
+    beginning gives one record per key at its offset (the gaps are skipped); a batch with
+    records without a key fails exactly those with INVALID_RECORD (KIP-467) and writes
+    nothing."""
+    create(bootstrap, topic, 1, {"cleanup.policy": "compact", "segment.ms": "1",
+                                 "min.cleanable.dirty.ratio": "0.01"})
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    expected = {}
+    for rnd in range(8):
+        futures = [p.send(topic, key=f"k{k}".encode(), value=f"r{rnd}-{k}".encode()) for k in range(25)]
+        p.flush(30)
+        for k, f in enumerate(futures):
+            expected[f"k{k}".encode()] = (f.get(30).offset, f"r{rnd}-{k}".encode())
+    end = p.send(topic, key=b"end", value=b"end").get(30)
+    expected[b"end"] = (end.offset, b"end")
+
+    def compacted():
+        got = read_all(bootstrap, topic, 1)[0]
+        return len(got) == len(expected) and {r.key: (r.offset, r.value) for r in got} == expected
+
+    wait_until("the topic compacted", compacted, timeout=60)
+
+    futures = [p.send(topic, key=None if i == 1 else b"k", value=b"v") for i in range(3)]
+    p.flush(30)
+    failures = []
+    for f in futures:
+        with pytest.raises(KafkaError) as e:
+            f.get(30)
+        failures.append(e.value)
+    p.close()
+    assert isinstance(failures[1], InvalidRecordError), failures
+    assert "without key" in str(failures[1]), failures[1]
+    assert not isinstance(failures[0], InvalidRecordError) and not isinstance(failures[2], InvalidRecordError), failures
+    # Nothing of the refused batch was written.
+    assert {r.key: (r.offset, r.value) for r in read_all(bootstrap, topic, 1)[0]} == expected
