@@ -87,6 +87,10 @@ pub struct Broker {
     pub txns: crate::txn::coordinator::TxnCoordinator,
     /// What the log cleaner's threads share.
     pub(crate) cleaner: crate::cleaner::CleanerState,
+    /// When this node last tried to make an older strom's internal topic compacted, by
+    /// topic: see [`Broker::compact_internal_topic`].
+    pub(crate) internal_topic_upgrades:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 pub use strom_storage::clock::random_id;
@@ -215,6 +219,7 @@ impl Broker {
             groups: crate::group::coordinator::GroupCoordinator::new(config.groups),
             txns: crate::txn::coordinator::TxnCoordinator::new(config.txns),
             cleaner: crate::cleaner::CleanerState::new(&config.cleaner),
+            internal_topic_upgrades: Default::default(),
             config,
             cluster_id,
             image: RwLock::new(Arc::new(MetadataImage::default())),

@@ -43,6 +43,9 @@ pub struct BrokerConfig {
     /// offsets.topic.replication.factor and transaction.state.log.replication.factor
     /// (Kafka's default 3), capped at 1 in the embedded single-node default only.
     pub internal_replication_factor: (i16, i16),
+    /// offsets.topic.segment.bytes and transaction.state.log.segment.bytes (Kafka's default
+    /// 104857600 each): the internal topics' segment.bytes when they are created.
+    pub internal_segment_bytes: (i32, i32),
     /// transaction.state.log.min.isr (Kafka's default 2): `__transaction_state`'s
     /// min.insync.replicas, capped at its replication factor.
     pub txn_state_min_isr: i32,
@@ -97,6 +100,7 @@ impl Default for BrokerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             internal_replication_factor: (3, 3),
+            internal_segment_bytes: (104_857_600, 104_857_600),
             txn_state_min_isr: 2,
             replica_lag_time_max_ms: 30_000,
             replica_fetch: ReplicaFetchConfig::default(),
@@ -367,6 +371,19 @@ impl BrokerConfig {
                         return Err(invalid(k, v, "must be at least 1"));
                     }
                 }
+                "offsets.topic.segment.bytes" | "transaction.state.log.segment.bytes" => {
+                    let bytes: i32 = int(k, v)?;
+                    // The least a topic's segment.bytes may be: one batch header.
+                    let min = strom_storage::batch::HEADER_LEN as i32;
+                    if bytes < min {
+                        return Err(invalid(k, v, format!("must be at least {min}")));
+                    }
+                    if k.starts_with("offsets") {
+                        c.internal_segment_bytes.0 = bytes;
+                    } else {
+                        c.internal_segment_bytes.1 = bytes;
+                    }
+                }
                 "offsets.retention.minutes" => {
                     c.groups.offsets_retention_ms = int::<u64>(k, v)? * 60_000
                 }
@@ -596,6 +613,7 @@ mod tests {
             ("process.roles", "broker,controller"),
             ("offsets.topic.replication.factor", "1"),
             ("transaction.state.log.min.isr", "3"),
+            ("transaction.state.log.segment.bytes", "4096"),
             ("num.replica.fetchers", "4"),
             ("unclean.leader.election.enable", "true"),
             ("replica.fetch.wait.max.ms", "250"),
@@ -605,6 +623,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.internal_replication_factor, (1, 3));
         assert_eq!(c.txn_state_min_isr, 3);
+        assert_eq!(c.internal_segment_bytes, (104_857_600, 4096));
         assert_eq!(c.replica_fetch.fetchers, 4);
         assert!(c.unclean_leader_election);
         assert_eq!(c.replica_fetch.wait_max_ms, 250);
@@ -639,6 +658,8 @@ mod tests {
             ("log.segment.bytes", "-5"),
             ("log.retention.hours", "-7"),
             ("transaction.state.log.replication.factor", "0"),
+            ("offsets.topic.segment.bytes", "60"),
+            ("transaction.state.log.segment.bytes", "big"),
             ("num.replica.fetchers", "0"),
             ("replica.fetch.wait.max.ms", "30000"),
             ("replica.fetch.backoff.ms", "-1"),

@@ -80,36 +80,6 @@ impl PartitionWriter for Broker {
             WriteError::Failed(e.to_string())
         })
     }
-
-    fn stored_records(&self, tp: &TopicPartition) -> u64 {
-        self.partition(&tp.topic, tp.partition)
-            .map_or(0, |p| p.log().log_end_offset() - p.log().log_start_offset())
-    }
-
-    fn end_offset(&self, tp: &TopicPartition) -> u64 {
-        self.partition(&tp.topic, tp.partition)
-            .map_or(0, |p| p.log().log_end_offset())
-    }
-
-    fn has_open_transaction(&self, tp: &TopicPartition) -> bool {
-        self.partition(&tp.topic, tp.partition)
-            .is_some_and(|p| p.last_stable_offset() < p.high_watermark())
-    }
-
-    fn delete_before<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        offset: u64,
-    ) -> BoxFuture<'a, Result<(), WriteError>> {
-        Box::pin(async move {
-            let p = self
-                .leader_partition(&tp.topic, tp.partition)
-                .map_err(|_| WriteError::NotLeader)?;
-            p.delete_records(offset)
-                .map(|_| ())
-                .map_err(|e| WriteError::Failed(e.to_string()))
-        })
-    }
 }
 
 impl ProducerIdSource for Broker {
@@ -344,8 +314,8 @@ impl Broker {
         self.groups.run_timers(&*self, stop).await
     }
 
-    /// Transaction timers (timeouts, prepared transactions to finish, id expiry, trims)
-    /// until `stop` fires.
+    /// Transaction timers (timeouts, prepared transactions to finish, id expiry) until
+    /// `stop` fires.
     pub async fn run_txn_timers(
         self: std::sync::Arc<Self>,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -353,8 +323,11 @@ impl Broker {
         self.txns.run_timers(&*self, stop).await
     }
 
-    /// The periodic committed-offsets check: expiry, then trimming.
+    /// The periodic committed-offsets check (at start, then every
+    /// offsets.retention.check.interval.ms): an older strom's internal topics are made
+    /// compacted, then offsets expire.
     pub async fn maintain_groups(&self) {
+        self.compact_internal_topics().await;
         self.groups.maintain(self).await
     }
 }

@@ -30,6 +30,8 @@ mod topics;
 mod txn_verify;
 
 #[cfg(test)]
+mod internal_topics_tests;
+#[cfg(test)]
 mod txn_failure_tests;
 #[cfg(test)]
 mod txn_tests;

@@ -289,36 +289,3 @@ async fn producer_state_survives_restarts_clean_or_not() {
     assert_eq!(p0.last_stable_offset(), 3);
     assert_eq!(p0.read_committed(0, 1 << 20).unwrap().1.len(), 1);
 }
-
-#[tokio::test]
-async fn the_state_topic_is_trimmed_to_the_live_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let (pid, epoch) = {
-        let b = broker(dir.path()).await;
-        let (pid, epoch) = b
-            .txns
-            .init_producer(&b, "busy", 60_000, None)
-            .await
-            .unwrap();
-        for _ in 0..400 {
-            assert_eq!(
-                b.txns.add_partitions(&b, "busy", pid, epoch, &both()).await,
-                NONE
-            );
-            assert_eq!(b.txns.end(&b, "busy", pid, epoch, true).await, NONE);
-        }
-        let p = b.partition(TXN_TOPIC, partition_for("busy", 3)).unwrap();
-        let before = p.log().log_end_offset() - p.log().log_start_offset();
-        assert!(before > 1_000, "{before} records");
-        b.txns.tick(&b, now_ms()).await;
-        assert_eq!(p.log().log_end_offset() - p.log().log_start_offset(), 1);
-        (pid, epoch)
-    };
-    // What is left reads back as the same state.
-    let b = broker(dir.path()).await;
-    let m = b.txns.describe(&b, "busy").await.unwrap().unwrap();
-    assert_eq!(
-        (m.producer_id, m.producer_epoch, m.state),
-        (pid, epoch, TxnState::CompleteCommit)
-    );
-}

@@ -1,13 +1,14 @@
 //! An in-memory host for the coordinators' tests: partitions are lists of batches, markers
 //! are control batches appended to them, producer ids come from a counter, and failures are
 //! injected here (never in the coordinators). A [`Store`] outlives the hosts made on it, so
-//! a test restarts the coordinators by making a new host on the same store.
+//! a test restarts the coordinators by making a new host on the same store. A partition can
+//! be compacted as the log cleaner would (see [`Partition::compact`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use strom_metadata::{TopicPartition, errors};
-use strom_storage::batch::BatchHeader;
+use strom_storage::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD, write_varint};
 use strom_storage::txn_index;
 
 use crate::group::coordinator::{CoordinatorConfig, GroupCoordinator, OFFSETS_TOPIC};
@@ -20,10 +21,15 @@ use crate::txn::coordinator::{TXN_TOPIC, TxnConfig, TxnCoordinator};
 pub struct Partition {
     /// (base offset, batch bytes), in order.
     pub batches: Vec<(u64, Vec<u8>)>,
-    pub start: u64,
     pub end: u64,
-    /// Producers with transactional records here and no marker after them yet.
-    pub open: BTreeSet<i64>,
+}
+
+/// A data record of a partition, at its offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
 }
 
 impl Partition {
@@ -43,6 +49,135 @@ impl Partition {
             })
             .collect()
     }
+
+    /// Every data record (keyed, outside control batches), in order.
+    pub fn records(&self) -> Vec<StoredRecord> {
+        let mut out = Vec::new();
+        for (base, b) in &self.batches {
+            let h = BatchHeader::parse(b).expect("a batch");
+            if h.is_control() {
+                continue;
+            }
+            for r in batch::records(b) {
+                out.push(StoredRecord {
+                    offset: base + r.offset_delta as u64,
+                    key: r.key.expect("a keyed record").to_vec(),
+                    value: r.value.map(<[u8]>::to_vec),
+                });
+            }
+        }
+        out
+    }
+
+    /// Compacts the partition as the log cleaner does, past every delete horizon: records of
+    /// aborted transactions go, a key keeps only its latest record (outside aborted
+    /// transactions), and tombstones go; records keep their offsets. A batch left without
+    /// records is dropped, except a transactional or control one (a producer's batch can
+    /// stay empty): it stays with no records, its offsets spanned all the same; a marker is
+    /// emptied once no data of its transaction is left. Offsets come out with gaps.
+    pub fn compact(&mut self) {
+        // Which transactional records were aborted, and which transaction each belongs to.
+        let mut open: HashMap<i64, Vec<u64>> = HashMap::new();
+        let mut aborted: HashSet<u64> = HashSet::new();
+        let mut txn_of: HashMap<u64, usize> = HashMap::new();
+        let mut marker_of: HashMap<usize, usize> = HashMap::new();
+        for (i, (base, b)) in self.batches.iter().enumerate() {
+            let h = BatchHeader::parse(b).expect("a batch");
+            if h.is_control() {
+                let commit = batch::records(b)
+                    .next()
+                    .and_then(|r| r.key)
+                    .and_then(txn_index::marker_type);
+                for o in open.remove(&h.producer_id).unwrap_or_default() {
+                    if commit != Some(true) {
+                        aborted.insert(o);
+                    }
+                    marker_of.insert(txn_of[&o], i);
+                }
+            } else if h.is_transactional() {
+                for r in batch::records(b) {
+                    let o = base + r.offset_delta as u64;
+                    open.entry(h.producer_id).or_default().push(o);
+                    txn_of.insert(o, i);
+                }
+            }
+        }
+        assert!(
+            open.values().all(Vec::is_empty),
+            "no open transaction below what is compacted"
+        );
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for r in self.records() {
+            if !aborted.contains(&r.offset) {
+                latest.insert(r.key, r.offset);
+            }
+        }
+        // The markers that still have data of their transaction after the pass.
+        let mut needed: HashSet<usize> = HashSet::new();
+        let mut out = Vec::new();
+        for (i, (base, b)) in self.batches.iter().enumerate() {
+            let h = BatchHeader::parse(b).expect("a batch");
+            let kept: Vec<batch::RecordView<'_>> = if h.is_control() {
+                batch::records(b).collect()
+            } else {
+                batch::records(b)
+                    .filter(|r| {
+                        let o = base + r.offset_delta as u64;
+                        !aborted.contains(&o)
+                            && r.value.is_some()
+                            && r.key.is_some_and(|k| latest.get(k) == Some(&o))
+                    })
+                    .collect()
+            };
+            if h.is_transactional() && !h.is_control() && !kept.is_empty() {
+                needed.insert(marker_of[&i]);
+            }
+            out.push((*base, h, rebuild(b, &kept)));
+        }
+        self.batches = out
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (base, h, b))| {
+                if h.is_control() && !needed.contains(&i) {
+                    return Some((base, rebuild(&b, &[])));
+                }
+                let empty = BatchHeader::parse(&b).unwrap().records_count == 0;
+                (!empty || h.is_transactional()).then_some((base, b))
+            })
+            .collect();
+    }
+}
+
+/// `b` with only the records `kept` (which it holds), each at its own offset delta: its
+/// header stays but for the length, the record count and the checksum.
+fn rebuild(b: &[u8], kept: &[batch::RecordView<'_>]) -> Vec<u8> {
+    let mut out = b[..HEADER_LEN].to_vec();
+    let mut body = Vec::new();
+    for r in kept {
+        body.clear();
+        body.push(0);
+        write_varint(&mut body, r.timestamp_delta);
+        write_varint(&mut body, r.offset_delta);
+        for field in [r.key, r.value] {
+            match field {
+                Some(f) => {
+                    write_varint(&mut body, f.len() as i64);
+                    body.extend_from_slice(f);
+                }
+                None => write_varint(&mut body, -1),
+            }
+        }
+        write_varint(&mut body, 0);
+        write_varint(&mut out, body.len() as i64);
+        out.extend_from_slice(&body);
+    }
+    // batchLength at 8, crc at 17, recordsCount at 57.
+    let length = (out.len() - LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&length.to_be_bytes());
+    out[57..61].copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let crc = batch::compute_crc(&out);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// Failures the tests inject.
@@ -140,9 +275,10 @@ impl Node {
         f(s.partitions.entry(tp.clone()).or_default())
     }
 
-    /// Records held (end - start) by `tp`.
-    pub fn held(&self, tp: &TopicPartition) -> u64 {
-        self.partition(tp, |p| p.end - p.start)
+    /// Compacts `tp` as the log cleaner does (see [`Partition::compact`]).
+    pub fn compact(&self, tp: &TopicPartition) {
+        let mut s = self.store.0.lock().unwrap();
+        s.partitions.entry(tp.clone()).or_default().compact();
     }
 
     fn append_locked(s: &mut StoreState, tp: &TopicPartition, mut batch: Vec<u8>) -> u64 {
@@ -151,11 +287,6 @@ impl Node {
         let base = p.end;
         batch[0..8].copy_from_slice(&(base as i64).to_be_bytes());
         p.end = base + h.last_offset_delta as u64 + 1;
-        if h.is_control() {
-            p.open.remove(&h.producer_id);
-        } else if h.is_transactional() {
-            p.open.insert(h.producer_id);
-        }
         p.batches.push((base, batch));
         base
     }
@@ -191,44 +322,12 @@ impl PartitionWriter for Node {
         if self.faults.lock().unwrap().replay_fails {
             return Err(WriteError::Failed("injected".into()));
         }
-        let batches: Vec<Vec<u8>> = self.partition(tp, |p| {
-            p.batches
-                .iter()
-                .filter(|(base, _)| *base >= p.start)
-                .map(|(_, b)| b.clone())
-                .collect()
-        });
+        let batches: Vec<Vec<u8>> =
+            self.partition(tp, |p| p.batches.iter().map(|(_, b)| b.clone()).collect());
         for b in batches {
             f(&BatchHeader::parse(&b).expect("a batch"), &b);
         }
         Ok(())
-    }
-
-    fn stored_records(&self, tp: &TopicPartition) -> u64 {
-        self.held(tp)
-    }
-
-    fn end_offset(&self, tp: &TopicPartition) -> u64 {
-        self.partition(tp, |p| p.end)
-    }
-
-    fn has_open_transaction(&self, tp: &TopicPartition) -> bool {
-        self.partition(tp, |p| !p.open.is_empty())
-    }
-
-    fn delete_before<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        offset: u64,
-    ) -> BoxFuture<'a, Result<(), WriteError>> {
-        Box::pin(async move {
-            let mut s = self.store.0.lock().unwrap();
-            let p = s.partitions.entry(tp.clone()).or_default();
-            p.start = p.start.max(offset.min(p.end));
-            let start = p.start;
-            p.batches.retain(|(base, _)| *base >= start);
-            Ok(())
-        })
     }
 }
 

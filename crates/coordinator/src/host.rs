@@ -48,28 +48,14 @@ pub trait PartitionWriter: Send + Sync {
         verification: Option<u64>,
     ) -> BoxFuture<'a, Result<u64, WriteError>>;
 
-    /// Every committed batch of `tp` from its start, in order: how a shard is loaded.
+    /// Every committed batch of `tp` from its start, in order: how a shard is loaded. The
+    /// topic is compacted: offsets have gaps, a batch may have no records left, and only
+    /// the latest record of a key (or its tombstone, for a while) is sure to be there.
     fn replay(
         &self,
         tp: &TopicPartition,
         f: &mut dyn FnMut(&BatchHeader, &[u8]),
     ) -> Result<(), WriteError>;
-
-    /// Records `tp` holds (log end minus log start): when to trim it.
-    fn stored_records(&self, tp: &TopicPartition) -> u64;
-
-    /// The offset the next record appended to `tp` gets.
-    fn end_offset(&self, tp: &TopicPartition) -> u64;
-
-    /// Whether `tp` holds records of a transaction not yet ended.
-    fn has_open_transaction(&self, tp: &TopicPartition) -> bool;
-
-    /// Deletes everything before `offset` (once the live records were re-appended after it).
-    fn delete_before<'a>(
-        &'a self,
-        tp: &'a TopicPartition,
-        offset: u64,
-    ) -> BoxFuture<'a, Result<(), WriteError>>;
 }
 
 /// The markers that end one producer's transaction.

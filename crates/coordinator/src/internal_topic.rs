@@ -1,11 +1,12 @@
 //! What both coordinators do with their internal topics: build batches of their own
-//! records, place keys in partitions as Kafka does, map a failed write to the client's error,
-//! and keep a partition small until compaction exists.
+//! records, place keys in partitions as Kafka does, and map a failed write to the client's
+//! error. The topics are compacted (`cleanup.policy=compact`): a key's latest record is its
+//! state, and a null value (a tombstone) deletes it.
 
-use strom_metadata::{TopicPartition, errors};
+use strom_metadata::errors;
 use strom_storage::batch::{self, BatchBuilder};
 
-use crate::host::{Host, WriteError};
+use crate::host::WriteError;
 
 /// Java's `String.hashCode`, which Kafka uses to place a group in a partition.
 pub fn java_hash(s: &str) -> i32 {
@@ -38,22 +39,4 @@ pub(crate) fn build_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], now: i64) -> B
         });
     }
     b
-}
-
-/// Re-appends the live records (key, value) of `tp` and deletes everything before `start`
-/// (the log end when the live records were taken): how an internal topic stays small until
-/// compaction exists. False if it could not be done.
-pub(crate) async fn rewrite_live(
-    host: &dyn Host,
-    tp: &TopicPartition,
-    start: u64,
-    live: &[(Vec<u8>, Option<Vec<u8>>)],
-) -> bool {
-    for chunk in live.chunks(1000) {
-        let batch = build_batch(chunk, strom_storage::clock::now_ms()).build();
-        if host.append(tp, batch, None).await.is_err() {
-            return false;
-        }
-    }
-    host.delete_before(tp, start).await.is_ok()
 }

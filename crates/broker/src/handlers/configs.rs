@@ -196,6 +196,10 @@ fn describe_broker(
             g.offsets_partitions.to_string(),
         ),
         (
+            "offsets.topic.segment.bytes",
+            c.internal_segment_bytes.0.to_string(),
+        ),
+        (
             "offsets.retention.minutes",
             (g.offsets_retention_ms / 60_000).to_string(),
         ),
@@ -210,6 +214,10 @@ fn describe_broker(
         (
             "transaction.state.log.num.partitions",
             t.partitions.to_string(),
+        ),
+        (
+            "transaction.state.log.segment.bytes",
+            c.internal_segment_bytes.1.to_string(),
         ),
         ("transaction.max.timeout.ms", t.max_timeout_ms.to_string()),
         (

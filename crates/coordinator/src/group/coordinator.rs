@@ -430,7 +430,7 @@ impl GroupCoordinator {
             return;
         }
         let Some(shard) = self.load(host, TopicPartition::new(OFFSETS_TOPIC, partition)) else {
-            // Serving part of the groups would let a trim delete the rest for good.
+            // Serving part of the groups would answer for the rest as if they had nothing.
             self.shards.resign(partition, Some(epoch));
             return;
         };

@@ -1,5 +1,6 @@
-//! The group coordinator against the in-memory host: offsets persist, reload, expire and
-//! stay bounded; shards load on election and go on resignation.
+//! The group coordinator against the in-memory host: offsets persist, reload and expire
+//! (as tombstones), and load back the same once compacted; shards load on election and go
+//! on resignation.
 
 use super::coordinator::*;
 use super::state::JoinRequest;
@@ -204,24 +205,165 @@ async fn active_groups_refuse_deletion_and_simple_commits() {
     );
 }
 
+/// The last record of `key` in `tp`: `Some(None)` for a tombstone.
+fn last_value(b: &Node, tp: &TopicPartition, key: &[u8]) -> Option<Option<Vec<u8>>> {
+    b.partition(tp, |p| {
+        p.records()
+            .into_iter()
+            .rev()
+            .find(|r| r.key == key)
+            .map(|r| r.value)
+    })
+}
+
+fn offset_key(group: &str, partition: i32) -> Vec<u8> {
+    super::records::Record::Offset {
+        group: group.into(),
+        topic: "t".into(),
+        partition,
+        value: None,
+    }
+    .key()
+}
+
+fn group_key(group: &str) -> Vec<u8> {
+    super::records::Record::Group {
+        group: group.into(),
+        value: None,
+    }
+    .key()
+}
+
+type Snapshot = (Vec<Vec<(i32, Option<i64>)>>, Vec<String>);
+
+/// Each group's offsets (by partition), and the groups listed: what a restart must find.
+async fn snapshot(b: &Node, groups: &[&str]) -> Snapshot {
+    let mut offsets = Vec::new();
+    for g in groups {
+        let fetched = b.groups.fetch(b, g, None).await.unwrap();
+        offsets.push(
+            fetched
+                .into_iter()
+                .map(|(_, p, o)| (p, o.map(|o| o.offset)))
+                .collect(),
+        );
+    }
+    let mut listed: Vec<String> = b.groups.list().await.into_iter().map(|g| g.0).collect();
+    listed.sort();
+    (offsets, listed)
+}
+
+/// Expired offsets, forgotten groups and deleted groups are written as tombstones, so that
+/// compaction can remove them; a partition compacted as the log cleaner does (latest record
+/// per key, aborted transactional offsets and tombstones gone, offset gaps, empty batches
+/// left by transactions) loads back as the same groups and offsets.
 #[tokio::test]
-async fn the_offsets_topic_is_trimmed_to_its_live_records() {
+async fn deletions_are_tombstones_and_a_compacted_partition_loads_the_same() {
+    use crate::host::{MarkerWriter, Markers};
     let dir = store();
     let b = broker(&dir);
-    for i in 0..3000 {
+    // "old" expires, "deleted" is deleted: tombstones for their offsets and group.
+    assert_eq!(commit(&b, "old", 0, 5).await, NONE);
+    assert_eq!(commit(&b, "deleted", 1, 6).await, NONE);
+    assert_eq!(b.groups.delete(&b, "deleted").await, NONE);
+    b.groups.expire(&b, now_ms() + 8 * 24 * 3600 * 1000).await;
+    for g in ["old", "deleted"] {
+        let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for(g, 3));
+        let p = if g == "old" { 0 } else { 1 };
+        assert_eq!(last_value(&b, &tp, &offset_key(g, p)), Some(None), "{g}");
+        assert_eq!(last_value(&b, &tp, &group_key(g)), Some(None), "{g}");
+    }
+    // "busy" commits many times; "txg" gets a plain commit, a committed transactional one
+    // and an aborted one (which must not win over the plain commit it follows).
+    for i in 0..1000 {
         assert_eq!(commit(&b, "busy", i % 2, i as i64).await, NONE);
     }
-    let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for("busy", 3));
-    assert_eq!(b.held(&tp), 3000);
-    b.groups.maintain(&b).await;
-    let start = b.partition(&tp, |p| p.start);
-    assert!(start >= 3000, "start {start}");
-    assert!(b.held(&tp) <= 3, "live: 2 offsets and the group");
-    assert_eq!(committed(&b, "busy", 0).await, Some(2998));
+    assert_eq!(commit(&b, "txg", 3, 1).await, NONE);
+    let txg = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for("txg", 3));
+    for (pid, partition, offset, commit) in [(7, 2, 42, true), (8, 3, 99, false)] {
+        let c = super::txn_offsets::TxnCommit {
+            group_id: "txg",
+            producer_id: pid,
+            producer_epoch: 0,
+            member_id: "",
+            instance_id: None,
+            generation: -1,
+        };
+        let offsets = vec![CommitRequest {
+            topic: "t".into(),
+            partition,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        }];
+        assert_eq!(b.groups.txn_commit(&b, &c, offsets, None).await, vec![NONE]);
+        let m = Markers {
+            producer_id: pid,
+            producer_epoch: 0,
+            commit,
+            coordinator_epoch: 0,
+            partitions: vec![txg.clone()],
+        };
+        assert!(b.write_markers(&m).await.is_empty());
+    }
+    let groups = ["old", "deleted", "busy", "txg"];
+    let before = snapshot(&b, &groups).await;
+    assert_eq!(before.0[0], vec![]);
+    assert_eq!(before.0[1], vec![]);
+    assert_eq!(before.0[2], vec![(0, Some(998)), (1, Some(999))]);
+    assert_eq!(before.0[3], vec![(2, Some(42)), (3, Some(1))]);
+    assert_eq!(before.1, vec!["busy", "txg"]);
+    let written: usize = (0..3)
+        .map(|p| {
+            b.partition(&TopicPartition::new(OFFSETS_TOPIC, p), |p| {
+                p.records().len()
+            })
+        })
+        .sum();
+    for p in 0..3 {
+        b.compact(&TopicPartition::new(OFFSETS_TOPIC, p));
+    }
+    let kept: usize = (0..3)
+        .map(|p| {
+            b.partition(&TopicPartition::new(OFFSETS_TOPIC, p), |p| {
+                p.records().len()
+            })
+        })
+        .sum();
+    assert!(
+        written > 1000 && kept <= 6,
+        "{written} records, {kept} kept"
+    );
+    for g in ["old", "deleted"] {
+        let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for(g, 3));
+        assert_eq!(
+            last_value(&b, &tp, &group_key(g)),
+            None,
+            "{g}: tombstone gone"
+        );
+    }
+    // What the load walks: offset gaps, and the aborted transaction's batch and its marker
+    // left without records.
+    let (mut gaps, mut empty) = (0, 0);
+    for p in 0..3 {
+        b.partition(&TopicPartition::new(OFFSETS_TOPIC, p), |p| {
+            let mut next = 0;
+            for (base, batch) in &p.batches {
+                let h = strom_storage::batch::BatchHeader::parse(batch).unwrap();
+                gaps += usize::from(*base != next);
+                empty += usize::from(h.records_count == 0);
+                next = base + h.offset_count();
+            }
+        });
+    }
+    assert!(gaps > 0 && empty >= 2, "{gaps} gaps, {empty} empty batches");
     drop(b);
     let b = broker(&dir);
-    assert_eq!(committed(&b, "busy", 0).await, Some(2998));
-    assert_eq!(committed(&b, "busy", 1).await, Some(2999));
+    assert_eq!(snapshot(&b, &groups).await, before);
+    // The groups go on from there.
+    assert_eq!(commit(&b, "busy", 0, 2000).await, NONE);
+    assert_eq!(committed(&b, "busy", 0).await, Some(2000));
+    assert_eq!(committed(&b, "busy", 1).await, Some(999));
 }
 
 fn join_req(member: &str) -> JoinRequest {
@@ -338,7 +480,7 @@ async fn a_loading_shard_answers_coordinator_load_in_progress() {
 const NOT_COORDINATOR_CODE: i16 = strom_metadata::errors::NOT_COORDINATOR;
 
 /// A partition that cannot be read back is not served: serving the groups read so far
-/// would let the next trim delete the rest for good.
+/// would answer for the rest as if they had nothing.
 #[tokio::test]
 async fn an_unreadable_partition_is_not_served() {
     let dir = store();
@@ -354,55 +496,59 @@ async fn an_unreadable_partition_is_not_served() {
     assert_eq!(committed(&b, "g", 0).await, Some(5));
 }
 
-/// Offsets of a transaction whose marker is not applied yet are not live: a trim then
-/// would re-append the group without them and delete their records, losing them at the
-/// next load. The shard waits for the next round instead.
+/// Of a plain and a transactional commit of one partition, the later in the log wins when
+/// the transaction commits, as in Kafka: what compaction keeps (the key's latest record) then
+/// reads back the same, before and after it.
 #[tokio::test]
-async fn a_trim_leaves_a_shard_with_pending_transactional_offsets_alone() {
+async fn the_later_of_a_plain_and_a_transactional_commit_wins() {
+    use crate::host::{MarkerWriter, Markers};
     let dir = store();
     let b = broker(&dir);
-    for i in 0..3000 {
-        assert_eq!(commit(&b, "g", 0, i).await, NONE);
-    }
-    let c = super::txn_offsets::TxnCommit {
-        group_id: "g",
-        producer_id: 7,
-        producer_epoch: 0,
-        member_id: "",
-        instance_id: None,
-        generation: -1,
+    let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for("mix", 3));
+    let txn_commit = |pid: i64, partition: i32, offset: i64| {
+        let b = &b;
+        async move {
+            let c = super::txn_offsets::TxnCommit {
+                group_id: "mix",
+                producer_id: pid,
+                producer_epoch: 0,
+                member_id: "",
+                instance_id: None,
+                generation: -1,
+            };
+            let offsets = vec![CommitRequest {
+                topic: "t".into(),
+                partition,
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            }];
+            assert_eq!(b.groups.txn_commit(b, &c, offsets, None).await, vec![NONE]);
+        }
     };
-    let offsets = vec![CommitRequest {
-        topic: "t".into(),
-        partition: 1,
-        offset: 42,
-        leader_epoch: -1,
-        metadata: None,
-    }];
-    assert_eq!(b.groups.txn_commit(&b, &c, offsets, None).await, vec![NONE]);
-    let tp = TopicPartition::new(OFFSETS_TOPIC, super::records::partition_for("g", 3));
-    // As if the commit marker were written and its completion waited for the group's lock.
-    b.store
-        .0
-        .lock()
-        .unwrap()
-        .partitions
-        .get_mut(&tp)
-        .unwrap()
-        .open
-        .clear();
-    let before = b.held(&tp);
-    b.groups.maintain(&b).await;
-    assert_eq!(b.held(&tp), before, "not trimmed");
-    b.groups.complete_txn(tp.partition, 7, true).await;
-    assert_eq!(
-        b.groups
-            .fetch(&b, "g", Some(&[("t".to_string(), vec![1])]))
-            .await
-            .unwrap()[0]
-            .2
-            .as_ref()
-            .map(|o| o.offset),
-        Some(42)
-    );
+    let commit_marker = |pid: i64| Markers {
+        producer_id: pid,
+        producer_epoch: 0,
+        commit: true,
+        coordinator_epoch: 0,
+        partitions: vec![tp.clone()],
+    };
+    // Partition 0: transactional 5, then plain 7, then the commit marker: 7 stays.
+    txn_commit(9, 0, 5).await;
+    assert_eq!(commit(&b, "mix", 0, 7).await, NONE);
+    // Partition 1: plain 3, then transactional 4, then the commit marker: 4.
+    assert_eq!(commit(&b, "mix", 1, 3).await, NONE);
+    txn_commit(9, 1, 4).await;
+    assert!(b.write_markers(&commit_marker(9)).await.is_empty());
+    assert_eq!(committed(&b, "mix", 0).await, Some(7));
+    assert_eq!(committed(&b, "mix", 1).await, Some(4));
+    drop(b);
+    let b = broker(&dir);
+    assert_eq!(committed(&b, "mix", 0).await, Some(7));
+    assert_eq!(committed(&b, "mix", 1).await, Some(4));
+    b.compact(&tp);
+    drop(b);
+    let b = broker(&dir);
+    assert_eq!(committed(&b, "mix", 0).await, Some(7));
+    assert_eq!(committed(&b, "mix", 1).await, Some(4));
 }

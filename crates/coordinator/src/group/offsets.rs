@@ -37,6 +37,7 @@ impl GroupCoordinator {
                         leader_epoch: o.leader_epoch,
                         metadata: o.metadata.clone().unwrap_or_default(),
                         commit_timestamp: now,
+                        appended: None,
                     };
                     records.push(Record::Offset {
                         group: group_id.to_string(),
@@ -84,9 +85,13 @@ impl GroupCoordinator {
         if check != errors::NONE {
             return vec![check; n];
         }
-        let (records, committed, results) = self.offset_records(host, group_id, &offsets);
-        if let Err(e) = self.persist(host, &shard.tp, group_id, &records).await {
-            return with_failure(results, e);
+        let (records, mut committed, results) = self.offset_records(host, group_id, &offsets);
+        let appended = match self.persist(host, &shard.tp, group_id, &records).await {
+            Ok(at) => at,
+            Err(e) => return with_failure(results, e),
+        };
+        for o in committed.values_mut() {
+            o.appended = appended;
         }
         entry.offsets.extend(committed);
         results

@@ -1,7 +1,7 @@
 //! `__consumer_offsets`: where the coordinator writes offsets and group metadata, how a shard
-//! reads them back when elected, expires them, and keeps the topic small until compaction
-//! exists (re-appending the live records and deleting what came before them once a
-//! partition holds much more than the live state).
+//! reads them back when elected, and how they expire. The topic is compacted: what is
+//! deleted (expired offsets, a forgotten or deleted group) is written as a tombstone, and
+//! the log cleaner keeps only each key's latest record.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,20 +19,21 @@ use crate::internal_topic::{build_batch, write_error};
 
 impl GroupCoordinator {
     /// Appends records for `group` to its partition of `__consumer_offsets`; returns once
-    /// they are committed.
+    /// they are committed, with the batch's base offset (`None` when there was nothing to
+    /// write).
     pub(super) async fn persist(
         &self,
         host: &dyn Host,
         tp: &TopicPartition,
         group: &str,
         records: &[Record],
-    ) -> Result<(), i16> {
+    ) -> Result<Option<u64>, i16> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let kv: Vec<_> = records.iter().map(|r| (r.key(), r.value())).collect();
         let bytes = build_batch(&kv, now_ms() as i64).build();
-        host.append(tp, bytes, None).await.map(|_| ()).map_err(|e| {
+        host.append(tp, bytes, None).await.map(Some).map_err(|e| {
             tracing::error!(group, error = %e, "cannot write to {OFFSETS_TOPIC}");
             write_error(&e)
         })
@@ -117,9 +118,11 @@ impl GroupCoordinator {
         }
     }
 
-    /// Reads one partition of `__consumer_offsets` back: the shard of an election. Trimming
-    /// is left to the periodic check ([`GroupCoordinator::maintain`]).
-    /// `None` when the partition cannot be read: its shard is not served.
+    /// Reads one partition of `__consumer_offsets` back: the shard of an election. The
+    /// partition is compacted: offsets have gaps, batches may have no records left, and a
+    /// tombstone may be gone together with what it deleted; a batch's base offset only
+    /// orders a transaction's offsets against plain commits. `None` when the partition
+    /// cannot be read: its shard is not served.
     pub(super) fn load(&self, host: &dyn Host, tp: TopicPartition) -> Option<GroupShard> {
         let mut offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
         let mut metas: HashMap<String, GroupMetadata> = HashMap::new();
@@ -138,10 +141,11 @@ impl GroupCoordinator {
                     && commit == Some(true)
                 {
                     for (group, offs) in groups {
-                        offsets.entry(group).or_default().extend(offs);
+                        super::txn_offsets::apply(offsets.entry(group).or_default(), offs);
                     }
                 }
             } else {
+                let appended = Some(h.base_offset as u64);
                 for rec in batch::records(b) {
                     let Some(key) = rec.key else { continue };
                     match Record::decode(key, rec.value) {
@@ -149,8 +153,9 @@ impl GroupCoordinator {
                             group,
                             topic,
                             partition,
-                            value: Some(v),
+                            value: Some(mut v),
                         }) if h.is_transactional() => {
+                            v.appended = appended;
                             pending
                                 .entry((index, h.producer_id))
                                 .or_default()
@@ -166,7 +171,10 @@ impl GroupCoordinator {
                         }) => {
                             let g = offsets.entry(group).or_default();
                             match value {
-                                Some(v) => g.insert((topic, partition), v),
+                                Some(mut v) => {
+                                    v.appended = appended;
+                                    g.insert((topic, partition), v)
+                                }
                                 None => g.remove(&(topic, partition)),
                             };
                         }
@@ -240,62 +248,10 @@ impl GroupCoordinator {
         })
     }
 
-    /// Re-appends the live records of a shard whose partition holds more than twice as many
-    /// records as live keys (plus slack), then deletes what came before them.
-    async fn trim(&self, host: &dyn Host, shard: &GroupShard) {
-        let stored = host.stored_records(&shard.tp);
-        // Records written from here on (a group created meanwhile) stay: only what lies
-        // before this offset is deleted.
-        let start = host.end_offset(&shard.tp);
-        let mut live: Vec<Record> = Vec::new();
-        // Every group of the shard stays locked until the rewrite is done: a commit between
-        // two re-appended chunks would otherwise be overwritten by its older value.
-        let mut held = Vec::new();
-        for (id, _) in shard_slots(shard) {
-            let Some(e) = self.entry(shard, &id, false).await else {
-                continue;
-            };
-            live.extend(e.offsets.iter().map(|((t, p), o)| Record::Offset {
-                group: e.group.id.clone(),
-                topic: t.clone(),
-                partition: *p,
-                value: Some(o.clone()),
-            }));
-            live.push(Self::group_record(&e.group));
-            held.push(e);
-        }
-        // Offsets of a transaction are not live until its marker is applied (a commit may be
-        // waiting for one of these locks): such a shard waits for the next round.
-        if held.iter().any(|e| !e.pending.is_empty()) {
-            return;
-        }
-        if stored <= 2 * live.len() as u64 + 1000 {
-            return;
-        }
-        // An open transaction's offsets are not live yet: deleting its records would lose
-        // them, so such a partition waits for the next round.
-        if host.has_open_transaction(&shard.tp) {
-            return;
-        }
-        let live: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            live.iter().map(|r| (r.key(), r.value())).collect();
-        if crate::internal_topic::rewrite_live(host, &shard.tp, start, &live).await {
-            tracing::info!(
-                partition = shard.tp.partition,
-                stored,
-                live = live.len(),
-                "trimmed {OFFSETS_TOPIC}"
-            );
-        }
-        drop(held);
-    }
-
-    /// The periodic offsets check: expiry, then trimming by the log's size in records.
+    /// The periodic offsets check: expiry. What expires is deleted with tombstones, which
+    /// the log cleaner removes from the compacted topic after `delete.retention.ms`.
     pub async fn maintain(&self, host: &dyn Host) {
         self.expire(host, now_ms()).await;
-        for (_, shard) in self.shards.active() {
-            self.trim(host, &shard).await;
-        }
     }
 }
 

@@ -11,6 +11,11 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp: i64,
+    /// Where its record lies in `__consumer_offsets` (its batch's base offset, Kafka's
+    /// appendedBatchOffset), once written or read back; not part of the value. Of a plain
+    /// and a transactional commit of the same partition, the later in the log wins when the
+    /// transaction commits, as in Kafka: what compaction keeps is the same.
+    pub appended: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +177,7 @@ fn decode_offset(v: &[u8]) -> Option<CommittedOffset> {
         leader_epoch,
         metadata,
         commit_timestamp,
+        appended: None,
     })
 }
 
@@ -233,6 +239,7 @@ mod tests {
                 leader_epoch: 7,
                 metadata: "meta".into(),
                 commit_timestamp: 1234,
+                appended: None,
             }),
         };
         assert_eq!(

@@ -67,7 +67,7 @@ impl GroupCoordinator {
         if check != errors::NONE {
             return vec![check; n];
         }
-        let (records, committed, results) = self.offset_records(host, c.group_id, &offsets);
+        let (records, mut committed, results) = self.offset_records(host, c.group_id, &offsets);
         if records.is_empty() {
             return results;
         }
@@ -76,13 +76,19 @@ impl GroupCoordinator {
         b.producer_id = c.producer_id;
         b.producer_epoch = c.producer_epoch;
         b.transactional = true;
-        if let Err(e) = host.append(&shard.tp, b.build(), guard).await {
-            if matches!(e, WriteError::Failed(_) | WriteError::Timeout) {
-                tracing::error!(group = c.group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
+        let appended = match host.append(&shard.tp, b.build(), guard).await {
+            Ok(at) => at,
+            Err(e) => {
+                if matches!(e, WriteError::Failed(_) | WriteError::Timeout) {
+                    tracing::error!(group = c.group_id, error = %e, "cannot write to {OFFSETS_TOPIC}");
+                }
+                // INVALID_PRODUCER_EPOCH, as Kafka answers a producer with an old epoch;
+                // INVALID_TXN_STATE when its transaction ended between verification and write.
+                return with_failure(results, write_error(&e));
             }
-            // INVALID_PRODUCER_EPOCH, as Kafka answers a producer with an old epoch;
-            // INVALID_TXN_STATE when its transaction ended between verification and write.
-            return with_failure(results, write_error(&e));
+        };
+        for o in committed.values_mut() {
+            o.appended = Some(appended);
         }
         let pending = entry
             .pending
@@ -117,7 +123,7 @@ impl GroupCoordinator {
             if let Some(pending) = entry.pending.remove(&producer_id)
                 && commit
             {
-                entry.offsets.extend(pending.offsets);
+                apply(&mut entry.offsets, pending.offsets);
             }
         }
     }
@@ -141,5 +147,23 @@ impl GroupCoordinator {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A committed transaction's offsets join the group's: each unless the group holds a commit
+/// of that partition appended later (a plain commit after the transactional one), as Kafka's
+/// completePendingTxnOffsetCommit decides. Compaction keeps the later record too, so a
+/// partition reads back the same before and after it.
+pub(super) fn apply(
+    offsets: &mut BTreeMap<(String, i32), CommittedOffset>,
+    pending: BTreeMap<(String, i32), CommittedOffset>,
+) {
+    for (k, o) in pending {
+        if offsets
+            .get(&k)
+            .is_none_or(|current| current.appended < o.appended)
+        {
+            offsets.insert(k, o);
+        }
     }
 }

@@ -23,7 +23,7 @@ use super::state::{
     TxnMetadata, TxnState,
 };
 use crate::host::{Host, Markers};
-use crate::internal_topic::{build_batch, java_hash, rewrite_live, write_error};
+use crate::internal_topic::{build_batch, java_hash, write_error};
 use crate::shards::Shards;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
@@ -62,22 +62,12 @@ pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {
 /// not persisted yet, and once an id has expired.
 type Slot = Arc<tokio::sync::Mutex<Option<TxnMetadata>>>;
 
-/// The writer's view of a `__transaction_state` partition: records appended since it was
-/// last trimmed, and per id the value written last (what a trim re-appends). Its lock
-/// serializes the writes, so that a trim never reorders a record with a newer one.
-#[derive(Default)]
-struct StateLog {
-    written: u64,
-    live: HashMap<String, Vec<u8>>,
-}
-
 /// The transactional ids of one `__transaction_state` partition.
 pub(crate) struct TxnShard {
     tp: TopicPartition,
     /// The leader epoch this node was elected with: the coordinator epoch of its markers.
     epoch: i32,
     txns: Mutex<HashMap<String, Slot>>,
-    log: tokio::sync::Mutex<StateLog>,
 }
 
 impl TxnShard {
@@ -189,6 +179,8 @@ impl TxnCoordinator {
         Ok(m.as_mut().map(f))
     }
 
+    /// Writes `id`'s state, or its tombstone (`None`) when it expires. The caller holds the
+    /// id's lock: one id's records keep their order, and compaction keeps the latest.
     async fn append(
         &self,
         host: &dyn Host,
@@ -196,18 +188,14 @@ impl TxnCoordinator {
         id: &str,
         value: Option<Vec<u8>>,
     ) -> Result<(), i16> {
-        let mut log = shard.log.lock().await;
-        let bytes = build_batch(&[(records::key(id), value.clone())], now_ms()).build();
-        host.append(&shard.tp, bytes, None).await.map_err(|e| {
-            tracing::error!(transactional_id = id, error = %e, "cannot write to {TXN_TOPIC}");
-            write_error(&e)
-        })?;
-        log.written += 1;
-        match value {
-            Some(v) => log.live.insert(id.to_string(), v),
-            None => log.live.remove(id),
-        };
-        Ok(())
+        let bytes = build_batch(&[(records::key(id), value)], now_ms()).build();
+        host.append(&shard.tp, bytes, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(transactional_id = id, error = %e, "cannot write to {TXN_TOPIC}");
+                write_error(&e)
+            })
     }
 
     fn new_producer_id(host: &dyn Host) -> Result<i64, i16> {
@@ -459,8 +447,8 @@ impl TxnCoordinator {
     }
 
     /// Aborts transactions open longer than their timeout, finishes or retries markers of
-    /// prepared ones, forgets ids idle past transactional.id.expiration.ms, and trims the
-    /// topic.
+    /// prepared ones, and forgets ids idle past transactional.id.expiration.ms with a
+    /// tombstone, which the log cleaner removes after `delete.retention.ms`.
     pub async fn tick(&self, host: &dyn Host, now: i64) {
         for (_, shard) in self.shards.active() {
             for (id, slot) in shard.slots() {
@@ -502,7 +490,6 @@ impl TxnCoordinator {
                     tracing::warn!(transactional_id = %id, code, "could not time out or finish a transaction; will retry");
                 }
             }
-            self.trim(host, &shard).await;
         }
     }
 
@@ -529,11 +516,9 @@ impl TxnCoordinator {
         }
         let tp = TopicPartition::new(TXN_TOPIC, partition);
         let mut latest: HashMap<String, TxnMetadata> = HashMap::new();
-        let mut live: HashMap<String, Vec<u8>> = HashMap::new();
-        let mut written = 0u64;
+        // Compaction leaves offset gaps and batches without records: only the records count.
         let replayed = host.replay(&tp, &mut |_, b| {
             for rec in strom_storage::batch::records(b) {
-                written += 1;
                 let Some(id) = rec.key.and_then(records::decode_key) else {
                     continue;
                 };
@@ -541,12 +526,10 @@ impl TxnCoordinator {
                 // came before.
                 let Some(value) = rec.value else {
                     latest.remove(&id);
-                    live.remove(&id);
                     continue;
                 };
                 match records::decode_value(&id, value) {
                     Some(m) => {
-                        live.insert(id.clone(), value.to_vec());
                         latest.insert(id, m);
                     }
                     None => tracing::error!(
@@ -581,7 +564,6 @@ impl TxnCoordinator {
                     .map(|(id, m)| (id, Arc::new(tokio::sync::Mutex::new(Some(m)))))
                     .collect(),
             ),
-            log: tokio::sync::Mutex::new(StateLog { written, live }),
         };
         if self.shards.finish_load(partition, epoch, shard) {
             self.wake.notify_one();
@@ -597,25 +579,6 @@ impl TxnCoordinator {
                 partition,
                 "resigned as coordinator of {TXN_TOPIC} partition"
             );
-        }
-    }
-
-    /// Re-appends the values last written when the partition holds far more records than
-    /// ids, then deletes what came before, as the group coordinator does until compaction
-    /// exists. No write to the partition comes in between.
-    async fn trim(&self, host: &dyn Host, shard: &TxnShard) {
-        let mut log = shard.log.lock().await;
-        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = log
-            .live
-            .iter()
-            .map(|(id, value)| (records::key(id), Some(value.clone())))
-            .collect();
-        if log.written <= 2 * records.len() as u64 + 1000 {
-            return;
-        }
-        let start = host.end_offset(&shard.tp);
-        if rewrite_live(host, &shard.tp, start, &records).await {
-            log.written = records.len() as u64;
         }
     }
 }

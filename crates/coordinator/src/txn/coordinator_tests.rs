@@ -1,6 +1,6 @@
 //! The transaction coordinator against the in-memory host: failures injected into its
-//! writes, markers and producer ids; restarts between prepare and complete; trimming; one
-//! id never waiting for another; shards that load, resign and refuse.
+//! writes, markers and producer ids; restarts between prepare and complete; expiry and
+//! compaction; one id never waiting for another; shards that load, resign and refuse.
 
 use std::sync::Arc;
 
@@ -238,37 +238,90 @@ async fn a_restart_between_prepare_and_complete_finishes_the_abort() {
     restart_between_prepare_and_complete(false).await;
 }
 
+/// An id that expires (transactional.id.expiration.ms) is written as a tombstone, so that
+/// compaction can remove it; a `__transaction_state` compacted as the log cleaner does
+/// (latest record per id, tombstones gone, offset gaps) loads back as the same ids, and
+/// each goes on with its producer id.
 #[tokio::test]
-async fn the_state_topic_is_trimmed_to_the_live_state() {
+async fn an_expired_id_is_a_tombstone_and_a_compacted_topic_loads_the_same() {
     let store = Store::with_topic(2);
-    let (pid, epoch) = {
-        let b = Node::default_on(&store);
-        let (pid, epoch) = b
-            .txns
-            .init_producer(&b, "busy", 60_000, None)
-            .await
-            .unwrap();
-        for _ in 0..400 {
+    let b = Node::default_on(&store);
+    let ids = ["busy", "other", "old"];
+    for id in ids {
+        let (pid, epoch) = b.txns.init_producer(&b, id, 60_000, None).await.unwrap();
+        let rounds = if id == "busy" { 300 } else { 1 };
+        for i in 0..rounds {
             assert_eq!(
-                b.txns.add_partitions(&b, "busy", pid, epoch, &both()).await,
+                b.txns.add_partitions(&b, id, pid, epoch, &both()).await,
                 NONE
             );
-            assert_eq!(b.txns.end(&b, "busy", pid, epoch, true).await, NONE);
+            assert_eq!(b.txns.end(&b, id, pid, epoch, i % 3 != 0).await, NONE);
         }
-        let tp = TopicPartition::new(TXN_TOPIC, partition_for("busy", 3));
-        let before = b.held(&tp);
-        assert!(before > 1_000, "{before} records");
-        b.txns.tick(&b, now_ms()).await;
-        assert_eq!(b.held(&tp), 1);
-        (pid, epoch)
-    };
-    // What is left reads back as the same state.
+    }
+    // Only "old" is idle past the expiration.
+    b.txns
+        .with_metadata(&b, "old", |m| m.last_update_ms = 0)
+        .await
+        .unwrap();
+    b.txns.tick(&b, now_ms()).await;
+    assert!(describe(&b, "old").await.is_none());
+    let old = TopicPartition::new(TXN_TOPIC, partition_for("old", 3));
+    let last = b.partition(&old, |p| {
+        p.records()
+            .into_iter()
+            .rev()
+            .find(|r| r.key == records::key("old"))
+    });
+    assert_eq!(last.unwrap().value, None, "a tombstone");
+    let before = b.txns.list().await;
+    assert_eq!(before.len(), 2);
+    let state_tps: Vec<TopicPartition> =
+        (0..3).map(|p| TopicPartition::new(TXN_TOPIC, p)).collect();
+    let written: usize = state_tps
+        .iter()
+        .map(|tp| b.partition(tp, |p| p.records().len()))
+        .sum();
+    for tp in &state_tps {
+        b.compact(tp);
+    }
+    let kept: usize = state_tps
+        .iter()
+        .map(|tp| b.partition(tp, |p| p.records().len()))
+        .sum();
+    assert!(written > 900 && kept == 2, "{written} records, {kept} kept");
+    drop(b);
     let b = Node::default_on(&store);
-    let m = describe(&b, "busy").await.unwrap();
-    assert_eq!(
-        (m.producer_id, m.producer_epoch, m.state),
-        (pid, epoch, TxnState::CompleteCommit)
-    );
+    // As a restart without compaction reads it (last_producer_id is not in the record).
+    let persisted = |all: Vec<super::state::TxnMetadata>| -> Vec<_> {
+        all.into_iter()
+            .map(|m| {
+                (
+                    m.transactional_id,
+                    m.producer_id,
+                    m.producer_epoch,
+                    m.state,
+                    m.partitions,
+                    m.last_update_ms,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(persisted(b.txns.list().await), persisted(before.clone()));
+    // Each id goes on: the same producer id with the next epoch, and a transaction commits.
+    for m in &before {
+        let id = m.transactional_id.as_str();
+        let (pid, epoch) = b.txns.init_producer(&b, id, 60_000, None).await.unwrap();
+        assert_eq!((pid, epoch), (m.producer_id, m.producer_epoch + 1), "{id}");
+        assert_eq!(
+            b.txns.add_partitions(&b, id, pid, epoch, &both()).await,
+            NONE
+        );
+        assert_eq!(b.txns.end(&b, id, pid, epoch, true).await, NONE);
+    }
+    // The expired id starts over with a new producer id.
+    let (pid, epoch) = b.txns.init_producer(&b, "old", 60_000, None).await.unwrap();
+    assert!(before.iter().all(|m| m.producer_id != pid));
+    assert_eq!(epoch, 0);
 }
 
 /// One id's lock held (as while its markers are written) never holds up another id: a
