@@ -79,16 +79,21 @@ pub(crate) async fn describe_topics(
             .await?
             .into_iter()
             .collect();
-        let overrides: Vec<String> = client
+        let configs = client
             .describe_configs(TOPIC, &t.name)
             .await
-            .map(|cs| {
-                cs.into_iter()
-                    .filter(|c| c.source == "DYNAMIC_TOPIC_CONFIG")
-                    .map(|c| format!("{}={}", c.name, c.value.unwrap_or_default()))
-                    .collect()
-            })
             .unwrap_or_default();
+        let overrides: Vec<String> = configs
+            .iter()
+            .filter(|c| c.source == "DYNAMIC_TOPIC_CONFIG")
+            .map(|c| format!("{}={}", c.name, c.value.clone().unwrap_or_default()))
+            .collect();
+        // The effective policy, whether set on the topic or inherited from the broker.
+        let policy = configs
+            .iter()
+            .find(|c| c.name == "cleanup.policy")
+            .and_then(|c| c.value.clone())
+            .unwrap_or_else(|| "delete".into());
         // A server without reassignments (older, or another Kafka) shows none.
         let ongoing = client
             .list_partition_reassignments(Some(std::slice::from_ref(&t.name)))
@@ -170,18 +175,19 @@ pub(crate) async fn describe_topics(
             }));
         }
         text.push_str(&format!(
-            "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tConfigs: {}\n",
+            "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}\tCleanupPolicy: {}\tConfigs: {}\n",
             t.name,
             hex(&t.id),
             t.partitions.len(),
             rf,
+            policy,
             overrides.join(",")
         ));
         text.push_str(&table.render());
         text.push('\n');
         out_json.push(json!({
             "name": t.name, "topic_id": hex(&t.id), "internal": t.internal, "replication_factor": rf,
-            "configs": overrides, "partitions": parts,
+            "configs": overrides, "cleanup_policy": policy, "partitions": parts,
         }));
     }
     if json {

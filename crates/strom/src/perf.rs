@@ -41,6 +41,10 @@ pub enum PerfCmd {
         batch_size: usize,
         #[arg(long, default_value_t = 5)]
         linger_ms: u64,
+        /// Give each record one of this many keys (key-0, key-1, ...), in turn: needed for a
+        /// compacted topic, which refuses records without a key. None by default.
+        #[arg(long)]
+        key_count: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -97,8 +101,12 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
             compression,
             batch_size,
             linger_ms,
+            key_count,
             json,
         } => {
+            if key_count == Some(0) {
+                bail!("--key-count must be at least 1");
+            }
             let acks = parse_acks(&acks)?;
             let client = Arc::new(conn.client().await?);
             let producer = Producer::new(
@@ -140,6 +148,7 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
                 }
                 let record = ProduceRecord {
                     topic: topic.clone(),
+                    key: key_count.map(|n| Bytes::from(format!("key-{}", i % n))),
                     value: Some(value.clone()),
                     ..Default::default()
                 };

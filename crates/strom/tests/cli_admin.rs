@@ -89,7 +89,7 @@ fn topics_lifecycle_with_tables_and_json() {
     assert!(lines[0].starts_with("Topic: orders\tTopicId: "), "{text}");
     assert!(
         lines[0]
-            .ends_with("PartitionCount: 3\tReplicationFactor: 1\tConfigs: retention.ms=3600000"),
+            .ends_with("PartitionCount: 3\tReplicationFactor: 1\tCleanupPolicy: delete\tConfigs: retention.ms=3600000"),
         "{text}"
     );
     assert_eq!(

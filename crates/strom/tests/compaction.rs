@@ -98,6 +98,11 @@ fn a_compacted_topic_keeps_the_latest_value_of_every_key() {
     for w in got.windows(2) {
         assert!(w[0].offset < w[1].offset);
     }
+    let described = common::ok(&server, &["topics", "describe", "--topic", topic]);
+    assert!(
+        described.contains("\tCleanupPolicy: compact\t"),
+        "{described}"
+    );
     // And the same after a restart.
     let mut server = server;
     server.stop();
