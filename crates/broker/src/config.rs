@@ -83,6 +83,9 @@ pub struct BrokerConfig {
     pub kraft: crate::kraft_config::KraftConfig,
     /// The topic defaults that `log.*` keys set.
     pub log: LogConfig,
+    /// `zero.copy.fetch.enable` (strom's own, true): fetch responses send their records from
+    /// the segment files with sendfile(2); false reads them into memory first (to compare).
+    pub zero_copy_fetch: bool,
     /// `log.cleaner.*`: the background compaction of `cleanup.policy=compact` logs.
     pub cleaner: crate::cleaner::CleanerConfig,
     /// Every key as given (after overrides), for DescribeConfigs on the broker.
@@ -124,6 +127,7 @@ impl Default for BrokerConfig {
             kraft: Default::default(),
             log: LogConfig::default(),
             cleaner: Default::default(),
+            zero_copy_fetch: true,
             given: BTreeMap::new(),
         }
     }
@@ -346,6 +350,7 @@ impl BrokerConfig {
                 "log.index.size.max.bytes" => set_log(&mut c.log, "segment.index.bytes", k, v)?,
                 "log.flush.interval.messages" => set_log(&mut c.log, "flush.messages", k, v)?,
                 "log.flush.interval.ms" => set_log(&mut c.log, "flush.ms", k, v)?,
+                "zero.copy.fetch.enable" => c.zero_copy_fetch = boolean(k, v)?,
                 "log.cleanup.policy" => set_log(&mut c.log, "cleanup.policy", k, v)?,
                 "log.cleaner.min.cleanable.ratio" => {
                     set_log(&mut c.log, "min.cleanable.dirty.ratio", k, v)?

@@ -40,3 +40,4 @@ pub use strom_coordinator::{group, txn};
 
 pub use broker::Broker;
 pub use config::{BrokerConfig, ConfigError, parse_properties};
+pub mod zero_copy;

@@ -33,6 +33,25 @@ impl Broker {
         req: BrokerRequest,
     ) -> Result<BrokerAnswer, BrokerError> {
         let timeout = Duration::from_millis(self.config.kraft.session_timeout_ms.max(100)) / 2;
+        self.ask_controller_within(req, timeout).await
+    }
+
+    /// [`Broker::ask_controller`] for an operator's request (elections, reassignments):
+    /// it rides out a controller failover, as Kafka's forwarding does within the request's
+    /// timeout, instead of failing the moment the old controller's address refuses.
+    pub(crate) async fn ask_controller_for_admin(
+        &self,
+        req: BrokerRequest,
+    ) -> Result<BrokerAnswer, BrokerError> {
+        self.ask_controller_within(req, Duration::from_secs(30))
+            .await
+    }
+
+    async fn ask_controller_within(
+        &self,
+        req: BrokerRequest,
+        timeout: Duration,
+    ) -> Result<BrokerAnswer, BrokerError> {
         match self.metadata_log.call_controller(req, timeout) {
             Some(answer) => answer.await,
             None => Err(BrokerError::MetadataLog("no controller".into())),

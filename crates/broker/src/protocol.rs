@@ -182,6 +182,26 @@ pub fn encode_response<T: Encode>(ctx: &RequestContext, body: &T) -> Result<Byte
     Ok(out.freeze())
 }
 
+/// [`encode_response`] for a body that holds region placeholders: the frame as parts, the
+/// regions by reference.
+pub fn encode_response_parts<T: Encode>(
+    ctx: &RequestContext,
+    body: &T,
+    regions: &mut crate::zero_copy::Regions,
+) -> Result<Vec<crate::zero_copy::Part>, ProtocolError> {
+    let header = ResponseHeader {
+        correlation_id: ctx.correlation_id,
+        ..Default::default()
+    };
+    let len = header.encoded_len(ctx.response_header_version) + body.encoded_len(ctx.version);
+    let mut out = crate::zero_copy::PartsBuf::new(4096, regions);
+    out.put_i32(len as i32);
+    header.encode(&mut out, ctx.response_header_version)?;
+    body.encode(&mut out, ctx.version)?;
+    debug_assert_eq!(out.len_so_far(), 4 + len);
+    Ok(out.finish())
+}
+
 /// A response frame whose body was encoded by hand (Produce v0-2, which the codec's
 /// current schemas no longer carry).
 pub fn frame_raw(correlation_id: i32, body: &[u8]) -> Bytes {

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::broker::Broker;
 use crate::handlers;
 use crate::protocol::{self, MIN_FRAME};
+use crate::zero_copy::{Part, send_file};
 
 pub use crate::handlers::Reply;
 
@@ -58,6 +59,22 @@ async fn connection(
                 Ok(Reply::Frame(bytes)) => {
                     if out.write_all(&bytes).await.is_err() {
                         return;
+                    }
+                }
+                Ok(Reply::Parts(parts)) => {
+                    for part in parts {
+                        let sent = match part {
+                            Part::Bytes(bytes) => out.write_all(&bytes).await,
+                            Part::File(region) => match out.flush().await {
+                                Ok(()) => send_file(out.get_ref().as_ref(), &region).await,
+                                Err(e) => Err(e),
+                            },
+                        };
+                        if let Err(e) = sent {
+                            // Half a response cannot be taken back: the client reconnects.
+                            tracing::debug!(%peer, error = %e, "closing connection: a fetch response could not be sent");
+                            return;
+                        }
                     }
                 }
                 Ok(Reply::Nothing) => {}

@@ -236,6 +236,7 @@ fn describe_broker(
             "producer.id.expiration.check.interval.ms",
             c.producer_id_expiration_check_interval_ms.to_string(),
         ),
+        ("zero.copy.fetch.enable", c.zero_copy_fetch.to_string()),
     ] {
         values.push((key.to_string(), value));
     }

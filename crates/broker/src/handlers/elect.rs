@@ -84,7 +84,7 @@ impl Broker {
         partitions: Option<Vec<(String, i32)>>,
     ) -> Result<Vec<strom_controller::election::ElectionResult>, (i16, String)> {
         let answer = self
-            .ask_controller(BrokerRequest::ElectLeaders {
+            .ask_controller_for_admin(BrokerRequest::ElectLeaders {
                 preferred,
                 partitions,
             })

@@ -9,12 +9,13 @@ use krabka_protocol::primitives::uuid::Uuid;
 use krabka_protocol::records::RecordsPayload;
 use tokio::time::Instant;
 
-use super::{HandlerResult, respond};
+use super::{HandlerResult, Reply, respond};
 use crate::broker::Broker;
 use crate::errors;
 use crate::partition::Partition;
 use crate::protocol::{self, RequestContext};
 use crate::purgatory::Waiter;
+use crate::zero_copy::Regions;
 
 /// A session id of 0 with epoch -1 or 0 asks for no session or a new one: both are answered
 /// as full fetches without a session (session id 0), which every client accepts. Anything
@@ -116,21 +117,33 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             follower: follower.is_some(),
             refused: &refused,
         };
-        let (responses, bytes) = read_all(&topics, &read, previous.as_ref(), &mut stamps);
+        let mut regions = Regions::default();
+        let (responses, bytes) = read_all(
+            &topics,
+            &read,
+            previous.as_ref(),
+            &mut stamps,
+            broker.config.zero_copy_fetch.then_some(&mut regions),
+        );
         let has_error = responses
             .iter()
             .flat_map(|t| &t.partitions)
             .any(|p| p.error_code != errors::NONE);
         if bytes >= min_bytes || has_error || Instant::now() >= deadline {
-            return respond(
+            let response = FetchResponse {
+                error_code: errors::NONE,
+                session_id: 0,
+                responses,
+                ..Default::default()
+            };
+            if regions.is_empty() {
+                return respond(ctx, &response);
+            }
+            return Ok(Reply::Parts(protocol::encode_response_parts(
                 ctx,
-                &FetchResponse {
-                    error_code: errors::NONE,
-                    session_id: 0,
-                    responses,
-                    ..Default::default()
-                },
-            );
+                &response,
+                &mut regions,
+            )?));
         }
         // Woken by a high watermark move of one of its partitions; re-read what moved and
         // decide again.
@@ -178,11 +191,14 @@ type Wanted<'a> = (
 /// Reads every partition of the request. After a wake (`previous`, with the `stamps` of its
 /// reads), a partition whose previous read returned nothing and whose stamp has not moved
 /// is not read again: a long poll over many partitions re-reads only those that changed.
+/// With `regions`, the records read are put in the response as placeholders for those
+/// regions, to be sent from the files; without, they are read into memory.
 fn read_all(
     topics: &[Wanted<'_>],
     how: &Read<'_>,
     previous: Option<&Vec<FetchableTopicResponse>>,
     stamps: &mut Vec<Vec<Option<Stamp>>>,
+    mut regions: Option<&mut Regions>,
 ) -> (Vec<FetchableTopicResponse>, usize) {
     let Read {
         max_bytes,
@@ -294,6 +310,15 @@ fn read_all(
                     if let Some(region) = r.region
                         && (total == 0 || region.len as usize <= limit)
                     {
+                        let by_reference = regions
+                            .as_deref_mut()
+                            .and_then(|rs| rs.placeholder(region.clone()));
+                        if let Some(placeholder) = by_reference {
+                            total += placeholder.len();
+                            data.records = Some(RecordsPayload::Raw(placeholder));
+                            partitions.push(data);
+                            continue;
+                        }
                         match region.read_all() {
                             Ok(bytes) => {
                                 total += bytes.len();

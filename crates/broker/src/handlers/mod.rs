@@ -29,10 +29,30 @@ use crate::protocol::{self, RequestContext};
 /// What a handler hands to the connection's writer.
 pub enum Reply {
     Frame(Bytes),
+    /// A response whose records are sent from the segment files (`sendfile`).
+    Parts(Vec<crate::zero_copy::Part>),
     /// acks=0 produce: nothing goes back.
     Nothing,
     /// The request could not be decoded: close after the earlier responses.
     Close,
+}
+
+impl Reply {
+    /// The reply with its file parts read into memory: one frame, as tests and any
+    /// connection that cannot `sendfile` (TLS, later) need it.
+    pub fn materialized(self) -> std::io::Result<Reply> {
+        let Reply::Parts(parts) = self else {
+            return Ok(self);
+        };
+        let mut out = bytes::BytesMut::new();
+        for part in parts {
+            match part {
+                crate::zero_copy::Part::Bytes(b) => out.extend_from_slice(&b),
+                crate::zero_copy::Part::File(region) => out.extend_from_slice(&region.read_all()?),
+            }
+        }
+        Ok(Reply::Frame(out.freeze()))
+    }
 }
 
 /// Decodes and serves one request frame (size prefix already removed).

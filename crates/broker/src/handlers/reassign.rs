@@ -134,7 +134,7 @@ impl Broker {
         allow_rf_change: bool,
     ) -> Result<Vec<ReassignmentResult>, (i16, String)> {
         let answer = self
-            .ask_controller(BrokerRequest::AlterReassignments {
+            .ask_controller_for_admin(BrokerRequest::AlterReassignments {
                 reassignments: reassignments.clone(),
                 allow_rf_change,
             })

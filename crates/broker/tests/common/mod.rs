@@ -55,7 +55,7 @@ pub fn frame(api: i16, version: i16, flexible: bool, body: &[u8]) -> Bytes {
 
 /// The response body of a frame reply, header skipped.
 pub fn body(reply: Reply, flexible_header: bool) -> Bytes {
-    let Reply::Frame(mut f) = reply else {
+    let Reply::Frame(mut f) = reply.materialized().expect("file parts readable") else {
         panic!("expected a response frame")
     };
     let size = f.get_i32();

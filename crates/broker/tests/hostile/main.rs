@@ -280,6 +280,8 @@ async fn serve(broker: &Arc<Broker>, frame: Bytes) -> Reply {
     tokio::time::timeout(Duration::from_secs(5), handle(broker, frame, peer()))
         .await
         .expect("a hostile request must not hang")
+        .materialized()
+        .expect("file parts readable")
 }
 
 /// Runs every case, checks its outcome and its largest allocation; all failures at once.
@@ -308,6 +310,7 @@ async fn run(broker: &Arc<Broker>, cases: Vec<Case>) {
                 let r: ApiVersionsResponse = decode(reply, 0, false);
                 check_unsupported(&r)
             }
+            (Reply::Parts(_), _) => Err("file parts left after materializing".into()),
         };
         let big = largest();
         if let Err(e) = got {

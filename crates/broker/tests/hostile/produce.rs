@@ -138,6 +138,7 @@ async fn bad_batches_get_error_codes_and_leave_the_log_untouched() {
                 }
             }
             (Reply::Frame(_), e) => Err(format!("answered, expected {e:?}")),
+            (Reply::Parts(_), _) => Err("a produce answered with file parts".into()),
         };
         if let Err(e) = got {
             failures.push(format!("{}: {e}", c.name));
