@@ -126,7 +126,9 @@ def test_admin_create_describe_delete(bootstrap, topic):
     create(bootstrap, topic, 2, {"retention.ms": "7200000"})
     a = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        assert topic in a.list_topics()
+        # In a cluster the admin client may ask another broker than the one that answered
+        # CreateTopics: its metadata follows within moments, as in Kafka.
+        wait_until("the topic listed", lambda: topic in a.list_topics())
         [desc] = a.describe_topics([topic])
         assert desc["error_code"] == 0
         # One replica each, on the broker that leads it (node 0 alone, or one of a cluster).
