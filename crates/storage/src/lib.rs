@@ -23,7 +23,7 @@ mod txn_files;
 pub mod txn_index;
 
 pub use checkpoint::EpochCache;
-pub use compact::{CleanOptions, CleanStats, Cleanable};
+pub use compact::{CleanOptions, CleanStats, Cleanable, dirty_bytes_on_disk};
 pub use config::{LogConfig, TimestampType};
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, FileRegion, Log, ReadResult, TimestampOffset};

@@ -95,6 +95,11 @@ pub enum TopicsCmd {
         /// Only partitions without a leader (their replicas' brokers are fenced or gone).
         #[arg(long)]
         unavailable_partitions: bool,
+        /// Run on a broker's host: add each partition's dirty ratio (the share of its bytes
+        /// the log cleaner has not compacted yet), read from the partition directories in
+        /// this log dir. Read-only, safe beside the running broker.
+        #[arg(long, value_name = "DIR")]
+        log_dir: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -244,13 +249,15 @@ pub async fn topics(cmd: TopicsCmd) -> anyhow::Result<()> {
             include_internal,
             under_replicated_partitions,
             unavailable_partitions,
+            log_dir,
             json,
         } => {
             let only = crate::describe::PartitionFilter {
                 under_replicated: under_replicated_partitions,
                 unavailable: unavailable_partitions,
             };
-            crate::describe::describe_topics(conn, topic, include_internal, only, json).await?
+            crate::describe::describe_topics(conn, topic, include_internal, only, log_dir, json)
+                .await?
         }
     }
     Ok(())

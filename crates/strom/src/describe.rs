@@ -1,5 +1,6 @@
 //! `strom topics describe`: each topic's partitions (leader, replicas, ISR, offsets, size)
-//! as kafka-topics.sh --describe shows them, with a reassignment's progress.
+//! as kafka-topics.sh --describe shows them, with a reassignment's progress and, on a
+//! broker's host (`--log-dir`), each partition's dirty ratio.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ pub(crate) async fn describe_topics(
     topic: Option<String>,
     include_internal: bool,
     only: PartitionFilter,
+    log_dir: Option<std::path::PathBuf>,
     json: bool,
 ) -> anyhow::Result<()> {
     let client = conn.client().await?;
@@ -112,6 +114,9 @@ pub(crate) async fn describe_topics(
         if !ongoing.is_empty() {
             columns.push("REASSIGNING");
         }
+        if log_dir.is_some() {
+            columns.push("DIRTY");
+        }
         let mut table = Table::new(&columns);
         let mut parts = Vec::new();
         for p in t.partitions.iter().filter(|p| only.shows(p)) {
@@ -166,8 +171,20 @@ pub(crate) async fn describe_topics(
                     ),
                 });
             }
+            // Clean and dirty bytes of this host's replica, when asked and held here.
+            let dirty = log_dir.as_ref().and_then(|d| {
+                strom_storage::dirty_bytes_on_disk(&d.join(format!("{}-{}", t.name, p.index)))
+            });
+            let ratio = dirty.map(|(c, d)| if c + d == 0 { 0.0 } else { d as f64 / (c + d) as f64 });
+            if log_dir.is_some() {
+                row.push(match ratio {
+                    Some(r) => format!("{:.0}%", r * 100.0),
+                    None => "-".into(),
+                });
+            }
             table.row(row);
             parts.push(json!({
+                "dirty_ratio": ratio,
                 "partition": p.index, "leader": p.leader, "leader_epoch": p.leader_epoch,
                 "replicas": p.replicas, "isr": p.isr, "log_start_offset": start, "log_end_offset": end, "size_bytes": size,
                 "adding_replicas": adding, "removing_replicas": removing,

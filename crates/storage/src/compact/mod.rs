@@ -142,12 +142,41 @@ pub(crate) fn truncate_checkpoint(dir: &std::path::Path, end: u64) -> Result<()>
     }
 }
 
+/// A partition directory's clean and dirty bytes as the files say, without opening the log
+/// (read-only: safe beside a running broker): segments ending at or below the cleaner
+/// checkpoint are clean, the others but the active (last) one dirty. `None` when `dir`
+/// holds no segment. What `strom topics describe --log-dir` shows.
+pub fn dirty_bytes_on_disk(dir: &std::path::Path) -> Option<(u64, u64)> {
+    let mut segments: Vec<(u64, u64)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".log")?;
+            let base = (stem.len() == 20).then(|| stem.parse::<u64>().ok())??;
+            Some((base, e.metadata().ok()?.len()))
+        })
+        .collect();
+    segments.sort_unstable();
+    let first_dirty = checkpoint::read_offset(dir, CLEANER_CHECKPOINT).unwrap_or(0);
+    let (mut clean, mut dirty) = (0, 0);
+    for pair in segments.windows(2) {
+        if pair[1].0 <= first_dirty {
+            clean += pair[0].1;
+        } else {
+            dirty += pair[0].1;
+        }
+    }
+    (!segments.is_empty()).then_some((clean, dirty))
+}
+
 /// Memory one key of the map costs, beyond its bytes (hash table slot, box, offset).
 const MAP_ENTRY_OVERHEAD: usize = 48;
 
 impl Log {
     /// The cleaner checkpoint, kept within the log.
     pub fn first_dirty_offset(&self) -> u64 {
+        // Offsets below the log start are gone whatever the checkpoint says.
         let saved = checkpoint::read_offset(self.dir(), CLEANER_CHECKPOINT).unwrap_or(0);
         saved
             .max(self.log_start_offset())

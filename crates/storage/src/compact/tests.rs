@@ -182,6 +182,10 @@ fn keeps_the_last_record_of_every_key_at_its_offset() {
     let end = p.log().log_end_offset();
     let before = contents(p.log());
     let segments = p.log().segment_count();
+    assert_eq!(
+        super::dirty_bytes_on_disk(dir.path()),
+        Some((0, p.log().size_bytes()))
+    );
     let stats = clean(&p, 5000).unwrap();
     assert_eq!(stats.end, end);
     assert_eq!(stats.records_read, 120);
@@ -199,8 +203,11 @@ fn keeps_the_last_record_of_every_key_at_its_offset() {
     let r = p.log().read(0, 1 << 20, None).unwrap().region.unwrap();
     let h = BatchHeader::parse(&r.read_all().unwrap()).unwrap();
     assert!(h.last_offset() as u64 >= first_kept.min(h.last_offset() as u64));
-    // Nothing is dirty any more.
+    // Nothing is dirty any more, as the files say too.
     assert_eq!(clean(&p, 5000), None);
+    let (clean_bytes, dirty_bytes) = super::dirty_bytes_on_disk(dir.path()).unwrap();
+    assert!(clean_bytes > 0);
+    assert_eq!(dirty_bytes, 0);
     assert_eq!(p.log().first_dirty_offset(), end);
     // The next pass merges the small cleaned segments into groups of up to segment.bytes.
     put1(&p, "k0", Some("newest"));
