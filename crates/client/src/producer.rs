@@ -247,7 +247,8 @@ fn put_opt_bytes(out: &mut BytesMut, b: Option<&[u8]>) {
 #[derive(Default)]
 struct State {
     /// The open batch per partition.
-    batches: HashMap<(String, i32), Pending>,
+    /// By topic, then partition: a record finds its batch without its topic being copied.
+    batches: HashMap<String, HashMap<i32, Pending>>,
     /// Batches that reached `batch_size`, waiting for the sender.
     full: Vec<Ready>,
     /// Bytes of records not yet answered, for back-pressure.
@@ -262,7 +263,11 @@ impl State {
     /// Takes the open batch of a partition; records without a key then stick to the next
     /// partition (KIP-480).
     fn close_batch(&mut self, key: &(String, i32)) -> Pending {
-        let b = self.batches.remove(key).expect("an open batch");
+        let b = self
+            .batches
+            .get_mut(&key.0)
+            .and_then(|open| open.remove(&key.1))
+            .expect("an open batch");
         let n = self
             .topics
             .get(&key.0)
@@ -342,73 +347,83 @@ impl Producer {
         Ok(leaders)
     }
 
-    /// Queues a record; the returned receiver yields where it went.
+    /// Queues a record; the returned receiver yields where it went. One lock per record, and
+    /// no allocation but the reply's unless a batch opens or closes.
     pub async fn send(&self, record: ProduceRecord) -> Result<oneshot::Receiver<Delivery>> {
-        // The partition count is looked up once per topic, not per record.
-        let known = self
-            .state
-            .lock()
-            .unwrap()
-            .topics
-            .get(&record.topic)
-            .map(|l| l.len() as i32);
-        let n = match known {
-            Some(n) => n,
-            None => self.partitions(&record.topic).await?.len() as i32,
-        };
+        loop {
+            // Made before looking, so that an answer freeing the buffer is not missed.
+            let idle = self.idle.notified();
+            let outcome = {
+                let mut s = self.state.lock().unwrap();
+                match s.topics.get(&record.topic).map(|l| l.len() as i32) {
+                    None => Err(false),
+                    // Back-pressure: wait while too much is buffered (buffer.memory).
+                    Some(_) if s.buffered >= BUFFER_MEMORY => Err(true),
+                    Some(n) => Ok(self.add(&mut s, &record, n)),
+                }
+            };
+            match outcome {
+                Ok(added) => return added,
+                // The partition count is looked up once per topic.
+                Err(false) => {
+                    self.partitions(&record.topic).await?;
+                }
+                Err(true) => {
+                    self.wake.notify_one();
+                    idle.await;
+                }
+            }
+        }
+    }
+
+    /// Adds `record` to its partition's open batch, under the state's lock.
+    fn add(
+        &self,
+        s: &mut State,
+        record: &ProduceRecord,
+        n: i32,
+    ) -> Result<oneshot::Receiver<Delivery>> {
         if n == 0 {
             return Err(ClientError::Protocol(format!(
                 "topic {} has no partitions",
                 record.topic
             )));
         }
-        let (tx, rx) = oneshot::channel();
-        // Back-pressure: wait while too much is buffered (Kafka's buffer.memory).
-        loop {
-            let idle = self.idle.notified();
-            if self.state.lock().unwrap().buffered < BUFFER_MEMORY {
-                break;
-            }
-            self.wake.notify_one();
-            idle.await;
-        }
-        let full = {
-            let mut s = self.state.lock().unwrap();
-            let partition = match (record.partition, &record.key) {
-                (Some(p), _) => p,
-                (None, Some(k)) => partition_for_key(k, n),
-                (None, None) => {
-                    let next = s.sticky.len() as i32;
-                    *s.sticky.entry(record.topic.clone()).or_insert(next % n)
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => match s.sticky.get(&record.topic) {
+                Some(p) => *p,
+                None => {
+                    let p = s.sticky.len() as i32 % n;
+                    s.sticky.insert(record.topic.clone(), p);
+                    p
                 }
-            };
-            if partition < 0 || partition >= n {
-                return Err(ClientError::Kafka {
-                    code: 3,
-                    name: "UNKNOWN_TOPIC_OR_PARTITION",
-                    message: Some(format!("{}-{partition}", record.topic)),
-                });
-            }
-            let ts = record.timestamp.unwrap_or_else(now_ms);
-            let key = (record.topic.clone(), partition);
-            let b = s
-                .batches
-                .entry(key.clone())
-                .or_insert_with(|| Pending::new(ts));
-            let before = b.bytes;
-            b.push(&record, ts);
-            b.replies.push(tx);
-            let (after, full) = (b.bytes, b.bytes >= self.config.batch_size);
-            s.buffered += after - before;
-            if full {
-                let b = s.close_batch(&key);
-                s.full.push((key, b));
-                true
-            } else {
-                false
-            }
+            },
         };
+        if partition < 0 || partition >= n {
+            return Err(ClientError::Kafka {
+                code: 3,
+                name: "UNKNOWN_TOPIC_OR_PARTITION",
+                message: Some(format!("{}-{partition}", record.topic)),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let ts = record.timestamp.unwrap_or_else(now_ms);
+        if !s.batches.contains_key(&record.topic) {
+            s.batches.insert(record.topic.clone(), HashMap::new());
+        }
+        let open = s.batches.get_mut(&record.topic).expect("inserted above");
+        let b = open.entry(partition).or_insert_with(|| Pending::new(ts));
+        let before = b.bytes;
+        b.push(record, ts);
+        b.replies.push(tx);
+        let (after, full) = (b.bytes, b.bytes >= self.config.batch_size);
+        s.buffered += after - before;
         if full {
+            let key = (record.topic.clone(), partition);
+            let b = s.close_batch(&key);
+            s.full.push((key, b));
             self.wake.notify_one();
         }
         Ok(rx)
@@ -421,7 +436,10 @@ impl Producer {
             self.clone().send_ready(true).await;
             {
                 let s = self.state.lock().unwrap();
-                if s.batches.is_empty() && s.full.is_empty() && s.in_flight == 0 {
+                if s.batches.values().all(HashMap::is_empty)
+                    && s.full.is_empty()
+                    && s.in_flight == 0
+                {
                     return;
                 }
             }
@@ -438,11 +456,12 @@ impl Producer {
             let keys: Vec<(String, i32)> = s
                 .batches
                 .iter()
-                .filter(|(_, b)| {
+                .flat_map(|(t, open)| open.iter().map(move |(p, b)| (t, *p, b)))
+                .filter(|(_, _, b)| {
                     all || b.bytes >= self.config.batch_size
                         || b.created.elapsed() >= self.config.linger
                 })
-                .map(|(k, _)| k.clone())
+                .map(|(t, p, _)| (t.clone(), p))
                 .collect();
             let mut out = std::mem::take(&mut s.full);
             for k in keys {

@@ -175,7 +175,13 @@ pub(crate) async fn describe_topics(
             let dirty = log_dir.as_ref().and_then(|d| {
                 strom_storage::dirty_bytes_on_disk(&d.join(format!("{}-{}", t.name, p.index)))
             });
-            let ratio = dirty.map(|(c, d)| if c + d == 0 { 0.0 } else { d as f64 / (c + d) as f64 });
+            let ratio = dirty.map(|(c, d)| {
+                if c + d == 0 {
+                    0.0
+                } else {
+                    d as f64 / (c + d) as f64
+                }
+            });
             if log_dir.is_some() {
                 row.push(match ratio {
                     Some(r) => format!("{:.0}%", r * 100.0),
