@@ -637,3 +637,32 @@ fn random_histories_against_a_model() {
         assert_eq!(p.first_unstable_offset(), None, "seed {seed}");
     }
 }
+
+#[test]
+fn retention_by_time_and_size_applies_only_with_delete_in_the_policy() {
+    for (compact, delete, kept_all) in [
+        (true, false, true),
+        (true, true, false),
+        (false, true, false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config();
+        c.cleanup_compact = compact;
+        c.cleanup_delete = delete;
+        c.retention_ms = 1;
+        c.retention_bytes = 100;
+        let p = PartitionLog::open(dir.path(), c).unwrap();
+        for i in 0..40 {
+            put1(&p, &format!("k{i}"), Some("v"));
+        }
+        let segments = p.log().segment_count();
+        assert!(segments > 2);
+        let deleted = p.log().apply_retention(i64::MAX / 2).unwrap();
+        assert_eq!(
+            deleted == 0,
+            kept_all,
+            "compact={compact} delete={delete}: {deleted} deleted"
+        );
+        assert_eq!(p.log().log_start_offset() == 0, kept_all);
+    }
+}
