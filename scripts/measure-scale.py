@@ -1,7 +1,7 @@
 """How strom's costs grow with the work, measured on this machine against release
 `strom server` processes that this script starts itself (see measure-scale.sh, which runs
 it). Each part gets a fresh server and data directory of its own; PARTS chooses them
-(default all four, in this order):
+(default all five, in this order):
 
 - partitions: for each count in PARTITIONS (topics of TOPIC_PARTITIONS partitions each),
   on a fresh server: time to create them (one CreateTopics per topic) and until Metadata
@@ -11,10 +11,15 @@ it). Each part gets a fresh server and data directory of its own; PARTS chooses 
   one record to every partition, PRODUCE_ROUNDS rounds through one librdkafka producer;
   clean shutdown (SIGTERM) and the start after it, then SIGKILL and the start after it
   (until "listening on", and until Metadata shows every partition led again), with the
-  records counted after the SIGKILL.
+  records counted after the SIGKILL. strom holds one open file per partition: points above
+  the open files limit (less 1,000) are brought down to fit, unless NO_FD_CAP=1. The idle
+  server's CPU is averaged over IDLE_S (65 s: one pass of the 60 s checkpoints).
+- topics: for each count in TOPICS, on a fresh server, that many single-partition topics
+  created one CreateTopics at a time: the cost of one metadata change as the topics grow.
 - connections: CONNECTIONS idle TCP connections (each sent one ApiVersions and stays open),
   opened in steps: RSS, descriptors and threads of the server per connection, its CPU while
-  they idle, and an ApiVersions round trip beside them; then, for each count in
+  they idle, and an ApiVersions round trip beside them; RSS after closing them, and after
+  opening and closing as many again (a leak grows, reuse does not); then, for each count in
   ACTIVE_CLIENTS, half librdkafka producers and half consumers (assigned, tailing) on one
   topic of ACTIVE_PARTITIONS partitions, spread over up to ACTIVE_WORKERS processes, for
   ACTIVE_SECONDS: records/s written (log end offsets) and read, as a ratio to the first count.
@@ -204,6 +209,11 @@ def server_warnings(path):
             for line in f:
                 line = ANSI.sub("", line).rstrip("\n")
                 m = LOG_LINE.match(line)
+                if not m and " broker fenced" in line and "shut" not in line:
+                    # The broker fenced by its own controller: it missed heartbeats.
+                    g = groups.setdefault(("INFO", "", "broker fenced (every one, the clean shutdowns' too)"), [0, line])
+                    g[0] += 1
+                    continue
                 if not m:
                     if "panicked" in line:
                         groups.setdefault(("PANIC", "", line[:160]), [0, line])[0] += 1
@@ -239,9 +249,12 @@ class Part:
     def __exit__(self, *exc):
         for s in self.servers:
             s.kill()
-        self.warnings = []
+        merged = {}
         for s in self.servers:
-            self.warnings += server_warnings(s.err_path)
+            for lvl, tgt, msg, n, first in server_warnings(s.err_path):
+                m = merged.setdefault((lvl, tgt, msg), [0, first])
+                m[0] += n
+        self.warnings = [(lvl, tgt, msg, n, first) for (lvl, tgt, msg), (n, first) in merged.items()]
         self.seconds = time.monotonic() - self.t
         if KEEP:
             log(f"{self.name}: work directory kept: {self.work}")
@@ -414,13 +427,35 @@ def produce_round(producer, expected, value, errors):
     return time.perf_counter() - t
 
 
-def count_records(bootstrap, expected):
+def serving(bootstrap, expected, started, timeout=START_TIMEOUT):
+    """Asks ListOffsets (latest) for every partition, through a fresh client each time, until
+    all of them answer without error. Returns (seconds since `started`, the records counted,
+    {error: how many partitions had it on the failed attempts})."""
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    req = {TopicPartition(name, p): OffsetSpec.latest() for name, n in expected.items() for p in range(n)}
-    futs = admin.list_offsets(req, request_timeout=300)
-    return sum(f.result().offset for f in futs.values())
+    seen = {}
+    while True:
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
+        req = {TopicPartition(name, p): OffsetSpec.latest() for name, n in expected.items() for p in range(n)}
+        total, failed = 0, 0
+        try:
+            futs = admin.list_offsets(req, request_timeout=300)
+            for f in futs.values():
+                try:
+                    total += f.result().offset
+                except Exception as e:  # noqa: BLE001 - counted, asked again
+                    failed += 1
+                    name = getattr(e.args[0], "name", lambda: str(e))() if e.args else str(e)
+                    seen[name] = seen.get(name, 0) + 1
+        except Exception as e:  # noqa: BLE001 - counted, asked again
+            failed += 1
+            seen[str(e)[:80]] = seen.get(str(e)[:80], 0) + 1
+        if not failed:
+            return time.monotonic() - started, total, seen
+        if time.monotonic() - started > timeout:
+            return None, None, seen
+        del admin
+        time.sleep(0.5)
 
 
 def partitions_point(part, P, per_topic, reps, rounds):
@@ -465,9 +500,13 @@ def partitions_point(part, P, per_topic, reps, rounds):
     r["idle_rss_kib"], r["idle_fds"], r["idle_threads"] = s.rss_kib(), s.fds(), s.threads()
     r["rss_b_per_partition"] = (r["idle_rss_kib"] - base_rss) * 1024 / P
     r["fds_per_partition"] = (r["idle_fds"] - base_fds) / P
+    # Over IDLE_S (default 65 s): one pass of every periodic job, the 60 s recovery point
+    # and high watermark checkpoints included.
+    idle_s = float(os.environ.get("IDLE_S", "65"))
+    log(f"partitions {P:,}: idle for {idle_s:.0f} s")
     cpu0 = s.cpu_s()
-    time.sleep(SETTLE)
-    r["idle_cpu_cores"] = (s.cpu_s() - cpu0) / SETTLE
+    time.sleep(idle_s)
+    r["idle_cpu_cores"] = (s.cpu_s() - cpu0) / idle_s
 
     log(f"partitions {P:,}: Metadata x{reps}")
     lib, raw, size = [], [], 0
@@ -492,7 +531,17 @@ def partitions_point(part, P, per_topic, reps, rounds):
                          "queue.buffering.max.messages": max(100000, 2 * P)})
     errors = []
     value = b"v" * 100
-    times = [produce_round(producer, expected, value, errors) for _ in range(rounds)]
+    times, server_cpu, client_cpu = [], [], []
+    import resource
+    for _ in range(rounds):
+        c0, u0 = s.cpu_s(), resource.getrusage(resource.RUSAGE_SELF)
+        times.append(produce_round(producer, expected, value, errors))
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
+        server_cpu.append(s.cpu_s() - c0)
+        client_cpu.append(u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime)
+    r["produce_round_s"] = statistics.median(times[1:] or times)
+    r["produce_server_cpu_s"] = statistics.median(server_cpu[1:] or server_cpu)
+    r["produce_client_cpu_s"] = statistics.median(client_cpu[1:] or client_cpu)
     r["produce_errors"] = len(errors)
     if errors:
         r["produce_error_sample"] = errors[:3]
@@ -508,6 +557,8 @@ def partitions_point(part, P, per_topic, reps, rounds):
     r["shutdown_status"] = rc
     r["start_clean_s"] = s.start()
     r["led_clean_s"] = (time.monotonic() - s.started) + wait_all_led(s.bootstrap, expected)
+    r["serving_clean_s"], r["records_after_clean"], r["serving_clean_errors"] = serving(
+        s.bootstrap, expected, s.started)
     time.sleep(SETTLE)
     r["restarted_rss_kib"], r["restarted_fds"] = s.rss_kib(), s.fds()
 
@@ -515,10 +566,8 @@ def partitions_point(part, P, per_topic, reps, rounds):
     s.kill()
     r["start_killed_s"] = s.start()
     r["led_killed_s"] = (time.monotonic() - s.started) + wait_all_led(s.bootstrap, expected)
-    try:
-        r["records_after_kill"] = count_records(s.bootstrap, expected)
-    except Exception as e:  # noqa: BLE001 - reported
-        r["records_after_kill"] = f"error: {e}"
+    r["serving_killed_s"], r["records_after_kill"], r["serving_killed_errors"] = serving(
+        s.bootstrap, expected, s.started)
     r["records_produced"] = P * rounds
     s.stop()
     return r
@@ -530,6 +579,27 @@ def part_partitions():
     reps = env_int("METADATA_REPS", 5)
     rounds = env_int("PRODUCE_ROUNDS", 3)
     results = []
+    notes = []
+    # strom keeps one descriptor open per partition (its active segment): a point needs the
+    # server's open files limit (this process's, inherited) above it. Points that cannot fit
+    # are brought down to the largest count of whole topics that does, unless NO_FD_CAP=1
+    # (to see what the server does at the limit).
+    import resource
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if os.environ.get("NO_FD_CAP", "") in ("", "0"):
+        fit = max(per_topic, (limit - 1000) // per_topic * per_topic)
+        capped = []
+        for P in points:
+            if P > fit:
+                notes.append(f"P={P:,} brought down to {fit:,}: strom holds one open file per partition "
+                             f"and the open files limit here is {limit:,} (hard limit; raising it needs "
+                             f"CAP_SYS_RESOURCE)")
+                P = fit
+            if P not in capped:
+                capped.append(P)
+        points = capped
+    for n in notes:
+        log(f"partitions: {n}")
     with Part("partitions") as part:
         for P in points:
             t = time.monotonic()
@@ -552,12 +622,12 @@ def part_partitions():
             for s in part.servers:
                 s.kill()
                 shutil.rmtree(s.data, ignore_errors=True)  # the next point's disk to itself
-    return {"points": results, "seconds": part.seconds, "warnings": part.warnings}, part
+    return {"points": results, "notes": notes, "seconds": part.seconds, "warnings": part.warnings}, part
 
 
 def report_partitions(res, part):
     ok = [r for r in res["points"] if "failed" not in r]
-    out = []
+    out = list(res.get("notes", []))
     if ok:
         pts = [r["partitions"] for r in ok]
         g = lambda k, scale=1.0: [None if r.get(k) is None or isinstance(r.get(k), str) else r[k] * scale for r in ok]  # noqa: E731
@@ -580,19 +650,25 @@ def report_partitions(res, part):
             ("open fds idle after create", g("idle_fds"), True),
             ("fds per partition", g("fds_per_partition"), False),
             ("threads idle", g("idle_threads"), False),
-            ("server CPU idle (cores)", g("idle_cpu_cores"), True),
+            ("server CPU idle, avg over IDLE_S (cores)", g("idle_cpu_cores"), True),
             ("produce 1/partition, round 1 (rec/s)", g("produce_first_round_rps"), False),
             ("produce 1/partition, later (rec/s)", g("produce_rps"), False),
+            ("produce: one round (s)", g("produce_round_s"), True),
+            ("produce: server CPU per round (s)", g("produce_server_cpu_s"), True),
+            ("produce: client CPU per round (s)", g("produce_client_cpu_s"), True),
             ("produce errors", g("produce_errors"), False),
             ("RSS after produce (MiB)", g("after_produce_rss_kib", 1 / 1024), True),
             ("open fds after produce", g("after_produce_fds"), True),
             ("clean shutdown (s)", g("shutdown_s"), True),
             ("start after clean shutdown (s)", g("start_clean_s"), True),
-            ("  ... until all led (s)", g("led_clean_s"), True),
+            ("  ... until all led in Metadata (s)", g("led_clean_s"), True),
+            ("  ... until ListOffsets answers all (s)", g("serving_clean_s"), True),
+            ("records after clean restart", g("records_after_clean"), False),
             ("RSS after restart (MiB)", g("restarted_rss_kib", 1 / 1024), True),
             ("open fds after restart", g("restarted_fds"), True),
             ("start after SIGKILL (s)", g("start_killed_s"), True),
-            ("  ... until all led (s)", g("led_killed_s"), True),
+            ("  ... until all led in Metadata (s)", g("led_killed_s"), True),
+            ("  ... until ListOffsets answers all (s)", g("serving_killed_s"), True),
             ("records after SIGKILL restart", g("records_after_kill"), False),
             ("records produced", g("records_produced"), False),
             ("time for this point (s)", g("seconds"), True),
@@ -601,8 +677,10 @@ def report_partitions(res, part):
         for r in ok:
             if r.get("shutdown_status") not in (0, None):
                 out.append(f"P={r['partitions']:,}: clean shutdown exit status: {r['shutdown_status']}")
-            if isinstance(r.get("records_after_kill"), str):
-                out.append(f"P={r['partitions']:,}: counting records after SIGKILL: {r['records_after_kill']}")
+            for when in ("clean", "killed"):
+                if r.get(f"serving_{when}_errors"):
+                    out.append(f"P={r['partitions']:,}: ListOffsets after the {when} restart failed for a while, "
+                               f"partitions x error over the attempts: {r[f'serving_{when}_errors']}")
             if r.get("produce_errors"):
                 out.append(f"P={r['partitions']:,}: produce errors, e.g. {r.get('produce_error_sample')}")
         last = ok[-1]
@@ -616,6 +694,68 @@ def report_partitions(res, part):
                        + (f" (server RSS {r['rss_kib_at_failure'] / 1024:.0f} MiB, fds {r['fds_at_failure']:,})"
                           if "rss_kib_at_failure" in r else ""))
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Part 1b: many single-partition topics
+
+
+def part_topics():
+    from confluent_kafka.admin import AdminClient, NewTopic
+    points = env_ints("TOPICS", "1000,4000")
+    res = {"points": []}
+    with Part("topics") as part:
+        for T in points:
+            log(f"topics {T:,}: creating them one CreateTopics at a time")
+            s = part.server()
+            s.start()
+            time.sleep(SETTLE)
+            base = s.rss_kib()
+            admin = AdminClient({"bootstrap.servers": s.bootstrap})
+            lat = []
+            c0 = s.cpu_s()
+            t0 = time.monotonic()
+            for i in range(T):
+                name = f"s{i:06d}"
+                t = time.perf_counter()
+                admin.create_topics([NewTopic(name, 1, 1)], operation_timeout=60)[name].result()
+                lat.append(time.perf_counter() - t)
+            r = {"topics": T, "create_s": time.monotonic() - t0, "server_cpu_s": s.cpu_s() - c0}
+            tenth = max(1, T // 10)
+            r["first_tenth_ms"] = statistics.median(lat[:tenth]) * 1000
+            r["last_tenth_ms"] = statistics.median(lat[-tenth:]) * 1000
+            r["server_cpu_ms_per_topic"] = r["server_cpu_s"] / T * 1000
+            time.sleep(SETTLE)
+            r["rss_b_per_topic"] = (s.rss_kib() - base) * 1024 / T
+            md = []
+            for _ in range(3):
+                t = time.perf_counter()
+                admin.list_topics(timeout=120)
+                md.append(time.perf_counter() - t)
+            r["metadata_ms"] = statistics.median(md) * 1000
+            del admin
+            s.stop()
+            shutil.rmtree(s.data, ignore_errors=True)
+            res["points"].append(r)
+    res["seconds"] = part.seconds
+    res["warnings"] = part.warnings
+    return res, part
+
+
+def report_topics(res, part):
+    pts = [r["topics"] for r in res["points"]]
+    g = lambda k: [r[k] for r in res["points"]]  # noqa: E731
+    return "\n".join([
+        "single-partition topics, each created by its own CreateTopics (sequential), fresh server per point:",
+        growth_table("T", pts, [
+            ("create all (s)", g("create_s"), True),
+            ("server CPU (s)", g("server_cpu_s"), True),
+            ("server CPU per topic (ms)", g("server_cpu_ms_per_topic"), True),
+            ("CreateTopics, median of first 10% (ms)", g("first_tenth_ms"), False),
+            ("CreateTopics, median of last 10% (ms)", g("last_tenth_ms"), True),
+            ("RSS per topic over empty (B)", g("rss_b_per_topic"), False),
+            ("Metadata all, librdkafka (ms)", g("metadata_ms"), True),
+        ])])
 
 
 # ---------------------------------------------------------------------------------------
@@ -787,6 +927,14 @@ def part_connections():
             c.close()
         time.sleep(SETTLE)
         res["after_close"] = {"rss_kib": s.rss_kib(), "fds": s.fds(), "threads": s.threads()}
+        # Once more: memory kept for reuse stays level, a leak grows again.
+        n = len(conns)
+        conns = [api_versions_conn(s.bootstrap) for _ in range(n)]
+        for c in conns:
+            c.close()
+        conns = []
+        time.sleep(SETTLE)
+        res["after_second_cycle"] = {"rss_kib": s.rss_kib(), "fds": s.fds()}
         res["idle"] = idle
 
         admin = AdminClient({"bootstrap.servers": s.bootstrap})
@@ -825,8 +973,10 @@ def report_connections(res, part):
         out.append("growth exponent of RSS over empty: " + ", ".join(
             f"{a:,}->{b:,}: {fmt(e, 'exp')}" for (a, b), e in zip(zip(pts, pts[1:]), exps)))
     a = res["after_close"]
+    b = res["after_second_cycle"]
     out.append(f"after closing them all: RSS {a['rss_kib'] / 1024:.1f} MiB "
-               f"(empty {idle[0]['rss_kib'] / 1024:.1f}), fds {a['fds']}, threads {a['threads']}")
+               f"(empty {idle[0]['rss_kib'] / 1024:.1f}), fds {a['fds']}, threads {a['threads']}; "
+               f"after opening and closing as many again: RSS {b['rss_kib'] / 1024:.1f} MiB, fds {b['fds']}")
     ok = [r for r in res["active"] if "failed" not in r]
     out.append("")
     out.append(f"active clients: half producers (acks=1, linger.ms=5), half consumers tailing, "
@@ -1280,6 +1430,7 @@ def report_retention(res, part):
 
 PARTS = {
     "partitions": (part_partitions, report_partitions),
+    "topics": (part_topics, report_topics),
     "connections": (part_connections, report_connections),
     "consumers": (part_consumers, report_consumers),
     "retention": (part_retention, report_retention),

@@ -2,6 +2,7 @@
 # How strom's costs grow with the work (see measure-scale.py, which this runs; its docstring
 # lists every measurement): partitions on one node (creation, Metadata, RSS and descriptors
 # per partition, produce to all, start after a clean shutdown and after SIGKILL),
+# topics (single-partition topics created one at a time: the cost of a metadata change),
 # connections (idle ones: memory each; 2 to 200 active librdkafka clients: throughput),
 # consumers (many reading one partition from the start while as many tail it: throughput,
 # end-to-end latency), retention (produce latency while ~1,000 segments are deleted).
@@ -9,11 +10,14 @@
 # removed at the end. Uses confluent-kafka (librdkafka) from the compat suite's venv
 # (target/compat-venv, made by tests/compat/run.sh when missing).
 #
-# PARTS=partitions,connections,consumers,retention chooses the parts (default all);
+# PARTS=partitions,topics,connections,consumers,retention chooses the parts (default all);
 # --json prints one JSON document instead of the tables. The other settings, with their
-# defaults (the full scale; e.g. PARTITIONS=500,2000 CONNECTIONS=100,200 ACTIVE_CLIENTS=2,20
-# CONSUMERS=1,5 CONSUMER_RECORDS=20000 RETENTION_SEGMENTS=50 for a quick check):
+# defaults (the full scale; e.g. PARTITIONS=500,2000 IDLE_S=5 TOPICS=100,400
+# CONNECTIONS=100,200 ACTIVE_CLIENTS=2,20 CONSUMERS=1,5 CONSUMER_RECORDS=20000
+# RETENTION_SEGMENTS=50 for a quick check):
 #   PARTITIONS=1000,10000,50000 TOPIC_PARTITIONS=1000 METADATA_REPS=5 PRODUCE_ROUNDS=3
+#   IDLE_S=65 NO_FD_CAP=1 (points above the open files limit are lowered to fit, unless set)
+#   TOPICS=1000,4000
 #   CONNECTIONS=500,1000,2000 ACTIVE_CLIENTS=2,20,200 ACTIVE_WORKERS=4 ACTIVE_SECONDS=10
 #   ACTIVE_PARTITIONS=100 RECORD_SIZE=512
 #   CONSUMERS=1,10,50 CONSUMER_RECORDS=200000 TAIL_RATE=1000 TAIL_ALONE_S=5 READER_WORKERS=2
