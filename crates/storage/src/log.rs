@@ -456,7 +456,9 @@ impl Log {
         }
         self.shared.start_offset.store(offset, Ordering::Release);
         checkpoint::write_offset(&self.shared.dir, checkpoint::LOG_START_OFFSET, offset)?;
-        self.delete_prefix(&mut w, |_, _| Ok(false))?;
+        let doomed = self.delete_prefix(&mut w, |_, _| Ok(false))?;
+        drop(w);
+        remove_deleted(doomed);
         Ok(offset)
     }
 
@@ -470,7 +472,7 @@ impl Log {
             return Ok(0);
         }
         let mut total = self.size_bytes() as i64;
-        self.delete_prefix(&mut w, |seg, _| {
+        let doomed = self.delete_prefix(&mut w, |seg, _| {
             // Without `delete` in cleanup.policy only the log start offset deletes.
             let by_time = config.cleanup_delete && config.retention_ms >= 0 && {
                 let (ts, _) = seg.max_timestamp()?;
@@ -484,18 +486,26 @@ impl Log {
                 total -= seg.size() as i64;
             }
             Ok(by_time || by_size)
-        })
+        })?;
+        drop(w);
+        let n = doomed.len();
+        // Unlinking a thousand segments takes long: not while appends wait for the lock.
+        remove_deleted(doomed);
+        Ok(n)
     }
 
     /// Deletes leading closed segments while `doomed` says so or they lie wholly below the
     /// log start offset; then moves the log start offset up to the first segment kept.
+    /// The segments' files are renamed to `*.deleted` here, under the writer's lock (a crash
+    /// leaves them for the next open to delete); the caller unlinks them after releasing it
+    /// ([`remove_deleted`]), as Kafka deletes asynchronously.
     fn delete_prefix(
         &self,
         w: &mut Writer,
         mut doomed: impl FnMut(&Segment, u64) -> Result<bool>,
-    ) -> Result<usize> {
+    ) -> Result<Vec<Vec<PathBuf>>> {
         let start = self.log_start_offset();
-        let mut deleted = 0;
+        let mut deleted = Vec::new();
         loop {
             let (seg, next_base) = {
                 let segs = self.shared.segments.read().unwrap();
@@ -516,8 +526,7 @@ impl Log {
                 .write()
                 .unwrap()
                 .remove(&seg.base_offset);
-            seg.delete_files()?;
-            deleted += 1;
+            deleted.push(seg.mark_deleted()?);
         }
         let first_base = self.segment_base_offsets()[0];
         let dir = &self.shared.dir;
@@ -675,6 +684,18 @@ impl Shared {
             checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, offset)?;
         }
         Ok(())
+    }
+}
+
+/// Unlinks the files [`Log::delete_prefix`] renamed; a failure is only logged (the next open
+/// deletes what is left).
+fn remove_deleted(doomed: Vec<Vec<PathBuf>>) {
+    for p in doomed.into_iter().flatten() {
+        if let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %p.display(), error = %e, "could not delete a segment file");
+        }
     }
 }
 

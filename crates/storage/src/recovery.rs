@@ -38,7 +38,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(".deleted") {
             let _ = fs::remove_file(entry.path());
         } else if let Some(base) = parse_base(&name, "log") {
             let size = entry.metadata().at(&entry.path())?.len();

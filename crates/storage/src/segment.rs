@@ -453,6 +453,28 @@ impl Segment {
         self.with_aborted(|_| ())
     }
 
+    /// Renames the segment's files to `<name>.deleted` (a cheap step under the writer's
+    /// lock); returns the new paths, for the caller to unlink later.
+    pub fn mark_deleted(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for p in [
+            &self.log_path,
+            &self.index_path,
+            &self.time_index_path,
+            &self.txn_index_path,
+        ] {
+            let mut to = p.as_os_str().to_owned();
+            to.push(".deleted");
+            let to = PathBuf::from(to);
+            match std::fs::rename(p, &to) {
+                Ok(()) => out.push(to),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).at(p),
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes the segment's files. Readers holding the file keep reading it (Unix).
     pub fn delete_files(&self) -> Result<()> {
         for p in [

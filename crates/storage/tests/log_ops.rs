@@ -611,3 +611,44 @@ fn periodic_work_on_a_deleted_log_is_a_quiet_no_op() {
     assert_eq!(log.apply_retention(i64::MAX).unwrap(), 0);
     assert!(!path.exists(), "nothing recreated the deleted directory");
 }
+
+/// Retention renames the doomed segments' files to `.deleted` under the writer's lock and
+/// unlinks them after it (so appends do not wait for a thousand unlinks); none is left once
+/// it returns, and `.deleted` files a crash left behind are removed at the next open.
+#[test]
+fn retention_unlinks_outside_the_lock_and_leaves_no_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_segments(300));
+    for i in 0..30 {
+        log.append(&mut batch(2, 1000 + i, "r"), 0).unwrap();
+    }
+    let before = log.segment_count();
+    let mut config = log.config();
+    config.retention_ms = 1;
+    log.set_config(config);
+    let deleted = log.apply_retention(1_000_000).unwrap();
+    assert_eq!(deleted, before - 1);
+    let names = || -> Vec<String> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        names().iter().all(|n| !n.ends_with(".deleted")),
+        "{:?}",
+        names()
+    );
+    assert_eq!(log.segment_count(), 1);
+    // A crash between the rename and the unlink: the next open removes the leftovers.
+    log.close().unwrap();
+    drop(log);
+    std::fs::write(dir.path().join("00000000000000000000.log.deleted"), b"old").unwrap();
+    let log = open(dir.path(), small_segments(300));
+    assert!(
+        names().iter().all(|n| !n.ends_with(".deleted")),
+        "{:?}",
+        names()
+    );
+    assert_eq!(log.segment_count(), 1);
+}
