@@ -12,6 +12,7 @@ pub mod group;
 mod metadata;
 pub mod partitioner;
 pub mod producer;
+mod producer_batch;
 pub mod txn_admin;
 
 pub use connection::{Answer, Connection};

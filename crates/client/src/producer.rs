@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use krabka_compression::CompressionType;
 use krabka_protocol::owned::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
@@ -19,6 +19,7 @@ use crate::Client;
 use crate::connection::Answer;
 use crate::error::{ClientError, Result, check};
 use crate::partitioner::partition_for_key;
+use crate::producer_batch::{HEADER_LEN, Pending};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ProducerConfig {
@@ -115,134 +116,6 @@ type Answers = HashMap<(String, i32), (i16, i64, Option<String>)>;
 
 /// Where a record went: (partition, offset); the offset is -1 with acks=0.
 pub type Delivery = Result<(i32, i64)>;
-
-/// A partition's open batch: its records already encoded (the records section of a
-/// RecordBatch v2, uncompressed), so that closing it costs one header and, with a codec, one
-/// compression.
-struct Pending {
-    records: BytesMut,
-    count: i32,
-    /// The first record's timestamp: the others are stored as deltas from it.
-    base_ts: i64,
-    max_ts: i64,
-    replies: Vec<oneshot::Sender<Delivery>>,
-    /// Bytes the batch will take, header included: what `batch.size` compares with.
-    bytes: usize,
-    created: Instant,
-}
-
-impl Pending {
-    fn new(first_ts: i64) -> Pending {
-        Pending {
-            records: BytesMut::with_capacity(1024),
-            count: 0,
-            base_ts: first_ts,
-            max_ts: first_ts,
-            replies: Vec::new(),
-            bytes: HEADER_LEN,
-            created: Instant::now(),
-        }
-    }
-
-    /// Appends one record, as Kafka's DefaultRecord encodes it.
-    fn push(&mut self, r: &ProduceRecord, ts: i64) {
-        let ts_delta = ts - self.base_ts;
-        let offset_delta = self.count as i64;
-        let opt_len = |b: &Option<Bytes>| {
-            b.as_ref()
-                .map_or(varint_len(-1), |b| varint_len(b.len() as i64) + b.len())
-        };
-        let headers_len: usize = r
-            .headers
-            .iter()
-            .map(|(k, v)| varint_len(k.len() as i64) + k.len() + opt_len(v))
-            .sum();
-        let body = 1
-            + varint_len(ts_delta)
-            + varint_len(offset_delta)
-            + opt_len(&r.key)
-            + opt_len(&r.value)
-            + varint_len(r.headers.len() as i64)
-            + headers_len;
-        let out = &mut self.records;
-        out.reserve(body + 5);
-        put_varint(out, body as i64);
-        out.put_u8(0);
-        put_varint(out, ts_delta);
-        put_varint(out, offset_delta);
-        put_opt_bytes(out, r.key.as_deref());
-        put_opt_bytes(out, r.value.as_deref());
-        put_varint(out, r.headers.len() as i64);
-        for (k, v) in &r.headers {
-            put_opt_bytes(out, Some(k.as_bytes()));
-            put_opt_bytes(out, v.as_deref());
-        }
-        self.count += 1;
-        self.max_ts = self.max_ts.max(ts);
-        self.bytes += body + varint_len(body as i64);
-    }
-
-    /// The whole RecordBatch v2: header, then the records, compressed with `codec`.
-    fn encode(&self, codec: CompressionType) -> Result<Bytes> {
-        let compressed;
-        let records: &[u8] = if codec == CompressionType::None {
-            &self.records
-        } else {
-            compressed = krabka_compression::compress(codec, &self.records)
-                .map_err(|e| ClientError::Protocol(format!("compressing a batch: {e}")))?;
-            &compressed
-        };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + records.len());
-        out.put_i64(0); // base offset: the broker assigns it
-        out.put_i32((HEADER_LEN - 12 + records.len()) as i32);
-        out.put_i32(-1); // partition leader epoch
-        out.put_i8(2); // magic
-        out.put_u32(0); // crc, below
-        out.put_i16(codec.as_attribute_bits() as i16);
-        out.put_i32(self.count - 1);
-        out.put_i64(self.base_ts);
-        out.put_i64(self.max_ts);
-        out.put_i64(-1); // producer id
-        out.put_i16(-1); // producer epoch
-        out.put_i32(-1); // base sequence
-        out.put_i32(self.count);
-        out.put_slice(records);
-        let crc = crc32c::crc32c(&out[21..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        Ok(out.freeze())
-    }
-}
-
-const HEADER_LEN: usize = 61;
-
-fn varint_len(v: i64) -> usize {
-    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
-    let mut n = 1;
-    while raw >= 0x80 {
-        raw >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(out: &mut BytesMut, v: i64) {
-    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
-    while raw >= 0x80 {
-        out.put_u8((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.put_u8(raw as u8);
-}
-
-fn put_opt_bytes(out: &mut BytesMut, b: Option<&[u8]>) {
-    match b {
-        None => put_varint(out, -1),
-        Some(b) => {
-            put_varint(out, b.len() as i64);
-            out.put_slice(b);
-        }
-    }
-}
 
 #[derive(Default)]
 struct State {
@@ -709,87 +582,4 @@ fn answers_of(resp: krabka_protocol::owned::produce_response::ProduceResponse) -
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use krabka_compression::RecordDecompressionPolicy;
-    use krabka_protocol::records::RecordBatch;
-
-    fn record(
-        key: Option<&str>,
-        value: Option<&str>,
-        headers: &[(&str, Option<&str>)],
-    ) -> ProduceRecord {
-        ProduceRecord {
-            topic: "t".into(),
-            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-                    )
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    /// A batch encoded record by record reads back, through krabka's decoder, exactly as
-    /// given: keys, null values, headers, timestamps before and after the first one, in
-    /// every codec; its size is what `bytes` predicted.
-    #[test]
-    fn batches_built_record_by_record_decode_exactly() {
-        let records = [
-            (record(Some("k1"), Some("v1"), &[]), 1_000),
-            (
-                record(
-                    None,
-                    Some(&"x".repeat(300)),
-                    &[("h", Some("1")), ("n", None)],
-                ),
-                990,
-            ),
-            (record(Some("k3"), None, &[]), 1_200),
-        ];
-        for codec in [
-            CompressionType::None,
-            CompressionType::Gzip,
-            CompressionType::Snappy,
-            CompressionType::Lz4,
-            CompressionType::Zstd,
-        ] {
-            let mut b = Pending::new(records[0].1);
-            for (r, ts) in &records {
-                b.push(r, *ts);
-            }
-            let bytes = b.encode(codec).unwrap();
-            if codec == CompressionType::None {
-                assert_eq!(bytes.len(), b.bytes);
-            }
-            let mut cursor = &bytes[..];
-            let batch =
-                RecordBatch::decode_with_policy(&mut cursor, RecordDecompressionPolicy::default())
-                    .unwrap();
-            assert_eq!(batch.last_offset_delta, 2);
-            assert_eq!((batch.base_timestamp, batch.max_timestamp), (1_000, 1_200));
-            assert_eq!(batch.producer_id, -1);
-            for (i, ((r, ts), got)) in records.iter().zip(&batch.records).enumerate() {
-                assert_eq!(got.offset_delta, i as i32);
-                assert_eq!(batch.base_timestamp + got.timestamp_delta, *ts);
-                assert_eq!(got.key, r.key);
-                assert_eq!(got.value, r.value);
-                let headers: Vec<(String, Option<Bytes>)> = got
-                    .headers
-                    .iter()
-                    .map(|h| (h.key.clone(), h.value.clone()))
-                    .collect();
-                assert_eq!(headers, r.headers);
-            }
-        }
-    }
 }
