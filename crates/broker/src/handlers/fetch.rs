@@ -123,7 +123,10 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
             &read,
             previous.as_ref(),
             &mut stamps,
-            broker.config.zero_copy_fetch.then_some(&mut regions),
+            // Only below the high watermark are a file's bytes sure not to change before
+            // they are sent: a follower reads up to the log end, which a truncation may
+            // rewrite in place, so its records are read at once.
+            (broker.config.zero_copy_fetch && follower.is_none()).then_some(&mut regions),
         );
         let has_error = responses
             .iter()
