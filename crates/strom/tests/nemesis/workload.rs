@@ -38,6 +38,29 @@ pub struct Book {
     pub copied_transactions: AtomicUsize,
     /// The copier thread that should run (see [`supervise_copier`]).
     pub copier_generation: AtomicUsize,
+    /// The copier's consumer reading an offset at or below one it read before, within one
+    /// incarnation: none expected.
+    pub copier_rereads: Mutex<Vec<String>>,
+}
+
+/// A client context that prints librdkafka's warnings and errors, named, on the test's
+/// output: an offset reset or a truncation librdkafka detected explains a failure that the
+/// final checks can only describe.
+pub struct Logs(pub &'static str);
+impl rdkafka::ClientContext for Logs {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if (level as i32) <= rdkafka::config::RDKafkaLogLevel::Warning as i32 {
+            println!(
+                "nemesis: [{}] librdkafka {level:?} {fac}: {log_message}",
+                self.0
+            );
+        }
+    }
+}
+impl rdkafka::consumer::ConsumerContext for Logs {}
+impl rdkafka::producer::ProducerContext for Logs {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
 }
 
 pub fn value(seq: u64) -> String {
@@ -209,39 +232,56 @@ pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
 /// One copier incarnation: a transactional producer (init_transactions fences the previous
 /// one and ends its transaction) and a read_committed consumer from the committed offsets.
 struct Copier {
-    producer: BaseProducer,
-    consumer: BaseConsumer,
+    producer: BaseProducer<Logs>,
+    consumer: BaseConsumer<Logs>,
+    /// The last offset read of each partition.
+    read: BTreeMap<i32, i64>,
 }
 
 pub const COPIER_GROUP: &str = "nem-copier";
 
 impl Copier {
     fn start(bootstrap: &str) -> KafkaResult<Copier> {
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: BaseProducer<Logs> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("transactional.id", "nem-copier")
             .set("transaction.timeout.ms", "10000")
             .set("linger.ms", "5")
-            .create()?;
+            .create_with_context(Logs("copier producer"))?;
         producer.init_transactions(T)?;
-        let consumer: BaseConsumer = ClientConfig::new()
+        let consumer: BaseConsumer<Logs> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", COPIER_GROUP)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
-            .create()?;
+            .create_with_context(Logs("copier consumer"))?;
         let start = committed(bootstrap, COPIER_GROUP, "read_committed")?;
         println!("nemesis: copier resumes from {start:?}");
         consumer.assign(&input_partitions(&start))?;
-        Ok(Copier { producer, consumer })
+        Ok(Copier {
+            producer,
+            consumer,
+            read: BTreeMap::new(),
+        })
     }
 
     /// Copies what one poll round brings in one transaction; returns how many records.
-    fn cycle(&self) -> KafkaResult<usize> {
+    fn cycle(&mut self, book: &Book) -> KafkaResult<usize> {
         let mut batch = Vec::new();
         let until = Instant::now() + Duration::from_millis(200);
         while batch.len() < 1000 && Instant::now() < until {
             if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
+                if let Some(before) = self.read.insert(m.partition(), m.offset())
+                    && m.offset() <= before
+                {
+                    let what = format!(
+                        "partition {}: offset {} read after {before}",
+                        m.partition(),
+                        m.offset()
+                    );
+                    println!("nemesis: the copier's consumer went back: {what}");
+                    book.copier_rereads.lock().unwrap().push(what);
+                }
                 batch.push((
                     m.partition(),
                     m.offset(),
@@ -348,7 +388,7 @@ fn copy(
             let _ = steps.send(true);
             return;
         }
-        let c = match copier.take() {
+        let mut c = match copier.take() {
             Some(c) => c,
             None => match Copier::start(&bootstrap) {
                 Ok(c) => {
@@ -361,7 +401,7 @@ fn copy(
                 }
             },
         };
-        match c.cycle() {
+        match c.cycle(&book) {
             Ok(n) => {
                 if n > 0 {
                     book.copied_transactions.fetch_add(1, Ordering::AcqRel);
