@@ -161,6 +161,7 @@ impl Broker {
                 c.node_id as u64,
                 voters,
                 &broker.cluster_id,
+                std::time::Duration::from_millis(c.kraft.fetch_timeout_ms),
             )
             .await
             .map_err(|e| BrokerError::MetadataLog(e.to_string()))?;
@@ -208,6 +209,7 @@ impl Broker {
 
     /// Identity, producer ids and empty state: what both ways of opening share.
     fn new(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        config.check_one_log_dir()?;
         let dir = config.log_dir.clone();
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         crate::storage_errors::warn_if_low_on_space(&dir);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use strom_storage::LogConfig;
 
+use crate::errors::BrokerError;
 use crate::kraft_config as kraft;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,10 @@ pub struct BrokerConfig {
     pub advertised_host: String,
     pub advertised_port: u16,
     pub log_dir: PathBuf,
+    /// The directories `log.dirs` lists after the first: `strom storage format` formats
+    /// them, but a node keeps every partition in `log_dir` and refuses to start with them
+    /// (their data would go unseen).
+    pub other_log_dirs: Vec<PathBuf>,
     pub num_partitions: i32,
     pub default_replication_factor: i16,
     /// offsets.topic.replication.factor and transaction.state.log.replication.factor
@@ -100,6 +105,7 @@ impl Default for BrokerConfig {
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             log_dir: PathBuf::from("strom-data"),
+            other_log_dirs: Vec::new(),
             num_partitions: 1,
             default_replication_factor: 1,
             internal_replication_factor: (3, 3),
@@ -193,6 +199,18 @@ fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
 }
 
 impl BrokerConfig {
+    /// Refuses a configuration that asks for what strom does not do: several log directories.
+    pub fn check_one_log_dir(&self) -> Result<(), BrokerError> {
+        if self.other_log_dirs.is_empty() {
+            return Ok(());
+        }
+        Err(BrokerError::InvalidConfig(format!(
+            "log.dirs lists {} directories, but strom keeps every partition in one: list only {}",
+            self.other_log_dirs.len() + 1,
+            self.log_dir.display()
+        )))
+    }
+
     /// Builds the config from properties, returning it and the warnings for unknown keys.
     pub fn from_properties(
         props: &BTreeMap<String, String>,
@@ -222,11 +240,16 @@ impl BrokerConfig {
                 "controller.quorum.election.timeout.ms" => c.kraft.election_timeout_ms = int(k, v)?,
                 "controller.quorum.fetch.timeout.ms" => c.kraft.fetch_timeout_ms = int(k, v)?,
                 "log.dirs" | "log.dir" => {
-                    let first = v.split(',').next().unwrap_or("").trim();
-                    if first.is_empty() {
+                    let dirs: Vec<&str> = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .collect();
+                    let Some((first, rest)) = dirs.split_first() else {
                         return Err(invalid(k, v, "must name a directory"));
-                    }
+                    };
                     c.log_dir = PathBuf::from(first);
+                    c.other_log_dirs = rest.iter().map(PathBuf::from).collect();
                 }
                 "num.partitions" => {
                     c.num_partitions = int(k, v)?;

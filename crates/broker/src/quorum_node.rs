@@ -2,6 +2,8 @@
 //! node with the controller role only (`process.roles=controller`), which runs the quorum
 //! and the active controller but no broker.
 
+use std::path::Path;
+
 use strom_controller::quorum::{Quorum, QuorumConfig};
 
 use crate::broker::Broker;
@@ -24,6 +26,11 @@ pub(crate) async fn start_quorum(
     c: &BrokerConfig,
     cluster_id: &str,
 ) -> Result<Quorum, BrokerError> {
+    if let Some(meta) = &c.kraft.metadata_log_dir
+        && meta != &c.log_dir
+    {
+        check_metadata_dir(meta, c, cluster_id)?;
+    }
     let dir = c
         .kraft
         .metadata_log_dir
@@ -71,6 +78,39 @@ pub(crate) async fn start_quorum(
         .map_err(|e| BrokerError::MetadataLog(e.to_string()))
 }
 
+/// A separate metadata log directory belongs to this node and to the cluster of its log
+/// directory, as `strom storage format` wrote them; a node alone in its quorum formats it on
+/// first start, as it does its log directory.
+fn check_metadata_dir(dir: &Path, c: &BrokerConfig, cluster_id: &str) -> Result<(), BrokerError> {
+    use crate::meta_properties as meta;
+    match meta::read(dir)? {
+        Some(m) if m.cluster_id != cluster_id => Err(BrokerError::InvalidConfig(format!(
+            "{} belongs to cluster {}, but the log directory to cluster {cluster_id}; point metadata.log.dir at this cluster's directory",
+            dir.join(meta::FILE).display(),
+            m.cluster_id
+        ))),
+        Some(m) if m.node_id != c.node_id => Err(BrokerError::InvalidConfig(format!(
+            "{} belongs to node {}, but this is node.id={}; point metadata.log.dir elsewhere or fix node.id",
+            dir.join(meta::FILE).display(),
+            m.node_id,
+            c.node_id
+        ))),
+        Some(_) => Ok(()),
+        None if c.kraft.multi_node(c.node_id) => Err(BrokerError::InvalidConfig(format!(
+            "the metadata log directory {} is not formatted: run `strom storage format -t {cluster_id} -c <server.properties>` on this node",
+            dir.display()
+        ))),
+        None => meta::write(
+            dir,
+            &meta::MetaProperties {
+                cluster_id: cluster_id.to_string(),
+                node_id: c.node_id,
+                directory_id: Some(strom_metadata::uuid::random()),
+            },
+        ),
+    }
+}
+
 /// A node with the controller role only.
 pub struct ControllerNode {
     pub quorum: Quorum,
@@ -81,6 +121,7 @@ impl ControllerNode {
     /// Checks the node's formatted directory, then starts its voter; returns once the
     /// quorum has a leader.
     pub async fn start(config: &BrokerConfig) -> Result<ControllerNode, BrokerError> {
+        config.check_one_log_dir()?;
         let dir = &config.log_dir;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let cluster_id = Broker::identity(dir, config)?;

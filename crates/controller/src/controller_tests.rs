@@ -187,6 +187,7 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
         .find(|r| *r != leader)
         .unwrap();
     info.isr = vec![leader];
+    info.partition_epoch += 1;
     c.replay(&[Record::Partition {
         topic: "t".into(),
         partition: 0,
@@ -251,6 +252,7 @@ fn turning_unclean_election_on_elects_the_partitions_left_offline() {
     let mut info = c.image().topics["t"].partitions[0].clone();
     let leader = info.leader;
     info.isr = vec![leader];
+    info.partition_epoch += 1;
     c.replay(&[Record::Partition {
         topic: "t".into(),
         partition: 0,
@@ -558,6 +560,7 @@ fn preferred_elections_give_leadership_back_to_the_first_replica() {
     assert_eq!(results[0].2, errors::PREFERRED_LEADER_NOT_AVAILABLE);
     let mut info = c.image().topics["t"].partitions[0].clone();
     info.isr.push(first);
+    info.partition_epoch += 1;
     c.replay(&[Record::Partition {
         topic: "t".into(),
         partition: 0,

@@ -187,6 +187,21 @@ impl MetadataImage {
                         continue;
                     };
                     match usize::try_from(*partition) {
+                        // Every change of a partition bumps its partition epoch (the
+                        // controller's AlterPartition, elections, fencing, reassignment): a
+                        // record that does not is a second creation of the index (two
+                        // brokers' CreatePartitions racing) or a change made from a stale
+                        // view, and overwriting would reset the partition's epochs.
+                        Ok(i)
+                            if i < t.partitions.len()
+                                && info.partition_epoch <= t.partitions[i].partition_epoch =>
+                        {
+                            ignored.push(format!(
+                                "partition {partition} of {topic} at partition epoch {}, not \
+                                 newer than its {}",
+                                info.partition_epoch, t.partitions[i].partition_epoch
+                            ))
+                        }
                         Ok(i) if i < t.partitions.len() => t.partitions[i] = info.clone(),
                         Ok(i) if i == t.partitions.len() => t.partitions.push(info.clone()),
                         _ => ignored.push(format!("partition {partition} of {topic} out of order")),
@@ -334,6 +349,27 @@ mod tests {
         assert_eq!(after, first);
         assert_eq!(ignored.len(), 1);
         assert_eq!(after.topic("t").unwrap().id, [1; 16]);
+    }
+
+    #[test]
+    fn a_partition_changes_only_with_a_newer_partition_epoch() {
+        let (img, _) = MetadataImage::default().apply(&topic("t", 1, &[info(&[1, 2], 1, 0)]));
+        // Another broker's CreatePartitions of the same index, or a change from a stale
+        // view: ignored, reported.
+        let (same, ignored) = img.apply(&[Record::Partition {
+            topic: "t".into(),
+            partition: 0,
+            info: info(&[2, 1], 2, 0),
+        }]);
+        assert_eq!(same, img);
+        assert_eq!(ignored.len(), 1);
+        let (next, ignored) = img.apply(&[Record::Partition {
+            topic: "t".into(),
+            partition: 0,
+            info: info(&[2, 1], 2, 1),
+        }]);
+        assert!(ignored.is_empty());
+        assert_eq!(next.partition("t", 0).unwrap().leader, 2);
     }
 
     #[test]

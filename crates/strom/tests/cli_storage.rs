@@ -121,6 +121,33 @@ fn format_writes_every_directory_once_and_the_server_keeps_to_it() {
     ]);
     assert!(!ok);
     assert!(err.contains("belongs to node 4"), "{err}");
+
+    // A metadata log directory formatted for another cluster is refused as well.
+    let foreign = tmp.path().join("foreign-meta");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("meta.properties"),
+        "version=1\ncluster.id=AAAAAAAAAAAAAAAAAAAAAA\nnode.id=4\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&[
+        "server",
+        "--config",
+        cfg,
+        "--override",
+        &format!("log.dirs={}", d1.display()),
+        "--override",
+        &format!("metadata.log.dir={}", foreign.display()),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("belongs to cluster AAAAAAAAAAAAAAAAAAAAAA") && err.contains(id),
+        "{err}"
+    );
+    // Several log directories are refused rather than all but the first ignored.
+    let (ok, _, err) = run(&["server", "--config", cfg]);
+    assert!(!ok);
+    assert!(err.contains("keeps every partition in one"), "{err}");
 }
 
 /// `strom server` as node `node` of a three-voter quorum with its data in `data`.

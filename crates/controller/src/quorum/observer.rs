@@ -46,15 +46,20 @@ pub struct Observer {
     image: watch::Sender<Arc<MetadataImage>>,
     status: std::sync::Mutex<QuorumStatus>,
     stop: watch::Sender<bool>,
+    /// controller.quorum.fetch.timeout.ms: how long a voter may take to answer a fetch
+    /// beyond its long poll before the next voter is asked.
+    fetch_timeout: Duration,
 }
 
 impl Observer {
     /// Follows the quorum of `voters` (id -> CONTROLLER address); returns once a first
-    /// image arrived, and keeps it current until `shutdown`.
+    /// image arrived, and keeps it current until `shutdown`. A voter that has not answered
+    /// a fetch `fetch_timeout` after its long poll is given up for the next one.
     pub async fn start(
         node_id: NodeId,
         voters: BTreeMap<NodeId, String>,
         cluster_id: &str,
+        fetch_timeout: Duration,
     ) -> Result<Arc<Observer>, QuorumError> {
         let observer = Arc::new(Observer {
             node_id,
@@ -70,6 +75,7 @@ impl Observer {
                 observers: vec![],
             }),
             stop: watch::channel(false).0,
+            fetch_timeout,
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut last = String::new();
@@ -105,7 +111,7 @@ impl Observer {
             addr,
             &self.cluster_id,
             &req,
-            Duration::from_millis(wait_ms) + Duration::from_secs(5),
+            Duration::from_millis(wait_ms) + self.fetch_timeout,
         )
         .await?;
         if let Some(bytes) = answer.image
