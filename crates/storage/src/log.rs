@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     /// The earliest delete horizon the cleaner left in the log: once passed, a cleaning is
     /// due even when nothing is dirty. Not kept across restarts.
     pub(crate) cleaner_horizon: Mutex<Option<i64>>,
+    /// What the high-watermark file holds, when known (as [`Recovery::written`]).
+    hw_written: Mutex<Option<u64>>,
 }
 
 struct Writer {
@@ -102,6 +104,9 @@ struct Writer {
 struct Recovery {
     point: u64,
     truncations: u64,
+    /// What the recovery-point file holds, when known: the periodic checkpoint skips an
+    /// unchanged one (an idle partition costs no write and no fsync).
+    written: Option<u64>,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -130,7 +135,11 @@ impl Log {
             recovery: Mutex::new(Recovery {
                 point: opened.recovery_point,
                 truncations: 0,
+                // Opening leaves the file at the recovery point: a clean shutdown wrote it
+                // after flushing everything, a recovery wrote it after the scan.
+                written: Some(opened.recovery_point),
             }),
+            hw_written: Mutex::new(None),
             recovered_from: opened.recovered_from,
             cleaner_horizon: Mutex::new(None),
         };
@@ -479,7 +488,11 @@ impl Log {
         let mut w = self.writer();
         self.flush_locked(&mut w, now_ms())?;
         let dir = &self.shared.dir;
-        let point = self.shared.recovery.lock().unwrap().point;
+        let point = {
+            let mut r = self.shared.recovery.lock().unwrap();
+            r.written = None;
+            r.point
+        };
         checkpoint::write_offset(dir, checkpoint::RECOVERY_POINT, point)?;
         checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, self.log_start_offset())?;
         checkpoint::write_atomically(dir, checkpoint::CLEAN_SHUTDOWN, "")?;
@@ -496,14 +509,21 @@ impl Log {
             return Ok(());
         }
         let hw = high_watermark.min(self.log_end_offset());
-        checkpoint::write_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK, hw)
+        let mut written = self.shared.hw_written.lock().unwrap();
+        if *written == Some(hw) {
+            return Ok(());
+        }
+        checkpoint::write_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK, hw)?;
+        *written = Some(hw);
+        Ok(())
     }
 
     /// The high watermark last checkpointed, capped by the log end (recovery may have
     /// truncated below it); `None` when none was ever written.
     pub fn checkpointed_high_watermark(&self) -> Option<u64> {
-        checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK)
-            .map(|hw| hw.min(self.log_end_offset()))
+        let read = checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK);
+        *self.shared.hw_written.lock().unwrap() = read;
+        read.map(|hw| hw.min(self.log_end_offset()))
     }
 
     /// Writes the recovery point checkpoint (the broker calls this periodically). Nothing
@@ -514,8 +534,13 @@ impl Log {
         if w.closed {
             return Ok(());
         }
-        let point = self.shared.recovery.lock().unwrap().point;
-        checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, point)
+        let mut r = self.shared.recovery.lock().unwrap();
+        if r.written == Some(r.point) {
+            return Ok(());
+        }
+        checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, r.point)?;
+        r.written = Some(r.point);
+        Ok(())
     }
 
     /// Runs `f` holding the writer's lock, unless the log is closed: the cleaner swaps
@@ -569,10 +594,11 @@ impl Shared {
             return;
         }
         r.point = to;
-        if write_checkpoint
-            && let Err(e) = checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, to)
-        {
-            tracing::warn!(error = %e, "could not write the recovery point");
+        if write_checkpoint {
+            match checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, to) {
+                Ok(()) => r.written = Some(to),
+                Err(e) => tracing::warn!(error = %e, "could not write the recovery point"),
+            }
         }
     }
 
@@ -583,7 +609,10 @@ impl Shared {
         r.truncations += 1;
         if offset < r.point {
             r.point = offset;
+            // Unknown until the write succeeds: a failed one must not be taken as done.
+            r.written = None;
             checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, offset)?;
+            r.written = Some(offset);
         }
         Ok(())
     }

@@ -154,8 +154,10 @@ fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
+    let partitions = md.topics()[0].partitions();
+    assert!(!partitions.is_empty(), "topic {topic} has no partitions");
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
+    for p in partitions {
         tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
     }
@@ -188,6 +190,14 @@ fn consume(bootstrap: &str, topic: &str, records: u64) -> String {
 /// same process reads them as they come: latency from send to receipt.
 fn e2e(bootstrap: &str, topic: &str, records: u64, size: usize, acks: &str, rate: u64) -> String {
     let base = Instant::now();
+    let p = producer(bootstrap, acks);
+    // A first record creates the topic (auto-creation) before the consumer looks it up; too
+    // short to carry a time, it is not counted.
+    p.send(BaseRecord::<(), [u8]>::to(topic).payload(b"warm-up"))
+        .map_err(|(e, _)| e)
+        .expect("warm-up record");
+    p.flush(Timeout::After(Duration::from_secs(30)))
+        .expect("warm-up flush");
     let c = consumer(bootstrap, topic);
     // The consumer's assignment starts fetching before the first record is sent.
     let _ = c.poll(Duration::from_millis(500));
@@ -206,7 +216,6 @@ fn e2e(bootstrap: &str, topic: &str, records: u64, size: usize, acks: &str, rate
         }
         lat
     });
-    let p = producer(bootstrap, acks);
     let start = Instant::now();
     let size = size.max(8);
     for i in 0..records {

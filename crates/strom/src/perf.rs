@@ -157,10 +157,22 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot produce to {topic}"))?;
                 pending.push_back((Instant::now(), rx));
+                // A record's latency ends at its acknowledgement: settle what has been
+                // acknowledged now, in order (waiting for all at the end would count the
+                // whole run into the first records' latency when paced).
+                while let Some((_, rx)) = pending.front_mut() {
+                    match rx.try_recv() {
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                        r => {
+                            let (sent, _) = pending.pop_front().unwrap();
+                            settle(sent, r.map_err(|_| ()), &mut latencies_us);
+                        }
+                    }
+                }
                 // Bound what is outstanding; settle the oldest first.
                 while pending.len() > 200_000 {
                     let (sent, rx) = pending.pop_front().unwrap();
-                    settle(sent, rx.await, &mut latencies_us);
+                    settle(sent, rx.await.map_err(|_| ()), &mut latencies_us);
                 }
                 if i % 1024 == 0 {
                     progress.set_position(i);
@@ -168,7 +180,7 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
             }
             producer.flush().await;
             for (sent, rx) in pending {
-                settle(sent, rx.await, &mut latencies_us);
+                settle(sent, rx.await.map_err(|_| ()), &mut latencies_us);
             }
             progress.finish_and_clear();
             let secs = start.elapsed().as_secs_f64();

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The benchmark suite (issue 13), in one run on this machine: first its own limits (loopback
+# TCP throughput and round trip, sequential disk write with fdatasync), then a release
+# `strom server` (or $STROM) measured with librdkafka (the rdkafka crate, examples/
+# bench_client.rs) and with `strom perf`: produce, consume and end-to-end, 100 B and 1 KiB
+# records, acks=1 and acks=all, 6 partitions. Prints one table, each figure beside the
+# limit it approaches, as a ratio. N100 / N1K set the record counts.
+#
+#   scripts/bench.sh            # about 3 minutes here
+#   scripts/bench.sh --json     # the same figures for scripts
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N100=${N100:-1000000}
+N1K=${N1K:-300000}
+E2E=${E2E:-30000}     # records per end-to-end run, at RATE per second
+RATE=${RATE:-10000}
+json=${1:-}
+
+echo "building (release) ..." >&2
+cargo build --release --ignore-rust-version -p strom --bin strom --example bench_client >/dev/null 2>&1
+STROM=${STROM:-$PWD/target/release/strom}
+client=$PWD/target/release/examples/bench_client
+work=$(mktemp -d)
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null && wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+results=$work/results
+: >"$results"
+# One line per result: "<what> <json>" (strom perf prints its JSON over several lines).
+note() { echo "$1" | tr -d '\n' >>"$results"; echo >>"$results"; }
+
+echo "machine limits ..." >&2
+note "loopback $("$client" loopback)"
+t0=$(date +%s.%N)
+dd if=/dev/zero of="$work/dd" bs=1M count=1024 conv=fdatasync status=none
+t1=$(date +%s.%N)
+rm -f "$work/dd"
+note "disk {\"mb_per_sec\": $(python3 -c "print(round(1073741824/($t1-$t0)/1e6,1))")}"
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$STROM" server --override "listeners=PLAINTEXT://127.0.0.1:$port" \
+  --override "log.dirs=$work/data" --override num.partitions=6 >"$work/server.out" 2>"$work/server.err" &
+pid=$!
+until grep -q "listening on" "$work/server.out" 2>/dev/null; do
+  kill -0 $pid 2>/dev/null || { cat "$work/server.err" >&2; exit 1; }
+  sleep 0.05
+done
+b=127.0.0.1:$port
+
+for size in 100 1024; do
+  n=$N100; [ $size = 1024 ] && n=$N1K
+  for acks in 1 all; do
+    echo "size $size, acks=$acks ..." >&2
+    t=lib-$size-$acks
+    note "librdkafka produce $size $acks $("$client" produce "$b" "$t" $n $size $acks)"
+    note "librdkafka consume $size $acks $("$client" consume "$b" "$t" $n)"
+    note "librdkafka e2e $size $acks $("$client" e2e "$b" "e2e-$size-$acks" $E2E $size $acks $RATE)"
+    t=perf-$size-$acks
+    a=$acks; [ $a = all ] && a=-1
+    note "strom-perf produce $size $acks $("$STROM" perf produce --bootstrap-server "$b" --topic "$t" \
+      --num-records $n --record-size $size --acks=$a --json)"
+    note "strom-perf consume $size $acks $("$STROM" perf consume --bootstrap-server "$b" --topic "$t" \
+      --messages $n --json)"
+    note "strom-perf ack-latency $size $acks $("$STROM" perf produce --bootstrap-server "$b" \
+      --topic "lat-$size-$acks" --num-records $E2E --record-size $size --acks=$a \
+      --throughput $RATE --json)"
+  done
+done
+
+python3 - "$results" "$json" "$N100" "$N1K" "$E2E" "$RATE" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+as_json, n100, n1k, e2e, rate = sys.argv[2] == "--json", *sys.argv[3:]
+limits, rows = {}, []
+for l in lines:
+    head, _, body = l.partition(" {")
+    data = json.loads("{" + body)
+    words = head.split()
+    if len(words) == 1:
+        limits[words[0]] = data
+    else:
+        rows.append((words, data))
+loop, rtt, disk = limits["loopback"]["mb_per_sec"], limits["loopback"]["rtt_ms"], limits["disk"]["mb_per_sec"]
+out = []
+for (client, test, size, acks), d in rows:
+    r = {"client": client, "test": test, "size": int(size), "acks": acks}
+    if test in ("produce", "consume"):
+        r["records_per_sec"] = d["records_per_sec"]
+        # Payload bytes in MB (10^6) for both clients (strom perf prints MiB).
+        r["mb_per_sec"] = d["records_per_sec"] * int(size) / 1e6
+        r["of_loopback"] = d["mb_per_sec"] / loop
+        if test == "produce":
+            r["of_disk"] = d["mb_per_sec"] / disk
+    else:
+        lat = d.get("latency_ms", d)
+        r["p50_ms"], r["p99_ms"] = lat["p50"] if "p50" in lat else lat["p50_ms"], lat["p99"] if "p99" in lat else lat["p99_ms"]
+        r["p50_of_rtt"] = r["p50_ms"] / rtt
+    out.append(r)
+if as_json:
+    print(json.dumps({"limits": limits, "results": out}, indent=2))
+    sys.exit()
+print(f"Machine: loopback TCP {loop:,.0f} MB/s, round trip {rtt*1000:.0f} us; disk sequential write "
+      f"(dd, fdatasync) {disk:,.0f} MB/s.")
+print(f"Records: {int(n100):,} x 100 B and {int(n1k):,} x 1 KiB per throughput run, 6 partitions; "
+      f"latency runs {int(e2e):,} records at {int(rate):,}/s.")
+print()
+print(f"| {'client':<10} | {'test':<11} | {'size':>5} | {'acks':>4} | {'records/s':>10} | {'MB/s':>7} | {'÷ loopback':>10} | {'÷ disk':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'p50 ÷ RTT':>9} |")
+print("|" + "|".join("-" * w for w in (12, 13, 7, 6, 12, 9, 12, 9, 9, 9, 11)) + "|")
+f = lambda v, fmt: format(v, fmt) if v is not None else ""
+for r in out:
+    print(f"| {r['client']:<10} | {r['test']:<11} | {r['size']:>5} | {r['acks']:>4} | "
+          f"{f(r.get('records_per_sec'), ',.0f'):>10} | {f(r.get('mb_per_sec'), '.1f'):>7} | "
+          f"{f(r.get('of_loopback'), '.3f'):>10} | {f(r.get('of_disk'), '.2f'):>7} | "
+          f"{f(r.get('p50_ms'), '.2f'):>7} | {f(r.get('p99_ms'), '.2f'):>7} | {f(r.get('p50_of_rtt'), ',.0f'):>9} |")
+PY
