@@ -348,6 +348,13 @@ impl Broker {
         // Topic configs first: a new replica opens with its topic's config.
         let mut parsed = BTreeMap::new();
         for (name, t) in &next.topics {
+            // A topic the change did not touch is the same shared copy: nothing to compare.
+            if old.topics.get(name).is_some_and(|o| Arc::ptr_eq(o, t))
+                && let Some(existing) = self.topic(name)
+            {
+                parsed.insert(name.clone(), existing);
+                continue;
+            }
             let config = match self.topic(name) {
                 Some(existing) if existing.id == t.id => {
                     if existing.config.read().unwrap().overrides != t.configs {

@@ -94,7 +94,7 @@ impl TopicFiles {
     fn persist(&self, before: &MetadataImage, after: &MetadataImage) -> Result<(), BrokerError> {
         let shape = |t: &TopicInfo| (t.id, t.partitions.len(), t.configs.clone());
         for (name, t) in &after.topics {
-            if before.topics.get(name).map(shape) != Some(shape(t)) {
+            if before.topics.get(name).map(|b| shape(b)) != Some(shape(t)) {
                 self.save(t)?;
             }
         }

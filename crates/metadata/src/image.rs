@@ -5,6 +5,7 @@
 //! one node (partitions to lead, to follow, to drop) is computed here, without I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::TopicPartition;
 
@@ -107,7 +108,10 @@ pub enum Record {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerInfo>,
-    pub topics: BTreeMap<String, TopicInfo>,
+    /// Shared between images: a change copies the topics it touches, not the others (an
+    /// image is cloned per change, and a copy of every partition made creating one topic
+    /// among thousands cost time in proportion to all of them).
+    pub topics: BTreeMap<String, Arc<TopicInfo>>,
     /// The first producer id of the next block the controller hands out.
     pub next_producer_id: i64,
     /// The metadata log offset after the last record this image includes (0 when not
@@ -134,11 +138,11 @@ impl LocalChanges {
 
 impl MetadataImage {
     pub fn topic(&self, name: &str) -> Option<&TopicInfo> {
-        self.topics.get(name)
+        self.topics.get(name).map(|t| &**t)
     }
 
     pub fn topic_by_id(&self, id: &TopicId) -> Option<&TopicInfo> {
-        self.topics.values().find(|t| &t.id == id)
+        self.topics.values().find(|t| &t.id == id).map(|t| &**t)
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionInfo> {
@@ -169,12 +173,12 @@ impl MetadataImage {
                 Record::Topic { name, id } => {
                     next.topics.insert(
                         name.clone(),
-                        TopicInfo {
+                        Arc::new(TopicInfo {
                             name: name.clone(),
                             id: *id,
                             partitions: Vec::new(),
                             configs: BTreeMap::new(),
-                        },
+                        }),
                     );
                 }
                 Record::Partition {
@@ -186,6 +190,7 @@ impl MetadataImage {
                         ignored.push(format!("partition {partition} of unknown topic {topic}"));
                         continue;
                     };
+                    let t = Arc::make_mut(t);
                     match usize::try_from(*partition) {
                         // Every change of a partition bumps its partition epoch (the
                         // controller's AlterPartition, elections, fencing, reassignment): a
@@ -208,7 +213,7 @@ impl MetadataImage {
                     }
                 }
                 Record::TopicConfigs { topic, configs } => match next.topics.get_mut(topic) {
-                    Some(t) => t.configs = configs.clone(),
+                    Some(t) => Arc::make_mut(t).configs = configs.clone(),
                     None => ignored.push(format!("configs of unknown topic {topic}")),
                 },
                 Record::RemoveTopic { name } => {
@@ -280,12 +285,16 @@ impl MetadataImage {
         let mut changes = LocalChanges::default();
         for (name, t) in &next.topics {
             let before = self.topics.get(name).filter(|b| b.id == t.id);
+            // A topic the change did not touch is the same shared copy.
+            if before.is_some_and(|b| Arc::ptr_eq(b, t)) {
+                continue;
+            }
             for (i, info) in t.partitions.iter().enumerate() {
-                let tp = TopicPartition::new(name.clone(), i as i32);
                 let old = before.and_then(|b| b.partitions.get(i));
                 if old == Some(info) {
                     continue;
                 }
+                let tp = TopicPartition::new(name.clone(), i as i32);
                 let was_replica = old.is_some_and(|o| o.replicas.contains(&node));
                 if info.replicas.contains(&node) {
                     if info.leader == node {
@@ -300,8 +309,11 @@ impl MetadataImage {
         }
         for (name, t) in &self.topics {
             let gone = next.topics.get(name).is_none_or(|n| n.id != t.id);
+            if !gone {
+                continue;
+            }
             for (i, info) in t.partitions.iter().enumerate() {
-                if gone && info.replicas.contains(&node) {
+                if info.replicas.contains(&node) {
                     changes
                         .deleted
                         .push(TopicPartition::new(name.clone(), i as i32));
