@@ -143,6 +143,16 @@ impl Broker {
     /// this node registers itself; then the quorum's image is published here. A broker
     /// without the controller role follows the quorum as an observer.
     pub async fn open_with_quorum(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        let broker = Self::join_with_quorum(config).await?;
+        broker.publish_joined()?;
+        Ok(broker)
+    }
+
+    /// The first half of [`Broker::open_with_quorum`]: the metadata log, and this node
+    /// registered and unfenced; its partitions are not open yet. Opening thousands of them
+    /// ([`Broker::publish_joined`]) can outlast `broker.session.timeout.ms`: a server sends
+    /// heartbeats meanwhile, or the controller fences the node in the middle of its start.
+    pub async fn join_with_quorum(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let mut broker = Self::new(config)?;
         let c = &broker.config;
         let log: Box<dyn crate::metadata_log::MetadataLog> = if c.kraft.roles.controller {
@@ -169,15 +179,20 @@ impl Broker {
         };
         broker.metadata_log = log;
         // Registered and unfenced by the active controller before this node serves: the
-        // image published here shows what it leads.
+        // image published next shows what it leads.
         broker.join_cluster().await?;
-        let image = broker
+        Ok(broker)
+    }
+
+    /// The second half of [`Broker::open_with_quorum`]: the metadata log's image now is
+    /// published here, which opens (recovering) the partitions this node holds.
+    pub fn publish_joined(&self) -> Result<(), BrokerError> {
+        let image = self
             .metadata_log
             .watch()
             .map(|w| w.borrow().clone())
             .unwrap_or_default();
-        broker.publish_image(image)?;
-        Ok(broker)
+        self.publish_image(image)
     }
 
     /// Topics stored by a strom from before the quorum (`.topics/`) move into the metadata

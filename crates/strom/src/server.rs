@@ -103,10 +103,18 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     // The metadata log under <metadata.log.dir>/__cluster_metadata-0 holds the topics and
     // configs: a quorum of this node alone, or of controller.quorum.voters.
     let broker = Arc::new(
-        Broker::open_with_quorum(config)
+        Broker::join_with_quorum(config)
             .await
             .with_context(|| format!("cannot open the data directory {}", data.display()))?,
     );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Heartbeats from the registration on: opening many partitions can take longer than the
+    // session timeout, and a silent node would be fenced in the middle of its start.
+    let heartbeats = tokio::spawn(broker.clone().run_heartbeats(stopped.clone()));
+    let opening = broker.clone();
+    tokio::task::spawn_blocking(move || opening.publish_joined())
+        .await?
+        .with_context(|| format!("cannot open the data directory {}", data.display()))?;
     let c = &broker.config;
     println!(
         "strom node {} listening on {} (advertised as {}:{}), cluster {}, data in {}",
@@ -120,12 +128,10 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             .display()
     );
     broker.start_replication();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance(broker.clone(), stopped.clone()));
     let follower = tokio::spawn(broker.clone().follow_metadata(stopped.clone()));
     let group_timers = tokio::spawn(broker.clone().run_group_timers(stopped.clone()));
     let txn_timers = tokio::spawn(broker.clone().run_txn_timers(stopped.clone()));
-    let heartbeats = tokio::spawn(broker.clone().run_heartbeats(stopped.clone()));
     let isr_changes = tokio::spawn(broker.clone().run_isr_changes(stopped.clone()));
     // Not awaited at shutdown: a pass in progress sees its log closed and stops there.
     if broker.config.cleaner.enable {
