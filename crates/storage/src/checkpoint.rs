@@ -96,10 +96,38 @@ impl EpochCache {
         self.entries.last().map(|e| e.0)
     }
 
-    /// Records that `epoch` starts at `offset` if it is newer than the latest one.
+    /// Records that `epoch` starts at `offset` (Kafka's `LeaderEpochFileCache.assign`).
+    /// Nothing changes for the latest epoch at or after its start. Otherwise entries that
+    /// would no longer increase go first, those of `epoch` or newer and those starting at or
+    /// after `offset`: a replica that led epoch 5 from offset 0 without writing, then
+    /// copied a new leader's batches of epoch 4 from offset 0, must answer for epoch 4 from
+    /// its log, not say epoch 5 started at 0 (a consumer at epoch 4 would have been sent
+    /// back to offset 0 as if the log had been truncated there).
     pub(crate) fn assign(&mut self, dir: &Path, epoch: i32, offset: u64) -> Result<()> {
-        if epoch < 0 || self.latest_epoch().is_some_and(|l| l >= epoch) {
+        if epoch < 0 {
             return Ok(());
+        }
+        if let Some(&(latest, start)) = self.entries.last()
+            && latest == epoch
+            && offset >= start
+        {
+            return Ok(());
+        }
+        let before = self.entries.len();
+        while self
+            .entries
+            .last()
+            .is_some_and(|&(e, o)| e >= epoch || o >= offset)
+        {
+            self.entries.pop();
+        }
+        if self.entries.len() < before {
+            tracing::warn!(
+                epoch,
+                offset,
+                removed = before - self.entries.len(),
+                "leader epoch entries that no longer increase removed"
+            );
         }
         self.entries.push((epoch, offset));
         self.save(dir)
@@ -185,6 +213,28 @@ mod tests {
         assert_eq!(EpochCache::load(d), c);
         // Epoch 0's records are gone: it is answered with where the first known epoch starts.
         assert_eq!(c.end_offset_for(0, 50), (0, 15));
+    }
+
+    #[test]
+    fn an_older_epoch_assigned_later_replaces_the_entries_it_contradicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Led epoch 5 from offset 0 without writing; then copied epoch 4's batches from 0.
+        let mut c = EpochCache::default();
+        c.assign(d, 5, 0).unwrap();
+        c.assign(d, 4, 0).unwrap();
+        assert_eq!(c.entries(), &[(4, 0)]);
+        assert_eq!(c.end_offset_for(4, 30), (4, 30));
+        // An entry starting after a later-assigned offset goes too; an older one stays.
+        let mut c = EpochCache::from_entries(vec![(0, 0), (5, 100)]);
+        c.assign(d, 4, 100).unwrap();
+        assert_eq!(c.entries(), &[(0, 0), (4, 100)]);
+        c.assign(d, 4, 150).unwrap();
+        assert_eq!(c.entries(), &[(0, 0), (4, 100)]);
+        c.assign(d, 6, 150).unwrap();
+        assert_eq!(c.entries(), &[(0, 0), (4, 100), (6, 150)]);
+        assert_eq!(EpochCache::load(d), c);
+        assert_eq!(c.end_offset_for(5, 200), (4, 150));
     }
 
     #[test]

@@ -293,8 +293,12 @@ impl Log {
             .append(batches, &headers, config.index_interval_bytes)?;
         self.shared.end_offset.store(next, Ordering::Release);
         w.rolling_base_ms.get_or_insert(now);
-        w.epochs
-            .assign(&self.shared.dir, leader_epoch, base_offset)?;
+        // A leader's epoch never goes back: an older one is a stale caller, and must not
+        // rewrite the history the way a follower's copied batches correct it.
+        if w.epochs.latest_epoch().is_none_or(|l| l <= leader_epoch) {
+            w.epochs
+                .assign(&self.shared.dir, leader_epoch, base_offset)?;
+        }
         w.unflushed_messages += records as i64;
         if w.unflushed_messages >= config.flush_messages
             || now.saturating_sub(w.last_flush_ms) >= config.flush_ms

@@ -14,6 +14,11 @@ impl Log {
     /// anything is written in it. Older or equal epochs change nothing.
     pub fn assign_epoch_start(&self, epoch: i32) -> Result<()> {
         let mut w = self.open_writer()?;
+        // Leadership only moves to newer epochs: an older one here is a stale view, not a
+        // correction of the history (which the copied batches' epochs make).
+        if w.epochs.latest_epoch().is_some_and(|l| l > epoch) {
+            return Ok(());
+        }
         let end = self.log_end_offset();
         w.epochs.assign(&self.shared.dir, epoch, end)
     }

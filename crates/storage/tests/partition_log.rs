@@ -39,8 +39,17 @@ fn written(r: Result<LeaderAppend, AppendError>) -> (u64, u64) {
 
 /// A verified first transactional batch, as the broker writes one.
 fn begin(log: &PartitionLog, pid: i64, seq: i32) -> (u64, u64) {
+    begin_at(log, pid, seq, 0)
+}
+
+/// [`begin`] by a leader at `leader_epoch`.
+fn begin_at(log: &PartitionLog, pid: i64, seq: i32, leader_epoch: i32) -> (u64, u64) {
     let guard = log.start_verification(pid);
-    written(log.append_as_leader(&mut producer_batch(pid, seq, 2, true), 0, Some(guard)))
+    written(log.append_as_leader(
+        &mut producer_batch(pid, seq, 2, true),
+        leader_epoch,
+        Some(guard),
+    ))
 }
 
 #[test]
@@ -120,6 +129,37 @@ fn truncation_takes_the_producer_state_back_with_the_records() {
     assert_eq!(log.first_unstable_offset(), None);
 }
 
+/// A replica that led epoch 5 from an empty log without writing, then follows a leader whose
+/// log holds epoch-3 batches from offset 0 (written before epoch 5, and kept by the replica
+/// elected after it): once it copied them, it answers OffsetForLeaderEpoch for epoch 3 from
+/// its log. It said epoch 5 started at 0, and a consumer at epoch 3 asking it once it led
+/// again was told the log ended at 0 and read the partition again from its start (nemesis
+/// seed 3 in CI: a transactional copier's input read twice).
+#[test]
+fn copying_older_epochs_than_one_led_from_an_empty_log_keeps_the_epoch_history_right() {
+    let (ld, fd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = PartitionLog::open(ld.path(), small_segments(1 << 20)).unwrap();
+    for seq in [0, 2, 4] {
+        written(leader.append_as_leader(&mut producer_batch(1, seq, 2, false), 3, None));
+    }
+    let follower = PartitionLog::open(fd.path(), small_segments(1 << 20)).unwrap();
+    follower.log().assign_epoch_start(5).unwrap();
+    assert_eq!(follower.log().end_offset_for_epoch(3), (3, 0));
+    let r = leader.log().read(0, 1 << 20, None).unwrap();
+    follower
+        .append_replicated(&r.region.unwrap().read_all().unwrap())
+        .unwrap();
+    assert_eq!(follower.log().log_end_offset(), 6);
+    // Epoch 3 ends at the log end on both; nothing claims epoch 5 started at 0.
+    assert_eq!(follower.log().end_offset_for_epoch(3), (3, 6));
+    assert_eq!(leader.log().end_offset_for_epoch(3), (3, 6));
+    assert_eq!(follower.log().epoch_cache().entries(), &[(3, 0)]);
+    // Leading again at epoch 7, epoch 3 still ends where epoch 7 starts.
+    follower.log().assign_epoch_start(7).unwrap();
+    assert_eq!(follower.log().end_offset_for_epoch(3), (3, 6));
+    assert_eq!(follower.log().end_offset_for_epoch(5), (3, 6));
+}
+
 /// A follower's copy: the leader's batches, read from its log in chunks, appended as they
 /// are. The follower ends with the same bytes, offsets and epochs, the same producers (a
 /// retry is a duplicate there too, so a failover loses no dedup), the same open and aborted
@@ -131,11 +171,11 @@ fn a_follower_copies_the_leaders_log_with_its_producer_state() {
     for seq in [0, 2] {
         written(leader.append_as_leader(&mut producer_batch(1, seq, 2, false), 3, None));
     }
-    assert_eq!(begin(&leader, 2, 0), (4, 5));
+    assert_eq!(begin_at(&leader, 2, 0, 3), (4, 5));
     assert_eq!(leader.write_marker(2, 0, false, 0, 3, 1).unwrap(), 6);
     // A new leader epoch, and a transaction left open.
     written(leader.append_as_leader(&mut producer_batch(1, 4, 2, false), 5, None));
-    assert_eq!(begin(&leader, 2, 2), (9, 10));
+    assert_eq!(begin_at(&leader, 2, 2, 5), (9, 10));
 
     let follower = PartitionLog::open(fd.path(), small_segments(300)).unwrap();
     let end = leader.log().log_end_offset();
