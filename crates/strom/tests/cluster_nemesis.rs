@@ -189,6 +189,16 @@ fn run(seed: u64) {
         }
     }
 
+    // Every replica's leader-epoch history is the one its batches carry.
+    for topic in [INPUT, OUTPUT] {
+        for p in 0..PARTITIONS {
+            for id in 1..=3 {
+                let r = cluster.epochs_match_batches(id, topic, p);
+                check(r.is_ok(), || r.unwrap_err());
+            }
+        }
+    }
+
     // Every acknowledged record once, at its offset; the partitions in send order.
     let input_ends = ends(&bootstrap, INPUT);
     let input = read_all(&bootstrap, INPUT, &input_ends);

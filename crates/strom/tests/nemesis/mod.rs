@@ -249,6 +249,61 @@ impl Cluster {
         }
     }
 
+    /// Whether node `id`'s leader-epoch checkpoint of partition `p` of `topic` tells the
+    /// history its batches carry: every epoch that holds records starts where its first
+    /// batch is (OffsetForLeaderEpoch answers from it, and a wrong start sends consumers
+    /// back as if the log had been truncated). Epochs without records (a leadership that
+    /// wrote nothing) may be listed too. `Err` says what differs.
+    pub fn epochs_match_batches(&self, id: i32, topic: &str, p: i32) -> Result<(), String> {
+        let bytes = self.stored(id, topic, p);
+        let mut from_batches: Vec<(i32, i64)> = Vec::new();
+        let mut at = 0;
+        let mut end = 0;
+        while let Ok((h, size)) = strom_storage::batch::check_framing(&bytes[at..]) {
+            if from_batches
+                .last()
+                .is_none_or(|l| l.0 != h.partition_leader_epoch)
+            {
+                from_batches.push((h.partition_leader_epoch, h.base_offset));
+            }
+            end = h.last_offset() + 1;
+            at += size;
+        }
+        let path = self
+            .tmp
+            .path()
+            .join(format!("data{id}"))
+            .join(format!("{topic}-{p}"))
+            .join("leader-epoch-checkpoint");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let entries: Vec<(i32, i64)> = text
+            .lines()
+            .skip(2)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect();
+        // The checkpoint's epochs that hold records: those starting before the next one
+        // and before the log end.
+        let holding: Vec<(i32, i64)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, start))| {
+                *start < entries.get(i + 1).map_or(end, |n| n.1) && *start < end
+            })
+            .map(|(_, e)| *e)
+            .collect();
+        if holding == from_batches {
+            Ok(())
+        } else {
+            Err(format!(
+                "node {id} {topic}-{p}: the leader-epoch checkpoint {entries:?} (with records: \
+                 {holding:?}) but the batches start epochs at {from_batches:?}"
+            ))
+        }
+    }
+
     /// The bytes of partition `p` of `topic` in node `id`'s data directory (every segment,
     /// in order).
     pub fn stored(&self, id: i32, topic: &str, p: i32) -> Vec<u8> {
