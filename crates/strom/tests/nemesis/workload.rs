@@ -193,19 +193,35 @@ pub fn committed(bootstrap: &str, group: &str, isolation: &str) -> KafkaResult<V
 /// 200 ms; a second client reads the committed offsets back and books any that went back.
 pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
     let group = "nem-reader";
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer<Logs> = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(Logs("reader"))
         .expect("consumer");
     let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
     consumer.assign(&input_partitions(&all)).unwrap();
     let mut seen = vec![-1i64; PARTITIONS as usize];
+    let mut read = vec![-1i64; PARTITIONS as usize];
     let mut last_commit = Instant::now();
     while !book.stop.load(Ordering::Acquire) {
-        let _ = consumer.poll(Duration::from_millis(50));
+        // A position going back is the consumer's doing (a reset, or a truncation
+        // librdkafka was told of); a committed offset going back with positions that did
+        // not is the coordinator's.
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            let before = read[m.partition() as usize];
+            if m.offset() <= before {
+                let what = format!(
+                    "the reader's partition {}: offset {} read after {before}",
+                    m.partition(),
+                    m.offset()
+                );
+                println!("nemesis: {what}");
+                book.regressions.lock().unwrap().push(what);
+            }
+            read[m.partition() as usize] = m.offset();
+        }
         if last_commit.elapsed() < Duration::from_millis(200) {
             continue;
         }
@@ -219,9 +235,9 @@ pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
             for (p, o) in now {
                 let before = seen[p as usize];
                 if o < before {
-                    book.regressions.lock().unwrap().push(format!(
-                        "partition {p}: committed offset {o} after {before}"
-                    ));
+                    let what = format!("partition {p}: committed offset {o} after {before}");
+                    println!("nemesis: {what}");
+                    book.regressions.lock().unwrap().push(what);
                 }
                 seen[p as usize] = seen[p as usize].max(o);
             }
