@@ -64,6 +64,23 @@ async fn authorized_operations_are_every_supported_one_when_asked() {
         let r: DescribeClusterResponse = decode(reply, 1, true);
         let expected = if asked { 8096 } else { OMITTED };
         assert_eq!(r.cluster_authorized_operations, expected);
+        assert_eq!((r.error_code, r.endpoint_type), (0, 1));
+        // Controllers are described by the controllers (KIP-919); other types are unknown.
+        for (endpoint_type, code) in [(2, 114), (7, 115)] {
+            let req = DescribeClusterRequest {
+                endpoint_type,
+                ..Default::default()
+            };
+            let reply = handle(
+                &b,
+                frame(DESCRIBE_CLUSTER, 1, true, &encode(&req, 1)),
+                peer(),
+            )
+            .await;
+            let r: DescribeClusterResponse = decode(reply, 1, true);
+            assert_eq!(r.error_code, code);
+            assert!(r.brokers.is_empty());
+        }
 
         let req = DescribeGroupsRequest {
             groups: vec!["nobody".into()],

@@ -304,6 +304,32 @@ pub fn describe_cluster(
     mut body: Bytes,
 ) -> HandlerResult {
     let req: DescribeClusterRequest = protocol::decode(&mut body, ctx.version)?;
+    // Brokers describe the brokers (endpoint type 1); the controllers (2) are asked on their
+    // own listeners (KIP-919), as Kafka's brokers answer.
+    let refused = match req.endpoint_type {
+        1 => None,
+        2 => Some((
+            errors::MISMATCHED_ENDPOINT_TYPE,
+            "The request was sent to an endpoint of type BROKER, but we wanted an endpoint of type CONTROLLER",
+        )),
+        _ => Some((
+            errors::UNSUPPORTED_ENDPOINT_TYPE,
+            "Unsupported endpoint type",
+        )),
+    };
+    if let Some((code, message)) = refused {
+        return respond(
+            ctx,
+            &DescribeClusterResponse {
+                error_code: code,
+                error_message: Some(message.into()),
+                cluster_id: broker.cluster_id.clone(),
+                controller_id: -1,
+                endpoint_type: req.endpoint_type,
+                ..Default::default()
+            },
+        );
+    }
     respond(
         ctx,
         &DescribeClusterResponse {
