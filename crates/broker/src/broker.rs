@@ -289,6 +289,43 @@ impl Broker {
         self.metadata_log.quorum_status()
     }
 
+    /// The metadata quorum as its leader sees it (the voters' and observers' log end
+    /// offsets are known there only), as Kafka's brokers forward DescribeQuorum; this
+    /// node's own view when the leader is unknown or does not answer within 2 s.
+    pub async fn quorum_status_at_leader(&self) -> Option<strom_controller::quorum::QuorumStatus> {
+        let local = self.quorum_status()?;
+        let Some(leader) = local.leader else {
+            return Some(local);
+        };
+        if leader == self.config.node_id as u64 {
+            return Some(local);
+        }
+        let voters = crate::quorum_node::voters(&self.config);
+        let Some(addr) = voters.get(&leader) else {
+            return Some(local);
+        };
+        let req = strom_controller::quorum::observer::FetchRequest {
+            node: self.config.node_id as u64,
+            after: u64::MAX,
+            max_wait_ms: 0,
+            status_only: true,
+        };
+        match strom_controller::quorum::network::fetch_image(
+            addr,
+            &self.cluster_id,
+            &req,
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(answer) => Some(answer.status),
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "DescribeQuorum answered from this node's view");
+                Some(local)
+            }
+        }
+    }
+
     /// This node's registration record.
     fn registration(&self) -> Record {
         Record::RegisterBroker(strom_metadata::image::BrokerInfo {

@@ -34,6 +34,33 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
         assert_eq!(v["quorum"]["voters"].as_array().unwrap().len(), 3, "{d}");
         assert!(v["quorum"]["leader"].as_i64().unwrap() >= 1, "{d}");
     }
+    // DescribeQuorum goes to the quorum's leader, which alone knows how far every voter
+    // is: any node answers with every voter's log end offset.
+    for n in &nodes {
+        wait_for(
+            "every voter's log end offset through every node",
+            Duration::from_secs(30),
+            || {
+                let d = ok(
+                    &[
+                        "cluster",
+                        "describe",
+                        "--json",
+                        "--bootstrap-server",
+                        &bootstrap(n),
+                    ],
+                    "",
+                );
+                let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+                v["quorum"]["voters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r["log_end_offset"].as_i64().is_some_and(|o| o > 0))
+                    .then_some(())
+            },
+        );
+    }
 
     // A topic created through node 1 is seen, with the same leaders, through 2 and 3.
     ok(

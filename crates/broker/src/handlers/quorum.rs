@@ -25,7 +25,7 @@ pub async fn describe(
     mut body: Bytes,
 ) -> HandlerResult {
     let req: DescribeQuorumRequest = protocol::decode(&mut body, ctx.version)?;
-    let status = broker.quorum_status();
+    let status = broker.quorum_status_at_leader().await;
     let topics = req
         .topics
         .into_iter()

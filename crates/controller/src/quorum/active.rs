@@ -174,6 +174,13 @@ impl ActiveController {
     /// An observer's fetch: this node's image once it is past what the observer has, or
     /// after `max_wait_ms` without a change (then without the image).
     pub async fn serve_fetch(&self, req: FetchRequest) -> FetchAnswer {
+        if req.status_only {
+            return FetchAnswer {
+                offset: self.state.applied().await.0,
+                image: None,
+                status: self.status(),
+            };
+        }
         self.observers.lock().unwrap().insert(req.node, req.after);
         let wait = Duration::from_millis(req.max_wait_ms.min(10_000));
         // Past `after`: the entry at index `after` applied.

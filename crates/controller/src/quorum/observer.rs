@@ -27,6 +27,10 @@ pub struct FetchRequest {
     /// The offset of the image the observer has (0: none).
     pub after: u64,
     pub max_wait_ms: u64,
+    /// Only the quorum's status, at once (DescribeQuorum forwarded to the leader, which
+    /// alone knows the voters' progress): the asker is not an observer.
+    #[serde(default)]
+    pub status_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +110,7 @@ impl Observer {
             node: self.node_id,
             after: self.offset.load(Ordering::SeqCst),
             max_wait_ms: wait_ms,
+            status_only: false,
         };
         let answer = network::fetch_image(
             addr,
