@@ -198,6 +198,9 @@ pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // rdkafka sets librdkafka's log level from the `log` crate's, which is
+        // "errors only" without a logger: warnings (offset resets) must be asked for.
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
         .create_with_context(Logs("reader"))
         .expect("consumer");
     let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
@@ -263,6 +266,9 @@ impl Copier {
             .set("transactional.id", "nem-copier")
             .set("transaction.timeout.ms", "10000")
             .set("linger.ms", "5")
+            // rdkafka sets librdkafka's log level from the `log` crate's, which is
+            // "errors only" without a logger: warnings (offset resets) must be asked for.
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
             .create_with_context(Logs("copier producer"))?;
         producer.init_transactions(T)?;
         let consumer: BaseConsumer<Logs> = ClientConfig::new()
@@ -270,6 +276,9 @@ impl Copier {
             .set("group.id", COPIER_GROUP)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
+            // rdkafka sets librdkafka's log level from the `log` crate's, which is
+            // "errors only" without a logger: warnings (offset resets) must be asked for.
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
             .create_with_context(Logs("copier consumer"))?;
         let start = committed(bootstrap, COPIER_GROUP, "read_committed")?;
         println!("nemesis: copier resumes from {start:?}");
