@@ -18,7 +18,7 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
     let nodes = three_nodes(tmp.path());
 
     // Every broker sees the other two, and the same quorum with one leader.
-    for n in &nodes {
+    let describe = |n: &Node| -> (String, serde_json::Value) {
         let d = ok(
             &[
                 "cluster",
@@ -29,7 +29,11 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
             ],
             "",
         );
-        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        let v = serde_json::from_str(&d).unwrap();
+        (d, v)
+    };
+    for n in &nodes {
+        let (d, v) = describe(n);
         assert_eq!(v["brokers"].as_array().unwrap().len(), 3, "{d}");
         assert_eq!(v["quorum"]["voters"].as_array().unwrap().len(), 3, "{d}");
         assert!(v["quorum"]["leader"].as_i64().unwrap() >= 1, "{d}");
@@ -41,18 +45,7 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
             "every voter's log end offset through every node",
             Duration::from_secs(30),
             || {
-                let d = ok(
-                    &[
-                        "cluster",
-                        "describe",
-                        "--json",
-                        "--bootstrap-server",
-                        &bootstrap(n),
-                    ],
-                    "",
-                );
-                let v: serde_json::Value = serde_json::from_str(&d).unwrap();
-                v["quorum"]["voters"]
+                describe(n).1["quorum"]["voters"]
                     .as_array()
                     .unwrap()
                     .iter()

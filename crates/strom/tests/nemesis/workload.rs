@@ -47,6 +47,12 @@ pub struct Book {
 /// output: an offset reset or a truncation librdkafka detected explains a failure that the
 /// final checks can only describe.
 pub struct Logs(pub &'static str);
+
+impl Logs {
+    /// rdkafka sets librdkafka's log level from the `log` crate's, which is "errors only"
+    /// without a logger: warnings (offset resets) must be asked for with this.
+    pub const LEVEL: rdkafka::config::RDKafkaLogLevel = rdkafka::config::RDKafkaLogLevel::Warning;
+}
 impl rdkafka::ClientContext for Logs {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         if (level as i32) <= rdkafka::config::RDKafkaLogLevel::Warning as i32 {
@@ -198,9 +204,7 @@ pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        // rdkafka sets librdkafka's log level from the `log` crate's, which is
-        // "errors only" without a logger: warnings (offset resets) must be asked for.
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+        .set_log_level(Logs::LEVEL)
         .create_with_context(Logs("reader"))
         .expect("consumer");
     let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
@@ -266,9 +270,7 @@ impl Copier {
             .set("transactional.id", "nem-copier")
             .set("transaction.timeout.ms", "10000")
             .set("linger.ms", "5")
-            // rdkafka sets librdkafka's log level from the `log` crate's, which is
-            // "errors only" without a logger: warnings (offset resets) must be asked for.
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+            .set_log_level(Logs::LEVEL)
             .create_with_context(Logs("copier producer"))?;
         producer.init_transactions(T)?;
         let consumer: BaseConsumer<Logs> = ClientConfig::new()
@@ -276,9 +278,7 @@ impl Copier {
             .set("group.id", COPIER_GROUP)
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
-            // rdkafka sets librdkafka's log level from the `log` crate's, which is
-            // "errors only" without a logger: warnings (offset resets) must be asked for.
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning)
+            .set_log_level(Logs::LEVEL)
             .create_with_context(Logs("copier consumer"))?;
         let start = committed(bootstrap, COPIER_GROUP, "read_committed")?;
         println!("nemesis: copier resumes from {start:?}");
