@@ -394,7 +394,7 @@ impl Broker {
     /// Applies a committed image: this node's replicas, then the parsed topic configs, then
     /// the coordinators (shards of internal partitions led here are loaded; those no longer
     /// led are dropped before their logs go).
-    fn publish_image(&self, next: Arc<MetadataImage>) -> Result<(), BrokerError> {
+    pub(crate) fn publish_image(&self, next: Arc<MetadataImage>) -> Result<(), BrokerError> {
         let old = self.image();
         let changes = old.local_changes(&next, self.config.node_id);
         // Topic configs first: a new replica opens with its topic's config.

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use strom_metadata::TopicPartition;
 use strom_metadata::image::{PartitionInfo, Record};
 
+use strom_controller::quorum::active::{BrokerAnswer, BrokerRequest};
+
 use crate::broker::{
     Broker, BrokerError, MAX_PARTITIONS, NewTopic, Topic, TopicId, io, parse_topic_id, random_id,
 };
@@ -233,6 +235,27 @@ impl Broker {
                 config: std::sync::RwLock::new(config),
             }));
         }
+        if self.metadata_log.has_controller() {
+            drop(admin);
+            let topic = strom_controller::TopicRequest {
+                name: new.name.clone(),
+                id,
+                partitions,
+                replication_factor: rf,
+                assignments: new.assignments.clone(),
+                configs: config.overrides.clone(),
+            };
+            self.changed_by_controller(&new.name, BrokerRequest::CreateTopic { topic })
+                .await?;
+            return match self.topic(&new.name) {
+                Some(t) if t.id == id => {
+                    tracing::info!(topic = %new.name, partitions, "created topic");
+                    Ok(t)
+                }
+                Some(_) => Err(BrokerError::TopicExists(new.name)),
+                None => Err(BrokerError::UnknownTopic(new.name)),
+            };
+        }
         let mut records = vec![
             Record::Topic {
                 name: new.name.clone(),
@@ -272,6 +295,14 @@ impl Broker {
         let topic = self
             .topic(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        if self.metadata_log.has_controller() {
+            drop(admin);
+            let topic_name = name.to_string();
+            self.changed_by_controller(name, BrokerRequest::DeleteTopic { topic: topic_name })
+                .await?;
+            tracing::info!(topic = %name, "deleted topic");
+            return Ok(topic);
+        }
         self.commit_locked(
             &admin,
             vec![Record::RemoveTopic {
@@ -324,6 +355,15 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
+        if self.metadata_log.has_controller() {
+            drop(admin);
+            let req = BrokerRequest::CreatePartitions {
+                topic: name.to_string(),
+                count,
+                assignments,
+            };
+            return self.changed_by_controller(name, req).await;
+        }
         let replicas = match assignments {
             Some(a) => a,
             None => self.place(current, count - current, rf as i16)?,
@@ -351,6 +391,13 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
+        if self.metadata_log.has_controller() {
+            let req = BrokerRequest::SetTopicConfigs {
+                topic: name.to_string(),
+                configs: config.overrides,
+            };
+            return self.changed_by_controller(name, req).await;
+        }
         let admin = self.admin.lock().await;
         self.commit_locked(
             &admin,
@@ -360,5 +407,62 @@ impl Broker {
             }],
         )
         .await
+    }
+
+    /// A topic change decided by the active controller (Kafka's brokers forward these
+    /// requests): asked for, then answered once this node's metadata shows it, so that a
+    /// Metadata request right after sees it. The controller's refusal comes back as the
+    /// error it names.
+    async fn changed_by_controller(
+        &self,
+        topic: &str,
+        req: BrokerRequest,
+    ) -> Result<(), BrokerError> {
+        let offset = match self.ask_controller_for_admin(req).await? {
+            BrokerAnswer::Committed { metadata_offset } => metadata_offset,
+            BrokerAnswer::Refused { code, message } => {
+                return Err(refused(code, message, topic));
+            }
+            other => {
+                return Err(BrokerError::MetadataLog(format!(
+                    "the controller answered {other:?}"
+                )));
+            }
+        };
+        let Some(mut images) = self.metadata_log.watch() else {
+            return Ok(());
+        };
+        let shown = images.wait_for(|image| image.offset >= offset);
+        match tokio::time::timeout(std::time::Duration::from_secs(30), shown).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(BrokerError::MetadataLog(format!(
+                    "committed at metadata offset {offset}, but this node's metadata did not reach it within 30 s"
+                )));
+            }
+        }
+        // Published here now, not when the follower task gets to it: the answer must not
+        // run ahead of this node's own view.
+        let _admin = self.admin.lock().await;
+        let image = images.borrow_and_update().clone();
+        if image.offset > self.image().offset {
+            self.publish_image(image)?;
+        }
+        Ok(())
+    }
+}
+
+/// The broker error for a controller's refusal of a change to `topic`.
+fn refused(code: i16, message: String, topic: &str) -> BrokerError {
+    use strom_metadata::errors as e;
+    match code {
+        e::TOPIC_ALREADY_EXISTS => BrokerError::TopicExists(topic.to_string()),
+        e::UNKNOWN_TOPIC_OR_PARTITION => BrokerError::UnknownTopic(topic.to_string()),
+        e::INVALID_TOPIC_EXCEPTION => BrokerError::InvalidTopic(message),
+        e::INVALID_PARTITIONS => BrokerError::InvalidPartitions(message),
+        e::INVALID_REPLICATION_FACTOR => BrokerError::InvalidReplicationFactor(message),
+        e::INVALID_REPLICA_ASSIGNMENT => BrokerError::InvalidReplicaAssignment(message),
+        e::INVALID_CONFIG => BrokerError::InvalidConfig(message),
+        _ => BrokerError::MetadataLog(format!("the controller refused (error {code}): {message}")),
     }
 }

@@ -90,7 +90,7 @@ pub struct AlterPartition {
 }
 
 /// A topic as CreateTopics asks for it, after request validation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TopicRequest {
     pub name: String,
     pub id: TopicId,
@@ -438,6 +438,22 @@ impl Controller {
                 format!("topic {} already exists", t.name),
             ));
         }
+        // Kafka refuses names that differ only by '.' and '_': its metric names mix them up.
+        let metric_name = |n: &str| n.replace('.', "_");
+        if let Some(other) = self
+            .image
+            .topics
+            .keys()
+            .find(|n| metric_name(n) == metric_name(&t.name))
+        {
+            return Err(refuse(
+                errors::INVALID_TOPIC_EXCEPTION,
+                format!(
+                    "topic {} collides with existing topic {other}: '.' and '_' are interchangeable in metric names",
+                    t.name
+                ),
+            ));
+        }
         let replicas = if t.assignments.is_empty() {
             if t.partitions < 1 {
                 return Err(refuse(
@@ -509,6 +525,25 @@ impl Controller {
             None => self.placed(current, count - current, rf, start)?,
         };
         Ok(Self::partition_records(topic, current, replicas))
+    }
+
+    /// A topic's configuration overrides (validated by the broker that received the
+    /// request) become `configs`.
+    pub fn set_topic_configs(
+        &self,
+        topic: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Vec<Record>, Refusal> {
+        if !self.image.topics.contains_key(topic) {
+            return Err(refuse(
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {topic}"),
+            ));
+        }
+        Ok(vec![Record::TopicConfigs {
+            topic: topic.to_string(),
+            configs,
+        }])
     }
 
     pub fn delete_topic(&self, topic: &str) -> Result<Vec<Record>, Refusal> {

@@ -104,6 +104,22 @@ fn topics_are_placed_over_live_brokers_and_refused_when_they_cannot_be() {
         c.create_partitions("t", 8, None, 0).unwrap_err().code,
         errors::INVALID_PARTITIONS
     );
+    // A name that differs from one in use only by '.' and '_' is refused.
+    create(&mut c, topic("a.b", 1, 1));
+    let refused = c.create_topic(&topic("a_b", 1, 1), 0).unwrap_err();
+    assert_eq!(refused.code, errors::INVALID_TOPIC_EXCEPTION);
+    assert!(refused.message.contains("a.b"), "{}", refused.message);
+    // Config overrides are replaced whole, on existing topics only.
+    let configs: BTreeMap<String, String> = [("retention.ms".to_string(), "1000".to_string())]
+        .into_iter()
+        .collect();
+    let records = c.set_topic_configs("t", configs.clone()).unwrap();
+    c.replay(&records);
+    assert_eq!(c.image().topics["t"].configs, configs);
+    assert_eq!(
+        c.set_topic_configs("nope", configs).unwrap_err().code,
+        errors::UNKNOWN_TOPIC_OR_PARTITION
+    );
     let records = c.delete_topic("t").unwrap();
     c.replay(&records);
     assert!(!c.image().topics.contains_key("t"));

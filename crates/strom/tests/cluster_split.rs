@@ -107,23 +107,15 @@ fn brokers_follow_a_quorum_of_controllers_and_serve_clients() {
         assert_eq!(spread, vec![4, 5], "{t}: {seen:?}");
     }
 
-    // One name created through both brokers at once: exactly one creation wins.
-    for i in 0..4 {
-        let name = format!("race-{i}");
+    // One name created through both brokers at once, then grown through both at once:
+    // the controller decides, and exactly one of each pair wins.
+    let race = |args: &[&str], loser: &str| {
         let racers: Vec<_> = [b4, b5]
             .iter()
             .map(|b| {
                 Command::new(env!("CARGO_BIN_EXE_strom"))
-                    .args([
-                        "topics",
-                        "create",
-                        "--topic",
-                        &name,
-                        "--partitions",
-                        "3",
-                        "--bootstrap-server",
-                        &bootstrap(b),
-                    ])
+                    .args(args)
+                    .args(["--bootstrap-server", &bootstrap(b)])
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -135,10 +127,28 @@ fn brokers_follow_a_quorum_of_controllers_and_serve_clients() {
             .map(|c| c.wait_with_output().unwrap())
             .collect();
         let won = outs.iter().filter(|o| o.status.success()).count();
-        assert_eq!(won, 1, "{name}: {outs:?}");
+        assert_eq!(won, 1, "{args:?}: {outs:?}");
         let lost = outs.iter().find(|o| !o.status.success()).unwrap();
         let err = String::from_utf8_lossy(&lost.stderr);
-        assert!(err.contains("TOPIC_ALREADY_EXISTS"), "{err}");
+        assert!(err.contains(loser), "{args:?}: {err}");
+    };
+    for i in 0..4 {
+        let name = format!("race-{i}");
+        race(
+            &["topics", "create", "--topic", &name, "--partitions", "3"],
+            "TOPIC_ALREADY_EXISTS",
+        );
+        race(
+            &["topics", "alter", "--topic", &name, "--partitions", "5"],
+            "INVALID_PARTITIONS",
+        );
+        for b in [b4, b5] {
+            wait_for(
+                "the grown topic on both brokers",
+                Duration::from_secs(30),
+                || leaders(b, &name).filter(|l| l.len() == 5),
+            );
+        }
     }
 
     librdkafka_round_trip(b4, b5);

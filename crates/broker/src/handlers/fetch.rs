@@ -334,7 +334,10 @@ fn read_all(
                         }
                     }
                 }
-                Err(e) => data.error_code = errors::from_storage(&e),
+                Err(e) => {
+                    tracing::debug!(topic = %p.topic, partition = p.index, offset = fp.fetch_offset, follower, error = %e, "fetch refused");
+                    data.error_code = errors::from_storage(&e)
+                }
             }
             partitions.push(data);
         }

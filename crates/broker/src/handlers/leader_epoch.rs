@@ -42,6 +42,21 @@ pub fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> Ha
                                 let (e, end) = part.log().end_offset_for_epoch(p.leader_epoch);
                                 r.leader_epoch = e;
                                 r.end_offset = end;
+                                // A consumer told an epoch ended below the high watermark
+                                // (or is unknown) moves back: worth a trace when one does.
+                                if req.replica_id < 0 {
+                                    tracing::debug!(
+                                        topic = %t.topic,
+                                        partition = p.partition,
+                                        asked_epoch = p.leader_epoch,
+                                        current_epoch = p.current_leader_epoch,
+                                        answer_epoch = e,
+                                        end_offset = end,
+                                        high_watermark = part.high_watermark(),
+                                        log_end = part.log().log_end_offset(),
+                                        "OffsetForLeaderEpoch answered a consumer"
+                                    );
+                                }
                             }
                         },
                     }

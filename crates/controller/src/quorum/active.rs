@@ -59,6 +59,25 @@ pub enum BrokerRequest {
         /// The block starts here or later.
         at_least: i64,
     },
+    /// CreateTopics, forwarded by the broker that received it (validated there): the
+    /// controller places the partitions over the brokers it knows live, and of two
+    /// creations of one name the first committed wins.
+    CreateTopic {
+        topic: crate::controller::TopicRequest,
+    },
+    /// CreatePartitions: the topic grows to `count` partitions.
+    CreatePartitions {
+        topic: String,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+    },
+    /// DeleteTopics.
+    DeleteTopic { topic: String },
+    /// AlterConfigs and IncrementalAlterConfigs on a topic: its whole set of overrides.
+    SetTopicConfigs {
+        topic: String,
+        configs: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +114,11 @@ pub enum BrokerAnswer {
     PartitionChanged {
         isr: Vec<i32>,
         partition_epoch: i32,
+    },
+    /// The change is committed: a broker's metadata shows it once it has applied the log
+    /// up to `metadata_offset`.
+    Committed {
+        metadata_offset: u64,
     },
     /// A Kafka error code and why.
     Refused {
@@ -396,6 +420,26 @@ impl ActiveController {
                 .controller
                 .allocate_producer_ids(id, epoch, at_least)
                 .map(|((start, len), records)| (records, BrokerAnswer::ProducerIds { start, len })),
+            // The offset is filled in once the records are committed.
+            BrokerRequest::CreateTopic { topic } => inner
+                .controller
+                .create_topic(&topic, now as usize)
+                .map(committed),
+            BrokerRequest::CreatePartitions {
+                topic,
+                count,
+                assignments,
+            } => inner
+                .controller
+                .create_partitions(&topic, count, assignments, now as usize)
+                .map(committed),
+            BrokerRequest::DeleteTopic { topic } => {
+                inner.controller.delete_topic(&topic).map(committed)
+            }
+            BrokerRequest::SetTopicConfigs { topic, configs } => inner
+                .controller
+                .set_topic_configs(&topic, configs)
+                .map(committed),
         };
         match decided {
             Ok((records, answer)) => match self.commit(&records).await {
@@ -410,6 +454,9 @@ impl ActiveController {
                             shutdown_ready,
                             ..
                         } => self.confirmed_heartbeat(fenced, shutdown_ready).await,
+                        BrokerAnswer::Committed { .. } => BrokerAnswer::Committed {
+                            metadata_offset: self.state.applied().await.0,
+                        },
                         answer => answer,
                     }
                 }
@@ -486,6 +533,12 @@ impl ActiveController {
             }
         }
     }
+}
+
+/// A topic change's records, answered with the offset that includes them (filled in after
+/// the commit).
+fn committed(records: Vec<Record>) -> (Vec<Record>, BrokerAnswer) {
+    (records, BrokerAnswer::Committed { metadata_offset: 0 })
 }
 
 fn log_changes(records: &[Record]) {

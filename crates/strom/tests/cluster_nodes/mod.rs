@@ -26,16 +26,19 @@ impl Drop for Node {
     }
 }
 
+/// The strom binary the nodes run: this build's, or `STROM_TEST_BIN` (a copy, so that a
+/// long loop of a test is not changed under it by the next build).
+pub fn strom_bin() -> String {
+    std::env::var("STROM_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_strom").into())
+}
+
 pub fn strom(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_strom"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(strom_bin()).args(args).output().unwrap()
 }
 
 pub fn ok(args: &[&str], stdin: &str) -> String {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let mut child = Command::new(strom_bin())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -65,7 +68,7 @@ pub fn three_nodes(tmp: &std::path::Path) -> Vec<Node> {
 /// Starts `strom server --config config`; the receiver gets a message once it listens.
 fn spawn(config: &std::path::Path) -> (Child, mpsc::Receiver<()>) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strom"));
+    let mut cmd = Command::new(strom_bin());
     cmd.args(["server", "--config", config.to_str().unwrap()])
         .env(
             "STROM_LOG",

@@ -87,7 +87,7 @@ impl Cluster {
     /// `strom <args> --json --bootstrap-server <every node>`, parsed; None on failure.
     fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
         let bootstrap = self.bootstrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_strom"))
+        let out = Command::new(crate::cluster_nodes::strom_bin())
             .args(args)
             .args([
                 "--json",

@@ -216,7 +216,12 @@ pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
         // A position going back is the consumer's doing (a reset, or a truncation
         // librdkafka was told of); a committed offset going back with positions that did
         // not is the coordinator's.
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+        let polled = consumer.poll(Duration::from_millis(50));
+        if let Some(Err(e)) = &polled {
+            // librdkafka reports an offset reset (and why) as a consumer error.
+            println!("nemesis: the reader's poll: {e}");
+        }
+        if let Some(Ok(m)) = polled {
             let before = read[m.partition() as usize];
             if m.offset() <= before {
                 let what = format!(
@@ -295,7 +300,11 @@ impl Copier {
         let mut batch = Vec::new();
         let until = Instant::now() + Duration::from_millis(200);
         while batch.len() < 1000 && Instant::now() < until {
-            if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(20)) {
+            let polled = self.consumer.poll(Duration::from_millis(20));
+            if let Some(Err(e)) = &polled {
+                println!("nemesis: the copier's poll: {e}");
+            }
+            if let Some(Ok(m)) = polled {
                 if let Some(before) = self.read.insert(m.partition(), m.offset())
                     && m.offset() <= before
                 {
