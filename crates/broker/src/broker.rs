@@ -434,13 +434,24 @@ impl Broker {
         for tp in &changes.deleted {
             self.resign(tp);
         }
+        // The fetchers let go first, as Kafka removes a partition's fetcher before it makes
+        // the replica leader: a fetch answered by the old leader and stored after this
+        // node's epoch started at its log end would put the old epoch's batches past that
+        // start, and the epoch history would lose where the old epoch began.
+        for tp in changes
+            .leaders
+            .iter()
+            .map(|(tp, _)| tp)
+            .chain(&changes.deleted)
+        {
+            self.unfollow(tp);
+        }
         self.replicas.apply(&changes, |name| {
             parsed.get(name).map(|t| t.config.read().unwrap().clone())
         })?;
         *self.topics.write().unwrap() = parsed;
         *self.image.write().unwrap() = next;
         for (tp, info) in &changes.leaders {
-            self.unfollow(tp);
             self.elect(tp, info.leader_epoch);
         }
         for (tp, info) in &changes.followers {
@@ -452,9 +463,6 @@ impl Broker {
             } else {
                 self.unfollow(tp);
             }
-        }
-        for tp in &changes.deleted {
-            self.unfollow(tp);
         }
         Ok(())
     }

@@ -52,10 +52,27 @@ impl Logs {
     /// rdkafka sets librdkafka's log level from the `log` crate's, which is "errors only"
     /// without a logger: warnings (offset resets) must be asked for with this.
     pub const LEVEL: rdkafka::config::RDKafkaLogLevel = rdkafka::config::RDKafkaLogLevel::Warning;
+
+    /// Whether the reader's offset moves are traced (`NEMESIS_TRACE` set).
+    pub fn traced() -> bool {
+        std::env::var_os("NEMESIS_TRACE").is_some()
+    }
 }
 impl rdkafka::ClientContext for Logs {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        if (level as i32) <= rdkafka::config::RDKafkaLogLevel::Warning as i32 {
+        // With NEMESIS_TRACE set, the reader's positions as librdkafka moves them.
+        const TRACED: &[&str] = &[
+            "OFFSET",
+            "FETCHDEC",
+            "VALIDATE",
+            "OFFSETVALID",
+            "SEEK",
+            "BROKER",
+            "FETCH",
+        ];
+        if (level as i32) <= rdkafka::config::RDKafkaLogLevel::Warning as i32
+            || (TRACED.contains(&fac) && log_message.contains(&format!("{INPUT} [")))
+        {
             println!(
                 "nemesis: [{}] librdkafka {level:?} {fac}: {log_message}",
                 self.0
@@ -160,11 +177,13 @@ pub fn produce(bootstrap: String, book: Arc<Book>, rate: u64) {
 fn input_partitions(offsets: &[(i32, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (p, o) in offsets {
-        let offset = if *o >= 0 {
-            Offset::Offset(*o)
-        } else {
-            Offset::Beginning
-        };
+        // The start as a concrete offset (the nemesis deletes no records: the logs start at
+        // 0), not Offset::Beginning: librdkafka keeps a logical start and looks it up again
+        // when a ListOffsets reply comes late from a partition's former leader (a retry of
+        // a request to a node killed meanwhile): "outdated offset response" in
+        // rd_kafka_toppar_handle_Offset puts the partition back in offset-query, and the
+        // consumer reads it again from the start, whatever the broker.
+        let offset = Offset::Offset((*o).max(0));
         tpl.add_partition_offset(INPUT, *p, offset).unwrap();
     }
     tpl
@@ -199,12 +218,19 @@ pub fn committed(bootstrap: &str, group: &str, isolation: &str) -> KafkaResult<V
 /// 200 ms; a second client reads the committed offsets back and books any that went back.
 pub fn commit_positions(bootstrap: String, book: Arc<Book>) {
     let group = "nem-reader";
-    let consumer: BaseConsumer<Logs> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set_log_level(Logs::LEVEL)
+        .set_log_level(Logs::LEVEL);
+    if Logs::traced() {
+        config
+            .set("debug", "topic,fetch")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let consumer: BaseConsumer<Logs> = config
         .create_with_context(Logs("reader"))
         .expect("consumer");
     let all: Vec<(i32, i64)> = (0..PARTITIONS).map(|p| (p, -1)).collect();
