@@ -336,6 +336,7 @@ impl Broker {
             fenced: false,
             incarnation: self.incarnation,
             epoch: 0,
+            endpoints: self.config.endpoints(),
         })
     }
 

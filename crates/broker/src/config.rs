@@ -32,12 +32,29 @@ pub enum ConfigError {
     },
 }
 
+/// A listener for clients and brokers: its name, where it binds, and the address it is
+/// advertised at (from `advertised.listeners`, else its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerListener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub host: String,
+    pub port: u16,
+}
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub node_id: i32,
+    /// The inter-broker listener's bind address and advertised address (those of
+    /// `listeners[0]` unless `inter.broker.listener.name` names another).
     pub listener: SocketAddr,
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// Every listener that is not the controller's (Kafka's `listeners`), each served.
+    pub listeners: Vec<BrokerListener>,
+    /// inter.broker.listener.name: the listener other brokers use to reach this one
+    /// (replication, forwarding); `PLAINTEXT` when there is one, else the first.
+    pub inter_broker_listener: String,
     pub log_dir: PathBuf,
     /// The directories `log.dirs` lists after the first: `strom storage format` formats
     /// them, but a node keeps every partition in `log_dir` and refuses to start with them
@@ -104,6 +121,13 @@ impl Default for BrokerConfig {
             listener: "127.0.0.1:9092".parse().unwrap(),
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            listeners: vec![BrokerListener {
+                name: "PLAINTEXT".into(),
+                bind: "127.0.0.1:9092".parse().unwrap(),
+                host: "127.0.0.1".into(),
+                port: 9092,
+            }],
+            inter_broker_listener: "PLAINTEXT".into(),
             log_dir: PathBuf::from("strom-data"),
             other_log_dirs: Vec::new(),
             num_partitions: 1,
@@ -165,7 +189,6 @@ impl Default for ReplicaFetchConfig {
 /// (they concern features that come later); no warning for those.
 const ACCEPTED: &[&str] = &[
     "controller.quorum.bootstrap.servers",
-    "inter.broker.listener.name",
     "num.network.threads",
     "num.io.threads",
     "socket.send.buffer.bytes",
@@ -217,7 +240,6 @@ impl BrokerConfig {
     ) -> Result<(Self, Vec<String>), ConfigError> {
         let mut c = BrokerConfig::default();
         let mut warnings = Vec::new();
-        let mut advertised = None;
         let mut retention_set_by = 0; // ms > minutes > hours, as in Kafka
         for (key, value) in props {
             let k = key.as_str();
@@ -228,6 +250,7 @@ impl BrokerConfig {
                 "listeners"
                 | "advertised.listeners"
                 | "listener.security.protocol.map"
+                | "inter.broker.listener.name"
                 | "controller.listener.names" => {}
                 "process.roles" => c.kraft.roles = kraft::parse_roles(k, v)?,
                 "controller.quorum.voters" => c.kraft.voters = kraft::parse_voters(k, v)?,
@@ -508,30 +531,110 @@ impl BrokerConfig {
         let is_controller =
             |l: &&kraft::Listener| c.kraft.controller_listener_names.contains(&l.name);
         c.kraft.controller_listener = listeners.iter().find(is_controller).cloned();
-        if let Some(l) = listeners.iter().find(|l| !is_controller(l)) {
-            c.listener = resolve("listeners", &l.host, l.port)?;
+        let advertised: Vec<kraft::Listener> = match props.get("advertised.listeners") {
+            Some(v) => kraft::parse_listeners("advertised.listeners", v, &protocols)?,
+            None => Vec::new(),
+        };
+        let broker_listeners: Vec<&kraft::Listener> =
+            listeners.iter().filter(|l| !is_controller(l)).collect();
+        if !broker_listeners.is_empty() {
+            c.listeners = Vec::new();
+            for l in &broker_listeners {
+                let bind = resolve("listeners", &l.host, l.port)?;
+                let (host, port) = match advertised.iter().find(|a| a.name == l.name) {
+                    Some(a) => (a.host.clone(), a.port),
+                    None => (advertised_host_of(bind), bind.port()),
+                };
+                c.listeners.push(BrokerListener {
+                    name: l.name.clone(),
+                    bind,
+                    host,
+                    port,
+                });
+            }
+        } else if let Some(a) = advertised
+            .iter()
+            .find(|a| !c.kraft.controller_listener_names.contains(&a.name))
+        {
+            // The default listener, advertised as given.
+            c.listeners[0].host = a.host.clone();
+            c.listeners[0].port = a.port;
         }
-        if let Some(v) = props.get("advertised.listeners") {
-            let given = kraft::parse_listeners("advertised.listeners", v, &protocols)?;
-            advertised = given
-                .into_iter()
-                .find(|l| !c.kraft.controller_listener_names.contains(&l.name))
-                .map(|l| (l.host, l.port));
+        if let Some(a) = advertised
+            .iter()
+            .find(|a| !is_controller(a) && !c.listeners.iter().any(|l| l.name == a.name))
+        {
+            return Err(invalid(
+                "advertised.listeners",
+                props.get("advertised.listeners").map_or("", String::as_str),
+                format!(
+                    "{} is not in listeners: only a listener can be advertised",
+                    a.name
+                ),
+            ));
         }
-        let port = c.listener.port();
-        let (host, port) = advertised.unwrap_or_else(|| {
-            let ip = c.listener.ip();
-            let host = if ip.is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                ip.to_string()
-            };
-            (host, port)
-        });
-        c.advertised_host = host;
-        c.advertised_port = port;
+        c.inter_broker_listener = match props.get("inter.broker.listener.name") {
+            Some(name) => {
+                let name = name.trim();
+                if !c.listeners.iter().any(|l| l.name == name) {
+                    return Err(invalid(
+                        "inter.broker.listener.name",
+                        name,
+                        format!(
+                            "must be one of the broker's listeners ({})",
+                            c.listeners
+                                .iter()
+                                .map(|l| l.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                name.to_string()
+            }
+            None => c
+                .listeners
+                .iter()
+                .find(|l| l.name == "PLAINTEXT")
+                .unwrap_or(&c.listeners[0])
+                .name
+                .clone(),
+        };
+        let inter = c
+            .listeners
+            .iter()
+            .find(|l| l.name == c.inter_broker_listener)
+            .cloned()
+            .unwrap_or_else(|| c.listeners[0].clone());
+        c.listener = inter.bind;
+        c.advertised_host = inter.host;
+        c.advertised_port = inter.port;
         c.given = props.clone();
         Ok((c, warnings))
+    }
+}
+
+impl BrokerConfig {
+    /// Every listener as advertised, for this broker's registration.
+    pub fn endpoints(&self) -> Vec<strom_metadata::image::Endpoint> {
+        self.listeners
+            .iter()
+            .map(|l| strom_metadata::image::Endpoint {
+                name: l.name.clone(),
+                host: l.host.clone(),
+                port: l.port,
+            })
+            .collect()
+    }
+}
+
+/// The host a listener bound to `bind` is advertised as when `advertised.listeners` does
+/// not say: its address, or 127.0.0.1 for every interface.
+fn advertised_host_of(bind: SocketAddr) -> String {
+    if bind.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bind.ip().to_string()
     }
 }
 

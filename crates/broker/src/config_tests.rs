@@ -103,3 +103,82 @@ fn properties_syntax() {
     assert_eq!(p["long"], "x,y");
     assert!(parse_properties("justakey\n", "t").is_err());
 }
+
+#[test]
+fn several_listeners_are_served_and_one_carries_the_brokers_traffic() {
+    // The docker habit: one listener for the containers' network, one for the host.
+    let (c, w) = BrokerConfig::from_properties(&props(&[
+        ("process.roles", "broker,controller"),
+        ("node.id", "1"),
+        ("controller.quorum.voters", "1@127.0.0.1:19093"),
+        ("controller.listener.names", "CONTROLLER"),
+        (
+            "listeners",
+            "PLAINTEXT://0.0.0.0:19092,PLAINTEXT_HOST://0.0.0.0:29092,CONTROLLER://127.0.0.1:19093",
+        ),
+        (
+            "advertised.listeners",
+            "PLAINTEXT://broker1:19092,PLAINTEXT_HOST://localhost:29092",
+        ),
+        (
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT,PLAINTEXT_HOST:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ),
+    ]))
+    .unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let names: Vec<(&str, u16, &str, u16)> = c
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.bind.port(), l.host.as_str(), l.port))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("PLAINTEXT", 19092, "broker1", 19092),
+            ("PLAINTEXT_HOST", 29092, "localhost", 29092),
+        ]
+    );
+    // PLAINTEXT by default carries replication; the registration lists both.
+    assert_eq!(c.inter_broker_listener, "PLAINTEXT");
+    assert_eq!(
+        (c.advertised_host.as_str(), c.advertised_port),
+        ("broker1", 19092)
+    );
+    assert_eq!(c.endpoints().len(), 2);
+
+    let mut named = props(&[
+        (
+            "listeners",
+            "INTERNAL://127.0.0.1:19092,EXTERNAL://127.0.0.1:29092",
+        ),
+        (
+            "listener.security.protocol.map",
+            "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT",
+        ),
+        ("inter.broker.listener.name", "EXTERNAL"),
+    ]);
+    let (c, _) = BrokerConfig::from_properties(&named).unwrap();
+    assert_eq!(c.inter_broker_listener, "EXTERNAL");
+    assert_eq!(c.listener.port(), 29092);
+    // Without the key and without a PLAINTEXT listener: the first.
+    named.remove("inter.broker.listener.name");
+    let (c, _) = BrokerConfig::from_properties(&named).unwrap();
+    assert_eq!(c.inter_broker_listener, "INTERNAL");
+
+    named.insert("inter.broker.listener.name".into(), "NOPE".into());
+    let e = BrokerConfig::from_properties(&named)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("INTERNAL, EXTERNAL"), "{e}");
+    named.remove("inter.broker.listener.name");
+    named.insert("advertised.listeners".into(), "OTHER://h:1".into());
+    named.insert(
+        "listener.security.protocol.map".into(),
+        "INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT,OTHER:PLAINTEXT".into(),
+    );
+    let e = BrokerConfig::from_properties(&named)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("OTHER is not in listeners"), "{e}");
+}

@@ -110,6 +110,7 @@ impl Broker {
             host: c.advertised_host.clone(),
             port: c.advertised_port,
             rack: c.kraft.rack.clone(),
+            endpoints: c.endpoints(),
         };
         match self.ask_controller(req).await? {
             BrokerAnswer::Registered { epoch } => {

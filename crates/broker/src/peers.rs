@@ -98,7 +98,11 @@ impl Broker {
                 .brokers
                 .get(&id)
                 .ok_or_else(|| format!("broker {id} is not registered"))?;
-            format!("{}:{}", b.host, b.port)
+            // Its endpoint on this node's inter-broker listener, as Kafka picks it.
+            let (host, port) = b
+                .endpoint(&self.config.inter_broker_listener)
+                .unwrap_or((&b.host, b.port));
+            format!("{host}:{port}")
         };
         let usable = |c: &Arc<Connection>| c.is_open() && c.addr() == addr;
         if let Some(c) = self.peers.connections.lock().await.get(&(id, channel))

@@ -123,6 +123,9 @@ pub struct RequestContext {
     pub client_id: Option<String>,
     /// Response header version: 1 for flexible versions, except ApiVersions (always 0).
     pub response_header_version: i16,
+    /// The name of the listener the request came in on: addresses in the answer are that
+    /// listener's (empty: the inter-broker one's).
+    pub listener: std::sync::Arc<str>,
 }
 
 /// The smallest frame that names an API, a version and a correlation id.
@@ -160,6 +163,7 @@ pub fn decode_header(
         correlation_id: header.correlation_id,
         client_id: header.client_id,
         response_header_version,
+        listener: std::sync::Arc::from(""),
     })
 }
 

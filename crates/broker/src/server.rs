@@ -16,10 +16,11 @@ use crate::zero_copy::{Part, send_file};
 
 pub use crate::handlers::Reply;
 
-/// Serves until `shutdown` turns true.
+/// Serves the connections of listener `name` until `shutdown` turns true.
 pub async fn serve(
     broker: Arc<Broker>,
     listener: TcpListener,
+    name: Arc<str>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -29,7 +30,8 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let broker = broker.clone();
                     let shutdown = shutdown.clone();
-                    tokio::spawn(async move { connection(broker, stream, peer, shutdown).await });
+                    let name = name.clone();
+                    tokio::spawn(async move { connection(broker, stream, peer, name, shutdown).await });
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off a little, unless stopping.
@@ -46,6 +48,7 @@ async fn connection(
     broker: Arc<Broker>,
     stream: TcpStream,
     peer: SocketAddr,
+    listener: Arc<str>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut rd, wr) = stream.into_split();
@@ -115,13 +118,14 @@ async fn connection(
         if api_key == protocol::FETCH {
             // A fetch may wait for data; later requests on this connection go ahead of it.
             let broker = broker.clone();
+            let listener = listener.clone();
             tokio::spawn(async move {
-                let _ = tx.send(handlers::handle(&broker, frame, peer).await);
+                let _ = tx.send(handlers::handle_on(&broker, frame, peer, &listener).await);
             });
         } else {
             // Everything else runs in arrival order, so appends from one connection keep
             // the order the producer sent them in.
-            let reply = handlers::handle(&broker, frame, peer).await;
+            let reply = handlers::handle_on(&broker, frame, peer, &listener).await;
             let close = matches!(reply, Reply::Close);
             let _ = tx.send(reply);
             if close {

@@ -51,6 +51,8 @@ pub struct Registration {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Every listener of the broker, as advertised.
+    pub endpoints: Vec<strom_metadata::image::Endpoint>,
 }
 
 struct Session {
@@ -226,6 +228,7 @@ impl Controller {
                 fenced: true,
                 incarnation: r.incarnation,
                 epoch,
+                endpoints: r.endpoints,
             }),
         );
         self.sessions.insert(

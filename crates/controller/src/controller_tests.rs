@@ -22,6 +22,7 @@ fn cluster(n: i32, racks: &[&str]) -> (Controller, Vec<i64>) {
                     host: format!("h{id}"),
                     port: 9092,
                     rack: racks.get(id as usize - 1).map(|r| r.to_string()),
+                    endpoints: vec![],
                 },
                 0,
             )
@@ -304,6 +305,7 @@ fn a_second_process_with_the_same_node_id_is_refused_while_the_first_lives() {
         host: "h".into(),
         port: 1,
         rack: None,
+        endpoints: vec![],
     };
     assert_eq!(
         c.register(twin.clone(), 1_000).unwrap_err().code,
@@ -381,6 +383,7 @@ fn a_controlled_shutdown_moves_leadership_at_once_and_the_restart_takes_it_back(
                 host: "h1".into(),
                 port: 9092,
                 rack: None,
+                endpoints: vec![],
             },
             2_000,
         )
@@ -412,6 +415,7 @@ fn a_restarted_broker_loses_its_leadership_before_its_new_process_gets_it_back()
                 host: "h1".into(),
                 port: 9092,
                 rack: None,
+                endpoints: vec![],
             },
             5_100,
         )

@@ -18,6 +18,7 @@ fn cluster(replicas: &[i32]) -> (Controller, Vec<i64>) {
             host: format!("h{id}"),
             port: 9092,
             rack: None,
+            endpoints: vec![],
         };
         let (epoch, records) = c.register(r, 0).unwrap();
         c.replay(&records);

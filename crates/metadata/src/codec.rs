@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use strom_storage::reader::{Reader, put_bytes, put_opt_string, put_string};
 
-use crate::image::{BrokerInfo, PartitionInfo, Record};
+use crate::image::{BrokerInfo, Endpoint, PartitionInfo, Record};
 
 const VERSION: u8 = 1;
 
@@ -49,7 +49,8 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
             Record::RegisterBroker(b) => {
                 // Type 0, without incarnation and epoch, is still read: logs written before
                 // brokers had epochs hold it.
-                out.push(7);
+                // Type 7 is type 9 without endpoints: still read.
+                out.push(9);
                 out.extend_from_slice(&b.id.to_be_bytes());
                 put_string(&mut out, &b.host);
                 out.extend_from_slice(&b.port.to_be_bytes());
@@ -57,6 +58,12 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
                 out.push(b.fenced as u8);
                 out.extend_from_slice(&b.incarnation);
                 out.extend_from_slice(&b.epoch.to_be_bytes());
+                out.extend_from_slice(&(b.endpoints.len() as i32).to_be_bytes());
+                for e in &b.endpoints {
+                    put_string(&mut out, &e.name);
+                    put_string(&mut out, &e.host);
+                    out.extend_from_slice(&e.port.to_be_bytes());
+                }
             }
             Record::Topic { name, id } => {
                 out.push(1);
@@ -128,15 +135,30 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                 fenced: r.u8()? != 0,
                 ..BrokerInfo::default()
             }),
-            7 => Record::RegisterBroker(BrokerInfo {
-                id: r.i32()?,
-                host: r.string()?,
-                port: u16::from_be_bytes(r.take(2)?.try_into().ok()?),
-                rack: r.opt_string()?,
-                fenced: r.u8()? != 0,
-                incarnation: r.take(16)?.try_into().ok()?,
-                epoch: r.i64()?,
-            }),
+            kind @ (7 | 9) => {
+                let mut b = BrokerInfo {
+                    id: r.i32()?,
+                    host: r.string()?,
+                    port: u16::from_be_bytes(r.take(2)?.try_into().ok()?),
+                    rack: r.opt_string()?,
+                    fenced: r.u8()? != 0,
+                    incarnation: r.take(16)?.try_into().ok()?,
+                    epoch: r.i64()?,
+                    endpoints: Vec::new(),
+                };
+                if kind == 9 {
+                    // Each endpoint takes at least 10 bytes.
+                    let n = r.count(10)?;
+                    for _ in 0..n {
+                        b.endpoints.push(Endpoint {
+                            name: r.string()?,
+                            host: r.string()?,
+                            port: u16::from_be_bytes(r.take(2)?.try_into().ok()?),
+                        });
+                    }
+                }
+                Record::RegisterBroker(b)
+            }
             1 => Record::Topic {
                 name: r.string()?,
                 id: r.take(16)?.try_into().ok()?,
@@ -199,6 +221,18 @@ mod tests {
                 fenced: true,
                 incarnation: [9; 16],
                 epoch: 12,
+                endpoints: vec![
+                    Endpoint {
+                        name: "PLAINTEXT".into(),
+                        host: "h3".into(),
+                        port: 9092,
+                    },
+                    Endpoint {
+                        name: "EXTERNAL".into(),
+                        host: "public.example".into(),
+                        port: 29092,
+                    },
+                ],
             }),
             Record::RegisterBroker(BrokerInfo {
                 id: 4,
@@ -208,6 +242,7 @@ mod tests {
                 fenced: false,
                 incarnation: [0; 16],
                 epoch: 0,
+                endpoints: vec![],
             }),
             Record::Topic {
                 name: "orders".into(),

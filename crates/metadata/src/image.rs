@@ -26,6 +26,34 @@ pub struct BrokerInfo {
     /// The epoch of this registration (Kafka's broker epoch): heartbeats carry it, and one
     /// from an older registration is refused.
     pub epoch: i64,
+    /// Every listener the broker serves on, as advertised (Kafka's registration endpoints);
+    /// `host` and `port` are those of its inter-broker listener. Empty in registrations
+    /// from before strom had several listeners.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One listener of a broker: its name (`PLAINTEXT`, `EXTERNAL`...) and advertised address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerInfo {
+    /// Where a client that came in on `listener` reaches this broker (Kafka answers each
+    /// client with the endpoints of the listener it used): `None` when the broker has no
+    /// such listener. An unnamed listener, or a registration without endpoints, gives the
+    /// inter-broker address.
+    pub fn endpoint(&self, listener: &str) -> Option<(&str, u16)> {
+        if listener.is_empty() || self.endpoints.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.endpoints
+            .iter()
+            .find(|e| e.name == listener)
+            .map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -470,6 +498,7 @@ mod tests {
                         fenced: true,
                         incarnation: [5; 16],
                         epoch: 3,
+                        endpoints: vec![],
                     }),
                     Record::TopicConfigs {
                         topic: "a".into(),

@@ -83,14 +83,18 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         return serve_controller(config).await;
     }
     let signal = ShutdownSignal::install()?;
-    let listener = tokio::net::TcpListener::bind(config.listener)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another broker running there?)",
-                config.listener
-            )
-        })?;
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listener = tokio::net::TcpListener::bind(l.bind)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for {} (is another broker running there?)",
+                    l.bind, l.name
+                )
+            })?;
+        bound.push((listener, Arc::<str>::from(l.name.as_str())));
+    }
     let data = config.log_dir.clone();
     if config.kraft.multi_node(config.node_id)
         && strom_broker::meta_properties::read(&config.log_dir)?.is_none()
@@ -116,12 +120,19 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the data directory {}", data.display()))?;
     let c = &broker.config;
+    let mut listening = Vec::new();
+    for ((listener, _), l) in bound.iter().zip(&c.listeners) {
+        listening.push(format!(
+            "{} (advertised as {}:{})",
+            listener.local_addr()?,
+            l.host,
+            l.port
+        ));
+    }
     println!(
-        "strom node {} listening on {} (advertised as {}:{}), cluster {}, data in {}",
+        "strom node {} listening on {}, cluster {}, data in {}",
         c.node_id,
-        listener.local_addr()?,
-        c.advertised_host,
-        c.advertised_port,
+        listening.join(", "),
         broker.cluster_id,
         std::fs::canonicalize(&c.log_dir)
             .unwrap_or(c.log_dir.clone())
@@ -139,11 +150,17 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
             tokio::spawn(cleaner(broker.clone(), stopped.clone()));
         }
     }
-    let server = tokio::spawn(strom_broker::server::serve(
-        broker.clone(),
-        listener,
-        stopped,
-    ));
+    let servers: Vec<_> = bound
+        .into_iter()
+        .map(|(listener, name)| {
+            tokio::spawn(strom_broker::server::serve(
+                broker.clone(),
+                listener,
+                name,
+                stopped.clone(),
+            ))
+        })
+        .collect();
     signal.wait().await;
     tracing::info!("shutting down");
     // Leadership moves away while this node still serves: clients follow it at once.
@@ -153,7 +170,9 @@ async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
         ))
         .await;
     let _ = stop.send(true);
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     let _ = maintenance.await;
     let _ = follower.await;
     let _ = group_timers.await;

@@ -340,13 +340,16 @@ pub fn describe_cluster(
                 .brokers
                 .values()
                 .filter(|b| !b.fenced || req.include_fenced_brokers)
-                .map(|b| DescribeClusterBroker {
-                    broker_id: b.id,
-                    host: b.host.clone(),
-                    port: b.port as i32,
-                    rack: b.rack.clone(),
-                    is_fenced: b.fenced,
-                    ..Default::default()
+                .filter_map(|b| {
+                    let (host, port) = b.endpoint(&ctx.listener)?;
+                    Some(DescribeClusterBroker {
+                        broker_id: b.id,
+                        host: host.to_string(),
+                        port: port as i32,
+                        rack: b.rack.clone(),
+                        is_fenced: b.fenced,
+                        ..Default::default()
+                    })
                 })
                 .collect(),
             cluster_authorized_operations: authorized_operations(

@@ -40,6 +40,7 @@ pub fn unsupported(correlation_id: i32) -> Bytes {
         correlation_id,
         client_id: None,
         response_header_version: 0,
+        listener: std::sync::Arc::from(""),
     };
     let body = ApiVersionsResponse {
         error_code: errors::UNSUPPORTED_VERSION,

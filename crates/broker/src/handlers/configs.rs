@@ -142,10 +142,25 @@ fn describe_broker(
     let defaults = TopicConfig::new(c, BTreeMap::new()).expect("defaults are valid");
     let mut values: Vec<(String, String)> = vec![
         ("node.id".into(), c.node_id.to_string()),
-        ("listeners".into(), format!("PLAINTEXT://{}", c.listener)),
+        (
+            "listeners".into(),
+            c.listeners
+                .iter()
+                .map(|l| format!("{}://{}", l.name, l.bind))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         (
             "advertised.listeners".into(),
-            format!("PLAINTEXT://{}:{}", c.advertised_host, c.advertised_port),
+            c.listeners
+                .iter()
+                .map(|l| format!("{}://{}:{}", l.name, l.host, l.port))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
+            "inter.broker.listener.name".into(),
+            c.inter_broker_listener.clone(),
         ),
         ("log.dirs".into(), c.log_dir.display().to_string()),
         ("num.partitions".into(), c.num_partitions.to_string()),

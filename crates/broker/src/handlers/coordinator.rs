@@ -60,12 +60,13 @@ pub async fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -
         let leader = image
             .partition(topic, partition_for(&c.key, partitions))
             .and_then(|p| image.brokers.get(&p.leader))
-            .filter(|b| !b.fenced);
+            .filter(|b| !b.fenced)
+            .and_then(|b| Some((b.id, b.endpoint(&ctx.listener)?)));
         match leader {
-            Some(l) => {
-                c.node_id = l.id;
-                c.host = l.host.clone();
-                c.port = l.port as i32;
+            Some((id, (host, port))) => {
+                c.node_id = id;
+                c.host = host.to_string();
+                c.port = port as i32;
             }
             // No leader now (an election is under way): the client asks again.
             None => c.error_code = errors::COORDINATOR_NOT_AVAILABLE,

@@ -12,22 +12,43 @@ use crate::acl::{OPERATIONS_OMITTED, Resource, authorized_operations};
 use crate::broker::{Broker, BrokerError, NewTopic, is_internal};
 use crate::errors;
 use crate::protocol::{self, RequestContext};
-use strom_metadata::image::{NO_LEADER, TopicInfo};
+use strom_metadata::image::{MetadataImage, NO_LEADER, TopicInfo};
 
 /// A topic as the metadata image has it: leaders, replicas, ISR and epochs per partition.
-pub(crate) fn topic_entry(topic: &TopicInfo, operations: bool) -> MetadataResponseTopic {
+/// A leader without an endpoint on the client's `listener` is not given (Kafka's
+/// LISTENER_NOT_FOUND): the client could not reach it.
+fn topic_entry(
+    image: &MetadataImage,
+    listener: &str,
+    topic: &TopicInfo,
+    operations: bool,
+) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .iter()
         .enumerate()
-        .map(|(i, p)| MetadataResponsePartition {
-            error_code: if p.leader == NO_LEADER {
+        .map(|(i, p)| {
+            let reachable = image
+                .brokers
+                .get(&p.leader)
+                .is_some_and(|b| b.endpoint(listener).is_some());
+            let error_code = if p.leader == NO_LEADER {
                 errors::LEADER_NOT_AVAILABLE
+            } else if !reachable && image.brokers.contains_key(&p.leader) {
+                errors::LISTENER_NOT_FOUND
             } else {
                 errors::NONE
-            },
+            };
+            (i, p, error_code)
+        })
+        .map(|(i, p, error_code)| MetadataResponsePartition {
+            error_code,
             partition_index: i as i32,
-            leader_id: p.leader,
+            leader_id: if error_code == errors::LISTENER_NOT_FOUND {
+                NO_LEADER
+            } else {
+                p.leader
+            },
             leader_epoch: p.leader_epoch,
             replica_nodes: p.replicas.clone(),
             isr_nodes: p.isr.clone(),
@@ -69,18 +90,22 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
     let ops = ctx.version >= 8 && req.include_topic_authorized_operations;
     let image = broker.image();
     let topics = if all {
-        image.topics.values().map(|t| topic_entry(t, ops)).collect()
+        image
+            .topics
+            .values()
+            .map(|t| topic_entry(&image, &ctx.listener, t, ops))
+            .collect()
     } else {
         let mut out = Vec::new();
         for wanted in req.topics.unwrap_or_default() {
             let entry = match wanted.name {
                 Some(name) => match image.topic(&name) {
-                    Some(t) => topic_entry(t, ops),
-                    None if may_create => auto_create(broker, name, ops).await,
+                    Some(t) => topic_entry(&image, &ctx.listener, t, ops),
+                    None if may_create => auto_create(broker, &ctx.listener, name, ops).await,
                     None => error_entry(Some(name), Uuid::ZERO, errors::UNKNOWN_TOPIC_OR_PARTITION),
                 },
                 None => match image.topic_by_id(&wanted.topic_id.0) {
-                    Some(t) => topic_entry(t, ops),
+                    Some(t) => topic_entry(&image, &ctx.listener, t, ops),
                     None => error_entry(None, wanted.topic_id, errors::UNKNOWN_TOPIC_ID),
                 },
             };
@@ -96,12 +121,15 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
                 .brokers
                 .values()
                 .filter(|b| !b.fenced)
-                .map(|b| MetadataResponseBroker {
-                    node_id: b.id,
-                    host: b.host.clone(),
-                    port: b.port as i32,
-                    rack: b.rack.clone(),
-                    ..Default::default()
+                .filter_map(|b| {
+                    let (host, port) = b.endpoint(&ctx.listener)?;
+                    Some(MetadataResponseBroker {
+                        node_id: b.id,
+                        host: host.to_string(),
+                        port: port as i32,
+                        rack: b.rack.clone(),
+                        ..Default::default()
+                    })
                 })
                 .collect(),
             cluster_id: Some(broker.cluster_id.clone()),
@@ -117,7 +145,12 @@ pub async fn handle(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes)
     )
 }
 
-async fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataResponseTopic {
+async fn auto_create(
+    broker: &Broker,
+    listener: &str,
+    name: String,
+    ops: bool,
+) -> MetadataResponseTopic {
     let new = NewTopic {
         name: name.clone(),
         partitions: None,
@@ -128,7 +161,7 @@ async fn auto_create(broker: &Broker, name: String, ops: bool) -> MetadataRespon
     match broker.create_topic(new, false).await {
         // Created, or another request created it first.
         Ok(_) | Err(BrokerError::TopicExists(_)) => match broker.image().topic(&name) {
-            Some(t) => topic_entry(t, ops),
+            Some(t) => topic_entry(&broker.image(), listener, t, ops),
             None => error_entry(Some(name), Uuid::ZERO, errors::LEADER_NOT_AVAILABLE),
         },
         Err(BrokerError::InvalidTopic(_)) => {

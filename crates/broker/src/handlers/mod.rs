@@ -56,7 +56,17 @@ impl Reply {
 }
 
 /// Decodes and serves one request frame (size prefix already removed).
-pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Reply {
+    handle_on(broker, frame, peer, &Arc::from("")).await
+}
+
+/// [`handle`] for a request that came in on `listener` (its name).
+pub async fn handle_on(
+    broker: &Arc<Broker>,
+    mut frame: Bytes,
+    peer: SocketAddr,
+    listener: &Arc<str>,
+) -> Reply {
     let Some((api_key, version, correlation_id)) = protocol::peek_header(&frame) else {
         tracing::warn!(%peer, size = frame.len(), "closing connection: frame too short for a request header");
         return Reply::Close;
@@ -74,7 +84,10 @@ pub async fn handle(broker: &Arc<Broker>, mut frame: Bytes, peer: SocketAddr) ->
         return Reply::Close;
     }
     let ctx = match protocol::decode_header(&mut frame, api, version) {
-        Ok(ctx) => ctx,
+        Ok(ctx) => protocol::RequestContext {
+            listener: listener.clone(),
+            ..ctx
+        },
         Err(e) => {
             tracing::warn!(%peer, api = api.name, version, error = %e, "closing connection: bad request header");
             return Reply::Close;

@@ -25,6 +25,8 @@ pub enum BrokerRequest {
         host: String,
         port: u16,
         rack: Option<String>,
+        #[serde(default)]
+        endpoints: Vec<strom_metadata::image::Endpoint>,
     },
     Heartbeat {
         id: i32,
@@ -339,6 +341,7 @@ impl ActiveController {
                 host,
                 port,
                 rack,
+                endpoints,
             } => {
                 let r = Registration {
                     id,
@@ -346,6 +349,7 @@ impl ActiveController {
                     host,
                     port,
                     rack,
+                    endpoints,
                 };
                 inner
                     .controller

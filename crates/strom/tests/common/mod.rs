@@ -96,7 +96,9 @@ impl Server {
             .arg("--override")
             .arg(format!("log.dirs={}", self.dir.display()));
         for o in &self.overrides {
-            cmd.arg("--override").arg(o);
+            // `{port}` stands for the server's own port, which changes with each attempt.
+            cmd.arg("--override")
+                .arg(o.replace("{port}", &self.port.to_string()));
         }
         let mut child = cmd
             .env(
