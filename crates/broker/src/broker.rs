@@ -63,6 +63,9 @@ pub struct Broker {
     pub cluster_id: String,
     /// The cluster metadata as this broker sees it.
     image: RwLock<Arc<MetadataImage>>,
+    /// What topics default to: server.properties, with the metadata log's dynamic broker
+    /// configs over it.
+    topic_defaults: RwLock<Arc<BrokerConfig>>,
     /// Parsed configs of the image's topics.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// This node's replicas.
@@ -231,6 +234,7 @@ impl Broker {
         let cluster_id = Self::identity(&dir, &config)?;
         let producer_ids = crate::producer_ids::ProducerIds::open(&dir, config.node_id)?;
         crate::topics::remove_unfinished_deletions(&dir)?;
+        let topic_defaults = RwLock::new(Arc::new(config.clone()));
         Ok(Broker {
             replicas: ReplicaManager::new(config.node_id, dir.clone()),
             groups: crate::group::coordinator::GroupCoordinator::new(config.groups),
@@ -240,6 +244,7 @@ impl Broker {
             config,
             cluster_id,
             image: RwLock::new(Arc::new(MetadataImage::default())),
+            topic_defaults,
             topics: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
             metadata_log: Box::new(crate::metadata_log::TopicFiles::new(
@@ -370,6 +375,34 @@ impl Broker {
         Ok(m.cluster_id)
     }
 
+    /// The broker settings topics default to now (server.properties, with the dynamic
+    /// broker configs over it).
+    pub fn topic_defaults(&self) -> Arc<BrokerConfig> {
+        self.topic_defaults.read().unwrap().clone()
+    }
+
+    /// This broker's settings with `dynamic` over them: the cluster-wide ones, then this
+    /// broker's own, over server.properties (Kafka's order). Only the topic defaults are
+    /// taken from the result: the other settings are read at start.
+    pub(crate) fn with_dynamic_configs(
+        &self,
+        dynamic: &BTreeMap<i32, BTreeMap<String, String>>,
+    ) -> Result<BrokerConfig, BrokerError> {
+        let mut props = self.config.given.clone();
+        for id in [strom_metadata::image::CLUSTER_DEFAULT, self.config.node_id] {
+            if let Some(c) = dynamic.get(&id) {
+                props.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        let (parsed, _) = BrokerConfig::from_properties(&props)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let mut c = self.config.clone();
+        c.log = parsed.log;
+        c.min_insync_replicas = parsed.min_insync_replicas;
+        c.compression = parsed.compression;
+        Ok(c)
+    }
+
     /// The metadata image now.
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.read().unwrap().clone()
@@ -398,11 +431,29 @@ impl Broker {
     pub(crate) fn publish_image(&self, next: Arc<MetadataImage>) -> Result<(), BrokerError> {
         let old = self.image();
         let changes = old.local_changes(&next, self.config.node_id);
+        // New dynamic broker configs: every topic's config is made again over them.
+        let defaults_changed = old.broker_configs != next.broker_configs;
+        if defaults_changed {
+            match self.with_dynamic_configs(&next.broker_configs) {
+                Ok(c) => *self.topic_defaults.write().unwrap() = Arc::new(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "dynamic broker configs ignored: server.properties stays in force")
+                }
+            }
+        }
+        let defaults = self.topic_defaults();
+        let mut replicas_of: BTreeMap<String, Vec<Arc<Partition>>> = BTreeMap::new();
+        if defaults_changed {
+            for p in self.replicas.all() {
+                replicas_of.entry(p.topic.clone()).or_default().push(p);
+            }
+        }
         // Topic configs first: a new replica opens with its topic's config.
         let mut parsed = BTreeMap::new();
         for (name, t) in &next.topics {
             // A topic the change did not touch is the same shared copy: nothing to compare.
-            if old.topics.get(name).is_some_and(|o| Arc::ptr_eq(o, t))
+            if !defaults_changed
+                && old.topics.get(name).is_some_and(|o| Arc::ptr_eq(o, t))
                 && let Some(existing) = self.topic(name)
             {
                 parsed.insert(name.clone(), existing);
@@ -410,10 +461,19 @@ impl Broker {
             }
             let config = match self.topic(name) {
                 Some(existing) if existing.id == t.id => {
-                    if existing.config.read().unwrap().overrides != t.configs {
-                        let c = TopicConfig::new(&self.config, t.configs.clone())
+                    if defaults_changed || existing.config.read().unwrap().overrides != t.configs {
+                        let c = TopicConfig::new(&defaults, t.configs.clone())
                             .map_err(BrokerError::InvalidConfig)?;
-                        for p in self.replicas.all().iter().filter(|p| &p.topic == name) {
+                        let replicas = match replicas_of.get(name) {
+                            Some(r) => r.clone(),
+                            None => self
+                                .replicas
+                                .all()
+                                .into_iter()
+                                .filter(|p| &p.topic == name)
+                                .collect(),
+                        };
+                        for p in replicas {
                             p.set_config(&c);
                         }
                         *existing.config.write().unwrap() = c;
@@ -424,7 +484,7 @@ impl Broker {
                     name: name.clone(),
                     id: t.id,
                     config: RwLock::new(
-                        TopicConfig::new(&self.config, t.configs.clone()).map_err(|e| {
+                        TopicConfig::new(&defaults, t.configs.clone()).map_err(|e| {
                             BrokerError::InvalidConfig(format!("topic {name}: {e}"))
                         })?,
                     ),

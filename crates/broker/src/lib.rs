@@ -2,6 +2,7 @@
 
 pub mod acl;
 pub mod broker;
+mod broker_configs;
 pub mod cleaner;
 pub mod compression;
 pub mod config;

@@ -225,7 +225,7 @@ impl Broker {
             )));
         }
         self.check_assignments(&new.assignments, rf as usize)?;
-        let config = TopicConfig::new(&self.config, new.configs.clone())
+        let config = TopicConfig::new(&self.topic_defaults(), new.configs.clone())
             .map_err(BrokerError::InvalidConfig)?;
         let id = random_id();
         if validate_only {
@@ -386,8 +386,8 @@ impl Broker {
         if self.topic(name).is_none() {
             return Err(BrokerError::UnknownTopic(name.to_string()));
         }
-        let config =
-            TopicConfig::new(&self.config, overrides).map_err(BrokerError::InvalidConfig)?;
+        let config = TopicConfig::new(&self.topic_defaults(), overrides)
+            .map_err(BrokerError::InvalidConfig)?;
         if validate_only {
             return Ok(());
         }
@@ -413,7 +413,7 @@ impl Broker {
     /// requests): asked for, then answered once this node's metadata shows it, so that a
     /// Metadata request right after sees it. The controller's refusal comes back as the
     /// error it names.
-    async fn changed_by_controller(
+    pub(crate) async fn changed_by_controller(
         &self,
         topic: &str,
         req: BrokerRequest,

@@ -549,6 +549,23 @@ impl Controller {
         }])
     }
 
+    /// The dynamic configs of broker `broker` (of every broker, for
+    /// [`strom_metadata::image::CLUSTER_DEFAULT`]) become `configs`, validated by the
+    /// broker that received the request.
+    pub fn set_broker_configs(
+        &self,
+        broker: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Vec<Record>, Refusal> {
+        if broker < strom_metadata::image::CLUSTER_DEFAULT {
+            return Err(refuse(
+                errors::INVALID_REQUEST,
+                format!("{broker} is not a broker id"),
+            ));
+        }
+        Ok(vec![Record::BrokerConfigs { broker, configs }])
+    }
+
     pub fn delete_topic(&self, topic: &str) -> Result<Vec<Record>, Refusal> {
         if !self.image.topics.contains_key(topic) {
             return Err(refuse(

@@ -41,6 +41,26 @@ fn partition(r: &mut Reader<'_>) -> Option<PartitionInfo> {
     })
 }
 
+fn put_configs(out: &mut Vec<u8>, configs: &BTreeMap<String, String>) {
+    out.extend_from_slice(&(configs.len() as i32).to_be_bytes());
+    for (k, v) in configs {
+        put_string(out, k);
+        put_bytes(out, v.as_bytes());
+    }
+}
+
+fn configs(r: &mut Reader<'_>) -> Option<BTreeMap<String, String>> {
+    // A key and a value take at least 6 bytes.
+    let n = r.count(6)?;
+    let mut configs = BTreeMap::new();
+    for _ in 0..n {
+        let k = r.string()?;
+        let v = String::from_utf8(r.bytes()?).ok()?;
+        configs.insert(k, v);
+    }
+    Some(configs)
+}
+
 pub fn encode(records: &[Record]) -> Vec<u8> {
     let mut out = vec![VERSION];
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
@@ -88,11 +108,12 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
             Record::TopicConfigs { topic, configs } => {
                 out.push(3);
                 put_string(&mut out, topic);
-                out.extend_from_slice(&(configs.len() as i32).to_be_bytes());
-                for (k, v) in configs {
-                    put_string(&mut out, k);
-                    put_bytes(&mut out, v.as_bytes());
-                }
+                put_configs(&mut out, configs);
+            }
+            Record::BrokerConfigs { broker, configs } => {
+                out.push(10);
+                out.extend_from_slice(&broker.to_be_bytes());
+                put_configs(&mut out, configs);
             }
             Record::RemoveTopic { name } => {
                 out.push(4);
@@ -180,17 +201,14 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                     info,
                 }
             }
-            3 => {
-                let topic = r.string()?;
-                let n = r.count(6)?;
-                let mut configs = BTreeMap::new();
-                for _ in 0..n {
-                    let k = r.string()?;
-                    let v = String::from_utf8(r.bytes()?).ok()?;
-                    configs.insert(k, v);
-                }
-                Record::TopicConfigs { topic, configs }
-            }
+            3 => Record::TopicConfigs {
+                topic: r.string()?,
+                configs: configs(&mut r)?,
+            },
+            10 => Record::BrokerConfigs {
+                broker: r.i32()?,
+                configs: configs(&mut r)?,
+            },
             4 => Record::RemoveTopic { name: r.string()? },
             5 => Record::BrokerFencing {
                 id: r.i32()?,
@@ -285,6 +303,14 @@ mod tests {
             Record::ProducerIds {
                 broker: 4,
                 next_producer_id: 5000,
+            },
+            Record::BrokerConfigs {
+                broker: crate::image::CLUSTER_DEFAULT,
+                configs: [("log.retention.ms".to_string(), "1000".to_string())].into(),
+            },
+            Record::BrokerConfigs {
+                broker: 2,
+                configs: BTreeMap::new(),
             },
         ]
     }

@@ -131,7 +131,17 @@ pub enum Record {
         broker: i32,
         next_producer_id: i64,
     },
+    /// Replaces the dynamic configs of broker `broker`, or the cluster-wide default ones
+    /// when it is [`CLUSTER_DEFAULT`] (Kafka's ConfigRecord for a BROKER resource).
+    BrokerConfigs {
+        broker: i32,
+        configs: BTreeMap<String, String>,
+    },
 }
+
+/// The broker id under which the cluster-wide dynamic broker configs are kept (Kafka's
+/// BROKER resource with an empty name).
+pub const CLUSTER_DEFAULT: i32 = -1;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataImage {
@@ -142,6 +152,9 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, Arc<TopicInfo>>,
     /// The first producer id of the next block the controller hands out.
     pub next_producer_id: i64,
+    /// Dynamic broker configs (AlterConfigs on a BROKER resource), per broker id, with the
+    /// cluster-wide defaults under [`CLUSTER_DEFAULT`].
+    pub broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
     /// The metadata log offset after the last record this image includes (0 when not
     /// known): how current a node's view is, against the offset a controller answered at.
     pub offset: u64,
@@ -253,6 +266,13 @@ impl MetadataImage {
                     Some(b) => b.fenced = *fenced,
                     None => ignored.push(format!("fencing of unknown broker {id}")),
                 },
+                Record::BrokerConfigs { broker, configs } => {
+                    if configs.is_empty() {
+                        next.broker_configs.remove(broker);
+                    } else {
+                        next.broker_configs.insert(*broker, configs.clone());
+                    }
+                }
                 Record::ProducerIds {
                     next_producer_id, ..
                 } => {
@@ -297,6 +317,12 @@ impl MetadataImage {
                         info: p.clone(),
                     }),
             );
+        }
+        for (broker, configs) in &self.broker_configs {
+            out.push(Record::BrokerConfigs {
+                broker: *broker,
+                configs: configs.clone(),
+            });
         }
         if self.next_producer_id > 0 {
             out.push(Record::ProducerIds {
@@ -507,6 +533,10 @@ mod tests {
                     Record::ProducerIds {
                         broker: 1,
                         next_producer_id: 2000,
+                    },
+                    Record::BrokerConfigs {
+                        broker: CLUSTER_DEFAULT,
+                        configs: [("log.retention.ms".to_string(), "60000".to_string())].into(),
                     },
                 ],
             ]

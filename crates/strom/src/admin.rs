@@ -370,6 +370,10 @@ pub struct Entity {
     /// A broker, by node id.
     #[arg(long)]
     broker: Option<i32>,
+    /// Every broker: the cluster-wide dynamic broker configs (kafka-configs.sh
+    /// --entity-type brokers --entity-default).
+    #[arg(long)]
+    broker_defaults: bool,
 }
 
 impl Entity {
@@ -377,6 +381,7 @@ impl Entity {
         match (&self.topic, self.broker) {
             (Some(t), _) => (TOPIC, t.clone()),
             (None, Some(b)) => (BROKER, b.to_string()),
+            (None, None) if self.broker_defaults => (BROKER, String::new()),
             (None, None) => unreachable!("clap requires one"),
         }
     }
@@ -389,6 +394,7 @@ pub enum ConfigsCmd {
     /// Examples:
     ///   strom configs describe --topic orders
     ///   strom configs describe --broker 0 --all
+    ///   strom configs describe --broker-defaults
     #[command(verbatim_doc_comment)]
     Describe {
         #[command(flatten)]
@@ -403,7 +409,10 @@ pub enum ConfigsCmd {
     },
     /// Change configs: set some (--add-config k=v,k2=v2) and remove others (--delete-config k).
     ///
-    /// Example: strom configs alter --topic orders --add-config retention.ms=3600000 --delete-config segment.ms
+    /// Examples:
+    ///   strom configs alter --topic orders --add-config retention.ms=3600000 --delete-config segment.ms
+    ///   strom configs alter --broker-defaults --add-config log.retention.ms=86400000
+    #[command(verbatim_doc_comment)]
     Alter {
         #[command(flatten)]
         conn: Conn,
@@ -436,7 +445,10 @@ pub async fn configs(cmd: ConfigsCmd) -> anyhow::Result<()> {
                 .filter(|e| {
                     all || matches!(
                         e.source,
-                        "DYNAMIC_TOPIC_CONFIG" | "DYNAMIC_BROKER_CONFIG" | "STATIC_BROKER_CONFIG"
+                        "DYNAMIC_TOPIC_CONFIG"
+                            | "DYNAMIC_BROKER_CONFIG"
+                            | "DYNAMIC_DEFAULT_BROKER_CONFIG"
+                            | "STATIC_BROKER_CONFIG"
                     )
                 })
                 .collect();
@@ -489,7 +501,11 @@ pub async fn configs(cmd: ConfigsCmd) -> anyhow::Result<()> {
                 .alter_configs(kind, &name, &ops)
                 .await
                 .with_context(|| format!("cannot alter the configs of {name}"))?;
-            println!("Completed updating config for {name}.");
+            if name.is_empty() {
+                println!("Completed updating default config for brokers in the cluster.");
+            } else {
+                println!("Completed updating config for {name}.");
+            }
         }
     }
     Ok(())

@@ -266,6 +266,10 @@ fn configs_and_cluster() {
             "num.partitions=3",
         ],
     );
+    assert!(
+        err.contains("cannot update these configs dynamically"),
+        "{err}"
+    );
     assert!(err.contains("server.properties"), "{err}");
 
     let c = ok(&server, &["cluster", "describe"]);
@@ -325,4 +329,108 @@ fn an_unreachable_broker_is_named_in_the_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--topic"));
+}
+
+#[test]
+fn dynamic_broker_configs_set_the_topics_defaults_and_survive_a_restart() {
+    let mut server = Server::start();
+    ok(&server, &["topics", "create", "--topic", "d"]);
+    let retention = |server: &Server| {
+        let all = json(&ok(
+            server,
+            &["configs", "describe", "--topic", "d", "--all", "--json"],
+        ));
+        let e = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "retention.ms")
+            .cloned()
+            .unwrap();
+        (e["value"].clone(), e["source"].clone())
+    };
+    assert_eq!(
+        retention(&server),
+        ("604800000".into(), "DEFAULT_CONFIG".into())
+    );
+
+    // Every broker's default, then this broker's own over it.
+    assert_eq!(
+        ok(
+            &server,
+            &[
+                "configs",
+                "alter",
+                "--broker-defaults",
+                "--add-config",
+                "log.retention.ms=3600000",
+            ],
+        ),
+        "Completed updating default config for brokers in the cluster.\n"
+    );
+    assert_eq!(
+        retention(&server),
+        ("3600000".into(), "DYNAMIC_DEFAULT_BROKER_CONFIG".into())
+    );
+    assert_eq!(
+        ok(&server, &["configs", "describe", "--broker-defaults"]),
+        "NAME              VALUE    SOURCE\nlog.retention.ms  3600000  DYNAMIC_DEFAULT_BROKER_CONFIG\n"
+    );
+    ok(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--broker",
+            "0",
+            "--add-config",
+            "log.retention.ms=7200000",
+        ],
+    );
+    assert_eq!(
+        retention(&server),
+        ("7200000".into(), "DYNAMIC_BROKER_CONFIG".into())
+    );
+    let broker = ok(&server, &["configs", "describe", "--broker", "0"]);
+    let line = broker.lines().find(|l| l.starts_with("log.retention.ms"));
+    assert_eq!(
+        line.map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["log.retention.ms", "7200000", "DYNAMIC_BROKER_CONFIG"]),
+        "{broker}"
+    );
+    // A bad value is refused, the configs unchanged.
+    let err = fails(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--broker-defaults",
+            "--add-config",
+            "log.segment.bytes=tiny",
+        ],
+    );
+    assert!(err.contains("INVALID_CONFIG"), "{err}");
+
+    // The metadata log keeps them.
+    server.stop();
+    server.restart();
+    assert_eq!(
+        retention(&server),
+        ("7200000".into(), "DYNAMIC_BROKER_CONFIG".into())
+    );
+    ok(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--broker",
+            "0",
+            "--delete-config",
+            "log.retention.ms",
+        ],
+    );
+    assert_eq!(
+        retention(&server),
+        ("3600000".into(), "DYNAMIC_DEFAULT_BROKER_CONFIG".into())
+    );
 }

@@ -85,10 +85,16 @@ fn describe_topic(
         return r;
     };
     let config = topic.config.read().unwrap();
-    let defaults = TopicConfig::new(&broker.config, BTreeMap::new()).expect("defaults are valid");
+    let broker_defaults = broker.topic_defaults();
+    let defaults = TopicConfig::new(&broker_defaults, BTreeMap::new()).expect("defaults are valid");
+    let image = broker.image();
     for key in all_keys().filter(|k| wanted(keys, k)) {
-        let Some((value, source)) = config.describe(&broker.config, key) else {
+        let Some((value, source)) = config.describe(&broker_defaults, key) else {
             continue;
+        };
+        let source = match source {
+            Source::DynamicTopic => source,
+            _ => dynamic_source(broker, &image, key).unwrap_or(source),
         };
         let mut entry = DescribeConfigsResourceResult {
             name: key.to_string(),
@@ -109,7 +115,8 @@ fn describe_topic(
                     ..Default::default()
                 });
             }
-            if let Some((default, default_source)) = defaults.describe(&broker.config, key) {
+            if let Some((default, default_source)) = defaults.describe(&broker_defaults, key) {
+                let default_source = dynamic_source(broker, &image, key).unwrap_or(default_source);
                 let synonym = TopicConfig::broker_synonym(key).unwrap_or(key);
                 entry.synonyms.push(DescribeConfigsSynonym {
                     name: synonym.to_string(),
@@ -124,13 +131,60 @@ fn describe_topic(
     r
 }
 
+/// Where the broker default of topic config `key` comes from when the metadata log sets
+/// it: this broker's dynamic configs, or every broker's.
+fn dynamic_source(
+    broker: &Broker,
+    image: &strom_metadata::image::MetadataImage,
+    key: &str,
+) -> Option<Source> {
+    let broker_key = TopicConfig::broker_synonym(key)?;
+    let has = |id: i32| {
+        image
+            .broker_configs
+            .get(&id)
+            .is_some_and(|c| c.contains_key(broker_key))
+    };
+    if has(broker.config.node_id) {
+        Some(Source::DynamicBroker)
+    } else if has(strom_metadata::image::CLUSTER_DEFAULT) {
+        Some(Source::DynamicDefaultBroker)
+    } else {
+        None
+    }
+}
+
+/// DescribeConfigs of the BROKER resource "": the dynamic configs every broker shares.
+fn describe_cluster_defaults(broker: &Broker, keys: &Option<Vec<String>>) -> DescribeConfigsResult {
+    let mut r = result(BROKER, String::new());
+    for (key, value) in broker
+        .dynamic_broker_configs("")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| wanted(keys, k))
+    {
+        r.configs.push(DescribeConfigsResourceResult {
+            name: key,
+            value: Some(value),
+            read_only: false,
+            config_source: Source::DynamicDefaultBroker as i8,
+            is_sensitive: false,
+            ..Default::default()
+        });
+    }
+    r
+}
+
 fn describe_broker(
     broker: &Broker,
     name: String,
     keys: &Option<Vec<String>>,
 ) -> DescribeConfigsResult {
+    if name.is_empty() {
+        return describe_cluster_defaults(broker, keys);
+    }
     let mut r = result(BROKER, name.clone());
-    if !name.is_empty() && name != broker.config.node_id.to_string() {
+    if name != broker.config.node_id.to_string() {
         r.error_code = errors::INVALID_REQUEST;
         r.error_message = Some(format!(
             "this is broker {}, not {name}",
@@ -139,7 +193,10 @@ fn describe_broker(
         return r;
     }
     let c = &broker.config;
-    let defaults = TopicConfig::new(c, BTreeMap::new()).expect("defaults are valid");
+    let dynamic = broker.topic_defaults();
+    let defaults = TopicConfig::new(&dynamic, BTreeMap::new()).expect("defaults are valid");
+    let own = broker.dynamic_broker_configs(&name).unwrap_or_default();
+    let shared = broker.dynamic_broker_configs("").unwrap_or_default();
     let mut values: Vec<(String, String)> = vec![
         ("node.id".into(), c.node_id.to_string()),
         (
@@ -260,26 +317,34 @@ fn describe_broker(
             values.push((key.to_string(), v));
         }
     }
+    // The dynamic values first: the dedup below keeps the first of each key.
+    for (key, value) in shared.iter().chain(&own) {
+        values.insert(0, (key.clone(), value.clone()));
+    }
     for key in all_keys() {
-        if let (Some(broker_key), Some((v, _))) =
-            (TopicConfig::broker_synonym(key), defaults.describe(c, key))
-        {
+        if let (Some(broker_key), Some((v, _))) = (
+            TopicConfig::broker_synonym(key),
+            defaults.describe(&dynamic, key),
+        ) {
             values.push((broker_key.to_string(), v));
         }
     }
-    values.sort();
+    values.sort_by(|a, b| a.0.cmp(&b.0));
     values.dedup_by(|a, b| a.0 == b.0);
     for (key, value) in values.into_iter().filter(|(k, _)| wanted(keys, k)) {
-        let source = if c.given.contains_key(&key) {
+        let source = if own.contains_key(&key) {
+            Source::DynamicBroker
+        } else if shared.contains_key(&key) {
+            Source::DynamicDefaultBroker
+        } else if c.given.contains_key(&key) {
             Source::StaticBroker
         } else {
             Source::Default
         };
         r.configs.push(DescribeConfigsResourceResult {
-            name: key,
+            name: key.clone(),
             value: Some(value),
-            // Broker settings are static until the controller quorum stores dynamic ones.
-            read_only: true,
+            read_only: !crate::broker_configs::is_dynamic(&key),
             config_source: source as i8,
             is_sensitive: false,
             ..Default::default()
@@ -338,20 +403,24 @@ async fn alter_topic(
     }
 }
 
-fn broker_read_only(broker: &Broker, name: &str) -> (i16, Option<String>) {
-    if !name.is_empty() && name != broker.config.node_id.to_string() {
-        return (
-            errors::INVALID_REQUEST,
-            Some(format!(
-                "this is broker {}, not {name}",
-                broker.config.node_id
-            )),
-        );
+/// Applies new dynamic configs to a BROKER resource, or explains why not.
+async fn alter_broker(
+    broker: &Broker,
+    name: &str,
+    configs: Result<BTreeMap<String, String>, String>,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let configs = match configs {
+        Ok(c) => c,
+        Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
+    };
+    match broker
+        .set_broker_configs(name, configs, validate_only)
+        .await
+    {
+        Ok(()) => (errors::NONE, None),
+        Err((code, msg)) => (code, Some(msg)),
     }
-    (
-        errors::INVALID_REQUEST,
-        Some("broker configs cannot be changed at runtime yet: set them in server.properties and restart".into()),
-    )
 }
 
 pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> HandlerResult {
@@ -372,7 +441,17 @@ pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
                         .collect();
                     alter_topic(broker, &res.resource_name, overrides, req.validate_only).await
                 }
-                BROKER => broker_read_only(broker, &res.resource_name),
+                BROKER => {
+                    let configs = res
+                        .configs
+                        .iter()
+                        .map(|c| match &c.value {
+                            Some(v) => Ok((c.name.clone(), v.clone())),
+                            None => Err(format!("config {} has no value", c.name)),
+                        })
+                        .collect();
+                    alter_broker(broker, &res.resource_name, configs, req.validate_only).await
+                }
                 other => (
                     errors::INVALID_REQUEST,
                     Some(format!("resource type {other} is not supported")),
@@ -474,7 +553,18 @@ pub async fn incremental_alter(
                         .await
                     }
                 },
-                BROKER => broker_read_only(broker, &res.resource_name),
+                BROKER => match broker.dynamic_broker_configs(&res.resource_name) {
+                    Err((code, msg)) => (code, Some(msg)),
+                    Ok(current) => {
+                        alter_broker(
+                            broker,
+                            &res.resource_name,
+                            apply_incremental(&current, &res.configs),
+                            req.validate_only,
+                        )
+                        .await
+                    }
+                },
                 other => (
                     errors::INVALID_REQUEST,
                     Some(format!("resource type {other} is not supported")),

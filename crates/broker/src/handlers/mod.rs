@@ -1,7 +1,7 @@
 //! Request handlers, one file per API family. Each turns wire types into calls on the
 //! broker's domain types and the answer back into a response.
 
-mod admin;
+pub(crate) mod admin;
 mod api_versions;
 mod configs;
 mod coordinator;

@@ -80,6 +80,11 @@ pub enum BrokerRequest {
         topic: String,
         configs: std::collections::BTreeMap<String, String>,
     },
+    /// The same on a broker, or on every broker (`CLUSTER_DEFAULT`): its dynamic configs.
+    SetBrokerConfigs {
+        broker: i32,
+        configs: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,6 +448,10 @@ impl ActiveController {
             BrokerRequest::SetTopicConfigs { topic, configs } => inner
                 .controller
                 .set_topic_configs(&topic, configs)
+                .map(committed),
+            BrokerRequest::SetBrokerConfigs { broker, configs } => inner
+                .controller
+                .set_broker_configs(broker, configs)
                 .map(committed),
         };
         match decided {
