@@ -314,6 +314,7 @@ impl Broker {
             after: u64::MAX,
             max_wait_ms: 0,
             status_only: true,
+            entries_ok: false,
         };
         match strom_controller::quorum::network::fetch_image(
             addr,

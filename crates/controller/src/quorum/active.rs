@@ -209,6 +209,7 @@ impl ActiveController {
             return FetchAnswer {
                 offset: self.state.applied().await.0,
                 image: None,
+                entries: None,
                 status: self.status(),
             };
         }
@@ -220,11 +221,19 @@ impl ActiveController {
             .wait(Some(wait))
             .applied_index_at_least(Some(req.after), "a change for the observer")
             .await;
-        let (offset, image) = self.state.applied().await;
-        let changed = offset > req.after;
+        let (offset, catchup) = self.state.catchup(req.after, req.entries_ok).await;
+        let (image, entries) = match catchup {
+            super::state_machine::Catchup::Current => (None, None),
+            super::state_machine::Catchup::Entries(e) => (None, Some(e)),
+            super::state_machine::Catchup::Image(image) => (
+                Some(strom_metadata::codec::encode(&image.to_records())),
+                None,
+            ),
+        };
         FetchAnswer {
             offset,
-            image: changed.then(|| strom_metadata::codec::encode(&image.to_records())),
+            image,
+            entries,
             status: self.status(),
         }
     }

@@ -4,9 +4,10 @@
 //! a voter, which has the leader commit them; its registration and heartbeats go to the
 //! active controller.
 //!
-//! The image travels whole (the records of `MetadataImage::to_records`) whenever it
-//! changed: metadata is small next to the data, and a whole image cannot be applied out of
-//! order. Deltas are for when clusters grow large.
+//! An observer a little behind gets the records of the entries it misses, applied to its
+//! image in order (a change to one topic among thousands costs that topic, not the whole
+//! image); one further behind than the voter remembers, or just starting, gets the whole
+//! image (the records of `MetadataImage::to_records`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,14 +32,23 @@ pub struct FetchRequest {
     /// alone knows the voters' progress): the asker is not an observer.
     #[serde(default)]
     pub status_only: bool,
+    /// The observer applies the entries after `after` (`FetchAnswer::entries`) when the
+    /// voter still has them; an observer from before entries were sent gets whole images.
+    #[serde(default)]
+    pub entries_ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FetchAnswer {
     /// The offset of the voter's image.
     pub offset: u64,
-    /// The image's records (`codec`), when `offset` is past the request's `after`.
+    /// The image's records (`codec`), when `offset` is past the request's `after` and the
+    /// entries in between are not sent.
     pub image: Option<Vec<u8>>,
+    /// The records (`codec`) of each entry after the request's `after` up to `offset`, in
+    /// order: applied to the image at `after`, they make the image at `offset`.
+    #[serde(default)]
+    pub entries: Option<Vec<Vec<u8>>>,
     pub status: QuorumStatus,
 }
 
@@ -106,11 +116,13 @@ impl Observer {
 
     /// One fetch from `addr`, waiting up to `wait_ms` for a change; applies what comes.
     async fn fetch_from(&self, addr: &str, wait_ms: u64) -> Result<(), String> {
+        let after = self.offset.load(Ordering::SeqCst);
         let req = FetchRequest {
             node: self.node_id,
-            after: self.offset.load(Ordering::SeqCst),
+            after,
             max_wait_ms: wait_ms,
             status_only: false,
+            entries_ok: true,
         };
         let answer = network::fetch_image(
             addr,
@@ -119,12 +131,25 @@ impl Observer {
             Duration::from_millis(wait_ms) + self.fetch_timeout,
         )
         .await?;
-        if let Some(bytes) = answer.image
-            && answer.offset > self.offset.load(Ordering::SeqCst)
-        {
+        let next = if answer.offset <= after {
+            None
+        } else if let Some(entries) = answer.entries {
+            // Only one task fetches: the image is still the one at `after`.
+            let mut image = (*self.image()).clone();
+            for bytes in entries.iter().filter(|b| !b.is_empty()) {
+                let records = strom_metadata::codec::decode(bytes)
+                    .ok_or_else(|| format!("{addr} sent a damaged metadata entry"))?;
+                image = image.apply(&records).0;
+            }
+            Some(image)
+        } else if let Some(bytes) = answer.image {
             let records = strom_metadata::codec::decode(&bytes)
                 .ok_or_else(|| format!("{addr} sent a damaged metadata image"))?;
-            let (mut image, _) = MetadataImage::default().apply(&records);
+            Some(MetadataImage::default().apply(&records).0)
+        } else {
+            None
+        };
+        if let Some(mut image) = next {
             image.offset = answer.offset;
             self.offset.store(answer.offset, Ordering::SeqCst);
             self.image.send_replace(Arc::new(image));

@@ -27,6 +27,45 @@ struct Inner {
     /// The snapshot kept on disk: its metadata and data.
     snapshot: Option<(Meta, Vec<u8>)>,
     snapshots_built: u64,
+    /// The last entries applied, oldest first, as (offset after the entry, its records as
+    /// `codec` bytes; empty for entries without records): an observer a little behind is
+    /// sent these instead of the whole image.
+    recent: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The bytes `recent` holds.
+    recent_bytes: usize,
+}
+
+/// How much of the latest entries is kept for observers: beyond it, one that fell further
+/// behind gets the whole image.
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 16 << 20;
+
+/// What an observer at some offset needs to be current.
+pub enum Catchup {
+    /// It is current.
+    Current,
+    /// These entries' records, in order, bring its image to the offset.
+    Entries(Vec<Vec<u8>>),
+    /// It is too far behind (or ahead, from another history): the whole image.
+    Image(Arc<MetadataImage>),
+}
+
+impl Inner {
+    fn remember(&mut self, offset: u64, records: Vec<u8>) {
+        self.recent_bytes += records.len();
+        self.recent.push_back((offset, records));
+        while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
+            match self.recent.pop_front() {
+                Some((_, r)) => self.recent_bytes -= r.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn forget_recent(&mut self) {
+        self.recent.clear();
+        self.recent_bytes = 0;
+    }
 }
 
 /// The state machine; clones share it. Readers watch the image.
@@ -79,6 +118,8 @@ impl StateMachine {
                     membership: s.meta.last_membership.clone(),
                     snapshot: Some((s.meta, s.data)),
                     snapshots_built: 0,
+                    recent: Default::default(),
+                    recent_bytes: 0,
                 },
             ),
             None => (
@@ -89,6 +130,8 @@ impl StateMachine {
                     membership: StoredMembership::default(),
                     snapshot: None,
                     snapshots_built: 0,
+                    recent: Default::default(),
+                    recent_bytes: 0,
                 },
             ),
         };
@@ -109,6 +152,34 @@ impl StateMachine {
         let inner = self.inner.lock().await;
         let offset = inner.last_applied.map_or(0, |l| l.index + 1);
         (offset, self.image())
+    }
+
+    /// The offset of the image now, and what an observer whose image is at `after` needs
+    /// to reach it (the entries in between only if it takes them), read together.
+    pub async fn catchup(&self, after: u64, entries_ok: bool) -> (u64, Catchup) {
+        let inner = self.inner.lock().await;
+        let offset = inner.last_applied.map_or(0, |l| l.index + 1);
+        if after == offset {
+            return (offset, Catchup::Current);
+        }
+        // The entry right after `after` must still be here, and nothing may be missing
+        // between it and the last one.
+        let first = inner.recent.iter().position(|(o, _)| *o == after + 1);
+        let contiguous = first.is_some_and(|i| inner.recent.len() - i == (offset - after) as usize);
+        match first {
+            Some(i) if entries_ok && after < offset && contiguous => (
+                offset,
+                Catchup::Entries(
+                    inner
+                        .recent
+                        .iter()
+                        .skip(i)
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                ),
+            ),
+            _ => (offset, Catchup::Image(self.image())),
+        }
     }
 
     /// Follows the image as entries are applied.
@@ -180,6 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut answers = Vec::new();
         for e in entries {
             inner.last_applied = Some(e.log_id);
+            let mut applied = Vec::new();
             match e.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => match codec::decode(&batch.0) {
@@ -192,6 +264,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             );
                         }
                         image = next;
+                        applied = batch.0;
                     }
                     // Every node skips the same committed entry: the images stay equal.
                     None => tracing::error!(
@@ -203,6 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     inner.membership = StoredMembership::new(Some(e.log_id), m);
                 }
             }
+            inner.remember(e.log_id.index + 1, applied);
             answers.push(());
         }
         image.offset = inner.last_applied.map_or(0, |l| l.index + 1);
@@ -233,6 +307,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some((meta.clone(), data));
+        inner.forget_recent();
         self.image.send_replace(Arc::new(image));
         Ok(())
     }

@@ -489,3 +489,69 @@ async fn a_quorum_of_one_describes_itself() {
     assert!(s.observers.is_empty());
     q.shutdown().await;
 }
+
+/// An observer a little behind is sent the entries it misses, which bring its image to the
+/// voter's; one that cannot take entries, or comes from another history, gets the image.
+#[tokio::test]
+async fn observers_catch_up_by_entries_or_by_the_whole_image() {
+    use super::observer::FetchRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("__cluster_metadata-0");
+    let q = Quorum::start_alone(3, &path, QuorumConfig::default())
+        .await
+        .unwrap();
+    let commit = |name: &'static str| {
+        let q = &q;
+        async move {
+            q.commit(&[Record::Topic {
+                name: name.into(),
+                id: [name.len() as u8; 16],
+            }])
+            .await
+        }
+    };
+    commit("a").await.unwrap();
+    let fetch = |after: u64, entries_ok: bool| {
+        q.controller.serve_fetch(FetchRequest {
+            node: 9,
+            after,
+            max_wait_ms: 0,
+            status_only: false,
+            entries_ok,
+        })
+    };
+    let apply = |mut image: MetadataImage, entries: &[Vec<u8>]| {
+        for e in entries.iter().filter(|e| !e.is_empty()) {
+            image = image.apply(&codec::decode(e).unwrap()).0;
+        }
+        image
+    };
+    // From nothing: every entry since the start (no snapshot yet).
+    let first = fetch(0, true).await;
+    assert!(first.image.is_none());
+    let at_first = apply(MetadataImage::default(), first.entries.as_ref().unwrap());
+    assert_eq!(topics(&at_first), ["a".to_string()].into());
+
+    commit("bb").await.unwrap();
+    commit("ccc").await.unwrap();
+    let later = fetch(first.offset, true).await;
+    let entries = later.entries.unwrap();
+    assert_eq!(entries.len() as u64, later.offset - first.offset);
+    let caught_up = apply(at_first, &entries);
+    assert_eq!(caught_up.to_records(), q.state.image().to_records());
+
+    // Current: nothing to send.
+    let current = fetch(later.offset, true).await;
+    assert!(current.image.is_none() && current.entries.is_none());
+    // An observer that takes no entries, or one ahead of this voter: the whole image.
+    for (after, entries_ok) in [(first.offset, false), (later.offset + 5, true)] {
+        let whole = fetch(after, entries_ok).await;
+        assert!(whole.entries.is_none());
+        let image = MetadataImage::default()
+            .apply(&codec::decode(&whole.image.unwrap()).unwrap())
+            .0;
+        assert_eq!(image.to_records(), q.state.image().to_records());
+    }
+    q.shutdown().await;
+}
