@@ -273,3 +273,147 @@ fn topics_of_a_data_directory_from_before_the_quorum_move_into_the_metadata_log(
     let listed = ok(&s, &["topics", "list"]);
     assert!(!listed.contains("legacy"), "{listed}");
 }
+
+/// The same from a data directory with committed offsets and transactions in it, written by
+/// the single node before the quorum (served here in-process, as it served then): after
+/// the move, the group's offsets are where they were committed, a read_committed consumer
+/// sees the committed transaction and not the aborted one, and the transactional id goes
+/// on.
+#[test]
+fn offsets_and_transactions_from_before_the_quorum_survive_the_move() {
+    #[path = "common/mod.rs"]
+    mod common;
+    use common::{Server, ok};
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::time::Duration;
+
+    let mut s = Server::start();
+    s.stop();
+    let data = s.data_dir().to_path_buf();
+    std::fs::remove_dir_all(&data).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = strom_broker::BrokerConfig {
+            log_dir: data.clone(),
+            listener: addr,
+            advertised_port: addr.port(),
+            ..Default::default()
+        };
+        config.listeners[0].bind = addr;
+        config.listeners[0].port = addr.port();
+        config.groups.group.initial_rebalance_delay_ms = 0;
+        let b = std::sync::Arc::new(strom_broker::Broker::open(config).unwrap());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(strom_broker::server::serve(
+            b.clone(),
+            listener,
+            "PLAINTEXT".into(),
+            stopped.clone(),
+        ));
+        tokio::spawn(b.clone().run_group_timers(stopped.clone()));
+        tokio::spawn(b.clone().run_txn_timers(stopped.clone()));
+        let bootstrap = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            let t = Duration::from_secs(30);
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("transactional.id", "old-tx")
+                .create()
+                .unwrap();
+            p.init_transactions(t).unwrap();
+            for (values, commit) in [
+                (["kept-1", "kept-2"], true),
+                (["dropped", "dropped"], false),
+            ] {
+                p.begin_transaction().unwrap();
+                for v in values {
+                    p.send(BaseRecord::<(), _>::to("old").partition(0).payload(v))
+                        .unwrap();
+                }
+                p.flush(t).unwrap();
+                if commit {
+                    p.commit_transaction(t).unwrap();
+                } else {
+                    p.abort_transaction(t).unwrap();
+                }
+            }
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", "old-group")
+                .create()
+                .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset("old", 0, rdkafka::Offset::Offset(2))
+                .unwrap();
+            c.commit(&tpl, CommitMode::Sync).unwrap();
+        })
+        .await
+        .unwrap();
+        let _ = stop.send(true);
+        tokio::task::spawn_blocking(move || b.shutdown())
+            .await
+            .unwrap();
+    });
+    drop(rt);
+    assert!(data.join(".topics").exists());
+
+    s.restart();
+    let group = ok(
+        &s,
+        &["groups", "describe", "--group", "old-group", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&group).unwrap();
+    let committed: Vec<i64> = v["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["topic"] == "old")
+        .filter_map(|o| o["current_offset"].as_i64())
+        .collect();
+    assert_eq!(committed, vec![2], "{group}");
+    let read = ok(
+        &s,
+        &[
+            "consume",
+            "--topic",
+            "old",
+            "--from-beginning",
+            "--isolation-level",
+            "read_committed",
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    assert_eq!(read, "kept-1\nkept-2\n");
+    // The transactional id is known: a new producer fences the old one and goes on.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", s.bootstrap())
+        .set("transactional.id", "old-tx")
+        .create()
+        .unwrap();
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).unwrap();
+    p.begin_transaction().unwrap();
+    p.send(BaseRecord::<(), _>::to("old").partition(0).payload("after"))
+        .unwrap();
+    p.commit_transaction(t).unwrap();
+    let txns = ok(
+        &s,
+        &[
+            "transactions",
+            "describe",
+            "--transactional-id",
+            "old-tx",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&txns).unwrap();
+    assert!(v["producer_epoch"].as_i64().unwrap() >= 1, "{txns}");
+}
