@@ -1,6 +1,8 @@
 //! `strom storage random-uuid | format`, as an operator preparing a cluster node runs them,
 //! and what `strom server` says about directories and quorums it cannot serve.
 
+mod common;
+
 use std::process::Command;
 
 fn strom() -> Command {
@@ -187,8 +189,6 @@ fn a_node_of_a_larger_quorum_is_refused_with_what_to_do() {
 /// topic deleted afterwards stays deleted across restarts.
 #[test]
 fn topics_of_a_data_directory_from_before_the_quorum_move_into_the_metadata_log() {
-    #[path = "common/mod.rs"]
-    mod common;
     use common::{Server, ok};
 
     let mut s = Server::start();
@@ -281,8 +281,6 @@ fn topics_of_a_data_directory_from_before_the_quorum_move_into_the_metadata_log(
 /// on.
 #[test]
 fn offsets_and_transactions_from_before_the_quorum_survive_the_move() {
-    #[path = "common/mod.rs"]
-    mod common;
     use common::{Server, ok};
     use rdkafka::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
