@@ -13,6 +13,7 @@ pub mod config;
 mod error;
 mod index;
 mod log;
+pub mod open_files;
 mod partition_log;
 pub mod producer_state;
 mod read;

@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::error::{IoContext, Result, StorageError};
@@ -71,7 +71,7 @@ pub(crate) struct Segment {
     log_path: PathBuf,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    file: OnceLock<Arc<File>>,
+    file: Arc<crate::open_files::FileSlot>,
     /// Bytes of whole batches readers may see; published after the bytes are written.
     size: AtomicU64,
     index: RwLock<Option<SegmentIndex>>,
@@ -116,7 +116,7 @@ impl Segment {
             log_path,
             index_path,
             time_index_path,
-            file: OnceLock::new(),
+            file: Arc::default(),
             size: AtomicU64::new(0),
             index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
             interval: AtomicU64::new(4096),
@@ -124,7 +124,7 @@ impl Segment {
             aborted: Mutex::new(Some(Vec::new())),
         };
         let _ = std::fs::remove_file(&seg.txn_index_path);
-        let _ = seg.file.set(Arc::new(file));
+        seg.file.keep(Arc::new(file));
         Ok(seg)
     }
 
@@ -136,7 +136,7 @@ impl Segment {
             log_path,
             index_path,
             time_index_path,
-            file: OnceLock::new(),
+            file: Arc::default(),
             size: AtomicU64::new(size),
             index: RwLock::new(None),
             interval: AtomicU64::new(4096),
@@ -157,16 +157,17 @@ impl Segment {
         &self.log_path
     }
 
-    pub fn file(&self) -> Result<&Arc<File>> {
-        if let Some(f) = self.file.get() {
-            return Ok(f);
-        }
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.log_path)
-            .at(&self.log_path)?;
-        Ok(self.file.get_or_init(|| Arc::new(f)))
+    /// The log file, opened if it is not (it may have been closed for the open files
+    /// budget, [`crate::open_files`]).
+    pub fn file(&self) -> Result<Arc<File>> {
+        self.file
+            .get(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&self.log_path)
+            })
+            .at(&self.log_path)
     }
 
     fn io_err(&self, e: io::Error) -> StorageError {
@@ -448,6 +449,7 @@ impl Segment {
     /// Opens the file and loads the index and the aborted transactions, so that this segment
     /// keeps reading its own bytes after the cleaner replaced its files on disk.
     pub fn pin(&self) -> Result<()> {
+        self.file.pin();
         self.file()?;
         self.with_index(|_| ())?;
         self.with_aborted(|_| ())

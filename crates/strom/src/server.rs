@@ -78,10 +78,43 @@ async fn serve_controller(config: BrokerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the open files limit to its hard limit, as far as allowed, and keeps segment
+/// files within three quarters of it (the rest for connections and the other files): a
+/// broker with more partitions than that closes the least recently used segment files.
+fn budget_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a struct this function owns.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if limit.rlim_cur < limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit.rlim_max
+        } else {
+            limit.rlim_cur
+        }
+    };
+    let budget = (soft as usize).saturating_mul(3) / 4;
+    strom_storage::open_files::set_budget(budget);
+    tracing::info!(
+        open_files_limit = soft,
+        segment_files = budget,
+        "segment files kept open within the open files limit"
+    );
+}
+
 async fn serve(config: BrokerConfig) -> anyhow::Result<()> {
     if !config.kraft.roles.broker {
         return serve_controller(config).await;
     }
+    budget_open_files();
     let signal = ShutdownSignal::install()?;
     let mut bound = Vec::new();
     for l in &config.listeners {

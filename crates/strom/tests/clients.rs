@@ -515,3 +515,60 @@ fn auto_created_topics_and_unknown_topics() {
         .unwrap_err();
     assert!(matches!(err, KafkaError::MetadataFetch(_)), "{err:?}");
 }
+
+/// More partitions than the open files limit allows files: segment files beyond the
+/// budget are closed and opened again when used, so every partition takes writes and
+/// serves reads, before and after a restart, and the server stays under its limit.
+#[test]
+fn more_partitions_than_open_files_all_write_and_read() {
+    const LIMIT: u64 = 256;
+    const PARTITIONS: i32 = 600;
+    let mut server = Server::start_limited(Some(LIMIT), &[]);
+    create_topic(&server, "wide", PARTITIONS, &[]);
+    let open_files = |server: &Server| {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count() as u64
+    };
+    let (p, acks) = producer(&server, &[("acks", "all")]);
+    for round in 0..2 {
+        for i in 0..PARTITIONS {
+            let v = format!("{round}-{i}");
+            p.send(BaseRecord::<(), _>::to("wide").partition(i).payload(&v))
+                .unwrap();
+        }
+        flush(&p);
+    }
+    let acked = acks.0.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2 * PARTITIONS as usize);
+    assert!(
+        acked.iter().all(|a| a.is_ok()),
+        "{:?}",
+        acked.iter().find(|a| a.is_err())
+    );
+    assert!(
+        open_files(&server) <= LIMIT,
+        "{} files open",
+        open_files(&server)
+    );
+    drop(p);
+
+    server.stop();
+    server.restart();
+    let got = consume_all(&server, "wide", PARTITIONS, 2 * PARTITIONS as usize);
+    let mut per: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+    for g in got {
+        per.entry(g.partition)
+            .or_default()
+            .push(String::from_utf8(g.value).unwrap());
+    }
+    assert_eq!(per.len(), PARTITIONS as usize);
+    for (i, values) in per {
+        assert_eq!(values, vec![format!("0-{i}"), format!("1-{i}")]);
+    }
+    assert!(
+        open_files(&server) <= LIMIT,
+        "{} files open",
+        open_files(&server)
+    );
+}

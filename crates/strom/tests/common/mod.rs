@@ -14,6 +14,8 @@ pub struct Server {
     pub port: u16,
     pub dir: PathBuf,
     overrides: Vec<String>,
+    /// The open files limit (soft and hard) the server runs under, when set.
+    open_files: Option<u64>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -35,12 +37,18 @@ impl Server {
 
     /// A fresh server with extra `key=value` settings.
     pub fn start_with(overrides: &[&str]) -> Server {
+        Self::start_limited(None, overrides)
+    }
+
+    /// [`Server::start_with`], under an open files limit of `open_files` (soft and hard).
+    pub fn start_limited(open_files: Option<u64>, overrides: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = Server {
             child: None,
             port: free_port(),
             dir: tmp.path().join("data"),
             overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            open_files,
             _tmp: Some(tmp),
         };
         s.launch(true);
@@ -99,6 +107,22 @@ impl Server {
             // `{port}` stands for the server's own port, which changes with each attempt.
             cmd.arg("--override")
                 .arg(o.replace("{port}", &self.port.to_string()));
+        }
+        if let Some(n) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .env(

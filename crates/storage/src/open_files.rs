@@ -1,0 +1,175 @@
+//! Segment files held open, process-wide, within a budget: a broker with more partitions
+//! than its open files limit allows closes the least recently used segment files and opens
+//! them again when they are next read or written (Kafka keeps every segment open and asks
+//! for a limit that high; here the limit may be lower than the partitions). Unlimited
+//! until the server sets a budget.
+//!
+//! A file in use stays open: a reader holds its own reference, so closing only drops the
+//! segment's. A pinned file (a segment the cleaner replaced on disk, which must go on
+//! reading its own bytes) is never closed.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static CLOCK: AtomicU64 = AtomicU64::new(0);
+static SLOTS: Mutex<Vec<Weak<FileSlot>>> = Mutex::new(Vec::new());
+
+/// At most `n` segment files open at once (some more while they are in use).
+pub fn set_budget(n: usize) {
+    BUDGET.store(n.max(16), Ordering::Relaxed);
+}
+
+/// Segment files open now.
+pub fn open_now() -> usize {
+    OPEN.load(Ordering::Relaxed)
+}
+
+/// One segment's file, open or not.
+#[derive(Default)]
+pub(crate) struct FileSlot {
+    file: Mutex<Option<Arc<File>>>,
+    last_used: AtomicU64,
+    pinned: AtomicBool,
+}
+
+impl FileSlot {
+    /// The open file, or `open()`'s, kept (and counted) until closed for the budget.
+    pub fn get(
+        self: &Arc<Self>,
+        open: impl FnOnce() -> std::io::Result<File>,
+    ) -> std::io::Result<Arc<File>> {
+        self.last_used
+            .store(CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(f) = self.file.lock().unwrap().as_ref() {
+            return Ok(f.clone());
+        }
+        let opened = Arc::new(open()?);
+        Ok(self.keep(opened))
+    }
+
+    /// Keeps `file` as this slot's (unless another was kept meanwhile: that one is given).
+    pub fn keep(self: &Arc<Self>, file: Arc<File>) -> Arc<File> {
+        {
+            let mut slot = self.file.lock().unwrap();
+            if let Some(f) = slot.as_ref() {
+                return f.clone();
+            }
+            *slot = Some(file.clone());
+        }
+        let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
+        SLOTS.lock().unwrap().push(Arc::downgrade(self));
+        if open > BUDGET.load(Ordering::Relaxed) {
+            close_least_recently_used();
+        }
+        file
+    }
+
+    /// Never closed for the budget from now on.
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    fn close(&self) -> bool {
+        if self.file.lock().unwrap().take().is_some() {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        if self.file.get_mut().unwrap().take().is_some() {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Closes the least recently used tenth of the budget (a pass every so many opens, not one
+/// per open).
+fn close_least_recently_used() {
+    let budget = BUDGET.load(Ordering::Relaxed);
+    let mut slots = SLOTS.lock().unwrap();
+    let mut live: Vec<Arc<FileSlot>> = Vec::with_capacity(slots.len());
+    slots.retain(|w| match w.upgrade() {
+        Some(s) if s.file.lock().unwrap().is_some() => {
+            live.push(s);
+            true
+        }
+        _ => false,
+    });
+    let target = budget - budget / 10;
+    let excess = OPEN.load(Ordering::Relaxed).saturating_sub(target);
+    let mut candidates: Vec<&Arc<FileSlot>> = live
+        .iter()
+        .filter(|s| !s.pinned.load(Ordering::Relaxed))
+        .collect();
+    candidates.sort_unstable_by_key(|s| s.last_used.load(Ordering::Relaxed));
+    let mut closed = 0;
+    for s in candidates {
+        if closed >= excess {
+            break;
+        }
+        if s.close() {
+            closed += 1;
+        }
+    }
+    slots.retain(|w| {
+        w.upgrade()
+            .is_some_and(|s| s.file.lock().unwrap().is_some())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beyond_the_budget_the_least_recently_used_files_close_and_reopen_on_use() {
+        // The budget is process-wide: this test alone in the storage crate sets it.
+        let dir = tempfile::tempdir().unwrap();
+        let before = open_now();
+        set_budget(20);
+        let slots: Vec<Arc<FileSlot>> = (0..40).map(|_| Arc::default()).collect();
+        let opens = AtomicUsize::new(0);
+        let open = |i: usize| {
+            let path = dir.path().join(i.to_string());
+            let opens = &opens;
+            move || {
+                opens.fetch_add(1, Ordering::Relaxed);
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+            }
+        };
+        slots[0].pin();
+        for (i, s) in slots.iter().enumerate() {
+            s.get(open(i)).unwrap();
+        }
+        assert!(open_now() - before <= 20, "{} open", open_now() - before);
+        // The pinned one and the latest ones are still open; an early one opens again.
+        let opened = opens.load(Ordering::Relaxed);
+        slots[0].get(open(0)).unwrap();
+        slots[39].get(open(39)).unwrap();
+        assert_eq!(opens.load(Ordering::Relaxed), opened);
+        slots[1].get(open(1)).unwrap();
+        assert_eq!(opens.load(Ordering::Relaxed), opened + 1);
+        // A file in use outlives its closing: the reader's reference keeps it.
+        let held = slots[2].get(open(2)).unwrap();
+        for (i, s) in slots.iter().enumerate().skip(3) {
+            s.get(open(i)).unwrap();
+        }
+        use std::io::Write;
+        (&*held).write_all(b"still open").unwrap();
+        drop(slots);
+        assert_eq!(open_now(), before);
+        set_budget(usize::MAX);
+    }
+}
