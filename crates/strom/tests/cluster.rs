@@ -193,6 +193,68 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
 /// by partition and in order.
 #[test]
 fn librdkafka_produces_and_consumes_across_the_brokers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(tmp.path());
+    produce_and_consume(&nodes, "1");
+}
+
+/// Brokers with a client listener and an INTERNAL one for themselves
+/// (`inter.broker.listener.name`): followers copy over INTERNAL (acks=all completes, the
+/// ISRs stay whole), and clients are given only the PLAINTEXT addresses.
+#[test]
+fn brokers_replicate_over_their_inter_broker_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = cluster_nodes::three_nodes_with_internal_listener(tmp.path());
+    produce_and_consume(&nodes, "3");
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap(&nodes[2]))
+        .create()
+        .unwrap();
+    let md =
+        rdkafka::consumer::Consumer::fetch_metadata(&c, None, Duration::from_secs(10)).unwrap();
+    let mut ports: Vec<i32> = md.brokers().iter().map(|b| b.port()).collect();
+    ports.sort();
+    let mut want: Vec<i32> = nodes.iter().map(|n| n.port as i32).collect();
+    want.sort();
+    assert_eq!(ports, want);
+    let parts = cluster_nodes::describe_partitions(&bootstrap(&nodes[0]), "rd").unwrap();
+    for p in parts {
+        assert_eq!(p["isr"].as_array().unwrap().len(), 3, "{p}");
+    }
+    // The followers' connections are to the INTERNAL ports (from the nodes' configs).
+    let internal: Vec<u16> = nodes
+        .iter()
+        .map(|n| {
+            let config = std::fs::read_to_string(&n.config).unwrap();
+            let at = config.find("INTERNAL://127.0.0.1:").unwrap() + "INTERNAL://127.0.0.1:".len();
+            config[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let established_to_internal = tcp
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
+            f.len() > 3 && f[3] == "01" && internal.contains(&port(f[1]))
+        })
+        .count();
+    assert!(
+        established_to_internal >= 2,
+        "no broker connected to another's INTERNAL listener: {internal:?}"
+    );
+}
+
+/// 600 keyed records through librdkafka (idempotent, acks=all) to a 6-partition topic of
+/// `replication_factor`, read back through another broker: exactly the acknowledged
+/// records per partition, in order, spread over all three leaders.
+fn produce_and_consume(nodes: &[Node], replication_factor: &str) {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
@@ -200,8 +262,6 @@ fn librdkafka_produces_and_consumes_across_the_brokers() {
     use rdkafka::{Offset, TopicPartitionList};
     use std::collections::BTreeMap;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes = three_nodes(tmp.path());
     ok(
         &[
             "topics",
@@ -210,6 +270,8 @@ fn librdkafka_produces_and_consumes_across_the_brokers() {
             "rd",
             "--partitions",
             "6",
+            "--replication-factor",
+            replication_factor,
             "--bootstrap-server",
             &bootstrap(&nodes[0]),
         ],

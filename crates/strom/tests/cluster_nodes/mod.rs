@@ -137,7 +137,14 @@ pub fn restart_all(nodes: &mut [Node]) {
 /// [`three_nodes`], with `extra` lines in every node's config.
 pub fn three_nodes_with(tmp: &std::path::Path, extra: &str) -> Vec<Node> {
     let roles = ["broker,controller"; 3];
-    start_cluster(tmp, &roles, extra, None)
+    start_cluster(tmp, &roles, extra, None, false)
+}
+
+/// [`three_nodes`], each broker with a second listener, INTERNAL, that the brokers use
+/// among themselves (`inter.broker.listener.name`); clients use PLAINTEXT.
+pub fn three_nodes_with_internal_listener(tmp: &std::path::Path) -> Vec<Node> {
+    let roles = ["broker,controller"; 3];
+    start_cluster(tmp, &roles, "", None, true)
 }
 
 /// [`three_nodes_with`], every listener behind a port that `via(node id, real port)`
@@ -149,7 +156,7 @@ pub fn three_nodes_via(
     via: &dyn Fn(i32, u16) -> u16,
 ) -> Vec<Node> {
     let roles = ["broker,controller"; 3];
-    start_cluster(tmp, &roles, extra, Some(via))
+    start_cluster(tmp, &roles, extra, Some(via), false)
 }
 
 /// Split mode: three controllers (nodes 1-3, no broker listener; their `port` is the
@@ -160,7 +167,7 @@ pub fn split_nodes(tmp: &std::path::Path, extra: &str) -> (Vec<Node>, Vec<Node>)
     let extra = format!(
         "offsets.topic.replication.factor=2\ntransaction.state.log.replication.factor=2\n{extra}"
     );
-    let mut nodes = start_cluster(tmp, &roles, &extra, None);
+    let mut nodes = start_cluster(tmp, &roles, &extra, None, false);
     let brokers = nodes.split_off(3);
     (nodes, brokers)
 }
@@ -172,9 +179,15 @@ fn start_cluster(
     roles: &[&str],
     extra: &str,
     via: Option<&dyn Fn(i32, u16) -> u16>,
+    internal: bool,
 ) -> Vec<Node> {
     let n = roles.len();
     let brokers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let internal_ports: Vec<u16> = if internal {
+        (0..n).map(|_| free_port()).collect()
+    } else {
+        Vec::new()
+    };
     let controllers: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let seen = |i: usize, port: u16| via.map_or(port, |f| f(i as i32 + 1, port));
     let advertised: Vec<u16> = brokers
@@ -201,6 +214,14 @@ fn start_cluster(
                 "advertised.listeners=PLAINTEXT://127.0.0.1:{}\n",
                 advertised[i]
             );
+            if internal {
+                listeners.push(format!("INTERNAL://127.0.0.1:{}", internal_ports[i]));
+                advertise = format!(
+                    "advertised.listeners=PLAINTEXT://127.0.0.1:{},INTERNAL://127.0.0.1:{}\n\
+                     inter.broker.listener.name=INTERNAL\n",
+                    advertised[i], internal_ports[i]
+                );
+            }
         }
         if role.contains("controller") {
             listeners.push(format!("CONTROLLER://127.0.0.1:{}", controllers[i]));
@@ -211,7 +232,7 @@ fn start_cluster(
                 "node.id={}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\n\
                  controller.listener.names=CONTROLLER\n\
                  listeners={}\n\
-                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT\n\
                  log.dirs={}\ncontroller.quorum.election.timeout.ms=300\n\
                  offsets.topic.num.partitions=6\ngroup.initial.rebalance.delay.ms=0\n\
                  transaction.state.log.num.partitions=4\n{advertise}{extra}\n",
