@@ -389,7 +389,15 @@ impl Broker {
         &self,
         dynamic: &BTreeMap<i32, BTreeMap<String, String>>,
     ) -> Result<BrokerConfig, BrokerError> {
-        let mut props = self.config.given.clone();
+        // The keys that make the topic defaults only: parsing the listeners again would
+        // resolve their host names, and a DNS hiccup would refuse a valid change.
+        let mut props: BTreeMap<String, String> = self
+            .config
+            .given
+            .iter()
+            .filter(|(k, _)| k.starts_with("log.") || crate::broker_configs::is_dynamic(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for id in [strom_metadata::image::CLUSTER_DEFAULT, self.config.node_id] {
             if let Some(c) = dynamic.get(&id) {
                 props.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));

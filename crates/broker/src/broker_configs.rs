@@ -83,8 +83,15 @@ impl Broker {
                 ),
             ));
         }
+        // Checked as they would apply here: another broker's are tried as this one's own
+        // (its server.properties may differ, but a value no broker accepts is refused).
         let mut all = self.image().broker_configs.clone();
-        all.insert(id, configs.clone());
+        let as_here = if id == CLUSTER_DEFAULT {
+            id
+        } else {
+            self.config.node_id
+        };
+        all.insert(as_here, configs.clone());
         self.with_dynamic_configs(&all)
             .map_err(|e| (errors::INVALID_CONFIG, e.to_string()))?;
         if validate_only {

@@ -33,24 +33,41 @@ pub(crate) struct FileSlot {
     file: Mutex<Option<Arc<File>>>,
     last_used: AtomicU64,
     pinned: AtomicBool,
+    /// The segment's files were deleted or renamed while closed: opening the path again
+    /// could open another segment's file of the same name, so it is not reopened.
+    gone: AtomicBool,
 }
 
 impl FileSlot {
-    /// The open file, or `open()`'s, kept (and counted) until closed for the budget.
+    /// The open file, or `open()`'s (run under this slot's lock, so that a deletion
+    /// ([`FileSlot::retire`]) cannot slip between the check and the open), kept and counted
+    /// until closed for the budget.
     pub fn get(
         self: &Arc<Self>,
         open: impl FnOnce() -> std::io::Result<File>,
     ) -> std::io::Result<Arc<File>> {
         self.last_used
             .store(CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        if let Some(f) = self.file.lock().unwrap().as_ref() {
-            return Ok(f.clone());
-        }
-        let opened = Arc::new(open()?);
-        Ok(self.keep(opened))
+        let opened = {
+            let mut slot = self.file.lock().unwrap();
+            if let Some(f) = slot.as_ref() {
+                return Ok(f.clone());
+            }
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the segment was deleted",
+                ));
+            }
+            let f = Arc::new(open()?);
+            *slot = Some(f.clone());
+            f
+        };
+        self.register();
+        Ok(opened)
     }
 
-    /// Keeps `file` as this slot's (unless another was kept meanwhile: that one is given).
+    /// Keeps `file`, just created, as this slot's.
     pub fn keep(self: &Arc<Self>, file: Arc<File>) -> Arc<File> {
         {
             let mut slot = self.file.lock().unwrap();
@@ -59,21 +76,51 @@ impl FileSlot {
             }
             *slot = Some(file.clone());
         }
+        self.register();
+        file
+    }
+
+    /// Counts a newly opened file, and closes others when over the budget.
+    fn register(self: &Arc<Self>) {
         let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
-        SLOTS.lock().unwrap().push(Arc::downgrade(self));
+        {
+            let mut slots = SLOTS.lock().unwrap();
+            slots.push(Arc::downgrade(self));
+            // Slots of dropped segments go now and then, not only when over the budget.
+            if slots.len() > 2 * open + 1024 {
+                slots.retain(|w| w.strong_count() > 0);
+            }
+        }
         if open > BUDGET.load(Ordering::Relaxed) {
             close_least_recently_used();
         }
-        file
     }
 
     /// Never closed for the budget from now on.
     pub fn pin(&self) {
+        let _slot = self.file.lock().unwrap();
         self.pinned.store(true, Ordering::Relaxed);
     }
 
+    /// The segment's files are about to be deleted or renamed: an open file stays open
+    /// (readers go on reading the old bytes, as from any deleted file), a closed one is
+    /// not opened again.
+    pub fn retire(&self) {
+        let slot = self.file.lock().unwrap();
+        if slot.is_some() {
+            self.pinned.store(true, Ordering::Relaxed);
+        } else {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn close(&self) -> bool {
-        if self.file.lock().unwrap().take().is_some() {
+        let mut slot = self.file.lock().unwrap();
+        // Checked under the lock: a pin may have come after the candidates were chosen.
+        if self.pinned.load(Ordering::Relaxed) {
+            return false;
+        }
+        if slot.take().is_some() {
             OPEN.fetch_sub(1, Ordering::Relaxed);
             true
         } else {
@@ -168,6 +215,17 @@ mod tests {
         }
         use std::io::Write;
         (&*held).write_all(b"still open").unwrap();
+        // Retired while closed: not opened again (another file may have its name now).
+        let closed = slots
+            .iter()
+            .position(|s| s.file.lock().unwrap().is_none())
+            .unwrap();
+        slots[closed].retire();
+        let e = slots[closed].get(open(closed)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        // Retired while open: kept open, never closed for the budget.
+        slots[39].retire();
+        assert!(!slots[39].close());
         drop(slots);
         assert_eq!(open_now(), before);
         set_budget(usize::MAX);

@@ -458,6 +458,7 @@ impl Segment {
     /// Renames the segment's files to `<name>.deleted` (a cheap step under the writer's
     /// lock); returns the new paths, for the caller to unlink later.
     pub fn mark_deleted(&self) -> Result<Vec<PathBuf>> {
+        self.file.retire();
         let mut out = Vec::new();
         for p in [
             &self.log_path,
@@ -479,6 +480,7 @@ impl Segment {
 
     /// Removes the segment's files. Readers holding the file keep reading it (Unix).
     pub fn delete_files(&self) -> Result<()> {
+        self.file.retire();
         for p in [
             &self.log_path,
             &self.index_path,

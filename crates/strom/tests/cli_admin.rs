@@ -410,6 +410,19 @@ fn dynamic_broker_configs_set_the_topics_defaults_and_survive_a_restart() {
         ],
     );
     assert!(err.contains("INVALID_CONFIG"), "{err}");
+    // Another broker's too, though this one does not apply them.
+    let err = fails(
+        &server,
+        &[
+            "configs",
+            "alter",
+            "--broker",
+            "7",
+            "--add-config",
+            "log.segment.bytes=tiny",
+        ],
+    );
+    assert!(err.contains("INVALID_CONFIG"), "{err}");
 
     // The metadata log keeps them.
     server.stop();
