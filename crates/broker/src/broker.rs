@@ -412,6 +412,30 @@ impl Broker {
         Ok(c)
     }
 
+    /// The newest metadata image the metadata log has, published here or not yet.
+    pub(crate) fn latest_image(&self) -> Arc<MetadataImage> {
+        match self.metadata_log.watch() {
+            Some(w) => {
+                let latest = w.borrow().clone();
+                let published = self.image();
+                if latest.offset >= published.offset {
+                    latest
+                } else {
+                    published
+                }
+            }
+            None => self.image(),
+        }
+    }
+
+    /// Waits (up to `timeout`) for the metadata log to move past the newest image.
+    pub(crate) async fn newer_metadata(&self, timeout: std::time::Duration) {
+        if let Some(mut w) = self.metadata_log.watch() {
+            let now = self.latest_image().offset;
+            let _ = tokio::time::timeout(timeout, w.wait_for(|i| i.offset > now)).await;
+        }
+    }
+
     /// The metadata image now.
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.read().unwrap().clone()

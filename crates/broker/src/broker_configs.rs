@@ -52,7 +52,7 @@ impl Broker {
     ) -> Result<BTreeMap<String, String>, (i16, String)> {
         let id = resource_id(name)?;
         Ok(self
-            .image()
+            .latest_image()
             .broker_configs
             .get(&id)
             .cloned()
@@ -62,11 +62,14 @@ impl Broker {
     /// Replaces the dynamic configs of the BROKER resource `name` with `configs`, checked
     /// first (keys that may change at runtime, values this broker accepts); committed by
     /// the active controller unless `validate_only`.
+    /// With `expected`, only if the resource's dynamic configs are still those (an
+    /// incremental change made from them): INVALID_UPDATE_VERSION otherwise.
     pub async fn set_broker_configs(
         &self,
         name: &str,
         configs: BTreeMap<String, String>,
         validate_only: bool,
+        expected: Option<BTreeMap<String, String>>,
     ) -> Result<(), (i16, String)> {
         let id = resource_id(name)?;
         let fixed: Vec<&str> = configs
@@ -101,6 +104,7 @@ impl Broker {
             let req = BrokerRequest::SetBrokerConfigs {
                 broker: id,
                 configs,
+                expected,
             };
             self.changed_by_controller(name, req).await
         } else {

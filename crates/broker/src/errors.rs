@@ -34,6 +34,9 @@ pub enum BrokerError {
     InvalidConfig(String),
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    /// An incremental config change was made from configs that changed since.
+    #[error("{0}")]
+    StaleConfigs(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The metadata log could not commit the change (the client retries).

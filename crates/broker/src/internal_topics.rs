@@ -60,9 +60,15 @@ impl Broker {
             assignments: vec![],
             configs,
         };
+        // Not shown here yet (another request's creation, still on its way to this
+        // node's metadata): the client asks again.
+        let shown = |n: Option<i32>| {
+            n.filter(|n| *n > 0)
+                .ok_or(errors::COORDINATOR_NOT_AVAILABLE)
+        };
         match self.create_topic(new, false).await {
-            Ok(t) => Ok(self.partition_count(&t.name).unwrap_or(0)),
-            Err(BrokerError::TopicExists(_)) => Ok(self.partition_count(name).unwrap_or(0)),
+            Ok(t) => shown(self.partition_count(&t.name)),
+            Err(BrokerError::TopicExists(_)) => shown(self.partition_count(name)),
             Err(e @ BrokerError::InvalidReplicationFactor(_)) => {
                 tracing::warn!(error = %e, "{name} is not created until enough brokers are live (or lower {}.replication.factor)", if txn_topic { "transaction.state.log" } else { "offsets.topic" });
                 Err(errors::COORDINATOR_NOT_AVAILABLE)
@@ -104,7 +110,7 @@ impl Broker {
         let previous = overrides.get("cleanup.policy").cloned();
         let mut compacted = overrides;
         compacted.insert("cleanup.policy".to_string(), "compact".to_string());
-        let set = self.set_topic_config(name, compacted, false);
+        let set = self.set_topic_config(name, compacted, false, None);
         let result = match tokio::time::timeout(UPGRADE_TIMEOUT, set).await {
             Ok(r) => r,
             Err(_) => Err(BrokerError::MetadataLog(format!(

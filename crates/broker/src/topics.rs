@@ -245,8 +245,22 @@ impl Broker {
                 assignments: new.assignments.clone(),
                 configs: config.overrides.clone(),
             };
-            self.changed_by_controller(&new.name, BrokerRequest::CreateTopic { topic })
-                .await?;
+            match self
+                .changed_by_controller(&new.name, BrokerRequest::CreateTopic { topic })
+                .await
+            {
+                Ok(()) => {}
+                // Created first by another request, or by this one's own attempt that the
+                // retry of a lost answer ran into: this node's metadata tells which once it
+                // shows the topic.
+                Err(BrokerError::TopicExists(_)) => {
+                    self.publish_when(std::time::Duration::from_secs(5), |image| {
+                        image.topics.contains_key(&new.name)
+                    })
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
             return match self.topic(&new.name) {
                 Some(t) if t.id == id => {
                     tracing::info!(topic = %new.name, partitions, "created topic");
@@ -377,11 +391,14 @@ impl Broker {
     }
 
     /// Replaces a topic's overrides (validated first), live on every partition.
+    /// With `expected`, only if the topic's overrides are still those (an incremental change
+    /// made from them): BrokerError::StaleConfigs otherwise.
     pub async fn set_topic_config(
         &self,
         name: &str,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
+        expected: Option<BTreeMap<String, String>>,
     ) -> Result<(), BrokerError> {
         if self.topic(name).is_none() {
             return Err(BrokerError::UnknownTopic(name.to_string()));
@@ -395,6 +412,7 @@ impl Broker {
             let req = BrokerRequest::SetTopicConfigs {
                 topic: name.to_string(),
                 configs: config.overrides,
+                expected,
             };
             return self.changed_by_controller(name, req).await;
         }
@@ -441,14 +459,33 @@ impl Broker {
                 )));
             }
         }
-        // Published here now, not when the follower task gets to it: the answer must not
-        // run ahead of this node's own view.
+        self.publish_latest().await
+    }
+
+    /// Publishes the metadata log's newest image here now, not when the follower task gets
+    /// to it: an answer must not run ahead of this node's own view.
+    async fn publish_latest(&self) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
-        let image = images.borrow_and_update().clone();
+        let image = self.latest_image();
         if image.offset > self.image().offset {
             self.publish_image(image)?;
         }
         Ok(())
+    }
+
+    /// Waits (up to `timeout`) for the metadata log's image to satisfy `shows`, then
+    /// publishes it here.
+    async fn publish_when(
+        &self,
+        timeout: std::time::Duration,
+        shows: impl Fn(&strom_metadata::image::MetadataImage) -> bool,
+    ) {
+        if let Some(mut images) = self.metadata_log.watch() {
+            let _ = tokio::time::timeout(timeout, images.wait_for(|i| shows(i))).await;
+        }
+        if let Err(e) = self.publish_latest().await {
+            tracing::warn!(error = %e, "cannot apply a metadata change");
+        }
     }
 }
 
@@ -463,6 +500,7 @@ fn refused(code: i16, message: String, topic: &str) -> BrokerError {
         e::INVALID_REPLICATION_FACTOR => BrokerError::InvalidReplicationFactor(message),
         e::INVALID_REPLICA_ASSIGNMENT => BrokerError::InvalidReplicaAssignment(message),
         e::INVALID_CONFIG => BrokerError::InvalidConfig(message),
+        e::INVALID_UPDATE_VERSION => BrokerError::StaleConfigs(message),
         _ => BrokerError::MetadataLog(format!("the controller refused (error {code}): {message}")),
     }
 }

@@ -110,6 +110,14 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// An incremental config change computed from configs that changed since.
+fn stale_configs(what: &str) -> Refusal {
+    refuse(
+        errors::INVALID_UPDATE_VERSION,
+        format!("the configs of {what} changed while this change was made from them"),
+    )
+}
+
 fn refuse(code: i16, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -532,16 +540,22 @@ impl Controller {
 
     /// A topic's configuration overrides (validated by the broker that received the
     /// request) become `configs`.
+    /// With `expected`, only if the overrides are those now (an incremental change made
+    /// from them; INVALID_UPDATE_VERSION otherwise, and the broker computes it again).
     pub fn set_topic_configs(
         &self,
         topic: &str,
         configs: BTreeMap<String, String>,
+        expected: Option<&BTreeMap<String, String>>,
     ) -> Result<Vec<Record>, Refusal> {
-        if !self.image.topics.contains_key(topic) {
+        let Some(t) = self.image.topics.get(topic) else {
             return Err(refuse(
                 errors::UNKNOWN_TOPIC_OR_PARTITION,
                 format!("unknown topic {topic}"),
             ));
+        };
+        if expected.is_some_and(|e| *e != t.configs) {
+            return Err(stale_configs(topic));
         }
         Ok(vec![Record::TopicConfigs {
             topic: topic.to_string(),
@@ -556,12 +570,18 @@ impl Controller {
         &self,
         broker: i32,
         configs: BTreeMap<String, String>,
+        expected: Option<&BTreeMap<String, String>>,
     ) -> Result<Vec<Record>, Refusal> {
         if broker < strom_metadata::image::CLUSTER_DEFAULT {
             return Err(refuse(
                 errors::INVALID_REQUEST,
                 format!("{broker} is not a broker id"),
             ));
+        }
+        let empty = BTreeMap::new();
+        let current = self.image.broker_configs.get(&broker).unwrap_or(&empty);
+        if expected.is_some_and(|e| e != current) {
+            return Err(stale_configs(&format!("broker {broker}")));
         }
         Ok(vec![Record::BrokerConfigs { broker, configs }])
     }

@@ -114,12 +114,36 @@ fn topics_are_placed_over_live_brokers_and_refused_when_they_cannot_be() {
     let configs: BTreeMap<String, String> = [("retention.ms".to_string(), "1000".to_string())]
         .into_iter()
         .collect();
-    let records = c.set_topic_configs("t", configs.clone()).unwrap();
+    let records = c.set_topic_configs("t", configs.clone(), None).unwrap();
     c.replay(&records);
     assert_eq!(c.image().topics["t"].configs, configs);
     assert_eq!(
-        c.set_topic_configs("nope", configs).unwrap_err().code,
+        c.set_topic_configs("nope", configs.clone(), None)
+            .unwrap_err()
+            .code,
         errors::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    // An incremental change made from other configs than the current ones is refused.
+    let stale = BTreeMap::new();
+    assert_eq!(
+        c.set_topic_configs("t", BTreeMap::new(), Some(&stale))
+            .unwrap_err()
+            .code,
+        errors::INVALID_UPDATE_VERSION
+    );
+    assert!(
+        c.set_topic_configs("t", BTreeMap::new(), Some(&configs))
+            .is_ok()
+    );
+    assert_eq!(
+        c.set_broker_configs(-1, configs.clone(), Some(&configs))
+            .unwrap_err()
+            .code,
+        errors::INVALID_UPDATE_VERSION
+    );
+    assert!(
+        c.set_broker_configs(-1, configs.clone(), Some(&stale))
+            .is_ok()
     );
     let records = c.delete_topic("t").unwrap();
     c.replay(&records);

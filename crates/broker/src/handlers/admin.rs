@@ -41,6 +41,7 @@ pub(crate) fn broker_error(e: &BrokerError) -> i16 {
         BrokerError::InvalidReplicaAssignment(_) => errors::INVALID_REPLICA_ASSIGNMENT,
         BrokerError::InvalidConfig(_) => errors::INVALID_CONFIG,
         BrokerError::UnknownTopic(_) => errors::UNKNOWN_TOPIC_OR_PARTITION,
+        BrokerError::StaleConfigs(_) => errors::INVALID_UPDATE_VERSION,
         BrokerError::Storage(s) => errors::from_storage(s),
         BrokerError::Io { .. } => errors::KAFKA_STORAGE_ERROR,
         BrokerError::MetadataLog(_) => errors::REQUEST_TIMED_OUT,

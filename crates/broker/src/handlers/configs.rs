@@ -389,13 +389,14 @@ async fn alter_topic(
     name: &str,
     overrides: Result<BTreeMap<String, String>, String>,
     validate_only: bool,
+    expected: Option<BTreeMap<String, String>>,
 ) -> (i16, Option<String>) {
     let overrides = match overrides {
         Ok(o) => o,
         Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
     };
     match broker
-        .set_topic_config(name, overrides, validate_only)
+        .set_topic_config(name, overrides, validate_only, expected)
         .await
     {
         Ok(()) => (errors::NONE, None),
@@ -409,13 +410,14 @@ async fn alter_broker(
     name: &str,
     configs: Result<BTreeMap<String, String>, String>,
     validate_only: bool,
+    expected: Option<BTreeMap<String, String>>,
 ) -> (i16, Option<String>) {
     let configs = match configs {
         Ok(c) => c,
         Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
     };
     match broker
-        .set_broker_configs(name, configs, validate_only)
+        .set_broker_configs(name, configs, validate_only, expected)
         .await
     {
         Ok(()) => (errors::NONE, None),
@@ -439,7 +441,14 @@ pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
                             None => Err(format!("config {} has no value", c.name)),
                         })
                         .collect();
-                    alter_topic(broker, &res.resource_name, overrides, req.validate_only).await
+                    alter_topic(
+                        broker,
+                        &res.resource_name,
+                        overrides,
+                        req.validate_only,
+                        None,
+                    )
+                    .await
                 }
                 BROKER => {
                     let configs = res
@@ -450,7 +459,7 @@ pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
                             None => Err(format!("config {} has no value", c.name)),
                         })
                         .collect();
-                    alter_broker(broker, &res.resource_name, configs, req.validate_only).await
+                    alter_broker(broker, &res.resource_name, configs, req.validate_only, None).await
                 }
                 other => (
                     errors::INVALID_REQUEST,
@@ -527,6 +536,9 @@ fn apply_incremental(
     Ok(next)
 }
 
+/// How many times an incremental change is made again from newer metadata.
+const INCREMENTAL_ATTEMPTS: usize = 5;
+
 pub async fn incremental_alter(
     broker: &Arc<Broker>,
     ctx: &RequestContext,
@@ -536,40 +548,55 @@ pub async fn incremental_alter(
     let mut responses = Vec::with_capacity(req.resources.len());
     for res in req.resources {
         responses.push({
-            let (code, msg) = match res.resource_type {
-                TOPIC => match broker.topic(&res.resource_name) {
-                    None => (
-                        errors::UNKNOWN_TOPIC_OR_PARTITION,
-                        Some(format!("unknown topic {}", res.resource_name)),
+            // Made from the configs this broker sees, which the controller checks are still
+            // the current ones: when they are not (another change came first, or this
+            // broker's metadata is behind), the change is made again from newer metadata.
+            let mut outcome = (errors::NONE, None);
+            for _ in 0..INCREMENTAL_ATTEMPTS {
+                outcome = match res.resource_type {
+                    TOPIC => match broker.latest_image().topic(&res.resource_name) {
+                        None => (
+                            errors::UNKNOWN_TOPIC_OR_PARTITION,
+                            Some(format!("unknown topic {}", res.resource_name)),
+                        ),
+                        Some(t) => {
+                            let current = t.configs.clone();
+                            alter_topic(
+                                broker,
+                                &res.resource_name,
+                                apply_incremental(&current, &res.configs),
+                                req.validate_only,
+                                Some(current),
+                            )
+                            .await
+                        }
+                    },
+                    BROKER => match broker.dynamic_broker_configs(&res.resource_name) {
+                        Err((code, msg)) => (code, Some(msg)),
+                        Ok(current) => {
+                            alter_broker(
+                                broker,
+                                &res.resource_name,
+                                apply_incremental(&current, &res.configs),
+                                req.validate_only,
+                                Some(current),
+                            )
+                            .await
+                        }
+                    },
+                    other => (
+                        errors::INVALID_REQUEST,
+                        Some(format!("resource type {other} is not supported")),
                     ),
-                    Some(t) => {
-                        let current = t.config.read().unwrap().overrides.clone();
-                        alter_topic(
-                            broker,
-                            &res.resource_name,
-                            apply_incremental(&current, &res.configs),
-                            req.validate_only,
-                        )
-                        .await
-                    }
-                },
-                BROKER => match broker.dynamic_broker_configs(&res.resource_name) {
-                    Err((code, msg)) => (code, Some(msg)),
-                    Ok(current) => {
-                        alter_broker(
-                            broker,
-                            &res.resource_name,
-                            apply_incremental(&current, &res.configs),
-                            req.validate_only,
-                        )
-                        .await
-                    }
-                },
-                other => (
-                    errors::INVALID_REQUEST,
-                    Some(format!("resource type {other} is not supported")),
-                ),
-            };
+                };
+                if outcome.0 != errors::INVALID_UPDATE_VERSION {
+                    break;
+                }
+                broker
+                    .newer_metadata(std::time::Duration::from_millis(500))
+                    .await;
+            }
+            let (code, msg) = outcome;
             incremental::AlterConfigsResourceResponse {
                 error_code: code,
                 error_message: msg,

@@ -51,7 +51,11 @@ pub async fn find(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -
             return c;
         };
         let (topic, partitions, partition_for) = match ready {
-            Ok(r) => r,
+            Ok(r) if r.1 > 0 => r,
+            Ok(_) => {
+                c.error_code = errors::COORDINATOR_NOT_AVAILABLE;
+                return c;
+            }
             Err(e) => {
                 c.error_code = e;
                 return c;

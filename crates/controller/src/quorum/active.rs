@@ -79,11 +79,17 @@ pub enum BrokerRequest {
     SetTopicConfigs {
         topic: String,
         configs: std::collections::BTreeMap<String, String>,
+        /// For an incremental change: the overrides it was made from, which must still be
+        /// the topic's.
+        #[serde(default)]
+        expected: Option<std::collections::BTreeMap<String, String>>,
     },
     /// The same on a broker, or on every broker (`CLUSTER_DEFAULT`): its dynamic configs.
     SetBrokerConfigs {
         broker: i32,
         configs: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        expected: Option<std::collections::BTreeMap<String, String>>,
     },
 }
 
@@ -454,13 +460,21 @@ impl ActiveController {
             BrokerRequest::DeleteTopic { topic } => {
                 inner.controller.delete_topic(&topic).map(committed)
             }
-            BrokerRequest::SetTopicConfigs { topic, configs } => inner
+            BrokerRequest::SetTopicConfigs {
+                topic,
+                configs,
+                expected,
+            } => inner
                 .controller
-                .set_topic_configs(&topic, configs)
+                .set_topic_configs(&topic, configs, expected.as_ref())
                 .map(committed),
-            BrokerRequest::SetBrokerConfigs { broker, configs } => inner
+            BrokerRequest::SetBrokerConfigs {
+                broker,
+                configs,
+                expected,
+            } => inner
                 .controller
-                .set_broker_configs(broker, configs)
+                .set_broker_configs(broker, configs, expected.as_ref())
                 .map(committed),
         };
         match decided {
