@@ -14,6 +14,7 @@ mod internal_topics;
 pub mod kraft_config;
 mod lease;
 mod lifecycle;
+mod listener_config;
 mod maintenance;
 pub mod meta_properties;
 pub mod metadata_log;

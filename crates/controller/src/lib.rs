@@ -8,6 +8,7 @@ pub mod election;
 pub mod placement;
 pub mod quorum;
 pub mod reassignment;
+mod topic_admin;
 
 pub use controller::{
     AlterPartition, Controller, ControllerConfig, Refusal, Registration, TopicRequest,

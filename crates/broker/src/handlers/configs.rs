@@ -383,30 +383,11 @@ pub fn describe(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -> 
     )
 }
 
-/// Applies new topic overrides, or explains why not: (error code, message).
-async fn alter_topic(
+/// Applies new configs to a TOPIC resource (its overrides) or a BROKER one (its dynamic
+/// configs), or explains why not: (error code, message).
+async fn alter_resource(
     broker: &Broker,
-    name: &str,
-    overrides: Result<BTreeMap<String, String>, String>,
-    validate_only: bool,
-    expected: Option<BTreeMap<String, String>>,
-) -> (i16, Option<String>) {
-    let overrides = match overrides {
-        Ok(o) => o,
-        Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
-    };
-    match broker
-        .set_topic_config(name, overrides, validate_only, expected)
-        .await
-    {
-        Ok(()) => (errors::NONE, None),
-        Err(e) => (broker_error(&e), Some(e.to_string())),
-    }
-}
-
-/// Applies new dynamic configs to a BROKER resource, or explains why not.
-async fn alter_broker(
-    broker: &Broker,
+    resource_type: i8,
     name: &str,
     configs: Result<BTreeMap<String, String>, String>,
     validate_only: bool,
@@ -416,10 +397,17 @@ async fn alter_broker(
         Ok(c) => c,
         Err(msg) => return (errors::INVALID_CONFIG, Some(msg)),
     };
-    match broker
-        .set_broker_configs(name, configs, validate_only, expected)
-        .await
-    {
+    let done = if resource_type == TOPIC {
+        broker
+            .set_topic_config(name, configs, validate_only, expected)
+            .await
+            .map_err(|e| (broker_error(&e), e.to_string()))
+    } else {
+        broker
+            .set_broker_configs(name, configs, validate_only, expected)
+            .await
+    };
+    match done {
         Ok(()) => (errors::NONE, None),
         Err((code, msg)) => (code, Some(msg)),
     }
@@ -431,26 +419,8 @@ pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
     for res in req.resources {
         responses.push({
             let (code, msg) = match res.resource_type {
-                TOPIC => {
-                    // AlterConfigs replaces the whole set of overrides.
-                    let overrides = res
-                        .configs
-                        .iter()
-                        .map(|c| match &c.value {
-                            Some(v) => Ok((c.name.clone(), v.clone())),
-                            None => Err(format!("config {} has no value", c.name)),
-                        })
-                        .collect();
-                    alter_topic(
-                        broker,
-                        &res.resource_name,
-                        overrides,
-                        req.validate_only,
-                        None,
-                    )
-                    .await
-                }
-                BROKER => {
+                // AlterConfigs replaces the whole set.
+                TOPIC | BROKER => {
                     let configs = res
                         .configs
                         .iter()
@@ -459,7 +429,15 @@ pub async fn alter(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) 
                             None => Err(format!("config {} has no value", c.name)),
                         })
                         .collect();
-                    alter_broker(broker, &res.resource_name, configs, req.validate_only, None).await
+                    alter_resource(
+                        broker,
+                        res.resource_type,
+                        &res.resource_name,
+                        configs,
+                        req.validate_only,
+                        None,
+                    )
+                    .await
                 }
                 other => (
                     errors::INVALID_REQUEST,
@@ -561,8 +539,9 @@ pub async fn incremental_alter(
                         ),
                         Some(t) => {
                             let current = t.configs.clone();
-                            alter_topic(
+                            alter_resource(
                                 broker,
+                                TOPIC,
                                 &res.resource_name,
                                 apply_incremental(&current, &res.configs),
                                 req.validate_only,
@@ -574,8 +553,9 @@ pub async fn incremental_alter(
                     BROKER => match broker.dynamic_broker_configs(&res.resource_name) {
                         Err((code, msg)) => (code, Some(msg)),
                         Ok(current) => {
-                            alter_broker(
+                            alter_resource(
                                 broker,
+                                BROKER,
                                 &res.resource_name,
                                 apply_incremental(&current, &res.configs),
                                 req.validate_only,
