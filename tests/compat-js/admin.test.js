@@ -182,10 +182,9 @@ test('createPartitions grows a topic; producing to the new partition works', T, 
   await admin.createTopics({ topics: [{ topic: t, numPartitions: 2 }] })
   assert.equal(await admin.createPartitions({ topicPartitions: [{ topic: t, count: 5 }] }), undefined)
   // The broker that took the request answers once its metadata shows the new partitions; in a
-  // cluster the metadata may be asked of another broker a moment before it has them, as with
-  // Kafka.
-  await h.waitFor('five partitions in the metadata', async () =>
-    (await admin.fetchTopicMetadata({ topics: [t] })).topics[0].partitions.length === 5)
+  // cluster another broker may be asked a moment before it has them, as with Kafka: what
+  // follows may ask any of them.
+  await h.everyBrokerShows(server, t, 5)
   const meta = await admin.fetchTopicMetadata({ topics: [t] })
   assert.deepEqual(meta.topics[0].partitions.map(p => p.partitionId).sort(), [0, 1, 2, 3, 4])
 

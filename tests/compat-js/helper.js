@@ -139,7 +139,7 @@ async function startClusterOnce(work, n) {
     for (const s of started) if (s.port) s.proc.kill('SIGKILL')
     return failed
   }
-  return { procs: started.map(s => s.proc), port: brokers[1], dirs: started.map((_, i) => path.join(work, `data${i + 1}`)) }
+  return { procs: started.map(s => s.proc), port: brokers[1], ports: brokers, dirs: started.map((_, i) => path.join(work, `data${i + 1}`)) }
 }
 
 async function startServer() {
@@ -176,6 +176,8 @@ async function startServer() {
   return {
     bootstrap: `127.0.0.1:${port}`,
     port,
+    // Every broker's address: a test that must see a change on all of them asks each.
+    brokers: (started.ports || [port]).map(p => `127.0.0.1:${p}`),
     // The node.id of the broker the clients are given.
     brokerId: CLUSTER > 1 ? 2 : 0,
     dataDir: started.dirs || path.join(work, 'data'),
@@ -376,6 +378,18 @@ function strom(args, input = '') {
   })
 }
 
+// Resolves once every broker's own metadata shows `topic` with `count` partitions (the strom
+// CLI asks the broker it is given).
+async function everyBrokerShows(server, topic, count) {
+  await waitFor(`${count} partitions of ${topic} on every broker`, async () => {
+    for (const b of server.brokers) {
+      const out = JSON.parse(await strom(['topics', 'describe', '--topic', topic, '--json', '--bootstrap-server', b]))
+      if (out[0].partitions.length !== count) return false
+    }
+    return true
+  })
+}
+
 // Expects `promise` to reject; resolves with the error.
 async function rejection(promise) {
   try {
@@ -400,6 +414,7 @@ module.exports = {
   FAST_GROUP,
   byPartition,
   collect,
+  everyBrokerShows,
   kafka,
   protocolError,
   readAll,

@@ -138,9 +138,15 @@ impl Partition {
 
     /// Clean shutdown: a last producer-state snapshot, then the log's own close.
     pub fn close(&self) -> Result<(), StorageError> {
-        self.log()
-            .checkpoint_high_watermark(self.high_watermark())?;
-        self.log.close()
+        self.close_deferred()?;
+        strom_storage::settle()
+    }
+
+    /// [`Partition::close`] with its fsyncs left to [`strom_storage::settle`], which the
+    /// caller runs once it has closed all it closes (a clean shutdown of many partitions).
+    pub fn close_deferred(&self) -> Result<(), StorageError> {
+        self.log().queue_high_watermark(self.high_watermark())?;
+        self.log.close_deferred()
     }
 
     /// Where the producer state's rebuild at open started replaying the log.

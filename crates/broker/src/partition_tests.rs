@@ -164,7 +164,9 @@ fn an_unclean_stop_replays_from_the_newest_snapshot_it_can_trust() {
     assert_eq!(p.replayed_from(), snapshot);
     assert_eq!(p.read_committed(0, 1 << 20).unwrap().1.len(), 1);
     drop(p);
-    // Recovery from an earlier segment: the snapshot covers unsynced index entries.
+    // Recovery from an earlier segment: the snapshot covers unsynced index entries. (The
+    // recovery point the open queued is written first.)
+    strom_storage::settle().unwrap();
     std::fs::write(&checkpoint, "0\n0\n").unwrap();
     let p = open(dir.path(), &segment);
     assert!(p.replayed_from() < active, "{}", p.replayed_from());

@@ -82,6 +82,7 @@ impl ReplicaManager {
         changes: &LocalChanges,
         config: impl Fn(&str) -> Option<TopicConfig>,
     ) -> Result<(), BrokerError> {
+        let mut opened = Vec::new();
         for (tp, info, leader) in changes
             .leaders
             .iter()
@@ -91,7 +92,13 @@ impl ReplicaManager {
             let Some(c) = config(&tp.topic) else {
                 continue;
             };
-            let p = self.open(tp, &c)?;
+            opened.push((self.open(tp, &c)?, info, leader));
+        }
+        // Opening after a clean shutdown removed each log's marker without fsync: one sync
+        // for all of them before their roles write to them (at a start with tens of
+        // thousands of partitions, one each took minutes).
+        strom_storage::settle()?;
+        for (p, info, leader) in opened {
             become_role(&p, info, leader);
         }
         for tp in &changes.deleted {

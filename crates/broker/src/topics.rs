@@ -464,7 +464,7 @@ impl Broker {
 
     /// Publishes the metadata log's newest image here now, not when the follower task gets
     /// to it: an answer must not run ahead of this node's own view.
-    async fn publish_latest(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn publish_latest(&self) -> Result<(), BrokerError> {
         let _admin = self.admin.lock().await;
         let image = self.latest_image();
         if image.offset > self.image().offset {

@@ -18,12 +18,37 @@ pub(crate) const CLEAN_SHUTDOWN: &str = ".clean-shutdown";
 const VERSION: &str = "0";
 
 pub(crate) fn write_atomically(dir: &Path, name: &str, contents: &str) -> Result<()> {
+    // A queued write of the same file must not land after this one.
+    crate::durable::settle_for(dir);
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut f = File::create(&tmp).at(&tmp)?;
     f.write_all(contents.as_bytes()).at(&tmp)?;
     f.sync_all().at(&tmp)?;
     fs::rename(&tmp, &path).at(&path)?;
+    sync_dir(dir)
+}
+
+/// [`write_atomically`] without its fsyncs, for a file the log can rebuild after a power
+/// loss (the leader epoch checkpoint, from the batches recovery checks). A process crash
+/// still finds either the old or the new version; the fsync comes with the next one of the
+/// log ([`sync_file`]), or the next [`crate::settle`].
+pub(crate) fn write_unsynced(dir: &Path, name: &str, contents: &str) -> Result<()> {
+    crate::durable::settle_for(dir);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    fs::write(&tmp, contents).at(&tmp)?;
+    fs::rename(&tmp, &path).at(&path)
+}
+
+/// fsync of `dir/name` and of `dir`, when the file exists.
+pub(crate) fn sync_file(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    match File::open(&path) {
+        Ok(f) => f.sync_all().at(&path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(&path),
+    }
     sync_dir(dir)
 }
 
@@ -42,7 +67,11 @@ pub(crate) fn read_offset(dir: &Path, name: &str) -> Option<u64> {
 }
 
 pub(crate) fn write_offset(dir: &Path, name: &str, value: u64) -> Result<()> {
-    write_atomically(dir, name, &format!("{VERSION}\n{value}\n"))
+    write_atomically(dir, name, &offset_file(value))
+}
+
+pub(crate) fn offset_file(value: u64) -> String {
+    format!("{VERSION}\n{value}\n")
 }
 
 /// Leader epoch -> first offset written in that epoch; what replication's
@@ -78,7 +107,42 @@ impl EpochCache {
         for (e, o) in &self.entries {
             s.push_str(&format!("{e} {o}\n"));
         }
-        write_atomically(dir, LEADER_EPOCHS, &s)
+        // Without fsync, as Kafka since KAFKA-15046: at a start at which every partition
+        // changes epochs, one fsync each took seconds. Made durable before the recovery
+        // point passes the batches it describes (`Shared::advance_recovery_point`), and
+        // rebuilt past the recovery point from the batches themselves.
+        write_unsynced(dir, LEADER_EPOCHS, &s)
+    }
+
+    /// Recovery's rebuild: the entries starting at or after `scan_start`, where recovery
+    /// started reading, are replaced by the epochs of the batches it found (in order, each
+    /// `(epoch, first offset)`). The first batches may continue an epoch that started
+    /// earlier: that one keeps its start.
+    pub(crate) fn rebuild_from(
+        &mut self,
+        dir: &Path,
+        scan_start: u64,
+        found: &[(i32, u64)],
+    ) -> Result<()> {
+        let before = self.entries.clone();
+        self.drop_from_end(scan_start);
+        for &(epoch, offset) in found {
+            if epoch < 0 || self.latest_epoch() == Some(epoch) {
+                continue;
+            }
+            while self
+                .entries
+                .last()
+                .is_some_and(|&(e, o)| e >= epoch || o >= offset)
+            {
+                self.entries.pop();
+            }
+            self.entries.push((epoch, offset));
+        }
+        if self.entries != before {
+            self.save(dir)?;
+        }
+        Ok(())
     }
 
     /// A cache of these `(epoch, start offset)` entries, in memory (a copy to decide on, as
@@ -135,27 +199,41 @@ impl EpochCache {
 
     /// Forgets epochs that start at or after `end` (the log was truncated there).
     pub(crate) fn truncate_from_end(&mut self, dir: &Path, end: u64) -> Result<()> {
-        let keep = self.entries.partition_point(|e| e.1 < end);
-        if keep != self.entries.len() {
-            self.entries.truncate(keep);
+        if self.drop_from_end(end) {
             self.save(dir)?;
         }
         Ok(())
     }
 
+    /// [`EpochCache::truncate_from_end`] in memory only; whether anything changed.
+    pub(crate) fn drop_from_end(&mut self, end: u64) -> bool {
+        let keep = self.entries.partition_point(|e| e.1 < end);
+        let changed = keep != self.entries.len();
+        self.entries.truncate(keep);
+        changed
+    }
+
     /// The log now starts at `start`: the epoch in force there starts there.
     pub(crate) fn truncate_from_start(&mut self, dir: &Path, start: u64) -> Result<()> {
+        if self.drop_before(start) {
+            self.save(dir)?;
+        }
+        Ok(())
+    }
+
+    /// [`EpochCache::truncate_from_start`] in memory only; whether anything changed.
+    pub(crate) fn drop_before(&mut self, start: u64) -> bool {
         let first_kept = self.entries.partition_point(|e| e.1 <= start);
         if first_kept == 0 {
-            return Ok(());
+            return false;
         }
         let epoch = self.entries[first_kept - 1].0;
         if first_kept == 1 && self.entries[0].1 == start {
-            return Ok(());
+            return false;
         }
         self.entries.drain(..first_kept);
         self.entries.insert(0, (epoch, start));
-        self.save(dir)
+        true
     }
 
     /// Kafka's OffsetForLeaderEpoch answer (`LeaderEpochFileCache.endOffsetFor`): for the

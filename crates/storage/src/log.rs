@@ -115,6 +115,8 @@ impl Log {
     /// Opens (or creates) the log in `dir`, recovering after an unclean shutdown.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
+        // Its own clean close may still be queued.
+        crate::durable::settle_for(&dir);
         let opened = crate::recovery::open(&dir, &config)?;
         let active = opened.segments.values().next_back().unwrap().clone();
         let shared = Shared {
@@ -223,10 +225,18 @@ impl Log {
     }
 
     pub fn epoch_cache(&self) -> EpochCache {
-        self.writer().epochs.clone()
+        self.writer_now().epochs.clone()
     }
 
+    /// The writer, once queued durable writes are settled (see [`crate::durable`]): what
+    /// it changes must not reach the disk before them.
     fn writer(&self) -> MutexGuard<'_, Writer> {
+        crate::durable::settle_for(&self.shared.dir);
+        self.writer_now()
+    }
+
+    /// The writer without settling: for what only reads, or queues its own writes.
+    fn writer_now(&self) -> MutexGuard<'_, Writer> {
         self.shared.writer.lock().unwrap()
     }
 
@@ -489,17 +499,48 @@ impl Log {
     /// Clean shutdown: flush everything, write the checkpoints and the clean-shutdown marker
     /// so the next open skips recovery.
     pub fn close(&self) -> Result<()> {
-        let mut w = self.writer();
-        self.flush_locked(&mut w, now_ms())?;
+        self.close_deferred()?;
+        crate::durable::settle()
+    }
+
+    /// [`Log::close`] with its fsyncs left to [`crate::settle`], which the caller runs once
+    /// all its logs are closed: the segments' and checkpoints' data is written now, the
+    /// marker only once all of it is durable. Until then the log counts as crashed.
+    pub fn close_deferred(&self) -> Result<()> {
+        let mut w = self.writer_now();
+        if w.closed {
+            return Ok(());
+        }
+        if let Some(h) = w.pending_flush.take() {
+            let _ = h.join();
+        }
+        w.active.persist_indexes()?;
         let dir = &self.shared.dir;
+        // Only what changed: creating files is most of a close's cost once the fsyncs are
+        // batched (tens of thousands of new inodes for a shutdown).
         let point = {
             let mut r = self.shared.recovery.lock().unwrap();
+            r.point = self.log_end_offset();
+            let unchanged = r.written == Some(r.point);
             r.written = None;
-            r.point
+            (!unchanged).then_some(r.point)
         };
-        checkpoint::write_offset(dir, checkpoint::RECOVERY_POINT, point)?;
-        checkpoint::write_offset(dir, checkpoint::LOG_START_OFFSET, self.log_start_offset())?;
-        checkpoint::write_atomically(dir, checkpoint::CLEAN_SHUTDOWN, "")?;
+        if let Some(point) = point {
+            crate::durable::write_later(
+                dir,
+                checkpoint::RECOVERY_POINT,
+                checkpoint::offset_file(point).as_bytes(),
+            )?;
+        }
+        let start = self.log_start_offset();
+        if checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET) != Some(start) {
+            crate::durable::write_later(
+                dir,
+                checkpoint::LOG_START_OFFSET,
+                checkpoint::offset_file(start).as_bytes(),
+            )?;
+        }
+        crate::durable::mark_later(dir, checkpoint::CLEAN_SHUTDOWN);
         w.closed = true;
         Ok(())
     }
@@ -508,7 +549,7 @@ impl Log {
     /// checkpoint, and before closing): after a restart, what is above it is not known to
     /// be committed. Nothing once the log is closed.
     pub fn checkpoint_high_watermark(&self, high_watermark: u64) -> Result<()> {
-        let w = self.writer();
+        let w = self.writer_now();
         if w.closed {
             return Ok(());
         }
@@ -518,6 +559,27 @@ impl Log {
             return Ok(());
         }
         checkpoint::write_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK, hw)?;
+        *written = Some(hw);
+        Ok(())
+    }
+
+    /// [`Log::checkpoint_high_watermark`] queued for [`crate::settle`], for a clean shutdown
+    /// of many logs: called before [`Log::close_deferred`].
+    pub fn queue_high_watermark(&self, high_watermark: u64) -> Result<()> {
+        let w = self.writer_now();
+        if w.closed {
+            return Ok(());
+        }
+        let hw = high_watermark.min(self.log_end_offset());
+        let mut written = self.shared.hw_written.lock().unwrap();
+        if *written == Some(hw) {
+            return Ok(());
+        }
+        crate::durable::write_later(
+            &self.shared.dir,
+            checkpoint::HIGH_WATERMARK,
+            checkpoint::offset_file(hw).as_bytes(),
+        )?;
         *written = Some(hw);
         Ok(())
     }
@@ -562,7 +624,7 @@ impl Log {
 
     /// Whether the log was closed (shut down or deleted): periodic work leaves it alone.
     pub fn is_closed(&self) -> bool {
-        self.writer().closed
+        self.writer_now().closed
     }
 
     /// Deletes the whole log (DeleteTopics).
@@ -595,6 +657,11 @@ impl Shared {
     fn advance_recovery_point(&self, to: u64, truncations_seen: u64, write_checkpoint: bool) {
         let mut r = self.recovery.lock().unwrap();
         if r.truncations != truncations_seen || to <= r.point {
+            return;
+        }
+        // The epochs of what the recovery point now covers are not rebuilt by recovery.
+        if let Err(e) = checkpoint::sync_file(&self.dir, checkpoint::LEADER_EPOCHS) {
+            tracing::warn!(error = %e, "could not sync the leader epoch checkpoint");
             return;
         }
         r.point = to;

@@ -191,9 +191,24 @@ impl PartitionLog {
 
     /// Clean shutdown: a last snapshot, then the log's own close.
     pub fn close(&self) -> Result<(), StorageError> {
+        self.close_deferred()?;
+        crate::durable::settle()
+    }
+
+    /// [`PartitionLog::close`] with its fsyncs left to [`crate::settle`] (see
+    /// [`Log::close_deferred`]).
+    pub fn close_deferred(&self) -> Result<(), StorageError> {
+        if self.log.is_closed() {
+            return Ok(());
+        }
         let states = self.states();
-        self.snapshot(&states);
-        self.log.close()
+        if let Err(e) = self
+            .log
+            .queue_producer_snapshot(self.log.log_end_offset(), &states.encode())
+        {
+            tracing::warn!(dir = %self.log.dir().display(), error = %e, "could not write a producer-state snapshot");
+        }
+        self.log.close_deferred()
     }
 
     /// A leader's append of a producer's batches: control batches are refused (markers are

@@ -77,8 +77,9 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
     };
     let recovered_from =
         (!clean && !logs.is_empty()).then(|| first_unsafe(&segments, recovery_point));
+    let mut found_epochs = None;
     if recovered_from.is_some() {
-        recover(dir, &mut segments, recovery_point)?;
+        found_epochs = Some(recover(dir, &mut segments, recovery_point)?);
     }
 
     let last = segments.values().next_back().unwrap().clone();
@@ -89,24 +90,37 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         .max(first_base)
         .min(end_offset);
     let mut epochs = EpochCache::load(dir);
-    epochs.truncate_from_end(dir, end_offset)?;
-    epochs.truncate_from_start(dir, start_offset)?;
+    // Its last writes may not have reached the disk (it is written without fsync).
+    if let Some((scan_start, found)) = found_epochs {
+        epochs.rebuild_from(dir, scan_start, &found)?;
+    }
+    // In memory only: every open makes the same cut from the same file, and the next
+    // write of the file (a new epoch) writes the result. An empty log's latest epoch starts
+    // at its end and is cut at every open: writing that took a rename per partition.
+    epochs.drop_from_end(end_offset);
+    epochs.drop_before(start_offset);
     let rolling_base_ms = match last.read_header(0)? {
         Some(h) if last.size() > 0 => Some(h.max_timestamp.min(crate::log::now_ms())),
         _ => None,
     };
 
+    // Both made durable by one sync for all the logs opened (`crate::durable`), before
+    // anything is written to them.
     if clean {
         fs::remove_file(dir.join(checkpoint::CLEAN_SHUTDOWN)).at(dir)?;
-        checkpoint::sync_dir(dir)?;
+        crate::durable::sync_later(dir);
     } else if !logs.is_empty() {
         // What recovery kept was read back from the files, but may still sit only in the page
-        // cache after a process crash: make it durable before calling it recovered.
+        // cache after a process crash: durable before the recovery point says recovered.
         let first_recovered = first_unsafe(&segments, recovery_point);
         for seg in segments.range(first_recovered..).map(|(_, s)| s) {
-            seg.sync()?;
+            seg.persist_indexes()?;
         }
-        checkpoint::write_offset(dir, checkpoint::RECOVERY_POINT, end_offset)?;
+        crate::durable::write_later(
+            dir,
+            checkpoint::RECOVERY_POINT,
+            checkpoint::offset_file(end_offset).as_bytes(),
+        )?;
     }
     Ok(Opened {
         segments,
@@ -121,11 +135,15 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
 
 /// Scans the segments that may hold batches at or after `recovery_point`. The first damage
 /// found ends the log: the segment is cut there and every later segment is deleted.
+/// Returns the offset where the check started and the epochs of the batches kept from
+/// there (see `ScanOutcome::epochs`).
 fn recover(
     dir: &Path,
     segments: &mut BTreeMap<u64, Arc<Segment>>,
     recovery_point: u64,
-) -> Result<()> {
+) -> Result<(u64, Vec<(i32, u64)>)> {
+    let mut found_epochs: Vec<(i32, u64)> = Vec::new();
+    let mut scan_start = None;
     let first = first_unsafe(segments, recovery_point);
     let bases: Vec<u64> = segments.range(first..).map(|(b, _)| *b).collect();
     let mut damaged_at: Option<u64> = None;
@@ -151,7 +169,13 @@ fn recover(
         } else {
             (0, *base)
         };
+        scan_start.get_or_insert(expected);
         let outcome = seg.scan_valid(from, expected)?;
+        for &(epoch, offset) in &outcome.epochs {
+            if offset < outcome.next_offset && found_epochs.last().map(|e| e.0) != Some(epoch) {
+                found_epochs.push((epoch, offset));
+            }
+        }
         if let Some(why) = &outcome.damage {
             tracing::warn!(segment = %seg.log_path().display(), valid_bytes = outcome.valid_bytes,
                 "{why}; truncating the log at offset {}", outcome.next_offset);
@@ -175,7 +199,7 @@ fn recover(
             damaged_at = Some(outcome.next_offset);
         }
     }
-    Ok(())
+    Ok((scan_start.unwrap_or(recovery_point), found_epochs))
 }
 
 /// Base offset of the segment holding `recovery_point`: recovery starts there.

@@ -87,6 +87,9 @@ pub(crate) struct ScanOutcome {
     pub valid_bytes: u64,
     pub next_offset: u64,
     pub damage: Option<String>,
+    /// `(leader epoch, base offset)` of each valid batch whose epoch differs from the one
+    /// before it: the leader epoch checkpoint's entries for what was scanned.
+    pub epochs: Vec<(i32, u64)>,
 }
 
 impl Segment {
@@ -262,6 +265,7 @@ impl Segment {
         let mut next = expected_offset;
         let mut buf = Vec::new();
         let mut damage = None;
+        let mut epochs: Vec<(i32, u64)> = Vec::new();
         while pos < size {
             let Some(h) = self.read_header(pos)? else {
                 damage = Some(format!("torn batch header at position {pos}"));
@@ -291,6 +295,9 @@ impl Segment {
                     break;
                 }
             }
+            if epochs.last().map(|e| e.0) != Some(h.partition_leader_epoch) {
+                epochs.push((h.partition_leader_epoch, h.base_offset as u64));
+            }
             next = h.last_offset() as u64 + 1;
             pos += total;
         }
@@ -298,6 +305,7 @@ impl Segment {
             valid_bytes: pos,
             next_offset: next,
             damage,
+            epochs,
         })
     }
 

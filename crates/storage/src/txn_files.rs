@@ -80,6 +80,15 @@ impl Log {
         Ok(())
     }
 
+    /// [`Log::write_producer_snapshot`] left to [`crate::settle`] (a clean shutdown of many
+    /// logs); none when the newest snapshot was taken at `offset` already.
+    pub fn queue_producer_snapshot(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        if self.snapshots()?.last() == Some(&offset) {
+            return Ok(());
+        }
+        crate::durable::write_later(self.dir(), &file_name(offset, SNAPSHOT), bytes)
+    }
+
     /// The newest snapshots first, each with the offset it was taken at; only those the log
     /// still reaches (at or below its end).
     pub fn producer_snapshots(&self) -> Result<Vec<(u64, Vec<u8>)>> {

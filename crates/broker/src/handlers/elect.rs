@@ -112,6 +112,11 @@ impl Broker {
                 })
             });
             let _ = tokio::time::timeout(Duration::from_secs(5), shown).await;
+            // Requests answered from the published image (DescribeTopics, Metadata) must show
+            // the leaders once the election is answered.
+            if let Err(e) = self.publish_latest().await {
+                tracing::warn!("publishing the elected leaders: {e}");
+            }
         }
         Ok(results)
     }
