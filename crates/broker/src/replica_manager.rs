@@ -82,7 +82,7 @@ impl ReplicaManager {
         changes: &LocalChanges,
         config: impl Fn(&str) -> Option<TopicConfig>,
     ) -> Result<(), BrokerError> {
-        let mut opened = Vec::new();
+        let mut to_open = Vec::new();
         for (tp, info, leader) in changes
             .leaders
             .iter()
@@ -92,14 +92,33 @@ impl ReplicaManager {
             let Some(c) = config(&tp.topic) else {
                 continue;
             };
-            opened.push((self.open(tp, &c)?, info, leader));
+            to_open.push((tp, c, info, leader));
         }
+        let started = std::time::Instant::now();
+        let count = to_open.len();
+        // Several threads when there are many: a start opens tens of thousands of logs,
+        // each a few small files to read, and a new leader epoch to write.
+        let opened: Vec<_> = in_parallel(to_open, |(tp, c, info, leader)| {
+            Ok::<_, BrokerError>((self.open(tp, &c)?, info, leader))
+        })
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+        let opened_in = started.elapsed();
         // Opening after a clean shutdown removed each log's marker without fsync: one sync
         // for all of them before their roles write to them (at a start with tens of
         // thousands of partitions, one each took minutes).
         strom_storage::settle()?;
-        for (p, info, leader) in opened {
-            become_role(&p, info, leader);
+        let synced_in = started.elapsed();
+        in_parallel(opened, |(p, info, leader)| become_role(&p, info, leader));
+        if count >= 1000 {
+            // Kafka's "Loaded N logs": where a slow start spends its time.
+            tracing::info!(
+                replicas = count,
+                open_ms = opened_in.as_millis() as u64,
+                sync_ms = (synced_in - opened_in).as_millis() as u64,
+                roles_ms = (started.elapsed() - synced_in).as_millis() as u64,
+                "replicas opened"
+            );
         }
         for tp in &changes.deleted {
             let Some(p) = self.partitions.write().unwrap().remove(tp) else {
@@ -126,6 +145,38 @@ impl ReplicaManager {
         }
         Ok(())
     }
+}
+
+/// `f` of every item, results in order: on up to 8 threads (as many as the machine has)
+/// when there are more than a few hundred items, else on this one.
+fn in_parallel<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R> {
+    const PER_THREAD: usize = 256;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(items.len().div_ceil(PER_THREAD));
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let size = items.len().div_ceil(threads);
+    let mut chunks = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let tail = rest.split_off(size.min(rest.len()));
+        chunks.push(rest);
+        rest = tail;
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| s.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a thread opening logs panicked"))
+            .collect()
+    })
 }
 
 fn become_role(p: &Partition, info: &PartitionInfo, leader: bool) {

@@ -102,7 +102,7 @@ impl EpochCache {
         EpochCache { entries }
     }
 
-    fn save(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
         let mut s = format!("{VERSION}\n{}\n", self.entries.len());
         for (e, o) in &self.entries {
             s.push_str(&format!("{e} {o}\n"));
@@ -168,14 +168,22 @@ impl EpochCache {
     /// its log, not say epoch 5 started at 0 (a consumer at epoch 4 would have been sent
     /// back to offset 0 as if the log had been truncated there).
     pub(crate) fn assign(&mut self, dir: &Path, epoch: i32, offset: u64) -> Result<()> {
+        if self.assign_in_memory(epoch, offset) {
+            self.save(dir)?;
+        }
+        Ok(())
+    }
+
+    /// [`EpochCache::assign`] without writing the file; whether anything changed.
+    pub(crate) fn assign_in_memory(&mut self, epoch: i32, offset: u64) -> bool {
         if epoch < 0 {
-            return Ok(());
+            return false;
         }
         if let Some(&(latest, start)) = self.entries.last()
             && latest == epoch
             && offset >= start
         {
-            return Ok(());
+            return false;
         }
         let before = self.entries.len();
         while self
@@ -194,7 +202,7 @@ impl EpochCache {
             );
         }
         self.entries.push((epoch, offset));
-        self.save(dir)
+        true
     }
 
     /// Forgets epochs that start at or after `end` (the log was truncated there).

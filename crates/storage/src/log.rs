@@ -93,6 +93,11 @@ struct Writer {
     unflushed_messages: i64,
     last_flush_ms: i64,
     epochs: EpochCache,
+    /// A new epoch assigned at the log end is not written until something is written
+    /// after it: until then it describes no record, and the next open would cut it anyway
+    /// (at a start every partition gets one, and a file written each took most of the
+    /// start).
+    epochs_unsaved: bool,
     /// fsync of the segment rolled last, running in the background as in Kafka.
     pending_flush: Option<JoinHandle<()>>,
     closed: bool,
@@ -131,6 +136,7 @@ impl Log {
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 epochs: opened.epochs,
+                epochs_unsaved: false,
                 pending_flush: None,
                 closed: false,
             }),
@@ -242,9 +248,13 @@ impl Log {
 
     /// The writer, for operations that change the log: refused once the log is closed.
     fn open_writer(&self) -> Result<MutexGuard<'_, Writer>> {
-        let w = self.writer();
+        let mut w = self.writer();
         if w.closed {
             return Err(closed_error(&self.shared.dir));
+        }
+        if w.epochs_unsaved {
+            w.epochs.save(&self.shared.dir)?;
+            w.epochs_unsaved = false;
         }
         Ok(w)
     }

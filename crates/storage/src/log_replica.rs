@@ -20,7 +20,10 @@ impl Log {
             return Ok(());
         }
         let end = self.log_end_offset();
-        w.epochs.assign(&self.shared.dir, epoch, end)
+        if w.epochs.assign_in_memory(epoch, end) {
+            w.epochs_unsaved = true;
+        }
+        Ok(())
     }
 
     /// OffsetForLeaderEpoch for `epoch` against this log (see [`EpochCache::end_offset_for`]).

@@ -231,3 +231,26 @@ fn a_rebuild_that_starts_inside_an_epoch_keeps_its_start() {
         assert_eq!(log.epoch_cache().entries(), &want, "{lose_last_write}");
     }
 }
+
+/// A new epoch at the log end describes no record yet: it is written with the first write
+/// after it (a start gives every partition one; writing each took most of the start).
+#[test]
+fn an_epoch_is_written_with_the_first_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leader-epoch-checkpoint");
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.assign_epoch_start(3).unwrap();
+    log.append(&mut batch(2, 0, "a"), 3).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n1\n3 0\n");
+    log.assign_epoch_start(5).unwrap();
+    assert_eq!(log.epoch_cache().entries(), &[(3, 0), (5, 2)]);
+    assert_eq!(log.end_offset_for_epoch(3), (3, 2));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n1\n3 0\n");
+    log.append(&mut batch(1, 0, "b"), 5).unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n2\n3 0\n5 2\n");
+    // One more epoch, no record in it, then a crash: the reopened log has what it holds.
+    log.assign_epoch_start(6).unwrap();
+    drop(log);
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.epoch_cache().entries(), &[(3, 0), (5, 2)]);
+}
