@@ -118,13 +118,7 @@ impl EpochCache {
     /// started reading, are replaced by the epochs of the batches it found (in order, each
     /// `(epoch, first offset)`). The first batches may continue an epoch that started
     /// earlier: that one keeps its start.
-    pub(crate) fn rebuild_from(
-        &mut self,
-        dir: &Path,
-        scan_start: u64,
-        found: &[(i32, u64)],
-    ) -> Result<()> {
-        let before = self.entries.clone();
+    pub(crate) fn rebuild_from(&mut self, scan_start: u64, found: &[(i32, u64)]) {
         self.drop_from_end(scan_start);
         for &(epoch, offset) in found {
             if epoch < 0 || self.latest_epoch() == Some(epoch) {
@@ -139,10 +133,6 @@ impl EpochCache {
             }
             self.entries.push((epoch, offset));
         }
-        if self.entries != before {
-            self.save(dir)?;
-        }
-        Ok(())
     }
 
     /// A cache of these `(epoch, start offset)` entries, in memory (a copy to decide on, as

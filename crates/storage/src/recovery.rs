@@ -89,16 +89,26 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         .unwrap_or(first_base)
         .max(first_base)
         .min(end_offset);
-    let mut epochs = EpochCache::load(dir);
-    // Its last writes may not have reached the disk (it is written without fsync).
+    // The cut to the log's bounds is made in memory only: every open makes the same cut
+    // from the same file, and the next write of the file writes the result. (An empty
+    // log's latest epoch starts at its end and is cut at every open: writing that took a
+    // rename per partition.)
+    let cut = |mut epochs: EpochCache| {
+        epochs.drop_from_end(end_offset);
+        epochs.drop_before(start_offset);
+        epochs
+    };
+    let loaded = EpochCache::load(dir);
+    let mut epochs = loaded.clone();
+    // Its last writes may not have reached the disk (it is written without fsync): what
+    // recovery read says what they were.
     if let Some((scan_start, found)) = found_epochs {
-        epochs.rebuild_from(dir, scan_start, &found)?;
+        epochs.rebuild_from(scan_start, &found);
     }
-    // In memory only: every open makes the same cut from the same file, and the next
-    // write of the file (a new epoch) writes the result. An empty log's latest epoch starts
-    // at its end and is cut at every open: writing that took a rename per partition.
-    epochs.drop_from_end(end_offset);
-    epochs.drop_before(start_offset);
+    let epochs = cut(epochs);
+    if epochs != cut(loaded) {
+        epochs.save(dir)?;
+    }
     let rolling_base_ms = match last.read_header(0)? {
         Some(h) if last.size() > 0 => Some(h.max_timestamp.min(crate::log::now_ms())),
         _ => None,
@@ -116,11 +126,13 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         for seg in segments.range(first_recovered..).map(|(_, s)| s) {
             seg.persist_indexes()?;
         }
-        crate::durable::write_later(
-            dir,
-            checkpoint::RECOVERY_POINT,
-            checkpoint::offset_file(end_offset).as_bytes(),
-        )?;
+        if recovery_point != end_offset {
+            crate::durable::write_later(
+                dir,
+                checkpoint::RECOVERY_POINT,
+                checkpoint::offset_file(end_offset).as_bytes(),
+            )?;
+        }
     }
     Ok(Opened {
         segments,
