@@ -38,13 +38,14 @@ impl Broker {
     }
 
     pub fn run_checkpoint(&self) {
+        let mut batch = strom_storage::CheckpointBatch::default();
         for p in self.all_partitions() {
-            if let Err(e) = p.log().checkpoint() {
-                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "checkpoint failed");
-            }
-            if let Err(e) = p.log().checkpoint_high_watermark(p.high_watermark()) {
-                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "high watermark checkpoint failed");
-            }
+            p.log().checkpoint_into(&mut batch);
+            p.log().high_watermark_into(p.high_watermark(), &mut batch);
+        }
+        let files = batch.len();
+        if let Err(e) = batch.commit() {
+            tracing::warn!(files, error = %e, "writing the recovery point and high watermark checkpoints failed");
         }
     }
 

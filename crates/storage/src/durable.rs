@@ -166,7 +166,7 @@ fn io_error(path: &Path, source: io::Error) -> StorageError {
 
 /// Flushes the whole filesystem holding `dir` (Linux `syncfs`; elsewhere `sync`, which
 /// flushes them all). A directory deleted meanwhile needs nothing.
-fn sync_filesystem(dir: &Path) -> Result<()> {
+pub(crate) fn sync_filesystem(dir: &Path) -> Result<()> {
     let f = match File::open(dir) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

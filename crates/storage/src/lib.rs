@@ -24,7 +24,7 @@ mod segment;
 mod txn_files;
 pub mod txn_index;
 
-pub use checkpoint::EpochCache;
+pub use checkpoint::{CheckpointBatch, EpochCache};
 pub use compact::{CleanOptions, CleanStats, Cleanable, dirty_bytes_on_disk};
 pub use config::{LogConfig, TimestampType};
 pub use durable::settle;

@@ -602,6 +602,43 @@ impl Log {
         read.map(|hw| hw.min(self.log_end_offset()))
     }
 
+    /// [`Log::checkpoint`] into `batch`, made durable with many others' by its commit.
+    pub fn checkpoint_into(&self, batch: &mut crate::CheckpointBatch) {
+        let w = self.writer_now();
+        if w.closed {
+            return;
+        }
+        let mut r = self.shared.recovery.lock().unwrap();
+        if r.written == Some(r.point) {
+            return;
+        }
+        batch.push(
+            &self.shared.dir,
+            checkpoint::RECOVERY_POINT,
+            checkpoint::offset_file(r.point),
+        );
+        r.written = Some(r.point);
+    }
+
+    /// [`Log::checkpoint_high_watermark`] into `batch`.
+    pub fn high_watermark_into(&self, high_watermark: u64, batch: &mut crate::CheckpointBatch) {
+        let w = self.writer_now();
+        if w.closed {
+            return;
+        }
+        let hw = high_watermark.min(self.log_end_offset());
+        let mut written = self.shared.hw_written.lock().unwrap();
+        if *written == Some(hw) {
+            return;
+        }
+        batch.push(
+            &self.shared.dir,
+            checkpoint::HIGH_WATERMARK,
+            checkpoint::offset_file(hw),
+        );
+        *written = Some(hw);
+    }
+
     /// Writes the recovery point checkpoint (the broker calls this periodically). Nothing
     /// once the log is closed: closing wrote the last one, and a deleted log's directory
     /// may already be gone. The writer's lock orders this with close and delete.

@@ -60,6 +60,11 @@ impl PartitionLog {
             let mut states = p.producers.lock().unwrap();
             p.rebuild_producer_state(&mut states)?;
         }
+        // The next snapshot comes with the next roll: a restart replays at most the active
+        // segment, as when it was written. (A snapshot at the first append after every
+        // open cost two fsyncs per partition, thousands at once after a start.)
+        p.snapshot_segment
+            .store(p.log.active_segment_base(), Ordering::Release);
         Ok(p)
     }
 
