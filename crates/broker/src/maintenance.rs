@@ -30,7 +30,7 @@ impl Broker {
     }
 
     pub fn run_flush(&self, now_ms: i64) {
-        for p in self.all_partitions() {
+        for p in self.replicas.all_unordered() {
             if let Err(e) = p.log().maybe_flush(now_ms) {
                 tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "flush failed");
             }
@@ -39,7 +39,7 @@ impl Broker {
 
     pub fn run_checkpoint(&self) {
         let mut batch = strom_storage::CheckpointBatch::default();
-        for p in self.all_partitions() {
+        for p in self.replicas.all_unordered() {
             p.log().checkpoint_into(&mut batch);
             p.log().high_watermark_into(p.high_watermark(), &mut batch);
         }

@@ -483,6 +483,11 @@ impl Log {
 
     /// Applies `flush.ms` for logs that received no append lately.
     pub fn maybe_flush(&self, now: i64) -> Result<()> {
+        // Kafka's default flush.ms is never: most logs have nothing to do here, and the
+        // broker asks every log every second.
+        if self.config().flush_ms == i64::MAX {
+            return Ok(());
+        }
         let mut w = self.writer();
         if !w.closed
             && w.unflushed_messages > 0

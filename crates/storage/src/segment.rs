@@ -68,16 +68,15 @@ impl SegmentIndex {
 
 pub(crate) struct Segment {
     pub base_offset: u64,
+    /// The other files' names differ by their extension only: derived when used (three
+    /// more paths per segment were a tenth of an idle partition's memory).
     log_path: PathBuf,
-    index_path: PathBuf,
-    time_index_path: PathBuf,
     file: Arc<crate::open_files::FileSlot>,
     /// Bytes of whole batches readers may see; published after the bytes are written.
     size: AtomicU64,
     index: RwLock<Option<SegmentIndex>>,
     /// `index.interval.bytes`, needed when the index is rebuilt from the log.
     interval: AtomicU64,
-    txn_index_path: PathBuf,
     /// The `.txnindex` entries, loaded on first use.
     aborted: Mutex<Option<Vec<AbortedTxn>>>,
 }
@@ -117,33 +116,27 @@ impl Segment {
         let seg = Segment {
             base_offset,
             log_path,
-            index_path,
-            time_index_path,
             file: Arc::default(),
             size: AtomicU64::new(0),
             index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
             interval: AtomicU64::new(4096),
-            txn_index_path: dir.join(file_name(base_offset, "txnindex")),
             aborted: Mutex::new(Some(Vec::new())),
         };
-        let _ = std::fs::remove_file(&seg.txn_index_path);
+        let _ = std::fs::remove_file(seg.txn_index_path());
         seg.file.keep(Arc::new(file));
         Ok(seg)
     }
 
     /// An existing segment, known by name and size only until first used.
     pub fn existing(dir: &Path, base_offset: u64, size: u64) -> Segment {
-        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+        let (log_path, _, _) = Self::paths(dir, base_offset);
         Segment {
             base_offset,
             log_path,
-            index_path,
-            time_index_path,
             file: Arc::default(),
             size: AtomicU64::new(size),
             index: RwLock::new(None),
             interval: AtomicU64::new(4096),
-            txn_index_path: dir.join(file_name(base_offset, "txnindex")),
             aborted: Mutex::new(None),
         }
     }
@@ -158,6 +151,18 @@ impl Segment {
 
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.log_path.with_extension("index")
+    }
+
+    fn time_index_path(&self) -> PathBuf {
+        self.log_path.with_extension("timeindex")
+    }
+
+    fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension("txnindex")
     }
 
     /// The log file, opened if it is not (it may have been closed for the open files
@@ -223,8 +228,8 @@ impl Segment {
         let mut interval = self.interval.load(Ordering::Relaxed);
         let mut from = 0;
         if let (Some(offsets), Some(times)) = (
-            OffsetIndex::load(&self.index_path, size),
-            TimeIndex::load(&self.time_index_path),
+            OffsetIndex::load(&self.index_path(), size),
+            TimeIndex::load(&self.time_index_path()),
         ) {
             if let Some((_, pos)) = offsets.last() {
                 from = pos as u64;
@@ -336,10 +341,12 @@ impl Segment {
             idx.observe(self.base_offset, pos, &h, u64::MAX);
             pos += h.total_size() as u64;
         }
-        idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+        idx.offsets
+            .persist(&self.index_path())
+            .at(&self.index_path())?;
         idx.times
-            .persist(&self.time_index_path)
-            .at(&self.time_index_path)?;
+            .persist(&self.time_index_path())
+            .at(&self.time_index_path())?;
         *guard = Some(idx);
         drop(guard);
         self.truncate_aborted(cut_offset)
@@ -434,10 +441,12 @@ impl Segment {
     pub fn persist_indexes(&self) -> Result<()> {
         let mut guard = self.index.write().unwrap();
         if let Some(idx) = guard.as_mut() {
-            idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+            idx.offsets
+                .persist(&self.index_path())
+                .at(&self.index_path())?;
             idx.times
-                .persist(&self.time_index_path)
-                .at(&self.time_index_path)?;
+                .persist(&self.time_index_path())
+                .at(&self.time_index_path())?;
         }
         Ok(())
     }
@@ -446,7 +455,7 @@ impl Segment {
     pub fn sync(&self) -> Result<()> {
         self.persist_indexes()?;
         self.file()?.sync_data().at(&self.log_path)?;
-        for p in [&self.index_path, &self.time_index_path] {
+        for p in [&self.index_path(), &self.time_index_path()] {
             if let Ok(f) = File::open(p) {
                 f.sync_data().at(p)?;
             }
@@ -470,9 +479,9 @@ impl Segment {
         let mut out = Vec::new();
         for p in [
             &self.log_path,
-            &self.index_path,
-            &self.time_index_path,
-            &self.txn_index_path,
+            &self.index_path(),
+            &self.time_index_path(),
+            &self.txn_index_path(),
         ] {
             let mut to = p.as_os_str().to_owned();
             to.push(".deleted");
@@ -491,9 +500,9 @@ impl Segment {
         self.file.retire();
         for p in [
             &self.log_path,
-            &self.index_path,
-            &self.time_index_path,
-            &self.txn_index_path,
+            &self.index_path(),
+            &self.time_index_path(),
+            &self.txn_index_path(),
         ] {
             match std::fs::remove_file(p) {
                 Ok(()) => {}
@@ -523,12 +532,14 @@ impl Segment {
             pos += h.total_size() as u64;
         }
         // Rewrite both files whole: the old ones may hold entries past the cut.
-        let _ = std::fs::remove_file(&self.index_path);
-        let _ = std::fs::remove_file(&self.time_index_path);
-        idx.offsets.persist(&self.index_path).at(&self.index_path)?;
+        let _ = std::fs::remove_file(self.index_path());
+        let _ = std::fs::remove_file(self.time_index_path());
+        idx.offsets
+            .persist(&self.index_path())
+            .at(&self.index_path())?;
         idx.times
-            .persist(&self.time_index_path)
-            .at(&self.time_index_path)?;
+            .persist(&self.time_index_path())
+            .at(&self.time_index_path())?;
         let next = idx.next_offset;
         *self.index.write().unwrap() = Some(idx);
         self.truncate_aborted(next)
@@ -537,16 +548,16 @@ impl Segment {
     fn with_aborted<R>(&self, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
         let mut guard = self.aborted.lock().unwrap();
         if guard.is_none() {
-            let bytes = match std::fs::read(&self.txn_index_path) {
+            let bytes = match std::fs::read(self.txn_index_path()) {
                 Ok(b) => b,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).at(&self.txn_index_path),
+                Err(e) => return Err(e).at(&self.txn_index_path()),
             };
             let entries = AbortedTxn::decode_all(&bytes);
             if entries.len() * crate::txn_index::ENTRY != bytes.len() {
                 // A torn or damaged entry: rewrite whole entries only, or the next append
                 // would land out of alignment and garble every later entry.
-                tracing::warn!(file = %self.txn_index_path.display(), "dropping a damaged tail of the aborted-transaction index");
+                tracing::warn!(file = %self.txn_index_path().display(), "dropping a damaged tail of the aborted-transaction index");
                 self.persist_aborted(&entries)?;
             }
             *guard = Some(entries);
@@ -575,9 +586,9 @@ impl Segment {
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.txn_index_path)
-                .at(&self.txn_index_path)?;
-            io::Write::write_all(&mut f, &bytes).at(&self.txn_index_path)?;
+                .open(self.txn_index_path())
+                .at(&self.txn_index_path())?;
+            io::Write::write_all(&mut f, &bytes).at(&self.txn_index_path())?;
         }
         Ok(())
     }
@@ -602,18 +613,18 @@ impl Segment {
         for t in entries {
             t.encode(&mut bytes);
         }
-        let tmp = self.txn_index_path.with_extension("txnindex.tmp");
+        let tmp = self.txn_index_path().with_extension("txnindex.tmp");
         let mut f = File::create(&tmp).at(&tmp)?;
         io::Write::write_all(&mut f, &bytes).at(&tmp)?;
         f.sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, &self.txn_index_path).at(&self.txn_index_path)
+        std::fs::rename(&tmp, self.txn_index_path()).at(&self.txn_index_path())
     }
 
     fn sync_aborted(&self) -> Result<()> {
-        match File::open(&self.txn_index_path) {
-            Ok(f) => f.sync_all().at(&self.txn_index_path),
+        match File::open(self.txn_index_path()) {
+            Ok(f) => f.sync_all().at(&self.txn_index_path()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).at(&self.txn_index_path),
+            Err(e) => Err(e).at(&self.txn_index_path()),
         }
     }
 }
