@@ -143,9 +143,12 @@ impl Log {
             recovery: Mutex::new(Recovery {
                 point: opened.recovery_point,
                 truncations: 0,
-                // Opening leaves the file at the recovery point: a clean shutdown wrote it
-                // after flushing everything, a recovery wrote it after the scan.
-                written: Some(opened.recovery_point),
+                // A recovery left the file at the recovery point (or queued it); after a
+                // clean shutdown the file may be older, and the next checkpoint pass
+                // writes it (until then a crash recovers from the older point).
+                written: opened
+                    .recovery_point_written
+                    .then_some(opened.recovery_point),
             }),
             hw_written: Mutex::new(None),
             recovered_from: opened.recovered_from,
@@ -532,20 +535,13 @@ impl Log {
         w.active.persist_indexes()?;
         let dir = &self.shared.dir;
         // Only what changed: creating files is most of a close's cost once the fsyncs are
-        // batched (tens of thousands of new inodes for a shutdown).
-        let point = {
+        // batched (tens of thousands of new inodes for a shutdown). Not the recovery point:
+        // the marker says there is nothing to recover, and if the marker is lost the
+        // older point on disk only means more to check.
+        {
             let mut r = self.shared.recovery.lock().unwrap();
             r.point = self.log_end_offset();
-            let unchanged = r.written == Some(r.point);
             r.written = None;
-            (!unchanged).then_some(r.point)
-        };
-        if let Some(point) = point {
-            crate::durable::write_later(
-                dir,
-                checkpoint::RECOVERY_POINT,
-                checkpoint::offset_file(point).as_bytes(),
-            )?;
         }
         let start = self.log_start_offset();
         if checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET) != Some(start) {

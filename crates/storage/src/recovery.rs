@@ -16,6 +16,9 @@ pub(crate) struct Opened {
     pub start_offset: u64,
     pub end_offset: u64,
     pub recovery_point: u64,
+    /// Whether the recovery point file holds `recovery_point` (a clean shutdown does not
+    /// write it: its marker makes it moot, and the next checkpoint pass writes it).
+    pub recovery_point_written: bool,
     /// After an unclean shutdown: the base of the first segment recovery had to check.
     pub recovered_from: Option<u64>,
     pub rolling_base_ms: Option<i64>,
@@ -139,6 +142,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         start_offset,
         end_offset,
         recovery_point: end_offset,
+        recovery_point_written: !clean,
         recovered_from,
         rolling_base_ms,
         epochs,

@@ -254,3 +254,27 @@ fn an_epoch_is_written_with_the_first_records_after_it() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.epoch_cache().entries(), &[(3, 0), (5, 2)]);
 }
+
+/// A clean close does not write the recovery point (its marker makes it moot); the first
+/// checkpoint pass after the next open does, so a later crash recovers from there.
+#[test]
+fn the_recovery_point_a_clean_close_skips_is_written_by_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("recovery-point-checkpoint");
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&mut batch(3, 0, "x"), 0).unwrap();
+    log.close().unwrap();
+    drop(log);
+    assert!(!file.exists());
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.recovered_from(), None);
+    let mut batch_of_files = strom_storage::CheckpointBatch::default();
+    log.checkpoint_into(&mut batch_of_files);
+    assert_eq!(batch_of_files.len(), 1);
+    batch_of_files.commit().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n3\n");
+    // Nothing changed since: the next pass writes nothing.
+    let mut again = strom_storage::CheckpointBatch::default();
+    log.checkpoint_into(&mut again);
+    assert!(again.is_empty());
+}
