@@ -556,107 +556,6 @@ impl Log {
         Ok(())
     }
 
-    /// Records the replica's high watermark (the broker calls this with the recovery point
-    /// checkpoint, and before closing): after a restart, what is above it is not known to
-    /// be committed. Nothing once the log is closed.
-    pub fn checkpoint_high_watermark(&self, high_watermark: u64) -> Result<()> {
-        let w = self.writer_now();
-        if w.closed {
-            return Ok(());
-        }
-        let hw = high_watermark.min(self.log_end_offset());
-        let mut written = self.shared.hw_written.lock().unwrap();
-        if *written == Some(hw) {
-            return Ok(());
-        }
-        checkpoint::write_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK, hw)?;
-        *written = Some(hw);
-        Ok(())
-    }
-
-    /// [`Log::checkpoint_high_watermark`] queued for [`crate::settle`], for a clean shutdown
-    /// of many logs: called before [`Log::close_deferred`].
-    pub fn queue_high_watermark(&self, high_watermark: u64) -> Result<()> {
-        let w = self.writer_now();
-        if w.closed {
-            return Ok(());
-        }
-        let hw = high_watermark.min(self.log_end_offset());
-        let mut written = self.shared.hw_written.lock().unwrap();
-        if *written == Some(hw) {
-            return Ok(());
-        }
-        crate::durable::write_later(
-            &self.shared.dir,
-            checkpoint::HIGH_WATERMARK,
-            checkpoint::offset_file(hw).as_bytes(),
-        )?;
-        *written = Some(hw);
-        Ok(())
-    }
-
-    /// The high watermark last checkpointed, capped by the log end (recovery may have
-    /// truncated below it); `None` when none was ever written.
-    pub fn checkpointed_high_watermark(&self) -> Option<u64> {
-        let read = checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK);
-        *self.shared.hw_written.lock().unwrap() = read;
-        read.map(|hw| hw.min(self.log_end_offset()))
-    }
-
-    /// [`Log::checkpoint`] into `batch`, made durable with many others' by its commit.
-    pub fn checkpoint_into(&self, batch: &mut crate::CheckpointBatch) {
-        let w = self.writer_now();
-        if w.closed {
-            return;
-        }
-        let mut r = self.shared.recovery.lock().unwrap();
-        if r.written == Some(r.point) {
-            return;
-        }
-        batch.push(
-            &self.shared.dir,
-            checkpoint::RECOVERY_POINT,
-            checkpoint::offset_file(r.point),
-        );
-        r.written = Some(r.point);
-    }
-
-    /// [`Log::checkpoint_high_watermark`] into `batch`.
-    pub fn high_watermark_into(&self, high_watermark: u64, batch: &mut crate::CheckpointBatch) {
-        let w = self.writer_now();
-        if w.closed {
-            return;
-        }
-        let hw = high_watermark.min(self.log_end_offset());
-        let mut written = self.shared.hw_written.lock().unwrap();
-        if *written == Some(hw) {
-            return;
-        }
-        batch.push(
-            &self.shared.dir,
-            checkpoint::HIGH_WATERMARK,
-            checkpoint::offset_file(hw),
-        );
-        *written = Some(hw);
-    }
-
-    /// Writes the recovery point checkpoint (the broker calls this periodically). Nothing
-    /// once the log is closed: closing wrote the last one, and a deleted log's directory
-    /// may already be gone. The writer's lock orders this with close and delete.
-    pub fn checkpoint(&self) -> Result<()> {
-        let w = self.writer();
-        if w.closed {
-            return Ok(());
-        }
-        let mut r = self.shared.recovery.lock().unwrap();
-        if r.written == Some(r.point) {
-            return Ok(());
-        }
-        checkpoint::write_offset(&self.shared.dir, checkpoint::RECOVERY_POINT, r.point)?;
-        r.written = Some(r.point);
-        Ok(())
-    }
-
     /// Runs `f` holding the writer's lock, unless the log is closed: the cleaner swaps
     /// segments this way, so that appends, truncations and retention see the segments before
     /// or after a swap, never in between.
@@ -745,6 +644,8 @@ fn closed_error(dir: &Path) -> StorageError {
 }
 
 // A replica's side of the log: leader epochs, and appends of batches copied from the leader.
+#[path = "log_checkpoints.rs"]
+mod checkpoints;
 #[path = "log_replica.rs"]
 mod replica;
 
