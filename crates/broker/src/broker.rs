@@ -478,7 +478,7 @@ impl Broker {
         let mut replicas_of: BTreeMap<String, Vec<Arc<Partition>>> = BTreeMap::new();
         if defaults_changed {
             for p in self.replicas.all() {
-                replicas_of.entry(p.topic.clone()).or_default().push(p);
+                replicas_of.entry(p.topic.to_string()).or_default().push(p);
             }
         }
         // Topic configs first: a new replica opens with its topic's config.
@@ -503,7 +503,7 @@ impl Broker {
                                 .replicas
                                 .all()
                                 .into_iter()
-                                .filter(|p| &p.topic == name)
+                                .filter(|p| *p.topic == **name)
                                 .collect(),
                         };
                         for p in replicas {

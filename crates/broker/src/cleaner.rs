@@ -170,7 +170,7 @@ impl Throttler {
 
 /// What the cleaner threads share.
 pub struct CleanerState {
-    busy: Mutex<HashSet<(String, i32)>>,
+    busy: Mutex<HashSet<(std::sync::Arc<str>, i32)>>,
     throttler: Mutex<Throttler>,
 }
 

@@ -253,6 +253,12 @@ impl BrokerConfig {
                 "broker.session.timeout.ms" => c.kraft.session_timeout_ms = int(k, v)?,
                 "controller.quorum.election.timeout.ms" => c.kraft.election_timeout_ms = int(k, v)?,
                 "controller.quorum.fetch.timeout.ms" => c.kraft.fetch_timeout_ms = int(k, v)?,
+                "metadata.log.max.record.bytes.between.snapshots" => {
+                    c.kraft.snapshot_bytes = int(k, v)?;
+                    if c.kraft.snapshot_bytes == 0 {
+                        return Err(invalid(k, v, "must be at least 1"));
+                    }
+                }
                 "log.dirs" | "log.dir" => {
                     let dirs: Vec<&str> = v
                         .split(',')

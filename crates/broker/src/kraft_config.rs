@@ -58,6 +58,8 @@ pub struct KraftConfig {
     pub election_timeout_ms: u64,
     /// controller.quorum.fetch.timeout.ms
     pub fetch_timeout_ms: u64,
+    /// metadata.log.max.record.bytes.between.snapshots
+    pub snapshot_bytes: u64,
 }
 
 impl Default for KraftConfig {
@@ -76,6 +78,7 @@ impl Default for KraftConfig {
             session_timeout_ms: 9_000,
             election_timeout_ms: 1_000,
             fetch_timeout_ms: 2_000,
+            snapshot_bytes: 20 << 20,
         }
     }
 }

@@ -281,7 +281,7 @@ impl Broker {
                 let req = BrokerRequest::AlterPartition {
                     id: self.config.node_id,
                     epoch: self.broker_epoch.load(Ordering::SeqCst),
-                    topic: p.topic.clone(),
+                    topic: p.topic.to_string(),
                     partition: p.index,
                     leader_epoch,
                     partition_epoch: change.partition_epoch,

@@ -67,7 +67,7 @@ pub struct Appended {
 }
 
 pub struct Partition {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub index: i32,
     log: PartitionLog,
     /// The leader and the replica set, as the metadata last said.
@@ -80,7 +80,8 @@ pub struct Partition {
     /// the ISR follow.
     leader_state: std::sync::Mutex<Option<LeaderState>>,
     /// An ISR expansion a follower's fetch called for, to send to the controller.
-    expansion: std::sync::Mutex<Option<IsrChange>>,
+    /// Boxed: rarely set, and held by every partition.
+    expansion: std::sync::Mutex<Option<Box<IsrChange>>>,
     replica_lag_time_max_ms: std::sync::atomic::AtomicI64,
     node_id: i32,
     /// Waiting fetches and acks=all produces, woken whenever the high watermark moves (and,
@@ -94,7 +95,7 @@ impl Partition {
     /// Opens the replica's log in `dir` (created if new) with this node as the only replica.
     pub fn open(
         dir: &Path,
-        topic: &str,
+        topic: impl Into<Arc<str>>,
         index: i32,
         node_id: i32,
         config: &TopicConfig,
@@ -102,7 +103,7 @@ impl Partition {
         let log = PartitionLog::open(dir, config.log)?;
         let epoch = log.log().epoch_cache().latest_epoch().unwrap_or(0).max(0);
         Ok(Partition {
-            topic: topic.to_string(),
+            topic: topic.into(),
             index,
             role: RwLock::new(Role {
                 leader: node_id,
@@ -298,7 +299,7 @@ impl Partition {
             self.publish_high_watermark(hw);
         }
         if let Some(change) = outcome.expand {
-            *self.expansion.lock().unwrap() = Some(change);
+            *self.expansion.lock().unwrap() = Some(Box::new(change));
         }
         Ok(())
     }
@@ -313,6 +314,7 @@ impl Partition {
             .lock()
             .unwrap()
             .take()
+            .map(|c| *c)
             .or_else(|| state.tick(now))?;
         Some((change, state.leader_epoch()))
     }

@@ -39,6 +39,7 @@ pub(crate) async fn start_quorum(
         .join("__cluster_metadata-0");
     let qc = QuorumConfig {
         election_timeout_ms: c.kraft.election_timeout_ms,
+        snapshot_bytes: c.kraft.snapshot_bytes,
         controller: strom_controller::ControllerConfig {
             session_timeout_ms: c.kraft.session_timeout_ms as i64,
             unclean_leader_election: c.unclean_leader_election,

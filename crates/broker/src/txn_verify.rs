@@ -202,7 +202,7 @@ impl Broker {
                 producer_epoch,
                 verify_only: true,
                 topics: vec![AddPartitionsToTxnTopic {
-                    name: p.topic.clone(),
+                    name: p.topic.to_string(),
                     partitions: vec![p.index],
                     ..Default::default()
                 }],

@@ -258,6 +258,9 @@ impl EpochCache {
                 "leader epoch entries that no longer increase removed"
             );
         }
+        // Most logs only ever see an epoch or two: a first entry takes 16 bytes, not the
+        // default first growth's 64.
+        self.entries.reserve_exact(1);
         self.entries.push((epoch, offset));
         true
     }

@@ -69,6 +69,86 @@ impl Default for LogConfig {
     }
 }
 
+/// One shared copy of each distinct config: the logs of a topic (and every topic on the
+/// defaults) point at the same one instead of holding 112 bytes each.
+pub(crate) fn shared(config: LogConfig) -> std::sync::Arc<LogConfig> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, Weak};
+    static SHARED: Mutex<Option<HashMap<Key, Weak<LogConfig>>>> = Mutex::new(None);
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let table = guard.get_or_insert_with(HashMap::new);
+    if let Some(c) = table.get(&Key(config)).and_then(Weak::upgrade) {
+        return c;
+    }
+    // Dropped configs leave dead entries: swept whenever the table doubles.
+    if table.len() >= 64 && table.len().is_power_of_two() {
+        table.retain(|_, w| w.strong_count() > 0);
+    }
+    let c = Arc::new(config);
+    table.insert(Key(config), Arc::downgrade(&c));
+    c
+}
+
+/// A config as a map key: equal when every field is bit for bit.
+#[derive(Clone, Copy)]
+struct Key(LogConfig);
+
+impl Key {
+    fn bits(&self) -> [u64; 17] {
+        let LogConfig {
+            segment_bytes,
+            segment_ms,
+            retention_ms,
+            retention_bytes,
+            index_interval_bytes,
+            segment_index_bytes,
+            flush_messages,
+            flush_ms,
+            timestamp_type,
+            max_message_bytes,
+            cleanup_delete,
+            cleanup_compact,
+            min_cleanable_dirty_ratio,
+            min_compaction_lag_ms,
+            max_compaction_lag_ms,
+            delete_retention_ms,
+        } = self.0;
+        [
+            segment_bytes,
+            segment_ms as u64,
+            retention_ms as u64,
+            retention_bytes as u64,
+            index_interval_bytes,
+            segment_index_bytes,
+            flush_messages as u64,
+            flush_ms as u64,
+            timestamp_type as u64,
+            max_message_bytes as u64,
+            cleanup_delete as u64,
+            cleanup_compact as u64,
+            min_cleanable_dirty_ratio.to_bits(),
+            min_compaction_lag_ms as u64,
+            max_compaction_lag_ms as u64,
+            delete_retention_ms as u64,
+            0,
+        ]
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.bits() == other.bits()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bits().hash(state)
+    }
+}
+
 /// The topic-level keys this config understands, for listing in DescribeConfigs.
 pub const KEYS: &[&str] = &[
     "segment.bytes",
@@ -208,6 +288,21 @@ impl LogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_configs_share_one_copy() {
+        let a = shared(LogConfig::default());
+        let b = shared(LogConfig::default());
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let other = LogConfig {
+            min_cleanable_dirty_ratio: 0.25,
+            ..LogConfig::default()
+        };
+        let c = shared(other);
+        assert!(!std::sync::Arc::ptr_eq(&a, &c));
+        assert_eq!(*c, other);
+        assert!(std::sync::Arc::ptr_eq(&c, &shared(other)));
+    }
 
     #[test]
     fn defaults_match_kafka() {

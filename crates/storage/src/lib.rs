@@ -21,6 +21,7 @@ mod read;
 pub mod reader;
 mod recovery;
 mod segment;
+mod segment_map;
 mod txn_files;
 pub mod txn_index;
 

@@ -4,12 +4,11 @@
 //! published size, and only ever look at bytes below it. The writer writes the bytes first and
 //! publishes the size and the end offset after, so a reader sees whole batches or nothing.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
@@ -18,6 +17,7 @@ use crate::checkpoint::{self, EpochCache};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{IoContext, Result, StorageError};
 use crate::segment::Segment;
+use crate::segment_map::SegmentMap;
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +71,9 @@ pub struct Log {
 }
 
 pub(crate) struct Shared {
-    dir: PathBuf,
-    config: RwLock<LogConfig>,
-    pub(crate) segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    dir: Arc<Path>,
+    config: RwLock<Arc<LogConfig>>,
+    pub(crate) segments: RwLock<SegmentMap>,
     end_offset: AtomicU64,
     start_offset: AtomicU64,
     writer: Mutex<Writer>,
@@ -81,10 +81,16 @@ pub(crate) struct Shared {
     recovered_from: Option<u64>,
     /// The earliest delete horizon the cleaner left in the log: once passed, a cleaning is
     /// due even when nothing is dirty. Not kept across restarts.
-    pub(crate) cleaner_horizon: Mutex<Option<i64>>,
-    /// What the high-watermark file holds, when known (as [`Recovery::written`]).
-    hw_written: Mutex<Option<u64>>,
+    /// `i64::MIN` for none (an atomic, not a locked `Option`: every byte of an idle
+    /// partition counts when a broker holds tens of thousands).
+    pub(crate) cleaner_horizon: AtomicI64,
+    /// What the high-watermark file holds, when known (as [`Recovery::written`]);
+    /// [`UNKNOWN`] when not.
+    pub(crate) hw_written: AtomicU64,
 }
+
+/// `Shared::hw_written` when the high-watermark file's content is not known.
+pub(crate) const UNKNOWN: u64 = u64::MAX;
 
 struct Writer {
     active: Arc<Segment>,
@@ -119,14 +125,14 @@ pub(crate) use crate::clock::now_ms;
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering after an unclean shutdown.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
-        let dir = dir.as_ref().to_path_buf();
+        let dir: Arc<Path> = Arc::from(dir.as_ref());
         // Its own clean close may still be queued.
         crate::durable::settle_for(&dir);
         let opened = crate::recovery::open(&dir, &config)?;
-        let active = opened.segments.values().next_back().unwrap().clone();
+        let active = opened.segments.last().unwrap().clone();
         let shared = Shared {
             dir,
-            config: RwLock::new(config),
+            config: RwLock::new(crate::config::shared(config)),
             segments: RwLock::new(opened.segments),
             end_offset: AtomicU64::new(opened.end_offset),
             start_offset: AtomicU64::new(opened.start_offset),
@@ -150,9 +156,9 @@ impl Log {
                     .recovery_point_written
                     .then_some(opened.recovery_point),
             }),
-            hw_written: Mutex::new(None),
+            hw_written: AtomicU64::new(UNKNOWN),
             recovered_from: opened.recovered_from,
-            cleaner_horizon: Mutex::new(None),
+            cleaner_horizon: AtomicI64::new(i64::MIN),
         };
         let log = Log {
             shared: Arc::new(shared),
@@ -165,13 +171,18 @@ impl Log {
         &self.shared.dir
     }
 
+    /// The directory as its segments share it.
+    pub(crate) fn shared_dir(&self) -> &Arc<Path> {
+        &self.shared.dir
+    }
+
     pub fn config(&self) -> LogConfig {
-        *self.shared.config.read().unwrap()
+        **self.shared.config.read().unwrap()
     }
 
     /// New settings take effect on the next append, read or retention run.
     pub fn set_config(&self, config: LogConfig) {
-        *self.shared.config.write().unwrap() = config;
+        *self.shared.config.write().unwrap() = crate::config::shared(config);
         for seg in self.shared.segments.read().unwrap().values() {
             seg.set_interval(config.index_interval_bytes);
         }
@@ -214,17 +225,11 @@ impl Log {
     /// Base offset of the active (last) segment.
     pub fn active_segment_base(&self) -> u64 {
         let segs = self.shared.segments.read().unwrap();
-        segs.keys().next_back().copied().unwrap_or(0)
+        segs.last().map_or(0, |s| s.base_offset)
     }
 
     pub fn segment_base_offsets(&self) -> Vec<u64> {
-        self.shared
-            .segments
-            .read()
-            .unwrap()
-            .keys()
-            .copied()
-            .collect()
+        self.shared.segments.read().unwrap().bases().collect()
     }
 
     /// How many segments have their index in memory (lazy loading is observable in tests).
@@ -377,7 +382,7 @@ impl Log {
         seg.set_interval(self.config().index_interval_bytes);
         let old = std::mem::replace(&mut w.active, seg.clone());
         old.persist_indexes()?;
-        self.shared.segments.write().unwrap().insert(base, seg);
+        self.shared.segments.write().unwrap().insert(seg);
         w.rolling_base_ms = None;
         tracing::debug!(dir = %self.shared.dir.display(), base, "rolled segment");
 
@@ -425,11 +430,7 @@ impl Log {
             .expect("a log always has a segment");
         let doomed: Vec<Arc<Segment>> = {
             let mut segs = self.shared.segments.write().unwrap();
-            let later: Vec<u64> = segs
-                .range(target.base_offset + 1..)
-                .map(|(k, _)| *k)
-                .collect();
-            later.iter().filter_map(|k| segs.remove(k)).collect()
+            segs.split_off(target.base_offset + 1)
         };
         for s in doomed {
             s.delete_files()?;
@@ -458,20 +459,13 @@ impl Log {
     }
 
     fn replace_all_segments(&self, w: &mut Writer, base: u64) -> Result<()> {
-        let old: Vec<Arc<Segment>> = {
-            let mut segs = self.shared.segments.write().unwrap();
-            std::mem::take(&mut *segs).into_values().collect()
-        };
+        let old: Vec<Arc<Segment>> = { self.shared.segments.write().unwrap().take_all() };
         for s in &old {
             s.delete_files()?;
         }
         let seg = Arc::new(Segment::create(&self.shared.dir, base)?);
         seg.set_interval(self.config().index_interval_bytes);
-        self.shared
-            .segments
-            .write()
-            .unwrap()
-            .insert(base, seg.clone());
+        self.shared.segments.write().unwrap().insert(seg.clone());
         w.active = seg;
         w.rolling_base_ms = None;
         self.shared.end_offset.store(base, Ordering::Release);

@@ -6,6 +6,7 @@
 //! and delete.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use super::Log;
 use crate::checkpoint;
@@ -63,7 +64,9 @@ impl Log {
     /// truncated below it); `None` when none was ever written.
     pub fn checkpointed_high_watermark(&self) -> Option<u64> {
         let read = checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK);
-        *self.shared.hw_written.lock().unwrap() = read;
+        self.shared
+            .hw_written
+            .store(read.unwrap_or(crate::log::UNKNOWN), Ordering::Release);
         read.map(|hw| hw.min(self.log_end_offset()))
     }
 
@@ -95,12 +98,12 @@ impl Log {
             return Ok(());
         }
         let hw = high_watermark.min(self.log_end_offset());
-        let mut written = self.shared.hw_written.lock().unwrap();
-        if *written == Some(hw) {
+        // Under the writer's lock: no other write of the file runs meanwhile.
+        if self.shared.hw_written.load(Ordering::Acquire) == hw {
             return Ok(());
         }
         write(&self.shared.dir, hw)?;
-        *written = Some(hw);
+        self.shared.hw_written.store(hw, Ordering::Release);
         Ok(())
     }
 }

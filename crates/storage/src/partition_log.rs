@@ -39,7 +39,9 @@ pub enum LeaderAppend {
 
 pub struct PartitionLog {
     log: Log,
-    producers: Mutex<ProducerStates>,
+    /// `None` while there is nothing to remember: most partitions of a large broker have
+    /// no idempotent producer, and the empty tables took an eighth of an idle partition.
+    producers: Mutex<Option<Box<ProducerStates>>>,
     /// The active segment when the producer state was last snapshotted: a roll takes the
     /// next snapshot, so a restart replays at most about one segment.
     snapshot_segment: AtomicU64,
@@ -52,13 +54,14 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog, StorageError> {
         let p = PartitionLog {
             log: Log::open(dir, config)?,
-            producers: Mutex::new(ProducerStates::default()),
+            producers: Mutex::new(None),
             snapshot_segment: AtomicU64::new(u64::MAX),
             replayed_from: AtomicU64::new(0),
         };
         {
-            let mut states = p.producers.lock().unwrap();
+            let mut states = p.states();
             p.rebuild_producer_state(&mut states)?;
+            states.release_if_unused();
         }
         // The next snapshot comes with the next roll: a restart replays at most the active
         // segment, as when it was written. (A snapshot at the first append after every
@@ -72,8 +75,8 @@ impl PartitionLog {
         &self.log
     }
 
-    fn states(&self) -> MutexGuard<'_, ProducerStates> {
-        self.producers.lock().unwrap()
+    fn states(&self) -> States<'_> {
+        States(self.producers.lock().unwrap())
     }
 
     /// Rebuilds the producer state: the newest readable snapshot, then every batch after it
@@ -433,6 +436,39 @@ impl PartitionLog {
 
     /// Forgets producers idle longer than `expiration_ms` with no transaction open here.
     pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
-        self.states().expire(now, expiration_ms)
+        let mut states = self.states();
+        let expired = states.expire(now, expiration_ms);
+        states.release_if_unused();
+        expired
+    }
+}
+
+/// The producer state under its lock, created when first changed.
+struct States<'a>(MutexGuard<'a, Option<Box<ProducerStates>>>);
+
+static NO_PRODUCERS: std::sync::LazyLock<ProducerStates> =
+    std::sync::LazyLock::new(ProducerStates::default);
+
+impl States<'_> {
+    /// Frees an empty state (after an open, or a pass that expired producers): appends
+    /// without producer ids may have created it.
+    fn release_if_unused(&mut self) {
+        if self.0.as_ref().is_some_and(|s| s.is_unused()) {
+            *self.0 = None;
+        }
+    }
+}
+
+impl std::ops::Deref for States<'_> {
+    type Target = ProducerStates;
+
+    fn deref(&self) -> &ProducerStates {
+        self.0.as_deref().unwrap_or(&NO_PRODUCERS)
+    }
+}
+
+impl std::ops::DerefMut for States<'_> {
+    fn deref_mut(&mut self) -> &mut ProducerStates {
+        self.0.get_or_insert_with(Box::default)
     }
 }

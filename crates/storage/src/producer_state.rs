@@ -406,6 +406,15 @@ impl ProducerStates {
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
     }
+
+    /// Nothing to remember: no producer, no transaction, and no verification guard was
+    /// ever handed out (a guard number must not be reused while one may be outstanding).
+    pub(crate) fn is_unused(&self) -> bool {
+        self.producers.is_empty()
+            && self.ongoing.is_empty()
+            && self.verifying.is_empty()
+            && self.next_guard == 0
+    }
 }
 
 #[cfg(test)]

@@ -137,15 +137,12 @@ impl Log {
 
     pub(crate) fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
         let segs = self.shared.segments.read().unwrap();
-        segs.range(..=offset)
-            .next_back()
-            .or_else(|| segs.iter().next())
-            .map(|(_, s)| s.clone())
+        segs.at_or_before(offset).or_else(|| segs.first()).cloned()
     }
 
     pub(crate) fn segment_after(&self, base: u64) -> Option<Arc<Segment>> {
         let segs = self.shared.segments.read().unwrap();
-        segs.range(base + 1..).next().map(|(_, s)| s.clone())
+        segs.from(base + 1).first().cloned()
     }
 
     pub(crate) fn all_segments(&self) -> Vec<Arc<Segment>> {
@@ -226,7 +223,7 @@ impl Log {
         let mut buf = vec![0u8; h.total_size()];
         seg.file()?
             .read_exact_at(&mut buf, pos)
-            .at(seg.log_path())?;
+            .map_err(|e| seg.io_err(e))?;
         for r in batch::records(&buf) {
             let offset = h.base_offset as u64 + r.offset_delta as u64;
             let timestamp = h.base_timestamp + r.timestamp_delta;

@@ -10,9 +10,10 @@ use crate::checkpoint::{self, EpochCache};
 use crate::config::LogConfig;
 use crate::error::{IoContext, Result};
 use crate::segment::Segment;
+use crate::segment_map::SegmentMap;
 
 pub(crate) struct Opened {
-    pub segments: BTreeMap<u64, Arc<Segment>>,
+    pub segments: SegmentMap,
     pub start_offset: u64,
     pub end_offset: u64,
     pub recovery_point: u64,
@@ -33,7 +34,7 @@ fn parse_base(name: &str, ext: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
+pub(crate) fn open(dir: &Arc<Path>, config: &LogConfig) -> Result<Opened> {
     fs::create_dir_all(dir).at(dir)?;
     crate::compact::recover_swaps(dir)?;
     let mut logs = BTreeMap::new();
@@ -62,15 +63,15 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
 
     let clean = dir.join(checkpoint::CLEAN_SHUTDOWN).exists();
     let saved_start = checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET);
-    let mut segments: BTreeMap<u64, Arc<Segment>> = BTreeMap::new();
+    let mut segments = SegmentMap::default();
     if logs.is_empty() {
         let base = saved_start.unwrap_or(0);
-        segments.insert(base, Arc::new(Segment::create(dir, base)?));
+        segments.insert(Arc::new(Segment::create(dir, base)?));
     }
     for (&base, &size) in &logs {
         let seg = Segment::existing(dir, base, size);
         seg.set_interval(config.index_interval_bytes);
-        segments.insert(base, Arc::new(seg));
+        segments.insert(Arc::new(seg));
     }
 
     let recovery_point = if clean {
@@ -85,9 +86,9 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         found_epochs = Some(recover(dir, &mut segments, recovery_point)?);
     }
 
-    let last = segments.values().next_back().unwrap().clone();
+    let last = segments.last().unwrap().clone();
     let end_offset = last.next_offset()?;
-    let first_base = *segments.keys().next().unwrap();
+    let first_base = segments.first().unwrap().base_offset;
     let start_offset = saved_start
         .unwrap_or(first_base)
         .max(first_base)
@@ -126,7 +127,7 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
         // What recovery kept was read back from the files, but may still sit only in the page
         // cache after a process crash: durable before the recovery point says recovered.
         let first_recovered = first_unsafe(&segments, recovery_point);
-        for seg in segments.range(first_recovered..).map(|(_, s)| s) {
+        for seg in segments.from(first_recovered) {
             seg.persist_indexes()?;
         }
         if recovery_point != end_offset {
@@ -155,19 +156,19 @@ pub(crate) fn open(dir: &Path, config: &LogConfig) -> Result<Opened> {
 /// there (see `ScanOutcome::epochs`).
 fn recover(
     dir: &Path,
-    segments: &mut BTreeMap<u64, Arc<Segment>>,
+    segments: &mut SegmentMap,
     recovery_point: u64,
 ) -> Result<(u64, Vec<(i32, u64)>)> {
     let mut found_epochs: Vec<(i32, u64)> = Vec::new();
     let mut scan_start = None;
     let first = first_unsafe(segments, recovery_point);
-    let bases: Vec<u64> = segments.range(first..).map(|(b, _)| *b).collect();
+    let bases: Vec<u64> = segments.from(first).iter().map(|s| s.base_offset).collect();
     let mut damaged_at: Option<u64> = None;
     for (i, base) in bases.iter().enumerate() {
-        let seg = segments[base].clone();
+        let seg = segments.get(*base).expect("listed above").clone();
         if damaged_at.is_some() {
             tracing::warn!(segment = %seg.log_path().display(), "deleting segment after damage");
-            segments.remove(base);
+            segments.remove(*base);
             seg.delete_files()?;
             continue;
         }
@@ -198,7 +199,7 @@ fn recover(
             damaged_at = Some(outcome.next_offset);
         }
         if outcome.valid_bytes == 0 && i > 0 && damaged_at.is_some() {
-            segments.remove(base);
+            segments.remove(*base);
             seg.delete_files()?;
             continue;
         }
@@ -206,7 +207,7 @@ fn recover(
         // A segment must continue where the previous one ended; otherwise what follows is
         // not part of this log.
         if damaged_at.is_none()
-            && let Some((_, next)) = segments.range(base + 1..).next()
+            && let Some(next) = segments.from(base + 1).first()
             && next.base_offset != outcome.next_offset
         {
             tracing::warn!(segment = %next.log_path().display(),
@@ -219,12 +220,12 @@ fn recover(
 }
 
 /// Base offset of the segment holding `recovery_point`: recovery starts there.
-fn first_unsafe(segments: &BTreeMap<u64, Arc<Segment>>, recovery_point: u64) -> u64 {
+fn first_unsafe(segments: &SegmentMap, recovery_point: u64) -> u64 {
     segments
-        .range(..=recovery_point)
-        .next_back()
-        .map(|(b, _)| *b)
-        .unwrap_or(*segments.keys().next().unwrap())
+        .at_or_before(recovery_point)
+        .or(segments.first())
+        .unwrap()
+        .base_offset
 }
 
 fn index_path(dir: &Path, base: u64) -> std::path::PathBuf {

@@ -97,7 +97,7 @@ impl Log {
                 .segments
                 .write()
                 .unwrap()
-                .remove(&seg.base_offset);
+                .remove(seg.base_offset);
             deleted.push(seg.mark_deleted()?);
         }
         let first_base = self.segment_base_offsets()[0];

@@ -68,9 +68,9 @@ impl SegmentIndex {
 
 pub(crate) struct Segment {
     pub base_offset: u64,
-    /// The other files' names differ by their extension only: derived when used (three
-    /// more paths per segment were a tenth of an idle partition's memory).
-    log_path: PathBuf,
+    /// The log's directory, shared by its segments: the files' paths are derived when used
+    /// (four paths per segment were a seventh of an idle partition's memory).
+    dir: Arc<Path>,
     file: Arc<crate::open_files::FileSlot>,
     /// Bytes of whole batches readers may see; published after the bytes are written.
     size: AtomicU64,
@@ -92,17 +92,11 @@ pub(crate) struct ScanOutcome {
 }
 
 impl Segment {
-    fn paths(dir: &Path, base: u64) -> (PathBuf, PathBuf, PathBuf) {
-        (
-            dir.join(file_name(base, "log")),
-            dir.join(file_name(base, "index")),
-            dir.join(file_name(base, "timeindex")),
-        )
-    }
-
     /// A new, empty segment (an existing file of that name is emptied).
-    pub fn create(dir: &Path, base_offset: u64) -> Result<Segment> {
-        let (log_path, index_path, time_index_path) = Self::paths(dir, base_offset);
+    pub fn create(dir: &Arc<Path>, base_offset: u64) -> Result<Segment> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let index_path = dir.join(file_name(base_offset, "index"));
+        let time_index_path = dir.join(file_name(base_offset, "timeindex"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -115,7 +109,7 @@ impl Segment {
         }
         let seg = Segment {
             base_offset,
-            log_path,
+            dir: dir.clone(),
             file: Arc::default(),
             size: AtomicU64::new(0),
             index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
@@ -128,11 +122,10 @@ impl Segment {
     }
 
     /// An existing segment, known by name and size only until first used.
-    pub fn existing(dir: &Path, base_offset: u64, size: u64) -> Segment {
-        let (log_path, _, _) = Self::paths(dir, base_offset);
+    pub fn existing(dir: &Arc<Path>, base_offset: u64, size: u64) -> Segment {
         Segment {
             base_offset,
-            log_path,
+            dir: dir.clone(),
             file: Arc::default(),
             size: AtomicU64::new(size),
             index: RwLock::new(None),
@@ -149,20 +142,20 @@ impl Segment {
         self.size.load(Ordering::Acquire)
     }
 
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.base_offset, "log"))
     }
 
     fn index_path(&self) -> PathBuf {
-        self.log_path.with_extension("index")
+        self.dir.join(file_name(self.base_offset, "index"))
     }
 
     fn time_index_path(&self) -> PathBuf {
-        self.log_path.with_extension("timeindex")
+        self.dir.join(file_name(self.base_offset, "timeindex"))
     }
 
     fn txn_index_path(&self) -> PathBuf {
-        self.log_path.with_extension("txnindex")
+        self.dir.join(file_name(self.base_offset, "txnindex"))
     }
 
     /// The log file, opened if it is not (it may have been closed for the open files
@@ -173,14 +166,14 @@ impl Segment {
                 OpenOptions::new()
                     .read(true)
                     .write(true)
-                    .open(&self.log_path)
+                    .open(self.log_path())
             })
-            .at(&self.log_path)
+            .map_err(|e| self.io_err(e))
     }
 
-    fn io_err(&self, e: io::Error) -> StorageError {
+    pub(crate) fn io_err(&self, e: io::Error) -> StorageError {
         StorageError::Io {
-            path: self.log_path.display().to_string(),
+            path: self.log_path().display().to_string(),
             source: e,
         }
     }
@@ -242,7 +235,7 @@ impl Segment {
             idx.offsets = offsets;
             idx.times = times;
         } else if size > 0 {
-            tracing::info!(segment = %self.log_path.display(), "rebuilding index");
+            tracing::info!(segment = %self.log_path().display(), "rebuilding index");
         }
         let mut pos = from;
         while pos < size {
@@ -251,7 +244,7 @@ impl Segment {
             };
             let total = h.total_size() as u64;
             if h.batch_length < (HEADER_LEN - 12) as i32 || pos + total > size {
-                tracing::warn!(segment = %self.log_path.display(), position = pos,
+                tracing::warn!(segment = %self.log_path().display(), position = pos,
                     "bad batch framing in a flushed segment; ignoring its tail");
                 self.size.store(pos, Ordering::Release);
                 break;
@@ -265,7 +258,7 @@ impl Segment {
     /// Reads every batch from `from` on, checking framing, CRC and that offsets follow each
     /// other from `expected_offset`; stops at the first damage. Used by recovery.
     pub fn scan_valid(&self, from: u64, expected_offset: u64) -> Result<ScanOutcome> {
-        let size = self.file()?.metadata().at(&self.log_path)?.len();
+        let size = self.file()?.metadata().map_err(|e| self.io_err(e))?.len();
         let mut pos = from;
         let mut next = expected_offset;
         let mut buf = Vec::new();
@@ -318,7 +311,7 @@ impl Segment {
     /// brings the index state back to what the writer had before that batch.
     pub fn truncate_to(&self, position: u64, cut_offset: u64) -> Result<()> {
         let file = self.file()?;
-        file.set_len(position).at(&self.log_path)?;
+        file.set_len(position).map_err(|e| self.io_err(e))?;
         self.size.store(position, Ordering::Release);
         let mut guard = self.index.write().unwrap();
         let mut idx = SegmentIndex::empty(self.base_offset);
@@ -425,7 +418,7 @@ impl Segment {
 
     /// Last-modified time, for retention of segments whose batches carry no timestamps.
     pub fn modified_ms(&self) -> i64 {
-        std::fs::metadata(&self.log_path)
+        std::fs::metadata(self.log_path())
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -454,7 +447,7 @@ impl Segment {
     /// fsync of the log and index files.
     pub fn sync(&self) -> Result<()> {
         self.persist_indexes()?;
-        self.file()?.sync_data().at(&self.log_path)?;
+        self.file()?.sync_data().map_err(|e| self.io_err(e))?;
         for p in [&self.index_path(), &self.time_index_path()] {
             if let Ok(f) = File::open(p) {
                 f.sync_data().at(p)?;
@@ -478,7 +471,7 @@ impl Segment {
         self.file.retire();
         let mut out = Vec::new();
         for p in [
-            &self.log_path,
+            &self.log_path(),
             &self.index_path(),
             &self.time_index_path(),
             &self.txn_index_path(),
@@ -499,7 +492,7 @@ impl Segment {
     pub fn delete_files(&self) -> Result<()> {
         self.file.retire();
         for p in [
-            &self.log_path,
+            &self.log_path(),
             &self.index_path(),
             &self.time_index_path(),
             &self.txn_index_path(),
@@ -517,9 +510,9 @@ impl Segment {
     pub fn reset_after_recovery(&self, valid_bytes: u64) -> Result<()> {
         let interval = self.interval.load(Ordering::Relaxed);
         let file = self.file()?;
-        let len = file.metadata().at(&self.log_path)?.len();
+        let len = file.metadata().map_err(|e| self.io_err(e))?.len();
         if len != valid_bytes {
-            file.set_len(valid_bytes).at(&self.log_path)?;
+            file.set_len(valid_bytes).map_err(|e| self.io_err(e))?;
         }
         self.size.store(valid_bytes, Ordering::Release);
         let mut idx = SegmentIndex::empty(self.base_offset);

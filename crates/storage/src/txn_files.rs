@@ -33,7 +33,7 @@ impl Log {
         let segments: Vec<_> = {
             let first = self.segment_for(from).map(|s| s.base_offset).unwrap_or(0);
             let segs = self.shared.segments.read().unwrap();
-            segs.range(first..).map(|(_, s)| s.clone()).collect()
+            segs.from(first).to_vec()
         };
         let mut out = Vec::new();
         for seg in segments {

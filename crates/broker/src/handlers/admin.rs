@@ -385,7 +385,7 @@ pub fn describe_log_dirs(
             let parts: Vec<DescribeLogDirsPartition> = broker
                 .all_partitions()
                 .iter()
-                .filter(|p| p.topic == t.name)
+                .filter(|p| *p.topic == *t.name)
                 .filter(|p| {
                     wanted.as_ref().is_none_or(|w| {
                         w.iter()

@@ -182,7 +182,7 @@ struct Read<'a> {
     version: i16,
     read_committed: bool,
     follower: bool,
-    refused: &'a std::collections::HashMap<(String, i32), i16>,
+    refused: &'a std::collections::HashMap<(std::sync::Arc<str>, i32), i16>,
 }
 
 /// A topic of the request, with this node's partitions (or the error for each).

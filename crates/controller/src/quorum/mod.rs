@@ -77,6 +77,10 @@ pub struct QuorumConfig {
     pub election_timeout_ms: u64,
     /// Entries since the last snapshot before the next one (the log before it is purged).
     pub snapshot_every: u64,
+    /// Bytes of records since the last snapshot before the next one
+    /// (`metadata.log.max.record.bytes.between.snapshots`): the log is kept in memory until
+    /// then, and a start replays it.
+    pub snapshot_bytes: u64,
     /// The active controller's settings (broker.session.timeout.ms, ...).
     pub controller: crate::ControllerConfig,
     /// The cluster id of `meta.properties`: voters of another cluster are refused.
@@ -88,6 +92,7 @@ impl Default for QuorumConfig {
         QuorumConfig {
             election_timeout_ms: 1_000,
             snapshot_every: 10_000,
+            snapshot_bytes: 20 << 20,
             controller: crate::ControllerConfig::default(),
             cluster_id: String::new(),
         }
@@ -181,6 +186,12 @@ impl Quorum {
         let every = std::time::Duration::from_millis(
             (config.controller.session_timeout_ms as u64 / 4).clamp(10, 1_000),
         );
+        tokio::spawn(snapshot_by_size(
+            raft.clone(),
+            state.clone(),
+            config.snapshot_bytes,
+            stopped.clone(),
+        ));
         tokio::spawn(controller.clone().run_timers(stopped, every));
         let fail = |e: &dyn std::fmt::Display| QuorumError::Raft(e.to_string());
         let alone = voters.len() == 1 && voters.contains_key(&node_id);
@@ -458,5 +469,28 @@ async fn other_cluster(addrs: &[String], cluster_id: &str) -> String {
         }
         asked = still;
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Builds a snapshot once the records applied since the last one pass `limit` bytes, as
+/// Kafka does: openraft's own policy counts entries, and one entry may carry the records of
+/// thousands of partitions (every start adds one with a record per partition).
+async fn snapshot_by_size(
+    raft: Raft,
+    state: StateMachine,
+    limit: u64,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        // A trigger while one is being built is ignored; the build resets the count.
+        if state.unsnapshotted_bytes() >= limit.max(1) && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
     }
 }

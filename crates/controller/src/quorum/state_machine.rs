@@ -6,6 +6,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -24,8 +25,10 @@ struct Inner {
     dir: PathBuf,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
-    /// The snapshot kept on disk: its metadata and data.
-    snapshot: Option<(Meta, Vec<u8>)>,
+    /// The metadata of the snapshot kept on disk. Its data (the whole image, about a
+    /// hundred bytes per partition) is read back from the file when asked for: only a
+    /// follower too far behind for the log needs it.
+    snapshot: Option<Meta>,
     snapshots_built: u64,
     /// The last entries applied, oldest first, as (offset after the entry, its records as
     /// `codec` bytes; empty for entries without records): an observer a little behind is
@@ -38,7 +41,7 @@ struct Inner {
 /// How much of the latest entries is kept for observers: beyond it, one that fell further
 /// behind gets the whole image.
 const RECENT_ENTRIES: usize = 4096;
-const RECENT_BYTES: usize = 16 << 20;
+const RECENT_BYTES: usize = 4 << 20;
 
 /// What an observer at some offset needs to be current.
 pub enum Catchup {
@@ -73,6 +76,7 @@ impl Inner {
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
     image: Arc<watch::Sender<Arc<MetadataImage>>>,
+    unsnapshotted: Arc<AtomicU64>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -98,14 +102,7 @@ impl StateMachine {
     pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(ErrorVerb::Write, ErrorSubject::StateMachine, e))?;
-        let stored: Option<StoredSnapshot> = match std::fs::read(dir.join("snapshot")) {
-            Ok(bytes) => Some(
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e))?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e)),
-        };
+        let stored = Self::read_stored(dir)?;
         let (image, inner) = match stored {
             Some(s) => (
                 MetadataImage {
@@ -116,7 +113,7 @@ impl StateMachine {
                     dir: dir.to_path_buf(),
                     last_applied: s.meta.last_log_id,
                     membership: s.meta.last_membership.clone(),
-                    snapshot: Some((s.meta, s.data)),
+                    snapshot: Some(s.meta),
                     snapshots_built: 0,
                     recent: Default::default(),
                     recent_bytes: 0,
@@ -138,6 +135,7 @@ impl StateMachine {
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(inner)),
             image: Arc::new(watch::channel(Arc::new(image)).0),
+            unsnapshotted: Arc::default(),
         })
     }
 
@@ -187,6 +185,22 @@ impl StateMachine {
         self.image.subscribe()
     }
 
+    /// Bytes of records applied since the last snapshot (built, installed or loaded): the
+    /// quorum builds one when they pass `metadata.log.max.record.bytes.between.snapshots`.
+    pub fn unsnapshotted_bytes(&self) -> u64 {
+        self.unsnapshotted.load(Ordering::Acquire)
+    }
+
+    fn read_stored(dir: &Path) -> Result<Option<StoredSnapshot>, StorageError> {
+        match std::fs::read(dir.join("snapshot")) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e)
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(ErrorVerb::Read, ErrorSubject::StateMachine, e)),
+        }
+    }
+
     fn save(dir: &Path, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(&StoredSnapshot {
             meta: meta.clone(),
@@ -217,7 +231,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             snapshot_id,
         };
         Self::save(&inner.dir, &meta, &data)?;
-        inner.snapshot = Some((meta.clone(), data.clone()));
+        inner.snapshot = Some(meta.clone());
+        self.unsnapshotted.store(0, Ordering::Release);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -264,6 +279,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             );
                         }
                         image = next;
+                        self.unsnapshotted
+                            .fetch_add(batch.0.len() as u64, Ordering::AcqRel);
                         applied = batch.0;
                     }
                     // Every node skips the same committed entry: the images stay equal.
@@ -306,7 +323,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Self::save(&inner.dir, meta, &data)?;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
-        inner.snapshot = Some((meta.clone(), data));
+        inner.snapshot = Some(meta.clone());
+        self.unsnapshotted.store(0, Ordering::Release);
         inner.forget_recent();
         self.image.send_replace(Arc::new(image));
         Ok(())
@@ -314,9 +332,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let inner = self.inner.lock().await;
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+        let Some(meta) = &inner.snapshot else {
+            return Ok(None);
+        };
+        // Written before `snapshot` was set, under this lock: the file is this snapshot.
+        let stored = Self::read_stored(&inner.dir)?.ok_or_else(|| {
+            io_error(
+                ErrorVerb::Read,
+                ErrorSubject::StateMachine,
+                std::io::Error::other("the metadata snapshot file is gone"),
+            )
+        })?;
+        Ok(Some(Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+            snapshot: Box::new(Cursor::new(stored.data)),
         }))
     }
 }

@@ -467,6 +467,61 @@ async fn a_quorum_of_one_survives_restarts_and_a_torn_log_tail() {
     q.shutdown().await;
 }
 
+/// `metadata.log.max.record.bytes.between.snapshots`: a few large entries (a start adds one
+/// with a record per partition) make a snapshot and purge the log, however few entries;
+/// a restart then starts from the snapshot, read back from its file.
+#[tokio::test]
+async fn records_past_the_byte_limit_make_a_snapshot_and_purge_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("__cluster_metadata-0");
+    let config = || QuorumConfig {
+        snapshot_bytes: 4_000,
+        ..QuorumConfig::default()
+    };
+    let q = Quorum::start_alone(3, &path, config()).await.unwrap();
+    let big = |prefix: &str| -> Vec<Record> {
+        (0..100)
+            .map(|i| Record::Topic {
+                name: format!("{prefix}-{i:03}"),
+                id: [i as u8; 16],
+            })
+            .collect()
+    };
+    q.commit(&big("a")).await.unwrap();
+    assert!(
+        q.raft.metrics().borrow().snapshot.is_none(),
+        "one entry of ~3 KB"
+    );
+    q.commit(&big("b")).await.unwrap();
+    let snap = eventually("a snapshot by size", || q.raft.metrics().borrow().snapshot).await;
+    let purged = eventually("the log purged", || q.raft.metrics().borrow().purged).await;
+    assert!(purged.index >= snap.index - 1, "{purged:?} {snap:?}");
+    assert_eq!(q.state.unsnapshotted_bytes(), 0);
+    q.commit(&[Record::RemoveTopic {
+        name: "a-000".into(),
+    }])
+    .await
+    .unwrap();
+    q.shutdown().await;
+    drop(q);
+
+    let q = Quorum::start_alone(3, &path, config()).await.unwrap();
+    let names = topics(&q.state.image());
+    assert_eq!(names.len(), 199);
+    assert!(names.contains("a-001") && names.contains("b-099") && !names.contains("a-000"));
+    // What a follower too far behind is sent: the snapshot's data, from the file.
+    let mut sm = q.state.clone();
+    let current = openraft::storage::RaftStateMachine::get_current_snapshot(&mut sm)
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    assert_eq!(current.meta.last_log_id, Some(snap));
+    let records = codec::decode(current.snapshot.get_ref()).unwrap();
+    let image = MetadataImage::default().apply(&records).0;
+    assert_eq!(topics(&image).len(), 200);
+    q.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_quorum_of_one_describes_itself() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::batch::{BatchHeader, HEADER_LEN};
 use crate::checkpoint;
@@ -191,7 +192,8 @@ impl Log {
         let mut out = Cleanable {
             first_dirty,
             first_uncleanable: first_dirty,
-            next_horizon: *self.shared.cleaner_horizon.lock().unwrap(),
+            next_horizon: Some(self.shared.cleaner_horizon.load(Ordering::Acquire))
+                .filter(|h| *h != i64::MIN),
             ..Default::default()
         };
         for pair in segs.windows(2) {
@@ -315,7 +317,9 @@ impl Log {
         });
         match saved {
             Some(Ok(true)) => {
-                *self.shared.cleaner_horizon.lock().unwrap() = min_horizon;
+                self.shared
+                    .cleaner_horizon
+                    .store(min_horizon.unwrap_or(i64::MIN), Ordering::Release);
                 Ok(Some(stats))
             }
             Some(Err(e)) => Err(e),
@@ -545,7 +549,8 @@ pub(crate) fn each_batch(
     while pos < size {
         let want = CHUNK.min(size - pos);
         buf.resize(want as usize, 0);
-        file.read_exact_at(&mut buf, pos).at(seg.log_path())?;
+        file.read_exact_at(&mut buf, pos)
+            .map_err(|e| seg.io_err(e))?;
         let mut at = 0usize;
         while let Some(h) = buf.get(at..).and_then(BatchHeader::parse) {
             let total = h.total_size();
@@ -556,7 +561,8 @@ pub(crate) fn each_batch(
                         return Ok(());
                     }
                     buf.resize(total, 0);
-                    file.read_exact_at(&mut buf, pos).at(seg.log_path())?;
+                    file.read_exact_at(&mut buf, pos)
+                        .map_err(|e| seg.io_err(e))?;
                     continue;
                 }
                 break;
@@ -581,18 +587,18 @@ impl Log {
     pub(crate) fn replace_segments(&self, old: &[Arc<Segment>], new: Arc<Segment>) {
         let mut segs = self.shared.segments.write().unwrap();
         for s in old {
-            segs.remove(&s.base_offset);
+            segs.remove(s.base_offset);
         }
-        segs.insert(new.base_offset, new);
+        segs.insert(new);
     }
 
     /// Whether every segment of `group` is still in the log, and none is the active one.
     pub(crate) fn still_has(&self, group: &[Arc<Segment>]) -> bool {
         let segs = self.shared.segments.read().unwrap();
-        let active = segs.keys().next_back().copied();
+        let active = segs.last().map(|s| s.base_offset);
         group.iter().all(|s| {
             Some(s.base_offset) != active
-                && segs.get(&s.base_offset).is_some_and(|x| Arc::ptr_eq(x, s))
+                && segs.get(s.base_offset).is_some_and(|x| Arc::ptr_eq(x, s))
         })
     }
 }

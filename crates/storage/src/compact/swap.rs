@@ -125,7 +125,7 @@ impl Cleaned {
             let log_final = named(dir, base, "log");
             fs::rename(&log_swap, &log_final).at(&log_final)?;
             sync_dir(dir)?;
-            let seg = Arc::new(Segment::existing(dir, base, size));
+            let seg = Arc::new(Segment::existing(log.shared_dir(), base, size));
             seg.set_interval(log.config().index_interval_bytes);
             log.replace_segments(group, seg.clone());
             Ok(Some(seg))
