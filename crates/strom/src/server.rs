@@ -39,11 +39,28 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let config = load_config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(serve(config))
+}
+
+/// glibc gives threads that allocate at the same time arenas of their own, up to eight
+/// per core, and memory freed in one arena serves no other: a start that opened tens of
+/// thousands of partitions on several threads left a fifth more resident memory than
+/// creating the same partitions did. As many arenas as cores (at least two) keep that
+/// down; `MALLOC_ARENA_MAX`, when set, still decides.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let arenas = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // SAFETY: mallopt takes no pointer; called before the runtime starts its threads.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas.min(i32::MAX as usize) as i32);
+        }
+    }
 }
 
 /// `process.roles=controller`: the quorum and the active controller, no broker listener.
