@@ -3,12 +3,16 @@
 //! are durable; `vote` and `committed` are small files replaced atomically. On open the
 //! frames are replayed; a torn or damaged tail (a crash mid-write) is cut off. A purge
 //! (after a snapshot) rewrites the file with what is left, so it never grows without bound.
+//! Only where each entry lies is kept in memory: entries are read back from the file when
+//! asked for (at a start, to apply them; to replicate them), since one entry may hold the
+//! records of tens of thousands of partitions.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,10 +28,26 @@ const ENTRY: u8 = 1;
 const TRUNCATE: u8 = 2;
 const PURGE: u8 = 3;
 
+/// Where an entry's JSON lies in the log file.
+#[derive(Clone, Copy)]
+struct Stored {
+    log_id: LogId<NodeId>,
+    pos: u64,
+    len: usize,
+}
+
+/// An entry's id, read without keeping its payload.
+#[derive(serde::Deserialize)]
+struct Head {
+    log_id: LogId<NodeId>,
+}
+
 struct Inner {
     dir: PathBuf,
     file: File,
-    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The file's length: where the next frame goes.
+    end: u64,
+    entries: BTreeMap<u64, Stored>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
@@ -49,8 +69,15 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The frames of `bytes` and where the last whole one ends.
-fn frames(bytes: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
+/// A frame's kind, its body, and where the body starts in the file.
+type Frame<'a> = (u8, &'a [u8], usize);
+
+/// Bytes before a frame's body: length, checksum, kind.
+const FRAME_HEAD: usize = 9;
+
+/// The frames of `bytes` (kind, body, the body's position) and where the last whole one
+/// ends.
+fn frames(bytes: &[u8]) -> (Vec<Frame<'_>>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some(head) = bytes.get(pos..pos + 8) {
@@ -62,7 +89,7 @@ fn frames(bytes: &[u8]) -> (Vec<(u8, &[u8])>, usize) {
         if payload.is_empty() || crc32c::crc32c(payload) != crc {
             break;
         }
-        out.push((payload[0], &payload[1..]));
+        out.push((payload[0], &payload[1..], pos + FRAME_HEAD));
         pos += 8 + len;
     }
     (out, pos)
@@ -102,12 +129,16 @@ impl LogStore {
         let (frames, end) = frames(&bytes);
         let mut entries = BTreeMap::new();
         let mut last_purged = None;
-        for (kind, body) in frames {
+        for (kind, body, pos) in frames {
             match kind {
                 ENTRY => {
-                    let e: Entry<TypeConfig> =
-                        serde_json::from_slice(body).map_err(std::io::Error::other)?;
-                    entries.insert(e.log_id.index, e);
+                    let head: Head = serde_json::from_slice(body).map_err(std::io::Error::other)?;
+                    let stored = Stored {
+                        log_id: head.log_id,
+                        pos: pos as u64,
+                        len: body.len(),
+                    };
+                    entries.insert(head.log_id.index, stored);
                 }
                 TRUNCATE => {
                     let from: u64 = serde_json::from_slice(body).map_err(std::io::Error::other)?;
@@ -125,7 +156,12 @@ impl LogStore {
         if end < bytes.len() {
             tracing::warn!(dir = %dir.display(), kept = end, size = bytes.len(), "cutting a torn tail off the metadata log");
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        drop(bytes);
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
         file.set_len(end as u64)?;
         file.sync_all()?;
         Ok(LogStore {
@@ -134,6 +170,7 @@ impl LogStore {
                 committed: read_json(&dir.join("committed"))?,
                 dir: dir.to_path_buf(),
                 file,
+                end: end as u64,
                 entries,
                 last_purged,
             })),
@@ -143,8 +180,28 @@ impl LogStore {
 
 impl Inner {
     fn append_frames(&mut self, frames: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(frames)?;
-        self.file.sync_data()
+        if let Err(e) = self
+            .file
+            .write_all(frames)
+            .and_then(|_| self.file.sync_data())
+        {
+            // A part may have been written: where the file ends is unknown, and the
+            // positions of later entries with it.
+            self.end = self.file.metadata()?.len();
+            return Err(e);
+        }
+        self.end += frames.len() as u64;
+        Ok(())
+    }
+
+    fn body(&self, stored: &Stored) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0; stored.len];
+        self.file.read_exact_at(&mut buf, stored.pos)?;
+        Ok(buf)
+    }
+
+    fn read(&self, stored: &Stored) -> std::io::Result<Entry<TypeConfig>> {
+        serde_json::from_slice(&self.body(stored)?).map_err(std::io::Error::other)
     }
 
     /// Rewrites the log file with the entries kept (after a purge).
@@ -153,12 +210,18 @@ impl Inner {
         if let Some(p) = &self.last_purged {
             bytes.extend(frame(PURGE, &serde_json::to_vec(p)?));
         }
-        for e in self.entries.values() {
-            bytes.extend(frame(ENTRY, &serde_json::to_vec(e)?));
+        let mut moved = BTreeMap::new();
+        for (index, stored) in &self.entries {
+            let body = self.body(stored)?;
+            let pos = (bytes.len() + FRAME_HEAD) as u64;
+            bytes.extend(frame(ENTRY, &body));
+            moved.insert(*index, Stored { pos, ..*stored });
         }
         let path = self.dir.join("log");
         write_atomically(&path, &bytes)?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
+        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.end = bytes.len() as u64;
+        self.entries = moved;
         Ok(())
     }
 }
@@ -179,11 +242,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(s) => Bound::Excluded(*s),
             Bound::Unbounded => Bound::Unbounded,
         };
-        Ok(inner
+        inner
             .entries
             .range((start, end))
-            .map(|(_, e)| e.clone())
-            .collect())
+            .map(|(_, stored)| inner.read(stored))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| io_error(ErrorVerb::Read, ErrorSubject::Logs, e))
     }
 }
 
@@ -196,7 +260,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries
             .values()
             .next_back()
-            .map(|e| e.log_id)
+            .map(|s| s.log_id)
             .or(inner.last_purged);
         Ok(LogState {
             last_purged_log_id: inner.last_purged,
@@ -254,8 +318,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             let body = serde_json::to_vec(&e)
                 .map_err(|err| io_error(ErrorVerb::Write, ErrorSubject::Logs, err))?;
+            added.push(Stored {
+                log_id: e.log_id,
+                pos: inner.end + (bytes.len() + FRAME_HEAD) as u64,
+                len: body.len(),
+            });
             bytes.extend(frame(ENTRY, &body));
-            added.push(e);
         }
         let result = inner.append_frames(&bytes);
         let failed = result
@@ -263,8 +331,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .err()
             .map(|e| std::io::Error::new(e.kind(), e.to_string()));
         if result.is_ok() {
-            for e in added {
-                inner.entries.insert(e.log_id.index, e);
+            for stored in added {
+                inner.entries.insert(stored.log_id.index, stored);
             }
         }
         callback.log_io_completed(result);
