@@ -141,6 +141,10 @@ impl ReplicaManager {
         }
         let started = std::time::Instant::now();
         let count = to_open.len();
+        let new = to_open
+            .iter()
+            .filter(|(tp, ..)| self.get(tp).is_none())
+            .count();
         // Several threads when there are many: a start opens tens of thousands of logs,
         // each a few small files to read, and a new leader epoch to write.
         let opened: Vec<_> = in_parallel(to_open, |(tp, c, info, leader)| {
@@ -167,7 +171,9 @@ impl ReplicaManager {
             // Opening left the freed buffers of tens of thousands of reads in the threads'
             // malloc arenas (a third more resident memory after a start than after
             // creating the same partitions): give them back.
-            trim_heap();
+            if new >= 1000 {
+                trim_heap();
+            }
         }
         for tp in &changes.deleted {
             let Some(p) = self.remove(tp) else {

@@ -85,8 +85,8 @@ impl PartitionLog {
     /// later than the first abort marker recovery may have left without its index entry: a
     /// snapshot is fsynced before the `.txnindex` of the segments it covers, which a power
     /// loss could take.
-    fn rebuild_producer_state(&self, states: &mut ProducerStates) -> Result<(), StorageError> {
-        *states = ProducerStates::default();
+    fn rebuild_producer_state(&self, states: &mut States<'_>) -> Result<(), StorageError> {
+        states.clear();
         let start = self.log.log_start_offset();
         let mut from = start;
         for (offset, bytes) in self.log.producer_snapshots()? {
@@ -94,7 +94,7 @@ impl PartitionLog {
                 continue;
             }
             if let Some(s) = ProducerStates::decode(&bytes) {
-                *states = s;
+                **states = s;
                 from = offset.max(start);
                 break;
             }
@@ -149,11 +149,11 @@ impl PartitionLog {
     /// aborted-transaction index.
     fn track(
         &self,
-        states: &mut ProducerStates,
+        states: &mut States<'_>,
         h: &BatchHeader,
         bytes: &[u8],
     ) -> Result<(), StorageError> {
-        let ended = states.record(h);
+        let ended = States::record(states, h);
         let marker = h
             .is_control()
             .then(|| batch::records(bytes).next())
@@ -279,7 +279,7 @@ impl PartitionLog {
         let info = self.log.append(records, leader_epoch)?;
         for pos in batches {
             let h = BatchHeader::parse(&records[pos..]).expect("appended batch");
-            states.record(&h);
+            States::record(&mut states, &h);
         }
         self.maybe_snapshot(&states);
         Ok(LeaderAppend::Written {
@@ -310,7 +310,7 @@ impl PartitionLog {
         states.check_txn(&h, guard).map_err(AppendError::Sequence)?;
         let info = self.log.append(records, leader_epoch)?;
         let h = BatchHeader::parse(records).expect("appended batch");
-        states.record(&h);
+        States::record(&mut states, &h);
         self.maybe_snapshot(&states);
         Ok(info.base_offset)
     }
@@ -434,6 +434,12 @@ impl PartitionLog {
         self.log.cleanable(upper, now_ms, min_lag_ms)
     }
 
+    /// Whether any producer state is held in memory (none for a log whose batches carry
+    /// no producer id, or whose producers all expired).
+    pub fn holds_producer_state(&self) -> bool {
+        self.producers.lock().unwrap().is_some()
+    }
+
     /// Forgets producers idle longer than `expiration_ms` with no transaction open here.
     pub fn expire_producers(&self, now: i64, expiration_ms: i64) -> usize {
         let mut states = self.states();
@@ -450,6 +456,20 @@ static NO_PRODUCERS: std::sync::LazyLock<ProducerStates> =
     std::sync::LazyLock::new(ProducerStates::default);
 
 impl States<'_> {
+    /// [`ProducerStates::record`], without creating the state for a batch that has no
+    /// producer id (it would record nothing).
+    fn record(&mut self, h: &BatchHeader) -> Option<u64> {
+        if h.producer_id < 0 {
+            return None;
+        }
+        (**self).record(h)
+    }
+
+    /// Back to no state at all.
+    fn clear(&mut self) {
+        *self.0 = None;
+    }
+
     /// Frees an empty state (after an open, or a pass that expired producers): appends
     /// without producer ids may have created it.
     fn release_if_unused(&mut self) {

@@ -236,3 +236,42 @@ fn a_follower_copies_the_leaders_log_with_its_producer_state() {
     assert!(fresh.append_replicated(&damaged).is_err());
     assert_eq!(fresh.log().log_end_offset(), 0);
 }
+
+/// Most partitions of a large broker have no idempotent producer: they hold no producer
+/// state at all, whatever is appended without a producer id, and lose it once their
+/// producers expire.
+#[test]
+fn producer_state_exists_only_while_there_is_some() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_segments(300)).unwrap();
+    assert!(!log.holds_producer_state());
+    for _ in 0..3 {
+        written(log.append_as_leader(&mut producer_batch(-1, -1, 2, false), 0, None));
+        // A follower's batch comes with its offset (the first 8 bytes, outside the CRC).
+        let mut replicated = producer_batch(-1, -1, 1, false);
+        let end = log.log().log_end_offset() as i64;
+        replicated[..8].copy_from_slice(&end.to_be_bytes());
+        log.append_replicated(&replicated).unwrap();
+    }
+    assert!(
+        !log.holds_producer_state(),
+        "no producer id, nothing to remember"
+    );
+    assert_eq!(log.log().log_end_offset(), 9);
+    written(log.append_as_leader(&mut producer_batch(7, 0, 2, false), 0, None));
+    assert!(log.holds_producer_state());
+    assert_eq!(log.producers().len(), 1);
+    // Not idle long enough: kept.
+    assert_eq!(log.expire_producers(1, i64::MAX), 0);
+    assert!(log.holds_producer_state());
+    assert_eq!(log.expire_producers(i64::MAX, 1), 1);
+    assert!(!log.holds_producer_state());
+    // Its sequence is forgotten with it: any sequence goes again, as for a new producer.
+    written(log.append_as_leader(&mut producer_batch(7, 5, 1, false), 0, None));
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_segments(300)).unwrap();
+    assert!(
+        log.holds_producer_state(),
+        "rebuilt from the log: producer 7 wrote last"
+    );
+}

@@ -187,7 +187,9 @@ impl Inner {
         {
             // A part may have been written: where the file ends is unknown, and the
             // positions of later entries with it.
-            self.end = self.file.metadata()?.len();
+            if let Ok(m) = self.file.metadata() {
+                self.end = m.len();
+            }
             return Err(e);
         }
         self.end += frames.len() as u64;
