@@ -43,8 +43,11 @@ impl From<strom_storage::AppendError> for AppendError {
 #[derive(Debug, Clone)]
 struct Role {
     leader: i32,
-    replicas: Vec<i32>,
+    replicas: Ids,
 }
+
+/// A few replica ids, held inline: every partition keeps its replicas and ISR.
+type Ids = smallvec::SmallVec<[i32; 4]>;
 
 /// How a wait for the high watermark ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +76,7 @@ pub struct Partition {
     /// The leader and the replica set, as the metadata last said.
     role: RwLock<Role>,
     leader_epoch: AtomicI32,
-    isr: RwLock<Vec<i32>>,
+    isr: RwLock<Ids>,
     high_watermark: AtomicU64,
     min_insync_replicas: AtomicI32,
     /// While this node leads: the followers' progress, from which the high watermark and
@@ -107,10 +110,10 @@ impl Partition {
             index,
             role: RwLock::new(Role {
                 leader: node_id,
-                replicas: vec![node_id],
+                replicas: smallvec::smallvec![node_id],
             }),
             leader_epoch: AtomicI32::new(epoch),
-            isr: RwLock::new(vec![node_id]),
+            isr: RwLock::new(smallvec::smallvec![node_id]),
             // What the checkpoint says was committed; a log from before the checkpoint
             // existed had only this replica: all of it. Becoming leader alone moves it to
             // the log end anyway.
@@ -219,7 +222,7 @@ impl Partition {
     }
 
     pub fn replicas(&self) -> Vec<i32> {
-        self.role.read().unwrap().replicas.clone()
+        self.role.read().unwrap().replicas.to_vec()
     }
 
     /// This node leads the partition from `info`'s leader epoch on, with its replicas and
@@ -369,9 +372,9 @@ impl Partition {
     fn set_role(&self, info: &PartitionInfo) {
         *self.role.write().unwrap() = Role {
             leader: info.leader,
-            replicas: info.replicas.clone(),
+            replicas: Ids::from_slice(&info.replicas),
         };
-        *self.isr.write().unwrap() = info.isr.clone();
+        *self.isr.write().unwrap() = Ids::from_slice(&info.isr);
         self.leader_epoch
             .store(info.leader_epoch, Ordering::Release);
     }
@@ -393,7 +396,7 @@ impl Partition {
     }
 
     pub fn isr(&self) -> Vec<i32> {
-        self.isr.read().unwrap().clone()
+        self.isr.read().unwrap().to_vec()
     }
 
     pub fn high_watermark(&self) -> u64 {

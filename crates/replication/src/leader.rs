@@ -62,12 +62,16 @@ struct Follower {
     last_fetch_leader_end: u64,
 }
 
+/// A few replica ids, held inline.
+type Ids = smallvec::SmallVec<[i32; 4]>;
+
 #[derive(Debug, Clone)]
 pub struct LeaderState {
     id: i32,
     leader_epoch: i32,
     partition_epoch: i32,
-    isr: Vec<i32>,
+    /// Inline: an ISR is a few ids, and every partition a broker leads keeps one.
+    isr: Ids,
     /// The ISR proposed to the controller and not yet in the metadata.
     pending: Option<Vec<i32>>,
     followers: BTreeMap<i32, Follower>,
@@ -111,7 +115,7 @@ impl LeaderState {
             id,
             leader_epoch: info.leader_epoch,
             partition_epoch: info.partition_epoch,
-            isr: info.isr.clone(),
+            isr: Ids::from_slice(&info.isr),
             pending: None,
             followers,
             log_end,
@@ -142,7 +146,7 @@ impl LeaderState {
 
     /// The ISR and the additions in flight.
     fn maximal_isr(&self) -> Vec<i32> {
-        let mut m = self.isr.clone();
+        let mut m = self.isr.to_vec();
         for r in self.pending.iter().flatten() {
             if !m.contains(r) {
                 m.push(*r);
@@ -205,7 +209,7 @@ impl LeaderState {
             && fetch_offset >= self.high_watermark
             && fetch_offset >= self.epoch_start
         {
-            let mut isr = self.isr.clone();
+            let mut isr = self.isr.to_vec();
             isr.push(id);
             self.pending = Some(isr.clone());
             out.expand = Some(IsrChange {
@@ -258,7 +262,7 @@ impl LeaderState {
             return None;
         }
         self.partition_epoch = info.partition_epoch;
-        self.isr = info.isr.clone();
+        self.isr = Ids::from_slice(&info.isr);
         self.pending = None;
         for r in &info.replicas {
             if *r != self.id {

@@ -33,6 +33,12 @@ fn three_nodes_share_one_metadata_view_and_serve_each_others_partitions() {
         (d, v)
     };
     for n in &nodes {
+        // A node serves once its own registration is in; the others' may follow.
+        wait_for(
+            "every broker in every node's view",
+            Duration::from_secs(30),
+            || (describe(n).1["brokers"].as_array().unwrap().len() == 3).then_some(()),
+        );
         let (d, v) = describe(n);
         assert_eq!(v["brokers"].as_array().unwrap().len(), 3, "{d}");
         assert_eq!(v["quorum"]["voters"].as_array().unwrap().len(), 3, "{d}");
