@@ -71,9 +71,13 @@ impl ReplicaManager {
             return name.clone();
         }
         let mut map = self.partitions.write().unwrap();
+        // Another open may have added it since the read.
+        if let Some((name, _)) = map.get_key_value(topic) {
+            return name.clone();
+        }
         let name: Arc<str> = Arc::from(topic);
-        map.entry(name).or_default();
-        map.get_key_value(topic).unwrap().0.clone()
+        map.insert(name.clone(), Vec::new());
+        name
     }
 
     fn remove(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {

@@ -94,7 +94,7 @@ pub(crate) fn shared(config: LogConfig) -> std::sync::Arc<LogConfig> {
 struct Key(LogConfig);
 
 impl Key {
-    fn bits(&self) -> [u64; 17] {
+    fn bits(&self) -> [u64; 16] {
         let LogConfig {
             segment_bytes,
             segment_ms,
@@ -130,7 +130,6 @@ impl Key {
             min_compaction_lag_ms as u64,
             max_compaction_lag_ms as u64,
             delete_retention_ms as u64,
-            0,
         ]
     }
 }

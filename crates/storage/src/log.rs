@@ -86,11 +86,11 @@ pub(crate) struct Shared {
     pub(crate) cleaner_horizon: AtomicI64,
     /// What the high-watermark file holds, when known (as [`Recovery::written`]);
     /// [`UNKNOWN`] when not.
-    pub(crate) hw_written: AtomicU64,
+    hw_written: AtomicU64,
 }
 
 /// `Shared::hw_written` when the high-watermark file's content is not known.
-pub(crate) const UNKNOWN: u64 = u64::MAX;
+const UNKNOWN: u64 = u64::MAX;
 
 struct Writer {
     active: Arc<Segment>,

@@ -66,7 +66,7 @@ impl Log {
         let read = checkpoint::read_offset(&self.shared.dir, checkpoint::HIGH_WATERMARK);
         self.shared
             .hw_written
-            .store(read.unwrap_or(crate::log::UNKNOWN), Ordering::Release);
+            .store(read.unwrap_or(super::UNKNOWN), Ordering::Release);
         read.map(|hw| hw.min(self.log_end_offset()))
     }
 
