@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use strom_metadata::image::{NO_LEADER, PartitionInfo};
+use strom_metadata::image::{NO_LEADER, PartitionInfo, Replicas};
 use strom_storage::producer_state::{ProducerInfo, SequenceError};
 use strom_storage::txn_index::AbortedTxn;
 use strom_storage::{
@@ -41,13 +41,12 @@ impl From<strom_storage::AppendError> for AppendError {
 }
 
 #[derive(Debug, Clone)]
+/// One lock for the three: every partition holds them, and a lock costs 16 bytes.
 struct Role {
     leader: i32,
-    replicas: Ids,
+    replicas: Replicas,
+    isr: Replicas,
 }
-
-/// A few replica ids, held inline: every partition keeps its replicas and ISR.
-type Ids = smallvec::SmallVec<[i32; 4]>;
 
 /// How a wait for the high watermark ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +72,9 @@ pub struct Partition {
     pub topic: Arc<str>,
     pub index: i32,
     log: PartitionLog,
-    /// The leader and the replica set, as the metadata last said.
+    /// The leader, the replica set and the ISR, as the metadata last said.
     role: RwLock<Role>,
     leader_epoch: AtomicI32,
-    isr: RwLock<Ids>,
     high_watermark: AtomicU64,
     min_insync_replicas: AtomicI32,
     /// While this node leads: the followers' progress, from which the high watermark and
@@ -111,9 +109,9 @@ impl Partition {
             role: RwLock::new(Role {
                 leader: node_id,
                 replicas: smallvec::smallvec![node_id],
+                isr: smallvec::smallvec![node_id],
             }),
             leader_epoch: AtomicI32::new(epoch),
-            isr: RwLock::new(smallvec::smallvec![node_id]),
             // What the checkpoint says was committed; a log from before the checkpoint
             // existed had only this replica: all of it. Becoming leader alone moves it to
             // the log end anyway.
@@ -372,9 +370,9 @@ impl Partition {
     fn set_role(&self, info: &PartitionInfo) {
         *self.role.write().unwrap() = Role {
             leader: info.leader,
-            replicas: Ids::from_slice(&info.replicas),
+            replicas: info.replicas.clone(),
+            isr: info.isr.clone(),
         };
-        *self.isr.write().unwrap() = Ids::from_slice(&info.isr);
         self.leader_epoch
             .store(info.leader_epoch, Ordering::Release);
     }
@@ -396,7 +394,7 @@ impl Partition {
     }
 
     pub fn isr(&self) -> Vec<i32> {
-        self.isr.read().unwrap().to_vec()
+        self.role.read().unwrap().isr.to_vec()
     }
 
     pub fn high_watermark(&self) -> u64 {
@@ -515,7 +513,7 @@ impl Partition {
         let leo = self.log().log_end_offset();
         let moved = match self.leader_state.lock().unwrap().as_mut() {
             Some(state) => state.on_append(leo, strom_storage::clock::now_ms()),
-            None if self.isr.read().unwrap().len() <= 1 => Some(leo),
+            None if self.role.read().unwrap().isr.len() <= 1 => Some(leo),
             None => None,
         };
         match moved {
@@ -578,7 +576,7 @@ impl Partition {
     /// Fewer in-sync replicas than `min.insync.replicas`: an acks=all write is refused
     /// before it is appended.
     pub fn check_min_isr(&self) -> Result<(), AppendError> {
-        let isr = self.isr.read().unwrap().len();
+        let isr = self.role.read().unwrap().isr.len();
         let min = self.min_insync_replicas.load(Ordering::Acquire);
         if (isr as i32) < min {
             return Err(AppendError::NotEnoughReplicas { isr, min });

@@ -237,8 +237,8 @@ fn the_high_watermark_is_checkpointed_not_guessed_at_restart() {
     let dir = tempfile::tempdir().unwrap();
     let p = open(dir.path(), &[]);
     let info = |replicas: Vec<i32>| PartitionInfo {
-        isr: replicas.clone(),
-        replicas,
+        isr: replicas.clone().into(),
+        replicas: replicas.into(),
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
@@ -278,8 +278,8 @@ async fn a_write_waiting_for_the_isr_ends_when_leadership_moves() {
     let dir = tempfile::tempdir().unwrap();
     let p = Arc::new(open(dir.path(), &[]));
     let info = PartitionInfo {
-        isr: vec![0, 7],
-        replicas: vec![0, 7],
+        isr: vec![0, 7].into(),
+        replicas: vec![0, 7].into(),
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
@@ -315,7 +315,7 @@ async fn a_write_waiting_for_the_isr_ends_when_leadership_moves() {
     // Leading again in a later epoch does not make the old write acknowledged either.
     p.make_leader(&PartitionInfo {
         leader_epoch: 3,
-        isr: vec![0],
+        isr: vec![0].into(),
         ..info
     });
     assert_eq!(
@@ -333,8 +333,8 @@ fn a_fetch_past_an_append_the_leader_state_has_not_seen_is_taken() {
     let dir = tempfile::tempdir().unwrap();
     let p = open(dir.path(), &[]);
     p.make_leader(&PartitionInfo {
-        isr: vec![0, 7],
-        replicas: vec![0, 7],
+        isr: vec![0, 7].into(),
+        replicas: vec![0, 7].into(),
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,
@@ -356,8 +356,8 @@ async fn a_dropped_replica_ends_the_writes_waiting_for_its_isr() {
     let dir = tempfile::tempdir().unwrap();
     let p = Arc::new(open(dir.path(), &[]));
     p.make_leader(&PartitionInfo {
-        isr: vec![0, 7],
-        replicas: vec![0, 7],
+        isr: vec![0, 7].into(),
+        replicas: vec![0, 7].into(),
         leader: 0,
         leader_epoch: 1,
         partition_epoch: 1,

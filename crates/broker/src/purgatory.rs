@@ -36,44 +36,36 @@ impl Waiter {
 /// entry with it, on the next notification or when the list grows.
 #[derive(Default)]
 pub struct Watchers {
-    list: Mutex<WatchList>,
+    /// Dead entries are pruned when the vector is full, before it would grow (no count of
+    /// its own to prune at: every partition holds one of these).
+    list: Mutex<Vec<Weak<Waiter>>>,
     /// Notifications delivered, for tests and metrics: how many wake-ups this partition
     /// caused.
     woken: AtomicU64,
-}
-
-struct WatchList {
-    waiters: Vec<Weak<Waiter>>,
-    /// Prune dead entries when the list reaches this length.
-    prune_at: usize,
-}
-
-impl Default for WatchList {
-    fn default() -> Self {
-        WatchList {
-            waiters: Vec::new(),
-            prune_at: 16,
-        }
-    }
 }
 
 impl Watchers {
     /// `waiter` is woken by every later [`Watchers::notify`] for as long as it lives.
     pub fn watch(&self, waiter: &Arc<Waiter>) {
         let mut l = self.list.lock().unwrap();
-        if l.waiters.len() >= l.prune_at {
-            l.waiters.retain(|w| w.strong_count() > 0);
-            l.prune_at = (2 * l.waiters.len()).max(16);
+        if l.len() == l.capacity() && l.len() >= 16 {
+            l.retain(|w| w.strong_count() > 0);
+            // Mostly live: make room for as many again, so that the next pruning is as
+            // many pushes away and each push costs O(1) on average.
+            if l.len() > l.capacity() / 2 {
+                let more = l.len();
+                l.reserve(more);
+            }
         }
-        l.waiters.push(Arc::downgrade(waiter));
+        l.push(Arc::downgrade(waiter));
     }
 
     /// Wakes every live watcher; returns how many.
     pub fn notify(&self) -> usize {
         let live: Vec<Arc<Waiter>> = {
             let mut l = self.list.lock().unwrap();
-            let mut live = Vec::with_capacity(l.waiters.len());
-            l.waiters.retain(|w| match w.upgrade() {
+            let mut live = Vec::with_capacity(l.len());
+            l.retain(|w| match w.upgrade() {
                 Some(w) => {
                     live.push(w);
                     true
@@ -92,7 +84,7 @@ impl Watchers {
     /// Live watchers now.
     pub fn watching(&self) -> usize {
         let l = self.list.lock().unwrap();
-        l.waiters.iter().filter(|w| w.strong_count() > 0).count()
+        l.iter().filter(|w| w.strong_count() > 0).count()
     }
 
     /// Wake-ups delivered so far.
@@ -130,12 +122,25 @@ mod tests {
         for _ in 0..1000 {
             w.watch(&Waiter::new());
         }
-        assert!(
-            w.list.lock().unwrap().waiters.len() < 40,
-            "pruned as it grew"
-        );
+        assert!(w.list.lock().unwrap().len() <= 16, "pruned as it grew");
         assert_eq!(w.watching(), 1);
         assert_eq!(w.notify(), 1);
-        assert_eq!(w.list.lock().unwrap().waiters.len(), 1);
+        assert_eq!(w.list.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn live_waiters_are_all_kept_and_the_list_grows_past_them() {
+        let w = Watchers::default();
+        let live: Vec<_> = (0..1000).map(|_| Waiter::new()).collect();
+        for (i, waiter) in live.iter().enumerate() {
+            w.watch(waiter);
+            if i % 2 == 0 {
+                w.watch(&Waiter::new());
+            }
+        }
+        assert_eq!(w.watching(), 1000);
+        let l = w.list.lock().unwrap();
+        assert!(l.len() < 1500, "dead ones pruned: {}", l.len());
+        assert!(l.capacity() < 4096, "grew by doubling: {}", l.capacity());
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strom_metadata::TopicPartition;
-use strom_metadata::image::{PartitionInfo, Record};
+use strom_metadata::image::{PartitionInfo, Record, Replicas};
 
 use strom_controller::quorum::active::{BrokerAnswer, BrokerRequest};
 
@@ -62,6 +62,7 @@ impl Broker {
     /// The record of a new partition `index` of `topic` on `replicas`, all in the ISR, the
     /// first leading (Kafka's preferred leader).
     fn held_by(replicas: Vec<i32>, topic: &str, index: i32, leader_epoch: i32) -> Record {
+        let replicas = Replicas::from_vec(replicas);
         Record::Partition {
             topic: topic.to_string(),
             partition: index,

@@ -31,7 +31,7 @@ async fn isr_becomes(b: &strom_broker::Broker, want: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let isr = b.image().partition("r", 0).unwrap().isr.clone();
-        if isr == want {
+        if isr.as_slice() == want {
             return;
         }
         assert!(
@@ -79,8 +79,8 @@ async fn a_lagging_follower_leaves_the_isr_and_comes_back_once_caught_up() {
             topic: "r".into(),
             partition: 0,
             info: PartitionInfo {
-                replicas: vec![4, 7],
-                isr: vec![4, 7],
+                replicas: vec![4, 7].into(),
+                isr: vec![4, 7].into(),
                 leader: 4,
                 leader_epoch: 1,
                 partition_epoch: 1,

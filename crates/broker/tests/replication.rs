@@ -69,8 +69,8 @@ async fn offset_for_leader_epoch_answers_where_each_epoch_ended() {
         topic: "t".into(),
         partition: 0,
         info: PartitionInfo {
-            replicas: vec![0],
-            isr: vec![0],
+            replicas: vec![0].into(),
+            isr: vec![0].into(),
             leader: 0,
             leader_epoch: 2,
             partition_epoch: 2,
@@ -189,8 +189,8 @@ async fn a_followers_fetches_move_the_high_watermark() {
             topic: "t".into(),
             partition: 0,
             info: PartitionInfo {
-                replicas: vec![0, 7],
-                isr: vec![0, 7],
+                replicas: vec![0, 7].into(),
+                isr: vec![0, 7].into(),
                 leader: 0,
                 leader_epoch: 1,
                 partition_epoch: 1,

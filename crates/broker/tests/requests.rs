@@ -370,8 +370,8 @@ async fn partitions_led_elsewhere_answer_not_leader_or_follower() {
     assert_eq!(r.topics[0].partitions[0].error_code, 0);
 
     let elsewhere = PartitionInfo {
-        replicas: vec![0, 7],
-        isr: vec![7],
+        replicas: vec![0, 7].into(),
+        isr: vec![7].into(),
         leader: 7,
         leader_epoch: 3,
         partition_epoch: 1,

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use strom_metadata::errors;
-use strom_metadata::image::{BrokerInfo, MetadataImage, NO_LEADER, PartitionInfo, Record, TopicId};
+use strom_metadata::image::{
+    BrokerInfo, MetadataImage, NO_LEADER, PartitionInfo, Record, Replicas, TopicId,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ControllerConfig {
@@ -346,7 +348,7 @@ impl Controller {
                     next.leader_epoch += 1;
                     if next.leader != NO_LEADER && !next.isr.contains(&next.leader) {
                         // Only an unclean election picks outside the ISR.
-                        next.isr = vec![next.leader];
+                        next.isr = Replicas::from_slice(&[next.leader]);
                     }
                 }
                 if next != *info {
@@ -437,7 +439,7 @@ impl Controller {
             ));
         }
         let mut next = info.clone();
-        next.isr = a.isr.clone();
+        next.isr = Replicas::from_slice(&a.isr);
         // A replica a reassignment waits for may just have joined: the old ones leave.
         let mut next = self.complete(next);
         next.partition_epoch += 1;

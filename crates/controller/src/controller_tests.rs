@@ -71,7 +71,7 @@ fn topics_are_placed_over_live_brokers_and_refused_when_they_cannot_be() {
     let parts = &c.image().topics["t"].partitions;
     assert_eq!(parts.len(), 6);
     for p in parts {
-        assert_eq!((p.replicas.len(), p.isr.clone()), (2, p.replicas.clone()));
+        assert_eq!((p.replicas.len(), p.isr.to_vec()), (2, p.replicas.to_vec()));
         assert_eq!(p.leader, p.replicas[0]);
     }
     let led: BTreeSet<i32> = leaders(&c, "t").into_iter().collect();
@@ -188,8 +188,8 @@ fn a_silent_broker_is_fenced_and_its_partitions_move_to_the_isr() {
     // A partition whose only replica was 2 has no leader (unclean election is off) and keeps
     // 2 in its ISR: nothing committed is given up.
     for p in &c.image().topics["solo"].partitions {
-        if p.replicas == vec![2] {
-            assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![2]));
+        if p.replicas.to_vec() == vec![2] {
+            assert_eq!((p.leader, p.isr.to_vec()), (NO_LEADER, vec![2]));
         }
     }
     // 2 comes back: unfenced by its heartbeat, it leads again what had no leader.
@@ -227,7 +227,7 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
         .copied()
         .find(|r| *r != leader)
         .unwrap();
-    info.isr = vec![leader];
+    info.isr = vec![leader].into();
     info.partition_epoch += 1;
     c.replay(&[Record::Partition {
         topic: "t".into(),
@@ -263,7 +263,7 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
         .into(),
     }]);
     let p = unclean(&c);
-    assert_eq!((p.leader, p.isr), (other, vec![other]));
+    assert_eq!((p.leader, p.isr.to_vec()), (other, vec![other]));
     c.replay(&[Record::TopicConfigs {
         topic: "t".into(),
         configs: Default::default(),
@@ -271,7 +271,7 @@ fn unclean_election_picks_a_live_replica_outside_the_isr_only_when_allowed() {
     assert_eq!(unclean(&c).leader, NO_LEADER, "back to the cluster default");
     c.config.unclean_leader_election = true;
     let p = unclean(&c);
-    assert_eq!((p.leader, p.isr), (other, vec![other]));
+    assert_eq!((p.leader, p.isr.to_vec()), (other, vec![other]));
     c.replay(&[Record::TopicConfigs {
         topic: "t".into(),
         configs: [(
@@ -292,7 +292,7 @@ fn turning_unclean_election_on_elects_the_partitions_left_offline() {
     create(&mut c, topic("t", 1, 2));
     let mut info = c.image().topics["t"].partitions[0].clone();
     let leader = info.leader;
-    info.isr = vec![leader];
+    info.isr = vec![leader].into();
     info.partition_epoch += 1;
     c.replay(&[Record::Partition {
         topic: "t".into(),
@@ -316,7 +316,7 @@ fn turning_unclean_election_on_elects_the_partitions_left_offline() {
     c.replay(&elected);
     let p = &c.image().topics["t"].partitions[0];
     let other = if leader == 1 { 2 } else { 1 };
-    assert_eq!((p.leader, p.isr.clone()), (other, vec![other]));
+    assert_eq!((p.leader, p.isr.to_vec()), (other, vec![other]));
     assert_eq!(c.elect_offline(), vec![], "nothing left offline");
 }
 
@@ -387,10 +387,10 @@ fn a_controlled_shutdown_moves_leadership_at_once_and_the_restart_takes_it_back(
     assert!(c.image().brokers[&1].fenced);
     for p in &c.image().topics["t"].partitions {
         assert_eq!(p.leader, 2, "2 leads every replicated partition");
-        assert_eq!(p.isr, vec![2]);
+        assert_eq!(p.isr.to_vec(), vec![2]);
     }
     for p in &c.image().topics["solo"].partitions {
-        if p.replicas == vec![1] {
+        if p.replicas.to_vec() == vec![1] {
             assert_eq!(p.leader, NO_LEADER);
         }
     }
@@ -474,7 +474,7 @@ fn brokers_silent_together_are_fenced_together_and_none_inherits_the_others() {
     c.replay(&r);
     assert!(c.image().brokers[&1].fenced && c.image().brokers[&2].fenced);
     for p in &c.image().topics["t"].partitions {
-        assert_eq!((p.leader, p.isr.clone()), (3, vec![3]));
+        assert_eq!((p.leader, p.isr.to_vec()), (3, vec![3]));
     }
 }
 
@@ -512,7 +512,7 @@ fn alter_partition_takes_the_leaders_current_view_only() {
     let (next, records) = c
         .alter_partition(&ask(shrunk.clone(), p.partition_epoch))
         .unwrap();
-    assert_eq!(next.isr, shrunk);
+    assert_eq!(next.isr.to_vec(), shrunk);
     assert_eq!(next.partition_epoch, p.partition_epoch + 1);
     c.replay(&records);
     // The same change again, from the old view: refused.
@@ -524,20 +524,20 @@ fn alter_partition_takes_the_leaders_current_view_only() {
     );
     // Not the leader, an old leader epoch, a stale broker epoch, a leaderless ISR, a
     // stranger: refused with Kafka's codes.
-    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    let mut a = ask(p.isr.to_vec(), next.partition_epoch);
     a.broker = follower;
     a.broker_epoch = epochs[follower as usize - 1];
     assert_eq!(
         c.alter_partition(&a).unwrap_err().code,
         errors::NOT_LEADER_OR_FOLLOWER
     );
-    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    let mut a = ask(p.isr.to_vec(), next.partition_epoch);
     a.leader_epoch -= 1;
     assert_eq!(
         c.alter_partition(&a).unwrap_err().code,
         errors::FENCED_LEADER_EPOCH
     );
-    let mut a = ask(p.isr.clone(), next.partition_epoch);
+    let mut a = ask(p.isr.to_vec(), next.partition_epoch);
     a.broker_epoch += 100;
     assert_eq!(
         c.alter_partition(&a).unwrap_err().code,
@@ -560,7 +560,7 @@ fn alter_partition_takes_the_leaders_current_view_only() {
     c.replay(&r);
     let epoch_now = c.image().topics["t"].partitions[0].partition_epoch;
     assert_eq!(
-        c.alter_partition(&ask(p.isr.clone(), epoch_now))
+        c.alter_partition(&ask(p.isr.to_vec(), epoch_now))
             .unwrap_err()
             .code,
         errors::INELIGIBLE_REPLICA
@@ -570,7 +570,7 @@ fn alter_partition_takes_the_leaders_current_view_only() {
         .unwrap();
     c.replay(&out.records);
     let epoch_now = c.image().topics["t"].partitions[0].partition_epoch;
-    let (grown, _) = c.alter_partition(&ask(p.isr.clone(), epoch_now)).unwrap();
+    let (grown, _) = c.alter_partition(&ask(p.isr.to_vec(), epoch_now)).unwrap();
     assert_eq!(grown.isr.len(), 3);
 }
 

@@ -5,7 +5,7 @@
 //! gives a partition without a leader any live replica, in or out of the ISR, and says so.
 
 use strom_metadata::errors;
-use strom_metadata::image::{NO_LEADER, PartitionInfo, Record};
+use strom_metadata::image::{NO_LEADER, PartitionInfo, Record, Replicas};
 
 use crate::controller::Controller;
 
@@ -79,7 +79,7 @@ impl Controller {
                 next.leader_epoch += 1;
                 next.partition_epoch += 1;
                 if !next.isr.contains(&leader) {
-                    next.isr = vec![leader];
+                    next.isr = Replicas::from_slice(&[leader]);
                 }
                 records.push(Record::Partition {
                     topic: name.clone(),
@@ -163,7 +163,7 @@ impl Controller {
                             isr = ?info.isr,
                             "unclean leader election asked for: broker {leader}, outside the ISR, leads; records it lacks are lost"
                         );
-                        next.isr = vec![leader];
+                        next.isr = Replicas::from_slice(&[leader]);
                     }
                     records.push(Record::Partition {
                         topic: topic.clone(),

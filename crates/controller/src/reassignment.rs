@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use strom_metadata::errors;
-use strom_metadata::image::{NO_LEADER, PartitionInfo, Record};
+use strom_metadata::image::{NO_LEADER, PartitionInfo, Record, Replicas};
 
 use crate::controller::Controller;
 
@@ -142,9 +142,9 @@ impl Controller {
         }
         let mut next = info.clone();
         next.isr.retain(|r| target.contains(r));
-        next.replicas = target;
-        next.adding.clear();
-        next.removing.clear();
+        next.replicas = target.into();
+        next.adding = Box::default();
+        next.removing = Box::default();
         if !next.replicas.contains(&next.leader) {
             next.leader = next
                 .replicas
@@ -182,8 +182,8 @@ fn revert(info: &PartitionInfo, live: impl Fn(i32) -> bool) -> Result<PartitionI
             .copied()
             .unwrap_or(NO_LEADER);
     }
-    next.adding.clear();
-    next.removing.clear();
+    next.adding = Box::default();
+    next.removing = Box::default();
     Ok(next)
 }
 
@@ -191,7 +191,7 @@ fn revert(info: &PartitionInfo, live: impl Fn(i32) -> bool) -> Result<PartitionI
 /// first, then the ones leaving.
 fn start(base: &PartitionInfo, target: &[i32]) -> PartitionInfo {
     let mut next = base.clone();
-    next.replicas = target.to_vec();
+    next.replicas = Replicas::from_slice(target);
     next.replicas.extend(
         base.replicas
             .iter()

@@ -81,12 +81,12 @@ fn new_replicas_join_then_the_old_ones_leave_and_the_leader_hands_over() {
     let before = partition(&c);
     assert_eq!(reassign(&mut c, Some(&[3, 4])), errors::NONE);
     let p = partition(&c);
-    assert_eq!(p.replicas, vec![3, 4, 1, 2], "the target first");
+    assert_eq!(p.replicas.to_vec(), vec![3, 4, 1, 2], "the target first");
     assert_eq!(
-        (p.adding.clone(), p.removing.clone()),
+        (p.adding.to_vec(), p.removing.to_vec()),
         (vec![3, 4], vec![1, 2])
     );
-    assert_eq!((p.isr.clone(), p.leader), (vec![1, 2], 1));
+    assert_eq!((p.isr.to_vec(), p.leader), (vec![1, 2], 1));
     assert_eq!(
         p.leader_epoch, before.leader_epoch,
         "the leader stays for now"
@@ -97,15 +97,15 @@ fn new_replicas_join_then_the_old_ones_leave_and_the_leader_hands_over() {
     isr(&mut c, &epochs, &[1, 2, 3]);
     let p = partition(&c);
     assert_eq!(
-        (p.isr.clone(), p.adding.clone()),
+        (p.isr.to_vec(), p.adding.to_vec()),
         (vec![1, 2, 3], vec![3, 4])
     );
 
     // Both: the old replicas leave, the leader with them.
     isr(&mut c, &epochs, &[1, 2, 3, 4]);
     let p = partition(&c);
-    assert_eq!(p.replicas, vec![3, 4]);
-    assert_eq!(p.isr, vec![3, 4]);
+    assert_eq!(p.replicas.to_vec(), vec![3, 4]);
+    assert_eq!(p.isr.to_vec(), vec![3, 4]);
     assert!(!p.reassigning());
     assert_eq!(p.leader, 3, "the first target replica in the ISR");
     assert_eq!(p.leader_epoch, before.leader_epoch + 1);
@@ -118,7 +118,7 @@ fn a_leader_that_stays_keeps_its_epoch_and_a_reorder_completes_at_once() {
     isr(&mut c, &epochs, &[1, 2, 3]);
     let p = partition(&c);
     assert_eq!(
-        (p.replicas.clone(), p.isr.clone(), p.leader),
+        (p.replicas.to_vec(), p.isr.to_vec(), p.leader),
         (vec![1, 3], vec![1, 3], 1)
     );
     assert_eq!(p.leader_epoch, 0);
@@ -126,7 +126,7 @@ fn a_leader_that_stays_keeps_its_epoch_and_a_reorder_completes_at_once() {
     // Only the order changes: nothing to copy, done in the same record.
     assert_eq!(reassign(&mut c, Some(&[3, 1])), errors::NONE);
     let p = partition(&c);
-    assert_eq!((p.replicas.clone(), p.leader), (vec![3, 1], 1));
+    assert_eq!((p.replicas.to_vec(), p.leader), (vec![3, 1], 1));
     assert!(!p.reassigning());
     // The same assignment again changes nothing.
     let (records, results) = c.alter_reassignments(&to(Some(&[3, 1])), true);
@@ -141,7 +141,7 @@ fn a_cancellation_puts_the_original_replicas_back() {
     assert_eq!(reassign(&mut c, None), errors::NONE);
     let p = partition(&c);
     assert_eq!(
-        (p.replicas.clone(), p.isr.clone(), p.leader),
+        (p.replicas.to_vec(), p.isr.to_vec(), p.leader),
         (vec![1, 2], vec![1, 2], 1)
     );
     assert!(!p.reassigning());
@@ -154,8 +154,8 @@ fn a_new_target_replaces_the_reassignment_in_progress() {
     // From the original [1, 2], not from [3, 4, 1, 2]: 4 is no longer wanted.
     assert_eq!(reassign(&mut c, Some(&[1, 3])), errors::NONE);
     let p = partition(&c);
-    assert_eq!(p.replicas, vec![1, 3, 2]);
-    assert_eq!((p.adding.clone(), p.removing.clone()), (vec![3], vec![2]));
+    assert_eq!(p.replicas.to_vec(), vec![1, 3, 2]);
+    assert_eq!((p.adding.to_vec(), p.removing.to_vec()), (vec![3], vec![2]));
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn random_steps_keep_the_reassignment_invariants() {
                 2 | 3 if p.leader != strom_metadata::image::NO_LEADER => {
                     // The leader takes in a replica that caught up, or drops a laggard.
                     let r = p.replicas[(next(&mut rng) % p.replicas.len() as u64) as usize];
-                    let mut asked = p.isr.clone();
+                    let mut asked = p.isr.to_vec();
                     if asked.contains(&r) {
                         if r != p.leader && asked.len() > 1 {
                             asked.retain(|x| *x != r);
@@ -283,7 +283,7 @@ fn random_steps_keep_the_reassignment_invariants() {
                         partition: 0,
                         leader_epoch: p.leader_epoch,
                         partition_epoch: p.partition_epoch,
-                        isr: asked.clone(),
+                        isr: asked.to_vec(),
                     };
                     if let Ok((_, records)) = c.alter_partition(&a) {
                         c.replay(&records);

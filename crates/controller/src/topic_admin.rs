@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use strom_metadata::errors;
-use strom_metadata::image::{PartitionInfo, Record};
+use strom_metadata::image::{PartitionInfo, Record, Replicas};
 
 use crate::controller::{Controller, Refusal, TopicRequest, refuse};
 use crate::placement::{Candidate, PlacementError, place};
@@ -40,8 +40,8 @@ impl Controller {
                 partition: first + i as i32,
                 info: PartitionInfo {
                     leader: r[0],
-                    isr: r.clone(),
-                    replicas: r,
+                    isr: Replicas::from_slice(&r),
+                    replicas: r.into(),
                     ..PartitionInfo::default()
                 },
             })

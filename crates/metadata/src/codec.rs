@@ -32,8 +32,8 @@ fn put_partition(out: &mut Vec<u8>, p: &PartitionInfo) {
 
 fn partition(r: &mut Reader<'_>) -> Option<PartitionInfo> {
     Some(PartitionInfo {
-        replicas: ids(r)?,
-        isr: ids(r)?,
+        replicas: ids(r)?.into(),
+        isr: ids(r)?.into(),
         leader: r.i32()?,
         leader_epoch: r.i32()?,
         partition_epoch: r.i32()?,
@@ -193,8 +193,8 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                 let topic = r.string()?;
                 let index = r.i32()?;
                 let mut info = partition(&mut r)?;
-                info.adding = ids(&mut r)?;
-                info.removing = ids(&mut r)?;
+                info.adding = ids(&mut r)?.into();
+                info.removing = ids(&mut r)?.into();
                 Record::Partition {
                     topic,
                     partition: index,
@@ -270,8 +270,8 @@ mod tests {
                 topic: "orders".into(),
                 partition: 2,
                 info: PartitionInfo {
-                    replicas: vec![3, 4],
-                    isr: vec![4],
+                    replicas: vec![3, 4].into(),
+                    isr: vec![4].into(),
                     leader: 4,
                     leader_epoch: 9,
                     partition_epoch: 11,
@@ -282,13 +282,13 @@ mod tests {
                 topic: "orders".into(),
                 partition: 3,
                 info: PartitionInfo {
-                    replicas: vec![5, 3, 4],
-                    isr: vec![3, 4],
+                    replicas: vec![5, 3, 4].into(),
+                    isr: vec![3, 4].into(),
                     leader: 3,
                     leader_epoch: 2,
                     partition_epoch: 4,
-                    adding: vec![5],
-                    removing: vec![4],
+                    adding: vec![5].into(),
+                    removing: vec![4].into(),
                 },
             },
             Record::TopicConfigs {

@@ -56,11 +56,15 @@ impl BrokerInfo {
     }
 }
 
+/// A few replica ids, held inline: every partition of the image keeps its replicas and ISR
+/// (two heap allocations per partition otherwise, a tenth of an idle partition's memory).
+pub type Replicas = smallvec::SmallVec<[i32; 4]>;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionInfo {
     /// Every replica; during a reassignment, the target ones first, then those leaving.
-    pub replicas: Vec<i32>,
-    pub isr: Vec<i32>,
+    pub replicas: Replicas,
+    pub isr: Replicas,
     pub leader: i32,
     pub leader_epoch: i32,
     /// Bumped by every change to the partition (Kafka's partition epoch): an ISR change
@@ -68,8 +72,10 @@ pub struct PartitionInfo {
     pub partition_epoch: i32,
     /// A reassignment in progress (Kafka's addingReplicas and removingReplicas): replicas
     /// that join once they caught up, and replicas that leave then. Empty otherwise.
-    pub adding: Vec<i32>,
-    pub removing: Vec<i32>,
+    /// Boxed slices, not vectors: empty in every partition but those moving, and 16 bytes
+    /// each instead of 24 (the image holds one `PartitionInfo` per partition).
+    pub adding: Box<[i32]>,
+    pub removing: Box<[i32]>,
 }
 
 impl PartitionInfo {
@@ -384,8 +390,8 @@ mod tests {
 
     fn info(replicas: &[i32], leader: i32, epoch: i32) -> PartitionInfo {
         PartitionInfo {
-            replicas: replicas.to_vec(),
-            isr: replicas.to_vec(),
+            replicas: replicas.to_vec().into(),
+            isr: replicas.to_vec().into(),
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,

@@ -50,8 +50,8 @@ fn topic_entry(
                 p.leader
             },
             leader_epoch: p.leader_epoch,
-            replica_nodes: p.replicas.clone(),
-            isr_nodes: p.isr.clone(),
+            replica_nodes: p.replicas.to_vec(),
+            isr_nodes: p.isr.to_vec(),
             offline_replicas: vec![],
             ..Default::default()
         })

@@ -413,7 +413,7 @@ impl ActiveController {
                 })
                 .map(|(info, records)| {
                     let answer = BrokerAnswer::PartitionChanged {
-                        isr: info.isr,
+                        isr: info.isr.to_vec(),
                         partition_epoch: info.partition_epoch,
                     };
                     (records, answer)
