@@ -10,6 +10,7 @@ mod coordinators;
 pub mod errors;
 mod fetcher;
 pub mod handlers;
+pub mod heap;
 mod internal_topics;
 pub mod kraft_config;
 mod lease;

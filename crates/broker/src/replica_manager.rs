@@ -176,7 +176,7 @@ impl ReplicaManager {
             // malloc arenas (a third more resident memory after a start than after
             // creating the same partitions): give them back.
             if new >= 1000 {
-                trim_heap();
+                crate::heap::trim();
             }
         }
         for tp in &changes.deleted {
@@ -236,14 +236,6 @@ fn in_parallel<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Ve
             .flat_map(|h| h.join().expect("a thread opening logs panicked"))
             .collect()
     })
-}
-
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system; it takes no pointer.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn become_role(p: &Partition, info: &PartitionInfo, leader: bool) {

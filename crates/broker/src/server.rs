@@ -56,7 +56,9 @@ async fn connection(
     // writer awaits them in that order whatever order the handlers finish in.
     let (queue, mut pending) = mpsc::channel::<oneshot::Receiver<Reply>>(64);
     let writer = tokio::spawn(async move {
-        let mut out = BufWriter::with_capacity(64 * 1024, wr);
+        // Small responses queued together leave in one write; anything this size or more
+        // goes straight to the socket. 8 KiB, not more: every connection holds one.
+        let mut out = BufWriter::with_capacity(8 * 1024, wr);
         while let Some(reply) = pending.recv().await {
             match reply.await {
                 Ok(Reply::Frame(bytes)) => {
@@ -136,4 +138,5 @@ async fn connection(
     }
     drop(queue);
     let _ = writer.await;
+    crate::heap::connection_closed();
 }
