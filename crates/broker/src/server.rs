@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -56,22 +57,23 @@ async fn connection(
     // writer awaits them in that order whatever order the handlers finish in.
     let (queue, mut pending) = mpsc::channel::<oneshot::Receiver<Reply>>(64);
     let writer = tokio::spawn(async move {
-        // Small responses queued together leave in one write; anything this size or more
-        // goes straight to the socket. 8 KiB, not more: every connection holds one.
-        let mut out = BufWriter::with_capacity(8 * 1024, wr);
+        let mut out = Outgoing {
+            socket: wr,
+            buf: Vec::new(),
+        };
         while let Some(reply) = pending.recv().await {
             match reply.await {
                 Ok(Reply::Frame(bytes)) => {
-                    if out.write_all(&bytes).await.is_err() {
+                    if out.put(&bytes).await.is_err() {
                         return;
                     }
                 }
                 Ok(Reply::Parts(parts)) => {
                     for part in parts {
                         let sent = match part {
-                            Part::Bytes(bytes) => out.write_all(&bytes).await,
+                            Part::Bytes(bytes) => out.put(&bytes).await,
                             Part::File(region) => match out.flush().await {
-                                Ok(()) => send_file(out.get_ref().as_ref(), &region).await,
+                                Ok(()) => send_file(out.socket.as_ref(), &region).await,
                                 Err(e) => Err(e),
                             },
                         };
@@ -85,12 +87,12 @@ async fn connection(
                 Ok(Reply::Nothing) => {}
                 Ok(Reply::Close) | Err(_) => break,
             }
-            if pending.is_empty() && out.flush().await.is_err() {
+            if pending.is_empty() && out.idle().await.is_err() {
                 return;
             }
         }
         let _ = out.flush().await;
-        let _ = out.shutdown().await;
+        let _ = out.socket.shutdown().await;
     });
     let max = broker.config.socket_request_max_bytes;
     loop {
@@ -139,4 +141,45 @@ async fn connection(
     drop(queue);
     let _ = writer.await;
     crate::heap::connection_closed();
+}
+
+/// Responses queued together leave in one write, up to this many bytes; a response this
+/// size or more goes to the socket as it is.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// A connection's outgoing bytes. The buffer exists only while there is something to send:
+/// an idle connection holds none (a fixed 64 KiB buffer was most of what an idle
+/// connection cost).
+struct Outgoing {
+    socket: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Outgoing {
+    async fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() >= COALESCE_BYTES {
+            self.flush().await?;
+            return self.socket.write_all(bytes).await;
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= COALESCE_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.socket.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Nothing more queued: sends what is buffered and lets the buffer go.
+    async fn idle(&mut self) -> std::io::Result<()> {
+        self.flush().await?;
+        self.buf = Vec::new();
+        Ok(())
+    }
 }
