@@ -129,7 +129,9 @@ async fn connection(
         } else {
             // Everything else runs in arrival order, so appends from one connection keep
             // the order the producer sent them in.
-            let reply = handlers::handle_on(&broker, frame, peer, &listener).await;
+            // Boxed: the handler's state exists while it runs, not for the connection's
+            // whole life (an idle connection's task would be sized for the largest one).
+            let reply = Box::pin(handlers::handle_on(&broker, frame, peer, &listener)).await;
             let close = matches!(reply, Reply::Close);
             let _ = tx.send(reply);
             if close {
