@@ -61,8 +61,34 @@ async fn connection(
             socket: wr,
             buf: Vec::new(),
         };
-        while let Some(reply) = pending.recv().await {
-            match reply.await {
+        loop {
+            let mut next = match pending.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if out.idle().await.is_err() {
+                        return;
+                    }
+                    match pending.recv().await {
+                        Some(next) => next,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
+            // A response still being prepared (a fetch waiting for data, a join waiting
+            // for the group) must not hold back those before it: a client may wait for
+            // them (a heartbeat's answer) before it does what ends the wait.
+            let reply = match next.try_recv() {
+                Ok(reply) => Ok(reply),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    if out.flush().await.is_err() {
+                        return;
+                    }
+                    next.await
+                }
+                Err(oneshot::error::TryRecvError::Closed) => next.await,
+            };
+            match reply {
                 Ok(Reply::Frame(bytes)) => {
                     if out.put(&bytes).await.is_err() {
                         return;
@@ -86,9 +112,6 @@ async fn connection(
                 }
                 Ok(Reply::Nothing) => {}
                 Ok(Reply::Close) | Err(_) => break,
-            }
-            if pending.is_empty() && out.idle().await.is_err() {
-                return;
             }
         }
         let _ = out.flush().await;

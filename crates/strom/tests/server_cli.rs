@@ -220,3 +220,52 @@ fn responses_follow_request_order_even_behind_a_waiting_fetch() {
     );
     assert_eq!(read_correlation_id(&mut s), 3);
 }
+
+#[test]
+fn an_answer_ready_is_sent_while_a_later_request_still_waits() {
+    let server = Server::start();
+    let mut s = TcpStream::connect(server.bootstrap()).unwrap();
+    // Far less than the fetch below waits: the first answer must not be held behind it.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let md = krabka_protocol::owned::metadata_request::MetadataRequest {
+        topics: Some(vec![
+            krabka_protocol::owned::metadata_request::MetadataRequestTopic {
+                name: Some("waiting".into()),
+                ..Default::default()
+            },
+        ]),
+        allow_auto_topic_creation: true,
+        ..Default::default()
+    };
+    s.write_all(&request(3, 4, 1, 1, &md)).unwrap();
+    assert_eq!(read_correlation_id(&mut s), 1);
+    let fetch = FetchRequest {
+        replica_id: -1,
+        max_wait_ms: 60_000,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            topic: "waiting".into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: 0,
+                partition_max_bytes: 1 << 20,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let versions = krabka_protocol::owned::api_versions_request::ApiVersionsRequest::default();
+    // Several answers ready at once, then a fetch that waits a minute for data, in one
+    // write: the writer sees the fetch queued behind the ready answers.
+    let mut all = Vec::new();
+    for correlation_id in 2..6 {
+        all.extend(request(18, 0, correlation_id, 1, &versions));
+    }
+    all.extend(request(1, 4, 6, 1, &fetch));
+    s.write_all(&all).unwrap();
+    for correlation_id in 2..6 {
+        assert_eq!(read_correlation_id(&mut s), correlation_id);
+    }
+}
