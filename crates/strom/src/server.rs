@@ -306,7 +306,9 @@ async fn maintenance(broker: Arc<Broker>, mut stop: tokio::sync::watch::Receiver
         tokio::select! {
             _ = retention.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_retention(now_ms())).await; }
             _ = flush.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_flush(now_ms())).await; }
-            _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_checkpoint()).await; }
+            // Then free memory goes back to the system: a start leaves a few MiB of
+            // its scratch in glibc's arenas (0.45 KB per partition at 10,000).
+            _ = checkpoint.tick() => { let _ = tokio::task::spawn_blocking(move || { b.run_checkpoint(); strom_broker::heap::trim(); }).await; }
             _ = producers.tick() => { let _ = tokio::task::spawn_blocking(move || b.run_producer_expiration(now_ms())).await; }
             _ = offsets.tick() => b.maintain_groups().await,
             _ = stop.changed() => return,
