@@ -108,8 +108,8 @@ impl Partition {
             index,
             role: RwLock::new(Role {
                 leader: node_id,
-                replicas: smallvec::smallvec![node_id],
-                isr: smallvec::smallvec![node_id],
+                replicas: Replicas::from_slice(&[node_id]),
+                isr: Replicas::from_slice(&[node_id]),
             }),
             leader_epoch: AtomicI32::new(epoch),
             // What the checkpoint says was committed; a log from before the checkpoint

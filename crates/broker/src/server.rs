@@ -86,7 +86,7 @@ async fn connection(
                     }
                     next.await
                 }
-                Err(oneshot::error::TryRecvError::Closed) => next.await,
+                Err(oneshot::error::TryRecvError::Closed) => break,
             };
             match reply {
                 Ok(Reply::Frame(bytes)) => {

@@ -390,8 +390,8 @@ mod tests {
 
     fn info(replicas: &[i32], leader: i32, epoch: i32) -> PartitionInfo {
         PartitionInfo {
-            replicas: replicas.to_vec().into(),
-            isr: replicas.to_vec().into(),
+            replicas: Replicas::from_slice(replicas),
+            isr: Replicas::from_slice(replicas),
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use strom_metadata::errors;
-use strom_metadata::image::PartitionInfo;
+use strom_metadata::image::{PartitionInfo, Replicas};
 
 #[derive(Debug, Clone, Copy)]
 pub struct LeaderConfig {
@@ -62,16 +62,13 @@ struct Follower {
     last_fetch_leader_end: u64,
 }
 
-/// A few replica ids, held inline.
-type Ids = smallvec::SmallVec<[i32; 4]>;
-
 #[derive(Debug, Clone)]
 pub struct LeaderState {
     id: i32,
     leader_epoch: i32,
     partition_epoch: i32,
     /// Inline: an ISR is a few ids, and every partition a broker leads keeps one.
-    isr: Ids,
+    isr: Replicas,
     /// The ISR proposed to the controller and not yet in the metadata.
     pending: Option<Vec<i32>>,
     followers: BTreeMap<i32, Follower>,
@@ -115,7 +112,7 @@ impl LeaderState {
             id,
             leader_epoch: info.leader_epoch,
             partition_epoch: info.partition_epoch,
-            isr: Ids::from_slice(&info.isr),
+            isr: info.isr.clone(),
             pending: None,
             followers,
             log_end,
@@ -262,7 +259,7 @@ impl LeaderState {
             return None;
         }
         self.partition_epoch = info.partition_epoch;
-        self.isr = Ids::from_slice(&info.isr);
+        self.isr = info.isr.clone();
         self.pending = None;
         for r in &info.replicas {
             if *r != self.id {

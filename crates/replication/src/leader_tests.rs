@@ -7,8 +7,8 @@ const LAG: i64 = 30_000;
 
 fn info(replicas: &[i32], isr: &[i32], partition_epoch: i32) -> PartitionInfo {
     PartitionInfo {
-        replicas: replicas.to_vec().into(),
-        isr: isr.to_vec().into(),
+        replicas: Replicas::from_slice(replicas),
+        isr: Replicas::from_slice(isr),
         leader: 1,
         leader_epoch: 5,
         partition_epoch,

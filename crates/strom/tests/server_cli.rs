@@ -172,17 +172,12 @@ fn read_correlation_id(s: &mut TcpStream) -> i32 {
     (&body[..]).get_i32()
 }
 
-#[test]
-fn responses_follow_request_order_even_behind_a_waiting_fetch() {
-    let server = Server::start();
-    // Metadata with auto-creation makes the topic; then a fetch that waits 1.5 s for data,
-    // pipelined with a request answered at once: the second answer must wait for the first.
-    let mut s = TcpStream::connect(server.bootstrap()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+/// Metadata with auto-creation (correlation id 1) makes `topic`.
+fn create_by_metadata(s: &mut TcpStream, topic: &str) {
     let md = krabka_protocol::owned::metadata_request::MetadataRequest {
         topics: Some(vec![
             krabka_protocol::owned::metadata_request::MetadataRequestTopic {
-                name: Some("ordered".into()),
+                name: Some(topic.into()),
                 ..Default::default()
             },
         ]),
@@ -190,14 +185,18 @@ fn responses_follow_request_order_even_behind_a_waiting_fetch() {
         ..Default::default()
     };
     s.write_all(&request(3, 4, 1, 1, &md)).unwrap();
-    assert_eq!(read_correlation_id(&mut s), 1);
-    let fetch = FetchRequest {
+    assert_eq!(read_correlation_id(s), 1);
+}
+
+/// A fetch of `topic`'s partition 0 from offset 0 that waits up to `max_wait_ms` for data.
+fn waiting_fetch(topic: &str, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest {
         replica_id: -1,
-        max_wait_ms: 1500,
+        max_wait_ms,
         min_bytes: 1,
         max_bytes: 1 << 20,
         topics: vec![FetchTopic {
-            topic: "ordered".into(),
+            topic: topic.into(),
             partitions: vec![FetchPartition {
                 partition: 0,
                 fetch_offset: 0,
@@ -207,7 +206,18 @@ fn responses_follow_request_order_even_behind_a_waiting_fetch() {
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn responses_follow_request_order_even_behind_a_waiting_fetch() {
+    let server = Server::start();
+    // Metadata with auto-creation makes the topic; then a fetch that waits 1.5 s for data,
+    // pipelined with a request answered at once: the second answer must wait for the first.
+    let mut s = TcpStream::connect(server.bootstrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    create_by_metadata(&mut s, "ordered");
+    let fetch = waiting_fetch("ordered", 1500);
     let versions = krabka_protocol::owned::api_versions_request::ApiVersionsRequest::default();
     let mut both = request(1, 4, 2, 1, &fetch);
     both.extend(request(18, 0, 3, 1, &versions));
@@ -227,35 +237,8 @@ fn an_answer_ready_is_sent_while_a_later_request_still_waits() {
     let mut s = TcpStream::connect(server.bootstrap()).unwrap();
     // Far less than the fetch below waits: the first answer must not be held behind it.
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let md = krabka_protocol::owned::metadata_request::MetadataRequest {
-        topics: Some(vec![
-            krabka_protocol::owned::metadata_request::MetadataRequestTopic {
-                name: Some("waiting".into()),
-                ..Default::default()
-            },
-        ]),
-        allow_auto_topic_creation: true,
-        ..Default::default()
-    };
-    s.write_all(&request(3, 4, 1, 1, &md)).unwrap();
-    assert_eq!(read_correlation_id(&mut s), 1);
-    let fetch = FetchRequest {
-        replica_id: -1,
-        max_wait_ms: 60_000,
-        min_bytes: 1,
-        max_bytes: 1 << 20,
-        topics: vec![FetchTopic {
-            topic: "waiting".into(),
-            partitions: vec![FetchPartition {
-                partition: 0,
-                fetch_offset: 0,
-                partition_max_bytes: 1 << 20,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    create_by_metadata(&mut s, "waiting");
+    let fetch = waiting_fetch("waiting", 60_000);
     let versions = krabka_protocol::owned::api_versions_request::ApiVersionsRequest::default();
     // Several answers ready at once, then a fetch that waits a minute for data, in one
     // write: the writer sees the fetch queued behind the ready answers.
