@@ -68,6 +68,13 @@ pub struct Appended {
     pub log_start_offset: u64,
 }
 
+/// The leader's side of replication.
+struct Leading {
+    state: LeaderState,
+    /// An ISR expansion a follower's fetch called for, to send to the controller.
+    expansion: Option<IsrChange>,
+}
+
 pub struct Partition {
     pub topic: Arc<str>,
     pub index: i32,
@@ -77,12 +84,10 @@ pub struct Partition {
     leader_epoch: AtomicI32,
     high_watermark: AtomicU64,
     min_insync_replicas: AtomicI32,
-    /// While this node leads: the followers' progress, from which the high watermark and
-    /// the ISR follow.
-    leader_state: std::sync::Mutex<Option<LeaderState>>,
-    /// An ISR expansion a follower's fetch called for, to send to the controller.
-    /// Boxed: rarely set, and held by every partition.
-    expansion: std::sync::Mutex<Option<Box<IsrChange>>>,
+    /// While this node leads a partition with other replicas: the followers' progress.
+    /// Boxed, and absent on followers and on a sole replica (every partition of a single
+    /// node), whose high watermark is its log end: most partitions of a broker never use it.
+    leading: std::sync::Mutex<Option<Box<Leading>>>,
     replica_lag_time_max_ms: std::sync::atomic::AtomicI64,
     node_id: i32,
     /// Waiting fetches and acks=all produces, woken whenever the high watermark moves (and,
@@ -121,8 +126,7 @@ impl Partition {
                     .unwrap_or(log.log().log_end_offset()),
             ),
             min_insync_replicas: AtomicI32::new(config.min_insync_replicas),
-            leader_state: std::sync::Mutex::new(None),
-            expansion: std::sync::Mutex::new(None),
+            leading: std::sync::Mutex::new(None),
             replica_lag_time_max_ms: std::sync::atomic::AtomicI64::new(
                 config.replica_lag_time_max_ms,
             ),
@@ -231,16 +235,22 @@ impl Partition {
         if let Err(e) = self.log().assign_epoch_start(info.leader_epoch) {
             tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "cannot record the leader epoch's start");
         }
+        if info.replicas.iter().all(|r| *r == self.node_id) {
+            // Alone: committed as soon as written.
+            *self.leading.lock().unwrap() = None;
+            self.advance_high_watermark();
+            return;
+        }
         let now = strom_storage::clock::now_ms();
         {
             // The same leadership, a new ISR or replica set (an AlterPartition committed):
             // the followers' progress stays.
-            let mut state = self.leader_state.lock().unwrap();
-            if let Some(s) = state.as_mut()
-                && s.leader_epoch() == info.leader_epoch
+            let mut leading = self.leading.lock().unwrap();
+            if let Some(l) = leading.as_mut()
+                && l.state.leader_epoch() == info.leader_epoch
             {
-                let moved = s.on_partition_change(info, now);
-                drop(state);
+                let moved = l.state.on_partition_change(info, now);
+                drop(leading);
                 if let Some(hw) = moved {
                     self.publish_high_watermark(hw);
                 }
@@ -260,14 +270,17 @@ impl Partition {
             config,
         );
         self.publish_high_watermark(state.high_watermark());
-        *self.leader_state.lock().unwrap() = Some(state);
+        *self.leading.lock().unwrap() = Some(Box::new(Leading {
+            state,
+            expansion: None,
+        }));
         self.advance_high_watermark();
     }
 
     /// Another node leads the partition: this replica serves no produce or consumer fetch.
     pub fn make_follower(&self, info: &PartitionInfo) {
         self.set_role(info);
-        *self.leader_state.lock().unwrap() = None;
+        *self.leading.lock().unwrap() = None;
         // Writes waiting to be committed here learn that they will not be, from this node.
         self.watchers.notify();
     }
@@ -277,7 +290,7 @@ impl Partition {
     /// will not be acknowledged here, instead of at their timeout.
     pub fn drop_replica(&self) {
         self.role.write().unwrap().leader = NO_LEADER;
-        *self.leader_state.lock().unwrap() = None;
+        *self.leading.lock().unwrap() = None;
         self.watchers.notify();
     }
 
@@ -290,17 +303,19 @@ impl Partition {
         // state's log end would be refused as out of range.
         let leo = self.log().log_end_offset();
         let now = strom_storage::clock::now_ms();
-        let mut state = self.leader_state.lock().unwrap();
-        let Some(state) = state.as_mut() else {
+        let mut leading = self.leading.lock().unwrap();
+        // A sole replica has no followers: any replica's fetch is refused, as the leader
+        // state refuses one that is not a replica.
+        let Some(leading) = leading.as_mut() else {
             return Err(crate::errors::NOT_LEADER_OR_FOLLOWER);
         };
-        let appended = state.on_append(leo, now);
-        let outcome = state.on_fetch(replica, fetch_offset, now)?;
+        let appended = leading.state.on_append(leo, now);
+        let outcome = leading.state.on_fetch(replica, fetch_offset, now)?;
         if let Some(hw) = outcome.high_watermark.or(appended) {
             self.publish_high_watermark(hw);
         }
         if let Some(change) = outcome.expand {
-            *self.expansion.lock().unwrap() = Some(Box::new(change));
+            leading.expansion = Some(change);
         }
         Ok(())
     }
@@ -308,23 +323,20 @@ impl Partition {
     /// An ISR change to ask the controller for now, with the leader epoch it is made in:
     /// a follower that caught up joins; one that lagged past replica.lag.time.max.ms leaves.
     pub fn isr_change(&self, now: i64) -> Option<(IsrChange, i32)> {
-        let mut state = self.leader_state.lock().unwrap();
-        let state = state.as_mut()?;
-        let change = self
+        let mut leading = self.leading.lock().unwrap();
+        let leading = leading.as_mut()?;
+        let change = leading
             .expansion
-            .lock()
-            .unwrap()
             .take()
-            .map(|c| *c)
-            .or_else(|| state.tick(now))?;
-        Some((change, state.leader_epoch()))
+            .or_else(|| leading.state.tick(now))?;
+        Some((change, leading.state.leader_epoch()))
     }
 
     /// The controller refused the change (made on a stale view): the next one is made on
     /// the metadata it will publish.
     pub fn isr_change_refused(&self) {
-        if let Some(s) = self.leader_state.lock().unwrap().as_mut() {
-            s.on_proposal_refused();
+        if let Some(l) = self.leading.lock().unwrap().as_mut() {
+            l.state.on_proposal_refused();
         }
     }
 
@@ -511,8 +523,8 @@ impl Partition {
     /// rule); alone, our own log end.
     fn advance_high_watermark(&self) {
         let leo = self.log().log_end_offset();
-        let moved = match self.leader_state.lock().unwrap().as_mut() {
-            Some(state) => state.on_append(leo, strom_storage::clock::now_ms()),
+        let moved = match self.leading.lock().unwrap().as_mut() {
+            Some(l) => l.state.on_append(leo, strom_storage::clock::now_ms()),
             None if self.role.read().unwrap().isr.len() <= 1 => Some(leo),
             None => None,
         };

@@ -381,3 +381,58 @@ async fn a_dropped_replica_ends_the_writes_waiting_for_its_isr() {
         .unwrap();
     assert_eq!(ended, HighWatermarkWait::NotLeader);
 }
+
+/// A sole replica keeps no leader state (most partitions of a single node): what it writes
+/// is committed at once, a fetch from another node is refused, and a replica added by a
+/// reassignment in the same leader epoch is then waited for like any follower.
+#[test]
+fn a_sole_replica_commits_at_once_and_tracks_a_replica_added_later() {
+    use strom_metadata::image::PartitionInfo;
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), &[]);
+    let alone = PartitionInfo {
+        isr: vec![0].into(),
+        replicas: vec![0].into(),
+        leader: 0,
+        leader_epoch: 1,
+        partition_epoch: 1,
+        ..PartitionInfo::default()
+    };
+    p.make_leader(&alone);
+    assert!(p.leading.lock().unwrap().is_none());
+    p.append(&mut records(-1, -1, 3, false), -1).unwrap();
+    assert_eq!(
+        p.high_watermark(),
+        3,
+        "alone in the ISR: committed as written"
+    );
+    assert_eq!(
+        p.on_follower_fetch(7, 3),
+        Err(crate::errors::NOT_LEADER_OR_FOLLOWER)
+    );
+    assert_eq!(p.isr_change(i64::MAX), None);
+
+    // A reassignment adds node 7 (not in the ISR yet), same leader epoch.
+    p.make_leader(&PartitionInfo {
+        replicas: vec![0, 7].into(),
+        adding: vec![7].into(),
+        partition_epoch: 2,
+        ..alone.clone()
+    });
+    p.append(&mut records(-1, -1, 2, false), -1).unwrap();
+    assert_eq!(p.high_watermark(), 5, "7 is not in the ISR: not waited for");
+    assert_eq!(p.on_follower_fetch(7, 5), Ok(()));
+    let (change, epoch) = p.isr_change(strom_storage::clock::now_ms()).unwrap();
+    assert_eq!(
+        (change.isr, change.partition_epoch, epoch),
+        (vec![0, 7], 2, 1)
+    );
+
+    // Back to one replica: the state goes, the log end is committed.
+    p.make_leader(&PartitionInfo {
+        partition_epoch: 3,
+        ..alone
+    });
+    assert!(p.leading.lock().unwrap().is_none());
+    assert_eq!(p.high_watermark(), 5);
+}

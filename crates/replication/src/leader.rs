@@ -14,8 +14,6 @@
 //!   one made from a stale view. One proposal is in flight at a time, and the ISR changes
 //!   only once the controller's change is in the metadata.
 
-use std::collections::BTreeMap;
-
 use strom_metadata::errors;
 use strom_metadata::image::{PartitionInfo, Replicas};
 
@@ -70,8 +68,9 @@ pub struct LeaderState {
     /// Inline: an ISR is a few ids, and every partition a broker leads keeps one.
     isr: Replicas,
     /// The ISR proposed to the controller and not yet in the metadata.
-    pending: Option<Vec<i32>>,
-    followers: BTreeMap<i32, Follower>,
+    pending: Option<Box<[i32]>>,
+    /// By id. A few entries: a vector (a `BTreeMap` took a 500-byte node per partition led).
+    followers: Vec<(i32, Follower)>,
     log_end: u64,
     high_watermark: u64,
     /// Where this leader's epoch starts: a follower joins the ISR only past it.
@@ -138,7 +137,14 @@ impl LeaderState {
 
     /// A follower's log end offset, once it fetched under this leadership.
     pub fn follower_log_end(&self, id: i32) -> Option<u64> {
-        self.followers.get(&id).and_then(|f| f.log_end)
+        self.follower(id).and_then(|f| f.log_end)
+    }
+
+    fn follower(&self, id: i32) -> Option<&Follower> {
+        self.followers
+            .iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, f)| f)
     }
 
     /// The ISR and the additions in flight.
@@ -187,7 +193,9 @@ impl LeaderState {
         let log_end = self.log_end;
         let f = self
             .followers
-            .get_mut(&id)
+            .iter_mut()
+            .find(|(r, _)| *r == id)
+            .map(|(_, f)| f)
             .ok_or(errors::NOT_LEADER_OR_FOLLOWER)?;
         if fetch_offset > log_end {
             return Err(errors::OFFSET_OUT_OF_RANGE);
@@ -208,7 +216,7 @@ impl LeaderState {
         {
             let mut isr = self.isr.to_vec();
             isr.push(id);
-            self.pending = Some(isr.clone());
+            self.pending = Some(isr.as_slice().into());
             out.expand = Some(IsrChange {
                 isr,
                 partition_epoch: self.partition_epoch,
@@ -228,11 +236,7 @@ impl LeaderState {
             .isr
             .iter()
             .filter(|r| **r != self.id)
-            .filter(|r| {
-                self.followers
-                    .get(r)
-                    .is_none_or(|f| !self.caught_up(f, now))
-            })
+            .filter(|r| self.follower(**r).is_none_or(|f| !self.caught_up(f, now)))
             .copied()
             .collect();
         if lagging.is_empty() {
@@ -244,7 +248,7 @@ impl LeaderState {
             .filter(|r| !lagging.contains(r))
             .copied()
             .collect();
-        self.pending = Some(isr.clone());
+        self.pending = Some(isr.as_slice().into());
         Some(IsrChange {
             isr,
             partition_epoch: self.partition_epoch,
@@ -261,17 +265,20 @@ impl LeaderState {
         self.partition_epoch = info.partition_epoch;
         self.isr = info.isr.clone();
         self.pending = None;
+        self.followers.retain(|(r, _)| info.replicas.contains(r));
         for r in &info.replicas {
-            if *r != self.id {
-                self.followers.entry(*r).or_insert(Follower {
-                    log_end: None,
-                    last_caught_up_ms: i64::MIN / 2,
-                    last_fetch_ms: i64::MIN / 2,
-                    last_fetch_leader_end: 0,
-                });
+            if *r != self.id && self.follower(*r).is_none() {
+                self.followers.push((
+                    *r,
+                    Follower {
+                        log_end: None,
+                        last_caught_up_ms: i64::MIN / 2,
+                        last_fetch_ms: i64::MIN / 2,
+                        last_fetch_leader_end: 0,
+                    },
+                ));
             }
         }
-        self.followers.retain(|r, _| info.replicas.contains(r));
         self.advance(now)
     }
 
