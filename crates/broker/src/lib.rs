@@ -44,3 +44,13 @@ pub use strom_coordinator::{group, txn};
 pub use broker::Broker;
 pub use config::{BrokerConfig, ConfigError, parse_properties};
 pub mod zero_copy;
+#[cfg(all(test, target_pointer_width = "64"))]
+mod footprint {
+    /// What every partition holds, idle or not (see strom-storage's `footprint`).
+    #[test]
+    fn an_idle_partitions_structures_stay_small() {
+        use std::mem::size_of;
+        assert!(size_of::<crate::partition::Partition>() <= 208);
+        assert!(size_of::<strom_metadata::image::PartitionInfo>() <= 96);
+    }
+}

@@ -32,3 +32,17 @@ pub use durable::settle;
 pub use error::{Result, StorageError};
 pub use log::{AppendInfo, FileRegion, Log, ReadResult, TimestampOffset};
 pub use partition_log::{AppendError, LeaderAppend, PartitionLog};
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod footprint {
+    /// What every partition holds, idle or not: a broker keeps tens of thousands. Growing
+    /// one of these is a decision, not an accident (each is one allocation; glibc rounds
+    /// it up to 16 bytes with its 8-byte header).
+    #[test]
+    fn an_idle_logs_structures_stay_small() {
+        use std::mem::size_of;
+        assert!(size_of::<crate::log::Shared>() <= 248);
+        assert!(size_of::<crate::segment::Segment>() <= 120);
+        assert!(size_of::<crate::PartitionLog>() <= 40);
+    }
+}

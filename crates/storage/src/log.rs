@@ -78,7 +78,9 @@ pub(crate) struct Shared {
     start_offset: AtomicU64,
     writer: Mutex<Writer>,
     recovery: Mutex<Recovery>,
-    recovered_from: Option<u64>,
+    /// [`Log::recovered_from`]; [`UNKNOWN`] for none (sentinels rather than `Option`s in
+    /// what every partition holds: 8 bytes each).
+    recovered_from: u64,
     /// The earliest delete horizon the cleaner left in the log: once passed, a cleaning is
     /// due even when nothing is dirty. Not kept across restarts.
     /// `i64::MIN` for none (an atomic, not a locked `Option`: every byte of an idle
@@ -89,13 +91,18 @@ pub(crate) struct Shared {
     hw_written: AtomicU64,
 }
 
-/// `Shared::hw_written` when the high-watermark file's content is not known.
-const UNKNOWN: u64 = u64::MAX;
+/// `Shared::hw_written` and `Recovery::written` when the file's content is not known;
+/// `Shared::recovered_from` after a clean shutdown.
+pub(crate) const UNKNOWN: u64 = u64::MAX;
+
+/// `Writer::rolling_base_ms` while the active segment has had no append.
+pub(crate) const NO_APPEND: i64 = i64::MIN;
 
 struct Writer {
     active: Arc<Segment>,
-    /// Wall time of the active segment's first append, for `segment.ms`.
-    rolling_base_ms: Option<i64>,
+    /// Wall time of the active segment's first append, for `segment.ms`; [`NO_APPEND`]
+    /// before it.
+    rolling_base_ms: i64,
     unflushed_messages: i64,
     last_flush_ms: i64,
     epochs: EpochCache,
@@ -115,9 +122,9 @@ struct Writer {
 struct Recovery {
     point: u64,
     truncations: u64,
-    /// What the recovery-point file holds, when known: the periodic checkpoint skips an
-    /// unchanged one (an idle partition costs no write and no fsync).
-    written: Option<u64>,
+    /// What the recovery-point file holds, [`UNKNOWN`] when not known: the periodic
+    /// checkpoint skips an unchanged one (an idle partition costs no write and no fsync).
+    written: u64,
 }
 
 pub(crate) use crate::clock::now_ms;
@@ -138,7 +145,7 @@ impl Log {
             start_offset: AtomicU64::new(opened.start_offset),
             writer: Mutex::new(Writer {
                 active,
-                rolling_base_ms: opened.rolling_base_ms,
+                rolling_base_ms: opened.rolling_base_ms.unwrap_or(NO_APPEND),
                 unflushed_messages: 0,
                 last_flush_ms: now_ms(),
                 epochs: opened.epochs,
@@ -152,12 +159,14 @@ impl Log {
                 // A recovery left the file at the recovery point (or queued it); after a
                 // clean shutdown the file may be older, and the next checkpoint pass
                 // writes it (until then a crash recovers from the older point).
-                written: opened
-                    .recovery_point_written
-                    .then_some(opened.recovery_point),
+                written: if opened.recovery_point_written {
+                    opened.recovery_point
+                } else {
+                    UNKNOWN
+                },
             }),
             hw_written: AtomicU64::new(UNKNOWN),
-            recovered_from: opened.recovered_from,
+            recovered_from: opened.recovered_from.unwrap_or(UNKNOWN),
             cleaner_horizon: AtomicI64::new(i64::MIN),
         };
         let log = Log {
@@ -201,7 +210,7 @@ impl Log {
     /// from there on, files written beside the log (its `.txnindex`) may have missed what
     /// was not fsynced. `None` after a clean shutdown.
     pub fn recovered_from(&self) -> Option<u64> {
-        self.shared.recovered_from
+        Some(self.shared.recovered_from).filter(|o| *o != UNKNOWN)
     }
 
     pub fn recovery_point(&self) -> u64 {
@@ -320,7 +329,9 @@ impl Log {
         w.active
             .append(batches, &headers, config.index_interval_bytes)?;
         self.shared.end_offset.store(next, Ordering::Release);
-        w.rolling_base_ms.get_or_insert(now);
+        if w.rolling_base_ms == NO_APPEND {
+            w.rolling_base_ms = now;
+        }
         // A leader's epoch never goes back: an older one is a stale caller, and must not
         // rewrite the history the way a follower's copied batches correct it.
         if w.epochs.latest_epoch().is_none_or(|l| l <= leader_epoch) {
@@ -356,9 +367,8 @@ impl Log {
             return Ok(());
         }
         let full = active.size() + incoming > config.segment_bytes;
-        let old = w
-            .rolling_base_ms
-            .is_some_and(|b| now.saturating_sub(b) >= config.segment_ms);
+        let old = w.rolling_base_ms != NO_APPEND
+            && now.saturating_sub(w.rolling_base_ms) >= config.segment_ms;
         let index_full = active.index_entries()? >= config.max_index_entries();
         let offsets_overflow = last_offset - active.base_offset > i32::MAX as u64;
         if full || old || index_full || offsets_overflow {
@@ -378,12 +388,12 @@ impl Log {
 
     fn roll_locked(&self, w: &mut Writer) -> Result<()> {
         let base = self.log_end_offset();
-        let seg = Arc::new(Segment::create(&self.shared.dir, base)?);
+        let seg = Segment::create(&self.shared.dir, base)?;
         seg.set_interval(self.config().index_interval_bytes);
         let old = std::mem::replace(&mut w.active, seg.clone());
         old.persist_indexes()?;
         self.shared.segments.write().unwrap().insert(seg);
-        w.rolling_base_ms = None;
+        w.rolling_base_ms = NO_APPEND;
         tracing::debug!(dir = %self.shared.dir.display(), base, "rolled segment");
 
         // fsync the closed segment off the append path, then move the recovery point.
@@ -445,7 +455,7 @@ impl Log {
         };
         w.active = target;
         if w.active.size() == 0 {
-            w.rolling_base_ms = None;
+            w.rolling_base_ms = NO_APPEND;
         }
         self.shared.end_offset.store(new_end, Ordering::Release);
         if new_end < start {
@@ -463,11 +473,11 @@ impl Log {
         for s in &old {
             s.delete_files()?;
         }
-        let seg = Arc::new(Segment::create(&self.shared.dir, base)?);
+        let seg = Segment::create(&self.shared.dir, base)?;
         seg.set_interval(self.config().index_interval_bytes);
         self.shared.segments.write().unwrap().insert(seg.clone());
         w.active = seg;
-        w.rolling_base_ms = None;
+        w.rolling_base_ms = NO_APPEND;
         self.shared.end_offset.store(base, Ordering::Release);
         Ok(())
     }
@@ -535,7 +545,7 @@ impl Log {
         {
             let mut r = self.shared.recovery.lock().unwrap();
             r.point = self.log_end_offset();
-            r.written = None;
+            r.written = UNKNOWN;
         }
         let start = self.log_start_offset();
         if checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET) != Some(start) {
@@ -608,7 +618,7 @@ impl Shared {
         r.point = to;
         if write_checkpoint {
             match checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, to) {
-                Ok(()) => r.written = Some(to),
+                Ok(()) => r.written = to,
                 Err(e) => tracing::warn!(error = %e, "could not write the recovery point"),
             }
         }
@@ -622,9 +632,9 @@ impl Shared {
         if offset < r.point {
             r.point = offset;
             // Unknown until the write succeeds: a failed one must not be taken as done.
-            r.written = None;
+            r.written = UNKNOWN;
             checkpoint::write_offset(&self.dir, checkpoint::RECOVERY_POINT, offset)?;
-            r.written = Some(offset);
+            r.written = offset;
         }
         Ok(())
     }

@@ -78,11 +78,11 @@ impl Log {
             return Ok(());
         }
         let mut r = self.shared.recovery.lock().unwrap();
-        if r.written == Some(r.point) {
+        if r.written == r.point {
             return Ok(());
         }
         write(&self.shared.dir, r.point)?;
-        r.written = Some(r.point);
+        r.written = r.point;
         Ok(())
     }
 

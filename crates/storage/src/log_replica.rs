@@ -73,7 +73,9 @@ impl Log {
         w.active
             .append(batches, &headers, config.index_interval_bytes)?;
         self.shared.end_offset.store(next, Ordering::Release);
-        w.rolling_base_ms.get_or_insert(now);
+        if w.rolling_base_ms == crate::log::NO_APPEND {
+            w.rolling_base_ms = now;
+        }
         for (_, h) in &headers {
             w.epochs.assign(
                 &self.shared.dir,

@@ -15,7 +15,13 @@ use std::sync::{Arc, Mutex, Weak};
 static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 static CLOCK: AtomicU64 = AtomicU64::new(0);
-static SLOTS: Mutex<Vec<Weak<FileSlot>>> = Mutex::new(Vec::new());
+static SLOTS: Mutex<Vec<Weak<dyn HoldsFile>>> = Mutex::new(Vec::new());
+
+/// What a slot lives in (a segment: the slot is one of its fields rather than an
+/// allocation of its own, 64 bytes per partition), held weakly by the budget's registry.
+pub(crate) trait HoldsFile: Send + Sync {
+    fn slot(&self) -> &FileSlot;
+}
 
 /// At most `n` segment files open at once (some more while they are in use).
 pub fn set_budget(n: usize) {
@@ -42,18 +48,19 @@ impl FileSlot {
     /// The open file, or `open()`'s (run under this slot's lock, so that a deletion
     /// ([`FileSlot::retire`]) cannot slip between the check and the open), kept and counted
     /// until closed for the budget.
-    pub fn get(
-        self: &Arc<Self>,
+    pub fn get<H: HoldsFile + 'static>(
+        owner: &Arc<H>,
         open: impl FnOnce() -> std::io::Result<File>,
     ) -> std::io::Result<Arc<File>> {
-        self.last_used
+        let this = owner.slot();
+        this.last_used
             .store(CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         let opened = {
-            let mut slot = self.file.lock().unwrap();
+            let mut slot = this.file.lock().unwrap();
             if let Some(f) = slot.as_ref() {
                 return Ok(f.clone());
             }
-            if self.gone.load(Ordering::Relaxed) {
+            if this.gone.load(Ordering::Relaxed) {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "the segment was deleted",
@@ -63,37 +70,21 @@ impl FileSlot {
             *slot = Some(f.clone());
             f
         };
-        self.register();
+        register(owner);
         Ok(opened)
     }
 
-    /// Keeps `file`, just created, as this slot's.
-    pub fn keep(self: &Arc<Self>, file: Arc<File>) -> Arc<File> {
+    /// Keeps `file`, just created, as `owner`'s slot's.
+    pub fn keep<H: HoldsFile + 'static>(owner: &Arc<H>, file: Arc<File>) -> Arc<File> {
         {
-            let mut slot = self.file.lock().unwrap();
+            let mut slot = owner.slot().file.lock().unwrap();
             if let Some(f) = slot.as_ref() {
                 return f.clone();
             }
             *slot = Some(file.clone());
         }
-        self.register();
+        register(owner);
         file
-    }
-
-    /// Counts a newly opened file, and closes others when over the budget.
-    fn register(self: &Arc<Self>) {
-        let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
-        {
-            let mut slots = SLOTS.lock().unwrap();
-            slots.push(Arc::downgrade(self));
-            // Slots of dropped segments go now and then, not only when over the budget.
-            if slots.len() > 2 * open + 1024 {
-                slots.retain(|w| w.strong_count() > 0);
-            }
-        }
-        if open > BUDGET.load(Ordering::Relaxed) {
-            close_least_recently_used();
-        }
     }
 
     /// Never closed for the budget from now on.
@@ -137,14 +128,31 @@ impl Drop for FileSlot {
     }
 }
 
+/// Counts a newly opened file, and closes others when over the budget.
+fn register<H: HoldsFile + 'static>(owner: &Arc<H>) {
+    let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
+    {
+        let mut slots = SLOTS.lock().unwrap();
+        let weak: Weak<dyn HoldsFile> = Arc::downgrade(owner) as Weak<dyn HoldsFile>;
+        slots.push(weak);
+        // Slots of dropped segments go now and then, not only when over the budget.
+        if slots.len() > 2 * open + 1024 {
+            slots.retain(|w| w.strong_count() > 0);
+        }
+    }
+    if open > BUDGET.load(Ordering::Relaxed) {
+        close_least_recently_used();
+    }
+}
+
 /// Closes the least recently used tenth of the budget (a pass every so many opens, not one
 /// per open).
 fn close_least_recently_used() {
     let budget = BUDGET.load(Ordering::Relaxed);
     let mut slots = SLOTS.lock().unwrap();
-    let mut live: Vec<Arc<FileSlot>> = Vec::with_capacity(slots.len());
+    let mut live: Vec<Arc<dyn HoldsFile>> = Vec::with_capacity(slots.len());
     slots.retain(|w| match w.upgrade() {
-        Some(s) if s.file.lock().unwrap().is_some() => {
+        Some(s) if s.slot().file.lock().unwrap().is_some() => {
             live.push(s);
             true
         }
@@ -152,8 +160,9 @@ fn close_least_recently_used() {
     });
     let target = budget - budget / 10;
     let excess = OPEN.load(Ordering::Relaxed).saturating_sub(target);
-    let mut candidates: Vec<&Arc<FileSlot>> = live
+    let mut candidates: Vec<&FileSlot> = live
         .iter()
+        .map(|s| s.slot())
         .filter(|s| !s.pinned.load(Ordering::Relaxed))
         .collect();
     candidates.sort_unstable_by_key(|s| s.last_used.load(Ordering::Relaxed));
@@ -168,13 +177,19 @@ fn close_least_recently_used() {
     }
     slots.retain(|w| {
         w.upgrade()
-            .is_some_and(|s| s.file.lock().unwrap().is_some())
+            .is_some_and(|s| s.slot().file.lock().unwrap().is_some())
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl HoldsFile for FileSlot {
+        fn slot(&self) -> &FileSlot {
+            self
+        }
+    }
 
     #[test]
     fn beyond_the_budget_the_least_recently_used_files_close_and_reopen_on_use() {
@@ -198,20 +213,20 @@ mod tests {
         };
         slots[0].pin();
         for (i, s) in slots.iter().enumerate() {
-            s.get(open(i)).unwrap();
+            FileSlot::get(s, open(i)).unwrap();
         }
         assert!(open_now() - before <= 20, "{} open", open_now() - before);
         // The pinned one and the latest ones are still open; an early one opens again.
         let opened = opens.load(Ordering::Relaxed);
-        slots[0].get(open(0)).unwrap();
-        slots[39].get(open(39)).unwrap();
+        FileSlot::get(&slots[0], open(0)).unwrap();
+        FileSlot::get(&slots[39], open(39)).unwrap();
         assert_eq!(opens.load(Ordering::Relaxed), opened);
-        slots[1].get(open(1)).unwrap();
+        FileSlot::get(&slots[1], open(1)).unwrap();
         assert_eq!(opens.load(Ordering::Relaxed), opened + 1);
         // A file in use outlives its closing: the reader's reference keeps it.
-        let held = slots[2].get(open(2)).unwrap();
+        let held = FileSlot::get(&slots[2], open(2)).unwrap();
         for (i, s) in slots.iter().enumerate().skip(3) {
-            s.get(open(i)).unwrap();
+            FileSlot::get(s, open(i)).unwrap();
         }
         use std::io::Write;
         (&*held).write_all(b"still open").unwrap();
@@ -221,7 +236,7 @@ mod tests {
             .position(|s| s.file.lock().unwrap().is_none())
             .unwrap();
         slots[closed].retire();
-        let e = slots[closed].get(open(closed)).unwrap_err();
+        let e = FileSlot::get(&slots[closed], open(closed)).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
         // Retired while open: kept open, never closed for the budget.
         slots[39].retire();

@@ -99,7 +99,7 @@ impl Log {
 
     fn read_segment(
         &self,
-        seg: &Segment,
+        seg: &Arc<Segment>,
         offset: u64,
         max_bytes: usize,
         upper: u64,
@@ -208,7 +208,7 @@ impl Log {
     /// The first record of the batch at `pos` at or after `start` whose timestamp passes `hit`.
     fn locate_in_batch(
         &self,
-        seg: &Segment,
+        seg: &Arc<Segment>,
         pos: u64,
         h: &BatchHeader,
         start: u64,

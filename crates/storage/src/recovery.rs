@@ -66,7 +66,7 @@ pub(crate) fn open(dir: &Arc<Path>, config: &LogConfig) -> Result<Opened> {
     let mut segments = SegmentMap::default();
     if logs.is_empty() {
         let base = saved_start.unwrap_or(0);
-        segments.insert(Arc::new(Segment::create(dir, base)?));
+        segments.insert(Segment::create(dir, base)?);
     }
     for (&base, &size) in &logs {
         let seg = Segment::existing(dir, base, size);

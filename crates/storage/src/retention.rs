@@ -74,7 +74,7 @@ impl Log {
     fn delete_prefix(
         &self,
         w: &mut Writer,
-        mut doomed: impl FnMut(&Segment, u64) -> Result<bool>,
+        mut doomed: impl FnMut(&Arc<Segment>, u64) -> Result<bool>,
     ) -> Result<Vec<Vec<PathBuf>>> {
         let start = self.log_start_offset();
         let mut deleted = Vec::new();

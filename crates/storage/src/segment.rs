@@ -5,12 +5,13 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::error::{IoContext, Result, StorageError};
 use crate::index::{OffsetIndex, TimeIndex};
+use crate::open_files::{FileSlot, HoldsFile};
 use crate::txn_index::AbortedTxn;
 
 pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
@@ -71,14 +72,26 @@ pub(crate) struct Segment {
     /// The log's directory, shared by its segments: the files' paths are derived when used
     /// (four paths per segment were a seventh of an idle partition's memory).
     dir: Arc<Path>,
-    file: Arc<crate::open_files::FileSlot>,
+    file: FileSlot,
     /// Bytes of whole batches readers may see; published after the bytes are written.
     size: AtomicU64,
-    index: RwLock<Option<SegmentIndex>>,
-    /// `index.interval.bytes`, needed when the index is rebuilt from the log.
-    interval: AtomicU64,
+    /// Loaded on first use, boxed: an idle segment holds 8 bytes for it, not 96.
+    index: RwLock<Option<Box<SegmentIndex>>>,
+    /// Created empty here and not used since: its index is empty, without reading the
+    /// files (a new partition's segment costs no index memory until written or read).
+    fresh: AtomicBool,
+    /// `index.interval.bytes` (an int, as in Kafka), needed when the index is rebuilt
+    /// from the log.
+    interval: AtomicU32,
     /// The `.txnindex` entries, loaded on first use.
-    aborted: Mutex<Option<Vec<AbortedTxn>>>,
+    /// A boxed slice: 8 bytes less than a vector in every segment, and aborts are rare.
+    aborted: Mutex<Option<Box<[AbortedTxn]>>>,
+}
+
+impl HoldsFile for Segment {
+    fn slot(&self) -> &FileSlot {
+        &self.file
+    }
 }
 
 /// How a recovery scan ended.
@@ -93,7 +106,7 @@ pub(crate) struct ScanOutcome {
 
 impl Segment {
     /// A new, empty segment (an existing file of that name is emptied).
-    pub fn create(dir: &Arc<Path>, base_offset: u64) -> Result<Segment> {
+    pub fn create(dir: &Arc<Path>, base_offset: u64) -> Result<Arc<Segment>> {
         let log_path = dir.join(file_name(base_offset, "log"));
         let index_path = dir.join(file_name(base_offset, "index"));
         let time_index_path = dir.join(file_name(base_offset, "timeindex"));
@@ -107,17 +120,18 @@ impl Segment {
         for p in [&index_path, &time_index_path] {
             File::create(p).at(p)?;
         }
-        let seg = Segment {
+        let seg = Arc::new(Segment {
             base_offset,
             dir: dir.clone(),
-            file: Arc::default(),
+            file: FileSlot::default(),
             size: AtomicU64::new(0),
-            index: RwLock::new(Some(SegmentIndex::empty(base_offset))),
-            interval: AtomicU64::new(4096),
-            aborted: Mutex::new(Some(Vec::new())),
-        };
+            index: RwLock::new(None),
+            fresh: AtomicBool::new(true),
+            interval: AtomicU32::new(4096),
+            aborted: Mutex::new(Some(Box::default())),
+        });
         let _ = std::fs::remove_file(seg.txn_index_path());
-        seg.file.keep(Arc::new(file));
+        FileSlot::keep(&seg, Arc::new(file));
         Ok(seg)
     }
 
@@ -126,16 +140,18 @@ impl Segment {
         Segment {
             base_offset,
             dir: dir.clone(),
-            file: Arc::default(),
+            file: FileSlot::default(),
             size: AtomicU64::new(size),
             index: RwLock::new(None),
-            interval: AtomicU64::new(4096),
+            fresh: AtomicBool::new(false),
+            interval: AtomicU32::new(4096),
             aborted: Mutex::new(None),
         }
     }
 
     pub fn set_interval(&self, interval: u64) {
-        self.interval.store(interval, Ordering::Relaxed);
+        self.interval
+            .store(interval.min(u32::MAX as u64) as u32, Ordering::Relaxed);
     }
 
     pub fn size(&self) -> u64 {
@@ -160,15 +176,14 @@ impl Segment {
 
     /// The log file, opened if it is not (it may have been closed for the open files
     /// budget, [`crate::open_files`]).
-    pub fn file(&self) -> Result<Arc<File>> {
-        self.file
-            .get(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(self.log_path())
-            })
-            .map_err(|e| self.io_err(e))
+    pub fn file(self: &Arc<Self>) -> Result<Arc<File>> {
+        FileSlot::get(self, || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.log_path())
+        })
+        .map_err(|e| self.io_err(e))
     }
 
     pub(crate) fn io_err(&self, e: io::Error) -> StorageError {
@@ -178,7 +193,7 @@ impl Segment {
         }
     }
 
-    pub fn read_header(&self, position: u64) -> Result<Option<BatchHeader>> {
+    pub fn read_header(self: &Arc<Self>, position: u64) -> Result<Option<BatchHeader>> {
         let mut buf = [0u8; HEADER_LEN];
         let file = self.file()?;
         match file.read_exact_at(&mut buf, position) {
@@ -189,22 +204,33 @@ impl Segment {
     }
 
     /// Runs `f` on the loaded index, loading it first if needed.
-    pub fn with_index<R>(&self, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R> {
+    pub fn with_index<R>(self: &Arc<Self>, f: impl FnOnce(&SegmentIndex) -> R) -> Result<R> {
         {
             let guard = self.index.read().unwrap();
             if let Some(idx) = guard.as_ref() {
                 return Ok(f(idx));
             }
+            // Read, not kept: only a change makes it worth holding.
+            if self.fresh.load(Ordering::Acquire) {
+                return Ok(f(&SegmentIndex::empty(self.base_offset)));
+            }
         }
         self.with_index_mut(|idx| f(idx))
     }
 
-    pub fn with_index_mut<R>(&self, f: impl FnOnce(&mut SegmentIndex) -> R) -> Result<R> {
+    pub fn with_index_mut<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut SegmentIndex) -> R,
+    ) -> Result<R> {
         let mut guard = self.index.write().unwrap();
-        if guard.is_none() {
-            *guard = Some(self.load_index()?);
-        }
-        Ok(f(guard.as_mut().unwrap()))
+        let idx = match guard.take() {
+            Some(idx) => idx,
+            None if self.fresh.swap(false, Ordering::AcqRel) => {
+                Box::new(SegmentIndex::empty(self.base_offset))
+            }
+            None => Box::new(self.load_index()?),
+        };
+        Ok(f(guard.insert(idx)))
     }
 
     pub fn is_index_loaded(&self) -> bool {
@@ -213,12 +239,12 @@ impl Segment {
 
     /// Loads the index files, or rebuilds them from the log when missing or inconsistent;
     /// then scans the batches after the last entry to learn the end offset and timestamps.
-    fn load_index(&self) -> Result<SegmentIndex> {
+    fn load_index(self: &Arc<Self>) -> Result<SegmentIndex> {
         let size = self.size();
         let mut idx = SegmentIndex::empty(self.base_offset);
         // Known entries are kept; the scan after the last one only measures (no new entries),
         // while a rebuild from scratch adds entries exactly as the writer did.
-        let mut interval = self.interval.load(Ordering::Relaxed);
+        let mut interval = self.interval.load(Ordering::Relaxed) as u64;
         let mut from = 0;
         if let (Some(offsets), Some(times)) = (
             OffsetIndex::load(&self.index_path(), size),
@@ -257,7 +283,7 @@ impl Segment {
 
     /// Reads every batch from `from` on, checking framing, CRC and that offsets follow each
     /// other from `expected_offset`; stops at the first damage. Used by recovery.
-    pub fn scan_valid(&self, from: u64, expected_offset: u64) -> Result<ScanOutcome> {
+    pub fn scan_valid(self: &Arc<Self>, from: u64, expected_offset: u64) -> Result<ScanOutcome> {
         let size = self.file()?.metadata().map_err(|e| self.io_err(e))?.len();
         let mut pos = from;
         let mut next = expected_offset;
@@ -309,13 +335,14 @@ impl Segment {
 
     /// Cuts the segment at `position`, where the batch starting at `cut_offset` began, and
     /// brings the index state back to what the writer had before that batch.
-    pub fn truncate_to(&self, position: u64, cut_offset: u64) -> Result<()> {
+    pub fn truncate_to(self: &Arc<Self>, position: u64, cut_offset: u64) -> Result<()> {
         let file = self.file()?;
         file.set_len(position).map_err(|e| self.io_err(e))?;
         self.size.store(position, Ordering::Release);
         let mut guard = self.index.write().unwrap();
         let mut idx = SegmentIndex::empty(self.base_offset);
         if let Some(old) = guard.take() {
+            let old = *old;
             idx.offsets = old.offsets;
             idx.times = old.times;
         }
@@ -340,14 +367,15 @@ impl Segment {
         idx.times
             .persist(&self.time_index_path())
             .at(&self.time_index_path())?;
-        *guard = Some(idx);
+        *guard = Some(Box::new(idx));
+        self.fresh.store(false, Ordering::Release);
         drop(guard);
         self.truncate_aborted(cut_offset)
     }
 
     /// Appends already-validated batches (`headers[i].1` at `positions[i]` within `data`).
     pub fn append(
-        &self,
+        self: &Arc<Self>,
         data: &[u8],
         headers: &[(usize, BatchHeader)],
         interval: u64,
@@ -370,7 +398,11 @@ impl Segment {
     }
 
     /// The first batch whose last offset is >= `offset`, scanning from the index floor.
-    pub fn find_batch(&self, offset: u64, limit: u64) -> Result<Option<(u64, BatchHeader)>> {
+    pub fn find_batch(
+        self: &Arc<Self>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<(u64, BatchHeader)>> {
         let rel = offset.saturating_sub(self.base_offset).min(u32::MAX as u64) as u32;
         let mut pos = self.with_index(|idx| idx.offsets.lookup(rel))? as u64;
         while pos < limit {
@@ -389,7 +421,7 @@ impl Segment {
     /// Where the whole batches from `start` end, within `limit` bytes and below offset
     /// `upper`: a batch the writer has put in the file but not yet published (the log end
     /// offset moves after the bytes) is not returned.
-    pub fn whole_batches_end(&self, start: u64, limit: u64, upper: u64) -> Result<u64> {
+    pub fn whole_batches_end(self: &Arc<Self>, start: u64, limit: u64, upper: u64) -> Result<u64> {
         let floor = self.with_index(|idx| {
             idx.offsets
                 .floor_position(limit.min(u32::MAX as u64) as u32)
@@ -408,11 +440,11 @@ impl Segment {
         Ok(pos)
     }
 
-    pub fn next_offset(&self) -> Result<u64> {
+    pub fn next_offset(self: &Arc<Self>) -> Result<u64> {
         self.with_index(|idx| idx.next_offset)
     }
 
-    pub fn max_timestamp(&self) -> Result<(i64, u64)> {
+    pub fn max_timestamp(self: &Arc<Self>) -> Result<(i64, u64)> {
         self.with_index(|idx| (idx.max_timestamp, idx.offset_of_max_timestamp))
     }
 
@@ -426,12 +458,12 @@ impl Segment {
             .unwrap_or(0)
     }
 
-    pub fn index_entries(&self) -> Result<usize> {
+    pub fn index_entries(self: &Arc<Self>) -> Result<usize> {
         self.with_index(|idx| idx.offsets.len())
     }
 
     /// Writes index entries that exist only in memory.
-    pub fn persist_indexes(&self) -> Result<()> {
+    pub fn persist_indexes(self: &Arc<Self>) -> Result<()> {
         let mut guard = self.index.write().unwrap();
         if let Some(idx) = guard.as_mut() {
             idx.offsets
@@ -445,7 +477,7 @@ impl Segment {
     }
 
     /// fsync of the log and index files.
-    pub fn sync(&self) -> Result<()> {
+    pub fn sync(self: &Arc<Self>) -> Result<()> {
         self.persist_indexes()?;
         self.file()?.sync_data().map_err(|e| self.io_err(e))?;
         for p in [&self.index_path(), &self.time_index_path()] {
@@ -458,7 +490,7 @@ impl Segment {
 
     /// Opens the file and loads the index and the aborted transactions, so that this segment
     /// keeps reading its own bytes after the cleaner replaced its files on disk.
-    pub fn pin(&self) -> Result<()> {
+    pub fn pin(self: &Arc<Self>) -> Result<()> {
         self.file.pin();
         self.file()?;
         self.with_index(|_| ())?;
@@ -467,7 +499,7 @@ impl Segment {
 
     /// Renames the segment's files to `<name>.deleted` (a cheap step under the writer's
     /// lock); returns the new paths, for the caller to unlink later.
-    pub fn mark_deleted(&self) -> Result<Vec<PathBuf>> {
+    pub fn mark_deleted(self: &Arc<Self>) -> Result<Vec<PathBuf>> {
         self.file.retire();
         let mut out = Vec::new();
         for p in [
@@ -489,7 +521,7 @@ impl Segment {
     }
 
     /// Removes the segment's files. Readers holding the file keep reading it (Unix).
-    pub fn delete_files(&self) -> Result<()> {
+    pub fn delete_files(self: &Arc<Self>) -> Result<()> {
         self.file.retire();
         for p in [
             &self.log_path(),
@@ -507,8 +539,8 @@ impl Segment {
     }
 
     /// Replaces the index state after a recovery scan rebuilt it from `valid_bytes`.
-    pub fn reset_after_recovery(&self, valid_bytes: u64) -> Result<()> {
-        let interval = self.interval.load(Ordering::Relaxed);
+    pub fn reset_after_recovery(self: &Arc<Self>, valid_bytes: u64) -> Result<()> {
+        let interval = self.interval.load(Ordering::Relaxed) as u64;
         let file = self.file()?;
         let len = file.metadata().map_err(|e| self.io_err(e))?.len();
         if len != valid_bytes {
@@ -534,11 +566,12 @@ impl Segment {
             .persist(&self.time_index_path())
             .at(&self.time_index_path())?;
         let next = idx.next_offset;
-        *self.index.write().unwrap() = Some(idx);
+        *self.index.write().unwrap() = Some(Box::new(idx));
+        self.fresh.store(false, Ordering::Release);
         self.truncate_aborted(next)
     }
 
-    fn with_aborted<R>(&self, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
+    fn with_aborted<R>(self: &Arc<Self>, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
         let mut guard = self.aborted.lock().unwrap();
         if guard.is_none() {
             let bytes = match std::fs::read(self.txn_index_path()) {
@@ -553,19 +586,22 @@ impl Segment {
                 tracing::warn!(file = %self.txn_index_path().display(), "dropping a damaged tail of the aborted-transaction index");
                 self.persist_aborted(&entries)?;
             }
-            *guard = Some(entries);
+            *guard = Some(entries.into_boxed_slice());
         }
-        Ok(f(guard.as_mut().unwrap()))
+        let mut entries = guard.take().unwrap_or_default().into_vec();
+        let r = f(&mut entries);
+        *guard = Some(entries.into_boxed_slice());
+        Ok(r)
     }
 
     /// The aborted transactions whose abort marker is in this segment.
-    pub fn aborted(&self) -> Result<Vec<AbortedTxn>> {
+    pub fn aborted(self: &Arc<Self>) -> Result<Vec<AbortedTxn>> {
         self.with_aborted(|a| a.clone())
     }
 
     /// Records an aborted transaction whose marker is in this segment. Entries come in marker
     /// order, so one at or before the last is a replay of what is there already.
-    pub fn add_aborted(&self, t: AbortedTxn) -> Result<()> {
+    pub fn add_aborted(self: &Arc<Self>, t: AbortedTxn) -> Result<()> {
         let fresh = self.with_aborted(|a| {
             let fresh = a.last().is_none_or(|l| l.last_offset < t.last_offset);
             if fresh {
@@ -587,7 +623,7 @@ impl Segment {
     }
 
     /// Forgets the aborted transactions whose marker is at or after `offset`.
-    pub fn truncate_aborted(&self, offset: u64) -> Result<()> {
+    pub fn truncate_aborted(self: &Arc<Self>, offset: u64) -> Result<()> {
         let kept = self.with_aborted(|a| {
             let before = a.len();
             a.retain(|t| t.last_offset < offset);
@@ -601,7 +637,7 @@ impl Segment {
 
     /// Replaces the `.txnindex` whole, atomically: a crash leaves the old file or the new,
     /// never an empty one (the entries may lie below the recovery point, never replayed).
-    fn persist_aborted(&self, entries: &[AbortedTxn]) -> Result<()> {
+    fn persist_aborted(self: &Arc<Self>, entries: &[AbortedTxn]) -> Result<()> {
         let mut bytes = Vec::with_capacity(entries.len() * crate::txn_index::ENTRY);
         for t in entries {
             t.encode(&mut bytes);
@@ -613,7 +649,7 @@ impl Segment {
         std::fs::rename(&tmp, self.txn_index_path()).at(&self.txn_index_path())
     }
 
-    fn sync_aborted(&self) -> Result<()> {
+    fn sync_aborted(self: &Arc<Self>) -> Result<()> {
         match File::open(self.txn_index_path()) {
             Ok(f) => f.sync_all().at(&self.txn_index_path()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -1,15 +1,18 @@
 //! A log's segments by base offset. Most logs have one segment, and a broker may hold tens
-//! of thousands of them idle: a sorted `Vec` costs one small allocation where a `BTreeMap`
-//! took a 192-byte leaf per log, and finds a segment by binary search all the same.
+//! of thousands of them idle: a sorted vector keeping up to two inline costs no allocation
+//! (a `BTreeMap` took a 192-byte leaf per log, a `Vec` a 32-byte chunk), and finds a
+//! segment by binary search all the same.
 
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::segment::Segment;
 
 #[derive(Default)]
 pub(crate) struct SegmentMap {
     /// Sorted by base offset, no two alike.
-    segs: Vec<Arc<Segment>>,
+    segs: SmallVec<[Arc<Segment>; 2]>,
 }
 
 impl SegmentMap {
@@ -23,12 +26,7 @@ impl SegmentMap {
         let i = self.lower_bound(seg.base_offset);
         match self.segs.get(i) {
             Some(s) if s.base_offset == seg.base_offset => self.segs[i] = seg,
-            _ => {
-                if self.segs.capacity() == 0 {
-                    self.segs.reserve_exact(1);
-                }
-                self.segs.insert(i, seg)
-            }
+            _ => self.segs.insert(i, seg),
         }
     }
 
@@ -78,11 +76,11 @@ impl SegmentMap {
     /// Removes and returns the segments whose base offset is at least `base`.
     pub fn split_off(&mut self, base: u64) -> Vec<Arc<Segment>> {
         let i = self.lower_bound(base);
-        self.segs.split_off(i)
+        self.segs.drain(i..).collect()
     }
 
     pub fn take_all(&mut self) -> Vec<Arc<Segment>> {
-        std::mem::take(&mut self.segs)
+        std::mem::take(&mut self.segs).into_vec()
     }
 }
 
@@ -91,7 +89,7 @@ mod tests {
     use super::*;
 
     fn seg(dir: &Arc<std::path::Path>, base: u64) -> Arc<Segment> {
-        Arc::new(Segment::create(dir, base).unwrap())
+        Segment::create(dir, base).unwrap()
     }
 
     #[test]

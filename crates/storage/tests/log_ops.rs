@@ -569,3 +569,37 @@ fn periodic_work_on_a_deleted_log_is_a_quiet_no_op() {
     assert_eq!(log.apply_retention(i64::MAX).unwrap(), 0);
     assert!(!path.exists(), "nothing recreated the deleted directory");
 }
+
+/// A new log's segment holds no index in memory until it is written or read (a broker
+/// creating tens of thousands of partitions pays nothing for their empty indexes), and
+/// one materialized then is empty and keeps entries as usual.
+#[test]
+fn a_new_segment_holds_no_index_until_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        index_interval_bytes: 1,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config);
+    assert_eq!(log.loaded_index_count(), 0);
+    assert!(log.read(0, 1 << 20, None).unwrap().region.is_none());
+    for i in 0..3 {
+        log.append(&mut batch(2, 1000 + 10 * i, "x"), 0).unwrap();
+    }
+    assert_eq!(log.loaded_index_count(), 1);
+    assert_eq!(values(&log, 3).first().unwrap().0, 3);
+    assert_eq!(
+        log.offset_for_timestamp(1005).unwrap(),
+        Some(TimestampOffset {
+            timestamp: 1010,
+            offset: 2
+        })
+    );
+    log.close().unwrap();
+    let log = open(dir.path(), config);
+    assert_eq!(
+        values(&log, 0).len(),
+        6,
+        "the index entries written are read back"
+    );
+}

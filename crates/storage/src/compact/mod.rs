@@ -538,7 +538,7 @@ impl Pass<'_> {
 /// Calls `f` with every whole batch of a segment, in order, reading the file in large
 /// chunks; `f` returns false to stop.
 pub(crate) fn each_batch(
-    seg: &Segment,
+    seg: &Arc<Segment>,
     f: &mut dyn FnMut(&BatchHeader, &[u8]) -> Result<bool>,
 ) -> Result<()> {
     const CHUNK: u64 = 4 << 20;
