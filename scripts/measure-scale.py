@@ -7,7 +7,8 @@ it). Each part gets a fresh server and data directory of its own; PARTS chooses 
   on a fresh server: time to create them (one CreateTopics per topic) and until Metadata
   shows them all led; Metadata for all topics, timed through librdkafka (list_topics) and
   as one raw Metadata v1 request (the server and the socket only), median of METADATA_REPS;
-  RSS and open file descriptors of the idle server, beyond those of the same server empty;
+  RSS and open file descriptors of the idle server, beyond those of the same server empty
+  (after it answered the creating client's first Metadata);
   one record to every partition, PRODUCE_ROUNDS rounds through one librdkafka producer;
   clean shutdown (SIGTERM) and the start after it, then SIGKILL and the start after it
   (until "listening on", and until Metadata shows every partition led again), with the
@@ -464,6 +465,11 @@ def partitions_point(part, P, per_topic, reps, rounds):
     r = {"partitions": P}
     s = part.server()
     r["start_empty_s"] = s.start()
+    # The baseline is a server that has served a client (the one creating the topics):
+    # the first connection's one-time costs (its threads' malloc arenas, ~1 MiB) are not
+    # the partitions'.
+    admin = AdminClient({"bootstrap.servers": s.bootstrap})
+    admin.list_topics(timeout=30)
     time.sleep(SETTLE)
     base_rss, base_fds = s.rss_kib(), s.fds()
     r["empty_rss_kib"], r["empty_fds"], r["empty_threads"] = base_rss, base_fds, s.threads()
@@ -476,7 +482,6 @@ def partitions_point(part, P, per_topic, reps, rounds):
     r["topics"] = len(expected)
 
     log(f"partitions {P:,}: creating {len(expected)} topics")
-    admin = AdminClient({"bootstrap.servers": s.bootstrap})
     per_request = []
     t = time.monotonic()
     cpu0 = s.cpu_s()

@@ -415,7 +415,10 @@ fn a_sole_replica_commits_at_once_and_tracks_a_replica_added_later() {
     // A reassignment adds node 7 (not in the ISR yet), same leader epoch.
     p.make_leader(&PartitionInfo {
         replicas: vec![0, 7].into(),
-        adding: vec![7].into(),
+        reassignment: Some(Box::new(strom_metadata::image::Reassignment {
+            adding: vec![7],
+            removing: vec![],
+        })),
         partition_epoch: 2,
         ..alone.clone()
     });

@@ -143,8 +143,7 @@ impl Controller {
         let mut next = info.clone();
         next.isr.retain(|r| target.contains(r));
         next.replicas = target.into();
-        next.adding = Box::default();
-        next.removing = Box::default();
+        next.reassignment = None;
         if !next.replicas.contains(&next.leader) {
             next.leader = next
                 .replicas
@@ -166,15 +165,15 @@ fn revert(info: &PartitionInfo, live: impl Fn(i32) -> bool) -> Result<PartitionI
         return Ok(info.clone());
     }
     let mut next = info.clone();
-    next.replicas.retain(|r| !info.adding.contains(r));
-    next.isr.retain(|r| !info.adding.contains(r));
+    next.replicas.retain(|r| !info.adding().contains(r));
+    next.isr.retain(|r| !info.adding().contains(r));
     if next.isr.is_empty() {
         return Err(format!(
             "none of the original replicas {:?} is in the ISR {:?}: the reassignment can only go forward",
             next.replicas, info.isr
         ));
     }
-    if info.adding.contains(&next.leader) {
+    if info.adding().contains(&next.leader) {
         next.leader = next
             .replicas
             .iter()
@@ -182,8 +181,7 @@ fn revert(info: &PartitionInfo, live: impl Fn(i32) -> bool) -> Result<PartitionI
             .copied()
             .unwrap_or(NO_LEADER);
     }
-    next.adding = Box::default();
-    next.removing = Box::default();
+    next.reassignment = None;
     Ok(next)
 }
 
@@ -198,17 +196,18 @@ fn start(base: &PartitionInfo, target: &[i32]) -> PartitionInfo {
             .filter(|r| !target.contains(r))
             .copied(),
     );
-    next.adding = target
+    let adding = target
         .iter()
         .filter(|r| !base.replicas.contains(r))
         .copied()
         .collect();
-    next.removing = base
+    let removing = base
         .replicas
         .iter()
         .filter(|r| !target.contains(r))
         .copied()
         .collect();
+    next.set_reassignment(adding, removing);
     next
 }
 

@@ -83,7 +83,7 @@ fn new_replicas_join_then_the_old_ones_leave_and_the_leader_hands_over() {
     let p = partition(&c);
     assert_eq!(p.replicas.to_vec(), vec![3, 4, 1, 2], "the target first");
     assert_eq!(
-        (p.adding.to_vec(), p.removing.to_vec()),
+        (p.adding().to_vec(), p.removing().to_vec()),
         (vec![3, 4], vec![1, 2])
     );
     assert_eq!((p.isr.to_vec(), p.leader), (vec![1, 2], 1));
@@ -97,7 +97,7 @@ fn new_replicas_join_then_the_old_ones_leave_and_the_leader_hands_over() {
     isr(&mut c, &epochs, &[1, 2, 3]);
     let p = partition(&c);
     assert_eq!(
-        (p.isr.to_vec(), p.adding.to_vec()),
+        (p.isr.to_vec(), p.adding().to_vec()),
         (vec![1, 2, 3], vec![3, 4])
     );
 
@@ -155,7 +155,10 @@ fn a_new_target_replaces_the_reassignment_in_progress() {
     assert_eq!(reassign(&mut c, Some(&[1, 3])), errors::NONE);
     let p = partition(&c);
     assert_eq!(p.replicas.to_vec(), vec![1, 3, 2]);
-    assert_eq!((p.adding.to_vec(), p.removing.to_vec()), (vec![3], vec![2]));
+    assert_eq!(
+        (p.adding().to_vec(), p.removing().to_vec()),
+        (vec![3], vec![2])
+    );
 }
 
 #[test]
@@ -196,14 +199,14 @@ fn next(state: &mut u64) -> u64 {
 fn check(p: &PartitionInfo, step: &str) {
     let distinct: std::collections::BTreeSet<_> = p.replicas.iter().collect();
     assert_eq!(distinct.len(), p.replicas.len(), "{step}: replicas {p:?}");
-    for r in p.adding.iter().chain(&p.removing).chain(&p.isr) {
+    for r in p.adding().iter().chain(p.removing()).chain(&p.isr) {
         assert!(
             p.replicas.contains(r),
             "{step}: {r} is not a replica: {p:?}"
         );
     }
     assert!(
-        p.adding.iter().all(|r| !p.removing.contains(r)),
+        p.adding().iter().all(|r| !p.removing().contains(r)),
         "{step}: adding and removing overlap: {p:?}"
     );
     assert!(!p.isr.is_empty(), "{step}: empty ISR: {p:?}");

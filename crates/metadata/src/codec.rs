@@ -101,8 +101,8 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
                 out.extend_from_slice(&partition.to_be_bytes());
                 put_partition(&mut out, info);
                 if info.reassigning() {
-                    put_ids(&mut out, &info.adding);
-                    put_ids(&mut out, &info.removing);
+                    put_ids(&mut out, info.adding());
+                    put_ids(&mut out, info.removing());
                 }
             }
             Record::TopicConfigs { topic, configs } => {
@@ -193,8 +193,9 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Record>> {
                 let topic = r.string()?;
                 let index = r.i32()?;
                 let mut info = partition(&mut r)?;
-                info.adding = ids(&mut r)?.into();
-                info.removing = ids(&mut r)?.into();
+                let adding = ids(&mut r)?;
+                let removing = ids(&mut r)?;
+                info.set_reassignment(adding, removing);
                 Record::Partition {
                     topic,
                     partition: index,
@@ -287,8 +288,10 @@ mod tests {
                     leader: 3,
                     leader_epoch: 2,
                     partition_epoch: 4,
-                    adding: vec![5].into(),
-                    removing: vec![4].into(),
+                    reassignment: Some(Box::new(crate::image::Reassignment {
+                        adding: vec![5],
+                        removing: vec![4],
+                    })),
                 },
             },
             Record::TopicConfigs {

@@ -70,12 +70,17 @@ pub struct PartitionInfo {
     /// Bumped by every change to the partition (Kafka's partition epoch): an ISR change
     /// from a stale view is refused by it.
     pub partition_epoch: i32,
-    /// A reassignment in progress (Kafka's addingReplicas and removingReplicas): replicas
-    /// that join once they caught up, and replicas that leave then. Empty otherwise.
-    /// Boxed slices, not vectors: empty in every partition but those moving, and 16 bytes
-    /// each instead of 24 (the image holds one `PartitionInfo` per partition).
-    pub adding: Box<[i32]>,
-    pub removing: Box<[i32]>,
+    /// A reassignment in progress, `None` otherwise. Boxed: absent from every partition but
+    /// those moving, 8 bytes in each (the image holds one `PartitionInfo` per partition).
+    pub reassignment: Option<Box<Reassignment>>,
+}
+
+/// Kafka's addingReplicas and removingReplicas: replicas that join once they caught up,
+/// and replicas that leave then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reassignment {
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
 }
 
 impl PartitionInfo {
@@ -84,13 +89,29 @@ impl PartitionInfo {
     pub fn target_replicas(&self) -> Vec<i32> {
         self.replicas
             .iter()
-            .filter(|r| !self.removing.contains(r))
+            .filter(|r| !self.removing().contains(r))
             .copied()
             .collect()
     }
 
     pub fn reassigning(&self) -> bool {
-        !self.adding.is_empty() || !self.removing.is_empty()
+        self.reassignment.is_some()
+    }
+
+    /// The replicas a reassignment in progress adds (none when none is).
+    pub fn adding(&self) -> &[i32] {
+        self.reassignment.as_ref().map_or(&[], |r| &r.adding)
+    }
+
+    /// The replicas a reassignment in progress removes (none when none is).
+    pub fn removing(&self) -> &[i32] {
+        self.reassignment.as_ref().map_or(&[], |r| &r.removing)
+    }
+
+    /// A reassignment in progress with these lists; none when both are empty.
+    pub fn set_reassignment(&mut self, adding: Vec<i32>, removing: Vec<i32>) {
+        self.reassignment = (!adding.is_empty() || !removing.is_empty())
+            .then(|| Box::new(Reassignment { adding, removing }));
     }
 }
 

@@ -108,8 +108,8 @@ pub async fn list(broker: &Arc<Broker>, ctx: &RequestContext, mut body: Bytes) -
             .map(|(i, p)| OngoingPartitionReassignment {
                 partition_index: i as i32,
                 replicas: p.replicas.to_vec(),
-                adding_replicas: p.adding.to_vec(),
-                removing_replicas: p.removing.to_vec(),
+                adding_replicas: p.adding().to_vec(),
+                removing_replicas: p.removing().to_vec(),
                 ..Default::default()
             })
             .collect();
