@@ -50,7 +50,7 @@ mod footprint {
     #[test]
     fn an_idle_partitions_structures_stay_small() {
         use std::mem::size_of;
-        assert!(size_of::<crate::partition::Partition>() <= 208);
+        assert!(size_of::<crate::partition::Partition>() <= 200);
         assert!(size_of::<strom_metadata::image::PartitionInfo>() <= 72);
     }
 }

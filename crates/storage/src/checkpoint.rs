@@ -5,6 +5,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use smallvec::SmallVec;
+
 use crate::error::{IoContext, Result};
 
 pub(crate) const RECOVERY_POINT: &str = "recovery-point-checkpoint";
@@ -145,7 +147,8 @@ pub(crate) fn offset_file(value: u64) -> String {
 /// OffsetForLeaderEpoch will answer from. Kafka's `leader-epoch-checkpoint` format.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EpochCache {
-    entries: Vec<(i32, u64)>,
+    /// Most logs have one epoch: kept inline, no allocation of its own.
+    entries: SmallVec<[(i32, u64); 1]>,
 }
 
 impl EpochCache {
@@ -154,7 +157,7 @@ impl EpochCache {
             return EpochCache::default();
         };
         let mut lines = text.lines();
-        let mut entries = Vec::new();
+        let mut entries = SmallVec::new();
         if lines.next() == Some(VERSION) && lines.next().is_some() {
             for line in lines {
                 let mut parts = line.split_whitespace();
@@ -206,7 +209,9 @@ impl EpochCache {
     /// replication's state machines do).
     pub fn from_entries(mut entries: Vec<(i32, u64)>) -> EpochCache {
         entries.sort_unstable();
-        EpochCache { entries }
+        EpochCache {
+            entries: SmallVec::from_vec(entries),
+        }
     }
 
     pub fn entries(&self) -> &[(i32, u64)] {
@@ -260,7 +265,6 @@ impl EpochCache {
         }
         // Most logs only ever see an epoch or two: a first entry takes 16 bytes, not the
         // default first growth's 64.
-        self.entries.reserve_exact(1);
         self.entries.push((epoch, offset));
         true
     }

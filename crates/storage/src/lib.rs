@@ -41,7 +41,7 @@ mod footprint {
     #[test]
     fn an_idle_logs_structures_stay_small() {
         use std::mem::size_of;
-        assert!(size_of::<crate::log::Shared>() <= 248);
+        assert!(size_of::<crate::log::Shared>() <= 232);
         assert!(size_of::<crate::segment::Segment>() <= 120);
         assert!(size_of::<crate::PartitionLog>() <= 40);
     }

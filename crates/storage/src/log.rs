@@ -112,7 +112,8 @@ struct Writer {
     /// start).
     epochs_unsaved: bool,
     /// fsync of the segment rolled last, running in the background as in Kafka.
-    pending_flush: Option<JoinHandle<()>>,
+    /// Boxed: a `JoinHandle` is 24 bytes, held by every partition, and a roll is rare.
+    pending_flush: Option<Box<JoinHandle<()>>>,
     closed: bool,
 }
 
@@ -402,13 +403,13 @@ impl Log {
         }
         let shared = self.shared.clone();
         let truncations = self.shared.recovery.lock().unwrap().truncations;
-        w.pending_flush = Some(std::thread::spawn(move || {
+        w.pending_flush = Some(Box::new(std::thread::spawn(move || {
             if let Err(e) = old.sync() {
                 tracing::warn!(error = %e, "fsync of rolled segment failed");
                 return;
             }
             shared.advance_recovery_point(base, truncations, true);
-        }));
+        })));
         Ok(())
     }
 
