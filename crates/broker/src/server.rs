@@ -93,6 +93,9 @@ async fn connection(
                     if out.put(&bytes).await.is_err() {
                         return;
                     }
+                    let len = bytes.len();
+                    drop(bytes);
+                    crate::heap::response_sent(len);
                 }
                 Ok(Reply::Parts(parts)) => {
                     for part in parts {
