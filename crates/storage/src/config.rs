@@ -186,20 +186,33 @@ fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64> {
     Ok(v)
 }
 
+/// A Kafka INT setting: segment positions and sizes are 32-bit, as in Kafka's indexes.
+fn parse_int(key: &str, value: &str, min: i64) -> Result<i64> {
+    let v = parse_i64(key, value, min)?;
+    if v > i32::MAX as i64 {
+        return Err(invalid(
+            key,
+            value,
+            &format!("must be at most {}", i32::MAX),
+        ));
+    }
+    Ok(v)
+}
+
 impl LogConfig {
     /// Sets one Kafka-named key. `UnknownConfig` for keys that are not the log's business
     /// (the broker handles those), `InvalidConfig` naming the key for bad values.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         match key {
             "segment.bytes" => {
-                self.segment_bytes = parse_i64(key, value, crate::batch::HEADER_LEN as i64)? as u64
+                self.segment_bytes = parse_int(key, value, crate::batch::HEADER_LEN as i64)? as u64
             }
             "segment.ms" => self.segment_ms = parse_i64(key, value, 1)?,
             "retention.ms" => self.retention_ms = parse_i64(key, value, -1)?,
             "retention.bytes" => self.retention_bytes = parse_i64(key, value, -1)?,
-            "index.interval.bytes" => self.index_interval_bytes = parse_i64(key, value, 0)? as u64,
+            "index.interval.bytes" => self.index_interval_bytes = parse_int(key, value, 0)? as u64,
             "segment.index.bytes" => {
-                self.segment_index_bytes = parse_i64(key, value, 8 * 4)? as u64;
+                self.segment_index_bytes = parse_int(key, value, 8 * 4)? as u64;
             }
             "flush.messages" => self.flush_messages = parse_i64(key, value, 1)?,
             "flush.ms" => self.flush_ms = parse_i64(key, value, 0)?,
@@ -323,6 +336,23 @@ mod tests {
         for k in KEYS {
             assert!(c.get(k).is_some(), "{k}");
         }
+    }
+
+    /// Kafka's INT settings refuse what does not fit 31 bits: a segment's positions are
+    /// 32-bit in its index, and a larger segment.bytes would wrap them.
+    #[test]
+    fn int_settings_stop_at_i32_max() {
+        let mut c = LogConfig::default();
+        for key in [
+            "segment.bytes",
+            "index.interval.bytes",
+            "segment.index.bytes",
+        ] {
+            c.set(key, "2147483647").unwrap();
+            let e = c.set(key, "2147483648").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at most 2147483647"), "{e}");
+        }
+        assert_eq!(c.segment_bytes, 2_147_483_647);
     }
 
     #[test]

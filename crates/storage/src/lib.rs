@@ -41,8 +41,8 @@ mod footprint {
     #[test]
     fn an_idle_logs_structures_stay_small() {
         use std::mem::size_of;
-        assert!(size_of::<crate::log::Shared>() <= 232);
-        assert!(size_of::<crate::segment::Segment>() <= 120);
+        assert!(size_of::<crate::log::Shared>() <= 224);
+        assert!(size_of::<crate::segment::Segment>() <= 104);
         assert!(size_of::<crate::PartitionLog>() <= 40);
     }
 }

@@ -9,12 +9,15 @@
 //! reading its own bytes) is never closed.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
-static CLOCK: AtomicU64 = AtomicU64::new(0);
+/// Counts uses; a slot keeps the low 32 bits of its last (8 bytes less in every segment),
+/// and ages are taken modulo 2^32: only a file unused for four billion uses of others
+/// looks younger than it is.
+static CLOCK: AtomicU32 = AtomicU32::new(0);
 static SLOTS: Mutex<Vec<Weak<dyn HoldsFile>>> = Mutex::new(Vec::new());
 
 /// What a slot lives in (a segment: the slot is one of its fields rather than an
@@ -37,7 +40,7 @@ pub fn open_now() -> usize {
 #[derive(Default)]
 pub(crate) struct FileSlot {
     file: Mutex<Option<Arc<File>>>,
-    last_used: AtomicU64,
+    last_used: AtomicU32,
     pinned: AtomicBool,
     /// The segment's files were deleted or renamed while closed: opening the path again
     /// could open another segment's file of the same name, so it is not reopened.
@@ -165,7 +168,11 @@ fn close_least_recently_used() {
         .map(|s| s.slot())
         .filter(|s| !s.pinned.load(Ordering::Relaxed))
         .collect();
-    candidates.sort_unstable_by_key(|s| s.last_used.load(Ordering::Relaxed));
+    let now = CLOCK.load(Ordering::Relaxed);
+    // Oldest first.
+    candidates.sort_unstable_by_key(|s| {
+        std::cmp::Reverse(now.wrapping_sub(s.last_used.load(Ordering::Relaxed)))
+    });
     let mut closed = 0;
     for s in candidates {
         if closed >= excess {

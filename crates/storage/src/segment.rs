@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, HEADER_LEN};
@@ -67,6 +67,9 @@ impl SegmentIndex {
     }
 }
 
+/// [`Segment`]'s `interval_fresh` bit for a fresh segment.
+const FRESH: u32 = 1 << 31;
+
 pub(crate) struct Segment {
     pub base_offset: u64,
     /// The log's directory, shared by its segments: the files' paths are derived when used
@@ -74,15 +77,16 @@ pub(crate) struct Segment {
     dir: Arc<Path>,
     file: FileSlot,
     /// Bytes of whole batches readers may see; published after the bytes are written.
-    size: AtomicU64,
+    /// 32 bits, as the index's positions: `segment.bytes` is a Kafka INT, and a segment is
+    /// rolled before it would pass it (one batch larger than that stands alone).
+    size: AtomicU32,
     /// Loaded on first use, boxed: an idle segment holds 8 bytes for it, not 96.
     index: RwLock<Option<Box<SegmentIndex>>>,
-    /// Created empty here and not used since: its index is empty, without reading the
-    /// files (a new partition's segment costs no index memory until written or read).
-    fresh: AtomicBool,
-    /// `index.interval.bytes` (an int, as in Kafka), needed when the index is rebuilt
-    /// from the log.
-    interval: AtomicU32,
+    /// `index.interval.bytes` (a Kafka INT, needed when the index is rebuilt from the
+    /// log) in the low 31 bits, and [`FRESH`]: created empty here and not used since, its
+    /// index is empty without reading the files (a new partition's segment costs no index
+    /// memory until written or read). One word: every partition holds a segment.
+    interval_fresh: AtomicU32,
     /// The `.txnindex` entries, loaded on first use.
     /// A boxed slice: 8 bytes less than a vector in every segment, and aborts are rare.
     aborted: Mutex<Option<Box<[AbortedTxn]>>>,
@@ -124,10 +128,9 @@ impl Segment {
             base_offset,
             dir: dir.clone(),
             file: FileSlot::default(),
-            size: AtomicU64::new(0),
+            size: AtomicU32::new(0),
             index: RwLock::new(None),
-            fresh: AtomicBool::new(true),
-            interval: AtomicU32::new(4096),
+            interval_fresh: AtomicU32::new(4096 | FRESH),
             aborted: Mutex::new(Some(Box::default())),
         });
         let _ = std::fs::remove_file(seg.txn_index_path());
@@ -141,21 +144,41 @@ impl Segment {
             base_offset,
             dir: dir.clone(),
             file: FileSlot::default(),
-            size: AtomicU64::new(size),
+            size: AtomicU32::new(u32::try_from(size).unwrap_or_else(|_| {
+                tracing::warn!(dir = %dir.display(), base_offset, size,
+                    "a segment file larger than 4 GiB: only its first 4 GiB are read");
+                u32::MAX
+            })),
             index: RwLock::new(None),
-            fresh: AtomicBool::new(false),
-            interval: AtomicU32::new(4096),
+            interval_fresh: AtomicU32::new(4096),
             aborted: Mutex::new(None),
         }
     }
 
     pub fn set_interval(&self, interval: u64) {
-        self.interval
-            .store(interval.min(u32::MAX as u64) as u32, Ordering::Relaxed);
+        let interval = interval.min(!FRESH as u64) as u32;
+        let _ = self
+            .interval_fresh
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v & FRESH | interval)
+            });
+    }
+
+    fn interval(&self) -> u64 {
+        (self.interval_fresh.load(Ordering::Acquire) & !FRESH) as u64
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.interval_fresh.load(Ordering::Acquire) & FRESH != 0
+    }
+
+    /// No longer fresh; whether it was.
+    fn unfresh(&self) -> bool {
+        self.interval_fresh.fetch_and(!FRESH, Ordering::AcqRel) & FRESH != 0
     }
 
     pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Acquire)
+        self.size.load(Ordering::Acquire) as u64
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -211,7 +234,7 @@ impl Segment {
                 return Ok(f(idx));
             }
             // Read, not kept: only a change makes it worth holding.
-            if self.fresh.load(Ordering::Acquire) {
+            if self.is_fresh() {
                 return Ok(f(&SegmentIndex::empty(self.base_offset)));
             }
         }
@@ -225,9 +248,7 @@ impl Segment {
         let mut guard = self.index.write().unwrap();
         let idx = match guard.take() {
             Some(idx) => idx,
-            None if self.fresh.swap(false, Ordering::AcqRel) => {
-                Box::new(SegmentIndex::empty(self.base_offset))
-            }
+            None if self.unfresh() => Box::new(SegmentIndex::empty(self.base_offset)),
             None => Box::new(self.load_index()?),
         };
         Ok(f(guard.insert(idx)))
@@ -244,7 +265,7 @@ impl Segment {
         let mut idx = SegmentIndex::empty(self.base_offset);
         // Known entries are kept; the scan after the last one only measures (no new entries),
         // while a rebuild from scratch adds entries exactly as the writer did.
-        let mut interval = self.interval.load(Ordering::Relaxed) as u64;
+        let mut interval = self.interval();
         let mut from = 0;
         if let (Some(offsets), Some(times)) = (
             OffsetIndex::load(&self.index_path(), size),
@@ -272,7 +293,7 @@ impl Segment {
             if h.batch_length < (HEADER_LEN - 12) as i32 || pos + total > size {
                 tracing::warn!(segment = %self.log_path().display(), position = pos,
                     "bad batch framing in a flushed segment; ignoring its tail");
-                self.size.store(pos, Ordering::Release);
+                self.size.store(pos as u32, Ordering::Release);
                 break;
             }
             idx.observe(self.base_offset, pos, &h, interval);
@@ -338,7 +359,7 @@ impl Segment {
     pub fn truncate_to(self: &Arc<Self>, position: u64, cut_offset: u64) -> Result<()> {
         let file = self.file()?;
         file.set_len(position).map_err(|e| self.io_err(e))?;
-        self.size.store(position, Ordering::Release);
+        self.size.store(position as u32, Ordering::Release);
         let mut guard = self.index.write().unwrap();
         let mut idx = SegmentIndex::empty(self.base_offset);
         if let Some(old) = guard.take() {
@@ -368,7 +389,7 @@ impl Segment {
             .persist(&self.time_index_path())
             .at(&self.time_index_path())?;
         *guard = Some(Box::new(idx));
-        self.fresh.store(false, Ordering::Release);
+        self.unfresh();
         drop(guard);
         self.truncate_aborted(cut_offset)
     }
@@ -382,6 +403,13 @@ impl Segment {
     ) -> Result<()> {
         let file = self.file()?;
         let start = self.size();
+        let end = start + data.len() as u64;
+        if end > u32::MAX as u64 {
+            // Unreachable with segment.bytes a Kafka INT: the log rolls before.
+            return Err(self.io_err(io::Error::other(
+                "a segment cannot grow past 4 GiB (segment.bytes is at most 2147483647)",
+            )));
+        }
         if let Err(e) = file.write_all_at(data, start) {
             // Leave no partial batch behind for readers or recovery.
             let _ = file.set_len(start);
@@ -392,8 +420,7 @@ impl Segment {
                 idx.observe(self.base_offset, start + *at as u64, h, interval);
             }
         })?;
-        self.size
-            .store(start + data.len() as u64, Ordering::Release);
+        self.size.store(end as u32, Ordering::Release);
         Ok(())
     }
 
@@ -540,13 +567,13 @@ impl Segment {
 
     /// Replaces the index state after a recovery scan rebuilt it from `valid_bytes`.
     pub fn reset_after_recovery(self: &Arc<Self>, valid_bytes: u64) -> Result<()> {
-        let interval = self.interval.load(Ordering::Relaxed) as u64;
+        let interval = self.interval();
         let file = self.file()?;
         let len = file.metadata().map_err(|e| self.io_err(e))?.len();
         if len != valid_bytes {
             file.set_len(valid_bytes).map_err(|e| self.io_err(e))?;
         }
-        self.size.store(valid_bytes, Ordering::Release);
+        self.size.store(valid_bytes as u32, Ordering::Release);
         let mut idx = SegmentIndex::empty(self.base_offset);
         let mut pos = 0;
         while pos < valid_bytes {
@@ -567,7 +594,7 @@ impl Segment {
             .at(&self.time_index_path())?;
         let next = idx.next_offset;
         *self.index.write().unwrap() = Some(Box::new(idx));
-        self.fresh.store(false, Ordering::Release);
+        self.unfresh();
         self.truncate_aborted(next)
     }
 
