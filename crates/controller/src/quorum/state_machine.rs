@@ -54,7 +54,10 @@ pub enum Catchup {
 }
 
 impl Inner {
-    fn remember(&mut self, offset: u64, records: Vec<u8>) {
+    fn remember(&mut self, offset: u64, mut records: Vec<u8>) {
+        // Read from the log store by doubling its vector: up to half of it was spare, kept
+        // for as long as the entry is (about 25 bytes per partition created).
+        records.shrink_to_fit();
         self.recent_bytes += records.len();
         self.recent.push_back((offset, records));
         while self.recent.len() > RECENT_ENTRIES || self.recent_bytes > RECENT_BYTES {
