@@ -87,7 +87,7 @@ pub(crate) fn open(dir: &Arc<Path>, config: &LogConfig) -> Result<Opened> {
     }
 
     let last = segments.last().unwrap().clone();
-    let end_offset = last.next_offset()?;
+    let end_offset = last.next_offset_unkept()?;
     let first_base = segments.first().unwrap().base_offset;
     let start_offset = saved_start
         .unwrap_or(first_base)

@@ -572,7 +572,7 @@ fn periodic_work_on_a_deleted_log_is_a_quiet_no_op() {
 
 /// A new log's segment holds no index in memory until it is written or read (a broker
 /// creating tens of thousands of partitions pays nothing for their empty indexes), and
-/// one materialized then is empty and keeps entries as usual.
+/// one materialized then is empty and keeps entries as usual; nor does a reopened one.
 #[test]
 fn a_new_segment_holds_no_index_until_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -596,10 +596,15 @@ fn a_new_segment_holds_no_index_until_used() {
         })
     );
     log.close().unwrap();
+    // Reopened, the log knows where it ends without keeping the index it read for that.
     let log = open(dir.path(), config);
+    assert_eq!(log.log_end_offset(), 6);
+    assert_eq!(log.loaded_index_count(), 0);
     assert_eq!(
         values(&log, 0).len(),
         6,
         "the index entries written are read back"
     );
+    let info = log.append(&mut batch(1, 2000, "y"), 0).unwrap();
+    assert_eq!(info.base_offset, 6);
 }
