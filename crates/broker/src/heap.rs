@@ -36,9 +36,22 @@ pub fn trim() {
 /// blocking thread (it walks every free chunk).
 pub fn connection_closed() {
     if CLOSED.fetch_add(1, Ordering::Relaxed) % CLOSES_PER_TRIM == CLOSES_PER_TRIM - 1 {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(trim)),
-            Err(_) => trim(),
+        trim_after(Duration::ZERO);
+    }
+}
+
+/// Trims the heap on a blocking thread after `delay` (at once outside a runtime).
+fn trim_after(delay: Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            // Cleared first: a large response sent during the trim schedules the next.
+            LARGE_RESPONSE_TRIM_DUE.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(trim).await;
+        })),
+        Err(_) => {
+            LARGE_RESPONSE_TRIM_DUE.store(false, Ordering::Release);
+            trim();
         }
     }
 }
@@ -50,16 +63,5 @@ pub fn response_sent(len: usize) {
     if len < LARGE_RESPONSE || LARGE_RESPONSE_TRIM_DUE.swap(true, Ordering::AcqRel) {
         return;
     }
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn(async {
-            tokio::time::sleep(LARGE_RESPONSE_TRIM_DELAY).await;
-            // Cleared first: a large response sent during the trim schedules the next.
-            LARGE_RESPONSE_TRIM_DUE.store(false, Ordering::Release);
-            let _ = tokio::task::spawn_blocking(trim).await;
-        })),
-        Err(_) => {
-            LARGE_RESPONSE_TRIM_DUE.store(false, Ordering::Release);
-            trim();
-        }
-    }
+    trim_after(LARGE_RESPONSE_TRIM_DELAY);
 }

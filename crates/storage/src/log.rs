@@ -97,7 +97,7 @@ pub(crate) struct Shared {
 pub(crate) const UNKNOWN: u64 = u64::MAX;
 
 /// `Writer::rolling_base_ms` while the active segment has had no append.
-pub(crate) const NO_APPEND: i64 = i64::MIN;
+const NO_APPEND: i64 = i64::MIN;
 
 struct Writer {
     active: Arc<Segment>,
@@ -116,6 +116,16 @@ struct Writer {
     /// Boxed: a `JoinHandle` is 24 bytes, held by every partition, and a roll is rare.
     pending_flush: Option<Box<JoinHandle<()>>>,
     closed: bool,
+}
+
+impl Writer {
+    /// Something was appended at `now`: the active segment's age for `segment.ms` counts
+    /// from its first append.
+    fn appended_at(&mut self, now: i64) {
+        if self.rolling_base_ms == NO_APPEND {
+            self.rolling_base_ms = now;
+        }
+    }
 }
 
 /// The recovery point: every offset below it is on disk and consistent. Only moves forward
@@ -331,9 +341,7 @@ impl Log {
         w.active
             .append(batches, &headers, config.index_interval_bytes)?;
         self.shared.end_offset.store(next, Ordering::Release);
-        if w.rolling_base_ms == NO_APPEND {
-            w.rolling_base_ms = now;
-        }
+        w.appended_at(now);
         // A leader's epoch never goes back: an older one is a stale caller, and must not
         // rewrite the history the way a follower's copied batches correct it.
         if w.epochs.latest_epoch().is_none_or(|l| l <= leader_epoch) {

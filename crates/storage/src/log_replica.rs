@@ -73,9 +73,7 @@ impl Log {
         w.active
             .append(batches, &headers, config.index_interval_bytes)?;
         self.shared.end_offset.store(next, Ordering::Release);
-        if w.rolling_base_ms == crate::log::NO_APPEND {
-            w.rolling_base_ms = now;
-        }
+        w.appended_at(now);
         for (_, h) in &headers {
             w.epochs.assign(
                 &self.shared.dir,

@@ -136,8 +136,7 @@ fn register<H: HoldsFile + 'static>(owner: &Arc<H>) {
     let open = OPEN.fetch_add(1, Ordering::Relaxed) + 1;
     {
         let mut slots = SLOTS.lock().unwrap();
-        let weak: Weak<dyn HoldsFile> = Arc::downgrade(owner) as Weak<dyn HoldsFile>;
-        slots.push(weak);
+        slots.push(Arc::downgrade(owner) as Weak<dyn HoldsFile>);
         // Slots of dropped segments go now and then, not only when over the budget.
         if slots.len() > 2 * open + 1024 {
             slots.retain(|w| w.strong_count() > 0);

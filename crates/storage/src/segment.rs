@@ -503,7 +503,7 @@ impl Segment {
     }
 
     /// Writes index entries that exist only in memory.
-    pub fn persist_indexes(self: &Arc<Self>) -> Result<()> {
+    pub fn persist_indexes(&self) -> Result<()> {
         let mut guard = self.index.write().unwrap();
         if let Some(idx) = guard.as_mut() {
             idx.offsets
@@ -539,7 +539,7 @@ impl Segment {
 
     /// Renames the segment's files to `<name>.deleted` (a cheap step under the writer's
     /// lock); returns the new paths, for the caller to unlink later.
-    pub fn mark_deleted(self: &Arc<Self>) -> Result<Vec<PathBuf>> {
+    pub fn mark_deleted(&self) -> Result<Vec<PathBuf>> {
         self.file.retire();
         let mut out = Vec::new();
         for p in [
@@ -561,7 +561,7 @@ impl Segment {
     }
 
     /// Removes the segment's files. Readers holding the file keep reading it (Unix).
-    pub fn delete_files(self: &Arc<Self>) -> Result<()> {
+    pub fn delete_files(&self) -> Result<()> {
         self.file.retire();
         for p in [
             &self.log_path(),
@@ -611,7 +611,7 @@ impl Segment {
         self.truncate_aborted(next)
     }
 
-    fn with_aborted<R>(self: &Arc<Self>, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
+    fn with_aborted<R>(&self, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
         let mut guard = self.aborted.lock().unwrap();
         if guard.is_none() {
             let bytes = match std::fs::read(self.txn_index_path()) {
@@ -635,13 +635,13 @@ impl Segment {
     }
 
     /// The aborted transactions whose abort marker is in this segment.
-    pub fn aborted(self: &Arc<Self>) -> Result<Vec<AbortedTxn>> {
+    pub fn aborted(&self) -> Result<Vec<AbortedTxn>> {
         self.with_aborted(|a| a.clone())
     }
 
     /// Records an aborted transaction whose marker is in this segment. Entries come in marker
     /// order, so one at or before the last is a replay of what is there already.
-    pub fn add_aborted(self: &Arc<Self>, t: AbortedTxn) -> Result<()> {
+    pub fn add_aborted(&self, t: AbortedTxn) -> Result<()> {
         let fresh = self.with_aborted(|a| {
             let fresh = a.last().is_none_or(|l| l.last_offset < t.last_offset);
             if fresh {
@@ -663,7 +663,7 @@ impl Segment {
     }
 
     /// Forgets the aborted transactions whose marker is at or after `offset`.
-    pub fn truncate_aborted(self: &Arc<Self>, offset: u64) -> Result<()> {
+    pub fn truncate_aborted(&self, offset: u64) -> Result<()> {
         let kept = self.with_aborted(|a| {
             let before = a.len();
             a.retain(|t| t.last_offset < offset);
@@ -677,7 +677,7 @@ impl Segment {
 
     /// Replaces the `.txnindex` whole, atomically: a crash leaves the old file or the new,
     /// never an empty one (the entries may lie below the recovery point, never replayed).
-    fn persist_aborted(self: &Arc<Self>, entries: &[AbortedTxn]) -> Result<()> {
+    fn persist_aborted(&self, entries: &[AbortedTxn]) -> Result<()> {
         let mut bytes = Vec::with_capacity(entries.len() * crate::txn_index::ENTRY);
         for t in entries {
             t.encode(&mut bytes);
@@ -689,7 +689,7 @@ impl Segment {
         std::fs::rename(&tmp, self.txn_index_path()).at(&self.txn_index_path())
     }
 
-    fn sync_aborted(self: &Arc<Self>) -> Result<()> {
+    fn sync_aborted(&self) -> Result<()> {
         match File::open(self.txn_index_path()) {
             Ok(f) => f.sync_all().at(&self.txn_index_path()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -25,14 +25,20 @@ fn api_versions(correlation: i32) -> Vec<u8> {
     f
 }
 
-/// Sends an ApiVersions request and checks the answer: correlation id and no error.
-fn still_serving(server: &Server) {
-    let mut s = connect(server);
-    s.write_all(&api_versions(77)).unwrap();
+/// One answer's frame, without its size prefix.
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     let mut size = [0u8; 4];
     s.read_exact(&mut size).unwrap();
     let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
     s.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Sends an ApiVersions request and checks the answer: correlation id and no error.
+fn still_serving(server: &Server) {
+    let mut s = connect(server);
+    s.write_all(&api_versions(77)).unwrap();
+    let body = read_frame(&mut s);
     assert_eq!(i32::from_be_bytes(body[0..4].try_into().unwrap()), 77);
     assert_eq!(
         i16::from_be_bytes(body[4..6].try_into().unwrap()),
@@ -162,6 +168,24 @@ fn rss_kib(server: &Server) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Waits until the server's RSS is back to `limit` KiB once `what` is over.
+fn memory_given_back(server: &Server, what: &str, limit: u64, peak: u64, timeout: Duration) {
+    common::wait_until(
+        &format!("the memory of {what} to be given back"),
+        timeout,
+        || {
+            let now = rss_kib(server);
+            if now <= limit {
+                Ok(())
+            } else {
+                Err(format!(
+                    "RSS {now} KiB, limit {limit} KiB, {peak} KiB at the most"
+                ))
+            }
+        },
+    );
+}
+
 /// Clients that connect, ask one thing and leave, round after round: the memory their
 /// connections took is given back (glibc kept it, resident, and the server grew by about
 /// 10 KB per connection each round before the heap was trimmed after closes).
@@ -180,10 +204,7 @@ fn the_memory_of_closed_connections_is_given_back() {
             open.push(s);
         }
         for s in &mut open {
-            let mut size = [0u8; 4];
-            s.read_exact(&mut size).unwrap();
-            let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-            s.read_exact(&mut body).unwrap();
+            read_frame(s);
         }
         let peak = rss_kib(&server);
         for s in &open {
@@ -193,19 +214,12 @@ fn the_memory_of_closed_connections_is_given_back() {
         for s in open {
             closed(s);
         }
-        common::wait_until(
-            &format!("the memory of round {round}'s connections to be given back"),
+        memory_given_back(
+            &server,
+            &format!("round {round}'s connections"),
+            base + MARGIN_KIB,
+            peak,
             Duration::from_secs(20),
-            || {
-                let now = rss_kib(&server);
-                if now <= base + MARGIN_KIB {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "RSS {now} KiB, {base} KiB before, {peak} KiB with them open"
-                    ))
-                }
-            },
         );
     }
     still_serving(&server);
@@ -243,24 +257,10 @@ fn the_memory_of_large_answers_is_given_back() {
             ],
         );
     }
-    let mut s = connect(&server);
-    s.write_all(&metadata_all(1)).unwrap();
-    let read_answer = |s: &mut TcpStream| {
-        let mut size = [0u8; 4];
-        s.read_exact(&mut size).unwrap();
-        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-        s.read_exact(&mut body).unwrap();
-        body.len()
-    };
-    let size = read_answer(&mut s);
-    assert!(
-        size > 100_000,
-        "an answer for 5,000 partitions: {size} bytes"
-    );
-    // Settled: what the first answer left is given back before the baseline.
-    std::thread::sleep(Duration::from_secs(2));
+    // Before any large answer: the first one's memory must be given back too.
     let base = rss_kib(&server);
     let mut peak = base;
+    let mut size = None;
     for round in 0..5 {
         // Several clients at once: their answers are built on different threads.
         let mut clients: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
@@ -268,23 +268,18 @@ fn the_memory_of_large_answers_is_given_back() {
             c.write_all(&metadata_all(round * 10 + i as i32)).unwrap();
         }
         for c in &mut clients {
-            assert_eq!(read_answer(c), size);
+            let len = read_frame(c).len();
+            assert!(len > 100_000, "an answer for 5,000 partitions: {len} bytes");
+            assert_eq!(*size.get_or_insert(len), len);
         }
         peak = peak.max(rss_kib(&server));
     }
-    common::wait_until(
-        "the memory of the large answers to be given back",
+    memory_given_back(
+        &server,
+        "the large answers",
+        base + MARGIN_KIB,
+        peak,
         Duration::from_secs(10),
-        || {
-            let now = rss_kib(&server);
-            if now <= base + MARGIN_KIB {
-                Ok(())
-            } else {
-                Err(format!(
-                    "RSS {now} KiB, {base} KiB before, {peak} KiB at the most"
-                ))
-            }
-        },
     );
     still_serving(&server);
 }
