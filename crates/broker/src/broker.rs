@@ -499,12 +499,7 @@ impl Broker {
                             .map_err(BrokerError::InvalidConfig)?;
                         let replicas = match replicas_of.get(name) {
                             Some(r) => r.clone(),
-                            None => self
-                                .replicas
-                                .all()
-                                .into_iter()
-                                .filter(|p| *p.topic == **name)
-                                .collect(),
+                            None => self.replicas.of_topic(name),
                         };
                         for p in replicas {
                             p.set_config(&c);

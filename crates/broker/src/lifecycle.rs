@@ -274,10 +274,14 @@ impl Broker {
                 _ = stop.changed() => return,
             }
             let now = strom_storage::clock::now_ms();
-            for p in self.replicas.all() {
-                let Some((change, leader_epoch)) = p.isr_change(now) else {
-                    continue;
-                };
+            // Most replicas have none (a follower, or a leader whose followers keep up).
+            let mut changes = Vec::new();
+            self.replicas.for_each(|p| {
+                if let Some(change) = p.isr_change(now) {
+                    changes.push((p.clone(), change));
+                }
+            });
+            for (p, (change, leader_epoch)) in changes {
                 let req = BrokerRequest::AlterPartition {
                     id: self.config.node_id,
                     epoch: self.broker_epoch.load(Ordering::SeqCst),

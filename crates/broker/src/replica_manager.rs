@@ -58,6 +58,25 @@ impl ReplicaManager {
         map.values().flatten().flatten().cloned().collect()
     }
 
+    /// Calls `f` on every replica here, in no particular order, holding the map's read lock
+    /// (so `f` must neither block nor add or remove replicas): a periodic pass that picks the
+    /// few replicas with something to do, without copying out tens of thousands of pointers
+    /// every second.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Partition>)) {
+        let map = self.partitions.read().unwrap();
+        for p in map.values().flatten().flatten() {
+            f(p);
+        }
+    }
+
+    /// The replicas of `topic` here.
+    pub fn of_topic(&self, topic: &str) -> Vec<Arc<Partition>> {
+        let map = self.partitions.read().unwrap();
+        map.get(topic)
+            .map(|slots| slots.iter().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Every replica on this node.
     pub fn all(&self) -> Vec<Arc<Partition>> {
         let mut all = self.all_unordered();

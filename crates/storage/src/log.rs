@@ -499,10 +499,14 @@ impl Log {
     }
 
     /// Applies `flush.ms` for logs that received no append lately.
+    /// Whether `flush.ms` is set (not Kafka's default, never): only such a log has anything
+    /// to do in [`Log::maybe_flush`].
+    pub fn flushes_on_time(&self) -> bool {
+        self.shared.config.lock().unwrap().flush_ms != i64::MAX
+    }
+
     pub fn maybe_flush(&self, now: i64) -> Result<()> {
-        // Kafka's default flush.ms is never: most logs have nothing to do here, and the
-        // broker asks every log every second.
-        if self.config().flush_ms == i64::MAX {
+        if !self.flushes_on_time() {
             return Ok(());
         }
         let mut w = self.writer();
@@ -558,7 +562,18 @@ impl Log {
             r.written = UNKNOWN;
         }
         let start = self.log_start_offset();
-        if checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET) != Some(start) {
+        let saved = checkpoint::read_offset(dir, checkpoint::LOG_START_OFFSET);
+        // Without the file, the next open starts the log at its first segment: a log never
+        // trimmed inside a segment needs none (it was a new file per partition at its first
+        // clean shutdown).
+        let first_base = self
+            .shared
+            .segments
+            .read()
+            .unwrap()
+            .first()
+            .map(|s| s.base_offset);
+        if saved != Some(start) && !(saved.is_none() && first_base == Some(start)) {
             crate::durable::write_later(
                 dir,
                 checkpoint::LOG_START_OFFSET,

@@ -41,6 +41,33 @@ fn delete_records_moves_the_start_and_drops_whole_segments() {
 }
 
 #[test]
+fn a_start_at_the_first_segment_needs_no_checkpoint_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log-start-offset-checkpoint");
+    let log = open(dir.path(), small_segments(1000));
+    for i in 0..30 {
+        log.append(&mut batch(3, i, "d"), 0).unwrap();
+    }
+    log.close().unwrap();
+    assert!(!file.exists(), "a clean shutdown wrote an implied start");
+    let log = open(dir.path(), small_segments(1000));
+    assert_eq!(log.log_start_offset(), 0);
+    // Trimmed inside a segment: only the file knows where the log starts.
+    let segs = log.segment_base_offsets();
+    log.delete_records_before(segs[1] + 2).unwrap();
+    log.close().unwrap();
+    assert!(file.exists());
+    let log = open(dir.path(), small_segments(1000));
+    assert_eq!(log.log_start_offset(), segs[1] + 2);
+    // Back at a segment's base, the file that exists is kept up to date.
+    log.delete_records_before(segs[2]).unwrap();
+    log.close().unwrap();
+    let log = open(dir.path(), small_segments(1000));
+    assert_eq!(log.log_start_offset(), segs[2]);
+    assert_eq!(log.segment_base_offsets()[0], segs[2]);
+}
+
+#[test]
 fn retention_by_time_and_size_never_deletes_the_active_segment() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small_segments(1000);
