@@ -12,8 +12,10 @@ it). Each part gets a fresh server and data directory of its own; PARTS chooses 
   one record to every partition, PRODUCE_ROUNDS rounds through one librdkafka producer;
   clean shutdown (SIGTERM) and the start after it, then SIGKILL and the start after it
   (until "listening on", and until Metadata shows every partition led again), with the
-  records counted after the SIGKILL. strom holds one open file per partition: points above
-  the open files limit (less 1,000) are brought down to fit, unless NO_FD_CAP=1. The idle
+  records counted after the SIGKILL. strom keeps one segment file open per partition up to
+  three quarters of its open files limit and closes the least recently used beyond it:
+  points above the limit run as asked (FD_CAP=1 brings them down to fit, to see the cost
+  with every file open). The idle
   server's CPU is averaged over IDLE_S (65 s: one pass of the 60 s checkpoints).
 - topics: for each count in TOPICS, on a fresh server, that many single-partition topics
   created one CreateTopics at a time: the cost of one metadata change as the topics grow.
@@ -34,6 +36,12 @@ it). Each part gets a fresh server and data directory of its own; PARTS chooses 
   IncrementalAlterConfigs sets retention.ms to one hour, so that the server (retention
   check every RETENTION_CHECK_MS) deletes every filled segment: produce latency before,
   during and after the deletion.
+
+The servers' data directories are made under TMPDIR. On an ext4 filesystem where hundreds of
+thousands of files were deleted lately (earlier runs), creating a file costs up to ten times
+more (the kernel's inode allocator reads back recently freed inodes), and so does every step
+that creates files: for figures about strom, point TMPDIR at a fresh filesystem (a
+loop-mounted image will do).
 
 Every figure is one run on a shared machine. Growth exponents between consecutive points
 are log(cost ratio) / log(work ratio): about 1 means linear, 2 quadratic, 0 flat.
@@ -585,20 +593,18 @@ def part_partitions():
     rounds = env_int("PRODUCE_ROUNDS", 3)
     results = []
     notes = []
-    # strom keeps one descriptor open per partition (its active segment): a point needs the
-    # server's open files limit (this process's, inherited) above it. Points that cannot fit
-    # are brought down to the largest count of whole topics that does, unless NO_FD_CAP=1
-    # (to see what the server does at the limit).
+    # Beyond three quarters of its open files limit (this process's, inherited) strom closes
+    # the least recently used segment files. FD_CAP=1 brings the points that would need that
+    # down to the largest count of whole topics that fits with every file open.
     import resource
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if os.environ.get("NO_FD_CAP", "") in ("", "0"):
+    if os.environ.get("FD_CAP", "") not in ("", "0"):
         fit = max(per_topic, (limit - 1000) // per_topic * per_topic)
         capped = []
         for P in points:
             if P > fit:
-                notes.append(f"P={P:,} brought down to {fit:,}: strom holds one open file per partition "
-                             f"and the open files limit here is {limit:,} (hard limit; raising it needs "
-                             f"CAP_SYS_RESOURCE)")
+                notes.append(f"P={P:,} brought down to {fit:,} (FD_CAP=1): the open files limit here "
+                             f"is {limit:,}")
                 P = fit
             if P not in capped:
                 capped.append(P)

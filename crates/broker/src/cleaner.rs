@@ -189,9 +189,18 @@ impl Broker {
     pub fn clean_filthiest_log(&self, now_ms: i64) -> bool {
         let mut logs = Vec::new();
         let mut candidates = Vec::new();
+        // Most logs are not compacted: picked out without copying every replica's pointer,
+        // then in name order (ties go to the first).
+        let mut compacted = Vec::new();
+        self.replicas.for_each(|p| {
+            if p.log().config().cleanup_compact {
+                compacted.push(p.clone());
+            }
+        });
+        compacted.sort_by(|a, b| (&a.topic, a.index).cmp(&(&b.topic, b.index)));
         {
             let busy = self.cleaner.busy.lock().unwrap();
-            for p in self.all_partitions() {
+            for p in compacted {
                 let config = p.log().config();
                 if !config.cleanup_compact
                     || p.log().is_closed()
