@@ -64,7 +64,12 @@ impl OffsetIndex {
     /// Reads an index file; `None` if it is missing or inconsistent with a log of `log_size`
     /// bytes (then the caller rebuilds it from the log).
     pub fn load(path: &Path, log_size: u64) -> Option<OffsetIndex> {
-        let bytes = std::fs::read(path).ok()?;
+        // A segment without index entries has no file (see `write_tail`).
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(_) => return None,
+        };
         if bytes.len() % OFFSET_ENTRY != 0 {
             return None;
         }
@@ -185,11 +190,18 @@ impl TimeIndex {
 /// Writes the not-yet-persisted entries at `at` and cuts the file to `total` bytes (which
 /// also drops entries removed by a truncation).
 fn write_tail(path: &Path, buf: &[u8], at: usize, total: usize) -> io::Result<()> {
+    // An index without entries needs no file (a missing one loads as empty): most
+    // partitions' only segment never gets an entry, and two files each were most of the
+    // cost of creating a partition.
     let file = OpenOptions::new()
-        .create(true)
+        .create(total > 0)
         .truncate(false)
         .write(true)
-        .open(path)?;
+        .open(path);
+    let file = match file {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && total == 0 => return Ok(()),
+        f => f?,
+    };
     file.write_all_at(buf, at as u64)?;
     file.set_len(total as u64)?;
     Ok(())

@@ -121,8 +121,13 @@ impl Segment {
             .truncate(true)
             .open(&log_path)
             .at(&log_path)?;
+        // No index files until they hold an entry (`index::write_tail`); an older segment's
+        // of the same base must not be taken for this one's.
         for p in [&index_path, &time_index_path] {
-            File::create(p).at(p)?;
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e).at(p),
+                _ => {}
+            }
         }
         let seg = Arc::new(Segment {
             base_offset,

@@ -176,6 +176,38 @@ fn read_finds_offsets_inside_multi_record_batches_across_segments() {
 }
 
 #[test]
+fn index_files_appear_with_their_first_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("00000000000000000000.index");
+    let time_index = dir.path().join("00000000000000000000.timeindex");
+    let config = LogConfig {
+        index_interval_bytes: 1000,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), config);
+    log.append_at(&mut sized_batch(300, 1_000), 0, 1_000)
+        .unwrap();
+    log.close().unwrap();
+    assert!(!index.exists() && !time_index.exists());
+    let log = open(dir.path(), config);
+    for i in 1..10 {
+        log.append_at(&mut sized_batch(300, 1_000 + i), 0, 1_000 + i)
+            .unwrap();
+    }
+    log.close().unwrap();
+    assert!(std::fs::metadata(&index).unwrap().len() > 0);
+    assert!(std::fs::metadata(&time_index).unwrap().len() > 0);
+    let log = open(dir.path(), config);
+    for offset in 0..10 {
+        let r = log.read(offset, 1, None).unwrap().region.unwrap();
+        let h = BatchHeader::parse(&r.read_all().unwrap()).unwrap();
+        assert_eq!(h.base_offset as u64, offset);
+    }
+    let found = log.offset_for_timestamp(1_005).unwrap().unwrap();
+    assert_eq!((found.offset, found.timestamp), (5, 1_005));
+}
+
+#[test]
 fn segments_roll_by_size_and_time_and_are_named_by_base_offset() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
@@ -191,8 +223,9 @@ fn segments_roll_by_size_and_time_and_are_named_by_base_offset() {
     // 5 batches of ~370 bytes with 1000-byte segments: 2 per segment.
     assert_eq!(log.segment_base_offsets(), vec![0, 2, 4]);
     assert!(dir.path().join("00000000000000000002.log").exists());
-    assert!(dir.path().join("00000000000000000002.index").exists());
-    assert!(dir.path().join("00000000000000000002.timeindex").exists());
+    // Under index.interval.bytes apart, no index entry: no index files either.
+    assert!(!dir.path().join("00000000000000000002.index").exists());
+    assert!(!dir.path().join("00000000000000000002.timeindex").exists());
     // Time: the active segment (base 4) got its first append at t; a minute later it rolls.
     t += 59_999;
     log.append_at(&mut sized_batch(10, t), 0, t).unwrap();
