@@ -15,6 +15,7 @@ use crate::producer::{Delivery, ProduceRecord};
 /// RecordBatch v2, uncompressed), so that closing it costs one header and, with a codec, one
 /// compression.
 pub(crate) struct Pending {
+    /// Room for the batch header, then the records: an uncompressed batch is closed in place.
     pub(crate) records: BytesMut,
     pub(crate) count: i32,
     /// The first record's timestamp: the others are stored as deltas from it.
@@ -27,9 +28,13 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn new(first_ts: i64) -> Pending {
+    /// A batch with room for `capacity` bytes of records: room for a whole batch at once
+    /// (growing from a small buffer copied each batch's bytes about twice over).
+    pub(crate) fn new(first_ts: i64, capacity: usize) -> Pending {
+        let mut records = BytesMut::with_capacity(HEADER_LEN + capacity);
+        records.put_bytes(0, HEADER_LEN);
         Pending {
-            records: BytesMut::with_capacity(1024),
+            records,
             count: 0,
             base_ts: first_ts,
             max_ts: first_ts,
@@ -77,31 +82,35 @@ impl Pending {
         self.bytes += body + varint_len(body as i64);
     }
 
-    /// The whole RecordBatch v2: header, then the records, compressed with `codec`.
-    pub(crate) fn encode(&self, codec: CompressionType) -> Result<Bytes> {
-        let compressed;
-        let records: &[u8] = if codec == CompressionType::None {
-            &self.records
+    /// The whole RecordBatch v2: header, then the records, compressed with `codec`. Once:
+    /// the records are handed over (without a codec, the header is written in the room kept
+    /// for it: the records are not copied).
+    pub(crate) fn encode(&mut self, codec: CompressionType) -> Result<Bytes> {
+        let mut out = if codec == CompressionType::None {
+            std::mem::take(&mut self.records)
         } else {
-            compressed = krabka_compression::compress(codec, &self.records)
+            let compressed = krabka_compression::compress(codec, &self.records[HEADER_LEN..])
                 .map_err(|e| ClientError::Protocol(format!("compressing a batch: {e}")))?;
-            &compressed
+            let mut out = BytesMut::with_capacity(HEADER_LEN + compressed.len());
+            out.put_bytes(0, HEADER_LEN);
+            out.put_slice(&compressed);
+            out
         };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + records.len());
-        out.put_i64(0); // base offset: the broker assigns it
-        out.put_i32((HEADER_LEN - 12 + records.len()) as i32);
-        out.put_i32(-1); // partition leader epoch
-        out.put_i8(2); // magic
-        out.put_u32(0); // crc, below
-        out.put_i16(codec.as_attribute_bits() as i16);
-        out.put_i32(self.count - 1);
-        out.put_i64(self.base_ts);
-        out.put_i64(self.max_ts);
-        out.put_i64(-1); // producer id
-        out.put_i16(-1); // producer epoch
-        out.put_i32(-1); // base sequence
-        out.put_i32(self.count);
-        out.put_slice(records);
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.put_i64(0); // base offset: the broker assigns it
+        header.put_i32((out.len() - 12) as i32);
+        header.put_i32(-1); // partition leader epoch
+        header.put_i8(2); // magic
+        header.put_u32(0); // crc, below
+        header.put_i16(codec.as_attribute_bits() as i16);
+        header.put_i32(self.count - 1);
+        header.put_i64(self.base_ts);
+        header.put_i64(self.max_ts);
+        header.put_i64(-1); // producer id
+        header.put_i16(-1); // producer epoch
+        header.put_i32(-1); // base sequence
+        header.put_i32(self.count);
+        out[..HEADER_LEN].copy_from_slice(&header);
         let crc = crc32c::crc32c(&out[21..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         Ok(out.freeze())
@@ -191,7 +200,7 @@ mod tests {
             CompressionType::Lz4,
             CompressionType::Zstd,
         ] {
-            let mut b = Pending::new(records[0].1);
+            let mut b = Pending::new(records[0].1, 64);
             for (r, ts) in &records {
                 b.push(r, *ts);
             }
