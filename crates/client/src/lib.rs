@@ -13,6 +13,7 @@ mod metadata;
 pub mod partitioner;
 pub mod producer;
 mod producer_batch;
+mod producer_state;
 pub mod txn_admin;
 
 pub use connection::{Answer, Connection};

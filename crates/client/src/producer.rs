@@ -20,6 +20,7 @@ use crate::connection::Answer;
 use crate::error::{ClientError, Result, check};
 use crate::partitioner::partition_for_key;
 use crate::producer_batch::{HEADER_LEN, Pending};
+use crate::producer_state::{Ready, State};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ProducerConfig {
@@ -105,9 +106,6 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How many bytes of records may wait for answers before `send` waits (buffer.memory).
 const BUFFER_MEMORY: usize = 32 * 1024 * 1024;
 
-/// A batch ready to go, by topic partition.
-type Ready = ((String, i32), Pending);
-
 /// A partition's batch as bytes: (topic, partition, RecordBatch v2).
 type Encoded = (String, i32, Bytes);
 
@@ -134,43 +132,6 @@ type Answers = HashMap<(String, i32), (i16, i64, Option<String>)>;
 
 /// Where a record went: (partition, offset); the offset is -1 with acks=0.
 pub type Delivery = Result<(i32, i64)>;
-
-#[derive(Default)]
-struct State {
-    /// The open batch per partition.
-    /// By topic, then partition: a record finds its batch without its topic being copied.
-    batches: HashMap<String, HashMap<i32, Pending>>,
-    /// Batches that reached `batch_size`, waiting for the sender.
-    full: Vec<Ready>,
-    /// Bytes of records not yet answered, for back-pressure.
-    buffered: usize,
-    /// Partitions and leaders per topic.
-    topics: HashMap<String, Vec<i32>>,
-    sticky: HashMap<String, i32>,
-    in_flight: usize,
-}
-
-impl State {
-    /// Takes the open batch of a partition; records without a key then stick to the next
-    /// partition (KIP-480).
-    fn close_batch(&mut self, key: &(String, i32)) -> Pending {
-        let b = self
-            .batches
-            .get_mut(&key.0)
-            .and_then(|open| open.remove(&key.1))
-            .expect("an open batch");
-        let n = self
-            .topics
-            .get(&key.0)
-            .map(|l| l.len() as i32)
-            .unwrap_or(1)
-            .max(1);
-        if self.sticky.get(&key.0) == Some(&key.1) {
-            self.sticky.insert(key.0.clone(), (key.1 + 1) % n);
-        }
-        b
-    }
-}
 
 pub struct Producer {
     client: Arc<Client>,
@@ -218,7 +179,7 @@ impl Producer {
     }
 
     async fn partitions(&self, topic: &str) -> Result<Vec<i32>> {
-        if let Some(l) = self.state.lock().unwrap().topics.get(topic) {
+        if let Some(l) = self.state.lock().unwrap().leaders(topic) {
             return Ok(l.clone());
         }
         let meta = self
@@ -233,8 +194,7 @@ impl Producer {
         self.state
             .lock()
             .unwrap()
-            .topics
-            .insert(topic.to_string(), leaders.clone());
+            .set_leaders(topic, leaders.clone());
         Ok(leaders)
     }
 
@@ -246,11 +206,11 @@ impl Producer {
             let idle = self.idle.notified();
             let outcome = {
                 let mut s = self.state.lock().unwrap();
-                match s.topics.get(&record.topic).map(|l| l.len() as i32) {
-                    None => Err(false),
-                    // Back-pressure: wait while too much is buffered (buffer.memory).
-                    Some(_) if s.buffered >= BUFFER_MEMORY => Err(true),
-                    Some(n) => Ok(self.add(&mut s, &record, n)),
+                // Back-pressure: wait while too much is buffered (buffer.memory).
+                if s.buffered >= BUFFER_MEMORY {
+                    Err(true)
+                } else {
+                    self.add(&mut s, &record).ok_or(false)
                 }
             };
             match outcome {
@@ -267,62 +227,57 @@ impl Producer {
         }
     }
 
-    /// Adds `record` to its partition's open batch, under the state's lock.
+    /// Adds `record` to its partition's open batch, under the state's lock: one lookup of
+    /// its topic. `None` while the topic's leaders are not known.
     fn add(
         &self,
         s: &mut State,
         record: &ProduceRecord,
-        n: i32,
-    ) -> Result<oneshot::Receiver<Delivery>> {
+    ) -> Option<Result<oneshot::Receiver<Delivery>>> {
+        let State {
+            topics,
+            full,
+            buffered,
+            stickies,
+            ..
+        } = s;
+        let t = topics.get_mut(&record.topic)?;
+        let n = t.leaders.as_ref()?.len() as i32;
         if n == 0 {
-            return Err(ClientError::Protocol(format!(
+            return Some(Err(ClientError::Protocol(format!(
                 "topic {} has no partitions",
                 record.topic
-            )));
+            ))));
         }
         let partition = match (record.partition, &record.key) {
             (Some(p), _) => p,
             (None, Some(k)) => partition_for_key(k, n),
-            (None, None) => match s.sticky.get(&record.topic) {
-                Some(p) => *p,
-                None => {
-                    let p = s.sticky.len() as i32 % n;
-                    s.sticky.insert(record.topic.clone(), p);
-                    p
-                }
-            },
+            (None, None) => t.sticky(stickies),
         };
         if partition < 0 || partition >= n {
-            return Err(ClientError::Kafka {
+            return Some(Err(ClientError::Kafka {
                 code: 3,
                 name: "UNKNOWN_TOPIC_OR_PARTITION",
                 message: Some(format!("{}-{partition}", record.topic)),
-            });
+            }));
         }
         let (tx, rx) = oneshot::channel();
         let ts = record.timestamp.unwrap_or_else(now_ms);
         // The batch closes once past batch.size: a quarter more holds the record that
         // crosses it, unless that one is large.
         let capacity = self.config.batch_size.min(1 << 20) * 5 / 4;
-        let open = match s.batches.get_mut(&record.topic) {
-            Some(open) => open,
-            None => s.batches.entry(record.topic.clone()).or_default(),
-        };
-        let b = open
-            .entry(partition)
-            .or_insert_with(|| Pending::new(ts, capacity));
+        let b = t.open[partition as usize].get_or_insert_with(|| Pending::new(ts, capacity));
         let before = b.bytes;
         b.push(record, ts);
         b.replies.push(tx);
-        let (after, full) = (b.bytes, b.bytes >= self.config.batch_size);
-        s.buffered += after - before;
-        if full {
-            let key = (record.topic.clone(), partition);
-            let b = s.close_batch(&key);
-            s.full.push((key, b));
+        let (after, is_full) = (b.bytes, b.bytes >= self.config.batch_size);
+        *buffered += after - before;
+        if is_full {
+            let b = t.close(partition).expect("the batch just filled");
+            full.push(((record.topic.clone(), partition), b));
             self.wake.notify_one();
         }
-        Ok(rx)
+        Some(Ok(rx))
     }
 
     /// Sends every batch now and waits until all answers are in.
@@ -332,10 +287,7 @@ impl Producer {
             self.clone().send_ready(true).await;
             {
                 let s = self.state.lock().unwrap();
-                if s.batches.values().all(HashMap::is_empty)
-                    && s.full.is_empty()
-                    && s.in_flight == 0
-                {
+                if s.is_idle() {
                     return;
                 }
             }
@@ -347,36 +299,15 @@ impl Producer {
     /// share goes as one request, up to `max_in_flight` at a time.
     async fn send_ready(self: Arc<Self>, all: bool) {
         let order = self.send_order.lock().await;
-        let ready: Vec<Ready> = {
+        let (ready, leaders): (Vec<Ready>, Vec<i32>) = {
             let mut s = self.state.lock().unwrap();
-            let keys: Vec<(String, i32)> = s
-                .batches
-                .iter()
-                .flat_map(|(t, open)| open.iter().map(move |(p, b)| (t, *p, b)))
-                .filter(|(_, _, b)| {
-                    all || b.bytes >= self.config.batch_size
-                        || b.created.elapsed() >= self.config.linger
-                })
-                .map(|(t, p, _)| (t.clone(), p))
-                .collect();
-            let mut out = std::mem::take(&mut s.full);
-            for k in keys {
-                let b = s.close_batch(&k);
-                out.push((k, b));
-            }
-            out
+            let ready = s.take_due(all, self.config.batch_size, self.config.linger);
+            let leaders = ready.iter().map(|((t, p), _)| s.leader(t, *p)).collect();
+            (ready, leaders)
         };
         let mut by_leader: HashMap<i32, Vec<Ready>> = HashMap::new();
-        for (k, b) in ready {
-            let leader = self
-                .state
-                .lock()
-                .unwrap()
-                .topics
-                .get(&k.0)
-                .and_then(|l| l.get(k.1 as usize).copied())
-                .unwrap_or(-1);
-            by_leader.entry(leader).or_default().push((k, b));
+        for (b, leader) in ready.into_iter().zip(leaders) {
+            by_leader.entry(leader).or_default().push(b);
         }
         for (leader, batches) in by_leader {
             for mut round in rounds(batches) {
@@ -538,7 +469,7 @@ impl Producer {
             }
             tokio::time::sleep_until((Instant::now() + RETRY_BACKOFF * (attempt + 1)).into()).await;
             for (t, p, b, _) in retry {
-                self.state.lock().unwrap().topics.remove(&t);
+                self.state.lock().unwrap().forget_leaders(&t);
                 let l = self
                     .partitions(&t)
                     .await
@@ -555,7 +486,7 @@ impl Producer {
                 .map(|base| (0i16, base));
             if answer.is_err() {
                 // Leaders may have moved: look again next time.
-                self.state.lock().unwrap().topics.remove(&topic);
+                self.state.lock().unwrap().forget_leaders(&topic);
             }
             for (i, reply) in b.replies.into_iter().enumerate() {
                 let r = match &answer {
