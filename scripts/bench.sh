@@ -4,7 +4,9 @@
 # `strom server` (or $STROM) measured with librdkafka (the rdkafka crate, examples/
 # bench_client.rs) and with `strom perf`: produce, consume and end-to-end, 100 B and 1 KiB
 # records, acks=1 and acks=all, 6 partitions. Prints one table, each figure beside the
-# limit it approaches, as a ratio. N100 / N1K set the record counts.
+# limit it approaches, as a ratio; throughput is the median of ROUNDS runs per client, and
+# strom perf's figure is also given as a ratio to librdkafka's. N100 / N1K set the record
+# counts.
 #
 #   scripts/bench.sh            # about 3 minutes here
 #   scripts/bench.sh --json     # the same figures for scripts
@@ -14,6 +16,7 @@ N100=${N100:-1000000}
 N1K=${N1K:-300000}
 E2E=${E2E:-30000}     # records per end-to-end run, at RATE per second
 RATE=${RATE:-10000}
+ROUNDS=${ROUNDS:-3}   # throughput runs per client and test; the table shows their median
 json=${1:-}
 
 echo "building (release) ..." >&2
@@ -49,28 +52,37 @@ b=127.0.0.1:$port
 for size in 100 1024; do
   n=$N100; [ $size = 1024 ] && n=$N1K
   for acks in 1 all; do
-    echo "size $size, acks=$acks ..." >&2
-    t=lib-$size-$acks
-    note "librdkafka produce $size $acks $("$client" produce "$b" "$t" $n $size $acks)"
-    note "librdkafka consume $size $acks $("$client" consume "$b" "$t" $n)"
-    note "librdkafka e2e $size $acks $("$client" e2e "$b" "e2e-$size-$acks" $E2E $size $acks $RATE)"
-    t=perf-$size-$acks
     a=$acks; [ $a = all ] && a=-1
-    note "strom-perf produce $size $acks $("$STROM" perf produce --bootstrap-server "$b" --topic "$t" \
-      --num-records $n --record-size $size --acks=$a --json)"
-    note "strom-perf consume $size $acks $("$STROM" perf consume --bootstrap-server "$b" --topic "$t" \
-      --messages $n --json)"
+    # Throughput runs: ROUNDS of each client, alternating which goes first (the second one
+    # shares the machine with the first one's writeback), each to a fresh topic.
+    for round in $(seq "$ROUNDS"); do
+      echo "size $size, acks=$acks, round $round ..." >&2
+      lib() {
+        t=lib-$size-$acks-$round
+        note "librdkafka produce $size $acks $("$client" produce "$b" "$t" $n $size $acks)"
+        note "librdkafka consume $size $acks $("$client" consume "$b" "$t" $n)"
+      }
+      ours() {
+        t=perf-$size-$acks-$round
+        note "strom-perf produce $size $acks $("$STROM" perf produce --bootstrap-server "$b" --topic "$t" \
+          --num-records $n --record-size $size --acks=$a --json)"
+        note "strom-perf consume $size $acks $("$STROM" perf consume --bootstrap-server "$b" --topic "$t" \
+          --messages $n --json)"
+      }
+      if [ $((round % 2)) = 1 ]; then lib; ours; else ours; lib; fi
+    done
+    note "librdkafka e2e $size $acks $("$client" e2e "$b" "e2e-$size-$acks" $E2E $size $acks $RATE)"
     note "strom-perf ack-latency $size $acks $("$STROM" perf produce --bootstrap-server "$b" \
       --topic "lat-$size-$acks" --num-records $E2E --record-size $size --acks=$a \
       --throughput $RATE --json)"
   done
 done
 
-python3 - "$results" "$json" "$N100" "$N1K" "$E2E" "$RATE" <<'PY'
-import json, sys
+python3 - "$results" "$json" "$N100" "$N1K" "$E2E" "$RATE" "$ROUNDS" <<'PY'
+import json, statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
-as_json, n100, n1k, e2e, rate = sys.argv[2] == "--json", *sys.argv[3:]
-limits, rows = {}, []
+as_json, n100, n1k, e2e, rate, rounds = sys.argv[2] == "--json", *sys.argv[3:]
+limits, runs = {}, {}
 for l in lines:
     head, _, body = l.partition(" {")
     data = json.loads("{" + body)
@@ -78,13 +90,26 @@ for l in lines:
     if len(words) == 1:
         limits[words[0]] = data
     else:
-        rows.append((words, data))
+        runs.setdefault(tuple(words), []).append(data)
+# Throughput: the run with the median records/s stands for its rounds.
+rows = []
+for key, ds in runs.items():
+    if "records_per_sec" in ds[0]:
+        ds = sorted(ds, key=lambda d: d["records_per_sec"])
+        d = dict(ds[(len(ds) - 1) // 2])
+        d["rounds"] = [x["records_per_sec"] for x in ds]
+        d["records_per_sec"] = statistics.median(d["rounds"])
+        d["mb_per_sec"] = d["records_per_sec"] * int(key[2]) / 1e6
+    else:
+        d = ds[0]
+    rows.append((key, d))
 loop, rtt, disk = limits["loopback"]["mb_per_sec"], limits["loopback"]["rtt_ms"], limits["disk"]["mb_per_sec"]
 out = []
 for (client, test, size, acks), d in rows:
     r = {"client": client, "test": test, "size": int(size), "acks": acks}
     if test in ("produce", "consume"):
         r["records_per_sec"] = d["records_per_sec"]
+        r["rounds"] = d["rounds"]
         # Payload bytes in MB (10^6) for both clients (strom perf prints MiB).
         r["mb_per_sec"] = d["records_per_sec"] * int(size) / 1e6
         r["of_loopback"] = d["mb_per_sec"] / loop
@@ -95,12 +120,19 @@ for (client, test, size, acks), d in rows:
         r["p50_ms"], r["p99_ms"] = lat["p50"] if "p50" in lat else lat["p50_ms"], lat["p99"] if "p99" in lat else lat["p99_ms"]
         r["p50_of_rtt"] = r["p50_ms"] / rtt
     out.append(r)
+by = {(r["client"], r["test"], r["size"], r["acks"]): r for r in out}
+for (client, test, size, acks), r in by.items():
+    other = by.get(("librdkafka", test, size, acks))
+    if client == "strom-perf" and other is not None and "records_per_sec" in r:
+        r["vs_librdkafka"] = r["records_per_sec"] / other["records_per_sec"]
+        r["rounds_vs_librdkafka"] = [x / other["records_per_sec"] for x in r["rounds"]]
 if as_json:
     print(json.dumps({"limits": limits, "results": out}, indent=2))
     sys.exit()
 print(f"Machine: loopback TCP {loop:,.0f} MB/s, round trip {rtt*1000:.0f} us; disk sequential write "
       f"(dd, fdatasync) {disk:,.0f} MB/s.")
-print(f"Records: {int(n100):,} x 100 B and {int(n1k):,} x 1 KiB per throughput run, 6 partitions; "
+print(f"Records: {int(n100):,} x 100 B and {int(n1k):,} x 1 KiB per throughput run, 6 partitions, "
+      f"median of {rounds} runs per client alternating which goes first; "
       f"latency runs {int(e2e):,} records at {int(rate):,}/s.")
 print()
 print(f"| {'client':<10} | {'test':<11} | {'size':>5} | {'acks':>4} | {'records/s':>10} | {'MB/s':>7} | {'÷ loopback':>10} | {'÷ disk':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'p50 ÷ RTT':>9} |")
@@ -111,4 +143,10 @@ for r in out:
           f"{f(r.get('records_per_sec'), ',.0f'):>10} | {f(r.get('mb_per_sec'), '.1f'):>7} | "
           f"{f(r.get('of_loopback'), '.3f'):>10} | {f(r.get('of_disk'), '.2f'):>7} | "
           f"{f(r.get('p50_ms'), '.2f'):>7} | {f(r.get('p99_ms'), '.2f'):>7} | {f(r.get('p50_of_rtt'), ',.0f'):>9} |")
+print()
+print("strom perf ÷ librdkafka (median records/s; each run's ratio to the other client's median in brackets):")
+for r in out:
+    if "vs_librdkafka" in r:
+        each = ", ".join(f"{x:.2f}" for x in r["rounds_vs_librdkafka"])
+        print(f"- {r['test']} {r['size']} B acks={r['acks']}: {r['vs_librdkafka']:.2f}x ({each})")
 PY

@@ -168,10 +168,12 @@ impl Producer {
         tokio::spawn(async move {
             loop {
                 let Some(p) = weak.upgrade() else { return };
-                let linger = p.config.linger;
-                let woken =
-                    tokio::time::timeout(linger.max(Duration::from_millis(1)), p.wake.notified());
-                let _ = woken.await;
+                let linger = p.config.linger.max(Duration::from_millis(1));
+                // Until the oldest open batch has lingered enough, not a whole linger from
+                // now: a batch opened just after a wake-up would wait almost two.
+                let due = p.state.lock().unwrap().next_due(linger);
+                let due = due.unwrap_or_else(|| Instant::now() + linger);
+                let _ = tokio::time::timeout_at(due.into(), p.wake.notified()).await;
                 p.send_ready(false).await;
             }
         });

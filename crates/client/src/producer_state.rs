@@ -2,7 +2,7 @@
 //! sticky partition and the open batch of each partition, found with one lookup per record.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::producer_batch::Pending;
 
@@ -133,6 +133,15 @@ impl State {
         out
     }
 
+    /// When the oldest open batch will have lingered `linger`.
+    pub(crate) fn next_due(&self, linger: Duration) -> Option<Instant> {
+        self.topics
+            .values()
+            .flat_map(|t| t.open.iter().flatten())
+            .map(|b| b.created + linger)
+            .min()
+    }
+
     /// Nothing open, nothing waiting, nothing in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.full.is_empty()
@@ -181,9 +190,14 @@ mod tests {
         assert_eq!(s.leader("t", 1), -1);
         s.set_leaders("t", vec![1, 3, 2]);
         assert_eq!(s.leader("t", 1), 3);
-        let due = s.take_due(true, 16_384, Duration::from_secs(60));
+        let opened = s.topics["t"].open[1].as_ref().unwrap().created;
+        let linger = Duration::from_secs(60);
+        assert_eq!(s.next_due(linger), Some(opened + linger));
+        assert!(s.take_due(false, 16_384, linger).is_empty());
+        let due = s.take_due(true, 16_384, linger);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].0, ("t".to_string(), 1));
         assert!(s.is_idle());
+        assert_eq!(s.next_due(linger), None);
     }
 }
