@@ -88,7 +88,8 @@ impl Compression {
 
 #[derive(Debug, Clone, Default)]
 pub struct ProduceRecord {
-    pub topic: String,
+    /// Shared, so that a record per send costs no copy of its topic's name.
+    pub topic: Arc<str>,
     pub partition: Option<i32>,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
@@ -243,7 +244,7 @@ impl Producer {
             stickies,
             ..
         } = s;
-        let t = topics.get_mut(&record.topic)?;
+        let t = topics.get_mut(&*record.topic)?;
         let n = t.leaders.as_ref()?.len() as i32;
         if n == 0 {
             return Some(Err(ClientError::Protocol(format!(
@@ -276,7 +277,7 @@ impl Producer {
         *buffered += after - before;
         if is_full {
             let b = t.close(partition).expect("the batch just filled");
-            full.push(((record.topic.clone(), partition), b));
+            full.push(((record.topic.to_string(), partition), b));
             self.wake.notify_one();
         }
         Some(Ok(rx))

@@ -80,6 +80,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     };
     let mut pending = Vec::new();
     let mut failed = 0usize;
+    let topic: Arc<str> = args.topic.as_str().into();
     for (n, line) in input.lines().enumerate() {
         let line = line.context("reading the input")?;
         let (key, value) = match &args.key_separator {
@@ -94,7 +95,7 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
             None => (None, line),
         };
         let record = ProduceRecord {
-            topic: args.topic.clone(),
+            topic: topic.clone(),
             partition: args.partition,
             key,
             value: Some(Bytes::from(value)),

@@ -125,6 +125,7 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
                     .collect::<Vec<u8>>(),
             );
             let progress = bar(num_records, "records");
+            let topic_name: Arc<str> = topic.as_str().into();
             let start = Instant::now();
             let mut pending = VecDeque::new();
             let mut latencies_us: Vec<u64> = Vec::with_capacity(num_records as usize);
@@ -148,7 +149,7 @@ pub async fn perf(cmd: PerfCmd) -> anyhow::Result<()> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let record = ProduceRecord {
-                    topic: topic.clone(),
+                    topic: topic_name.clone(),
                     key: key_count.map(|n| Bytes::from(format!("key-{}", i % n))),
                     value: Some(value.clone()),
                     ..Default::default()
