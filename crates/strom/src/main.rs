@@ -106,7 +106,14 @@ fn main() -> std::process::ExitCode {
         Command::Configs(cmd) => run_client(admin::configs(cmd)),
         Command::Cluster(cmd) => run_client(admin::cluster(cmd)),
         Command::Storage(cmd) => storage::storage(cmd),
-        Command::Perf(cmd) => run_client(perf::perf(cmd)),
+        // Two workers, as the clients it is compared with have an I/O thread beside the
+        // application's: batches are closed and sent while the next records are added.
+        Command::Perf(cmd) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(perf::perf(cmd))),
         Command::Groups(cmd) => run_client(groups::groups(cmd)),
         Command::Transactions(cmd) => run_client(transactions::transactions(cmd)),
         Command::Produce(args) => run_client(console::produce(args)),
