@@ -19,8 +19,14 @@ RATE=${RATE:-10000}
 ROUNDS=${ROUNDS:-3}   # throughput runs per client and test; the table shows their median
 json=${1:-}
 
+. scripts/deps.sh
 echo "building (release) ..." >&2
-cargo build --release --ignore-rust-version -p strom --bin strom --example bench_client >/dev/null 2>&1
+if ! cargo build --release --ignore-rust-version -p strom --bin strom --example bench_client \
+  >/tmp/strom-bench-build.log 2>&1; then
+  tail -20 /tmp/strom-bench-build.log >&2
+  echo "the release build failed (whole log: /tmp/strom-bench-build.log)" >&2
+  exit 1
+fi
 STROM=${STROM:-$PWD/target/release/strom}
 client=$PWD/target/release/examples/bench_client
 work=$(mktemp -d)
