@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${SIZE_MB:-1024}
 ROUNDS=${ROUNDS:-5}
+BATCH=${BATCH:-524288}  # the producer's batch.size (Kafka's default 16384 makes each 64 KiB record a batch)
 cargo build --release --ignore-rust-version -p strom >/dev/null 2>&1
 bin=./target/release/strom
 work=$(mktemp -d)
@@ -36,7 +37,7 @@ for size in 1024 65536; do
   n=$((SIZE_MB * 1048576 / size))
   "$bin" topics create --bootstrap-server "127.0.0.1:$port" --topic "r$size" >/dev/null
   "$bin" perf produce --bootstrap-server "127.0.0.1:$port" --topic "r$size" --num-records "$n" \
-    --record-size "$size" --batch-size 524288 --json >/dev/null
+    --record-size "$size" --batch-size "$BATCH" --json >/dev/null
 done
 stop
 
