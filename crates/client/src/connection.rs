@@ -75,10 +75,11 @@ impl Connection {
             let open = open.clone();
             let addr = addr.to_string();
             tokio::spawn(async move {
+                let mut buf = BytesMut::new();
                 let err = loop {
-                    let size = match rd.read_i32().await {
-                        Ok(n) if n >= 4 => n as usize,
-                        Ok(n) => {
+                    let mut body = match read_frame(&mut rd, &mut buf).await {
+                        Ok(Ok(body)) => body,
+                        Ok(Err(n)) => {
                             break ClientError::Protocol(format!(
                                 "{addr} sent a frame of {n} bytes"
                             ));
@@ -90,14 +91,6 @@ impl Connection {
                             };
                         }
                     };
-                    let mut body = BytesMut::zeroed(size);
-                    if let Err(source) = rd.read_exact(&mut body).await {
-                        break ClientError::Io {
-                            addr: addr.clone(),
-                            source,
-                        };
-                    }
-                    let mut body = body.freeze();
                     let correlation = body.get_i32();
                     let Some((expected, reply, header_version)) =
                         pending.lock().unwrap().pop_front()
@@ -388,4 +381,99 @@ fn read_uvarint(b: &mut Bytes) -> Option<u64> {
         }
     }
     None
+}
+
+/// How much a read asks the socket for at least: a frame's size and the start of its body
+/// (or several small frames) arrive with one call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The next response frame's body (its size prefix taken off), read into `buf` without zeroing
+/// it first; bytes read past the frame stay in `buf` for the next one. `Ok(Err(size))` for a
+/// size no frame can have.
+async fn read_frame(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> std::io::Result<std::result::Result<Bytes, i32>> {
+    fill(rd, buf, 4).await?;
+    let size = buf.get_i32();
+    if size < 4 {
+        return Ok(Err(size));
+    }
+    fill(rd, buf, size as usize).await?;
+    Ok(Ok(buf.split_to(size as usize).freeze()))
+}
+
+/// Reads until `buf` holds at least `n` bytes.
+async fn fill(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    n: usize,
+) -> std::io::Result<()> {
+    while buf.len() < n {
+        buf.reserve((n - buf.len()).max(READ_CHUNK));
+        if rd.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Frames arrive whole whatever the writes' boundaries: a size prefix split across
+    /// writes, several frames in one write, a frame larger than a read; a size below 4 is
+    /// refused, and a stream cut in the middle of a frame is an error, not a short frame.
+    #[tokio::test]
+    async fn frames_are_read_whole_across_any_write_boundaries() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as i32).to_be_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let mut stream = frame(b"first");
+        stream.extend(frame(b"second!"));
+        stream.extend(frame(&big));
+        stream.extend(frame(b"last"));
+        stream.extend(2i32.to_be_bytes());
+        let writer = {
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                // Odd pieces: 1, 2, 3 ... bytes, then the rest.
+                let (mut at, mut n) = (0, 1);
+                while at < 40 {
+                    s.write_all(&stream[at..at + n]).await.unwrap();
+                    s.flush().await.unwrap();
+                    at += n;
+                    n += 1;
+                }
+                s.write_all(&stream[at..]).await.unwrap();
+            })
+        };
+        let (mut rd, _wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut buf = BytesMut::new();
+        for want in [&b"first"[..], b"second!", &big, b"last"] {
+            let got = read_frame(&mut rd, &mut buf).await.unwrap().unwrap();
+            assert_eq!(&got[..], want);
+        }
+        assert_eq!(read_frame(&mut rd, &mut buf).await.unwrap(), Err(2));
+        writer.await.unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&frame(b"0123456789")[..8]).await.unwrap();
+        });
+        let (mut rd, _wr) = TcpStream::connect(addr).await.unwrap().into_split();
+        cut.await.unwrap();
+        let err = read_frame(&mut rd, &mut BytesMut::new()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 }
