@@ -19,7 +19,7 @@ use crate::Client;
 use crate::connection::Answer;
 use crate::error::{ClientError, Result, check};
 use crate::partitioner::partition_for_key;
-use crate::producer_batch::{HEADER_LEN, Pending};
+use crate::producer_batch::Pending;
 use crate::producer_state::{Ready, State};
 
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +175,10 @@ impl Producer {
                 let due = p.state.lock().unwrap().next_due(linger);
                 let due = due.unwrap_or_else(|| Instant::now() + linger);
                 let _ = tokio::time::timeout_at(due.into(), p.wake.notified()).await;
-                p.send_ready(false).await;
+                // A full buffer sends every batch, due or not, as Kafka's accumulator does
+                // when its memory is exhausted: open batches may be what fills it.
+                let all = std::mem::take(&mut p.state.lock().unwrap().exhausted);
+                p.send_ready(all).await;
             }
         });
         p
@@ -211,6 +214,7 @@ impl Producer {
                 let mut s = self.state.lock().unwrap();
                 // Back-pressure: wait while too much is buffered (buffer.memory).
                 if s.buffered >= BUFFER_MEMORY {
+                    s.exhausted = true;
                     Err(true)
                 } else {
                     self.add(&mut s, &record).ok_or(false)
@@ -269,12 +273,15 @@ impl Producer {
         // The batch closes once past batch.size: a quarter more holds the record that
         // crosses it, unless that one is large.
         let capacity = self.config.batch_size.min(1 << 20) * 5 / 4;
-        let b = t.open[partition as usize].get_or_insert_with(|| Pending::new(ts, capacity));
-        let before = b.bytes;
+        let slot = &mut t.open[partition as usize];
+        // Memory is counted as reserved, as Kafka's buffer pool does: a batch holds its
+        // capacity from its first record.
+        let before = slot.as_ref().map_or(0, |b| b.records.capacity());
+        let b = slot.get_or_insert_with(|| Pending::new(ts, capacity));
         b.push(record, ts);
         b.replies.push(tx);
-        let (after, is_full) = (b.bytes, b.bytes >= self.config.batch_size);
-        *buffered += after - before;
+        let is_full = b.bytes >= self.config.batch_size;
+        *buffered += b.records.capacity() - before;
         if is_full {
             let b = t.close(partition).expect("the batch just filled");
             full.push(((record.topic.to_string(), partition), b));
@@ -302,11 +309,30 @@ impl Producer {
     /// share goes as one request, up to `max_in_flight` at a time.
     async fn send_ready(self: Arc<Self>, all: bool) {
         let order = self.send_order.lock().await;
-        let (ready, leaders): (Vec<Ready>, Vec<i32>) = {
+        let ready = {
             let mut s = self.state.lock().unwrap();
-            let ready = s.take_due(all, self.config.batch_size, self.config.linger);
-            let leaders = ready.iter().map(|((t, p), _)| s.leader(t, *p)).collect();
-            (ready, leaders)
+            s.take_due(all, self.config.batch_size, self.config.linger)
+        };
+        // Leaders forgotten after an error are looked up before the batches go (while the
+        // send order is held): sent to no leader, a batch would spend a retry and could be
+        // passed by the partition's next batch.
+        let mut unknown: Vec<&str> = {
+            let s = self.state.lock().unwrap();
+            ready
+                .iter()
+                .map(|((t, _), _)| t.as_str())
+                .filter(|t| s.leaders(t).is_none())
+                .collect()
+        };
+        unknown.dedup();
+        for topic in unknown {
+            if let Err(e) = self.partitions(topic).await {
+                tracing::debug!(topic, error = %e, "no leaders for a batch's topic");
+            }
+        }
+        let leaders: Vec<i32> = {
+            let s = self.state.lock().unwrap();
+            ready.iter().map(|((t, p), _)| s.leader(t, *p)).collect()
         };
         let mut by_leader: HashMap<i32, Vec<Ready>> = HashMap::new();
         for (b, leader) in ready.into_iter().zip(leaders) {
@@ -321,7 +347,7 @@ impl Producer {
                     .await
                     .expect("semaphore");
                 self.state.lock().unwrap().in_flight += 1;
-                let bytes: usize = round.iter().map(|(_, b)| b.bytes - HEADER_LEN).sum();
+                let bytes: usize = round.iter().map(|(_, b)| b.records.capacity()).sum();
                 let (items, failed) = self.encode(&mut round);
                 // Queued now, in order; answered whenever the broker answers.
                 let first = self.queue(leader, &items).await;

@@ -28,15 +28,17 @@ impl TopicState {
     }
 
     /// The partition for a record without a key or partition: the sticky one, the first
-    /// time chosen from `stickies`, a count of topics so far, so that topics start apart.
+    /// time chosen at random (as Kafka's partitioner does: producers started one after the
+    /// other do not all begin on partition 0).
     pub(crate) fn sticky(&mut self, stickies: &mut usize) -> i32 {
+        let n = self.partitions();
         match self.sticky {
-            Some(p) => p,
-            None => {
-                let p = *stickies as i32 % self.partitions();
+            Some(p) if p < n => p,
+            _ => {
+                let p = (random_start() as usize).wrapping_add(*stickies) % n as usize;
                 *stickies += 1;
-                self.sticky = Some(p);
-                p
+                self.sticky = Some(p as i32);
+                p as i32
             }
         }
     }
@@ -60,6 +62,8 @@ pub(crate) struct State {
     /// Bytes of records not yet answered, for back-pressure.
     pub(crate) buffered: usize,
     pub(crate) in_flight: usize,
+    /// `send` found the buffer full: the sender sends every open batch.
+    pub(crate) exhausted: bool,
     /// Topics given a first sticky partition so far: their first choices are spread.
     pub(crate) stickies: usize,
 }
@@ -153,6 +157,15 @@ impl State {
     }
 }
 
+/// A random number from the standard library's per-process hash keys (no dependency for
+/// one number per topic).
+fn random_start() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,17 +177,18 @@ mod tests {
         let mut s = State::default();
         s.set_leaders("a", vec![1, 1, 1]);
         s.set_leaders("b", vec![1, 1, 1]);
-        assert_eq!(s.sticky("a"), 0);
-        assert_eq!(s.sticky("b"), 1);
-        for expected in [0, 1, 2, 0] {
+        let first = s.sticky("a");
+        let b = s.sticky("b");
+        assert!((0..3).contains(&first) && (0..3).contains(&b));
+        for i in 0..4 {
             let p = s.sticky("a");
-            assert_eq!(p, expected);
+            assert_eq!(p, (first + i) % 3);
             s.topics.get_mut("a").unwrap().open[p as usize] = Some(Pending::new(0, 16));
             assert!(!s.is_idle());
             assert!(s.close_batch("a", p).is_some());
             assert!(s.close_batch("a", p).is_none());
         }
-        assert_eq!(s.sticky("b"), 1);
+        assert_eq!(s.sticky("b"), b);
         assert!(s.is_idle());
     }
 
