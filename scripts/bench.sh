@@ -21,12 +21,15 @@ json=${1:-}
 
 . scripts/deps.sh
 echo "building (release) ..." >&2
+[ "$ROUNDS" -ge 1 ] || { echo "ROUNDS must be at least 1" >&2; exit 2; }
+build_log=$(mktemp)
 if ! cargo build --release --ignore-rust-version -p strom --bin strom --example bench_client \
-  >/tmp/strom-bench-build.log 2>&1; then
-  tail -20 /tmp/strom-bench-build.log >&2
-  echo "the release build failed (whole log: /tmp/strom-bench-build.log)" >&2
+  >"$build_log" 2>&1; then
+  tail -20 "$build_log" >&2
+  echo "the release build failed (whole log: $build_log)" >&2
   exit 1
 fi
+rm -f "$build_log"
 STROM=${STROM:-$PWD/target/release/strom}
 client=$PWD/target/release/examples/bench_client
 work=$(mktemp -d)
@@ -36,6 +39,16 @@ results=$work/results
 : >"$results"
 # One line per result: "<what> <json>" (strom perf prints its JSON over several lines).
 note() { echo "$1" | tr -d '\n' >>"$results"; echo >>"$results"; }
+# Runs a measuring command; its JSON, or the end of the script with what it said.
+run() {
+  local out
+  if ! out=$("$@" 2>"$work/stderr"); then
+    echo "failed: $*" >&2
+    tail -5 "$work/stderr" >&2
+    exit 1
+  fi
+  echo "$out"
+}
 
 echo "machine limits ..." >&2
 note "loopback $("$client" loopback)"
@@ -55,6 +68,23 @@ until grep -q "listening on" "$work/server.out" 2>/dev/null; do
 done
 b=127.0.0.1:$port
 
+# One throughput round of each client; they read size, acks, a, n and round when called.
+lib() {
+  local t=lib-$size-$acks-$round r
+  r=$(run "$client" produce "$b" "$t" "$n" "$size" "$acks")
+  note "librdkafka produce $size $acks $r"
+  r=$(run "$client" consume "$b" "$t" "$n")
+  note "librdkafka consume $size $acks $r"
+}
+ours() {
+  local t=perf-$size-$acks-$round r
+  r=$(run "$STROM" perf produce --bootstrap-server "$b" --topic "$t" --num-records "$n" \
+    --record-size "$size" --acks="$a" --json)
+  note "strom-perf produce $size $acks $r"
+  r=$(run "$STROM" perf consume --bootstrap-server "$b" --topic "$t" --messages "$n" --json)
+  note "strom-perf consume $size $acks $r"
+}
+
 for size in 100 1024; do
   n=$N100; [ $size = 1024 ] && n=$N1K
   for acks in 1 all; do
@@ -63,24 +93,13 @@ for size in 100 1024; do
     # shares the machine with the first one's writeback), each to a fresh topic.
     for round in $(seq "$ROUNDS"); do
       echo "size $size, acks=$acks, round $round ..." >&2
-      lib() {
-        t=lib-$size-$acks-$round
-        note "librdkafka produce $size $acks $("$client" produce "$b" "$t" $n $size $acks)"
-        note "librdkafka consume $size $acks $("$client" consume "$b" "$t" $n)"
-      }
-      ours() {
-        t=perf-$size-$acks-$round
-        note "strom-perf produce $size $acks $("$STROM" perf produce --bootstrap-server "$b" --topic "$t" \
-          --num-records $n --record-size $size --acks=$a --json)"
-        note "strom-perf consume $size $acks $("$STROM" perf consume --bootstrap-server "$b" --topic "$t" \
-          --messages $n --json)"
-      }
       if [ $((round % 2)) = 1 ]; then lib; ours; else ours; lib; fi
     done
-    note "librdkafka e2e $size $acks $("$client" e2e "$b" "e2e-$size-$acks" $E2E $size $acks $RATE)"
-    note "strom-perf ack-latency $size $acks $("$STROM" perf produce --bootstrap-server "$b" \
-      --topic "lat-$size-$acks" --num-records $E2E --record-size $size --acks=$a \
-      --throughput $RATE --json)"
+    r=$(run "$client" e2e "$b" "e2e-$size-$acks" "$E2E" "$size" "$acks" "$RATE")
+    note "librdkafka e2e $size $acks $r"
+    r=$(run "$STROM" perf produce --bootstrap-server "$b" --topic "lat-$size-$acks" \
+      --num-records "$E2E" --record-size "$size" --acks="$a" --throughput "$RATE" --json)
+    note "strom-perf ack-latency $size $acks $r"
   done
 done
 
@@ -101,9 +120,8 @@ for l in lines:
 rows = []
 for key, ds in runs.items():
     if "records_per_sec" in ds[0]:
-        ds = sorted(ds, key=lambda d: d["records_per_sec"])
-        d = dict(ds[(len(ds) - 1) // 2])
-        d["rounds"] = [x["records_per_sec"] for x in ds]
+        d = dict(sorted(ds, key=lambda d: d["records_per_sec"])[(len(ds) - 1) // 2])
+        d["rounds"] = [x["records_per_sec"] for x in ds]  # in the order they ran
         d["records_per_sec"] = statistics.median(d["rounds"])
         d["mb_per_sec"] = d["records_per_sec"] * int(key[2]) / 1e6
     else:
