@@ -196,7 +196,18 @@ impl Producer {
             .topic(topic)
             .ok_or_else(|| ClientError::Protocol(format!("no metadata for {topic}")))?;
         check(t.error, Some(format!("topic {topic}")))?;
-        let leaders: Vec<i32> = t.partitions.iter().map(|p| p.leader).collect();
+        // By partition index: a broker may list them in any order.
+        let n = t
+            .partitions
+            .iter()
+            .map(|p| p.index + 1)
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let mut leaders = vec![-1; n as usize];
+        for p in t.partitions.iter().filter(|p| p.index >= 0) {
+            leaders[p.index as usize] = p.leader;
+        }
         self.state
             .lock()
             .unwrap()
@@ -207,6 +218,7 @@ impl Producer {
     /// Queues a record; the returned receiver yields where it went. One lock per record, and
     /// no allocation but the reply's unless a batch opens or closes.
     pub async fn send(&self, record: ProduceRecord) -> Result<oneshot::Receiver<Delivery>> {
+        let mut refreshed = false;
         loop {
             // Made before looking, so that an answer freeing the buffer is not missed.
             let idle = self.idle.notified();
@@ -221,6 +233,12 @@ impl Producer {
                 }
             };
             match outcome {
+                // A partition past those known: the topic may have grown; look once more.
+                Ok(Err(ClientError::Kafka { code: 3, .. })) if !refreshed => {
+                    refreshed = true;
+                    self.state.lock().unwrap().forget_leaders(&record.topic);
+                    self.partitions(&record.topic).await?;
+                }
                 Ok(added) => return added,
                 // The partition count is looked up once per topic.
                 Err(false) => {

@@ -35,12 +35,28 @@ impl TopicState {
         match self.sticky {
             Some(p) if p < n => p,
             _ => {
-                let p = (random_start() as usize).wrapping_add(*stickies) % n as usize;
+                let from = (random_start() as usize).wrapping_add(*stickies) % n as usize;
                 *stickies += 1;
-                self.sticky = Some(p as i32);
-                p as i32
+                let p = self.next_available(from as i32);
+                self.sticky = Some(p);
+                p
             }
         }
+    }
+
+    /// The first partition from `from` on (wrapping) that has a leader, as Kafka's
+    /// partitioner skips the unavailable ones; `from` when none has.
+    fn next_available(&self, from: i32) -> i32 {
+        let n = self.partitions();
+        let has_leader = |p: i32| {
+            self.leaders
+                .as_ref()
+                .is_none_or(|l| l.get(p as usize).is_some_and(|&leader| leader >= 0))
+        };
+        (0..n)
+            .map(|i| (from + i) % n)
+            .find(|&p| has_leader(p))
+            .unwrap_or(from % n)
     }
 
     /// Takes the open batch of a partition; records without a key then stick to the next
@@ -48,7 +64,7 @@ impl TopicState {
     pub(crate) fn close(&mut self, partition: i32) -> Option<Pending> {
         let b = self.open.get_mut(partition as usize)?.take()?;
         if self.sticky == Some(partition) {
-            self.sticky = Some((partition + 1) % self.partitions());
+            self.sticky = Some(self.next_available(partition + 1));
         }
         Some(b)
     }
@@ -190,6 +206,21 @@ mod tests {
         }
         assert_eq!(s.sticky("b"), b);
         assert!(s.is_idle());
+    }
+
+    /// Keyless records skip partitions without a leader, unless none has one.
+    #[test]
+    fn the_sticky_partition_skips_partitions_without_a_leader() {
+        let mut s = State::default();
+        s.set_leaders("t", vec![-1, 1, -1]);
+        for _ in 0..3 {
+            let p = s.sticky("t");
+            assert_eq!(p, 1);
+            s.topics.get_mut("t").unwrap().open[1] = Some(Pending::new(0, 16));
+            s.close_batch("t", 1);
+        }
+        s.set_leaders("u", vec![-1, -1]);
+        assert!((0..2).contains(&s.sticky("u")));
     }
 
     /// Forgetting a topic's leaders keeps its open batches; learning them again, with more
