@@ -3,12 +3,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::Server;
-use strom_client::Client;
 use strom_client::producer::{ProduceRecord, Producer, ProducerConfig};
 
 /// A producer that knew a topic with one partition writes to a partition added later: a
@@ -16,17 +14,7 @@ use strom_client::producer::{ProduceRecord, Producer, ProducerConfig};
 #[test]
 fn a_producer_sees_partitions_added_after_it_first_looked() {
     let server = Server::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = Arc::new(
-            Client::connect(&server.bootstrap(), "grow", Duration::from_secs(10))
-                .await
-                .unwrap(),
-        );
+    common::with_client(&server, "grow", |client| async move {
         client
             .create_topic("grow", Some(1), None, &BTreeMap::new(), false)
             .await

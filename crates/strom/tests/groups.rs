@@ -422,17 +422,7 @@ fn strom_client_members_rebalance_cooperatively() {
     use strom_client::group::{Assignor, GroupMember};
     let server = server();
     create_topic(&server, "coop4", 4);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = Arc::new(
-            strom_client::Client::connect(&server.bootstrap(), "t", Duration::from_secs(30))
-                .await
-                .unwrap(),
-        );
+    common::with_client(&server, "t", |client| async move {
         let coop = [Assignor::CooperativeSticky];
         let mut a = GroupMember::new(
             client.clone(),

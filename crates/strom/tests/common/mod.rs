@@ -332,3 +332,24 @@ pub fn fails(server: &Server, args: &[&str]) -> String {
     );
     String::from_utf8(out.stderr).unwrap()
 }
+
+/// Runs `f` on a two-worker tokio runtime (our client's background tasks beside the test's
+/// own) with a client of `server` connected as `client_id`.
+pub fn with_client<F, Fut>(server: &Server, client_id: &str, f: F) -> Fut::Output
+where
+    F: FnOnce(Arc<strom_client::Client>) -> Fut,
+    Fut: std::future::Future,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client =
+            strom_client::Client::connect(&server.bootstrap(), client_id, Duration::from_secs(30))
+                .await
+                .unwrap();
+        f(Arc::new(client)).await
+    })
+}
