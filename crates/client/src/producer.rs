@@ -334,7 +334,7 @@ impl Producer {
         // Leaders forgotten after an error are looked up before the batches go (while the
         // send order is held): sent to no leader, a batch would spend a retry and could be
         // passed by the partition's next batch.
-        let mut unknown: Vec<&str> = {
+        let unknown: std::collections::BTreeSet<&str> = {
             let s = self.state.lock().unwrap();
             ready
                 .iter()
@@ -342,7 +342,6 @@ impl Producer {
                 .filter(|t| s.leaders(t).is_none())
                 .collect()
         };
-        unknown.dedup();
         for topic in unknown {
             if let Err(e) = self.partitions(topic).await {
                 tracing::debug!(topic, error = %e, "no leaders for a batch's topic");

@@ -96,9 +96,10 @@ impl Pending {
             out.put_slice(&compressed);
             out
         };
-        let mut header = Vec::with_capacity(HEADER_LEN);
+        let len = (out.len() - 12) as i32;
+        let mut header = &mut out[..HEADER_LEN];
         header.put_i64(0); // base offset: the broker assigns it
-        header.put_i32((out.len() - 12) as i32);
+        header.put_i32(len);
         header.put_i32(-1); // partition leader epoch
         header.put_i8(2); // magic
         header.put_u32(0); // crc, below
@@ -110,7 +111,6 @@ impl Pending {
         header.put_i16(-1); // producer epoch
         header.put_i32(-1); // base sequence
         header.put_i32(self.count);
-        out[..HEADER_LEN].copy_from_slice(&header);
         let crc = crc32c::crc32c(&out[21..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         Ok(out.freeze())

@@ -14,57 +14,13 @@ use crate::index::{OffsetIndex, TimeIndex};
 use crate::open_files::{FileSlot, HoldsFile};
 use crate::txn_index::AbortedTxn;
 
+mod aborted;
+mod index_state;
+
+pub(crate) use index_state::SegmentIndex;
+
 pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
     format!("{base_offset:020}.{ext}")
-}
-
-/// What the indexes and a short scan tell about a segment.
-#[derive(Debug)]
-pub(crate) struct SegmentIndex {
-    pub offsets: OffsetIndex,
-    pub times: TimeIndex,
-    /// One past the last offset stored in the segment (the base offset when empty).
-    pub next_offset: u64,
-    /// Largest batch max timestamp, -1 when the segment is empty.
-    pub max_timestamp: i64,
-    /// Base offset of the batch holding `max_timestamp`.
-    pub offset_of_max_timestamp: u64,
-    pub bytes_since_index_entry: u64,
-}
-
-impl SegmentIndex {
-    fn empty(base_offset: u64) -> Self {
-        SegmentIndex {
-            offsets: OffsetIndex::default(),
-            times: TimeIndex::default(),
-            next_offset: base_offset,
-            max_timestamp: -1,
-            offset_of_max_timestamp: base_offset,
-            bytes_since_index_entry: 0,
-        }
-    }
-
-    /// Accounts for one batch written at `position`; adds sparse index entries every
-    /// `interval` bytes, as Kafka does.
-    fn observe(&mut self, base: u64, position: u64, header: &BatchHeader, interval: u64) {
-        if header.max_timestamp > self.max_timestamp {
-            self.max_timestamp = header.max_timestamp;
-            self.offset_of_max_timestamp = header.base_offset as u64;
-        }
-        if self.bytes_since_index_entry > interval {
-            let rel = (header.base_offset as u64 - base) as u32;
-            self.offsets.push(rel, position as u32);
-            if self.max_timestamp >= 0 {
-                self.times.maybe_push(
-                    self.max_timestamp,
-                    (self.offset_of_max_timestamp - base) as u32,
-                );
-            }
-            self.bytes_since_index_entry = 0;
-        }
-        self.bytes_since_index_entry += header.total_size() as u64;
-        self.next_offset = header.last_offset() as u64 + 1;
-    }
 }
 
 /// [`Segment`]'s `interval_fresh` bit for a fresh segment.
@@ -614,91 +570,5 @@ impl Segment {
         *self.index.write().unwrap() = Some(Box::new(idx));
         self.unfresh();
         self.truncate_aborted(next)
-    }
-
-    fn with_aborted<R>(&self, f: impl FnOnce(&mut Vec<AbortedTxn>) -> R) -> Result<R> {
-        let mut guard = self.aborted.lock().unwrap();
-        if guard.is_none() {
-            let bytes = match std::fs::read(self.txn_index_path()) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).at(&self.txn_index_path()),
-            };
-            let entries = AbortedTxn::decode_all(&bytes);
-            if entries.len() * crate::txn_index::ENTRY != bytes.len() {
-                // A torn or damaged entry: rewrite whole entries only, or the next append
-                // would land out of alignment and garble every later entry.
-                tracing::warn!(file = %self.txn_index_path().display(), "dropping a damaged tail of the aborted-transaction index");
-                self.persist_aborted(&entries)?;
-            }
-            *guard = Some(entries.into_boxed_slice());
-        }
-        let mut entries = guard.take().unwrap_or_default().into_vec();
-        let r = f(&mut entries);
-        *guard = Some(entries.into_boxed_slice());
-        Ok(r)
-    }
-
-    /// The aborted transactions whose abort marker is in this segment.
-    pub fn aborted(&self) -> Result<Vec<AbortedTxn>> {
-        self.with_aborted(|a| a.clone())
-    }
-
-    /// Records an aborted transaction whose marker is in this segment. Entries come in marker
-    /// order, so one at or before the last is a replay of what is there already.
-    pub fn add_aborted(&self, t: AbortedTxn) -> Result<()> {
-        let fresh = self.with_aborted(|a| {
-            let fresh = a.last().is_none_or(|l| l.last_offset < t.last_offset);
-            if fresh {
-                a.push(t);
-            }
-            fresh
-        })?;
-        if fresh {
-            let mut bytes = Vec::with_capacity(34);
-            t.encode(&mut bytes);
-            let mut f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.txn_index_path())
-                .at(&self.txn_index_path())?;
-            io::Write::write_all(&mut f, &bytes).at(&self.txn_index_path())?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the aborted transactions whose marker is at or after `offset`.
-    pub fn truncate_aborted(&self, offset: u64) -> Result<()> {
-        let kept = self.with_aborted(|a| {
-            let before = a.len();
-            a.retain(|t| t.last_offset < offset);
-            (a.len() != before).then(|| a.clone())
-        })?;
-        if let Some(kept) = kept {
-            self.persist_aborted(&kept)?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the `.txnindex` whole, atomically: a crash leaves the old file or the new,
-    /// never an empty one (the entries may lie below the recovery point, never replayed).
-    fn persist_aborted(&self, entries: &[AbortedTxn]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(entries.len() * crate::txn_index::ENTRY);
-        for t in entries {
-            t.encode(&mut bytes);
-        }
-        let tmp = self.txn_index_path().with_extension("txnindex.tmp");
-        let mut f = File::create(&tmp).at(&tmp)?;
-        io::Write::write_all(&mut f, &bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        std::fs::rename(&tmp, self.txn_index_path()).at(&self.txn_index_path())
-    }
-
-    fn sync_aborted(&self) -> Result<()> {
-        match File::open(self.txn_index_path()) {
-            Ok(f) => f.sync_all().at(&self.txn_index_path()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).at(&self.txn_index_path()),
-        }
     }
 }
